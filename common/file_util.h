@@ -1,0 +1,57 @@
+// Durable file primitives for the shared store (a POSIX filesystem: a local
+// disk, NFS, Lustre or GPFS).
+//
+// Contract of the "atomic" writers: after they return OK the new content is
+// on stable storage under its final name; if the process dies at any point
+// before that, readers see either the old file or no file, never a partial
+// one. Implementation: write a uniquely named temporary in the same
+// directory, fsync it, rename(2) it over the target, fsync the directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace retina {
+
+// Writes `contents` to `path` atomically and durably (see above).
+absl::Status WriteFileAtomic(const std::filesystem::path& path, absl::string_view contents);
+
+// Writes `contents` to a new file (truncating) and fsyncs it; not atomic.
+absl::Status WriteFileDurable(const std::filesystem::path& path, absl::string_view contents);
+
+// Reads a whole file. NOT_FOUND when it does not exist.
+absl::StatusOr<std::string> ReadFile(const std::filesystem::path& path);
+
+// fsyncs a file or directory by path.
+absl::Status FsyncPath(const std::filesystem::path& path);
+
+// Creates `dir` and its parents (like mkdir -p), fsyncing each parent whose
+// entries changed so the new directories survive a crash.
+absl::Status CreateDirectories(const std::filesystem::path& dir);
+
+// rename(2) then fsync of the destination's parent (and the source's parent
+// when different).
+absl::Status RenameDurable(const std::filesystem::path& from, const std::filesystem::path& to);
+
+// A name unique to this process and call, for temporaries: "<prefix><pid>.<n>.<rand>".
+std::string UniqueTempName(absl::string_view prefix);
+
+// SHA-256 as 64 lowercase hex digits.
+std::string Sha256Hex(absl::string_view data);
+// SHA-256 of a file, streamed; also returns its size in bytes.
+struct FileDigest {
+  std::string sha256;
+  std::uint64_t size = 0;
+};
+absl::StatusOr<FileDigest> Sha256File(const std::filesystem::path& path);
+
+// errno as a status naming the operation and path, e.g.
+// "open /store/x: No such file or directory" (code mapped from errno).
+absl::Status ErrnoStatus(int err, absl::string_view op, const std::filesystem::path& path);
+
+}  // namespace retina

@@ -1,0 +1,137 @@
+#include "common/job_config.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+
+namespace retina {
+namespace {
+
+// The node at a dotted key path, or an undefined node.
+YAML::Node NodeAt(const YAML::Node& root, const std::string& path) {
+  // Note: Node::operator= writes through to the referenced node; only
+  // reset() rebinds a handle.
+  YAML::Node node;
+  node.reset(root);
+  for (absl::string_view part : absl::StrSplit(path, '.')) {
+    if (!node || !node.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    YAML::Node next(YAML::NodeType::Undefined);
+    bool found = false;
+    for (const auto& kv : node) {
+      if (kv.first.IsScalar() && kv.first.Scalar() == part) {
+        next.reset(kv.second);
+        found = true;
+      }
+    }
+    if (!found) return YAML::Node(YAML::NodeType::Undefined);
+    node.reset(next);
+  }
+  return node;
+}
+
+void AddAt(ConfigErrors* errors, const YAML::Node& root, const std::string& path,
+           const std::string& message) {
+  const YAML::Node node = NodeAt(root, path);
+  const YAML::Mark mark = node ? node.Mark() : YAML::Mark::null_mark();
+  errors->Add(&mark, path, message);
+}
+
+void CheckRangePair(ConfigErrors* errors, const YAML::Node& root, const std::string& path,
+                    const std::vector<double>& v) {
+  if (v.size() != 2) {
+    AddAt(errors, root, path, absl::StrCat("expected [lo, hi], got ", v.size(), " values"));
+  } else if (v[0] > v[1]) {
+    AddAt(errors, root, path, "lo must be <= hi");
+  }
+}
+
+// Rules that involve more than one key.
+void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* errors) {
+  if (c.model.image_size % 16 != 0) {
+    AddAt(errors, root, "model.image_size",
+          absl::StrCat("must be a multiple of 16 (the ViT patch grid), got ", c.model.image_size));
+  }
+  for (const char* section : {"pretrain", "finetune", "evaluate"}) {
+    if (NodeAt(root, section) && c.kind != section && !c.kind.empty()) {
+      AddAt(errors, root, section,
+            absl::StrCat("section is for kind '", section, "' but this job is kind '", c.kind, "'"));
+    }
+  }
+  const PretrainAugmentConfig& a = c.pretrain.augment;
+  CheckRangePair(errors, root, "pretrain.augment.crop_scale", a.crop_scale);
+  CheckRangePair(errors, root, "pretrain.augment.crop_ratio", a.crop_ratio);
+  CheckRangePair(errors, root, "pretrain.augment.noise_var", a.noise_var);
+  CheckRangePair(errors, root, "pretrain.augment.dropout_holes", a.dropout_holes);
+
+  const FinetuneConfig& f = c.finetune;
+  if (!f.class_weights.empty() && static_cast<int>(f.class_weights.size()) != c.model.classes) {
+    AddAt(errors, root, "finetune.class_weights",
+          absl::StrCat("has ", f.class_weights.size(), " weights but model.classes is ",
+                       c.model.classes));
+  }
+  if (f.loss == "bce_dice" && c.model.classes != 1) {
+    AddAt(errors, root, "finetune.loss", "bce_dice needs model.classes: 1");
+  }
+  if (f.loss == "ce_dice" && c.model.classes < 2) {
+    AddAt(errors, root, "finetune.loss", "ce_dice needs model.classes >= 2");
+  }
+  if (c.kind == "evaluate" && c.evaluate.checkpoint.empty()) {
+    errors->Add(nullptr, "evaluate.checkpoint", "required for kind 'evaluate'");
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml_text, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ":", e.mark.line + 1, ":",
+                                                   e.mark.column + 1, ": YAML syntax error: ",
+                                                   e.msg));
+  }
+  ConfigErrors errors(source);
+  if (!root || root.IsNull()) {
+    errors.Add(nullptr, "(top level)", "empty file; at least 'kind' and 'data.dataset' are required");
+    return errors.ToStatus();
+  }
+  JobConfig config;
+  YamlDecoder::Decode(root, "", &config, &errors);
+  if (errors.empty()) CheckCrossField(config, root, &errors);
+  RETURN_IF_ERROR(errors.ToStatus());
+  return config;
+}
+
+absl::StatusOr<JobConfig> LoadJobConfig(const std::filesystem::path& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path), "reading job config");
+  return ParseJobConfig(text, path.string());
+}
+
+std::string JobConfigToYaml(JobConfig config) {
+  // Only the job's own kind section, so the result parses back as a job.
+  YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));
+  for (const char* section : {"pretrain", "finetune", "evaluate"}) {
+    if (config.kind != section) resolved.remove(section);
+  }
+  YAML::Emitter out;
+  out << resolved;
+  return std::string(out.c_str()) + "\n";
+}
+
+std::string JobConfigSchemaMarkdown() {
+  JobConfig defaults;
+  return absl::StrCat(
+      "# Job configuration reference\n\n"
+      "Generated from `common/job_config.h` by `retina-train config schema`; a test keeps this\n"
+      "file identical to the code. A job YAML needs only `kind` and `data.dataset`; every other\n"
+      "key has the default shown (the values of the RETINA paper and reference, see\n"
+      "`METHOD.md`). Unknown keys are errors, with the closest valid key suggested.\n"
+      "Only the section of the job's own kind (`pretrain`, `finetune` or `evaluate`) may appear.\n\n"
+      "| key | type | default | unit | allowed | meaning |\n"
+      "|---|---|---|---|---|---|\n",
+      SchemaDoc::Document(defaults));
+}
+
+}  // namespace retina

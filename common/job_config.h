@@ -1,0 +1,251 @@
+// The job YAML: what `retina-train run --config job.yaml` executes and what
+// the coordinator stores. Defaults follow ../docs/METHOD.md (the RETINA
+// paper and its reference implementation); every default lives in the
+// member initialisers below, with its unit in the Spec. docs/config.md is
+// generated from these structs (`retina-train config schema`) and a test
+// keeps the two identical.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/config_schema.h"
+
+namespace retina {
+
+struct ModelConfig {
+  std::string name = "r50-vit-b16";
+  int image_size = 224;
+  int classes = 1;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("name", &name, Spec("named model configuration (METHOD.md section 1)")
+                               .OneOf({"r50-vit-b16", "r50-vit-b16-192", "tiny"}));
+    v.Field("image_size", &image_size,
+            Spec("input side length; a multiple of 16").Unit("px").Min(16).Max(4096));
+    v.Field("classes", &classes,
+            Spec("segmentation classes incl. background (1 = binary, sigmoid)").Min(1).Max(1024));
+  }
+};
+
+struct DataConfig {
+  std::string dataset;
+  std::string val_dataset;
+  std::optional<double> mean;
+  std::optional<double> std;
+  int loader_threads = 4;
+  int prefetch_batches = 4;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("dataset", &dataset,
+            Spec("training dataset: a name under <store>/datasets or a directory path").Required());
+    v.Field("val_dataset", &val_dataset, Spec("validation dataset (fine-tuning); empty = none"));
+    v.Field("mean", &mean,
+            Spec("normalisation mean of v/255; unset = the dataset manifest's value").Min(0).Max(1));
+    v.Field("std", &std, Spec("normalisation std of v/255; unset = the manifest's value").Above(0));
+    v.Field("loader_threads", &loader_threads, Spec("threads reading and batching shards").Min(1).Max(256));
+    v.Field("prefetch_batches", &prefetch_batches, Spec("batches buffered ahead of the step").Min(1).Max(1024));
+  }
+};
+
+struct OptimizerConfig {
+  std::string name = "sgd";
+  double lr = 0.003;
+  double momentum = 0.9;
+  double weight_decay = 1e-4;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("name", &name, Spec("optimizer").OneOf({"sgd"}));
+    v.Field("lr", &lr, Spec("base learning rate").Above(0).Max(10));
+    v.Field("momentum", &momentum, Spec("SGD momentum").Min(0).Max(1));
+    v.Field("weight_decay", &weight_decay, Spec("L2 weight decay on all parameters").Min(0).Max(1));
+  }
+};
+
+struct ScheduleConfig {
+  std::string policy = "poly";
+  double power = 0.9;
+  std::int64_t horizon_iters = 0;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("policy", &policy,
+            Spec("lr schedule: poly = lr (1 - k/K)^power per iteration").OneOf({"poly", "constant"}));
+    v.Field("power", &power, Spec("poly exponent").Above(0).Max(10));
+    v.Field("horizon_iters", &horizon_iters,
+            Spec("K of the poly schedule; 0 = the run's total iterations").Unit("iterations").Min(0));
+  }
+};
+
+// Pre-training augmentation (METHOD.md section 2, albumentations semantics).
+struct PretrainAugmentConfig {
+  double hflip_p = 0.5;
+  double vflip_p = 0.5;
+  double rotate_p = 0.5;
+  double rotate_limit = 90;
+  std::vector<double> crop_scale{0.08, 1.0};
+  std::vector<double> crop_ratio{0.5, 1.5};
+  double brightness_contrast_p = 0.5;
+  double brightness_limit = 0.3;
+  double contrast_limit = 0.3;
+  double noise_p = 0.5;
+  std::vector<double> noise_var{400, 1200};
+  double blur_p = 0.5;
+  double dropout_p = 0.5;
+  std::vector<double> dropout_holes{1, 32};
+  int dropout_size = 16;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("hflip_p", &hflip_p, Spec("horizontal flip probability").Min(0).Max(1));
+    v.Field("vflip_p", &vflip_p, Spec("vertical flip probability").Min(0).Max(1));
+    v.Field("rotate_p", &rotate_p, Spec("rotation probability").Min(0).Max(1));
+    v.Field("rotate_limit", &rotate_limit, Spec("rotation angle ~ U(-limit, limit)").Unit("deg").Min(0).Max(180));
+    v.Field("crop_scale", &crop_scale, Spec("random resized crop: area fraction range [lo, hi]").Min(0).Max(1));
+    v.Field("crop_ratio", &crop_ratio, Spec("random resized crop: aspect ratio range [lo, hi] (log-uniform)").Above(0));
+    v.Field("brightness_contrast_p", &brightness_contrast_p, Spec("brightness/contrast probability").Min(0).Max(1));
+    v.Field("brightness_limit", &brightness_limit, Spec("beta = U(-l, l) x 255").Min(0).Max(1));
+    v.Field("contrast_limit", &contrast_limit, Spec("alpha = 1 + U(-l, l)").Min(0).Max(1));
+    v.Field("noise_p", &noise_p, Spec("Gaussian noise probability").Min(0).Max(1));
+    v.Field("noise_var", &noise_var, Spec("noise variance range [lo, hi]").Unit("grey levels^2").Min(0));
+    v.Field("blur_p", &blur_p, Spec("Gaussian blur probability (kernel 3/5/7)").Min(0).Max(1));
+    v.Field("dropout_p", &dropout_p, Spec("coarse dropout probability").Min(0).Max(1));
+    v.Field("dropout_holes", &dropout_holes, Spec("number of holes range [lo, hi]").Min(0));
+    v.Field("dropout_size", &dropout_size, Spec("hole side length").Unit("px").Min(1).Max(4096));
+  }
+};
+
+struct PretrainConfig {
+  std::int64_t epochs = 200;
+  int global_batch = 256;
+  int checkpoint_every_epochs = 20;
+  PretrainAugmentConfig augment;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("epochs", &epochs, Spec("passes over the dataset").Unit("epochs").Min(1));
+    v.Field("global_batch", &global_batch,
+            Spec("images per step over all ranks; split evenly, must divide by world size").Min(1));
+    v.Field("checkpoint_every_epochs", &checkpoint_every_epochs,
+            Spec("checkpoint interval (and one at the end)").Unit("epochs").Min(1));
+    v.Section("augment", &augment, "pre-training augmentation (METHOD.md section 2)");
+  }
+};
+
+struct FinetuneConfig {
+  std::int64_t iters = 10000;
+  int global_batch = 16;
+  std::string init = "random";
+  bool freeze_encoder = true;
+  std::string loss = "auto";
+  std::vector<double> class_weights;
+  std::int64_t eval_every_iters = 500;
+  std::int64_t save_every_iters = 500;
+  double foreground_crop_p = 0.0;
+  bool noise_blur = false;
+  double val_overlap = 0.2;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("iters", &iters, Spec("exact number of iterations").Unit("iterations").Min(1));
+    v.Field("global_batch", &global_batch, Spec("images per step over all ranks").Min(1));
+    v.Field("init", &init,
+            Spec("'random', a pre-training checkpoint (ours or a PyTorch .pt) or an ImageNet .npz"));
+    v.Field("freeze_encoder", &freeze_encoder,
+            Spec("freeze transformer.encoder.* after transfer (ignored for random init)"));
+    v.Field("loss", &loss,
+            Spec("auto = bce_dice for 1 class, ce_dice otherwise").OneOf({"auto", "bce_dice", "ce_dice"}));
+    v.Field("class_weights", &class_weights,
+            Spec("cross-entropy weights, one per class; empty = uniform").Min(0));
+    v.Field("eval_every_iters", &eval_every_iters, Spec("validation interval; 0 = never").Unit("iterations").Min(0));
+    v.Field("save_every_iters", &save_every_iters, Spec("checkpoint interval").Unit("iterations").Min(1));
+    v.Field("foreground_crop_p", &foreground_crop_p,
+            Spec("crop around a random foreground pixel (0.8 for UroCell, CREMI, Kasthuri++)").Min(0).Max(1));
+    v.Field("noise_blur", &noise_blur, Spec("Gaussian noise + blur, p 0.5 each (Guay)"));
+    v.Field("val_overlap", &val_overlap, Spec("sliding-window overlap for validation").Min(0).Max(0.95));
+  }
+};
+
+struct EvaluateConfig {
+  std::string checkpoint;
+  std::string mode = "2d";
+  double overlap = 0.5;
+  std::vector<double> classes;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("checkpoint", &checkpoint, Spec("model.pt or checkpoint directory to evaluate"));
+    v.Field("mode", &mode, Spec("prediction mode").OneOf({"2d", "stack", "orthoplane"}));
+    v.Field("overlap", &overlap, Spec("sliding-window overlap (0.5 for 2D, 0.7 for 3D)").Min(0).Max(0.95));
+    v.Field("classes", &classes, Spec("class indices to score; empty = all but background").Min(0));
+  }
+};
+
+struct CheckpointConfig {
+  int keep_last = 3;
+  bool keep_best = true;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("keep_last", &keep_last, Spec("newest checkpoints kept").Min(1).Max(100000));
+    v.Field("keep_best", &keep_best, Spec("also keep the best by validation IoU"));
+  }
+};
+
+struct RuntimeConfig {
+  std::string device = "auto";
+  std::string precision = "auto";
+  std::string dist_backend = "auto";
+  double collective_timeout_s = 600;
+  int threads = 0;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("device", &device, Spec("auto = cuda when available").OneOf({"auto", "cpu", "cuda"}));
+    v.Field("precision", &precision,
+            Spec("auto = bf16 autocast on CUDA, fp32 on CPU").OneOf({"auto", "fp32", "bf16"}));
+    v.Field("dist_backend", &dist_backend,
+            Spec("auto = nccl on CUDA, mpi under mpirun/srun, else gloo").OneOf({"auto", "nccl", "mpi", "gloo"}));
+    v.Field("collective_timeout_s", &collective_timeout_s,
+            Spec("every collective fails after this").Unit("s").Above(0));
+    v.Field("threads", &threads,
+            Spec("intra-op threads per rank; 0 = OMP_NUM_THREADS or cores / local ranks").Min(0).Max(4096));
+  }
+};
+
+struct JobConfig {
+  std::string kind;
+  std::int64_t seed = 0;
+  ModelConfig model;
+  DataConfig data;
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+  PretrainConfig pretrain;
+  FinetuneConfig finetune;
+  EvaluateConfig evaluate;
+  CheckpointConfig checkpoint;
+  RuntimeConfig runtime;
+
+  template <class V>
+  void Visit(V& v) {
+    v.Field("kind", &kind, Spec("what the job does").Required().OneOf({"pretrain", "finetune", "evaluate"}));
+    v.Field("seed", &seed, Spec("seed of sampling, augmentation and initialisation").Min(0));
+    v.Section("model", &model, "the network");
+    v.Section("data", &data, "datasets and loading");
+    v.Section("optimizer", &optimizer, "optimiser (METHOD.md sections 2-3)");
+    v.Section("schedule", &schedule, "learning-rate schedule");
+    v.Section("pretrain", &pretrain, "reconstruction pre-training (kind: pretrain)");
+    v.Section("finetune", &finetune, "supervised fine-tuning (kind: finetune)");
+    v.Section("evaluate", &evaluate, "evaluation (kind: evaluate)");
+    v.Section("checkpoint", &checkpoint, "checkpoint retention");
+    v.Section("runtime", &runtime, "device, precision and distribution");
+  }
+};
+
+// Parses and validates a job YAML. `source` names the file in errors.
+absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml_text, const std::string& source);
+// Reads and parses a job YAML file.
+absl::StatusOr<JobConfig> LoadJobConfig(const std::filesystem::path& path);
+// The resolved config (every key) as YAML, for jobs/<id>/spec.yaml.
+std::string JobConfigToYaml(JobConfig config);
+// Markdown reference of every key (docs/config.md).
+std::string JobConfigSchemaMarkdown();
+
+}  // namespace retina

@@ -1,0 +1,43 @@
+// Paths of the shared store (ARCHITECTURE.md "The shared store"):
+//
+//   <root>/datasets/<name>/manifest.json, shard-00000.h5 ...
+//   <root>/jobs/<id>/spec.yaml, events.jsonl, metrics.csv
+//   <root>/jobs/<id>/logs/attempt-<k>/rank-<r>.log
+//   <root>/jobs/<id>/checkpoints/step-NNNNNNNN/..., LATEST
+//
+// Pure path arithmetic: nothing is created or read. Names that could escape
+// the store (empty, ".", "..", containing '/', or control characters) are
+// rejected by ValidateName.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/status.h"
+
+namespace retina {
+
+class StoreLayout {
+ public:
+  explicit StoreLayout(std::filesystem::path root) : root_(std::move(root)) {}
+
+  // OK when `name` is a safe dataset or job name: 1-128 characters of
+  // [A-Za-z0-9._-], not starting with '.'. `what` names the field in the error.
+  static absl::Status ValidateName(absl::string_view name, absl::string_view what);
+
+  const std::filesystem::path& root() const { return root_; }
+  std::filesystem::path DatasetDir(absl::string_view dataset) const;
+  std::filesystem::path JobDir(absl::string_view job_id) const;
+  std::filesystem::path SpecPath(absl::string_view job_id) const;
+  std::filesystem::path EventsPath(absl::string_view job_id) const;
+  std::filesystem::path MetricsCsvPath(absl::string_view job_id) const;
+  std::filesystem::path LogDir(absl::string_view job_id, int attempt) const;
+  std::filesystem::path RankLogPath(absl::string_view job_id, int attempt, int rank) const;
+  std::filesystem::path CheckpointsDir(absl::string_view job_id) const;
+
+ private:
+  std::filesystem::path root_;
+};
+
+}  // namespace retina
