@@ -1,54 +1,169 @@
-// retina-train: the trainer's command line.
+// retina-train: the trainer's command line. Parses flags into options and
+// calls the library; no logic of its own.
 //
-//   retina-train config schema           print the job-config reference (Markdown)
-//   retina-train config check FILE...    validate job YAMLs; print the resolved config
-//   retina-train version                 versions of retina and libtorch
+//   retina-train config schema
+//   retina-train config check FILE...
+//   retina-train model info --model CONFIG [--head segmentation|reconstruction] [--classes N] [--image-size S]
+//   retina-train model init --model CONFIG [--head ...] [--classes N] [--image-size S] --seed S --out FILE.pt
+//   retina-train version
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "common/job_config.h"
+#include "common/status_macros.h"
+#include "trainer/model/state_dict.h"
+#include "trainer/model/transfer.h"
+#include "trainer/model/transunet.h"
 #include "trainer/torch_compat.h"
 
+namespace retina::trainer {
 namespace {
 
 constexpr char kUsage[] =
     "usage: retina-train config schema\n"
     "       retina-train config check FILE...\n"
+    "       retina-train model info --model CONFIG [--head segmentation|reconstruction]\n"
+    "                               [--classes N] [--image-size S]\n"
+    "       retina-train model init --model CONFIG [--head ...] [--classes N] [--image-size S]\n"
+    "                               --seed S --out FILE.pt\n"
     "       retina-train version\n";
+
+// "--key value" pairs after the subcommand.
+absl::StatusOr<std::map<std::string, std::string>> ParseFlags(const std::vector<std::string>& args,
+                                                              const std::vector<std::string>& known) {
+  std::map<std::string, std::string> flags;
+  for (size_t i = 0; i < args.size(); i += 2) {
+    const std::string& key = args[i];
+    if (std::find(known.begin(), known.end(), key) == known.end()) {
+      return absl::InvalidArgumentError("unknown flag '" + key + "'");
+    }
+    if (i + 1 >= args.size()) return absl::InvalidArgumentError("flag " + key + " needs a value");
+    flags[key] = args[i + 1];
+  }
+  return flags;
+}
+
+absl::StatusOr<int> IntFlag(const std::map<std::string, std::string>& flags, const std::string& key,
+                            int fallback) {
+  auto it = flags.find(key);
+  if (it == flags.end()) return fallback;
+  int v;
+  if (!absl::SimpleAtoi(it->second, &v)) {
+    return absl::InvalidArgumentError(key + ": expected an integer, got '" + it->second + "'");
+  }
+  return v;
+}
+
+struct ModelOptions {
+  TransUNetConfig config;
+  int64_t seed = 0;
+  std::string out;
+};
+
+absl::StatusOr<ModelOptions> ParseModelOptions(const std::vector<std::string>& args, bool init) {
+  std::vector<std::string> known = {"--model", "--head", "--classes", "--image-size"};
+  if (init) known.insert(known.end(), {"--seed", "--out"});
+  ASSIGN_OR_RETURN(auto flags, ParseFlags(args, known));
+  if (!flags.count("--model")) return absl::InvalidArgumentError("--model is required");
+  ASSIGN_OR_RETURN(ModelHead head, ParseModelHead(flags.count("--head") ? flags["--head"] : "segmentation"));
+  ASSIGN_OR_RETURN(int classes, IntFlag(flags, "--classes", 1));
+  ASSIGN_OR_RETURN(int image_size, IntFlag(flags, "--image-size", flags["--model"] == "tiny" ? 64 : 224));
+  ModelOptions o;
+  ASSIGN_OR_RETURN(o.config, NamedModelConfig(flags["--model"], image_size, classes, head));
+  if (init) {
+    if (!flags.count("--out")) return absl::InvalidArgumentError("--out is required");
+    if (!flags.count("--seed")) return absl::InvalidArgumentError("--seed is required");
+    ASSIGN_OR_RETURN(int seed, IntFlag(flags, "--seed", 0));
+    o.seed = seed;
+    o.out = flags["--out"];
+  }
+  return o;
+}
+
+absl::Status ModelInfo(const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(ModelOptions o, ParseModelOptions(args, /*init=*/false));
+  VisionTransformer model(o.config);
+  const ParameterCounts all = CountParameters(*model);
+  // Trainable/frozen as after fine-tuning transfer (encoder frozen).
+  FreezeEncoder(*model);
+  const ParameterCounts after = CountParameters(*model);
+  const StateDict dict = GetStateDict(*model);
+  std::printf("model %s, image %d, head %s, classes %d\n", o.config.name.c_str(), o.config.image_size,
+              o.config.head == ModelHead::kReconstruction ? "reconstruction" : "segmentation",
+              o.config.num_classes);
+  std::printf("parameters: total %lld, trainable after freeze %lld, frozen %lld\n",
+              static_cast<long long>(all.total), static_cast<long long>(after.trainable),
+              static_cast<long long>(after.frozen));
+  std::printf("state dict entries: %zu\n", dict.size());
+  for (const auto& [name, tensor] : dict) std::printf("%s\t%s\n", name.c_str(), ShapeString(tensor).c_str());
+  return absl::OkStatus();
+}
+
+absl::Status ModelInit(const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(ModelOptions o, ParseModelOptions(args, /*init=*/true));
+  torch::manual_seed(static_cast<uint64_t>(o.seed));
+  VisionTransformer model(o.config);
+  RETURN_IF_ERROR(SaveStateDictFile(GetStateDict(*model), o.out));
+  std::printf("wrote %s (%lld parameters)\n", o.out.c_str(),
+              static_cast<long long>(CountParameters(*model).total));
+  return absl::OkStatus();
+}
 
 int ConfigCheck(const std::vector<std::string>& files) {
   int failures = 0;
   for (const std::string& file : files) {
-    absl::StatusOr<retina::JobConfig> config = retina::LoadJobConfig(file);
+    absl::StatusOr<JobConfig> config = LoadJobConfig(file);
     if (!config.ok()) {
       std::cerr << config.status().message() << "\n";
       ++failures;
       continue;
     }
-    std::cout << "# " << file << ": OK (kind " << config->kind << ")\n"
-              << retina::JobConfigToYaml(*config);
+    std::cout << "# " << file << ": OK (kind " << config->kind << ")\n" << JobConfigToYaml(*config);
   }
   return failures == 0 ? 0 : 1;
 }
 
-}  // namespace
+int Report(const absl::Status& status) {
+  if (status.ok()) return 0;
+  std::cerr << "retina-train: " << status.message() << "\n";
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
 
-int main(int argc, char** argv) {
-  const std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.size() == 2 && args[0] == "config" && args[1] == "schema") {
-    std::cout << retina::JobConfigSchemaMarkdown();
+int Main(const std::vector<std::string>& args) {
+  auto is = [&](std::initializer_list<const char*> words) {
+    if (args.size() < words.size()) return false;
+    size_t i = 0;
+    for (const char* w : words) if (args[i++] != w) return false;
+    return true;
+  };
+  const auto rest = [&](size_t n) { return std::vector<std::string>(args.begin() + n, args.end()); };
+  if (args.size() == 2 && is({"config", "schema"})) {
+    std::cout << JobConfigSchemaMarkdown();
     return 0;
   }
-  if (args.size() >= 3 && args[0] == "config" && args[1] == "check") {
-    return ConfigCheck({args.begin() + 2, args.end()});
+  if (args.size() >= 3 && is({"config", "check"})) return ConfigCheck(rest(2));
+  try {
+    if (is({"model", "info"})) return Report(ModelInfo(rest(2)));
+    if (is({"model", "init"})) return Report(ModelInit(rest(2)));
+  } catch (const c10::Error& e) {
+    std::cerr << "retina-train: " << e.what_without_backtrace() << "\n";
+    return 1;
   }
   if (args.size() == 1 && args[0] == "version") {
-    std::cout << "retina-train " << RETINA_VERSION << " (libtorch "
-              << retina::trainer::TorchVersionString() << ")\n";
+    std::cout << "retina-train " << RETINA_VERSION << " (libtorch " << TorchVersionString() << ")\n";
     return 0;
   }
   std::cerr << kUsage;
   return 2;
+}
+
+}  // namespace
+}  // namespace retina::trainer
+
+int main(int argc, char** argv) {
+  return retina::trainer::Main(std::vector<std::string>(argv + 1, argv + argc));
 }
