@@ -9,17 +9,21 @@ torch::nn::Sequential Conv2dReLU(int in_channels, int out_channels) {
       torch::nn::ReLU());
 }
 
+torch::Tensor UpsampleBilinear2x(const torch::Tensor& x) {
+  namespace F = torch::nn::functional;
+  return F::interpolate(x, F::InterpolateFuncOptions()
+                               .scale_factor(std::vector<double>{2.0, 2.0})
+                               .mode(torch::kBilinear)
+                               .align_corners(true));
+}
+
 DecoderBlockImpl::DecoderBlockImpl(int in_channels, int out_channels, int skip_channels) {
   conv1 = register_module("conv1", Conv2dReLU(in_channels + skip_channels, out_channels));
   conv2 = register_module("conv2", Conv2dReLU(out_channels, out_channels));
 }
 
 torch::Tensor DecoderBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& skip) {
-  namespace F = torch::nn::functional;
-  torch::Tensor y = F::interpolate(x, F::InterpolateFuncOptions()
-                                          .scale_factor(std::vector<double>{2.0, 2.0})
-                                          .mode(torch::kBilinear)
-                                          .align_corners(true));
+  torch::Tensor y = UpsampleBilinear2x(x);
   if (skip.defined()) y = torch::cat({y, skip}, 1);
   return conv2->forward(conv1->forward(y));
 }

@@ -11,6 +11,10 @@
 
 namespace retina::trainer {
 
+// Bilinear x2 upsampling with align_corners = true (the reference's
+// nn.UpsamplingBilinear2d(scale_factor=2)).
+torch::Tensor UpsampleBilinear2x(const torch::Tensor& x);
+
 // Conv3x3 (no bias) + BatchNorm (eps 1e-5, momentum 0.1) + ReLU, as a
 // Sequential so the names are "<name>.0.*" and "<name>.1.*".
 torch::nn::Sequential Conv2dReLU(int in_channels, int out_channels);

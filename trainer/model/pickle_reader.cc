@@ -200,6 +200,10 @@ class Machine {
       t->tensor = storage.as_strided(size, stride, args->items[1]->i).clone();
       return t;
     }
+    if (name == "torch.jit._pickle.restore_type_tag") {  // libtorch's pickle_save: (value, type)
+      if (args->items.empty()) return absl::DataLossError(absl::StrCat(name, ": no arguments"));
+      return args->items[0];
+    }
     if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
       if (args->items.empty() || args->items[0]->kind != Kind::kTensor) {
         return absl::DataLossError(absl::StrCat(name, ": unexpected arguments"));

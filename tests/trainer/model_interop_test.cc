@@ -1,0 +1,139 @@
+// Weights moving both ways with real Python PyTorch, and the forward pass
+// compared with an independent Python implementation of the same equations
+// (tests/trainer/py/reference_transunet.py).
+#include <sys/wait.h>
+
+#include <filesystem>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "tests/trainer/python_peer.h"
+#include "trainer/model/state_dict.h"
+#include "trainer/model/transunet.h"
+
+namespace retina::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+struct Case {
+  const char* name;
+  int size;
+  int classes;
+  bool reconstruction;
+};
+
+class ModelInterop : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    const std::string missing = retina::testing::PythonMissing("torch");
+    if (!missing.empty()) GTEST_SKIP() << missing;
+    dir_ = fs::path(::testing::TempDir()) / UniqueTempName("interop-");
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  std::string Args(const Case& c) const {
+    return absl::StrCat(c.name, " ", c.size, " ", c.classes, " ", c.reconstruction ? 1 : 0);
+  }
+  fs::path dir_;
+};
+
+TEST_P(ModelInterop, PythonWeightsLoadForwardMatchesAndSaveBack) {
+  const Case c = GetParam();
+  std::string out;
+  ASSERT_EQ(retina::testing::RunPython("interop.py", absl::StrCat("make ", Args(c), " 5 ", dir_.string()), &out), 0)
+      << out;
+
+  // Python's torch.save(model.state_dict()): OrderedDict with _metadata.
+  absl::StatusOr<StateDict> py = ReadStateDictFile(dir_ / "state.pt");
+  ASSERT_TRUE(py.ok()) << py.status();
+  absl::StatusOr<TransUNetConfig> config =
+      NamedModelConfig(c.name, c.size, c.classes,
+                       c.reconstruction ? ModelHead::kReconstruction : ModelHead::kSegmentation);
+  ASSERT_TRUE(config.ok());
+  VisionTransformer model(*config);
+  absl::StatusOr<LoadReport> report = LoadStateDict(*model, *py);
+  ASSERT_TRUE(report.ok()) << report.status();
+  StateDict mine = GetStateDict(*model);
+  ASSERT_EQ(mine.size(), py->size());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    ASSERT_EQ(mine[i].first, (*py)[i].first) << "order differs at " << i;
+    ASSERT_TRUE(torch::equal(mine[i].second, (*py)[i].second)) << mine[i].first;
+  }
+
+  // DDP's "module." prefix is stripped; the tensors are the same.
+  absl::StatusOr<StateDict> ddp = ReadStateDictFile(dir_ / "state_ddp.pt");
+  ASSERT_TRUE(ddp.ok()) << ddp.status();
+  EXPECT_EQ((*ddp)[0].first.rfind("module.", 0), 0u);
+  VisionTransformer from_ddp(*config);
+  ASSERT_TRUE(LoadStateDict(*from_ddp, *ddp).ok());
+  for (size_t i = 0; i < mine.size(); ++i) {
+    ASSERT_TRUE(torch::equal(GetStateDict(*from_ddp)[i].second, mine[i].second));
+  }
+
+  // Forward pass against the independent Python implementation (eval mode).
+  absl::StatusOr<StateDict> io = ReadStateDictFile(dir_ / "io.pt");
+  ASSERT_TRUE(io.ok()) << io.status();
+  ASSERT_EQ((*io)[0].first, "input");
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor y = model((*io)[0].second);
+  const torch::Tensor& expected = (*io)[1].second;
+  ASSERT_EQ(y.sizes(), expected.sizes());
+  const double scale = expected.abs().max().item<double>();
+  const double err = (y - expected).abs().max().item<double>();
+  RecordProperty("max_abs_error", std::to_string(err));
+  EXPECT_LT(err, 1e-4 * std::max(1.0, scale)) << "max |C++ - Python| = " << err << " (output scale " << scale << ")";
+  EXPECT_GT(scale, 1e-3) << "degenerate output; the comparison would be vacuous";
+
+  // C++ save -> Python torch.load + strict load_state_dict, tensors identical.
+  ASSERT_TRUE(SaveStateDictFile(GetStateDict(*model), dir_ / "cpp.pt").ok());
+  ASSERT_EQ(retina::testing::RunPython("interop.py",
+                                       absl::StrCat("check ", Args(c), " ", (dir_ / "cpp.pt").string(), " ",
+                                                    (dir_ / "state.pt").string()),
+                                       &out),
+            0)
+      << out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, ModelInterop,
+                         ::testing::Values(Case{"tiny", 64, 3, false}, Case{"tiny", 32, 1, true},
+                                           // The full-width RETINA model (768, 12 heads) at a small image.
+                                           Case{"r50-vit-b16", 32, 1, true}),
+                         [](const auto& info) {
+                           return absl::StrCat(info.param.name[0] == 't' ? "tiny" : "r50vitb16", "_",
+                                               info.param.size, info.param.reconstruction ? "_recon" : "_seg");
+                         });
+
+TEST(ReadStateDictFile, BadFilesNameTheFile) {
+  const fs::path dir = fs::path(::testing::TempDir()) / UniqueTempName("badpt-");
+  fs::create_directories(dir);
+  ASSERT_TRUE(WriteFileAtomic(dir / "junk.pt", "this is not a zip archive").ok());
+  absl::StatusOr<StateDict> r = ReadStateDictFile(dir / "junk.pt");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("junk.pt"));
+  r = ReadStateDictFile(dir / "absent.pt");
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  // Truncated archive.
+  StateDict d = {{"a", torch::arange(1000, torch::kFloat)}};
+  const std::vector<char> bytes = SerializeStateDict(d);
+  ASSERT_TRUE(WriteFileAtomic(dir / "cut.pt", absl::string_view(bytes.data(), bytes.size() / 2)).ok());
+  r = ReadStateDictFile(dir / "cut.pt");
+  EXPECT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("cut.pt"));
+  // Round trip of our own file through our own reader.
+  ASSERT_TRUE(SaveStateDictFile(d, dir / "ok.pt").ok());
+  r = ReadStateDictFile(dir / "ok.pt");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(torch::equal((*r)[0].second, d[0].second));
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace retina::trainer
