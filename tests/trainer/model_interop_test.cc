@@ -88,7 +88,9 @@ TEST_P(ModelInterop, PythonWeightsLoadForwardMatchesAndSaveBack) {
   ASSERT_EQ(y.sizes(), expected.sizes());
   const double scale = expected.abs().max().item<double>();
   const double err = (y - expected).abs().max().item<double>();
-  RecordProperty("max_abs_error", std::to_string(err));
+  char err_text[32];
+  std::snprintf(err_text, sizeof(err_text), "%.3g", err);
+  RecordProperty("max_abs_error", err_text);
   EXPECT_LT(err, 1e-4 * std::max(1.0, scale)) << "max |C++ - Python| = " << err << " (output scale " << scale << ")";
   EXPECT_GT(scale, 1e-3) << "degenerate output; the comparison would be vacuous";
 

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "trainer/model/decoder.h"
+#include "trainer/model/dropout.h"
 #include "trainer/model/resnet_v2.h"
 #include "trainer/model/state_dict.h"
 #include "trainer/model/transfer.h"
@@ -223,6 +224,61 @@ TEST(LoadStateDict, StrictErrorsListNames) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->missing.size(), 1u);
   EXPECT_EQ(r->mismatched.size(), 2u);  // head weight and bias
+}
+
+}  // namespace
+}  // namespace retina::trainer
+
+namespace retina::trainer {
+namespace {
+
+TEST(HashDropout, KeepRateScaleDeterminismAndThreadIndependence) {
+  const torch::Tensor like = torch::empty({3, 1000, 1000});
+  const torch::Tensor m = HashDropoutMask(like, 0.1, 42);
+  const double keep = (m > 0).to(torch::kDouble).mean().item<double>();
+  EXPECT_NEAR(keep, 0.9, 0.001);  // 3e6 draws: sd 1.7e-4
+  EXPECT_TRUE(torch::all((m == 0) | (m == static_cast<float>(1 / 0.9))).item<bool>());
+  EXPECT_TRUE(torch::equal(m, HashDropoutMask(like, 0.1, 42)));
+  EXPECT_FALSE(torch::equal(m, HashDropoutMask(like, 0.1, 43)));
+  const int threads = at::get_num_threads();
+  at::set_num_threads(1);
+  EXPECT_TRUE(torch::equal(m, HashDropoutMask(like, 0.1, 42)));
+  at::set_num_threads(threads);
+  // Neighbouring elements are not correlated.
+  const torch::Tensor k = (m > 0).to(torch::kDouble).flatten();
+  const double both = (k.slice(0, 1) * k.slice(0, 0, -1)).mean().item<double>();
+  EXPECT_NEAR(both, 0.81, 0.002);
+
+  Dropout d(0.1);
+  torch::Tensor x = torch::ones({1000});
+  d->eval();
+  EXPECT_TRUE(torch::equal(d(x), x));
+  d->train();
+  torch::manual_seed(3);
+  const torch::Tensor a = d(x);
+  torch::manual_seed(3);
+  EXPECT_TRUE(torch::equal(a, d(x)));            // reproducible under manual_seed
+  EXPECT_FALSE(torch::equal(a, d(x)));           // fresh mask per call
+  EXPECT_NEAR(d(torch::ones({100000})).mean().item<float>(), 1.0, 0.01);  // unbiased
+}
+
+TEST(VisionTransformer, ChannelsLastIsNumericallyEquivalent) {
+  torch::NoGradGuard g;
+  absl::StatusOr<TransUNetConfig> c = NamedModelConfig("tiny", 64, 2, ModelHead::kSegmentation);
+  ASSERT_TRUE(c.ok());
+  VisionTransformer m(*c);
+  m->eval();
+  const torch::Tensor x = torch::randn({2, 1, 64, 64});
+  const torch::Tensor a = m(x);
+  m->SetChannelsLast(true);
+  const torch::Tensor b = m(x);
+  EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-5)) << (a - b).abs().max().item<float>();
+  // The module holds channels-last weights; SerializeStateDict writes them contiguous.
+  for (const auto& [name, t] : GetStateDict(*m)) {
+    if (t.dim() == 4) EXPECT_TRUE(t.is_contiguous(torch::MemoryFormat::ChannelsLast)) << name;
+  }
+  const std::vector<char> bytes = SerializeStateDict(GetStateDict(*m));
+  EXPECT_GT(bytes.size(), 0u);
 }
 
 }  // namespace

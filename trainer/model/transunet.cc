@@ -18,8 +18,20 @@ VisionTransformerImpl::VisionTransformerImpl(TransUNetConfig config) : config_(s
           torch::nn::Identity()));
 }
 
+void VisionTransformerImpl::SetChannelsLast(bool enabled) {
+  channels_last_ = enabled;
+  const auto format = enabled ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor& p : parameters()) {
+    if (p.dim() != 4) continue;
+    p.set_data(p.data().contiguous(format));
+    p.mutable_grad() = torch::Tensor();  // a stale grad would keep the old layout
+  }
+}
+
 torch::Tensor VisionTransformerImpl::forward(torch::Tensor x) {
   if (x.size(1) == 1) x = x.repeat({1, 3, 1, 1});
+  if (channels_last_) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
   ResNetFeatures f = transformer(x);
   torch::Tensor y = decoder(f.x, f.skips);
   return final_decoder ? final_decoder(y) : segmentation_head->forward(y);

@@ -22,8 +22,14 @@ class VisionTransformerImpl : public torch::nn::Module {
   torch::Tensor forward(torch::Tensor x);
   const TransUNetConfig& config() const { return config_; }
 
+  // Stores 4-D weights and runs convolutions in channels-last (NHWC) layout,
+  // which oneDNN convolutions on CPU prefer. Numerically equivalent (float
+  // rounding aside); state dicts are unaffected (saved contiguous).
+  void SetChannelsLast(bool enabled);
+
  private:
   TransUNetConfig config_;
+  bool channels_last_ = false;
   Transformer transformer{nullptr};
   DecoderCup decoder{nullptr};
   FinalDecoder final_decoder{nullptr};

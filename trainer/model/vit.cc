@@ -10,8 +10,8 @@ AttentionImpl::AttentionImpl(const TransUNetConfig& c) : num_heads_(c.num_heads)
   key = register_module("key", torch::nn::Linear(c.hidden_size, c.hidden_size));
   value = register_module("value", torch::nn::Linear(c.hidden_size, c.hidden_size));
   out = register_module("out", torch::nn::Linear(c.hidden_size, c.hidden_size));
-  attn_dropout = register_module("attn_dropout", torch::nn::Dropout(c.attention_dropout_rate));
-  proj_dropout = register_module("proj_dropout", torch::nn::Dropout(c.attention_dropout_rate));
+  attn_dropout = register_module("attn_dropout", Dropout(c.attention_dropout_rate));
+  proj_dropout = register_module("proj_dropout", Dropout(c.attention_dropout_rate));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
@@ -30,7 +30,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
 MlpImpl::MlpImpl(const TransUNetConfig& c) {
   fc1 = register_module("fc1", torch::nn::Linear(c.hidden_size, c.mlp_dim));
   fc2 = register_module("fc2", torch::nn::Linear(c.mlp_dim, c.hidden_size));
-  dropout = register_module("dropout", torch::nn::Dropout(c.dropout_rate));
+  dropout = register_module("dropout", Dropout(c.dropout_rate));
   reset_parameters();
 }
 
@@ -84,7 +84,7 @@ EmbeddingsImpl::EmbeddingsImpl(const TransUNetConfig& c) {
   patch_embeddings = register_module(
       "patch_embeddings",
       torch::nn::Conv2d(torch::nn::Conv2dOptions(c.resnet_width * 16, c.hidden_size, 1)));
-  dropout = register_module("dropout", torch::nn::Dropout(c.dropout_rate));
+  dropout = register_module("dropout", Dropout(c.dropout_rate));
 }
 
 ResNetFeatures EmbeddingsImpl::forward(const torch::Tensor& x) {

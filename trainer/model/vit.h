@@ -8,6 +8,7 @@
 
 #include <torch/torch.h>
 
+#include "trainer/model/dropout.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/resnet_v2.h"
 
@@ -22,7 +23,7 @@ class AttentionImpl : public torch::nn::Module {
  private:
   int num_heads_;
   torch::nn::Linear query{nullptr}, key{nullptr}, value{nullptr}, out{nullptr};
-  torch::nn::Dropout attn_dropout{nullptr}, proj_dropout{nullptr};
+  Dropout attn_dropout{nullptr}, proj_dropout{nullptr};
 };
 TORCH_MODULE(Attention);
 
@@ -36,7 +37,7 @@ class MlpImpl : public torch::nn::Module {
 
  private:
   torch::nn::Linear fc1{nullptr}, fc2{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(Mlp);
 
@@ -75,7 +76,7 @@ class EmbeddingsImpl : public torch::nn::Module {
  private:
   ResNetV2 hybrid_model{nullptr};
   torch::nn::Conv2d patch_embeddings{nullptr};
-  torch::nn::Dropout dropout{nullptr};
+  Dropout dropout{nullptr};
 };
 TORCH_MODULE(Embeddings);
 

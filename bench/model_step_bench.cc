@@ -1,0 +1,138 @@
+// Pre-training step benchmark (forward, MSE, backward, SGD with momentum and
+// weight decay) of a TransUNet on CPU, reported three ways in one run:
+//   - images/s and achieved GFLOP/s (175 GFLOP per 224x224 training image,
+//     METHOD.md section 1; scaled by (size/224)^2 for other sizes),
+//   - the ratio to a large fp32 GEMM measured in the same process (the
+//     machine's practical ceiling),
+//   - the ratio to the Python reference model's step measured in the same run
+//     (tests/trainer/py/step_reference.py), when Python with torch is present.
+// Exit status 1 when the C++ step is slower than the Python reference.
+//
+//   model_step_bench [--model r50-vit-b16] [--batch 4] [--steps 3] [--image-size 224] [--no-python]
+//                    [--compare-layouts]   (also time contiguous vs channels_last, interleaved)
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "tests/trainer/python_peer.h"
+#include "trainer/model/transunet.h"
+#include "trainer/runtime/threads.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// Achieved GFLOP/s of an n x n x n fp32 matmul (best of `reps`).
+double GemmGflops(int n, int reps) {
+  torch::Tensor a = torch::randn({n, n}), b = torch::randn({n, n});
+  torch::Tensor c = torch::matmul(a, b);  // warm-up
+  double best = 1e30;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    c = torch::matmul(a, b);
+    best = std::min(best, Seconds(t0, Clock::now()));
+  }
+  return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace retina::trainer;
+  std::string model_name = "r50-vit-b16";
+  int batch = 4, steps = 3, size = 224;
+  bool python = true;
+  bool compare_layouts = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next_int = [&](int* out) {
+      if (i + 1 >= argc || !absl::SimpleAtoi(argv[++i], out)) {
+        std::fprintf(stderr, "%s needs an integer\n", a.c_str());
+        std::exit(2);
+      }
+    };
+    if (a == "--model" && i + 1 < argc) model_name = argv[++i];
+    else if (a == "--batch") next_int(&batch);
+    else if (a == "--steps") next_int(&steps);
+    else if (a == "--image-size") next_int(&size);
+    else if (a == "--no-python") python = false;
+    else if (a == "--compare-layouts") compare_layouts = true;
+    else {
+      std::fprintf(stderr, "usage: %s [--model M] [--batch B] [--steps N] [--image-size S] [--no-python]\n", argv[0]);
+      return 2;
+    }
+  }
+  const retina::ThreadPlan threads = ConfigureTorchThreads(1);
+  std::printf("threads: %d (%s)\n", threads.threads, threads.reason.c_str());
+
+  const double gemm = GemmGflops(2048, 5);
+  std::printf("fp32 GEMM 2048^3: %.1f GFLOP/s (ceiling)\n", gemm);
+
+  absl::StatusOr<TransUNetConfig> config = NamedModelConfig(model_name, size, 1, ModelHead::kReconstruction);
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    return 2;
+  }
+  torch::manual_seed(0);
+  VisionTransformer model(*config);
+  model->train();
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.003).momentum(0.9).weight_decay(1e-4));
+  const torch::Tensor x = torch::randn({batch, 1, size, size});
+  const torch::Tensor target = torch::randn({batch, 1, size, size});
+  // Seconds per step, one warm-up step first, in the given layout.
+  auto time_steps = [&](bool channels_last, int n) {
+    model->SetChannelsLast(channels_last);
+    auto step = [&] {
+      opt.zero_grad();
+      torch::Tensor loss = torch::mse_loss(model(x), target);
+      loss.backward();
+      opt.step();
+    };
+    step();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) step();
+    return Seconds(t0, Clock::now()) / n;
+  };
+  if (compare_layouts) {  // interleaved rounds: the machine's drift hits both alike
+    double sum[2] = {0, 0};
+    for (int round = 0; round < steps; ++round) {
+      for (int cl = 0; cl < 2; ++cl) sum[cl] += time_steps(cl == 1, 1);
+    }
+    std::printf("layout: contiguous %.3f s/step, channels_last %.3f s/step (ratio %.3f)\n",
+                sum[0] / steps, sum[1] / steps, sum[1] / sum[0]);
+  }
+  const double per_step = time_steps(/*channels_last=*/true, steps);
+  const double images_per_s = batch / per_step;
+  const double gflop_per_image = 175.0 * (size / 224.0) * (size / 224.0);
+  const double gflops = images_per_s * gflop_per_image;
+  std::printf("C++ step (%s, batch %d, %dx%d, channels_last): %.3f s/step, %.2f images/s, %.1f GFLOP/s, "
+              "%.2f of GEMM ceiling\n",
+              model_name.c_str(), batch, size, size, per_step, images_per_s, gflops, gflops / gemm);
+
+  if (!python) return 0;
+  const std::string missing = retina::testing::PythonMissing("torch");
+  if (!missing.empty()) {
+    std::printf("Python reference: skipped (%s)\n", missing.c_str());
+    return 0;
+  }
+  std::string out;
+  // The reference runs with the same thread count as the C++ step.
+  const int rc = retina::testing::RunPython(
+      "step_reference.py", absl::StrCat(model_name, " ", size, " ", batch, " ", steps, " ", threads.threads), &out);
+  double py_step = 0;
+  const char* field = std::strstr(out.c_str(), "seconds_per_step ");
+  if (rc != 0 || field == nullptr || std::sscanf(field, "seconds_per_step %lf", &py_step) != 1) {
+    std::fprintf(stderr, "Python reference failed: %s\n", out.c_str());
+    return 1;
+  }
+  std::printf("Python reference step: %.3f s/step (%.2f images/s); C++ speed-up x%.2f\n", py_step,
+              batch / py_step, py_step / per_step);
+  return per_step <= py_step * 1.05 ? 0 : 1;  // 5% timing noise allowed
+}
