@@ -40,6 +40,16 @@ target_link_libraries(retina_torch INTERFACE ${TORCH_LIBRARIES})
 separate_arguments(_retina_torch_flags UNIX_COMMAND "${TORCH_CXX_FLAGS}")
 target_compile_options(retina_torch INTERFACE ${_retina_torch_flags})
 
+# libzip: reading NumPy .npz archives (ImageNet ViT weights). Through
+# pkg-config: Debian's libzip CMake config references tools it does not ship.
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_check_modules(RETINA_LIBZIP QUIET IMPORTED_TARGET libzip)
+endif()
+if(NOT RETINA_LIBZIP_FOUND)
+  message(FATAL_ERROR "libzip not found: install libzip-dev and pkg-config (${_retina_setup_hint})")
+endif()
+
 # --- CUDA: follows the libtorch we build against ---------------------------
 set(RETINA_HAVE_CUDA OFF)
 if(RETINA_WITH_CUDA STREQUAL "ON" OR RETINA_WITH_CUDA STREQUAL "AUTO")

@@ -32,16 +32,12 @@ class ModelInterop : public ::testing::TestWithParam<Case> {
   void SetUp() override {
     const std::string missing = retina::testing::PythonMissing("torch");
     if (!missing.empty()) GTEST_SKIP() << missing;
-    dir_ = fs::path(::testing::TempDir()) / UniqueTempName("interop-");
-    fs::create_directories(dir_);
-  }
-  void TearDown() override {
-    if (!dir_.empty()) fs::remove_all(dir_);
   }
   std::string Args(const Case& c) const {
     return absl::StrCat(c.name, " ", c.size, " ", c.classes, " ", c.reconstruction ? 1 : 0);
   }
-  fs::path dir_;
+  retina::testing::ScopedTempDir tmp_;
+  const fs::path& dir_ = tmp_.path();
 };
 
 TEST_P(ModelInterop, PythonWeightsLoadForwardMatchesAndSaveBack) {

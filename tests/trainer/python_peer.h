@@ -1,8 +1,15 @@
 // Runs the Python peer scripts of the tests (Debian's python3 with torch).
 #pragma once
 
+#include <sys/wait.h>
+
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+
+#include <gtest/gtest.h>
+
+#include "common/file_util.h"
 
 namespace retina::testing {
 
@@ -47,5 +54,24 @@ inline int RunPython(const std::string& script, const std::string& args, std::st
   const int status = pclose(pipe);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+// A fresh directory under the test temp dir, removed (recursively) on destruction.
+class ScopedTempDir {
+ public:
+  explicit ScopedTempDir(const std::string& prefix = "test-")
+      : path_(std::filesystem::path(::testing::TempDir()) / UniqueTempName(prefix)) {
+    std::filesystem::create_directories(path_);
+  }
+  ~ScopedTempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScopedTempDir(const ScopedTempDir&) = delete;
+  ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 }  // namespace retina::testing
