@@ -50,6 +50,34 @@ if(NOT RETINA_LIBZIP_FOUND)
   message(FATAL_ERROR "libzip not found: install libzip-dev and pkg-config (${_retina_setup_hint})")
 endif()
 
+# --- trainer/data: image and volume formats ----------------------------------
+find_package(PNG QUIET)
+find_package(TIFF QUIET)
+find_package(HDF5 COMPONENTS C QUIET)
+find_package(ZLIB QUIET)
+find_path(RETINA_NIFTI_INCLUDE_DIR nifti/nifti2_io.h)
+find_library(RETINA_NIFTI_LIBRARY nifti2)
+find_library(RETINA_ZNZ_LIBRARY znz)
+find_path(RETINA_TEEM_INCLUDE_DIR teem/nrrd.h)
+find_library(RETINA_TEEM_LIBRARY teem)
+foreach(_dep PNG TIFF HDF5 ZLIB)
+  if(NOT ${_dep}_FOUND)
+    message(FATAL_ERROR "${_dep} not found: install libpng-dev libtiff-dev libhdf5-dev zlib1g-dev "
+                        "(${_retina_setup_hint})")
+  endif()
+endforeach()
+if(NOT RETINA_NIFTI_INCLUDE_DIR OR NOT RETINA_NIFTI_LIBRARY OR NOT RETINA_ZNZ_LIBRARY)
+  message(FATAL_ERROR "niftilib not found: install libnifti2-dev (${_retina_setup_hint})")
+endif()
+if(NOT RETINA_TEEM_INCLUDE_DIR OR NOT RETINA_TEEM_LIBRARY)
+  message(FATAL_ERROR "teem (NRRD) not found: install libteem-dev (${_retina_setup_hint})")
+endif()
+add_library(retina_formats INTERFACE)
+target_include_directories(retina_formats SYSTEM INTERFACE
+  ${RETINA_NIFTI_INCLUDE_DIR}/nifti ${RETINA_TEEM_INCLUDE_DIR} ${HDF5_INCLUDE_DIRS})
+target_link_libraries(retina_formats INTERFACE PNG::PNG TIFF::TIFF ${HDF5_C_LIBRARIES}
+  ${RETINA_NIFTI_LIBRARY} ${RETINA_ZNZ_LIBRARY} ${RETINA_TEEM_LIBRARY} ZLIB::ZLIB)
+
 # --- CUDA: follows the libtorch we build against ---------------------------
 set(RETINA_HAVE_CUDA OFF)
 if(RETINA_WITH_CUDA STREQUAL "ON" OR RETINA_WITH_CUDA STREQUAL "AUTO")
