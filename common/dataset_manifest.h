@@ -1,0 +1,58 @@
+// manifest.json of a sharded dataset in the store (datasets/<name>/):
+//
+// {
+//   "format": "retina-shards/1",
+//   "name": "cem500k", "labelled": false, "height": 224, "width": 224,
+//   "count": 500000, "mean": 0.5729, "std": 0.1274,      (of v/255 over all images)
+//   "shards": [{"file": "shard-00000.h5", "count": 4096, "bytes": 205520896,
+//               "sha256": "..."}, ...],
+//   "source": "/data/cem500k/*.tiff"
+// }
+//
+// Written last and atomically by the packer: a dataset without a valid
+// manifest does not exist. Each shard is an HDF5 file with contiguous uint8
+// datasets images [N, H, W] (and masks [N, H, W] when labelled) and names [N].
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace retina {
+
+struct ShardInfo {
+  std::string file;
+  int64_t count = 0;
+  uint64_t bytes = 0;
+  std::string sha256;
+};
+
+struct DatasetManifest {
+  static constexpr char kFormat[] = "retina-shards/1";
+  static constexpr char kFileName[] = "manifest.json";
+
+  std::string name;
+  bool labelled = false;
+  int64_t height = 0;
+  int64_t width = 0;
+  int64_t count = 0;
+  double mean = 0;
+  double std = 0;
+  std::vector<ShardInfo> shards;
+  std::string source;
+
+  std::string ToJson() const;
+  // Validates structure and totals; `source_name` names the file in errors.
+  static absl::StatusOr<DatasetManifest> FromJson(const std::string& text, const std::string& source_name);
+  static absl::StatusOr<DatasetManifest> Load(const std::filesystem::path& dataset_dir);
+};
+
+// Checks every shard's size and SHA-256 against the manifest. DATA_LOSS names
+// the shard and the failing check.
+absl::Status VerifyDatasetChecksums(const std::filesystem::path& dataset_dir, const DatasetManifest& manifest);
+
+}  // namespace retina

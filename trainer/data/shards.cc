@@ -1,0 +1,186 @@
+#include "trainer/data/shards.h"
+
+#include <fcntl.h>
+#include <hdf5.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+
+namespace retina::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+// hid_t owner; Close is the matching H5?close.
+class Hid {
+ public:
+  Hid(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~Hid() { if (id_ >= 0) close_(id_); }
+  Hid(const Hid&) = delete;
+  Hid& operator=(const Hid&) = delete;
+  hid_t get() const { return id_; }
+  bool ok() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+absl::Status WriteU8(hid_t file, const char* name, const std::vector<uint8_t>& data, const hsize_t dims[3],
+                     const std::string& where) {
+  Hid space(H5Screate_simple(3, dims, nullptr), H5Sclose);
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS);
+  H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY);
+  Hid ds(H5Dcreate2(file, name, H5T_NATIVE_UINT8, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
+  if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()) < 0) {
+    return absl::InternalError(absl::StrCat(where, ": writing dataset ", name, " failed (disk full?)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteNames(hid_t file, const std::vector<std::string>& names, const std::string& where) {
+  const hsize_t n = names.size();
+  Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  std::vector<const char*> ptrs;
+  for (const std::string& s : names) ptrs.push_back(s.c_str());
+  Hid ds(H5Dcreate2(file, "names", type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  if (!ds.ok() || H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
+    return absl::InternalError(absl::StrCat(where, ": writing names failed"));
+  }
+  return absl::OkStatus();
+}
+
+// Offset of a contiguous uint8 [n, h, w] dataset, after checking its shape.
+absl::StatusOr<haddr_t> ContiguousOffset(hid_t file, const char* name, int64_t n, int64_t h, int64_t w,
+                                         const std::string& where) {
+  if (H5Lexists(file, name, H5P_DEFAULT) <= 0) return absl::DataLossError(absl::StrCat(where, ": no dataset '", name, "'"));
+  Hid ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  Hid space(H5Dget_space(ds.get()), H5Sclose);
+  hsize_t dims[3] = {0, 0, 0};
+  if (H5Sget_simple_extent_ndims(space.get()) != 3) return absl::DataLossError(absl::StrCat(where, ":", name, ": rank is not 3"));
+  H5Sget_simple_extent_dims(space.get(), dims, nullptr);
+  if (static_cast<int64_t>(dims[0]) != n || static_cast<int64_t>(dims[1]) != h || static_cast<int64_t>(dims[2]) != w) {
+    return absl::DataLossError(absl::StrCat(where, ":", name, ": shape [", dims[0], ", ", dims[1], ", ", dims[2],
+                                            "] disagrees with the manifest [", n, ", ", h, ", ", w, "]"));
+  }
+  Hid type(H5Dget_type(ds.get()), H5Tclose);
+  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Tget_size(type.get()) != 1) {
+    return absl::DataLossError(absl::StrCat(where, ":", name, ": not uint8"));
+  }
+  Hid dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
+  if (H5Pget_layout(dcpl.get()) != H5D_CONTIGUOUS) {
+    return absl::DataLossError(absl::StrCat(where, ":", name, ": not contiguous (cannot be memory-mapped)"));
+  }
+  const haddr_t offset = H5Dget_offset(ds.get());
+  if (offset == HADDR_UNDEF) return absl::DataLossError(absl::StrCat(where, ":", name, ": no storage allocated"));
+  return offset;
+}
+
+}  // namespace
+
+absl::StatusOr<ShardInfo> WriteShard(const fs::path& path, const ShardContents& c) {
+  const std::string where = path.string();
+  const size_t plane = static_cast<size_t>(c.height * c.width);
+  if (c.images.size() != plane * c.count() || (!c.masks.empty() && c.masks.size() != c.images.size())) {
+    return absl::InternalError(absl::StrCat(where, ": shard contents have inconsistent sizes"));
+  }
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const fs::path tmp = path.parent_path() / UniqueTempName("." + path.filename().string() + ".tmp.");
+  absl::Cleanup remove_tmp = [&] { ::unlink(tmp.c_str()); };
+  {
+    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    if (!file.ok()) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create HDF5 file"));
+    const hsize_t dims[3] = {static_cast<hsize_t>(c.count()), static_cast<hsize_t>(c.height),
+                             static_cast<hsize_t>(c.width)};
+    RETURN_IF_ERROR(WriteU8(file.get(), "images", c.images, dims, where));
+    if (!c.masks.empty()) RETURN_IF_ERROR(WriteU8(file.get(), "masks", c.masks, dims, where));
+    RETURN_IF_ERROR(WriteNames(file.get(), c.names, where));
+    if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) return absl::InternalError(absl::StrCat(where, ": flush failed"));
+  }
+  RETURN_IF_ERROR(FsyncPath(tmp));
+  ASSIGN_OR_RETURN(FileDigest digest, Sha256File(tmp));
+  RETURN_IF_ERROR(RenameDurable(tmp, path));
+  std::move(remove_tmp).Cancel();
+  return ShardInfo{path.filename().string(), c.count(), digest.size, digest.sha256};
+}
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const fs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  absl::Cleanup close_fd = [fd] { ::close(fd); };
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return ErrnoStatus(errno, "stat", path);
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) return absl::DataLossError(absl::StrCat(path.string(), ": empty file"));
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return ErrnoStatus(errno, "mmap", path);
+  return std::unique_ptr<MappedFile>(new MappedFile(static_cast<const uint8_t*>(p), size));
+}
+
+MappedFile::~MappedFile() { ::munmap(const_cast<uint8_t*>(data_), size_); }
+
+absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::path& dir, bool verify) {
+  ASSIGN_OR_RETURN(DatasetManifest manifest, DatasetManifest::Load(dir));
+  if (verify) RETURN_IF_ERROR(VerifyDatasetChecksums(dir, manifest));
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  auto ds = std::unique_ptr<ShardedDataset>(new ShardedDataset());
+  int64_t first = 0;
+  const int64_t plane = manifest.height * manifest.width;
+  for (const ShardInfo& info : manifest.shards) {
+    const fs::path path = dir / info.file;
+    const std::string where = path.string();
+    Shard shard;
+    shard.first = first;
+    haddr_t image_offset, mask_offset = 0;
+    {
+      if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(where, ": missing or not HDF5"));
+      Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+      if (!file.ok()) return absl::DataLossError(absl::StrCat(where, ": cannot open"));
+      ASSIGN_OR_RETURN(image_offset, ContiguousOffset(file.get(), "images", info.count, manifest.height, manifest.width, where));
+      if (manifest.labelled) {
+        ASSIGN_OR_RETURN(mask_offset, ContiguousOffset(file.get(), "masks", info.count, manifest.height, manifest.width, where));
+      }
+    }
+    ASSIGN_OR_RETURN(shard.file, MappedFile::Open(path));
+    const uint64_t bytes = static_cast<uint64_t>(info.count * plane);
+    if (image_offset + bytes > shard.file->size() || (manifest.labelled && mask_offset + bytes > shard.file->size())) {
+      return absl::DataLossError(absl::StrCat(where, ": truncated (pixel data beyond the end of the file)"));
+    }
+    shard.images = shard.file->data() + image_offset;
+    if (manifest.labelled) shard.masks = shard.file->data() + mask_offset;
+    first += info.count;
+    ds->shards_.push_back(std::move(shard));
+  }
+  ds->manifest_ = std::move(manifest);
+  return ds;
+}
+
+std::pair<const ShardedDataset::Shard*, int64_t> ShardedDataset::Locate(int64_t i) const {
+  auto it = std::upper_bound(shards_.begin(), shards_.end(), i,
+                             [](int64_t v, const Shard& s) { return v < s.first; });
+  const Shard* s = &*(it - 1);
+  return {s, i - s->first};
+}
+
+const uint8_t* ShardedDataset::image(int64_t i) const {
+  auto [s, local] = Locate(i);
+  return s->images + local * height() * width();
+}
+
+const uint8_t* ShardedDataset::mask(int64_t i) const {
+  auto [s, local] = Locate(i);
+  return s->masks == nullptr ? nullptr : s->masks + local * height() * width();
+}
+
+}  // namespace retina::trainer
