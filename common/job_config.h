@@ -143,6 +143,11 @@ struct FinetuneConfig {
   std::int64_t eval_every_iters = 500;
   std::int64_t save_every_iters = 500;
   double foreground_crop_p = 0.0;
+  double rotate_p = 0.5;
+  double rotate_limit = 180;
+  double brightness_contrast_p = 0.5;
+  double brightness_limit = 0.2;
+  double contrast_limit = 0.2;
   bool noise_blur = false;
   double val_overlap = 0.2;
   template <class V>
@@ -161,6 +166,11 @@ struct FinetuneConfig {
     v.Field("save_every_iters", &save_every_iters, Spec("checkpoint interval").Unit("iterations").Min(1));
     v.Field("foreground_crop_p", &foreground_crop_p,
             Spec("crop around a random foreground pixel (0.8 for UroCell, CREMI, Kasthuri++)").Min(0).Max(1));
+    v.Field("rotate_p", &rotate_p, Spec("rotation probability").Min(0).Max(1));
+    v.Field("rotate_limit", &rotate_limit, Spec("rotation angle ~ U(-limit, limit)").Unit("deg").Min(0).Max(180));
+    v.Field("brightness_contrast_p", &brightness_contrast_p, Spec("brightness/contrast probability (image only)").Min(0).Max(1));
+    v.Field("brightness_limit", &brightness_limit, Spec("beta = U(-l, l) x 255 (albumentations default)").Min(0).Max(1));
+    v.Field("contrast_limit", &contrast_limit, Spec("alpha = 1 + U(-l, l) (albumentations default)").Min(0).Max(1));
     v.Field("noise_blur", &noise_blur, Spec("Gaussian noise + blur, p 0.5 each (Guay)"));
     v.Field("val_overlap", &val_overlap, Spec("sliding-window overlap for validation").Min(0).Max(0.95));
   }

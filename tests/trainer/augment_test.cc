@@ -161,3 +161,59 @@ TEST(Pretrain, ReproducibleForASeed) {
 
 }  // namespace
 }  // namespace retina::trainer
+
+namespace retina::trainer {
+namespace {
+
+FinetuneConfig Plain() {
+  FinetuneConfig c;
+  c.brightness_contrast_p = 0;
+  c.noise_blur = false;
+  return c;
+}
+
+TEST(Finetune, ImageAndMaskShareTheGeometryAndLabelsStayLabels) {
+  // Blocky labels 0..2 on 8x8 blocks; image = 60 * label + 40.
+  torch::Tensor mask = torch::randint(0, 3, {6, 8, 8}, torch::kByte).repeat_interleave(8, 1).repeat_interleave(8, 2);
+  const torch::Tensor image = (mask.to(torch::kInt) * 60 + 40).to(torch::kByte);
+  FinetuneAugmenter aug(Plain(), 0.0, 1.0, 64);
+  torch::Generator gen = at::detail::createCPUGenerator(5);
+  const FinetuneBatch b = aug(image, mask, gen);
+  ASSERT_EQ(b.mask.sizes(), (std::vector<int64_t>{6, 64, 64}));
+  EXPECT_TRUE(torch::all((b.mask >= 0) & (b.mask <= 2)).item<bool>());
+  // Where the image is (close to) a pure level, the mask holds the matching label.
+  const torch::Tensor grey = b.image.squeeze(1) * 255;
+  const torch::Tensor expected_label = ((grey - 40) / 60).round();
+  const torch::Tensor pure = ((grey - 40) / 60 - expected_label).abs() < 0.01;
+  const double agree = (b.mask == expected_label.to(torch::kLong)).masked_select(pure).to(torch::kDouble).mean().item<double>();
+  EXPECT_GT(pure.to(torch::kDouble).mean().item<double>(), 0.5);
+  EXPECT_GT(agree, 0.99);
+}
+
+TEST(Finetune, ForegroundCropFindsSmallObjectsAndSmallInputsArePadded) {
+  torch::Tensor mask = torch::zeros({200, 256, 256}, torch::kByte);
+  mask.slice(1, 200, 206).slice(2, 30, 36).fill_(1);  // one 6x6 object
+  const torch::Tensor image = torch::full({200, 256, 256}, 128, torch::kByte);
+  auto hit_rate = [&](double p) {
+    FinetuneConfig c = Plain();
+    c.foreground_crop_p = p;
+    c.rotate_p = 0;
+    FinetuneAugmenter aug(c, 0.5, 0.2, 224);
+    torch::Generator gen = at::detail::createCPUGenerator(3);
+    const GeometryParams g = aug.SampleGeometry(mask, gen);
+    // Does each crop window contain the object?
+    const torch::Tensor x0 = g.crop.select(1, 0), y0 = g.crop.select(1, 1), cw = g.crop.select(1, 2), ch = g.crop.select(1, 3);
+    return ((x0 <= 30) & (x0 + cw >= 36) & (y0 <= 200) & (y0 + ch >= 206)).to(torch::kDouble).mean().item<double>();
+  };
+  EXPECT_GT(hit_rate(1.0), 0.95);
+  EXPECT_LT(hit_rate(0.0), hit_rate(1.0) - 0.3);
+
+  FinetuneAugmenter aug(Plain(), 0.0, 1.0, 224);
+  torch::Generator gen = at::detail::createCPUGenerator(1);
+  const FinetuneBatch b = aug(torch::full({2, 100, 150}, 7, torch::kByte), torch::ones({2, 100, 150}, torch::kByte), gen);
+  EXPECT_EQ(b.image.sizes(), (std::vector<int64_t>{2, 1, 224, 224}));
+  EXPECT_TRUE(torch::all(b.mask == 1).item<bool>());  // reflect padding repeats the mask too
+}
+
+}  // namespace
+}  // namespace retina::trainer

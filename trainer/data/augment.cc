@@ -68,14 +68,18 @@ std::array<double, 4> SampleResizedCrop(int64_t h, int64_t w, const std::vector<
           static_cast<double>(ch)};
 }
 
-torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w) {
+torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                               GeometryOrder order) {
   const int64_t b = p.hflip.size(0);
   torch::Tensor theta = torch::empty({b, 2, 3}, torch::kDouble);
   auto t = theta.accessor<double, 3>();
   const auto hf = p.hflip.accessor<bool, 1>(), vf = p.vflip.accessor<bool, 1>();
   const auto ang = p.angle_deg.accessor<float, 1>();
   const auto crop = p.crop.accessor<float, 2>();
-  const double cx = in_w / 2.0 - 0.5, cy = in_h / 2.0 - 0.5;  // cv2.getRotationMatrix2D centre
+  // Flips and rotation act on the input (pre-training) or on the output (fine-tuning).
+  const bool crop_first = order == GeometryOrder::kCropRotateFlip;
+  const int64_t rot_h = crop_first ? out_h : in_h, rot_w = crop_first ? out_w : in_w;
+  const double cx = rot_w / 2.0 - 0.5, cy = rot_h / 2.0 - 0.5;  // cv2.getRotationMatrix2D centre
   // Normalised <-> pixel coordinates (align_corners = true).
   const Mat3 out_from_norm = {(out_w - 1) / 2.0, 0, (out_w - 1) / 2.0, 0, (out_h - 1) / 2.0, (out_h - 1) / 2.0, 0, 0, 1};
   const Mat3 norm_from_in = {2.0 / (in_w - 1), 0, -1, 0, 2.0 / (in_h - 1), -1, 0, 0, 1};
@@ -87,8 +91,9 @@ torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in
     const double a = ang[i] * kPi / 180.0, c = std::cos(a), s = std::sin(a);
     const Mat3 unrotate = {c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0, 0, 1};
     // Flipped image -> input.
-    const Mat3 unflip = {hf[i] ? -1.0 : 1.0, 0, hf[i] ? in_w - 1.0 : 0.0, 0, vf[i] ? -1.0 : 1.0, vf[i] ? in_h - 1.0 : 0.0, 0, 0, 1};
-    const Mat3 m = Mul(norm_from_in, Mul(unflip, Mul(unrotate, Mul(from_crop, out_from_norm))));
+    const Mat3 unflip = {hf[i] ? -1.0 : 1.0, 0, hf[i] ? rot_w - 1.0 : 0.0, 0, vf[i] ? -1.0 : 1.0, vf[i] ? rot_h - 1.0 : 0.0, 0, 0, 1};
+    const Mat3 m = crop_first ? Mul(norm_from_in, Mul(from_crop, Mul(unrotate, Mul(unflip, out_from_norm))))
+                              : Mul(norm_from_in, Mul(unflip, Mul(unrotate, Mul(from_crop, out_from_norm))));
     for (int r = 0; r < 2; ++r)
       for (int k = 0; k < 3; ++k) t[i][r][k] = m[r * 3 + k];
   }
@@ -176,6 +181,11 @@ CorruptionParams PretrainAugmenter::SampleCorruption(int64_t b, int64_t h, int64
 
 torch::Tensor PretrainAugmenter::Corrupt(const torch::Tensor& grey, const CorruptionParams& p,
                                          torch::Generator* noise_gen) const {
+  return ApplyCorruption(grey, p, c_.dropout_size, noise_gen);
+}
+
+torch::Tensor ApplyCorruption(const torch::Tensor& grey, const CorruptionParams& p, int64_t dropout_size,
+                              torch::Generator* noise_gen) {
   const auto dev = grey.device();
   const int64_t b = grey.size(0), h = grey.size(2), w = grey.size(3);
   auto col = [&](const torch::Tensor& t) { return t.to(dev).view({b, 1, 1, 1}); };
@@ -211,7 +221,7 @@ torch::Tensor PretrainAugmenter::Corrupt(const torch::Tensor& grey, const Corrup
   }
   // Coarse dropout: holes of dropout_size^2 set to 0.
   if (p.holes.gt(0).any().item<bool>()) {
-    const int64_t k = p.hole_yx.size(1), s = c_.dropout_size;
+    const int64_t k = p.hole_yx.size(1), s = dropout_size;
     const torch::Tensor valid = torch::arange(k).view({1, k}) < p.holes.view({b, 1});      // [B, K]
     const torch::Tensor y0 = p.hole_yx.select(2, 0), x0 = p.hole_yx.select(2, 1);          // [B, K]
     const torch::Tensor ys = torch::arange(h).view({1, 1, h}), xs = torch::arange(w).view({1, 1, w});
@@ -236,6 +246,97 @@ PretrainBatch PretrainAugmenter::operator()(const torch::Tensor& raw_u8, torch::
   const double scale = 1.0 / (255.0 * std_), shift = mean_ / std_;
   out.target = target * scale - shift;
   out.input = input * scale - shift;
+  return out;
+}
+
+}  // namespace retina::trainer
+
+namespace retina::trainer {
+
+FinetuneAugmenter::FinetuneAugmenter(FinetuneConfig config, double mean, double std, int64_t out_size)
+    : c_(std::move(config)), mean_(mean), std_(std), out_size_(out_size) {}
+
+GeometryParams FinetuneAugmenter::SampleGeometry(const torch::Tensor& masks_u8, torch::Generator& gen) const {
+  const int64_t b = masks_u8.size(0), h = masks_u8.size(1), w = masks_u8.size(2);
+  const PretrainAugmentConfig as_in_pretraining;  // METHOD.md section 3: "random resized crop 224 (as above)"
+  const std::vector<double>& scale = as_in_pretraining.crop_scale;
+  const std::vector<double>& ratio = as_in_pretraining.crop_ratio;
+  GeometryParams p;
+  p.hflip = torch::empty({b}, torch::kBool);
+  p.vflip = torch::empty({b}, torch::kBool);
+  p.angle_deg = torch::zeros({b}, torch::kFloat);
+  p.crop = torch::empty({b, 4}, torch::kFloat);
+  Uniforms u(gen);
+  const torch::Tensor masks_cpu = masks_u8.to(torch::kCPU);
+  for (int64_t i = 0; i < b; ++i) {
+    std::array<double, 4> crop = SampleResizedCrop(h, w, scale, ratio, gen);
+    if (u.Chance(c_.foreground_crop_p)) {
+      const torch::Tensor fg = masks_cpu[i].flatten().nonzero();
+      if (fg.size(0) > 0) {
+        const int64_t at = fg[u.Int(0, fg.size(0) - 1)][0].item<int64_t>();
+        const double cy = static_cast<double>(at / w), cx = static_cast<double>(at % w);
+        crop[0] = std::clamp(std::round(cx - crop[2] / 2), 0.0, w - crop[2]);
+        crop[1] = std::clamp(std::round(cy - crop[3] / 2), 0.0, h - crop[3]);
+      }
+    }
+    for (int k = 0; k < 4; ++k) p.crop[i][k] = static_cast<float>(crop[k]);
+    if (u.Chance(c_.rotate_p)) p.angle_deg[i] = static_cast<float>(u.Between(-c_.rotate_limit, c_.rotate_limit));
+    p.hflip[i] = u.Chance(0.5);
+    p.vflip[i] = u.Chance(0.5);
+  }
+  return p;
+}
+
+FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, const torch::Tensor& masks_u8,
+                                            torch::Generator& gen) const {
+  TORCH_CHECK(images_u8.sizes() == masks_u8.sizes() && images_u8.dim() == 3, "image and mask batches differ in shape");
+  namespace F = torch::nn::functional;
+  torch::Tensor images = images_u8.unsqueeze(1).to(torch::kFloat);
+  torch::Tensor masks = masks_u8.unsqueeze(1).to(torch::kFloat);
+  // Pad to the output size, centred, reflect-101.
+  const int64_t ph = std::max<int64_t>(0, out_size_ - images.size(2)), pw = std::max<int64_t>(0, out_size_ - images.size(3));
+  if (ph > 0 || pw > 0) {
+    const auto pad = F::PadFuncOptions({pw / 2, pw - pw / 2, ph / 2, ph - ph / 2}).mode(torch::kReflect);
+    images = F::pad(images, pad);
+    masks = F::pad(masks, pad);
+  }
+  const int64_t b = images.size(0), h = images.size(2), w = images.size(3);
+  FinetuneBatch out;
+  out.geometry = SampleGeometry(masks.squeeze(1).to(torch::kByte), gen);
+  const torch::Tensor theta = GeometryMatrices(out.geometry, h, w, out_size_, out_size_, GeometryOrder::kCropRotateFlip);
+  torch::Tensor image = WarpBatch(images, theta, out_size_, out_size_, /*nearest=*/false);
+  out.mask = WarpBatch(masks, theta, out_size_, out_size_, /*nearest=*/true).squeeze(1).round().to(torch::kLong);
+  // Intensity changes, image only.
+  CorruptionParams p;
+  p.bc_apply = torch::empty({b}, torch::kBool);
+  p.alpha = torch::ones({b}, torch::kFloat);
+  p.beta = torch::zeros({b}, torch::kFloat);
+  p.noise_apply = torch::zeros({b}, torch::kBool);
+  p.noise_sigma = torch::zeros({b}, torch::kFloat);
+  p.blur_kernel = torch::zeros({b}, torch::kLong);
+  p.holes = torch::zeros({b}, torch::kLong);
+  p.hole_yx = torch::zeros({b, 1, 2}, torch::kLong);
+  Uniforms u(gen);
+  const PretrainAugmentConfig reference;  // noise variance range as in pre-training
+  for (int64_t i = 0; i < b; ++i) {
+    if (u.Chance(c_.brightness_contrast_p)) {
+      p.bc_apply[i] = true;
+      p.alpha[i] = static_cast<float>(1 + u.Between(-c_.contrast_limit, c_.contrast_limit));
+      p.beta[i] = static_cast<float>(u.Between(-c_.brightness_limit, c_.brightness_limit) * 255);
+    } else {
+      p.bc_apply[i] = false;
+    }
+    if (c_.noise_blur && u.Chance(0.5)) {
+      p.noise_apply[i] = true;
+      p.noise_sigma[i] = static_cast<float>(std::sqrt(u.Between(reference.noise_var[0], reference.noise_var[1])));
+    }
+    if (c_.noise_blur && u.Chance(0.5)) {
+      const double which = u.Next();
+      p.blur_kernel[i] = which < 0.2 ? 3 : (which < 0.6 ? 5 : 7);
+    }
+  }
+  image = ApplyCorruption(image, p, 16, &gen);
+  out.image = image * (1.0 / (255.0 * std_)) - mean_ / std_;
   return out;
 }
 

@@ -42,7 +42,17 @@ std::array<double, 4> SampleResizedCrop(int64_t h, int64_t w, const std::vector<
 
 // The 2x3 affine matrices [B, 2, 3] (normalised coordinates, align_corners)
 // that map an out_h x out_w output onto the in_h x in_w input for `p`.
-torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w);
+// Order kFlipRotateCrop (pre-training): flips and rotation act on the input,
+// then the crop is resized to the output. Order kCropRotateFlip
+// (fine-tuning): the crop is resized first, then rotated and flipped.
+enum class GeometryOrder { kFlipRotateCrop, kCropRotateFlip };
+torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w,
+                               GeometryOrder order = GeometryOrder::kFlipRotateCrop);
+
+// Brightness/contrast, noise, blur and coarse dropout of `p` applied to a
+// [B, 1, H, W] grey-level (0..255) float batch, in that order.
+torch::Tensor ApplyCorruption(const torch::Tensor& grey, const CorruptionParams& p, int64_t dropout_size,
+                              torch::Generator* noise_gen);
 
 // Warps [B, C, H, W] float images (bilinear) or masks (nearest).
 torch::Tensor WarpBatch(const torch::Tensor& x, const torch::Tensor& theta, int64_t out_h, int64_t out_w,
@@ -69,6 +79,30 @@ class PretrainAugmenter {
 
  private:
   PretrainAugmentConfig c_;
+  double mean_, std_;
+  int64_t out_size_;
+};
+
+// Fine-tuning (METHOD.md section 3), image and mask together: a crop of the
+// random-resized-crop size (centred on a random foreground pixel with
+// probability foreground_crop_p when the mask has one), rotation, flips;
+// brightness/contrast on the image only; noise + blur when noise_blur (Guay);
+// normalisation. Inputs smaller than out_size are reflect-101 padded (centred).
+// Returns image [B, 1, S, S] float and mask [B, S, S] int64.
+struct FinetuneBatch {
+  torch::Tensor image, mask;
+  GeometryParams geometry;
+};
+
+class FinetuneAugmenter {
+ public:
+  FinetuneAugmenter(FinetuneConfig config, double mean, double std, int64_t out_size);
+  FinetuneBatch operator()(const torch::Tensor& images_u8, const torch::Tensor& masks_u8, torch::Generator& gen) const;
+  // The geometry for masks [B, H, W] (uses their foreground).
+  GeometryParams SampleGeometry(const torch::Tensor& masks_u8, torch::Generator& gen) const;
+
+ private:
+  FinetuneConfig c_;
   double mean_, std_;
   int64_t out_size_;
 };
