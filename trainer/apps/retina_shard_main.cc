@@ -16,6 +16,7 @@
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
+#include "trainer/data/import.h"
 #include "trainer/data/pack.h"
 #include "trainer/data/shards.h"
 
@@ -25,6 +26,9 @@ namespace {
 constexpr char kUsage[] =
     "usage: retina-shard pack --input DIR_OR_GLOB --out STORE/datasets/NAME [--size 224]\n"
     "                         [--shard-images 4096] [--threads T] [--scale minmax] [--skip-bad]\n"
+    "       retina-shard import --kind cremi|guay|kasthuri|perez|urocell|folder --input DIR\n"
+    "                           --out STORE/datasets/NAME [--size 256] [--shard-images 1024] [--scale minmax]\n"
+    "                           [--labels binary|index --classes N --isotropic]   (folder only)\n"
     "       retina-shard verify DATASET [--store STORE]   (DATASET: a directory, or a name in STORE/datasets)\n"
     "       retina-shard info DATASET [--store STORE]\n";
 
@@ -90,6 +94,41 @@ absl::Status Pack(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+absl::Status Import(const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(Flags f, Parse(args, {"--kind", "--input", "--out", "--size", "--shard-images", "--scale", "--labels",
+                                         "--classes"},
+                                  {"--isotropic"}));
+  for (const char* required : {"--kind", "--input", "--out"}) {
+    if (!f.values.count(required)) return absl::InvalidArgumentError(std::string(required) + " is required");
+  }
+  ImportOptions o;
+  ASSIGN_OR_RETURN(o.kind, LookupImportKind(f.values["--kind"]));
+  const bool folder = o.kind.name == "folder";
+  for (const char* only : {"--labels", "--classes", "--isotropic"}) {
+    if (f.values.count(only) && !folder) return absl::InvalidArgumentError(std::string(only) + " is for --kind folder only");
+  }
+  if (f.values.count("--labels")) {
+    const std::string& l = f.values["--labels"];
+    if (l == "index") o.kind.labels = MaskConvention::kClassIndex;
+    else if (l != "binary") return absl::InvalidArgumentError("--labels: binary or index, got '" + l + "'");
+  }
+  RETURN_IF_ERROR(IntFlag(f, "--classes", &o.kind.classes));
+  o.kind.isotropic = o.kind.isotropic || f.values.count("--isotropic") > 0;
+  o.input = f.values["--input"];
+  o.out = f.values["--out"];
+  RETURN_IF_ERROR(StoreLayout::ValidateName(o.out.filename().string(), "--out (dataset name)"));
+  RETURN_IF_ERROR(IntFlag(f, "--size", &o.size));
+  RETURN_IF_ERROR(IntFlag(f, "--shard-images", &o.shard_images));
+  if (f.values.count("--scale")) o.scaling = IntensityScaling::kMinMax;
+  ASSIGN_OR_RETURN(ImportResult r, ImportBenchmark(o));
+  std::printf("imported %s: %lld training slices -> %lld tiles of %dx%d in %zu shards (mean %.4f std %.4f); "
+              "%lld test items in %s-test\n",
+              o.kind.name.c_str(), static_cast<long long>(r.train_slices), static_cast<long long>(r.train.count), o.size,
+              o.size, r.train.shards.size(), r.train.mean, r.train.std, static_cast<long long>(r.test_items),
+              o.out.c_str());
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::filesystem::path> DatasetDir(const Flags& f) {
   if (f.positional.size() != 1) return absl::InvalidArgumentError("name one dataset");
   const std::string& d = f.positional[0];
@@ -127,6 +166,7 @@ int Main(const std::vector<std::string>& args) {
   const std::vector<std::string> rest(args.begin() + 1, args.end());
   absl::Status status;
   if (args[0] == "pack") status = Pack(rest);
+  else if (args[0] == "import") status = Import(rest);
   else if (args[0] == "verify") status = Verify(rest);
   else if (args[0] == "info") status = Info(rest);
   else {

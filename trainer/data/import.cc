@@ -1,0 +1,252 @@
+#include "trainer/data/import.h"
+
+#include <hdf5.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "trainer/data/pack.h"
+#include "trainer/data/readers.h"
+#include "trainer/data/shards.h"
+
+namespace retina::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+struct Pair {
+  Volume image, mask;
+  std::string name;
+};
+
+absl::StatusOr<Pair> LoadPair(const std::string& image_spec, const std::string& mask_spec, const ImportOptions& o,
+                              const std::string& name) {
+  ASSIGN_OR_RETURN(RawArray raw_image, ReadArray(image_spec));
+  ASSIGN_OR_RETURN(RawArray raw_mask, ReadArray(mask_spec));
+  Pair p;
+  p.name = name;
+  ASSIGN_OR_RETURN(p.image, ToImage(raw_image, o.scaling));
+  ASSIGN_OR_RETURN(p.mask, ToMask(raw_mask, o.kind.labels));
+  if (p.image.shape != p.mask.shape) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        image_spec, " is ", p.image.shape[0], "x", p.image.shape[1], "x", p.image.shape[2], " but its mask ", mask_spec,
+        " is ", p.mask.shape[0], "x", p.mask.shape[1], "x", p.mask.shape[2], " (z x y x x)"));
+  }
+  const uint8_t top = *std::max_element(p.mask.data.begin(), p.mask.data.end());
+  if (top >= o.kind.classes) {
+    return absl::InvalidArgumentError(absl::StrCat(mask_spec, ": label ", static_cast<int>(top), " but ",
+                                                   o.kind.name, " has ", o.kind.classes, " classes"));
+  }
+  return p;
+}
+
+// Image/mask pairs of a split: DIR/<split>/images + masks, or CREMI's HDF5 files.
+absl::StatusOr<std::vector<Pair>> LoadSplit(const ImportOptions& o, const std::string& split) {
+  const fs::path dir = o.input / split;
+  std::vector<Pair> pairs;
+  if (o.kind.name == "cremi") {
+    std::vector<std::string> files;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string ext = e.path().extension().string();
+      if (ext == ".h5" || ext == ".hdf" || ext == ".hdf5") files.push_back(e.path().string());
+    }
+    if (ec) return absl::NotFoundError(absl::StrCat(dir.string(), ": ", ec.message()));
+    std::sort(files.begin(), files.end());
+    for (const std::string& f : files) {
+      ASSIGN_OR_RETURN(Pair p, LoadPair(f + ":/volumes/raw", f + ":/volumes/labels/clefts", o, fs::path(f).stem().string()));
+      pairs.push_back(std::move(p));
+    }
+  } else {
+    ASSIGN_OR_RETURN(std::vector<std::string> images, ListInputs((dir / "images").string()));
+    for (const std::string& image : images) {
+      const fs::path rel = fs::relative(image, dir / "images");
+      const fs::path mask = dir / "masks" / rel;
+      if (!fs::exists(mask)) {
+        return absl::NotFoundError(absl::StrCat(image, ": no mask ", mask.string(), " (masks must have the image's name)"));
+      }
+      ASSIGN_OR_RETURN(Pair p, LoadPair(image, mask.string(), o, rel.string()));
+      pairs.push_back(std::move(p));
+    }
+  }
+  if (pairs.empty()) return absl::NotFoundError(absl::StrCat(dir.string(), ": no image/mask pairs"));
+  return pairs;
+}
+
+// A 2D plane of a volume along `axis` (0: xy at z=i, 1: xz at y=i, 2: yz at x=i).
+struct Plane {
+  int64_t h = 0, w = 0;
+  std::vector<uint8_t> image, mask;
+};
+Plane Slice(const Pair& p, int axis, int64_t i) {
+  const auto& s = p.image.shape;  // z, y, x
+  Plane out;
+  out.h = axis == 0 ? s[1] : s[0];
+  out.w = axis == 2 ? s[1] : s[2];
+  out.image.resize(out.h * out.w);
+  out.mask.resize(out.h * out.w);
+  for (int64_t r = 0; r < out.h; ++r) {
+    for (int64_t c = 0; c < out.w; ++c) {
+      const int64_t z = axis == 0 ? i : r, y = axis == 0 ? r : (axis == 1 ? i : c), x = axis == 2 ? i : c;
+      const int64_t at = (z * s[1] + y) * s[2] + x;
+      out.image[r * out.w + c] = p.image.data[at];
+      out.mask[r * out.w + c] = p.mask.data[at];
+    }
+  }
+  return out;
+}
+
+// Reflect-101 index into [0, n).
+int64_t Reflect(int64_t i, int64_t n) {
+  if (n == 1) return 0;
+  while (i < 0 || i >= n) i = i < 0 ? -i : 2 * (n - 1) - i;
+  return i;
+}
+
+// Appends the size x size tiles of a plane (padded centred when smaller).
+void AppendTiles(const Plane& p, int64_t size, const std::string& name, ShardContents* out) {
+  const int64_t ph = std::max<int64_t>(0, size - p.h), pw = std::max<int64_t>(0, size - p.w);
+  const int64_t h = p.h + ph, w = p.w + pw;
+  auto at = [&](const std::vector<uint8_t>& v, int64_t y, int64_t x) {
+    return v[Reflect(y - ph / 2, p.h) * p.w + Reflect(x - pw / 2, p.w)];
+  };
+  for (int64_t y0 : PatchOrigins(h, size)) {
+    for (int64_t x0 : PatchOrigins(w, size)) {
+      for (int64_t y = 0; y < size; ++y) {
+        for (int64_t x = 0; x < size; ++x) {
+          out->images.push_back(at(p.image, y0 + y, x0 + x));
+          out->masks.push_back(at(p.mask, y0 + y, x0 + x));
+        }
+      }
+      out->names.push_back(absl::StrCat(name, ":y", y0, ":x", x0));
+    }
+  }
+}
+
+absl::Status WriteTestItem(const fs::path& path, const Pair& p) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const fs::path tmp = path.parent_path() / UniqueTempName("." + path.filename().string() + ".");
+  {
+    const hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create"));
+    const hsize_t dims[3] = {static_cast<hsize_t>(p.image.shape[0]), static_cast<hsize_t>(p.image.shape[1]),
+                             static_cast<hsize_t>(p.image.shape[2])};
+    bool ok = true;
+    for (const auto& [name, vol] : {std::pair<const char*, const Volume*>{"image", &p.image}, {"mask", &p.mask}}) {
+      const hid_t space = H5Screate_simple(3, dims, nullptr);
+      const hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_UINT8, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      ok = ok && ds >= 0 && H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, vol->data.data()) >= 0;
+      const hsize_t three = 3;
+      const hid_t aspace = H5Screate_simple(1, &three, nullptr);
+      const hid_t attr = H5Acreate2(ds, "spacing", H5T_NATIVE_DOUBLE, aspace, H5P_DEFAULT, H5P_DEFAULT);
+      ok = ok && attr >= 0 && H5Awrite(attr, H5T_NATIVE_DOUBLE, vol->spacing.data()) >= 0;
+      H5Aclose(attr);
+      H5Sclose(aspace);
+      H5Dclose(ds);
+      H5Sclose(space);
+    }
+    H5Fclose(file);
+    if (!ok) return absl::InternalError(absl::StrCat(tmp.string(), ": write failed (disk full?)"));
+  }
+  RETURN_IF_ERROR(FsyncPath(tmp));
+  return RenameDurable(tmp, path);
+}
+
+}  // namespace
+
+absl::StatusOr<ImportKind> LookupImportKind(const std::string& name) {
+  if (name == "cremi") return ImportKind{name, MaskConvention::kCremiClefts, false, 2};
+  if (name == "guay") return ImportKind{name, MaskConvention::kClassIndex, false, 7};
+  if (name == "kasthuri") return ImportKind{name, MaskConvention::kBinary, false, 2};
+  if (name == "perez") return ImportKind{name, MaskConvention::kBinary, false, 2};
+  if (name == "urocell") return ImportKind{name, MaskConvention::kClassIndex, true, 3};
+  if (name == "folder") return ImportKind{name, MaskConvention::kBinary, false, 2};
+  return absl::InvalidArgumentError(
+      absl::StrCat("--kind: '", name, "' is not one of cremi, guay, kasthuri, perez, urocell, folder"));
+}
+
+absl::StatusOr<ImportResult> ImportBenchmark(const ImportOptions& o) {
+  if (fs::exists(o.out / DatasetManifest::kFileName)) {
+    return absl::AlreadyExistsError(absl::StrCat(o.out.string(), ": already exists"));
+  }
+  ImportResult result;
+  // Training tiles.
+  ASSIGN_OR_RETURN(std::vector<Pair> train, LoadSplit(o, "train"));
+  RETURN_IF_ERROR(CreateDirectories(o.out));
+  DatasetManifest& m = result.train;
+  m.name = o.out.filename().string();
+  m.labelled = true;
+  m.height = m.width = o.size;
+  m.source = absl::StrCat(o.input.string(), " (", o.kind.name, ")");
+  ShardContents current;
+  current.height = current.width = o.size;
+  uint64_t sum = 0, sum_sq = 0, pixels = 0;
+  auto flush = [&]() -> absl::Status {
+    char name[32];
+    std::snprintf(name, sizeof(name), "shard-%05zu.h5", m.shards.size());
+    ASSIGN_OR_RETURN(ShardInfo info, WriteShard(o.out / name, current));
+    m.shards.push_back(info);
+    m.count += info.count;
+    current.images.clear();
+    current.masks.clear();
+    current.names.clear();
+    return absl::OkStatus();
+  };
+  for (const Pair& p : train) {
+    const bool volume = p.image.shape[0] > 1;
+    const std::vector<int> axes = volume && o.kind.isotropic ? std::vector<int>{0, 1, 2} : std::vector<int>{0};
+    for (int axis : axes) {
+      const int64_t n = p.image.shape[axis];
+      for (int64_t i = 0; i < n; ++i) {
+        const Plane plane = Slice(p, axis, i);
+        for (uint8_t v : plane.image) {
+          sum += v;
+          sum_sq += static_cast<uint64_t>(v) * v;
+        }
+        pixels += plane.image.size();
+        static constexpr const char* kAxis[] = {"xy", "xz", "yz"};
+        AppendTiles(plane, o.size, volume ? absl::StrCat(p.name, ":", kAxis[axis], i) : p.name, &current);
+        ++result.train_slices;
+        if (current.count() >= o.shard_images) RETURN_IF_ERROR(flush());
+      }
+    }
+  }
+  if (current.count() > 0) RETURN_IF_ERROR(flush());
+  m.mean = static_cast<double>(sum) / pixels / 255.0;
+  m.std = std::sqrt(std::max(0.0, static_cast<double>(sum_sq) / pixels / (255.0 * 255.0) - m.mean * m.mean));
+
+  // Held-out test items, unchanged.
+  ASSIGN_OR_RETURN(std::vector<Pair> test, LoadSplit(o, "test"));
+  const fs::path test_dir = o.out.parent_path() / (o.out.filename().string() + "-test");
+  RETURN_IF_ERROR(CreateDirectories(test_dir));
+  nlohmann::ordered_json items = nlohmann::ordered_json::array();
+  for (size_t i = 0; i < test.size(); ++i) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "item-%05zu.h5", i);
+    RETURN_IF_ERROR(WriteTestItem(test_dir / name, test[i]));
+    ASSIGN_OR_RETURN(FileDigest d, Sha256File(test_dir / name));
+    const auto& s = test[i].image.shape;
+    items.push_back({{"file", name}, {"source", test[i].name}, {"shape", {s[0], s[1], s[2]}},
+                     {"spacing", {test[i].image.spacing[0], test[i].image.spacing[1], test[i].image.spacing[2]}},
+                     {"bytes", d.size}, {"sha256", d.sha256}});
+  }
+  nlohmann::ordered_json tj;
+  tj["format"] = "retina-test/1";
+  tj["kind"] = o.kind.name;
+  tj["classes"] = o.kind.classes;
+  tj["mean"] = m.mean;  // the training data's normalisation
+  tj["std"] = m.std;
+  tj["items"] = items;
+  RETURN_IF_ERROR(WriteFileAtomic(test_dir / "test.json", tj.dump(2) + "\n"));
+  result.test_items = static_cast<int64_t>(test.size());
+  // The training manifest last: the import is complete when it exists.
+  RETURN_IF_ERROR(WriteFileAtomic(o.out / DatasetManifest::kFileName, m.ToJson()));
+  return result;
+}
+
+}  // namespace retina::trainer
