@@ -1,0 +1,57 @@
+#include "trainer/data/writers.h"
+
+#include <tiffio.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/status_macros.h"
+
+namespace retina::trainer {
+
+absl::Status WriteTiff(const std::string& path, const Volume& v, bool write_spacing) {
+  const std::filesystem::path target(path);
+  const std::filesystem::path tmp = target.parent_path() / UniqueTempName("." + target.filename().string() + ".");
+  absl::Cleanup remove_tmp = [&] { ::unlink(tmp.c_str()); };
+  {
+    std::unique_ptr<TIFF, void (*)(TIFF*)> tif(TIFFOpen(tmp.c_str(), "w"), &TIFFClose);
+    if (!tif) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create TIFF"));
+    const std::string description = absl::StrCat("ImageJ=1.11a\nimages=", v.shape[0], "\nslices=", v.shape[0],
+                                                 "\nunit=unit\nspacing=", v.spacing[0], "\n");
+    for (int64_t z = 0; z < v.shape[0]; ++z) {
+      TIFFSetField(tif.get(), TIFFTAG_IMAGEWIDTH, static_cast<uint32_t>(v.shape[2]));
+      TIFFSetField(tif.get(), TIFFTAG_IMAGELENGTH, static_cast<uint32_t>(v.shape[1]));
+      TIFFSetField(tif.get(), TIFFTAG_BITSPERSAMPLE, 8);
+      TIFFSetField(tif.get(), TIFFTAG_SAMPLESPERPIXEL, 1);
+      TIFFSetField(tif.get(), TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK);
+      TIFFSetField(tif.get(), TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+      TIFFSetField(tif.get(), TIFFTAG_ROWSPERSTRIP, static_cast<uint32_t>(v.shape[1]));
+      if (v.shape[0] > 1) {
+        TIFFSetField(tif.get(), TIFFTAG_SUBFILETYPE, FILETYPE_PAGE);
+        TIFFSetField(tif.get(), TIFFTAG_PAGENUMBER, static_cast<uint16_t>(z), static_cast<uint16_t>(v.shape[0]));
+      }
+      if (write_spacing) {
+        TIFFSetField(tif.get(), TIFFTAG_XRESOLUTION, static_cast<float>(1.0 / v.spacing[2]));
+        TIFFSetField(tif.get(), TIFFTAG_YRESOLUTION, static_cast<float>(1.0 / v.spacing[1]));
+        TIFFSetField(tif.get(), TIFFTAG_RESOLUTIONUNIT, RESUNIT_NONE);
+        if (z == 0) TIFFSetField(tif.get(), TIFFTAG_IMAGEDESCRIPTION, description.c_str());
+      }
+      const tmsize_t bytes = static_cast<tmsize_t>(v.shape[1] * v.shape[2]);
+      if (TIFFWriteEncodedStrip(tif.get(), 0, const_cast<uint8_t*>(v.plane(z)), bytes) != bytes ||
+          !TIFFWriteDirectory(tif.get())) {
+        return absl::InternalError(absl::StrCat(tmp.string(), ": writing page ", z, " failed (disk full?)"));
+      }
+    }
+  }
+  RETURN_IF_ERROR(FsyncPath(tmp));
+  RETURN_IF_ERROR(RenameDurable(tmp, target));
+  std::move(remove_tmp).Cancel();
+  return absl::OkStatus();
+}
+
+}  // namespace retina::trainer
