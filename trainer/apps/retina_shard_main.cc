@@ -12,6 +12,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/cli.h"
 #include "common/dataset_manifest.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
@@ -32,40 +33,8 @@ constexpr char kUsage[] =
     "       retina-shard verify DATASET [--store STORE]   (DATASET: a directory, or a name in STORE/datasets)\n"
     "       retina-shard info DATASET [--store STORE]\n";
 
-struct Flags {
-  std::map<std::string, std::string> values;
-  std::vector<std::string> positional;
-};
-
-absl::StatusOr<Flags> Parse(const std::vector<std::string>& args, const std::vector<std::string>& with_value,
-                            const std::vector<std::string>& switches) {
-  Flags f;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (std::find(switches.begin(), switches.end(), a) != switches.end()) {
-      f.values[a] = "1";
-    } else if (std::find(with_value.begin(), with_value.end(), a) != with_value.end()) {
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError(a + " needs a value");
-      f.values[a] = args[++i];
-    } else if (a.rfind("--", 0) == 0) {
-      return absl::InvalidArgumentError("unknown flag " + a);
-    } else {
-      f.positional.push_back(a);
-    }
-  }
-  return f;
-}
-
-absl::Status IntFlag(const Flags& f, const std::string& key, int* out) {
-  auto it = f.values.find(key);
-  if (it != f.values.end() && !absl::SimpleAtoi(it->second, out)) {
-    return absl::InvalidArgumentError(key + ": expected an integer, got '" + it->second + "'");
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Pack(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(Flags f, Parse(args, {"--input", "--out", "--size", "--shard-images", "--threads", "--scale"},
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--input", "--out", "--size", "--shard-images", "--threads", "--scale"},
                                   {"--skip-bad"}));
   PackOptions o;
   if (!f.values.count("--input") || !f.values.count("--out")) {
@@ -75,9 +44,9 @@ absl::Status Pack(const std::vector<std::string>& args) {
   o.out = f.values["--out"];
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.out.filename().string(), "--out (dataset name)"));
   o.threads = AvailableCores();
-  RETURN_IF_ERROR(IntFlag(f, "--size", &o.size));
-  RETURN_IF_ERROR(IntFlag(f, "--shard-images", &o.shard_images));
-  RETURN_IF_ERROR(IntFlag(f, "--threads", &o.threads));
+  RETURN_IF_ERROR(f.GetInt("--size", &o.size));
+  RETURN_IF_ERROR(f.GetInt("--shard-images", &o.shard_images));
+  RETURN_IF_ERROR(f.GetInt("--threads", &o.threads));
   if (f.values.count("--scale")) {
     if (f.values["--scale"] != "minmax") return absl::InvalidArgumentError("--scale: only 'minmax' is known");
     o.scaling = IntensityScaling::kMinMax;
@@ -95,7 +64,7 @@ absl::Status Pack(const std::vector<std::string>& args) {
 }
 
 absl::Status Import(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(Flags f, Parse(args, {"--kind", "--input", "--out", "--size", "--shard-images", "--scale", "--labels",
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--kind", "--input", "--out", "--size", "--shard-images", "--scale", "--labels",
                                          "--classes"},
                                   {"--isotropic"}));
   for (const char* required : {"--kind", "--input", "--out"}) {
@@ -112,13 +81,13 @@ absl::Status Import(const std::vector<std::string>& args) {
     if (l == "index") o.kind.labels = MaskConvention::kClassIndex;
     else if (l != "binary") return absl::InvalidArgumentError("--labels: binary or index, got '" + l + "'");
   }
-  RETURN_IF_ERROR(IntFlag(f, "--classes", &o.kind.classes));
+  RETURN_IF_ERROR(f.GetInt("--classes", &o.kind.classes));
   o.kind.isotropic = o.kind.isotropic || f.values.count("--isotropic") > 0;
   o.input = f.values["--input"];
   o.out = f.values["--out"];
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.out.filename().string(), "--out (dataset name)"));
-  RETURN_IF_ERROR(IntFlag(f, "--size", &o.size));
-  RETURN_IF_ERROR(IntFlag(f, "--shard-images", &o.shard_images));
+  RETURN_IF_ERROR(f.GetInt("--size", &o.size));
+  RETURN_IF_ERROR(f.GetInt("--shard-images", &o.shard_images));
   if (f.values.count("--scale")) o.scaling = IntensityScaling::kMinMax;
   ASSIGN_OR_RETURN(ImportResult r, ImportBenchmark(o));
   std::printf("imported %s: %lld training slices -> %lld tiles of %dx%d in %zu shards (mean %.4f std %.4f); "
@@ -129,7 +98,7 @@ absl::Status Import(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::filesystem::path> DatasetDir(const Flags& f) {
+absl::StatusOr<std::filesystem::path> DatasetDir(const CliFlags& f) {
   if (f.positional.size() != 1) return absl::InvalidArgumentError("name one dataset");
   const std::string& d = f.positional[0];
   if (f.values.count("--store")) {
@@ -140,7 +109,7 @@ absl::StatusOr<std::filesystem::path> DatasetDir(const Flags& f) {
 }
 
 absl::Status Verify(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(Flags f, Parse(args, {"--store"}, {}));
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--store"}, {}));
   ASSIGN_OR_RETURN(std::filesystem::path dir, DatasetDir(f));
   ASSIGN_OR_RETURN(DatasetManifest m, DatasetManifest::Load(dir));
   RETURN_IF_ERROR(VerifyDatasetChecksums(dir, m));
@@ -151,7 +120,7 @@ absl::Status Verify(const std::vector<std::string>& args) {
 }
 
 absl::Status Info(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(Flags f, Parse(args, {"--store"}, {}));
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--store"}, {}));
   ASSIGN_OR_RETURN(std::filesystem::path dir, DatasetDir(f));
   ASSIGN_OR_RETURN(DatasetManifest m, DatasetManifest::Load(dir));
   std::cout << m.ToJson();
@@ -159,23 +128,7 @@ absl::Status Info(const std::vector<std::string>& args) {
 }
 
 int Main(const std::vector<std::string>& args) {
-  if (args.empty()) {
-    std::cerr << kUsage;
-    return 2;
-  }
-  const std::vector<std::string> rest(args.begin() + 1, args.end());
-  absl::Status status;
-  if (args[0] == "pack") status = Pack(rest);
-  else if (args[0] == "import") status = Import(rest);
-  else if (args[0] == "verify") status = Verify(rest);
-  else if (args[0] == "info") status = Info(rest);
-  else {
-    std::cerr << kUsage;
-    return 2;
-  }
-  if (status.ok()) return 0;
-  std::cerr << "retina-shard: " << status.message() << "\n";
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  return RunSubcommands("retina-shard", kUsage, args, {{"pack", Pack}, {"import", Import}, {"verify", Verify}, {"info", Info}});
 }
 
 }  // namespace

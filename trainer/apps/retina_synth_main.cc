@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/cli.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "trainer/data/synth.h"
@@ -29,32 +30,23 @@ constexpr char kUsage[] =
     "       retina-synth benchmark --out DIR [--train 3] [--test 1] [--shape 16,256,256]\n"
     "                              [--spacing 1,1,1] [--classes 2] [--seed 0]\n";
 
-absl::StatusOr<std::map<std::string, std::string>> Flags(const std::vector<std::string>& args,
-                                                         const std::vector<std::string>& known) {
-  std::map<std::string, std::string> out;
-  for (size_t i = 0; i < args.size(); i += 2) {
-    if (std::find(known.begin(), known.end(), args[i]) == known.end()) {
-      return absl::InvalidArgumentError("unknown flag " + args[i]);
-    }
-    if (i + 1 >= args.size()) return absl::InvalidArgumentError(args[i] + " needs a value");
-    out[args[i]] = args[i + 1];
-  }
-  if (!out.count("--out")) return absl::InvalidArgumentError("--out is required");
-  return out;
+absl::StatusOr<CliFlags> Flags(const std::vector<std::string>& args, const std::vector<std::string>& known) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, known));
+  RETURN_IF_ERROR(f.Require({"--out"}));
+  if (!f.positional.empty()) return absl::InvalidArgumentError("unexpected argument " + f.positional[0]);
+  return f;
 }
 
-absl::Status Int(const std::map<std::string, std::string>& f, const std::string& key, int64_t* v) {
-  auto it = f.find(key);
-  if (it != f.end() && (!absl::SimpleAtoi(it->second, v) || *v < 0)) {
-    return absl::InvalidArgumentError(key + ": expected a non-negative integer, got '" + it->second + "'");
-  }
+absl::Status Int(const CliFlags& f, const std::string& key, int64_t* v) {
+  RETURN_IF_ERROR(f.GetInt64(key, v));
+  if (*v < 0) return absl::InvalidArgumentError(key + ": must not be negative");
   return absl::OkStatus();
 }
 
 template <class T>
-absl::Status Triple(const std::map<std::string, std::string>& f, const std::string& key, std::array<T, 3>* v) {
-  auto it = f.find(key);
-  if (it == f.end()) return absl::OkStatus();
+absl::Status Triple(const CliFlags& f, const std::string& key, std::array<T, 3>* v) {
+  auto it = f.values.find(key);
+  if (it == f.values.end()) return absl::OkStatus();
   std::vector<std::string> parts = absl::StrSplit(it->second, ',');
   bool ok = parts.size() == 3;
   for (size_t i = 0; ok && i < 3; ++i) {
@@ -72,7 +64,7 @@ absl::Status Images(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(Int(f, "--count", &count));
   RETURN_IF_ERROR(Int(f, "--size", &size));
   RETURN_IF_ERROR(Int(f, "--seed", &seed));
-  const std::filesystem::path out = f["--out"];
+  const std::filesystem::path out = f.Get("--out");
   RETURN_IF_ERROR(CreateDirectories(out));
   for (int64_t i = 0; i < count; ++i) {
     SynthOptions o;
@@ -99,7 +91,7 @@ absl::Status Benchmark(const std::vector<std::string>& args) {
   base.classes = static_cast<int>(classes);
   RETURN_IF_ERROR(Triple(f, "--shape", &base.shape));
   RETURN_IF_ERROR(Triple(f, "--spacing", &base.spacing));
-  const std::filesystem::path out = f["--out"];
+  const std::filesystem::path out = f.Get("--out");
   for (const auto& [split, n] : {std::pair<std::string, int64_t>{"train", train}, {"test", test}}) {
     RETURN_IF_ERROR(CreateDirectories(out / split / "images"));
     RETURN_IF_ERROR(CreateDirectories(out / split / "masks"));
@@ -120,21 +112,7 @@ absl::Status Benchmark(const std::vector<std::string>& args) {
 }
 
 int Main(const std::vector<std::string>& args) {
-  if (args.empty()) {
-    std::cerr << kUsage;
-    return 2;
-  }
-  const std::vector<std::string> rest(args.begin() + 1, args.end());
-  absl::Status s;
-  if (args[0] == "images") s = Images(rest);
-  else if (args[0] == "benchmark") s = Benchmark(rest);
-  else {
-    std::cerr << kUsage;
-    return 2;
-  }
-  if (s.ok()) return 0;
-  std::cerr << "retina-synth: " << s.message() << "\n";
-  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  return RunSubcommands("retina-synth", kUsage, args, {{"images", Images}, {"benchmark", Benchmark}});
 }
 
 }  // namespace

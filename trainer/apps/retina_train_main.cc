@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "common/cli.h"
 #include "common/job_config.h"
 #include "common/status_macros.h"
 #include "trainer/model/state_dict.h"
@@ -32,32 +33,6 @@ constexpr char kUsage[] =
     "                               --seed S --out FILE.pt\n"
     "       retina-train version\n";
 
-// "--key value" pairs after the subcommand.
-absl::StatusOr<std::map<std::string, std::string>> ParseFlags(const std::vector<std::string>& args,
-                                                              const std::vector<std::string>& known) {
-  std::map<std::string, std::string> flags;
-  for (size_t i = 0; i < args.size(); i += 2) {
-    const std::string& key = args[i];
-    if (std::find(known.begin(), known.end(), key) == known.end()) {
-      return absl::InvalidArgumentError("unknown flag '" + key + "'");
-    }
-    if (i + 1 >= args.size()) return absl::InvalidArgumentError("flag " + key + " needs a value");
-    flags[key] = args[i + 1];
-  }
-  return flags;
-}
-
-absl::StatusOr<int> IntFlag(const std::map<std::string, std::string>& flags, const std::string& key,
-                            int fallback) {
-  auto it = flags.find(key);
-  if (it == flags.end()) return fallback;
-  int v;
-  if (!absl::SimpleAtoi(it->second, &v)) {
-    return absl::InvalidArgumentError(key + ": expected an integer, got '" + it->second + "'");
-  }
-  return v;
-}
-
 struct ModelOptions {
   TransUNetConfig config;
   int64_t seed = 0;
@@ -67,20 +42,18 @@ struct ModelOptions {
 absl::StatusOr<ModelOptions> ParseModelOptions(const std::vector<std::string>& args, bool init) {
   std::vector<std::string> known = {"--model", "--head", "--classes", "--image-size"};
   if (init) known.insert(known.end(), {"--seed", "--out"});
-  ASSIGN_OR_RETURN(auto flags, ParseFlags(args, known));
-  if (!flags.count("--model")) return absl::InvalidArgumentError("--model is required");
-  ASSIGN_OR_RETURN(ModelHead head, ParseModelHead(flags.count("--head") ? flags["--head"] : "segmentation"));
-  ASSIGN_OR_RETURN(int classes, IntFlag(flags, "--classes", 1));
-  ASSIGN_OR_RETURN(int image_size, IntFlag(flags, "--image-size", flags["--model"] == "tiny" ? 64 : 224));
+  ASSIGN_OR_RETURN(CliFlags flags, ParseCliFlags(args, known));
+  RETURN_IF_ERROR(flags.Require(init ? std::vector<std::string>{"--model", "--seed", "--out"}
+                                     : std::vector<std::string>{"--model"}));
+  if (!flags.positional.empty()) return absl::InvalidArgumentError("unexpected argument " + flags.positional[0]);
+  ASSIGN_OR_RETURN(ModelHead head, ParseModelHead(flags.Get("--head", "segmentation")));
+  int classes = 1, image_size = flags.Get("--model") == "tiny" ? 64 : 224;
+  RETURN_IF_ERROR(flags.GetInt("--classes", &classes));
+  RETURN_IF_ERROR(flags.GetInt("--image-size", &image_size));
   ModelOptions o;
-  ASSIGN_OR_RETURN(o.config, NamedModelConfig(flags["--model"], image_size, classes, head));
-  if (init) {
-    if (!flags.count("--out")) return absl::InvalidArgumentError("--out is required");
-    if (!flags.count("--seed")) return absl::InvalidArgumentError("--seed is required");
-    ASSIGN_OR_RETURN(int seed, IntFlag(flags, "--seed", 0));
-    o.seed = seed;
-    o.out = flags["--out"];
-  }
+  ASSIGN_OR_RETURN(o.config, NamedModelConfig(flags.Get("--model"), image_size, classes, head));
+  RETURN_IF_ERROR(flags.GetInt64("--seed", &o.seed));
+  o.out = flags.Get("--out");
   return o;
 }
 
