@@ -275,7 +275,9 @@ TEST(VisionTransformer, ChannelsLastIsNumericallyEquivalent) {
   EXPECT_TRUE(torch::allclose(a, b, 1e-4, 1e-5)) << (a - b).abs().max().item<float>();
   // The module holds channels-last weights; SerializeStateDict writes them contiguous.
   for (const auto& [name, t] : GetStateDict(*m)) {
-    if (t.dim() == 4) EXPECT_TRUE(t.is_contiguous(torch::MemoryFormat::ChannelsLast)) << name;
+    if (t.dim() == 4) {
+      EXPECT_TRUE(t.is_contiguous(torch::MemoryFormat::ChannelsLast)) << name;
+    }
   }
   const std::vector<char> bytes = SerializeStateDict(GetStateDict(*m));
   EXPECT_GT(bytes.size(), 0u);
