@@ -1,11 +1,13 @@
 #include "trainer/model/decoder.h"
 
+#include "trainer/model/batch_norm.h"
+
 namespace retina::trainer {
 
 torch::nn::Sequential Conv2dReLU(int in_channels, int out_channels) {
   return torch::nn::Sequential(
       torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, out_channels, 3).padding(1).bias(false)),
-      torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(out_channels)),
+      BatchNorm(out_channels),
       torch::nn::ReLU());
 }
 

@@ -1,0 +1,157 @@
+#include "trainer/dist/communicator.h"
+
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <cstdlib>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace retina::trainer {
+namespace {
+
+class Done final : public PendingCollective {
+ public:
+  absl::Status Wait() override { return absl::OkStatus(); }
+};
+
+class LocalCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string backend() const override { return "local"; }
+  absl::StatusOr<std::unique_ptr<PendingCollective>> AllReduceSumAsync(torch::Tensor, const std::string&) override {
+    return std::unique_ptr<PendingCollective>(new Done());
+  }
+  absl::Status Broadcast(torch::Tensor, int, const std::string&) override { return absl::OkStatus(); }
+  absl::Status Barrier(const std::string&) override { return absl::OkStatus(); }
+};
+
+// c10d signals timeouts and broken peers with exceptions; turn them into
+// statuses that name the rank and the operation.
+absl::Status CollectiveError(int rank, const std::string& op, const std::string& what, const std::string& message,
+                             std::chrono::milliseconds timeout) {
+  const bool timed_out = absl::StrContains(message, "imed out") || absl::StrContains(message, "imeout");
+  const std::string text = absl::StrCat("rank ", rank, ": ", op, " '", what, "' ",
+                                        timed_out ? absl::StrCat("timed out after ", timeout.count() / 1000.0, " s")
+                                                  : "failed",
+                                        " (a peer rank died, stalled or is unreachable): ", message);
+  return timed_out ? absl::DeadlineExceededError(text) : absl::AbortedError(text);
+}
+
+class GlooPending final : public PendingCollective {
+ public:
+  using WorkPtr = decltype(std::declval<c10d::ProcessGroupGloo&>().barrier());
+  GlooPending(WorkPtr work, int rank, std::string op, std::string what, std::chrono::milliseconds timeout)
+      : work_(std::move(work)), rank_(rank), op_(std::move(op)), what_(std::move(what)), timeout_(timeout) {}
+  absl::Status Wait() override {
+    try {
+      work_->wait(timeout_);
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return CollectiveError(rank_, op_, what_, e.what(), timeout_);
+    }
+  }
+
+ private:
+  WorkPtr work_;
+  int rank_;
+  std::string op_, what_;
+  std::chrono::milliseconds timeout_;
+};
+
+class GlooCommunicator final : public Communicator {
+ public:
+  static absl::StatusOr<std::unique_ptr<Communicator>> Create(const LaunchInfo& launch,
+                                                              const CommunicatorOptions& o) {
+    auto comm = std::unique_ptr<GlooCommunicator>(new GlooCommunicator(launch.rank, launch.world_size, o.timeout));
+    try {
+      c10d::TCPStoreOptions so;
+      so.port = static_cast<std::uint16_t>(launch.master_port);
+      so.isServer = launch.rank == 0;
+      so.numWorkers = static_cast<std::size_t>(launch.world_size);
+      so.timeout = o.timeout;
+      comm->store_ = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
+      auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
+      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+      if (ifname != nullptr && *ifname != '\0') {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else if (launch.master_addr == "127.0.0.1" || launch.master_addr == "localhost") {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      } else {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      comm->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(comm->store_, launch.rank, launch.world_size, options);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("rank ", launch.rank, ": gloo rendezvous at ", launch.master_addr, ":",
+                                                 launch.master_port, " failed within ", o.timeout.count() / 1000.0,
+                                                 " s: ", e.what()));
+    }
+    return std::unique_ptr<Communicator>(std::move(comm));
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string backend() const override { return "gloo"; }
+
+  absl::StatusOr<std::unique_ptr<PendingCollective>> AllReduceSumAsync(torch::Tensor tensor,
+                                                                       const std::string& what) override {
+    try {
+      std::vector<torch::Tensor> tensors{tensor};
+      return std::unique_ptr<PendingCollective>(
+          new GlooPending(pg_->allreduce(tensors), rank_, "all-reduce", what, timeout_));
+    } catch (const std::exception& e) {
+      return CollectiveError(rank_, "all-reduce", what, e.what(), timeout_);
+    }
+  }
+
+  absl::Status Broadcast(torch::Tensor tensor, int root, const std::string& what) override {
+    try {
+      std::vector<torch::Tensor> tensors{tensor};
+      c10d::BroadcastOptions bo;
+      bo.rootRank = root;
+      return GlooPending(pg_->broadcast(tensors, bo), rank_, "broadcast", what, timeout_).Wait();
+    } catch (const std::exception& e) {
+      return CollectiveError(rank_, "broadcast", what, e.what(), timeout_);
+    }
+  }
+
+  absl::Status Barrier(const std::string& what) override {
+    try {
+      return GlooPending(pg_->barrier(), rank_, "barrier", what, timeout_).Wait();
+    } catch (const std::exception& e) {
+      return CollectiveError(rank_, "barrier", what, e.what(), timeout_);
+    }
+  }
+
+ private:
+  GlooCommunicator(int rank, int size, std::chrono::milliseconds timeout)
+      : rank_(rank), size_(size), timeout_(timeout) {}
+  int rank_, size_;
+  std::chrono::milliseconds timeout_;
+  c10::intrusive_ptr<c10d::Store> store_;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+};
+
+}  // namespace
+
+absl::Status Communicator::AllReduceSum(torch::Tensor tensor, const std::string& what) {
+  ASSIGN_OR_RETURN(std::unique_ptr<PendingCollective> op, AllReduceSumAsync(std::move(tensor), what));
+  return op->Wait();
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const LaunchInfo& launch,
+                                                                 const CommunicatorOptions& o) {
+  if (launch.world_size == 1 || o.backend == "local") {
+    return std::unique_ptr<Communicator>(new LocalCommunicator());
+  }
+  std::string backend = o.backend;
+  if (backend == "auto") backend = o.cuda ? "nccl" : "gloo";
+  if (backend == "gloo") return GlooCommunicator::Create(launch, o);
+  return absl::UnimplementedError(absl::StrCat(
+      "dist.backend '", backend, "' is not available in this build (available: gloo, local)"));
+}
+
+}  // namespace retina::trainer

@@ -1,0 +1,41 @@
+// Rank and world discovery: the one place the launcher environment is read.
+//
+// Precedence (ARCHITECTURE.md "Process model"), highest first:
+//   1. explicit flags (--rank/--world-size/--local-rank given to retina-train)
+//   2. torchrun-style: RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+//   3. Open MPI: OMPI_COMM_WORLD_RANK/_SIZE/_LOCAL_RANK/_LOCAL_SIZE
+//   4. PMIx / PMI: PMIX_RANK, PMI_RANK, PMI_SIZE
+//   5. Slurm: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE
+//   6. a single process
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace retina::trainer {
+
+struct LaunchInfo {
+  int rank = 0;
+  int world_size = 1;
+  int local_rank = 0;
+  int local_world_size = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  std::string source = "single";  // flags | torchrun | openmpi | pmi | slurm | single
+  bool under_mpi = false;         // started by mpirun/srun with an MPI runtime
+};
+
+struct LaunchOverrides {
+  std::optional<int> rank, world_size, local_rank;
+};
+
+// `getenv` is injectable for tests. INVALID_ARGUMENT names the variable when
+// a value is malformed or inconsistent (rank >= world size, ...).
+absl::StatusOr<LaunchInfo> DiscoverLaunch(const LaunchOverrides& overrides,
+                                          const std::function<const char*(const char*)>& getenv);
+absl::StatusOr<LaunchInfo> DiscoverLaunch(const LaunchOverrides& overrides);
+
+}  // namespace retina::trainer
