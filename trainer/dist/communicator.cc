@@ -29,6 +29,12 @@ class LocalCommunicator final : public Communicator {
   absl::Status Barrier(const std::string&) override { return absl::OkStatus(); }
 };
 
+// The message of an exception, without libtorch's C++ backtrace.
+std::string Message(const std::exception& e) {
+  if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
+  return e.what();
+}
+
 // c10d signals timeouts and broken peers with exceptions; turn them into
 // statuses that name the rank and the operation.
 absl::Status CollectiveError(int rank, const std::string& op, const std::string& what, const std::string& message,
@@ -51,7 +57,7 @@ class GlooPending final : public PendingCollective {
       work_->wait(timeout_);
       return absl::OkStatus();
     } catch (const std::exception& e) {
-      return CollectiveError(rank_, op_, what_, e.what(), timeout_);
+      return CollectiveError(rank_, op_, what_, Message(e), timeout_);
     }
   }
 
@@ -87,7 +93,7 @@ class GlooCommunicator final : public Communicator {
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat("rank ", launch.rank, ": gloo rendezvous at ", launch.master_addr, ":",
                                                  launch.master_port, " failed within ", o.timeout.count() / 1000.0,
-                                                 " s: ", e.what()));
+                                                 " s: ", Message(e)));
     }
     return std::unique_ptr<Communicator>(std::move(comm));
   }
@@ -103,7 +109,7 @@ class GlooCommunicator final : public Communicator {
       return std::unique_ptr<PendingCollective>(
           new GlooPending(pg_->allreduce(tensors), rank_, "all-reduce", what, timeout_));
     } catch (const std::exception& e) {
-      return CollectiveError(rank_, "all-reduce", what, e.what(), timeout_);
+      return CollectiveError(rank_, "all-reduce", what, Message(e), timeout_);
     }
   }
 
@@ -114,7 +120,7 @@ class GlooCommunicator final : public Communicator {
       bo.rootRank = root;
       return GlooPending(pg_->broadcast(tensors, bo), rank_, "broadcast", what, timeout_).Wait();
     } catch (const std::exception& e) {
-      return CollectiveError(rank_, "broadcast", what, e.what(), timeout_);
+      return CollectiveError(rank_, "broadcast", what, Message(e), timeout_);
     }
   }
 
@@ -122,7 +128,7 @@ class GlooCommunicator final : public Communicator {
     try {
       return GlooPending(pg_->barrier(), rank_, "barrier", what, timeout_).Wait();
     } catch (const std::exception& e) {
-      return CollectiveError(rank_, "barrier", what, e.what(), timeout_);
+      return CollectiveError(rank_, "barrier", what, Message(e), timeout_);
     }
   }
 

@@ -1,0 +1,77 @@
+// Data-parallel equivalence: 2 Gloo ranks with batch 4 each (SyncBatchNorm,
+// bucketed reducer) end with the same parameters as 1 process with batch 8.
+// Also: a rank that never shows up makes the other fail within the timeout,
+// naming itself and the operation.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <random>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "tests/trainer/python_peer.h"
+#include "trainer/model/state_dict.h"
+
+namespace retina::trainer {
+namespace {
+
+using ::testing::HasSubstr;
+
+int FreePort() {
+  std::mt19937 rng(static_cast<unsigned>(::getpid()) ^ static_cast<unsigned>(std::time(nullptr)));
+  return 20000 + static_cast<int>(rng() % 20000);
+}
+
+std::string Worker() { return std::string(RETINA_TEST_BINARY_DIR) + "/dist_worker"; }
+
+TEST(DataParallel, TwoGlooRanksEqualOneProcessWithTheWholeBatch) {
+  retina::testing::ScopedTempDir tmp("dist-");
+  const std::string single = (tmp.path() / "single.pt").string(), multi = (tmp.path() / "multi.pt").string();
+  ASSERT_EQ(std::system((Worker() + " " + single + " 3 > /dev/null").c_str()), 0);
+  const int port = FreePort();
+  const std::string env = absl::StrCat("WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=", port, " ");
+  const std::string cmd = absl::StrCat("(", env, "RANK=1 ", Worker(), " ", multi, " 3 & ", env, "RANK=0 ", Worker(),
+                                       " ", multi, " 3; r0=$?; wait $!; r1=$?; exit $((r0 + r1)))");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  absl::StatusOr<StateDict> a = ReadStateDictFile(single), b = ReadStateDictFile(multi);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size(), b->size());
+  double worst = 0;
+  for (size_t i = 0; i < a->size(); ++i) {
+    const torch::Tensor x = (*a)[i].second.to(torch::kDouble), y = (*b)[i].second.to(torch::kDouble);
+    if (x.numel() == 0) continue;
+    const double scale = x.abs().max().item<double>(), diff = (x - y).abs().max().item<double>();
+    if (scale < 1e-3) {  // near-zero tensors (fresh biases): relative differences are meaningless
+      EXPECT_LT(diff, 1e-8) << (*a)[i].first;
+      continue;
+    }
+    worst = std::max(worst, diff / scale);
+    EXPECT_LT(diff / scale, 1e-5) << (*a)[i].first;
+  }
+  RecordProperty("worst_relative_difference", std::to_string(worst));
+  std::printf("worst relative parameter difference, 2 ranks vs 1 process: %.3g\n", worst);
+}
+
+TEST(DataParallel, AMissingPeerFailsWithinTheTimeoutNamingRankAndOperation) {
+  retina::testing::ScopedTempDir tmp("dist-");
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string cmd = absl::StrCat("RETINA_TEST_TIMEOUT_MS=3000 WORLD_SIZE=2 RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=", FreePort(), " ",
+                                       Worker(), " ", (tmp.path() / "x.pt").string(), " 1 2>&1");
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  const int status = pclose(p);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(WEXITSTATUS(status), 0);
+  EXPECT_THAT(out, HasSubstr("rank 0"));
+  EXPECT_THAT(out, HasSubstr("3 s"));
+  EXPECT_LT(seconds, 15) << out;  // the worker's timeout is 3 s
+}
+
+}  // namespace
+}  // namespace retina::trainer
