@@ -16,6 +16,9 @@
 #include "common/cli.h"
 #include "common/job_config.h"
 #include "common/status_macros.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "trainer/engine/run.h"
 #include "trainer/model/state_dict.h"
 #include "trainer/model/transfer.h"
 #include "trainer/model/transunet.h"
@@ -25,7 +28,9 @@ namespace retina::trainer {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: retina-train config schema\n"
+    "usage: retina-train run --config JOB.yaml [--store DIR] [--job ID] [--events PATH|fd:N]\n"
+    "                        [--resume auto|never|CHECKPOINT_DIR] [--rank R --world-size W --local-rank L]\n"
+    "       retina-train config schema\n"
     "       retina-train config check FILE...\n"
     "       retina-train model info --model CONFIG [--head segmentation|reconstruction]\n"
     "                               [--classes N] [--image-size S]\n"
@@ -86,6 +91,50 @@ absl::Status ModelInit(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+// Exit status: 0 done, 75 preempted (checkpoint written; rerun with --resume
+// auto), 2 bad arguments or config, 1 any other failure.
+int Run(const std::vector<std::string>& args) {
+  absl::StatusOr<CliFlags> flags = ParseCliFlags(
+      args, {"--config", "--store", "--job", "--events", "--resume", "--rank", "--world-size", "--local-rank"});
+  absl::Status status = flags.ok() ? flags->Require({"--config"}) : flags.status();
+  RunOptions o;
+  int rank = 0, world = 0, local = 0;
+  if (status.ok()) {
+    for (auto [key, out] : {std::pair<const char*, int*>{"--rank", &rank}, {"--world-size", &world}, {"--local-rank", &local}}) {
+      if (status.ok()) status = flags->GetInt(key, out);
+    }
+  }
+  if (!status.ok()) {
+    std::cerr << "retina-train: " << status.message() << "\n" << kUsage;
+    return 2;
+  }
+  const std::string config_path = flags->Get("--config");
+  absl::StatusOr<std::string> text = ReadFile(config_path);
+  if (!text.ok()) {
+    std::cerr << "retina-train: " << text.status().message() << "\n";
+    return 2;
+  }
+  absl::StatusOr<JobConfig> config = ParseJobConfig(*text, config_path);
+  if (!config.ok()) {
+    std::cerr << config.status().message() << "\n";
+    return 2;
+  }
+  o.config_text = *text;
+  o.store = flags->Get("--store", ".");
+  o.job_id = flags->Get("--job", std::filesystem::path(config_path).stem().string());
+  o.events = flags->Get("--events");
+  o.resume = flags->Get("--resume", "auto");
+  if (flags->Has("--rank")) o.launch.rank = rank;
+  if (flags->Has("--world-size")) o.launch.world_size = world;
+  if (flags->Has("--local-rank")) o.launch.local_rank = local;
+  absl::StatusOr<RunOutcome> outcome = RunJob(*config, o);
+  if (!outcome.ok()) {
+    RETINA_LOG(Error) << outcome.status().message();
+    return outcome.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  return *outcome == RunOutcome::kPreempted ? kExitPreempted : 0;
+}
+
 int ConfigCheck(const std::vector<std::string>& files) {
   int failures = 0;
   for (const std::string& file : files) {
@@ -114,6 +163,7 @@ int Main(const std::vector<std::string>& args) {
     return true;
   };
   const auto rest = [&](size_t n) { return std::vector<std::string>(args.begin() + n, args.end()); };
+  if (is({"run"})) return Run(rest(1));
   if (args.size() == 2 && is({"config", "schema"})) {
     std::cout << JobConfigSchemaMarkdown();
     return 0;

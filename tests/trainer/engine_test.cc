@@ -1,0 +1,237 @@
+// retina-train run, as a user runs it: real processes, a store on disk,
+// signals. Exact resume after SIGKILL, SIGTERM -> exit 75 with a checkpoint,
+// loss going down, fine-tuning from the pre-training checkpoint with the
+// encoder frozen, and clear errors before training.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/checkpoint_store.h"
+#include "common/file_util.h"
+#include "tests/trainer/python_peer.h"
+#include "trainer/data/import.h"
+#include "trainer/data/pack.h"
+#include "trainer/data/synth.h"
+#include "trainer/data/writers.h"
+#include "trainer/model/state_dict.h"
+
+namespace retina::trainer {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+const std::string kTrain = std::string(RETINA_TEST_TRAINER_DIR) + "/retina-train";
+
+pid_t Start(const std::vector<std::string>& args, const fs::path& log) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    std::vector<char*> argv{const_cast<char*>(kTrain.c_str())};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    setenv("OMP_NUM_THREADS", "1", 1);
+    execv(kTrain.c_str(), argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+int Wait(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Waits until the job has a checkpoint; false after `seconds`.
+bool AwaitCheckpoint(const fs::path& ckpts, double seconds) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < end) {
+    if (CheckpointStore(ckpts).Latest().ok()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return false;
+}
+
+class Engine : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tmp_ = new retina::testing::ScopedTempDir("engine-");
+    const fs::path raw = tmp_->path() / "raw";
+    fs::create_directories(raw);
+    for (int i = 0; i < 16; ++i) {
+      SynthOptions o;
+      o.shape = {1, 128, 128};
+      o.seed = i;
+      ASSERT_TRUE(WriteTiff((raw / absl::StrCat("i", i, ".tif")).string(), Synthesize(o).image, false).ok());
+    }
+    PackOptions p;
+    p.input = raw.string();
+    p.out = tmp_->path() / "store/datasets/em";
+    p.size = 64;
+    ASSERT_TRUE(PackImages(p).ok());
+    WriteConfig("pre.yaml", "kind: pretrain\nseed: 3\nmodel: {name: tiny, image_size: 64}\n"
+                            "data: {dataset: em, loader_threads: 1}\n"
+                            "pretrain: {epochs: 5, global_batch: 8, checkpoint_every_epochs: 1}\n");
+  }
+  static void TearDownTestSuite() { delete tmp_; }
+  static void WriteConfig(const std::string& name, const std::string& text) {
+    ASSERT_TRUE(WriteFileAtomic(tmp_->path() / name, text).ok());
+  }
+  static std::vector<std::string> RunArgs(const std::string& config, const std::string& job) {
+    return {"run", "--config", (tmp_->path() / config).string(), "--store", (tmp_->path() / "store").string(), "--job", job};
+  }
+  static fs::path Ckpts(const std::string& job) { return tmp_->path() / "store/jobs" / job / "checkpoints"; }
+  static StateDict Final(const std::string& job) {
+    absl::StatusOr<CheckpointInfo> latest = CheckpointStore(Ckpts(job)).Latest();
+    EXPECT_TRUE(latest.ok()) << latest.status();
+    absl::StatusOr<StateDict> d = ReadStateDictFile(latest->dir / "model.pt");
+    EXPECT_TRUE(d.ok()) << d.status();
+    return *d;
+  }
+  static double MaxRelDiff(const StateDict& a, const StateDict& b) {
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      const torch::Tensor x = a[i].second.to(torch::kDouble), y = b[i].second.to(torch::kDouble);
+      if (x.numel() == 0) continue;
+      worst = std::max(worst, ((x - y).abs().max() / (x.abs().max() + 1e-6)).item<double>());
+    }
+    return worst;
+  }
+  static std::vector<double> Losses(const std::string& job) {
+    std::vector<double> out;
+    std::ifstream in(tmp_->path() / "store/jobs" / job / "metrics.csv");
+    std::string line;
+    std::getline(in, line);
+    while (std::getline(in, line)) {
+      std::vector<std::string> f = absl::StrSplit(line, ',');
+      out.push_back(std::stod(f[2]));
+    }
+    return out;
+  }
+  static fs::path Log(const std::string& name) { return tmp_->path() / (name + ".log"); }
+  static retina::testing::ScopedTempDir* tmp_;
+};
+retina::testing::ScopedTempDir* Engine::tmp_ = nullptr;
+
+TEST_F(Engine, KilledRunResumesExactlyAndLossGoesDown) {
+  ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  const std::vector<double> losses = Losses("whole");
+  ASSERT_EQ(losses.size(), 40u);  // 64 patches / 8 = 8 steps x 5 epochs
+  double first = 0, last = 0;
+  for (int i = 0; i < 8; ++i) first += losses[i] / 8, last += losses[32 + i] / 8;
+  EXPECT_LT(last, 0.8 * first) << "reconstruction loss did not go down";
+
+  const pid_t pid = Start(RunArgs("pre.yaml", "killed"), Log("killed"));
+  ASSERT_TRUE(AwaitCheckpoint(Ckpts("killed"), 60));
+  kill(pid, SIGKILL);
+  EXPECT_EQ(Wait(pid), 128 + SIGKILL);
+  absl::StatusOr<CheckpointInfo> at_kill = CheckpointStore(Ckpts("killed")).Latest();
+  ASSERT_TRUE(at_kill.ok());
+  ASSERT_LT(at_kill->step, 40) << "the run finished before it could be killed";
+  ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "killed"), Log("killed"))), 0);  // --resume auto is the default
+  const double diff = MaxRelDiff(Final("whole"), Final("killed"));
+  std::printf("killed at step %lld; resumed final vs uninterrupted: max relative difference %.3g\n",
+              static_cast<long long>(at_kill->step), diff);
+  EXPECT_LT(diff, 1e-5);
+}
+
+TEST_F(Engine, SigtermCheckpointsExits75AndContinuesExactly) {
+  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  const pid_t pid = Start(RunArgs("pre.yaml", "term"), Log("term"));
+  ASSERT_TRUE(AwaitCheckpoint(Ckpts("term"), 60));
+  kill(pid, SIGTERM);
+  ASSERT_EQ(Wait(pid), 75);
+  absl::StatusOr<std::string> events = ReadFile(tmp_->path() / "store/jobs/term/events.jsonl");
+  EXPECT_THAT(*events, HasSubstr("\"preempted\""));
+  const int64_t stopped = CheckpointStore(Ckpts("term")).Latest()->step;
+  EXPECT_LT(stopped, 40);
+  ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "term"), Log("term"))), 0);
+  EXPECT_LT(MaxRelDiff(Final("whole"), Final("term")), 1e-5);
+}
+
+TEST_F(Engine, CorruptedLatestFallsBackToThePreviousCheckpoint) {
+  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  std::vector<CheckpointInfo> all = CheckpointStore(Ckpts("whole")).List();
+  ASSERT_GE(all.size(), 2u);
+  {
+    std::fstream f(all.back().dir / "model.pt", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(200);
+    f.put('\x42');
+  }
+  absl::StatusOr<CheckpointInfo> latest = CheckpointStore(Ckpts("whole")).Latest();
+  ASSERT_TRUE(latest.ok());
+  EXPECT_EQ(latest->step, all[all.size() - 2].step);
+}
+
+TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
+  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  // A labelled synthetic benchmark, imported.
+  for (const char* split : {"train", "test"}) {
+    for (const char* sub : {"images", "masks"}) fs::create_directories(tmp_->path() / "bench" / split / sub);
+    SynthOptions o;
+    o.shape = {4, 128, 128};
+    o.seed = split[1] == 'r' ? 7 : 8;
+    const SynthVolume v = Synthesize(o);
+    ASSERT_TRUE(WriteTiff((tmp_->path() / "bench" / split / "images/v.tif").string(), v.image, false).ok());
+    ASSERT_TRUE(WriteTiff((tmp_->path() / "bench" / split / "masks/v.tif").string(), v.mask, false).ok());
+  }
+  ImportOptions io;
+  io.kind = *LookupImportKind("folder");
+  io.input = tmp_->path() / "bench";
+  io.out = tmp_->path() / "store/datasets/mito";
+  io.size = 64;
+  ASSERT_TRUE(ImportBenchmark(io).ok());
+  WriteConfig("fine.yaml", "kind: finetune\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
+                           "data: {dataset: mito, val_dataset: mito, loader_threads: 1}\n"
+                           "finetune: {iters: 30, global_batch: 4, init: jobs/whole/checkpoints, "
+                           "eval_every_iters: 10, save_every_iters: 10, foreground_crop_p: 0.8}\n");
+  ASSERT_EQ(Wait(Start(RunArgs("fine.yaml", "fine"), Log("fine"))), 0) << *ReadFile(Log("fine"));
+  const std::vector<double> losses = Losses("fine");
+  ASSERT_EQ(losses.size(), 30u);
+  EXPECT_LT((losses[27] + losses[28] + losses[29]) / 3, (losses[0] + losses[1] + losses[2]) / 3);
+  const StateDict pre = Final("whole"), fine = Final("fine");
+  std::map<std::string, torch::Tensor> p(pre.begin(), pre.end());
+  int encoder = 0, frozen_equal = 0, decoder_changed = 0;
+  for (const auto& [name, t] : fine) {
+    if (name.rfind("transformer.encoder", 0) == 0) {
+      ++encoder;
+      frozen_equal += torch::equal(t, p.at(name));
+    }
+    if (name.rfind("decoder.", 0) == 0 && name.find("weight") != std::string::npos) decoder_changed += !p.count(name) || !torch::equal(t, p.at(name));
+  }
+  EXPECT_EQ(encoder, 34);  // tiny: 2 blocks x 16 tensors + encoder_norm (2)
+  EXPECT_EQ(frozen_equal, encoder);
+  EXPECT_GT(decoder_changed, 0);
+  EXPECT_THAT(*ReadFile(tmp_->path() / "store/jobs/fine/events.jsonl"), HasSubstr("\"eval\""));
+}
+
+TEST_F(Engine, BadConfigAndMissingDataAreNamedBeforeTraining) {
+  WriteConfig("nodata.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: nope}\n");
+  EXPECT_EQ(Wait(Start(RunArgs("nodata.yaml", "nodata"), Log("nodata"))), 1);
+  EXPECT_THAT(*ReadFile(Log("nodata")), HasSubstr("data.dataset"));
+  EXPECT_THAT(*ReadFile(Log("nodata")), HasSubstr("datasets/nope/manifest.json"));
+  EXPECT_FALSE(fs::exists(tmp_->path() / "store/jobs/nodata"));
+  WriteConfig("typo.yaml", "kind: pretrain\ndata: {dataset: em}\npretrain: {epochs: 1, global_bach: 8}\n");
+  EXPECT_EQ(Wait(Start(RunArgs("typo.yaml", "typo"), Log("typo"))), 2);
+  EXPECT_THAT(*ReadFile(Log("typo")), HasSubstr("pretrain.global_bach: unknown key (did you mean 'global_batch'?)"));
+  WriteConfig("odd.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em}\npretrain: {global_batch: 7}\n");
+  EXPECT_EQ(Wait(Start({"run", "--config", (tmp_->path() / "odd.yaml").string(), "--store", (tmp_->path() / "store").string(),
+                        "--job", "odd", "--world-size", "2", "--rank", "0"}, Log("odd"))), 2);
+  EXPECT_THAT(*ReadFile(Log("odd")), HasSubstr("pretrain.global_batch: 7 does not divide by the world size 2"));
+}
+
+}  // namespace
+}  // namespace retina::trainer

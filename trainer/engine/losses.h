@@ -1,0 +1,28 @@
+// Losses and the learning-rate schedule of RETINA (METHOD.md sections 2-3).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace retina::trainer {
+
+// lr = base (1 - k/K)^power for iteration k of K (0 at and after K).
+double PolyLearningRate(double base, int64_t k, int64_t horizon, double power);
+
+// Binary: 0.5 BCE-with-logits + 0.5 (1 - (2 sum p t + 1e-5) / (sum p + sum t + 1e-5)).
+// logits [B, 1, H, W] (or [B, H, W]), target [B, H, W] in {0, 1}.
+torch::Tensor BceDiceLoss(const torch::Tensor& logits, const torch::Tensor& target);
+
+// Multi-class: 0.5 weighted CE + 0.5 mean over all classes (background
+// included) of 1 - (2 sum p t + 1e-5) / (sum p^2 + sum t^2 + 1e-5), softmax p,
+// sums over the whole batch; weights not applied to Dice.
+// logits [B, C, H, W], target [B, H, W] int64; weights empty or C values.
+torch::Tensor CeDiceLoss(const torch::Tensor& logits, const torch::Tensor& target, const std::vector<double>& weights);
+
+// Per-class IoU of a batch (classes 1..C-1 for C > 1, class 1 for binary),
+// (|P and G| + 1e-5) / (|P or G| + 1e-5): the simple validation metric until
+// the evaluation module provides the paper's.
+std::vector<double> BatchIoU(const torch::Tensor& logits, const torch::Tensor& target);
+
+}  // namespace retina::trainer

@@ -1,0 +1,453 @@
+#include "trainer/engine/run.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/checkpoint_store.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/progress.h"
+#include "common/status_macros.h"
+#include "common/store_layout.h"
+#include "trainer/data/augment.h"
+#include "trainer/data/loader.h"
+#include "trainer/data/sampler.h"
+#include "trainer/data/shards.h"
+#include "trainer/dist/communicator.h"
+#include "trainer/dist/reducer.h"
+#include "trainer/engine/losses.h"
+#include "trainer/model/batch_norm.h"
+#include "trainer/model/state_dict.h"
+#include "trainer/model/transfer.h"
+#include "trainer/model/transunet.h"
+#include "trainer/model/vit_npz_import.h"
+#include "trainer/runtime/threads.h"
+
+namespace retina::trainer {
+namespace fs = std::filesystem;
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void OnStopSignal(int sig) { g_stop_signal.store(sig); }
+
+// Installs SIGTERM/SIGUSR1 handlers for the run; restores the old ones.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = OnStopSignal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~StopSignals() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+
+ private:
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
+uint64_t Mix(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t x = a * 0x9e3779b97f4a7c15ull ^ (b + 0x632be59bd9b4e019ull) * 0xbf58476d1ce4e5b9ull ^ c * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  x *= 0xd6e8feb86659fd93ull;
+  return x ^ (x >> 32);
+}
+
+// JSON-lines events (rank 0): to the store's events.jsonl and, optionally, to
+// a file or an inherited descriptor.
+class EventLog {
+ public:
+  static absl::StatusOr<std::unique_ptr<EventLog>> Open(const fs::path& store_events, const std::string& extra) {
+    auto log = std::unique_ptr<EventLog>(new EventLog());
+    log->store_fd_ = ::open(store_events.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log->store_fd_ < 0) return ErrnoStatus(errno, "open", store_events);
+    if (absl::StartsWith(extra, "fd:")) {
+      if (!absl::SimpleAtoi(extra.substr(3), &log->extra_fd_)) {
+        return absl::InvalidArgumentError("--events: 'fd:N' needs a descriptor number, got '" + extra + "'");
+      }
+      log->own_extra_ = false;
+    } else if (!extra.empty()) {
+      log->extra_fd_ = ::open(extra.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (log->extra_fd_ < 0) return ErrnoStatus(errno, "open --events", extra);
+    }
+    return log;
+  }
+  ~EventLog() {
+    if (store_fd_ >= 0) ::close(store_fd_);
+    if (extra_fd_ >= 0 && own_extra_) ::close(extra_fd_);
+  }
+  void Write(nlohmann::json event) {
+    event["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const std::string line = event.dump() + "\n";
+    for (int fd : {store_fd_, extra_fd_}) {
+      if (fd >= 0) {
+        ssize_t ignored = ::write(fd, line.data(), line.size());
+        (void)ignored;
+      }
+    }
+  }
+
+ private:
+  EventLog() = default;
+  int store_fd_ = -1, extra_fd_ = -1;
+  bool own_extra_ = true;
+};
+
+absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path& store, const std::string& key) {
+  if (name.find('/') != std::string::npos) return fs::path(name);
+  RETURN_IF_ERROR(StoreLayout::ValidateName(name, key));
+  return StoreLayout(store).DatasetDir(name);
+}
+
+// A checkpoint directory, a file, or a directory holding LATEST -> model.pt path.
+absl::StatusOr<fs::path> ResolveWeights(const std::string& spec, const fs::path& store) {
+  fs::path p = spec;
+  if (p.is_relative() && !fs::exists(p)) p = store / p;
+  if (fs::is_directory(p)) {
+    if (fs::exists(p / "MANIFEST")) {
+      RETURN_IF_ERROR(CheckpointStore::Verify(p).status());
+      return p / "model.pt";
+    }
+    ASSIGN_OR_RETURN(CheckpointInfo latest, CheckpointStore(p).Latest(), "finetune.init " + spec);
+    return latest.dir / "model.pt";
+  }
+  if (p.filename() == "LATEST") {
+    ASSIGN_OR_RETURN(CheckpointInfo latest, CheckpointStore(p.parent_path()).Latest(), "finetune.init " + spec);
+    return latest.dir / "model.pt";
+  }
+  if (!fs::exists(p)) return absl::NotFoundError(absl::StrCat("finetune.init: ", spec, ": no such file or checkpoint"));
+  return p;
+}
+
+struct StepState {
+  int64_t step = 0;
+  SamplerState sampler;
+};
+
+absl::Status SaveCheckpoint(const fs::path& dir, const StepState& st, torch::nn::Module& model,
+                            torch::optim::SGD& opt, const JobConfig& config, const RunOptions& o, int world,
+                            std::optional<double> score, EventLog* events) {
+  ASSIGN_OR_RETURN(CheckpointWriter w, CheckpointWriter::Begin(dir, st.step));
+  const std::vector<char> weights = SerializeStateDict(GetStateDict(model));
+  RETURN_IF_ERROR(w.WriteFile("model.pt", absl::string_view(weights.data(), weights.size())));
+  std::ostringstream os;
+  torch::save(opt, os);
+  RETURN_IF_ERROR(w.WriteFile("optimizer.pt", os.str()));
+  nlohmann::json s;
+  s["step"] = st.step;
+  s["epoch"] = st.sampler.epoch;
+  s["sampler_offset"] = st.sampler.offset;
+  s["seed"] = config.seed;
+  s["world_size"] = world;
+  s["kind"] = config.kind;
+  s["config_sha256"] = Sha256Hex(o.config_text);
+  RETURN_IF_ERROR(w.WriteFile("state.json", s.dump(2) + "\n"));
+  if (score) w.SetScore(*score);
+  ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
+  ASSIGN_OR_RETURN(auto removed, CheckpointStore(dir).ApplyRetention(config.checkpoint.keep_last, config.checkpoint.keep_best));
+  events->Write({{"event", "checkpoint"}, {"step", st.step}, {"path", info.dir.string()}, {"removed", removed}});
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepState> LoadCheckpoint(const fs::path& dir, torch::nn::Module& model, torch::optim::SGD& opt,
+                                         const JobConfig& config) {
+  ASSIGN_OR_RETURN(CheckpointInfo info, CheckpointStore::Verify(dir));
+  ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(info.dir / "model.pt"));
+  RETURN_IF_ERROR(LoadStateDict(model, std::move(weights)).status(), "resuming from " + info.dir.string());
+  try {
+    torch::load(opt, (info.dir / "optimizer.pt").string());
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(absl::StrCat((info.dir / "optimizer.pt").string(), ": ", e.what_without_backtrace()));
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadFile(info.dir / "state.json"));
+  StepState st;
+  try {
+    const nlohmann::json s = nlohmann::json::parse(text);
+    st.step = s.at("step");
+    st.sampler.epoch = s.at("epoch");
+    st.sampler.offset = s.at("sampler_offset");
+    if (s.at("kind") != config.kind) {
+      return absl::FailedPreconditionError(absl::StrCat(info.dir.string(), " is a ", s.at("kind").get<std::string>(),
+                                                        " checkpoint; this job is ", config.kind));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat((info.dir / "state.json").string(), ": ", e.what()));
+  }
+  return st;
+}
+
+}  // namespace
+
+absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) {
+  const bool pretrain = config.kind == "pretrain";
+  if (config.kind != "pretrain" && config.kind != "finetune") {
+    return absl::UnimplementedError(absl::StrCat("kind '", config.kind, "' is run by the evaluation module"));
+  }
+  RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
+  ASSIGN_OR_RETURN(LaunchInfo launch, DiscoverLaunch(o.launch));
+  SetLogRank(launch.world_size > 1 ? launch.rank : -1);
+  const ThreadPlan threads = ConfigureTorchThreads(launch.local_world_size, config.runtime.threads);
+  if (config.runtime.device == "cuda" && !torch::cuda::is_available()) {
+    return absl::FailedPreconditionError("runtime.device: cuda requested but no CUDA device is available");
+  }
+  const int global_batch = pretrain ? config.pretrain.global_batch : config.finetune.global_batch;
+  if (global_batch % launch.world_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(pretrain ? "pretrain" : "finetune", ".global_batch: ", global_batch,
+                                                   " does not divide by the world size ", launch.world_size));
+  }
+  const int64_t b = global_batch / launch.world_size;
+
+  // Data, checked before anything trains.
+  ASSIGN_OR_RETURN(fs::path data_dir, ResolveDataset(config.data.dataset, o.store, "data.dataset"));
+  ASSIGN_OR_RETURN(std::unique_ptr<ShardedDataset> data, ShardedDataset::Open(data_dir, /*verify=*/false),
+                   "data.dataset");
+  if (!pretrain && !data->labelled()) {
+    return absl::FailedPreconditionError(absl::StrCat("data.dataset: ", data_dir.string(), " has no masks (fine-tuning needs labelled data)"));
+  }
+  std::unique_ptr<ShardedDataset> val;
+  if (!pretrain && !config.data.val_dataset.empty()) {
+    ASSIGN_OR_RETURN(fs::path val_dir, ResolveDataset(config.data.val_dataset, o.store, "data.val_dataset"));
+    ASSIGN_OR_RETURN(val, ShardedDataset::Open(val_dir, false), "data.val_dataset");
+  }
+  const double mean = config.data.mean.value_or(pretrain ? 0.57287007 : data->manifest().mean);
+  const double std = config.data.std.value_or(pretrain ? 0.12740536 : data->manifest().std);
+  if (data->size() < global_batch) {
+    return absl::FailedPreconditionError(absl::StrCat("data.dataset: ", data->size(), " samples, fewer than one global batch of ", global_batch));
+  }
+
+  // Communication and model.
+  CommunicatorOptions co;
+  co.backend = config.runtime.dist_backend;
+  co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.runtime.collective_timeout_s * 1000));
+  ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(launch, co));
+  ASSIGN_OR_RETURN(TransUNetConfig mc,
+                   NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
+                                    pretrain ? ModelHead::kReconstruction : ModelHead::kSegmentation));
+  torch::manual_seed(config.seed);
+  VisionTransformer model(mc);
+  if (!pretrain && config.finetune.init != "random") {
+    StateDict weights;
+    if (absl::EndsWith(config.finetune.init, ".npz")) {
+      ASSIGN_OR_RETURN(weights, ImportViTNpz(config.finetune.init, mc), "finetune.init");
+    } else {
+      ASSIGN_OR_RETURN(fs::path file, ResolveWeights(config.finetune.init, o.store));
+      ASSIGN_OR_RETURN(weights, ReadStateDictFile(file), "finetune.init");
+    }
+    ASSIGN_OR_RETURN(LoadReport report, TransferPretrained(*model, std::move(weights), config.finetune.freeze_encoder),
+                     "finetune.init " + config.finetune.init);
+    RETINA_LOG(Info) << "transferred " << report.loaded.size() << " tensors from " << config.finetune.init
+                     << (config.finetune.freeze_encoder ? "; transformer.encoder frozen" : "");
+  }
+  Communicator* cm = comm.get();
+  auto bn_all_reduce = std::make_shared<SumAllReduce>([cm](torch::Tensor& t) {
+    const absl::Status s = cm->AllReduceSum(t, "batch-norm statistics");
+    TORCH_CHECK(s.ok(), std::string(s.message()));
+  });
+  if (cm->size() > 1) SetBatchNormAllReduce(*model, bn_all_reduce);
+  model->SetChannelsLast(true);
+  RETURN_IF_ERROR(BroadcastModuleState(*model, *cm));
+  GradientReducer reducer(*model, cm);
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(config.optimizer.lr)
+                                                 .momentum(config.optimizer.momentum)
+                                                 .weight_decay(config.optimizer.weight_decay));
+
+  // The store.
+  const StoreLayout layout(o.store);
+  const fs::path ckpt_dir = layout.CheckpointsDir(o.job_id);
+  std::unique_ptr<EventLog> events;
+  if (launch.rank == 0) {
+    RETURN_IF_ERROR(CreateDirectories(layout.JobDir(o.job_id)));
+    RETURN_IF_ERROR(WriteFileAtomic(layout.SpecPath(o.job_id), JobConfigToYaml(config)));
+    ASSIGN_OR_RETURN(events, EventLog::Open(layout.EventsPath(o.job_id), o.events));
+  }
+
+  // Resume.
+  StepState st;
+  if (o.resume != "never") {
+    fs::path from;
+    if (o.resume == "auto") {
+      absl::StatusOr<CheckpointInfo> latest = CheckpointStore(ckpt_dir).Latest();
+      if (latest.ok()) from = latest->dir;
+      else if (!absl::IsNotFound(latest.status())) return latest.status();
+    } else {
+      from = o.resume;
+    }
+    if (!from.empty()) {
+      ASSIGN_OR_RETURN(st, LoadCheckpoint(from, *model, opt, config));
+      RETINA_LOG(Info) << "resumed from " << from.string() << " at step " << st.step << " (epoch " << st.sampler.epoch
+                       << ", offset " << st.sampler.offset << ")";
+    }
+  }
+  const int64_t steps_per_epoch = data->size() / global_batch;
+  const int64_t total = pretrain ? config.pretrain.epochs * steps_per_epoch : config.finetune.iters;
+  const int64_t horizon = config.schedule.horizon_iters > 0 ? config.schedule.horizon_iters : total;
+  ASSIGN_OR_RETURN(DistributedSampler sampler, DistributedSampler::Create(data->size(), config.seed, launch.world_size, launch.rank));
+  RETURN_IF_ERROR(sampler.Restore(st.sampler));
+
+  PretrainAugmenter pre_aug(config.pretrain.augment, mean, std, mc.image_size);
+  FinetuneAugmenter fine_aug(config.finetune, mean, std, mc.image_size);
+  StopSignals signals;
+  ProgressBar bar(absl::StrCat(config.kind, " ", o.job_id), total, "steps");
+  if (events) {
+    events->Write({{"event", "start"}, {"step", st.step}, {"total_steps", total}, {"world_size", launch.world_size},
+                   {"backend", cm->backend()}, {"threads", threads.threads}, {"global_batch", global_batch}});
+  }
+  const bool new_metrics = launch.rank == 0 && !fs::exists(layout.MetricsCsvPath(o.job_id));
+  std::FILE* metrics = launch.rank == 0 ? std::fopen(layout.MetricsCsvPath(o.job_id).c_str(), "a") : nullptr;
+  if (metrics != nullptr && new_metrics) {
+    std::fprintf(metrics, "step,epoch,loss,lr,images_per_s,data_wait_s,allreduce_exposed_s,val_iou\n");
+  }
+  absl::Cleanup close_metrics = [&] {
+    if (metrics) std::fclose(metrics);
+  };
+
+  // Epoch-local loader over the rest of the current epoch.
+  std::unique_ptr<Loader> loader;
+  auto start_epoch_loader = [&]() -> absl::Status {
+    std::vector<std::vector<int64_t>> batches;
+    DistributedSampler copy = sampler;
+    while (copy.per_rank() >= b) batches.push_back(copy.Next(b));
+    LoaderOptions lo;
+    lo.threads = std::max(1, config.data.loader_threads);
+    lo.prefetch = config.data.prefetch_batches;
+    lo.with_masks = !pretrain;
+    ASSIGN_OR_RETURN(loader, Loader::Create(data.get(), std::move(batches), lo));
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(start_epoch_loader());
+
+  model->train();
+  auto last = std::chrono::steady_clock::now();
+  while (st.step < total) {
+    std::optional<RawBatch> batch = loader->Next();
+    if (!batch) {  // epoch done (drop last)
+      sampler.NextEpoch();
+      st.sampler = sampler.state();
+      RETURN_IF_ERROR(start_epoch_loader());
+      continue;
+    }
+    (void)sampler.Next(b);  // advance in lock step with the loader's batch list
+    const uint64_t step_seed = Mix(config.seed, launch.rank, st.step);
+    torch::manual_seed(step_seed);
+    torch::Generator gen = at::detail::createCPUGenerator(step_seed ^ 0x5bd1e995u);
+    const double lr = config.schedule.policy == "poly"
+                          ? PolyLearningRate(config.optimizer.lr, st.step, horizon, config.schedule.power)
+                          : config.optimizer.lr;
+    for (auto& group : opt.param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(lr);
+
+    opt.zero_grad();
+    reducer.PrepareForBackward();
+    torch::Tensor loss;
+    try {
+      if (pretrain) {
+        const PretrainBatch pb = pre_aug(batch->images, gen);
+        loss = torch::mse_loss(model(pb.input), pb.target);
+      } else {
+        const FinetuneBatch fb = fine_aug(batch->images, batch->masks, gen);
+        const torch::Tensor logits = model(fb.image);
+        const bool binary = config.finetune.loss == "bce_dice" || (config.finetune.loss == "auto" && mc.num_classes == 1);
+        loss = binary ? BceDiceLoss(logits, fb.mask) : CeDiceLoss(logits, fb.mask, config.finetune.class_weights);
+      }
+      loss.backward();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("rank ", launch.rank, ": step ", st.step, ": ", e.what_without_backtrace()));
+    }
+    RETURN_IF_ERROR(reducer.FinishBackward());
+    opt.step();
+    ++st.step;
+    st.sampler = sampler.state();
+
+    // Mean loss and any rank's stop request, in one collective.
+    torch::Tensor shared = torch::tensor({loss.item<float>(), g_stop_signal.load() != 0 ? 1.0f : 0.0f});
+    RETURN_IF_ERROR(cm->AllReduceSum(shared, "loss and stop flag"));
+    const double mean_loss = shared[0].item<double>() / cm->size();
+    const bool stop = shared[1].item<float>() > 0;
+
+    const auto now = std::chrono::steady_clock::now();
+    const double dt = std::chrono::duration<double>(now - last).count();
+    last = now;
+    std::optional<double> val_iou;
+    if (!pretrain && val && config.finetune.eval_every_iters > 0 &&
+        (st.step % config.finetune.eval_every_iters == 0 || st.step == total) && launch.rank == 0) {
+      torch::NoGradGuard no_grad;
+      model->eval();
+      std::vector<double> sums;
+      int64_t batches = 0;
+      const int64_t s = mc.image_size, h = val->height(), w = val->width();
+      for (int64_t i = 0; i + 1 <= val->size(); i += 8) {
+        const int64_t n = std::min<int64_t>(8, val->size() - i);
+        torch::Tensor img = torch::empty({n, h, w}, torch::kByte), msk = torch::empty({n, h, w}, torch::kByte);
+        for (int64_t j = 0; j < n; ++j) {
+          std::memcpy(img[j].data_ptr(), val->image(i + j), h * w);
+          std::memcpy(msk[j].data_ptr(), val->mask(i + j), h * w);
+        }
+        const int64_t y0 = std::max<int64_t>(0, (h - s) / 2), x0 = std::max<int64_t>(0, (w - s) / 2);
+        img = img.slice(1, y0, y0 + s).slice(2, x0, x0 + s);
+        msk = msk.slice(1, y0, y0 + s).slice(2, x0, x0 + s).to(torch::kLong);
+        if (img.size(1) != s || img.size(2) != s) continue;  // validation tiles smaller than the model input
+        const std::vector<double> iou = BatchIoU(model(((img.unsqueeze(1).to(torch::kFloat) / 255) - mean) / std), msk);
+        if (sums.empty()) sums.assign(iou.size(), 0.0);
+        for (size_t k = 0; k < iou.size(); ++k) sums[k] += iou[k];
+        ++batches;
+      }
+      model->train();
+      if (batches > 0) {
+        std::vector<double> per_class;
+        double m = 0;
+        for (double v : sums) {
+          per_class.push_back(v / batches);
+          m += v / batches / sums.size();
+        }
+        val_iou = m;
+        events->Write({{"event", "eval"}, {"step", st.step}, {"iou", m}, {"iou_per_class", per_class}});
+      }
+    }
+    if (launch.rank == 0) {
+      const double ips = dt > 0 ? global_batch / dt : 0;
+      events->Write({{"event", "step"}, {"step", st.step}, {"epoch", st.sampler.epoch}, {"loss", mean_loss}, {"lr", lr},
+                     {"images_per_s", ips}, {"data_wait_s", loader->last_wait_seconds()},
+                     {"allreduce_s", reducer.exposed_seconds()}});
+      std::fprintf(metrics, "%lld,%lld,%.6g,%.6g,%.4g,%.4g,%.4g,%s\n", static_cast<long long>(st.step),
+                   static_cast<long long>(st.sampler.epoch), mean_loss, lr, ips, loader->last_wait_seconds(),
+                   reducer.exposed_seconds(), val_iou ? std::to_string(*val_iou).c_str() : "");
+      std::fflush(metrics);
+      if (bar.enabled()) bar.Update(st.step, absl::StrCat("loss ", mean_loss));
+      else if (st.step % 10 == 0 || st.step == total) RETINA_LOG(Info) << "step " << st.step << "/" << total << " loss " << mean_loss << " lr " << lr;
+    }
+    const bool epoch_end = pretrain && st.step % steps_per_epoch == 0;
+    const bool due = stop || st.step == total ||
+                     (pretrain ? epoch_end && (st.step / steps_per_epoch) % config.pretrain.checkpoint_every_epochs == 0
+                               : st.step % config.finetune.save_every_iters == 0);
+    if (due && launch.rank == 0) {
+      RETURN_IF_ERROR(SaveCheckpoint(ckpt_dir, st, *model, opt, config, o, launch.world_size, val_iou, events.get()));
+    }
+    if (stop) {
+      RETURN_IF_ERROR(cm->Barrier("checkpoint before stopping"));
+      if (events) events->Write({{"event", "preempted"}, {"step", st.step}});
+      bar.Finish();
+      return RunOutcome::kPreempted;
+    }
+  }
+  bar.Finish();
+  if (events) events->Write({{"event", "done"}, {"step", st.step}});
+  return RunOutcome::kCompleted;
+}
+
+}  // namespace retina::trainer

@@ -1,0 +1,46 @@
+// `retina-train run`: one rank of a pre-training or fine-tuning job.
+//
+// The rank step protocol (every rank, in lock step):
+//   1. take this rank's next batch from the sampler (global batch / world),
+//      augment it with generators seeded from (seed, rank, step) -- so a
+//      resumed run draws exactly what the uninterrupted one would have;
+//   2. forward, loss, backward; the reducer all-reduces gradient buckets
+//      during backward (SyncBatchNorm statistics too, when world > 1);
+//   3. SGD step at the poly learning rate of this iteration;
+//   4. one small all-reduce of (loss, stop request): every rank learns the
+//      mean loss and whether any rank was asked to stop (SIGTERM/SIGUSR1),
+//      so all stop after the same step;
+//   5. rank 0 appends events/metrics and, when due (interval, end or stop),
+//      writes a checkpoint through the store (model.pt loadable by PyTorch,
+//      optimizer.pt, state.json) and applies retention.
+// Resume (--resume auto) loads LATEST (falling back past a damaged
+// checkpoint): model, optimiser, step and the sampler's (epoch, offset).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/job_config.h"
+#include "trainer/dist/launch_env.h"
+
+namespace retina::trainer {
+
+struct RunOptions {
+  std::filesystem::path store = ".";
+  std::string job_id;           // required; names jobs/<id>/ in the store
+  std::string events;           // "" (store only), a file path, or "fd:N"
+  std::string resume = "auto";  // auto | never | a checkpoint directory
+  LaunchOverrides launch;
+  std::string config_text;      // the job YAML as given (its hash goes into state.json)
+};
+
+enum class RunOutcome { kCompleted, kPreempted };
+
+// The exit code for a preempted run (BSD EX_TEMPFAIL): checkpoint written,
+// run again with --resume auto.
+inline constexpr int kExitPreempted = 75;
+
+absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& options);
+
+}  // namespace retina::trainer
