@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   CommunicatorOptions co;
+  if (const char* backend = std::getenv("RETINA_TEST_BACKEND")) co.backend = backend;
   co.timeout = std::chrono::milliseconds(std::getenv("RETINA_TEST_TIMEOUT_MS") ? std::atoi(std::getenv("RETINA_TEST_TIMEOUT_MS")) : 20000);
   absl::StatusOr<std::unique_ptr<Communicator>> comm = CreateCommunicator(*launch, co);
   if (!comm.ok()) {

@@ -218,6 +218,38 @@ TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
   EXPECT_THAT(*ReadFile(tmp_->path() / "store/jobs/fine/events.jsonl"), HasSubstr("\"eval\""));
 }
 
+TEST_F(Engine, ARankDyingMidRunStopsTheOtherWithinTheTimeout) {
+  WriteConfig("two.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\n"
+                          "pretrain: {epochs: 50, global_batch: 8}\nruntime: {collective_timeout_s: 5}\n");
+  const std::string port = std::to_string(20000 + ::getpid() % 20000);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", port.c_str(), 1);
+  std::vector<std::string> args = RunArgs("two.yaml", "two");
+  auto with = [&](const char* rank) {
+    std::vector<std::string> a = args;
+    a.insert(a.end(), {"--world-size", "2", "--rank", rank});
+    return a;
+  };
+  const pid_t r0 = Start(with("0"), Log("two0"));
+  const pid_t r1 = Start(with("1"), Log("two1"));
+  unsetenv("MASTER_ADDR");
+  unsetenv("MASTER_PORT");
+  // Let them train a little, then kill rank 1.
+  const auto t_start = std::chrono::steady_clock::now();
+  while (!fs::exists(tmp_->path() / "store/jobs/two/metrics.csv") ||
+         fs::file_size(tmp_->path() / "store/jobs/two/metrics.csv") < 200) {
+    ASSERT_LT(std::chrono::steady_clock::now() - t_start, std::chrono::seconds(60)) << *ReadFile(Log("two0"));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  kill(r1, SIGKILL);
+  const auto t_kill = std::chrono::steady_clock::now();
+  EXPECT_EQ(Wait(r1), 128 + SIGKILL);
+  EXPECT_EQ(Wait(r0), 1);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_kill).count();
+  EXPECT_LT(seconds, 20) << "rank 0 did not notice the dead peer in time";
+  EXPECT_THAT(*ReadFile(Log("two0")), HasSubstr("rank 0: all-reduce"));
+}
+
 TEST_F(Engine, BadConfigAndMissingDataAreNamedBeforeTraining) {
   WriteConfig("nodata.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: nope}\n");
   EXPECT_EQ(Wait(Start(RunArgs("nodata.yaml", "nodata"), Log("nodata"))), 1);

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "trainer/dist/communicator_mpi.h"
 
 namespace retina::trainer {
 namespace {
@@ -154,10 +155,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const LaunchInf
     return std::unique_ptr<Communicator>(new LocalCommunicator());
   }
   std::string backend = o.backend;
-  if (backend == "auto") backend = o.cuda ? "nccl" : "gloo";
+  // auto: NCCL for CUDA tensors; MPI when mpirun/srun started us; else Gloo.
+  if (backend == "auto") backend = o.cuda ? "nccl" : (launch.under_mpi ? "mpi" : "gloo");
   if (backend == "gloo") return GlooCommunicator::Create(launch, o);
-  return absl::UnimplementedError(absl::StrCat(
-      "dist.backend '", backend, "' is not available in this build (available: gloo, local)"));
+  if (backend == "mpi") return CreateMpiCommunicator(launch, o);
+  return absl::UnimplementedError(absl::StrCat("dist.backend '", backend,
+                                               "' is not available in this build (available: gloo, mpi, local)"));
 }
 
 }  // namespace retina::trainer
