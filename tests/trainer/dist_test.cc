@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/trainer/python_peer.h"
+#include "trainer/dist/communicator.h"
 #include "trainer/model/state_dict.h"
 
 namespace retina::trainer {
@@ -94,6 +95,29 @@ TEST(DataParallel, AMissingPeerFailsWithinTheTimeoutNamingRankAndOperation) {
   EXPECT_THAT(out, HasSubstr("rank 0"));
   EXPECT_THAT(out, HasSubstr("3 s"));
   EXPECT_LT(seconds, 15) << out;  // the worker's timeout is 3 s
+}
+
+}  // namespace
+}  // namespace retina::trainer
+
+namespace retina::trainer {
+namespace {
+
+// The NCCL backend is built (against /usr/local/cuda) but this machine may have
+// no GPU: it must then say so plainly instead of crashing or hanging.
+TEST(DataParallel, NcclWithoutAGpuSaysSo) {
+  if (torch::cuda::is_available()) GTEST_SKIP() << "a CUDA device is present: covered by the gpu-labelled runs";
+  LaunchInfo launch;
+  launch.world_size = 2;
+  launch.rank = 0;
+  launch.master_port = 20000 + ::getpid() % 20000;
+  CommunicatorOptions o;
+  o.backend = "nccl";
+  o.timeout = std::chrono::milliseconds(2000);
+  absl::StatusOr<std::unique_ptr<Communicator>> c = CreateCommunicator(launch, o);
+  ASSERT_FALSE(c.ok());
+  EXPECT_THAT(std::string(c.status().message()),
+              ::testing::AnyOf(HasSubstr("cudaGetDeviceCount"), HasSubstr("no CUDA device"), HasSubstr("no NCCL")));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/dist/communicator_mpi.h"
+#include "trainer/dist/communicator_nccl.h"
 
 namespace retina::trainer {
 namespace {
@@ -159,8 +160,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const LaunchInf
   if (backend == "auto") backend = o.cuda ? "nccl" : (launch.under_mpi ? "mpi" : "gloo");
   if (backend == "gloo") return GlooCommunicator::Create(launch, o);
   if (backend == "mpi") return CreateMpiCommunicator(launch, o);
-  return absl::UnimplementedError(absl::StrCat("dist.backend '", backend,
-                                               "' is not available in this build (available: gloo, mpi, local)"));
+  if (backend == "nccl") return CreateNcclCommunicator(launch, o);
+  return absl::InvalidArgumentError(absl::StrCat("dist.backend: unknown backend '", backend, "'"));
 }
 
 }  // namespace retina::trainer

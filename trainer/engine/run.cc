@@ -34,6 +34,7 @@
 #include "trainer/model/transfer.h"
 #include "trainer/model/transunet.h"
 #include "trainer/model/vit_npz_import.h"
+#include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
 namespace retina::trainer {
@@ -204,9 +205,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   ASSIGN_OR_RETURN(LaunchInfo launch, DiscoverLaunch(o.launch));
   SetLogRank(launch.world_size > 1 ? launch.rank : -1);
   const ThreadPlan threads = ConfigureTorchThreads(launch.local_world_size, config.runtime.threads);
-  if (config.runtime.device == "cuda" && !torch::cuda::is_available()) {
-    return absl::FailedPreconditionError("runtime.device: cuda requested but no CUDA device is available");
-  }
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, config.runtime.precision, launch.local_rank));
   const int global_batch = pretrain ? config.pretrain.global_batch : config.finetune.global_batch;
   if (global_batch % launch.world_size != 0) {
     return absl::InvalidArgumentError(absl::StrCat(pretrain ? "pretrain" : "finetune", ".global_batch: ", global_batch,
@@ -236,6 +235,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   CommunicatorOptions co;
   co.backend = config.runtime.dist_backend;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.runtime.collective_timeout_s * 1000));
+  co.cuda = device.device.is_cuda();
   ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(launch, co));
   ASSIGN_OR_RETURN(TransUNetConfig mc,
                    NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
@@ -261,6 +261,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     TORCH_CHECK(s.ok(), std::string(s.message()));
   });
   if (cm->size() > 1) SetBatchNormAllReduce(*model, bn_all_reduce);
+  model->to(device.device);
   model->SetChannelsLast(true);
   RETURN_IF_ERROR(BroadcastModuleState(*model, *cm));
   GradientReducer reducer(*model, cm);
@@ -307,6 +308,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   ProgressBar bar(absl::StrCat(config.kind, " ", o.job_id), total, "steps");
   if (events) {
     events->Write({{"event", "start"}, {"step", st.step}, {"total_steps", total}, {"world_size", launch.world_size},
+                   {"device", device.describe},
                    {"backend", cm->backend()}, {"threads", threads.threads}, {"global_batch", global_batch}});
   }
   const bool new_metrics = launch.rank == 0 && !fs::exists(layout.MetricsCsvPath(o.job_id));
@@ -328,6 +330,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     lo.threads = std::max(1, config.data.loader_threads);
     lo.prefetch = config.data.prefetch_batches;
     lo.with_masks = !pretrain;
+    lo.pin_memory = device.device.is_cuda();
     ASSIGN_OR_RETURN(loader, Loader::Create(data.get(), std::move(batches), lo));
     return absl::OkStatus();
   };
@@ -355,16 +358,21 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     opt.zero_grad();
     reducer.PrepareForBackward();
     torch::Tensor loss;
+    const torch::Tensor images = batch->images.to(device.device, /*non_blocking=*/true);
+    const torch::Tensor masks = pretrain ? torch::Tensor() : batch->masks.to(device.device, /*non_blocking=*/true);
     try {
+      CudaAutocast autocast(device.bf16);
       if (pretrain) {
-        const PretrainBatch pb = pre_aug(batch->images, gen);
+        const PretrainBatch pb = pre_aug(images, gen);
         loss = torch::mse_loss(model(pb.input), pb.target);
       } else {
-        const FinetuneBatch fb = fine_aug(batch->images, batch->masks, gen);
+        const FinetuneBatch fb = fine_aug(images, masks, gen);
         const torch::Tensor logits = model(fb.image);
         const bool binary = config.finetune.loss == "bce_dice" || (config.finetune.loss == "auto" && mc.num_classes == 1);
-        loss = binary ? BceDiceLoss(logits, fb.mask) : CeDiceLoss(logits, fb.mask, config.finetune.class_weights);
+        const torch::Tensor l = logits.to(torch::kFloat);  // losses in fp32 under autocast
+        loss = binary ? BceDiceLoss(l, fb.mask) : CeDiceLoss(l, fb.mask, config.finetune.class_weights);
       }
+      loss = loss.to(torch::kFloat);
       loss.backward();
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("rank ", launch.rank, ": step ", st.step, ": ", e.what_without_backtrace()));
@@ -375,8 +383,10 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     st.sampler = sampler.state();
 
     // Mean loss and any rank's stop request, in one collective.
-    torch::Tensor shared = torch::tensor({loss.item<float>(), g_stop_signal.load() != 0 ? 1.0f : 0.0f});
+    torch::Tensor shared =
+        torch::tensor({loss.item<float>(), g_stop_signal.load() != 0 ? 1.0f : 0.0f}).to(device.device);
     RETURN_IF_ERROR(cm->AllReduceSum(shared, "loss and stop flag"));
+    shared = shared.to(torch::kCPU);
     const double mean_loss = shared[0].item<double>() / cm->size();
     const bool stop = shared[1].item<float>() > 0;
 
@@ -402,7 +412,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
         img = img.slice(1, y0, y0 + s).slice(2, x0, x0 + s);
         msk = msk.slice(1, y0, y0 + s).slice(2, x0, x0 + s).to(torch::kLong);
         if (img.size(1) != s || img.size(2) != s) continue;  // validation tiles smaller than the model input
-        const std::vector<double> iou = BatchIoU(model(((img.unsqueeze(1).to(torch::kFloat) / 255) - mean) / std), msk);
+        const torch::Tensor x = ((img.unsqueeze(1).to(torch::kFloat) / 255) - mean) / std;
+        const std::vector<double> iou = BatchIoU(model(x.to(device.device)).to(torch::kCPU), msk);
         if (sums.empty()) sums.assign(iou.size(), 0.0);
         for (size_t k = 0; k < iou.size(); ++k) sums[k] += iou[k];
         ++batches;
