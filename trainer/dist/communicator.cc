@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "trainer/dist/communicator_mpi.h"
 #include "trainer/dist/communicator_nccl.h"
+#include "trainer/dist/rendezvous.h"
 
 namespace retina::trainer {
 namespace {
@@ -76,12 +77,7 @@ class GlooCommunicator final : public Communicator {
                                                               const CommunicatorOptions& o) {
     auto comm = std::unique_ptr<GlooCommunicator>(new GlooCommunicator(launch.rank, launch.world_size, o.timeout));
     try {
-      c10d::TCPStoreOptions so;
-      so.port = static_cast<std::uint16_t>(launch.master_port);
-      so.isServer = launch.rank == 0;
-      so.numWorkers = static_cast<std::size_t>(launch.world_size);
-      so.timeout = o.timeout;
-      comm->store_ = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
+      comm->store_ = ConnectRendezvous(launch, o.timeout);
       auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
       const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
       if (ifname != nullptr && *ifname != '\0') {

@@ -2,13 +2,13 @@
 
 #include <cuda_runtime.h>
 #include <nccl.h>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <chrono>
 #include <cstring>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "trainer/dist/rendezvous.h"
 
 namespace retina::trainer {
 namespace {
@@ -67,18 +67,13 @@ class NcclCommunicator final : public Communicator {
     auto comm = std::unique_ptr<NcclCommunicator>(new NcclCommunicator(launch.rank, launch.world_size, o.timeout));
     ncclUniqueId id;
     try {
-      c10d::TCPStoreOptions so;
-      so.port = static_cast<std::uint16_t>(launch.master_port);
-      so.isServer = launch.rank == 0;
-      so.numWorkers = static_cast<std::size_t>(launch.world_size);
-      so.timeout = o.timeout;
-      c10d::TCPStore store(launch.master_addr, so);
+      c10::intrusive_ptr<c10d::TCPStore> store = ConnectRendezvous(launch, o.timeout);
       if (launch.rank == 0) {
         if (absl::Status s = NcclStatus(ncclGetUniqueId(&id), "ncclGetUniqueId", 0); !s.ok()) return s;
-        store.set("retina/nccl-unique-id", std::vector<uint8_t>(reinterpret_cast<uint8_t*>(&id),
+        store->set("retina/nccl-unique-id", std::vector<uint8_t>(reinterpret_cast<uint8_t*>(&id),
                                                                 reinterpret_cast<uint8_t*>(&id) + sizeof(id)));
       } else {
-        const std::vector<uint8_t> bytes = store.get("retina/nccl-unique-id");
+        const std::vector<uint8_t> bytes = store->get("retina/nccl-unique-id");
         if (bytes.size() != sizeof(id)) return absl::DataLossError("NCCL unique id of the wrong size in the store");
         std::memcpy(&id, bytes.data(), sizeof(id));
       }
