@@ -8,6 +8,15 @@
 
 namespace retina {
 
+nlohmann::ordered_json ShardInfoToJson(const ShardInfo& s) {
+  return {{"file", s.file}, {"count", s.count}, {"bytes", s.bytes}, {"sha256", s.sha256}};
+}
+
+ShardInfo ShardInfoFromJson(const nlohmann::json& j) {
+  return {j.at("file").get<std::string>(), j.at("count").get<int64_t>(), j.at("bytes").get<uint64_t>(),
+          j.at("sha256").get<std::string>()};
+}
+
 std::string DatasetManifest::ToJson() const {
   nlohmann::ordered_json j;
   j["format"] = kFormat;
@@ -19,9 +28,7 @@ std::string DatasetManifest::ToJson() const {
   j["mean"] = mean;
   j["std"] = std;
   j["shards"] = nlohmann::ordered_json::array();
-  for (const ShardInfo& s : shards) {
-    j["shards"].push_back({{"file", s.file}, {"count", s.count}, {"bytes", s.bytes}, {"sha256", s.sha256}});
-  }
+  for (const ShardInfo& s : shards) j["shards"].push_back(ShardInfoToJson(s));
   j["source"] = source;
   return j.dump(2) + "\n";
 }
@@ -49,10 +56,7 @@ absl::StatusOr<DatasetManifest> DatasetManifest::FromJson(const std::string& tex
     m.mean = j.at("mean").get<double>();
     m.std = j.at("std").get<double>();
     m.source = j.value("source", "");
-    for (const auto& s : j.at("shards")) {
-      m.shards.push_back({s.at("file").get<std::string>(), s.at("count").get<int64_t>(),
-                          s.at("bytes").get<uint64_t>(), s.at("sha256").get<std::string>()});
-    }
+    for (const auto& s : j.at("shards")) m.shards.push_back(ShardInfoFromJson(s));
   } catch (const nlohmann::json::exception& e) {
     return bad(absl::StrCat("missing or mistyped field: ", e.what()));
   }

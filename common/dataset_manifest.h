@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
@@ -30,6 +32,12 @@ struct ShardInfo {
   uint64_t bytes = 0;
   std::string sha256;
 };
+
+// A shard entry as JSON ({"file", "count", "bytes", "sha256"}), shared by the
+// manifest and by retina-shard pack's resume state. FromJson throws
+// nlohmann::json::exception on a missing or mistyped field.
+nlohmann::ordered_json ShardInfoToJson(const ShardInfo& shard);
+ShardInfo ShardInfoFromJson(const nlohmann::json& j);
 
 struct DatasetManifest {
   static constexpr char kFormat[] = "retina-shards/1";

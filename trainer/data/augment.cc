@@ -33,6 +33,12 @@ class Uniforms {
   int64_t pos_ = 0;
 };
 
+// Gaussian blur kernel size: 3, 5 or 7 with probabilities 1/5, 2/5, 2/5 (METHOD.md section 2).
+int64_t SampleBlurKernel(Uniforms& u) {
+  const double which = u.Next();
+  return which < 0.2 ? 3 : (which < 0.6 ? 5 : 7);
+}
+
 // Row-major 3x3 in double.
 using Mat3 = std::array<double, 9>;
 Mat3 Mul(const Mat3& a, const Mat3& b) {
@@ -165,8 +171,8 @@ CorruptionParams PretrainAugmenter::SampleCorruption(int64_t b, int64_t h, int64
     const double var = u.Between(c_.noise_var[0], c_.noise_var[1]);
     if (noise) p.noise_sigma[i] = static_cast<float>(std::sqrt(var));
     const bool blur = u.Chance(c_.blur_p);
-    const double which = u.Next();  // kernel 3, 5, 7 with probabilities 1/5, 2/5, 2/5
-    if (blur) p.blur_kernel[i] = which < 0.2 ? 3 : (which < 0.6 ? 5 : 7);
+    const int64_t kernel = SampleBlurKernel(u);  // drawn either way: the stream stays aligned
+    if (blur) p.blur_kernel[i] = kernel;
     if (u.Chance(c_.dropout_p)) {
       const int64_t n = u.Int(static_cast<int64_t>(c_.dropout_holes[0]), max_holes);
       p.holes[i] = n;
@@ -330,10 +336,7 @@ FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, cons
       p.noise_apply[i] = true;
       p.noise_sigma[i] = static_cast<float>(std::sqrt(u.Between(reference.noise_var[0], reference.noise_var[1])));
     }
-    if (c_.noise_blur && u.Chance(0.5)) {
-      const double which = u.Next();
-      p.blur_kernel[i] = which < 0.2 ? 3 : (which < 0.6 ? 5 : 7);
-    }
+    if (c_.noise_blur && u.Chance(0.5)) p.blur_kernel[i] = SampleBlurKernel(u);
   }
   image = ApplyCorruption(image, p, 16, &gen);
   out.image = image * (1.0 / (255.0 * std_)) - mean_ / std_;

@@ -79,17 +79,15 @@ struct PackState {
   std::vector<ShardInfo> shards;
 
   std::string ToJson() const {
-    nlohmann::json j;
+    nlohmann::ordered_json j;
     j["key"] = key;
     j["next_file"] = next_file;
     j["sum"] = sum;
     j["sum_sq"] = sum_sq;
     j["pixels"] = pixels;
     j["skipped"] = skipped;
-    j["shards"] = nlohmann::json::array();
-    for (const ShardInfo& s : shards) {
-      j["shards"].push_back({{"file", s.file}, {"count", s.count}, {"bytes", s.bytes}, {"sha256", s.sha256}});
-    }
+    j["shards"] = nlohmann::ordered_json::array();
+    for (const ShardInfo& s : shards) j["shards"].push_back(ShardInfoToJson(s));
     return j.dump(1);
   }
   static absl::StatusOr<PackState> FromJson(const std::string& text) {
@@ -102,7 +100,7 @@ struct PackState {
       st.sum_sq = j.at("sum_sq");
       st.pixels = j.at("pixels");
       st.skipped = j.at("skipped");
-      for (const auto& s : j.at("shards")) st.shards.push_back({s.at("file"), s.at("count"), s.at("bytes"), s.at("sha256")});
+      for (const auto& s : j.at("shards")) st.shards.push_back(ShardInfoFromJson(s));
     } catch (const nlohmann::json::exception& e) {
       return absl::DataLossError(absl::StrCat("unparseable pack state: ", e.what()));
     }
