@@ -1,0 +1,161 @@
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "trainer/eval/edt.h"
+#include "trainer/eval/metrics.h"
+
+namespace retina::trainer {
+namespace {
+
+Volume Vol(std::array<int64_t, 3> shape, std::vector<uint8_t> data, std::array<double, 3> spacing = {1, 1, 1}) {
+  Volume v;
+  v.shape = shape;
+  v.spacing = spacing;
+  v.data = std::move(data);
+  return v;
+}
+
+double BruteSquared(const std::vector<uint8_t>& f, const std::array<int64_t, 3>& s, const std::array<double, 3>& sp,
+                    int64_t i) {
+  double best = std::numeric_limits<double>::infinity();
+  const int64_t z = i / (s[1] * s[2]), y = (i / s[2]) % s[1], x = i % s[2];
+  for (int64_t j = 0; j < static_cast<int64_t>(f.size()); ++j) {
+    if (!f[j]) continue;
+    const double dz = (j / (s[1] * s[2]) - z) * sp[0], dy = ((j / s[2]) % s[1] - y) * sp[1], dx = (j % s[2] - x) * sp[2];
+    best = std::min(best, dz * dz + dy * dy + dx * dx);
+  }
+  return best;
+}
+
+TEST(Edt, MatchesBruteForceIn2DAnd3DWithAnisotropicSpacing) {
+  std::mt19937 rng(5);
+  for (const auto& [shape, spacing] : {std::pair<std::array<int64_t, 3>, std::array<double, 3>>{{1, 17, 23}, {1, 1, 1}},
+                                       {{1, 20, 9}, {1, 2.5, 0.7}},
+                                       {{6, 11, 13}, {40, 4, 4}},
+                                       {{9, 8, 7}, {1.3, 1, 2}}}) {
+    for (double density : {0.01, 0.2, 0.7}) {
+      std::vector<uint8_t> f(shape[0] * shape[1] * shape[2]);
+      for (auto& v : f) v = std::uniform_real_distribution<double>(0, 1)(rng) < density;
+      f[rng() % f.size()] = 1;
+      const std::vector<double> d = SquaredDistanceTransform(f.data(), shape, spacing);
+      for (int64_t i = 0; i < static_cast<int64_t>(f.size()); ++i) {
+        ASSERT_NEAR(d[i], BruteSquared(f, shape, spacing, i), 1e-9 * (1 + d[i])) << "voxel " << i;
+      }
+    }
+  }
+  std::vector<uint8_t> none(30, 0);
+  for (double v : SquaredDistanceTransform(none.data(), {1, 5, 6}, {1, 1, 1})) EXPECT_TRUE(std::isinf(v));
+}
+
+TEST(Metrics, HandComputedCases) {
+  // 1x4x4: prediction covers 3 pixels, 2 of them in the 4-pixel truth.
+  Volume gt = Vol({1, 4, 4}, {1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+  Volume pred = Vol({1, 4, 4}, {1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+  MetricOptions o;
+  std::vector<ClassMetrics> m = *ComputeMetrics(pred, gt, o);
+  ASSERT_EQ(m.size(), 1u);
+  EXPECT_DOUBLE_EQ(m[0].iou, 2.0 / 5);
+  EXPECT_DOUBLE_EQ(m[0].precision, 2.0 / 3);
+  EXPECT_DOUBLE_EQ(m[0].recall, 2.0 / 4);
+  EXPECT_DOUBLE_EQ(m[0].f1, 4.0 / 7);
+  // Hausdorff: pred (0,2) is 1 from truth; truth (0,1),(1,1) are 1 from pred -> MFD 1.
+  EXPECT_DOUBLE_EQ(m[0].mfd, 1.0);
+
+  // Empty prediction; empty truth; both empty; single pixel.
+  Volume empty = Vol({1, 4, 4}, std::vector<uint8_t>(16, 0));
+  o.classes = {1};
+  m = *ComputeMetrics(empty, gt, o);
+  EXPECT_EQ(m[0].iou, 0);
+  EXPECT_EQ(m[0].recall, 0);
+  EXPECT_TRUE(std::isnan(m[0].mfd));
+  m = *ComputeMetrics(pred, empty, o);
+  EXPECT_EQ(m[0].iou, 0);
+  EXPECT_EQ(m[0].precision, 0);
+  m = *ComputeMetrics(empty, empty, o);
+  EXPECT_EQ(m[0].iou, 1);
+  EXPECT_EQ(m[0].f1, 1);
+  o.per_plane_iou = true;
+  EXPECT_DOUBLE_EQ(ComputeMetrics(empty, empty, o)->at(0).iou, 1.0);  // (0 + 1e-5) / (0 + 1e-5)
+  o.per_plane_iou = false;
+  Volume one = Vol({1, 4, 4}, std::vector<uint8_t>(16, 0));
+  one.data[5] = 1;
+  m = *ComputeMetrics(one, one, o);
+  EXPECT_EQ(m[0].iou, 1);
+  EXPECT_EQ(m[0].mfd, 0);
+}
+
+TEST(Metrics, AnisotropicCremiDistances) {
+  // Truth: one voxel at z=0; prediction: the voxel above it (z=1) and one 3 columns away.
+  Volume gt = Vol({2, 1, 4}, {1, 0, 0, 0, 0, 0, 0, 0}, {40, 4, 4});
+  Volume pred = Vol({2, 1, 4}, {0, 0, 0, 1, 1, 0, 0, 0}, {40, 4, 4});
+  MetricOptions o;
+  o.cremi = true;
+  o.tolerance = 20;
+  const ClassMetrics m = ComputeMetrics(pred, gt, o)->at(0);
+  // Distances pred->truth: 12 (3 columns x 4) and 40 (one section); truth->pred: 12.
+  EXPECT_DOUBLE_EQ(m.adgt, (12.0 + 40.0) / 2);
+  EXPECT_DOUBLE_EQ(m.adf, 12.0);
+  EXPECT_DOUBLE_EQ(m.cremi_score, (26.0 + 12.0) / 2);
+  EXPECT_EQ(m.fp, 1);  // the voxel 40 away is beyond 20
+  EXPECT_EQ(m.fn, 0);
+  EXPECT_DOUBLE_EQ(m.mfd, (40.0 + 12.0) / 2);
+  EXPECT_DOUBLE_EQ(m.tolerant_f1, 2 * 0.5 * 1.0 / 1.5);
+}
+
+TEST(Metrics, RandomVolumesAgainstBruteForce) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 6; ++trial) {
+    const std::array<int64_t, 3> shape{3, 7, 9};
+    const std::array<double, 3> spacing{2.0, 1.0, 0.5};
+    const int64_t n = shape[0] * shape[1] * shape[2];
+    Volume pred = Vol(shape, std::vector<uint8_t>(n), spacing), gt = Vol(shape, std::vector<uint8_t>(n), spacing);
+    for (int64_t i = 0; i < n; ++i) {
+      pred.data[i] = rng() % 3;
+      gt.data[i] = rng() % 3;
+    }
+    MetricOptions o;
+    o.classes = {1, 2};
+    const std::vector<ClassMetrics> m = *ComputeMetrics(pred, gt, o);
+    for (const ClassMetrics& cm : m) {
+      std::vector<uint8_t> p(n), g(n);
+      int64_t inter = 0, uni = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        p[i] = pred.data[i] == cm.cls;
+        g[i] = gt.data[i] == cm.cls;
+        inter += p[i] && g[i];
+        uni += p[i] || g[i];
+      }
+      EXPECT_DOUBLE_EQ(cm.iou, static_cast<double>(inter) / uni);
+      double h1 = 0, h2 = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        if (p[i]) h1 = std::max(h1, std::sqrt(BruteSquared(g, shape, spacing, i)));
+        if (g[i]) h2 = std::max(h2, std::sqrt(BruteSquared(p, shape, spacing, i)));
+      }
+      EXPECT_NEAR(cm.mfd, (h1 + h2) / 2, 1e-9);
+    }
+  }
+}
+
+TEST(Metrics, PerezRuleKeepsOnlyTouchingComponentsAndShapesMustMatch) {
+  // Two predicted blobs; only the left one touches the truth.
+  Volume gt = Vol({1, 3, 7}, {1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+  Volume pred = Vol({1, 3, 7}, {0, 1, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0});
+  MetricOptions o;
+  o.classes = {1};
+  const double plain = ComputeMetrics(pred, gt, o)->at(0).precision;
+  o.touching_only = true;
+  const ClassMetrics kept = ComputeMetrics(pred, gt, o)->at(0);
+  EXPECT_EQ(kept.pred_voxels, 4);  // the right blob (4 pixels) is dropped
+  EXPECT_GT(kept.precision, plain);
+  Volume other = Vol({1, 3, 6}, std::vector<uint8_t>(18, 0));
+  absl::Status s = ComputeMetrics(other, gt, o).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("1x3x6 but ground truth is 1x3x7"));
+}
+
+}  // namespace
+}  // namespace retina::trainer
