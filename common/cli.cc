@@ -69,7 +69,10 @@ int RunSubcommands(const std::string& program, const std::string& usage, const s
     std::cerr << usage;
     return 2;
   }
-  const absl::Status s = it->second({args.begin() + 1, args.end()});
+  return ReportStatus(program, it->second({args.begin() + 1, args.end()}));
+}
+
+int ReportStatus(const std::string& program, const absl::Status& s) {
   if (s.ok()) return 0;
   std::cerr << program << ": " << s.message() << "\n";
   return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;

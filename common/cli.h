@@ -30,6 +30,10 @@ struct CliFlags {
 absl::StatusOr<CliFlags> ParseCliFlags(const std::vector<std::string>& args, const std::vector<std::string>& with_value,
                                        const std::vector<std::string>& switches = {});
 
+// Prints "<program>: <message>" for a failed status; returns the exit status
+// (0 ok, 2 INVALID_ARGUMENT, 1 otherwise).
+int ReportStatus(const std::string& program, const absl::Status& status);
+
 using Subcommand = std::function<absl::Status(const std::vector<std::string>& args)>;
 
 // Runs subcommands[args[0]] with the remaining arguments; prints `usage` for

@@ -14,6 +14,7 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -24,6 +25,7 @@
 #include "trainer/data/pack.h"
 #include "trainer/data/synth.h"
 #include "trainer/data/writers.h"
+#include "trainer/eval/metrics.h"
 #include "trainer/model/state_dict.h"
 
 namespace retina::trainer {
@@ -280,6 +282,51 @@ TEST_F(Engine, BadConfigAndMissingDataAreNamedBeforeTraining) {
   EXPECT_EQ(Wait(Start({"run", "--config", (tmp_->path() / "odd.yaml").string(), "--store", (tmp_->path() / "store").string(),
                         "--job", "odd", "--world-size", "2", "--rank", "0"}, Log("odd"))), 2);
   EXPECT_THAT(*ReadFile(Log("odd")), HasSubstr("pretrain.global_batch: 7 does not divide by the world size 2"));
+}
+
+TEST_F(Engine, RetinaEvalScoresFilesAndRejectsBadInput) {
+  const std::string eval = std::string(RETINA_TEST_TRAINER_DIR) + "/retina-eval";
+  SynthOptions o;
+  o.shape = {4, 48, 48};
+  o.classes = 3;
+  const SynthVolume a = Synthesize(o);
+  o.seed = 9;
+  const SynthVolume b = Synthesize(o);
+  const fs::path pa = tmp_->path() / "pred.tif", pb = tmp_->path() / "gt.tif", js = tmp_->path() / "eval.json";
+  ASSERT_TRUE(WriteTiff(pa.string(), a.mask, false).ok());
+  ASSERT_TRUE(WriteTiff(pb.string(), b.mask, false).ok());
+  const std::string cmd = eval + " --pred " + pa.string() + " --gt " + pb.string() +
+                          " --classes 1,2 --num-classes 3 --spacing 2,1,1 --json " + js.string() + " > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const nlohmann::json j = nlohmann::json::parse(*ReadFile(js));
+  Volume gt = b.mask;
+  gt.spacing = {2, 1, 1};
+  MetricOptions mo;
+  mo.classes = {1, 2};
+  const std::vector<ClassMetrics> direct = *ComputeMetrics(a.mask, gt, mo);
+  ASSERT_EQ(j["classes"].size(), 2u);
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_DOUBLE_EQ(j["classes"][k]["iou"].get<double>(), direct[k].iou);
+    EXPECT_DOUBLE_EQ(j["classes"][k]["mfd"].get<double>(), direct[k].mfd);
+  }
+  // Shape mismatch, unknown classes, unreadable files: clear errors, non-zero exit.
+  auto fails = [&](const std::string& args, const std::string& expect) {
+    const std::string c = eval + " " + args + " 2>&1";
+    std::string out;
+    FILE* p = popen(c.c_str(), "r");
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    EXPECT_NE(pclose(p), 0) << c;
+    EXPECT_THAT(out, HasSubstr(expect)) << c;
+  };
+  const fs::path small = tmp_->path() / "small.tif";
+  o.shape = {4, 40, 48};
+  ASSERT_TRUE(WriteTiff(small.string(), Synthesize(o).mask, false).ok());
+  fails("--pred " + pa.string() + " --gt " + small.string(), "but ground truth is 4x40x48");
+  fails("--pred " + pa.string() + " --gt " + pb.string() + " --num-classes 2", "holds class 2 but --num-classes is 2");
+  fails("--pred " + (tmp_->path() / "absent.tif").string() + " --gt " + pb.string(), "absent.tif: no such file");
+  fails("--pred " + pa.string() + " --gt " + pb.string() + " --classes 1,x", "--classes: 'x'");
 }
 
 }  // namespace

@@ -149,11 +149,7 @@ int ConfigCheck(const std::vector<std::string>& files) {
   return failures == 0 ? 0 : 1;
 }
 
-int Report(const absl::Status& status) {
-  if (status.ok()) return 0;
-  std::cerr << "retina-train: " << status.message() << "\n";
-  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-}
+int Report(const absl::Status& status) { return ReportStatus("retina-train", status); }
 
 int Main(const std::vector<std::string>& args) {
   auto is = [&](std::initializer_list<const char*> words) {
