@@ -159,3 +159,65 @@ TEST(Metrics, PerezRuleKeepsOnlyTouchingComponentsAndShapesMustMatch) {
 
 }  // namespace
 }  // namespace retina::trainer
+
+#include "trainer/eval/inference.h"
+
+namespace retina::trainer {
+namespace {
+
+TEST(SlidingWindow, OriginsClampTheLastWindow) {
+  EXPECT_EQ(WindowOrigins(224, 224, 0.5), (std::vector<int64_t>{0}));
+  EXPECT_EQ(WindowOrigins(500, 224, 0.5), (std::vector<int64_t>{0, 112, 224, 276}));
+  EXPECT_EQ(WindowOrigins(300, 224, 0.7), (std::vector<int64_t>{0, 67, 76}));  // interval floor(224 * 0.3) = 67
+  EXPECT_EQ(WindowOrigins(100, 224, 0.5), (std::vector<int64_t>{0}));
+}
+
+TEST(SlidingWindow, OneWindowEqualsAPlainForwardAndPointwiseModelsAreExact) {
+  torch::manual_seed(0);
+  absl::StatusOr<TransUNetConfig> c = NamedModelConfig("tiny", 32, 2, ModelHead::kSegmentation);
+  VisionTransformer model(*c);
+  model->eval();
+  SlidingWindowOptions o;
+  o.window = 32;
+  const torch::Tensor img = torch::randn({32, 32});
+  torch::NoGradGuard g;
+  EXPECT_TRUE(torch::allclose(SlidingWindowLogits(ModelForward(model), img, o), model(img.view({1, 1, 32, 32}))[0], 1e-5, 1e-6));
+  // A pointwise (position-independent) model: overlapping windows, padding and
+  // clamping must reproduce the full-image result exactly.
+  const WindowForward pointwise = [](const torch::Tensor& x) { return torch::cat({x * 2 + 1, -x}, 1); };
+  for (const auto& [h, w] : {std::pair<int64_t, int64_t>{70, 45}, {20, 90}, {32, 32}}) {
+    const torch::Tensor big = torch::randn({h, w});
+    for (double overlap : {0.0, 0.5, 0.7}) {
+      o.overlap = overlap;
+      const torch::Tensor got = SlidingWindowLogits(pointwise, big, o);
+      EXPECT_TRUE(torch::allclose(got, torch::stack({big * 2 + 1, -big}), 1e-5, 1e-6)) << h << "x" << w << " " << overlap;
+    }
+  }
+}
+
+TEST(Orthoplane, AveragesThePerAxisProbabilities) {
+  // A model whose logit depends only on which axis is being predicted (it
+  // counts its calls): xy planes -> a, xz -> b, yz -> c.
+  Volume raw;
+  raw.shape = {3, 5, 7};
+  raw.data.assign(3 * 5 * 7, 100);
+  int64_t calls = 0;
+  const double a = 2.0, b = -1.0, c = 0.5;
+  const WindowForward axis_model = [&](const torch::Tensor& x) {
+    const double v = calls < 3 ? a : (calls < 3 + 5 ? b : c);
+    calls += x.size(0);
+    return torch::full({x.size(0), 1, x.size(2), x.size(3)}, v);
+  };
+  SlidingWindowOptions o;
+  o.window = 16;
+  o.batch = 1;
+  absl::StatusOr<VolumePrediction> p = PredictVolume(axis_model, raw, 0.5, 0.2, VolumeMode::kOrthoplane, o, true, nullptr);
+  ASSERT_TRUE(p.ok()) << p.status();
+  const double expected = (1 / (1 + std::exp(-a)) + 1 / (1 + std::exp(-b)) + 1 / (1 + std::exp(-c))) / 3;
+  EXPECT_TRUE(torch::allclose(p->probabilities, torch::full({1, 3, 5, 7}, expected), 1e-6, 1e-7));
+  for (uint8_t l : p->labels.data) EXPECT_EQ(l, expected > 0.5 ? 1 : 0);
+  EXPECT_EQ(calls, 3 + 5 + 7);
+}
+
+}  // namespace
+}  // namespace retina::trainer

@@ -144,7 +144,7 @@ struct StepState {
 
 absl::Status SaveCheckpoint(const fs::path& dir, const StepState& st, torch::nn::Module& model,
                             torch::optim::SGD& opt, const JobConfig& config, const RunOptions& o, int world,
-                            std::optional<double> score, EventLog* events) {
+                            std::optional<double> score, double mean, double std, EventLog* events) {
   ASSIGN_OR_RETURN(CheckpointWriter w, CheckpointWriter::Begin(dir, st.step));
   const std::vector<char> weights = SerializeStateDict(GetStateDict(model));
   RETURN_IF_ERROR(w.WriteFile("model.pt", absl::string_view(weights.data(), weights.size())));
@@ -159,6 +159,11 @@ absl::Status SaveCheckpoint(const fs::path& dir, const StepState& st, torch::nn:
   s["world_size"] = world;
   s["kind"] = config.kind;
   s["config_sha256"] = Sha256Hex(o.config_text);
+  s["model"] = config.model.name;  // what inference needs to rebuild and normalise
+  s["image_size"] = config.model.image_size;
+  s["classes"] = config.kind == "pretrain" ? 1 : config.model.classes;
+  s["mean"] = mean;
+  s["std"] = std;
   RETURN_IF_ERROR(w.WriteFile("state.json", s.dump(2) + "\n"));
   if (score) w.SetScore(*score);
   ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
@@ -447,7 +452,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
                      (pretrain ? epoch_end && (st.step / steps_per_epoch) % config.pretrain.checkpoint_every_epochs == 0
                                : st.step % config.finetune.save_every_iters == 0);
     if (due && launch.rank == 0) {
-      RETURN_IF_ERROR(SaveCheckpoint(ckpt_dir, st, *model, opt, config, o, launch.world_size, val_iou, events.get()));
+      RETURN_IF_ERROR(SaveCheckpoint(ckpt_dir, st, *model, opt, config, o, launch.world_size, val_iou, mean, std,
+                                     events.get()));
     }
     if (stop) {
       RETURN_IF_ERROR(cm->Barrier("checkpoint before stopping"));
