@@ -23,6 +23,7 @@
 #include "tests/trainer/python_peer.h"
 #include "trainer/data/import.h"
 #include "trainer/data/pack.h"
+#include "trainer/data/readers.h"
 #include "trainer/data/synth.h"
 #include "trainer/data/writers.h"
 #include "trainer/eval/metrics.h"
@@ -125,6 +126,25 @@ class Engine : public ::testing::Test {
     return out;
   }
   static fs::path Log(const std::string& name) { return tmp_->path() / (name + ".log"); }
+  // STORE/datasets/mito: a labelled synthetic benchmark, imported (once).
+  static void EnsureLabelledDataset() {
+    if (fs::exists(tmp_->path() / "store/datasets/mito/manifest.json")) return;
+    for (const char* split : {"train", "test"}) {
+      for (const char* sub : {"images", "masks"}) fs::create_directories(tmp_->path() / "bench" / split / sub);
+      SynthOptions o;
+      o.shape = {4, 128, 128};
+      o.seed = split[1] == 'r' ? 7 : 8;
+      const SynthVolume v = Synthesize(o);
+      ASSERT_TRUE(WriteTiff((tmp_->path() / "bench" / split / "images/v.tif").string(), v.image, false).ok());
+      ASSERT_TRUE(WriteTiff((tmp_->path() / "bench" / split / "masks/v.tif").string(), v.mask, false).ok());
+    }
+    ImportOptions io;
+    io.kind = *LookupImportKind("folder");
+    io.input = tmp_->path() / "bench";
+    io.out = tmp_->path() / "store/datasets/mito";
+    io.size = 64;
+    ASSERT_TRUE(ImportBenchmark(io).ok());
+  }
   static fs::path LogFor(const std::string& name) { return Log(name); }
   static fs::path StoreFor() { return tmp_->path() / "store"; }
   static std::vector<std::string> RunArgsFor(const std::string& c, const std::string& j) { return RunArgs(c, j); }
@@ -184,22 +204,7 @@ TEST_F(Engine, CorruptedLatestFallsBackToThePreviousCheckpoint) {
 
 TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
   if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
-  // A labelled synthetic benchmark, imported.
-  for (const char* split : {"train", "test"}) {
-    for (const char* sub : {"images", "masks"}) fs::create_directories(tmp_->path() / "bench" / split / sub);
-    SynthOptions o;
-    o.shape = {4, 128, 128};
-    o.seed = split[1] == 'r' ? 7 : 8;
-    const SynthVolume v = Synthesize(o);
-    ASSERT_TRUE(WriteTiff((tmp_->path() / "bench" / split / "images/v.tif").string(), v.image, false).ok());
-    ASSERT_TRUE(WriteTiff((tmp_->path() / "bench" / split / "masks/v.tif").string(), v.mask, false).ok());
-  }
-  ImportOptions io;
-  io.kind = *LookupImportKind("folder");
-  io.input = tmp_->path() / "bench";
-  io.out = tmp_->path() / "store/datasets/mito";
-  io.size = 64;
-  ASSERT_TRUE(ImportBenchmark(io).ok());
+  EnsureLabelledDataset();
   WriteConfig("fine.yaml", "kind: finetune\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
                            "data: {dataset: mito, val_dataset: mito, loader_threads: 1}\n"
                            "finetune: {iters: 30, global_batch: 4, init: jobs/whole/checkpoints, "
@@ -282,6 +287,45 @@ TEST_F(Engine, BadConfigAndMissingDataAreNamedBeforeTraining) {
   EXPECT_EQ(Wait(Start({"run", "--config", (tmp_->path() / "odd.yaml").string(), "--store", (tmp_->path() / "store").string(),
                         "--job", "odd", "--world-size", "2", "--rank", "0"}, Log("odd"))), 2);
   EXPECT_THAT(*ReadFile(Log("odd")), HasSubstr("pretrain.global_batch: 7 does not divide by the world size 2"));
+}
+
+TEST_F(Engine, RetinaInferSegmentsWithCheckpointNormalisationAndRefusesPretrainWeights) {
+  const std::string infer = std::string(RETINA_TEST_TRAINER_DIR) + "/retina-infer";
+  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  SynthOptions o;
+  o.shape = {3, 40, 70};
+  const fs::path input = tmp_->path() / "infer-in.tif";
+  ASSERT_TRUE(WriteTiff(input.string(), Synthesize(o).image, false).ok());
+  // Two fine-tuning steps give segmentation weights with state.json beside them.
+  EnsureLabelledDataset();
+  WriteConfig("quick.yaml", "kind: finetune\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
+                            "data: {dataset: mito, loader_threads: 1}\nfinetune: {iters: 2, global_batch: 4}\n");
+  ASSERT_EQ(Wait(Start(RunArgs("quick.yaml", "quick"), Log("quick"))), 0) << *ReadFile(Log("quick"));
+  const fs::path weights = CheckpointStore(Ckpts("quick")).Latest()->dir / "model.pt";
+  const fs::path out = tmp_->path() / "infer-out.h5";
+  const std::string cmd = infer + " --weights " + weights.string() + " --input " + input.string() + " --out " +
+                          out.string() + " --mode orthoplane --probabilities > /dev/null";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  absl::StatusOr<RawArray> labels = ReadHdf5(out.string(), "/labels");
+  ASSERT_TRUE(labels.ok()) << labels.status();
+  EXPECT_EQ(labels->shape, (std::array<int64_t, 3>{3, 40, 70}));
+  for (uint8_t v : labels->bytes) ASSERT_LE(v, 1);
+  auto output_of = [](const std::string& c) {
+    std::string text;
+    FILE* p = popen((c + " 2>&1").c_str(), "r");
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) text.append(buf, n);
+    pclose(p);
+    return text;
+  };
+  const fs::path pre = CheckpointStore(Ckpts("whole")).Latest()->dir / "model.pt";
+  EXPECT_THAT(output_of(infer + " --weights " + pre.string() + " --input " + input.string() + " --out /tmp/x.tif"),
+              HasSubstr("pre-training (reconstruction) checkpoint"));
+  const fs::path bare = tmp_->path() / "bare.pt";
+  fs::copy_file(weights, bare, fs::copy_options::overwrite_existing);
+  EXPECT_THAT(output_of(infer + " --weights " + bare.string() + " --input " + input.string() + " --out /tmp/x.tif"),
+              HasSubstr("no --mean/--std"));
 }
 
 TEST_F(Engine, RetinaEvalScoresFilesAndRejectsBadInput) {

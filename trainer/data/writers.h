@@ -12,4 +12,10 @@ namespace retina::trainer {
 // Atomic: written to a temporary beside `path`, fsynced, renamed.
 absl::Status WriteTiff(const std::string& path, const Volume& volume, bool write_spacing);
 
+// An HDF5 file with dataset `name` = `volume` (uint8 z, y, x, attribute
+// "resolution" = spacing) and, when `probabilities` is given, a float32
+// dataset "probabilities" [C, Z, Y, X]. Atomic like WriteTiff.
+absl::Status WriteHdf5Volume(const std::string& path, const std::string& name, const Volume& volume,
+                             const float* probabilities = nullptr, int64_t channels = 0);
+
 }  // namespace retina::trainer

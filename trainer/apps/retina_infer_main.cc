@@ -1,0 +1,159 @@
+// retina-infer: segment an image or volume with trained weights.
+//
+//   retina-infer --weights model.pt --input FILE --out FILE [--mode 2d|stack|orthoplane]
+//                [--overlap F] [--mean M --std S] [--probabilities] [--device cpu|cuda]
+//                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax]
+// The model config, image size and classes are read from the weights (flags
+// override); normalisation from the checkpoint's state.json beside model.pt
+// unless --mean/--std are given. Output: .tif/.tiff (labels) or .h5 (labels,
+// and with --probabilities float32 per-class probabilities [C, Z, Y, X]).
+#include <sys/resource.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "common/cli.h"
+#include "common/file_util.h"
+#include "common/progress.h"
+#include "common/status_macros.h"
+#include "trainer/data/readers.h"
+#include "trainer/data/writers.h"
+#include "trainer/eval/inference.h"
+#include "trainer/model/state_dict.h"
+#include "trainer/runtime/device.h"
+#include "trainer/runtime/threads.h"
+
+namespace retina::trainer {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: retina-infer --weights model.pt --input FILE --out FILE.tif|FILE.h5 [--mode 2d|stack|orthoplane]\n"
+    "                    [--overlap F] [--mean M --std S] [--probabilities] [--device cpu|cuda]\n"
+    "                    [--model CONFIG] [--classes N] [--image-size S] [--scale minmax]\n";
+
+absl::Status Infer(const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--weights", "--input", "--out", "--mode", "--overlap", "--mean",
+                                                    "--std", "--device", "--model", "--classes", "--image-size", "--scale"},
+                                             {"--probabilities"}));
+  RETURN_IF_ERROR(f.Require({"--weights", "--input", "--out"}));
+  const std::string out = f.Get("--out");
+  const bool h5 = absl::EndsWith(out, ".h5") || absl::EndsWith(out, ".hdf5");
+  if (!h5 && !absl::EndsWith(out, ".tif") && !absl::EndsWith(out, ".tiff")) {
+    return absl::InvalidArgumentError("--out: write .tif/.tiff or .h5, got '" + out + "'");
+  }
+  if (f.Has("--probabilities") && !h5) return absl::InvalidArgumentError("--probabilities needs an .h5 --out");
+
+  // Weights -> config.
+  const std::filesystem::path weights_path = f.Get("--weights");
+  ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(weights_path));
+  std::map<std::string, torch::Tensor> byname(weights.begin(), weights.end());
+  for (const char* required : {"transformer.embeddings.position_embeddings", "segmentation_head.0.weight"}) {
+    if (!byname.count(required) && !byname.count(std::string("module.") + required)) {
+      return absl::FailedPreconditionError(weights_path.string() + ": not a TransUNet state dict (no " + required + ")");
+    }
+  }
+  if (byname.count("FinalDecoder.conv1.weight")) {
+    return absl::FailedPreconditionError(weights_path.string() +
+                                         ": a pre-training (reconstruction) checkpoint; fine-tune it before segmenting");
+  }
+  const torch::Tensor pos = byname.count("transformer.embeddings.position_embeddings")
+                                ? byname["transformer.embeddings.position_embeddings"]
+                                : byname["module.transformer.embeddings.position_embeddings"];
+  const int64_t hidden = pos.size(2);
+  std::string model_name = hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny";
+  model_name = f.Get("--model", model_name);
+  int image_size = static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1)))));
+  int classes = static_cast<int>((byname.count("segmentation_head.0.weight") ? byname["segmentation_head.0.weight"]
+                                                                            : byname["module.segmentation_head.0.weight"]).size(0));
+  RETURN_IF_ERROR(f.GetInt("--image-size", &image_size));
+  RETURN_IF_ERROR(f.GetInt("--classes", &classes));
+  ASSIGN_OR_RETURN(TransUNetConfig config, NamedModelConfig(model_name, image_size, classes, ModelHead::kSegmentation));
+
+  // Normalisation.
+  double mean = 0, std = 0;
+  if (f.Has("--mean") != f.Has("--std")) return absl::InvalidArgumentError("give both --mean and --std, or neither");
+  if (f.Has("--mean")) {
+    RETURN_IF_ERROR(f.GetDouble("--mean", &mean));
+    RETURN_IF_ERROR(f.GetDouble("--std", &std));
+  } else {
+    const std::filesystem::path state = weights_path.parent_path() / "state.json";
+    absl::StatusOr<std::string> text = ReadFile(state);
+    if (!text.ok()) {
+      return absl::FailedPreconditionError("no --mean/--std and no " + state.string() +
+                                           " beside the weights to take them from");
+    }
+    try {
+      const nlohmann::json s = nlohmann::json::parse(*text);
+      mean = s.at("mean");
+      std = s.at("std");
+    } catch (const nlohmann::json::exception& e) {
+      return absl::FailedPreconditionError(state.string() + ": no normalisation recorded (" + e.what() +
+                                           "); pass --mean and --std");
+    }
+  }
+  if (!(std > 0)) return absl::InvalidArgumentError("--std must be > 0");
+
+  ConfigureTorchThreads(1);
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(f.Get("--device", "auto"), "fp32", 0));
+  VisionTransformer model(config);
+  RETURN_IF_ERROR(LoadStateDict(*model, std::move(weights)).status(), weights_path.string());
+  model->to(device.device);
+
+  ASSIGN_OR_RETURN(RawArray raw, ReadArray(f.Get("--input")));
+  ASSIGN_OR_RETURN(Volume image, ToImage(raw, f.Get("--scale") == "minmax" ? IntensityScaling::kMinMax
+                                                                          : IntensityScaling::kRequireUInt8));
+  const std::string mode = f.Get("--mode", "stack");
+  if (mode != "2d" && mode != "stack" && mode != "orthoplane") {
+    return absl::InvalidArgumentError("--mode: 2d, stack or orthoplane, got '" + mode + "'");
+  }
+  SlidingWindowOptions so;
+  so.window = config.image_size;
+  so.overlap = image.shape[0] > 1 ? 0.7 : 0.5;  // METHOD.md: 0.7 for 3D test, 0.5 for 2D
+  RETURN_IF_ERROR(f.GetDouble("--overlap", &so.overlap));
+  if (so.overlap < 0 || so.overlap >= 1) return absl::InvalidArgumentError("--overlap must be in [0, 1)");
+  so.device = device.device;
+  ProgressBar bar("infer", mode == "orthoplane" ? image.shape[0] + image.shape[1] + image.shape[2] : image.shape[0],
+                  "planes");
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(VolumePrediction pred,
+                   PredictVolume(ModelForward(model), image, mean, std,
+                                 mode == "orthoplane" ? VolumeMode::kOrthoplane : VolumeMode::kStack, so,
+                                 f.Has("--probabilities"), [&](int64_t done, int64_t) { bar.Update(done); }));
+  bar.Finish();
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (h5) {
+    const torch::Tensor probs = pred.probabilities.defined() ? pred.probabilities.contiguous() : torch::Tensor();
+    RETURN_IF_ERROR(WriteHdf5Volume(out, "labels", pred.labels, probs.defined() ? probs.data_ptr<float>() : nullptr,
+                                    probs.defined() ? probs.size(0) : 0));
+  } else {
+    RETURN_IF_ERROR(WriteTiff(out, pred.labels, raw.has_spacing));
+  }
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  std::printf("%s: %lldx%lldx%lld voxels, %s, %s, %.1f s (%.0f voxels/s), peak memory %.0f MiB -> %s\n",
+              config.name.c_str(), static_cast<long long>(image.shape[0]), static_cast<long long>(image.shape[1]),
+              static_cast<long long>(image.shape[2]), mode.c_str(), device.describe.c_str(), seconds,
+              image.numel() / std::max(seconds, 1e-9), usage.ru_maxrss / 1024.0, out.c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace retina::trainer
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) {
+    std::fprintf(stderr, "%s", retina::trainer::kUsage);
+    return 2;
+  }
+  try {
+    return retina::ReportStatus("retina-infer", retina::trainer::Infer(args));
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "retina-infer: %s\n", e.what_without_backtrace());
+    return 1;
+  }
+}
