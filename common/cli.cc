@@ -72,6 +72,20 @@ int RunSubcommands(const std::string& program, const std::string& usage, const s
   return ReportStatus(program, it->second({args.begin() + 1, args.end()}));
 }
 
+int RunCommand(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
+               const std::function<absl::Status(const std::vector<std::string>&)>& command) {
+  if (args.empty()) {
+    std::cerr << usage;
+    return 2;
+  }
+  try {
+    return ReportStatus(program, command(args));
+  } catch (const std::exception& e) {
+    std::cerr << program << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
 int ReportStatus(const std::string& program, const absl::Status& s) {
   if (s.ok()) return 0;
   std::cerr << program << ": " << s.message() << "\n";

@@ -34,6 +34,12 @@ absl::StatusOr<CliFlags> ParseCliFlags(const std::vector<std::string>& args, con
 // (0 ok, 2 INVALID_ARGUMENT, 1 otherwise).
 int ReportStatus(const std::string& program, const absl::Status& status);
 
+// A single-command program: prints `usage` when there are no arguments,
+// otherwise runs `command` and reports its status (see ReportStatus).
+// Exceptions from libraries (e.g. libtorch's c10::Error) are reported, not thrown.
+int RunCommand(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
+               const std::function<absl::Status(const std::vector<std::string>&)>& command);
+
 using Subcommand = std::function<absl::Status(const std::vector<std::string>& args)>;
 
 // Runs subcommands[args[0]] with the remaining arguments; prints `usage` for

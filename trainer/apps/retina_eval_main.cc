@@ -116,10 +116,5 @@ absl::Status Evaluate(const std::vector<std::string>& args) {
 }  // namespace retina::trainer
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty()) {
-    std::cerr << retina::trainer::kUsage;
-    return 2;
-  }
-  return retina::ReportStatus("retina-eval", retina::trainer::Evaluate(args));
+  return retina::RunCommand("retina-eval", retina::trainer::kUsage, {argv + 1, argv + argc}, retina::trainer::Evaluate);
 }

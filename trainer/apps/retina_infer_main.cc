@@ -145,15 +145,5 @@ absl::Status Infer(const std::vector<std::string>& args) {
 }  // namespace retina::trainer
 
 int main(int argc, char** argv) {
-  const std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty()) {
-    std::fprintf(stderr, "%s", retina::trainer::kUsage);
-    return 2;
-  }
-  try {
-    return retina::ReportStatus("retina-infer", retina::trainer::Infer(args));
-  } catch (const c10::Error& e) {
-    std::fprintf(stderr, "retina-infer: %s\n", e.what_without_backtrace());
-    return 1;
-  }
+  return retina::RunCommand("retina-infer", retina::trainer::kUsage, {argv + 1, argv + argc}, retina::trainer::Infer);
 }
