@@ -227,6 +227,19 @@ TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
   EXPECT_EQ(frozen_equal, encoder);
   EXPECT_GT(decoder_changed, 0);
   EXPECT_THAT(*ReadFile(tmp_->path() / "store/jobs/fine/events.jsonl"), HasSubstr("\"eval\""));
+
+  // kind: evaluate over the held-out test split that import wrote.
+  WriteConfig("eval.yaml", "kind: evaluate\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
+                           "data: {dataset: mito-test}\n"
+                           "evaluate: {checkpoint: jobs/fine/checkpoints, mode: stack, overlap: 0.5}\n");
+  ASSERT_EQ(Wait(Start(RunArgs("eval.yaml", "eval"), Log("eval"))), 0) << *ReadFile(Log("eval"));
+  const nlohmann::json report = nlohmann::json::parse(*ReadFile(tmp_->path() / "store/jobs/eval/eval.json"));
+  const double iou = report["mean_iou"];
+  EXPECT_GT(iou, 0.0);
+  EXPECT_LE(iou, 1.0);
+  EXPECT_EQ(report["items"].size(), 1u);
+  EXPECT_THAT(*ReadFile(tmp_->path() / "store/jobs/eval/events.jsonl"), HasSubstr("\"eval\""));
+  std::printf("evaluation job: held-out mean IoU %.3f after 30 fine-tuning steps\n", iou);
 }
 
 // Two Gloo ranks of a long job; `fail` does something to rank 1 once they

@@ -28,6 +28,7 @@
 #include "trainer/data/shards.h"
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/reducer.h"
+#include "trainer/engine/evaluate.h"
 #include "trainer/engine/losses.h"
 #include "trainer/model/batch_norm.h"
 #include "trainer/model/state_dict.h"
@@ -203,9 +204,7 @@ absl::StatusOr<StepState> LoadCheckpoint(const fs::path& dir, torch::nn::Module&
 
 absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) {
   const bool pretrain = config.kind == "pretrain";
-  if (config.kind != "pretrain" && config.kind != "finetune") {
-    return absl::UnimplementedError(absl::StrCat("kind '", config.kind, "' is run by the evaluation module"));
-  }
+  if (config.kind == "evaluate") return RunEvaluation(config, o);
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   ASSIGN_OR_RETURN(LaunchInfo launch, DiscoverLaunch(o.launch));
   SetLogRank(launch.world_size > 1 ? launch.rank : -1);
