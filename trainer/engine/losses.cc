@@ -29,20 +29,4 @@ torch::Tensor CeDiceLoss(const torch::Tensor& logits, const torch::Tensor& targe
   return 0.5 * F::cross_entropy(logits, target, ce) + 0.5 * (1 - dice).mean();
 }
 
-std::vector<double> BatchIoU(const torch::Tensor& logits, const torch::Tensor& target) {
-  torch::NoGradGuard no_grad;
-  std::vector<double> out;
-  if (logits.size(1) == 1) {
-    const torch::Tensor pred = logits.squeeze(1) > 0, truth = target == 1;
-    out.push_back(((pred & truth).sum().item<double>() + 1e-5) / ((pred | truth).sum().item<double>() + 1e-5));
-    return out;
-  }
-  const torch::Tensor pred = logits.argmax(1);
-  for (int64_t k = 1; k < logits.size(1); ++k) {
-    const torch::Tensor p = pred == k, g = target == k;
-    out.push_back(((p & g).sum().item<double>() + 1e-5) / ((p | g).sum().item<double>() + 1e-5));
-  }
-  return out;
-}
-
 }  // namespace retina::trainer

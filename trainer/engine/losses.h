@@ -20,9 +20,4 @@ torch::Tensor BceDiceLoss(const torch::Tensor& logits, const torch::Tensor& targ
 // logits [B, C, H, W], target [B, H, W] int64; weights empty or C values.
 torch::Tensor CeDiceLoss(const torch::Tensor& logits, const torch::Tensor& target, const std::vector<double>& weights);
 
-// Per-class IoU of a batch (classes 1..C-1 for C > 1, class 1 for binary),
-// (|P and G| + 1e-5) / (|P or G| + 1e-5): the simple validation metric until
-// the evaluation module provides the paper's.
-std::vector<double> BatchIoU(const torch::Tensor& logits, const torch::Tensor& target);
-
 }  // namespace retina::trainer

@@ -30,6 +30,8 @@
 #include "trainer/dist/reducer.h"
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/losses.h"
+#include "trainer/eval/inference.h"
+#include "trainer/eval/metrics.h"
 #include "trainer/model/batch_norm.h"
 #include "trainer/model/state_dict.h"
 #include "trainer/model/transfer.h"
@@ -400,39 +402,41 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     std::optional<double> val_iou;
     if (!pretrain && val && config.finetune.eval_every_iters > 0 &&
         (st.step % config.finetune.eval_every_iters == 0 || st.step == total) && launch.rank == 0) {
+      // The evaluation module's protocol: sliding windows over each validation
+      // image, the paper's per-image IoU (1e-5 smoothing), averaged per class.
       torch::NoGradGuard no_grad;
       model->eval();
-      std::vector<double> sums;
-      int64_t batches = 0;
-      const int64_t s = mc.image_size, h = val->height(), w = val->width();
-      for (int64_t i = 0; i + 1 <= val->size(); i += 8) {
-        const int64_t n = std::min<int64_t>(8, val->size() - i);
-        torch::Tensor img = torch::empty({n, h, w}, torch::kByte), msk = torch::empty({n, h, w}, torch::kByte);
-        for (int64_t j = 0; j < n; ++j) {
-          std::memcpy(img[j].data_ptr(), val->image(i + j), h * w);
-          std::memcpy(msk[j].data_ptr(), val->mask(i + j), h * w);
-        }
-        const int64_t y0 = std::max<int64_t>(0, (h - s) / 2), x0 = std::max<int64_t>(0, (w - s) / 2);
-        img = img.slice(1, y0, y0 + s).slice(2, x0, x0 + s);
-        msk = msk.slice(1, y0, y0 + s).slice(2, x0, x0 + s).to(torch::kLong);
-        if (img.size(1) != s || img.size(2) != s) continue;  // validation tiles smaller than the model input
-        const torch::Tensor x = ((img.unsqueeze(1).to(torch::kFloat) / 255) - mean) / std;
-        const std::vector<double> iou = BatchIoU(model(x.to(device.device)).to(torch::kCPU), msk);
-        if (sums.empty()) sums.assign(iou.size(), 0.0);
-        for (size_t k = 0; k < iou.size(); ++k) sums[k] += iou[k];
-        ++batches;
+      SlidingWindowOptions so;
+      so.window = mc.image_size;
+      so.overlap = config.finetune.val_overlap;
+      so.device = device.device;
+      Volume preds, truth;
+      preds.shape = truth.shape = {val->size(), val->height(), val->width()};
+      preds.data.resize(val->size() * val->height() * val->width());
+      truth.data.resize(preds.data.size());
+      const int64_t plane = val->height() * val->width();
+      for (int64_t i = 0; i < val->size(); ++i) {
+        const torch::Tensor img =
+            torch::from_blob(const_cast<uint8_t*>(val->image(i)), {val->height(), val->width()}, torch::kByte);
+        const torch::Tensor logits = SlidingWindowLogits(ModelForward(model), (img.to(torch::kFloat) / 255 - mean) / std, so);
+        const torch::Tensor lab = logits.size(0) == 1 ? (logits[0] > 0).to(torch::kByte) : logits.argmax(0).to(torch::kByte);
+        std::memcpy(preds.data.data() + i * plane, lab.contiguous().data_ptr<uint8_t>(), plane);
+        std::memcpy(truth.data.data() + i * plane, val->mask(i), plane);
       }
+      MetricOptions mo;
+      for (int c = 1; c < std::max(2, mc.num_classes); ++c) mo.classes.push_back(c);
+      mo.per_plane_iou = true;
+      mo.distances = false;
+      ASSIGN_OR_RETURN(std::vector<ClassMetrics> metrics, ComputeMetrics(preds, truth, mo), "validation");
       model->train();
-      if (batches > 0) {
-        std::vector<double> per_class;
-        double m = 0;
-        for (double v : sums) {
-          per_class.push_back(v / batches);
-          m += v / batches / sums.size();
-        }
-        val_iou = m;
-        events->Write({{"event", "eval"}, {"step", st.step}, {"iou", m}, {"iou_per_class", per_class}});
+      std::vector<double> per_class;
+      double m = 0;
+      for (const ClassMetrics& cm : metrics) {
+        per_class.push_back(cm.iou);
+        m += cm.iou / metrics.size();
       }
+      val_iou = m;
+      events->Write({{"event", "eval"}, {"step", st.step}, {"iou", m}, {"iou_per_class", per_class}});
     }
     if (launch.rank == 0) {
       const double ips = dt > 0 ? global_batch / dt : 0;
