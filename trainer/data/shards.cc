@@ -39,6 +39,7 @@ absl::Status WriteU8(hid_t file, const char* name, const std::vector<uint8_t>& d
   Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   H5Pset_layout(dcpl.get(), H5D_CONTIGUOUS);
   H5Pset_alloc_time(dcpl.get(), H5D_ALLOC_TIME_EARLY);
+  H5Pset_obj_track_times(dcpl.get(), false);  // no timestamps: identical contents give identical bytes
   Hid ds(H5Dcreate2(file, name, H5T_NATIVE_UINT8, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
   if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, data.data()) < 0) {
     return absl::InternalError(absl::StrCat(where, ": writing dataset ", name, " failed (disk full?)"));
@@ -54,7 +55,9 @@ absl::Status WriteNames(hid_t file, const std::vector<std::string>& names, const
   H5Tset_cset(type.get(), H5T_CSET_UTF8);
   std::vector<const char*> ptrs;
   for (const std::string& s : names) ptrs.push_back(s.c_str());
-  Hid ds(H5Dcreate2(file, "names", type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_obj_track_times(dcpl.get(), false);
+  Hid ds(H5Dcreate2(file, "names", type.get(), space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
   if (!ds.ok() || H5Dwrite(ds.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()) < 0) {
     return absl::InternalError(absl::StrCat(where, ": writing names failed"));
   }
