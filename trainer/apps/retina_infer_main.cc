@@ -127,8 +127,8 @@ absl::Status Infer(const std::vector<std::string>& args) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (h5) {
     const torch::Tensor probs = pred.probabilities.defined() ? pred.probabilities.contiguous() : torch::Tensor();
-    RETURN_IF_ERROR(WriteHdf5Volume(out, "labels", pred.labels, probs.defined() ? probs.data_ptr<float>() : nullptr,
-                                    probs.defined() ? probs.size(0) : 0));
+    RETURN_IF_ERROR(WriteHdf5Volumes(out, {{"labels", &pred.labels}}, probs.defined() ? probs.data_ptr<float>() : nullptr,
+                                     probs.defined() ? probs.size(0) : 0));
   } else {
     RETURN_IF_ERROR(WriteTiff(out, pred.labels, raw.has_spacing));
   }

@@ -145,17 +145,25 @@ GeometryParams PretrainAugmenter::SampleGeometry(int64_t b, int64_t h, int64_t w
   return p;
 }
 
-CorruptionParams PretrainAugmenter::SampleCorruption(int64_t b, int64_t h, int64_t w, torch::Generator& gen) const {
-  const auto max_holes = static_cast<int64_t>(c_.dropout_holes[1]);
+namespace {
+// Parameters that change nothing, for `b` samples with room for `max_holes` holes.
+CorruptionParams NoCorruption(int64_t b, int64_t max_holes) {
   CorruptionParams p;
-  p.bc_apply = torch::empty({b}, torch::kBool);
+  p.bc_apply = torch::zeros({b}, torch::kBool);
   p.alpha = torch::ones({b}, torch::kFloat);
   p.beta = torch::zeros({b}, torch::kFloat);
-  p.noise_apply = torch::empty({b}, torch::kBool);
+  p.noise_apply = torch::zeros({b}, torch::kBool);
   p.noise_sigma = torch::zeros({b}, torch::kFloat);
   p.blur_kernel = torch::zeros({b}, torch::kLong);
   p.holes = torch::zeros({b}, torch::kLong);
   p.hole_yx = torch::zeros({b, std::max<int64_t>(1, max_holes), 2}, torch::kLong);
+  return p;
+}
+}  // namespace
+
+CorruptionParams PretrainAugmenter::SampleCorruption(int64_t b, int64_t h, int64_t w, torch::Generator& gen) const {
+  const auto max_holes = static_cast<int64_t>(c_.dropout_holes[1]);
+  CorruptionParams p = NoCorruption(b, max_holes);
   Uniforms u(gen);
   for (int64_t i = 0; i < b; ++i) {
     const bool bc = u.Chance(c_.brightness_contrast_p);
@@ -313,15 +321,7 @@ FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, cons
   torch::Tensor image = WarpBatch(images, theta, out_size_, out_size_, /*nearest=*/false);
   out.mask = WarpBatch(masks, theta, out_size_, out_size_, /*nearest=*/true).squeeze(1).round().to(torch::kLong);
   // Intensity changes, image only.
-  CorruptionParams p;
-  p.bc_apply = torch::empty({b}, torch::kBool);
-  p.alpha = torch::ones({b}, torch::kFloat);
-  p.beta = torch::zeros({b}, torch::kFloat);
-  p.noise_apply = torch::zeros({b}, torch::kBool);
-  p.noise_sigma = torch::zeros({b}, torch::kFloat);
-  p.blur_kernel = torch::zeros({b}, torch::kLong);
-  p.holes = torch::zeros({b}, torch::kLong);
-  p.hole_yx = torch::zeros({b, 1, 2}, torch::kLong);
+  CorruptionParams p = NoCorruption(b, 0);
   Uniforms u(gen);
   const PretrainAugmentConfig reference;  // noise variance range as in pre-training
   for (int64_t i = 0; i < b; ++i) {

@@ -14,6 +14,7 @@
 #include "trainer/data/pack.h"
 #include "trainer/data/readers.h"
 #include "trainer/data/shards.h"
+#include "trainer/data/writers.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;
@@ -129,32 +130,7 @@ void AppendTiles(const Plane& p, int64_t size, const std::string& name, ShardCon
 }
 
 absl::Status WriteTestItem(const fs::path& path, const Pair& p) {
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  const fs::path tmp = path.parent_path() / UniqueTempName("." + path.filename().string() + ".");
-  {
-    const hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create"));
-    const hsize_t dims[3] = {static_cast<hsize_t>(p.image.shape[0]), static_cast<hsize_t>(p.image.shape[1]),
-                             static_cast<hsize_t>(p.image.shape[2])};
-    bool ok = true;
-    for (const auto& [name, vol] : {std::pair<const char*, const Volume*>{"image", &p.image}, {"mask", &p.mask}}) {
-      const hid_t space = H5Screate_simple(3, dims, nullptr);
-      const hid_t ds = H5Dcreate2(file, name, H5T_NATIVE_UINT8, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-      ok = ok && ds >= 0 && H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, vol->data.data()) >= 0;
-      const hsize_t three = 3;
-      const hid_t aspace = H5Screate_simple(1, &three, nullptr);
-      const hid_t attr = H5Acreate2(ds, "spacing", H5T_NATIVE_DOUBLE, aspace, H5P_DEFAULT, H5P_DEFAULT);
-      ok = ok && attr >= 0 && H5Awrite(attr, H5T_NATIVE_DOUBLE, vol->spacing.data()) >= 0;
-      H5Aclose(attr);
-      H5Sclose(aspace);
-      H5Dclose(ds);
-      H5Sclose(space);
-    }
-    H5Fclose(file);
-    if (!ok) return absl::InternalError(absl::StrCat(tmp.string(), ": write failed (disk full?)"));
-  }
-  RETURN_IF_ERROR(FsyncPath(tmp));
-  return RenameDurable(tmp, path);
+  return WriteHdf5Volumes(path.string(), {{"image", &p.image}, {"mask", &p.mask}});
 }
 
 }  // namespace

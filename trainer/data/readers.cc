@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "trainer/data/hdf5_handle.h"
 
 namespace retina::trainer {
 namespace {
@@ -116,25 +117,6 @@ absl::StatusOr<DType> TiffDType(uint16_t bits, uint16_t format, const std::strin
 
 // --- HDF5 --------------------------------------------------------------------
 
-template <herr_t (*Close)(hid_t)>
-class H5Handle {
- public:
-  explicit H5Handle(hid_t id) : id_(id) {}
-  ~H5Handle() { if (id_ >= 0) Close(id_); }
-  H5Handle(const H5Handle&) = delete;
-  H5Handle& operator=(const H5Handle&) = delete;
-  hid_t get() const { return id_; }
-  bool ok() const { return id_ >= 0; }
-
- private:
-  hid_t id_;
-};
-using H5File = H5Handle<H5Fclose>;
-using H5Dataset = H5Handle<H5Dclose>;
-using H5Space = H5Handle<H5Sclose>;
-using H5Type = H5Handle<H5Tclose>;
-using H5Attr = H5Handle<H5Aclose>;
-
 void SilenceHdf5() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
@@ -143,9 +125,9 @@ void SilenceHdf5() {
 // Reads a float attribute of 2 or 3 values into spacing (z, y, x).
 bool ReadSpacingAttribute(hid_t dataset, const char* name, RawArray* out) {
   if (H5Aexists(dataset, name) <= 0) return false;
-  H5Attr attr(H5Aopen(dataset, name, H5P_DEFAULT));
+  Hid attr(H5Aopen(dataset, name, H5P_DEFAULT), H5Aclose);
   if (!attr.ok()) return false;
-  H5Space space(H5Aget_space(attr.get()));
+  Hid space(H5Aget_space(attr.get()), H5Sclose);
   const hssize_t n = H5Sget_simple_extent_npoints(space.get());
   if (n != 2 && n != 3) return false;
   double v[3];
@@ -275,21 +257,21 @@ absl::StatusOr<RawArray> ReadHdf5(const std::string& path, const std::string& da
   SilenceHdf5();
   const std::string where = absl::StrCat(path, ":", dataset);
   if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(path, ": not an HDF5 file"));
-  H5File file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+  Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!file.ok()) return absl::DataLossError(absl::StrCat(path, ": cannot open HDF5 file"));
   if (H5Lexists(file.get(), dataset.c_str(), H5P_DEFAULT) <= 0) {
     return absl::NotFoundError(absl::StrCat(where, ": no such dataset in the file"));
   }
-  H5Dataset ds(H5Dopen2(file.get(), dataset.c_str(), H5P_DEFAULT));
+  Hid ds(H5Dopen2(file.get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
   if (!ds.ok()) return absl::NotFoundError(absl::StrCat(where, ": not a dataset"));
-  H5Space space(H5Dget_space(ds.get()));
+  Hid space(H5Dget_space(ds.get()), H5Sclose);
   const int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank != 2 && rank != 3) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": dataset has rank ", rank, ", expected 2 (y, x) or 3 (z, y, x)"));
   }
   hsize_t dims[3] = {1, 1, 1};
   H5Sget_simple_extent_dims(space.get(), dims + (3 - rank), nullptr);
-  H5Type type(H5Dget_type(ds.get()));
+  Hid type(H5Dget_type(ds.get()), H5Tclose);
   const H5T_class_t cls = H5Tget_class(type.get());
   const size_t size = H5Tget_size(type.get());
   const bool is_signed = cls == H5T_INTEGER && H5Tget_sign(type.get()) == H5T_SGN_2;

@@ -13,25 +13,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "trainer/data/hdf5_handle.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;
 namespace {
-
-// hid_t owner; Close is the matching H5?close.
-class Hid {
- public:
-  Hid(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
-  ~Hid() { if (id_ >= 0) close_(id_); }
-  Hid(const Hid&) = delete;
-  Hid& operator=(const Hid&) = delete;
-  hid_t get() const { return id_; }
-  bool ok() const { return id_ >= 0; }
-
- private:
-  hid_t id_;
-  herr_t (*close_)(hid_t);
-};
 
 absl::Status WriteU8(hid_t file, const char* name, const std::vector<uint8_t>& data, const hsize_t dims[3],
                      const std::string& where) {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "trainer/data/hdf5_handle.h"
 
 namespace retina::trainer {
 
@@ -55,37 +56,46 @@ absl::Status WriteTiff(const std::string& path, const Volume& v, bool write_spac
   return absl::OkStatus();
 }
 
-absl::Status WriteHdf5Volume(const std::string& path, const std::string& name, const Volume& v,
-                             const float* probabilities, int64_t channels) {
+absl::Status WriteHdf5Volumes(const std::string& path,
+                              const std::vector<std::pair<std::string, const Volume*>>& volumes,
+                              const float* probabilities, int64_t channels) {
+  if (volumes.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": nothing to write"));
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   const std::filesystem::path target(path);
   const std::filesystem::path tmp = target.parent_path() / UniqueTempName("." + target.filename().string() + ".");
   absl::Cleanup remove_tmp = [&] { ::unlink(tmp.c_str()); };
+  const auto fail = [&](const std::string& what) {
+    return absl::InternalError(absl::StrCat(tmp.string(), ": writing ", what, " failed (disk full?)"));
+  };
   {
-    const hid_t file = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create HDF5 file"));
-    absl::Cleanup close_file = [file] { H5Fclose(file); };
-    const hsize_t dims[4] = {static_cast<hsize_t>(channels), static_cast<hsize_t>(v.shape[0]),
-                             static_cast<hsize_t>(v.shape[1]), static_cast<hsize_t>(v.shape[2])};
-    const hid_t space = H5Screate_simple(3, dims + 1, nullptr);
-    const hid_t ds = H5Dcreate2(file, name.c_str(), H5T_NATIVE_UINT8, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    bool ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data.data()) >= 0;
-    const hsize_t three = 3;
-    const hid_t aspace = H5Screate_simple(1, &three, nullptr);
-    const hid_t attr = ds >= 0 ? H5Acreate2(ds, "resolution", H5T_NATIVE_DOUBLE, aspace, H5P_DEFAULT, H5P_DEFAULT) : -1;
-    ok = ok && attr >= 0 && H5Awrite(attr, H5T_NATIVE_DOUBLE, v.spacing.data()) >= 0;
-    if (attr >= 0) H5Aclose(attr);
-    H5Sclose(aspace);
-    if (ds >= 0) H5Dclose(ds);
-    H5Sclose(space);
-    if (ok && probabilities != nullptr) {
-      const hid_t pspace = H5Screate_simple(4, dims, nullptr);
-      const hid_t pds = H5Dcreate2(file, "probabilities", H5T_NATIVE_FLOAT, pspace, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-      ok = pds >= 0 && H5Dwrite(pds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, probabilities) >= 0;
-      if (pds >= 0) H5Dclose(pds);
-      H5Sclose(pspace);
+    Hid file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+    if (!file.ok()) return absl::InternalError(absl::StrCat(tmp.string(), ": cannot create HDF5 file"));
+    for (const auto& [name, v] : volumes) {
+      const hsize_t dims[3] = {static_cast<hsize_t>(v->shape[0]), static_cast<hsize_t>(v->shape[1]),
+                               static_cast<hsize_t>(v->shape[2])};
+      Hid space(H5Screate_simple(3, dims, nullptr), H5Sclose);
+      Hid ds(H5Dcreate2(file.get(), name.c_str(), H5T_NATIVE_UINT8, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+             H5Dclose);
+      if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, v->data.data()) < 0) {
+        return fail(name);
+      }
+      const hsize_t three = 3;
+      Hid aspace(H5Screate_simple(1, &three, nullptr), H5Sclose);
+      Hid attr(H5Acreate2(ds.get(), "resolution", H5T_NATIVE_DOUBLE, aspace.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+      if (!attr.ok() || H5Awrite(attr.get(), H5T_NATIVE_DOUBLE, v->spacing.data()) < 0) return fail(name + " spacing");
     }
-    if (!ok) return absl::InternalError(absl::StrCat(tmp.string(), ": writing failed (disk full?)"));
+    if (probabilities != nullptr) {
+      const auto& s = volumes.front().second->shape;
+      const hsize_t dims[4] = {static_cast<hsize_t>(channels), static_cast<hsize_t>(s[0]), static_cast<hsize_t>(s[1]),
+                               static_cast<hsize_t>(s[2])};
+      Hid space(H5Screate_simple(4, dims, nullptr), H5Sclose);
+      Hid ds(H5Dcreate2(file.get(), "probabilities", H5T_NATIVE_FLOAT, space.get(), H5P_DEFAULT, H5P_DEFAULT,
+                        H5P_DEFAULT),
+             H5Dclose);
+      if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, probabilities) < 0) {
+        return fail("probabilities");
+      }
+    }
   }
   RETURN_IF_ERROR(FsyncPath(tmp));
   RETURN_IF_ERROR(RenameDurable(tmp, target));

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "trainer/data/array.h"
@@ -12,10 +14,12 @@ namespace retina::trainer {
 // Atomic: written to a temporary beside `path`, fsynced, renamed.
 absl::Status WriteTiff(const std::string& path, const Volume& volume, bool write_spacing);
 
-// An HDF5 file with dataset `name` = `volume` (uint8 z, y, x, attribute
-// "resolution" = spacing) and, when `probabilities` is given, a float32
-// dataset "probabilities" [C, Z, Y, X]. Atomic like WriteTiff.
-absl::Status WriteHdf5Volume(const std::string& path, const std::string& name, const Volume& volume,
-                             const float* probabilities = nullptr, int64_t channels = 0);
+// An HDF5 file with one uint8 (z, y, x) dataset per named volume, each with
+// attribute "resolution" = its spacing (what ReadHdf5 reads back), and, when
+// `probabilities` is given, a float32 dataset "probabilities" [C, Z, Y, X]
+// shaped like the first volume. Atomic like WriteTiff.
+absl::Status WriteHdf5Volumes(const std::string& path,
+                              const std::vector<std::pair<std::string, const Volume*>>& volumes,
+                              const float* probabilities = nullptr, int64_t channels = 0);
 
 }  // namespace retina::trainer
