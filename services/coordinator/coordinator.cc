@@ -1,0 +1,958 @@
+#include "services/coordinator/coordinator.h"
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/job_config.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "common/store_layout.h"
+#include "nlohmann/json.hpp"
+
+namespace retina::coordinator {
+namespace v1 = retina::v1;
+namespace {
+
+int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
+
+using TaskKey = std::pair<std::string, int>;
+
+v1::SlotType NormalType(v1::SlotType t) { return t == v1::SLOT_GPU ? v1::SLOT_GPU : v1::SLOT_CPU; }
+
+std::string KindOfConfig(v1::JobKind kind) {
+  switch (kind) {
+    case v1::PRETRAIN: return "pretrain";
+    case v1::FINETUNE: return "finetune";
+    case v1::EVALUATE: return "evaluate";
+    case v1::INFER: return "infer";
+    default: return "";
+  }
+}
+
+v1::JobKind KindFromConfig(const std::string& kind) {
+  if (kind == "pretrain") return v1::PRETRAIN;
+  if (kind == "finetune") return v1::FINETUNE;
+  if (kind == "evaluate") return v1::EVALUATE;
+  return v1::JOB_KIND_UNSPECIFIED;
+}
+
+// Validates the spec in place (defaults filled in). INVALID_ARGUMENT names the field.
+absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store) {
+  if (spec->world_size() < 1 || spec->world_size() > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
+  }
+  if (spec->slots_per_rank() == 0) spec->set_slots_per_rank(1);
+  if (spec->slots_per_rank() < 1 || spec->slots_per_rank() > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.slots_per_rank: must be between 1 and 1024, got ", spec->slots_per_rank()));
+  }
+  if (spec->max_restarts() < 0 || spec->max_restarts() > 1000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.max_restarts: must be between 0 and 1000, got ", spec->max_restarts()));
+  }
+  if (spec->kind() == v1::INFER) {
+    return absl::InvalidArgumentError(
+        "spec.kind: INFER jobs are not run by this version's trainer; use retina-infer on a checkpoint");
+  }
+  if (spec->config_yaml().empty()) return absl::InvalidArgumentError("spec.config_yaml: empty; give the job YAML");
+  absl::StatusOr<JobConfig> config = ParseJobConfig(spec->config_yaml(), "spec.config_yaml");
+  if (!config.ok()) return absl::InvalidArgumentError(config.status().message());
+  const v1::JobKind from_config = KindFromConfig(config->kind);
+  if (spec->kind() == v1::JOB_KIND_UNSPECIFIED) {
+    spec->set_kind(from_config);
+  } else if (spec->kind() != from_config) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.kind: ", v1::JobKind_Name(spec->kind()),
+                                                   " does not match the config's kind '", config->kind, "'"));
+  }
+  const int64_t batch = config->kind == "pretrain"   ? config->pretrain.global_batch
+                        : config->kind == "finetune" ? config->finetune.global_batch
+                                                     : 0;
+  if (batch > 0 && batch % spec->world_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", config->kind, ".global_batch ", batch,
+                                                   " does not divide by ", spec->world_size(), " ranks"));
+  }
+  const StoreLayout layout(store);
+  for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
+                                    {"data.val_dataset", config->data.val_dataset}}) {
+    if (name.empty()) continue;
+    if (!std::filesystem::exists(layout.DatasetDir(name) / "manifest.json")) {
+      return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name,
+                                                        "' in the store (", layout.DatasetDir(name).string(),
+                                                        "); pack it with retina-shard first"));
+    }
+  }
+  for (const auto& [key, value] : spec->labels()) {
+    if (key.empty() || key.size() > 63 || value.size() > 256) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.labels: key '", key, "' must be 1-63 characters, value at most 256"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+struct Filter {
+  std::vector<std::pair<std::string, std::string>> terms;
+  bool Matches(const v1::Job& job) const {
+    for (const auto& [key, value] : terms) {
+      if (key == "state" && JobStateName(job.state()) != value) return false;
+      if (key == "kind" && v1::JobKind_Name(job.spec().kind()) != value) return false;
+      if (key == "user" && job.user() != value) return false;
+      if (key == "name" && job.spec().name() != value) return false;
+      if (absl::StartsWith(key, "label.")) {
+        auto it = job.spec().labels().find(key.substr(6));
+        if (it == job.spec().labels().end() || it->second != value) return false;
+      }
+    }
+    return true;
+  }
+};
+
+absl::StatusOr<Filter> ParseFilter(const std::string& text) {
+  Filter f;
+  for (absl::string_view term : absl::StrSplit(text, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
+    std::vector<std::string> kv = absl::StrSplit(term, absl::MaxSplits('=', 1));
+    if (kv.size() != 2 || kv[1].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("filter: '", std::string(term), "' is not key=value"));
+    }
+    if (kv[0] == "state") {
+      v1::JobState s;
+      if (!v1::JobState_Parse(kv[1], &s) || s == v1::JOB_STATE_UNSPECIFIED) {
+        return absl::InvalidArgumentError(absl::StrCat("filter: unknown state '", kv[1], "'"));
+      }
+    } else if (kv[0] == "kind") {
+      v1::JobKind k;
+      if (!v1::JobKind_Parse(kv[1], &k)) return absl::InvalidArgumentError(absl::StrCat("filter: unknown kind '", kv[1], "'"));
+    } else if (kv[0] != "user" && kv[0] != "name" && !absl::StartsWith(kv[0], "label.")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("filter: unknown key '", kv[0], "' (state, kind, user, name, label.<key>)"));
+    }
+    f.terms.emplace_back(kv[0], kv[1]);
+  }
+  return f;
+}
+
+}  // namespace
+
+std::string JobStateName(v1::JobState state) { return v1::JobState_Name(state); }
+
+bool IsTerminal(v1::JobState s) { return s == v1::SUCCEEDED || s == v1::FAILED || s == v1::CANCELLED; }
+
+Coordinator::Coordinator(CoordinatorOptions options, CoordinatorMetrics* metrics, std::unique_ptr<JobStore> store)
+    : options_(std::move(options)), metrics_(metrics), store_(std::move(store)) {}
+
+absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOptions options,
+                                                                 CoordinatorMetrics* metrics) {
+  if (options.port_min < 1024 || options.port_max > 65535 || options.port_min > options.port_max) {
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous port range ", options.port_min, "-", options.port_max,
+                                                   " is not within 1024-65535"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.database, options.sqlite_synchronous));
+  std::unique_ptr<Coordinator> c(new Coordinator(std::move(options), metrics, std::move(store)));
+  {
+    absl::MutexLock lock(&c->mu_);
+    RETURN_IF_ERROR(c->Recover());
+  }
+  c->ticker_ = std::thread([p = c.get()] {
+    while (!p->stop_.load()) {
+      absl::SleepFor(p->options_.tick);
+      p->Tick();
+    }
+  });
+  return c;
+}
+
+Coordinator::~Coordinator() {
+  stop_ = true;
+  if (ticker_.joinable()) ticker_.join();
+}
+
+absl::Status Coordinator::Recover() {
+  ASSIGN_OR_RETURN(std::vector<StoredJob> stored, store_->LoadAll());
+  const int64_t now = NowMs();
+  int recovering = 0;
+  for (StoredJob& s : stored) {
+    auto e = std::make_unique<JobEntry>();
+    e->seq = s.seq;
+    e->job = std::move(s.job);
+    e->committed_state = e->job.state();
+    e->queued_ms = now;
+    if (e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) {
+      e->recovering = true;
+      ++recovering;
+    }
+    state_counts_[e->job.state()]++;
+    next_seq_ = std::max(next_seq_, s.seq + 1);
+    by_seq_[e->seq] = e.get();
+    if (!e->job.request_id().empty()) by_request_[e->job.request_id()] = e.get();
+    jobs_[e->job.id()] = std::move(e);
+  }
+  recovery_deadline_ms_ = now + absl::ToInt64Milliseconds(options_.lease);
+  if (!stored.empty()) {
+    RETINA_LOG(Info) << "recovered " << stored.size() << " jobs from " << options_.database.string() << "; "
+                     << recovering << " placed before the restart wait up to "
+                     << absl::FormatDuration(options_.lease) << " for their workers";
+  }
+  UpdateGauges();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Coordinator::JobEntry*> Coordinator::Find(const std::string& id) {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("id: no job '", id, "'"));
+  return it->second.get();
+}
+
+absl::Status Coordinator::Commit(JobEntry* e, v1::JobEvent::Type type) {
+  RETURN_IF_ERROR(store_->Update(e->job));
+  if (e->committed_state != e->job.state()) {
+    state_counts_[e->committed_state]--;
+    state_counts_[e->job.state()]++;
+    e->committed_state = e->job.state();
+  }
+  UpdateGauges();
+  Publish(e, type, "");
+  return absl::OkStatus();
+}
+
+void Coordinator::Publish(JobEntry* e, v1::JobEvent::Type type, const std::string& event_json) {
+  auto [begin, end] = watchers_by_job_.equal_range(e->job.id());
+  if (begin == end) return;
+  v1::JobEvent event;
+  event.set_type(type);
+  *event.mutable_job() = e->job;
+  event.set_event_json(event_json);
+  const bool last = type == v1::JobEvent::STATE && IsTerminal(e->job.state());
+  for (auto it = begin; it != end;) {
+    auto w = watchers_.find(it->second);
+    if (w != watchers_.end()) w->second.sink(event, last);
+    if (last) {
+      if (w != watchers_.end()) watchers_.erase(w);
+      it = watchers_by_job_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Coordinator::UpdateGauges() {
+  if (metrics_ == nullptr) return;
+  std::map<std::string, int> counts;
+  for (int s = v1::QUEUED; s <= v1::CANCELLED; ++s) counts[JobStateName(static_cast<v1::JobState>(s))] = state_counts_[s];
+  metrics_->SetJobCounts(counts);
+  int ready = 0, lost = 0, free = 0, used = 0;
+  for (const auto& [id, w] : workers_) {
+    if (w.info.state() == v1::WorkerInfo::READY) {
+      ++ready;
+      used += static_cast<int>(w.used.size());
+      free += static_cast<int>(w.slot_ids.size() - w.used.size());
+    } else {
+      ++lost;
+    }
+  }
+  metrics_->SetWorkers(ready, lost);
+  metrics_->SetSlots(free, used);
+}
+
+int Coordinator::TotalSlots(v1::SlotType type) const {
+  int total = 0;
+  for (const auto& [id, w] : workers_) {
+    if (w.info.state() == v1::WorkerInfo::READY && NormalType(w.info.slot_type()) == NormalType(type)) {
+      total += static_cast<int>(w.slot_ids.size());
+    }
+  }
+  return total;
+}
+
+absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request, const std::string& user) {
+  if (request.request_id().size() > 128) {
+    return absl::InvalidArgumentError("request_id: at most 128 characters");
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (!request.request_id().empty()) {
+      auto it = by_request_.find(request.request_id());
+      if (it != by_request_.end()) return it->second->job;  // an idempotent retry
+    }
+  }
+  v1::JobSpec spec = request.spec();
+  RETURN_IF_ERROR(ValidateSpec(&spec, options_.store));
+
+  absl::MutexLock lock(&mu_);
+  if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
+    auto it = by_request_.find(request.request_id());
+    if (it != by_request_.end()) return it->second->job;
+  }
+  const int needed = spec.world_size() * spec.slots_per_rank();
+  const int total = TotalSlots(spec.slot_type());
+  if (seen_workers_ && needed > total) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.world_size: ", spec.world_size(), " ranks x ", spec.slots_per_rank(), " slots need ", needed, " ",
+        NormalType(spec.slot_type()) == v1::SLOT_GPU ? "GPU" : "CPU", " slots; the ready workers have ", total));
+  }
+  auto e = std::make_unique<JobEntry>();
+  e->seq = next_seq_;
+  e->queued_ms = NowMs();
+  v1::Job& job = e->job;
+  char id[32];
+  std::snprintf(id, sizeof id, "job-%06lld", static_cast<long long>(e->seq));
+  job.set_id(id);
+  *job.mutable_spec() = std::move(spec);
+  job.set_state(v1::QUEUED);
+  job.set_user(user);
+  job.set_create_unix_ms(e->queued_ms);
+  job.set_request_id(request.request_id());
+  RETURN_IF_ERROR(store_->Insert({e->seq, job}));
+  ++next_seq_;
+  e->committed_state = v1::QUEUED;
+  state_counts_[v1::QUEUED]++;
+  if (metrics_) metrics_->JobSubmitted();
+  JobEntry* raw = e.get();
+  by_seq_[e->seq] = raw;
+  if (!job.request_id().empty()) by_request_[job.request_id()] = raw;
+  jobs_[job.id()] = std::move(e);
+  UpdateGauges();
+  Schedule(NowMs());
+  return raw->job;
+}
+
+absl::StatusOr<v1::Job> Coordinator::Get(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * e, Find(id));
+  return e->job;
+}
+
+absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest& request) {
+  if (request.page_size() < 0 || request.page_size() > 1000) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size: must be 0-1000, got ", request.page_size()));
+  }
+  const int page_size = request.page_size() == 0 ? 100 : request.page_size();
+  ASSIGN_OR_RETURN(Filter filter, ParseFilter(request.filter()));
+  int64_t before = INT64_MAX;
+  if (!request.page_token().empty()) {
+    if (request.page_token().size() < 2 || request.page_token()[0] != 's' ||
+        !absl::SimpleAtoi(request.page_token().substr(1), &before) || before < 1) {
+      return absl::InvalidArgumentError("page_token: not a token from ListJobs");
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  v1::ListJobsResponse out;
+  int64_t last_seq = 0;
+  for (auto it = std::make_reverse_iterator(by_seq_.lower_bound(before)); it != by_seq_.rend(); ++it) {
+    if (!filter.Matches(it->second->job)) continue;
+    if (out.jobs_size() == page_size) {  // more match: the next page starts below the last returned
+      out.set_next_page_token(absl::StrCat("s", last_seq));
+      break;
+    }
+    *out.add_jobs() = it->second->job;
+    last_seq = it->first;
+  }
+  return out;
+}
+
+absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * e, Find(id));
+  v1::Job& job = e->job;
+  if (IsTerminal(job.state())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("id: job ", id, " is already ", JobStateName(job.state()), "; only active jobs can be cancelled"));
+  }
+  if (job.cancel_requested()) return job;
+  job.set_cancel_requested(true);
+  if (job.state() == v1::QUEUED) {
+    job.set_state(v1::CANCELLED);
+    job.set_end_unix_ms(NowMs());
+    job.set_message("cancelled while queued");
+    RETURN_IF_ERROR(Commit(e));
+    if (metrics_) metrics_->JobFinished("cancelled");
+    return job;
+  }
+  job.set_message("cancel requested; stopping ranks");
+  RETURN_IF_ERROR(Commit(e));
+  StopAttempt(e);
+  MaybeFinishAttempt(e, NowMs());
+  return e->job;
+}
+
+absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
+  {
+    absl::MutexLock lock(&mu_);
+    RETURN_IF_ERROR(Find(id).status());
+  }
+  const StoreLayout layout(options_.store);
+  v1::JobMetrics out;
+  out.set_id(id);
+  std::map<int64_t, v1::MetricPoint> by_step;  // a resumed attempt re-logs steps: the last row wins
+  std::ifstream csv(layout.MetricsCsvPath(id));
+  std::string line;
+  bool header = true;
+  while (std::getline(csv, line)) {
+    if (header) {
+      header = false;
+      continue;
+    }
+    std::vector<std::string> f = absl::StrSplit(line, ',');
+    if (f.size() < 7) continue;
+    v1::MetricPoint p;
+    int64_t i;
+    double d;
+    if (!absl::SimpleAtoi(f[0], &i)) continue;
+    p.set_step(i);
+    if (absl::SimpleAtoi(f[1], &i)) p.set_epoch(i);
+    if (absl::SimpleAtod(f[2], &d)) p.set_loss(d);
+    if (absl::SimpleAtod(f[3], &d)) p.set_lr(d);
+    if (absl::SimpleAtod(f[4], &d)) p.set_images_per_s(d);
+    if (absl::SimpleAtod(f[5], &d)) p.set_data_wait_s(d);
+    if (absl::SimpleAtod(f[6], &d)) p.set_allreduce_s(d);
+    if (f.size() > 7 && absl::SimpleAtod(f[7], &d)) {
+      p.set_has_val_iou(true);
+      p.set_val_iou(d);
+    }
+    by_step[p.step()] = p;
+  }
+  for (auto& [step, p] : by_step) *out.add_points() = std::move(p);
+  std::ifstream eval(layout.JobDir(id) / "eval.json");
+  if (eval) {
+    std::stringstream ss;
+    ss << eval.rdbuf();
+    out.set_eval_json(ss.str());
+  }
+  return out;
+}
+
+v1::ListWorkersResponse Coordinator::Workers() {
+  absl::MutexLock lock(&mu_);
+  v1::ListWorkersResponse out;
+  for (const auto& [id, w] : workers_) {
+    v1::WorkerInfo* info = out.add_workers();
+    *info = w.info;
+    info->set_free_slots(static_cast<int>(w.slot_ids.size() - w.used.size()));
+    info->set_last_heartbeat_unix_ms(w.last_seen_ms);
+    for (const auto& [key, slots] : w.tasks) info->add_jobs(key.first);
+  }
+  return out;
+}
+
+absl::StatusOr<int64_t> Coordinator::Watch(const std::string& id, WatchSink sink) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * e, Find(id));
+  v1::JobEvent snapshot;
+  snapshot.set_type(v1::JobEvent::SNAPSHOT);
+  *snapshot.mutable_job() = e->job;
+  const bool last = IsTerminal(e->job.state());
+  sink(snapshot, last);
+  if (last) return 0;
+  const int64_t handle = next_watch_++;
+  watchers_[handle] = Watcher{id, std::move(sink)};
+  watchers_by_job_.emplace(id, handle);
+  return handle;
+}
+
+void Coordinator::Unwatch(int64_t handle) {
+  absl::MutexLock lock(&mu_);
+  auto it = watchers_.find(handle);
+  if (it == watchers_.end()) return;
+  auto [begin, end] = watchers_by_job_.equal_range(it->second.job);
+  for (auto j = begin; j != end; ++j) {
+    if (j->second == handle) {
+      watchers_by_job_.erase(j);
+      break;
+    }
+  }
+  watchers_.erase(it);
+}
+
+absl::StatusOr<std::pair<std::filesystem::path, bool>> Coordinator::LogFile(const std::string& id, int attempt,
+                                                                           int rank) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * e, Find(id));
+  if (attempt == 0) attempt = e->job.attempt();
+  if (attempt < 1 || attempt > e->job.attempt()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attempt: job ", id, " has attempts 1-", e->job.attempt(), ", asked for ", attempt));
+  }
+  const int world = std::max(1, e->job.spec().world_size());
+  if (rank < 0 || rank >= world) {
+    return absl::InvalidArgumentError(absl::StrCat("rank: job ", id, " has ranks 0-", world - 1));
+  }
+  const bool ended = IsTerminal(e->job.state()) || attempt < e->job.attempt();
+  return std::make_pair(StoreLayout(options_.store).RankLogPath(id, attempt, rank), ended);
+}
+
+// ---- workers ----
+
+absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1::RegisterWorkerRequest& r) {
+  if (r.worker_id().empty() || r.worker_id().size() > 128) {
+    return absl::InvalidArgumentError("worker_id: 1-128 characters");
+  }
+  if (r.host().empty()) return absl::InvalidArgumentError("host: the address ranks reach this worker at");
+  if (r.slots() < 1 || r.slots() > 4096) return absl::InvalidArgumentError("slots: must be 1-4096");
+  if (r.slot_type() == v1::SLOT_GPU && r.gpu_ids_size() != r.slots()) {
+    return absl::InvalidArgumentError("gpu_ids: one per GPU slot");
+  }
+  absl::MutexLock lock(&mu_);
+  const int64_t now = NowMs();
+  auto old = workers_.find(r.worker_id());
+  if (old != workers_.end() && old->second.info.state() == v1::WorkerInfo::READY) {
+    // A worker restarted: tasks it no longer lists are gone.
+    std::set<TaskKey> listed;
+    for (const v1::TaskRef& t : r.running()) listed.insert({t.job_id(), t.attempt()});
+    for (const auto& [key, slots] : std::map(old->second.tasks)) {
+      if (listed.count(key)) continue;
+      auto j = jobs_.find(key.first);
+      if (j != jobs_.end() && j->second->job.attempt() == key.second) {
+        FailPart(j->second.get(), r.worker_id(), absl::StrCat("worker ", r.worker_id(), " restarted"));
+        MaybeFinishAttempt(j->second.get(), now);
+      }
+    }
+  }
+  WorkerEntry& w = workers_[r.worker_id()];
+  w = WorkerEntry{};
+  w.info.set_id(r.worker_id());
+  w.info.set_host(r.host());
+  w.info.set_slot_type(NormalType(r.slot_type()));
+  w.info.set_slots(r.slots());
+  *w.info.mutable_labels() = r.labels();
+  w.info.set_version(r.version());
+  w.info.set_state(v1::WorkerInfo::READY);
+  w.info.set_metrics_address(r.metrics_address());
+  w.last_seen_ms = now;
+  for (int i = 0; i < r.slots(); ++i) w.slot_ids.push_back(r.slot_type() == v1::SLOT_GPU ? r.gpu_ids(i) : i);
+  seen_workers_ = true;
+
+  v1::RegisterWorkerResponse out;
+  out.set_heartbeat_ms(absl::ToInt64Milliseconds(options_.heartbeat));
+  out.set_lease_ms(absl::ToInt64Milliseconds(options_.lease));
+  for (const v1::TaskRef& t : r.running()) {
+    const TaskKey key{t.job_id(), t.attempt()};
+    std::vector<int> slots(t.slot_ids().begin(), t.slot_ids().end());
+    w.tasks[key] = slots;
+    w.used.insert(slots.begin(), slots.end());
+    auto j = jobs_.find(t.job_id());
+    JobEntry* e = j == jobs_.end() ? nullptr : j->second.get();
+    const bool active = e && e->job.attempt() == t.attempt() &&
+                        (e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) && !e->attempt_failed &&
+                        !e->job.cancel_requested();
+    if (active && (e->recovering || e->parts.count(r.worker_id()))) {
+      Part& p = e->parts[r.worker_id()];
+      p.ranks.assign(t.ranks().begin(), t.ranks().end());
+      p.slot_ids = slots;
+      p.confirmed = true;
+      RETINA_LOG(Info) << "re-attached " << t.job_id() << " attempt " << t.attempt() << " ranks ["
+                       << absl::StrJoin(p.ranks, ",") << "] on " << r.worker_id();
+    } else {
+      w.stopping[key] = t;
+      *out.add_stop() = t;
+    }
+  }
+  RETINA_LOG(Info) << "worker " << r.worker_id() << " registered: " << r.slots()
+                   << (r.slot_type() == v1::SLOT_GPU ? " GPU" : " CPU") << " slots at " << r.host() << ", "
+                   << r.running_size() << " running tasks";
+  UpdateGauges();
+  Schedule(now);
+  return out;
+}
+
+absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& r) {
+  absl::MutexLock lock(&mu_);
+  v1::HeartbeatResponse out;
+  auto it = workers_.find(r.worker_id());
+  if (it == workers_.end() || it->second.info.state() != v1::WorkerInfo::READY) {
+    out.set_reregister(true);
+    return out;
+  }
+  WorkerEntry& w = it->second;
+  const int64_t now = NowMs();
+  w.last_seen_ms = now;
+  for (const v1::TaskRef& t : r.running()) {
+    const TaskKey key{t.job_id(), t.attempt()};
+    if (!w.tasks.count(key)) {  // not ours (any more): stop it
+      w.tasks[key] = std::vector<int>(t.slot_ids().begin(), t.slot_ids().end());
+      w.used.insert(t.slot_ids().begin(), t.slot_ids().end());
+      w.stopping[key] = t;
+      continue;
+    }
+    if (w.pending.erase(key) == 0) continue;
+    auto j = jobs_.find(t.job_id());
+    if (j == jobs_.end()) continue;
+    JobEntry* e = j->second.get();
+    auto p = e->parts.find(r.worker_id());
+    if (p == e->parts.end() || e->job.attempt() != t.attempt()) continue;
+    p->second.confirmed = true;
+    const bool all = std::all_of(e->parts.begin(), e->parts.end(), [](const auto& kv) { return kv.second.confirmed; });
+    if (all && e->job.state() == v1::SCHEDULED) {
+      e->job.set_state(v1::RUNNING);
+      e->job.set_start_unix_ms(now);
+      if (absl::Status s = Commit(e); !s.ok()) return s;
+    }
+  }
+  for (const auto& [key, a] : w.pending) *out.add_assignments() = a;
+  for (const auto& [key, t] : w.stopping) *out.add_stop() = t;
+  return out;
+}
+
+absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
+  absl::MutexLock lock(&mu_);
+  ASSIGN_OR_RETURN(JobEntry * e, Find(r.job_id()));
+  if (e->job.attempt() != r.attempt() || IsTerminal(e->job.state())) return absl::OkStatus();
+  v1::Progress* p = e->job.mutable_progress();
+  for (const std::string& line : r.events_json()) {
+    nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!ev.is_object() || !ev.contains("event")) continue;
+    const std::string type = ev.value("event", "");
+    if (type == "start") {
+      p->set_total_steps(ev.value("total_steps", int64_t{0}));
+      p->set_step(ev.value("step", int64_t{0}));
+      Publish(e, v1::JobEvent::PROGRESS, line);
+    } else if (type == "step") {
+      p->set_step(ev.value("step", int64_t{0}));
+      p->set_loss(ev.value("loss", 0.0));
+      p->set_lr(ev.value("lr", 0.0));
+      p->set_images_per_s(ev.value("images_per_s", 0.0));
+      p->set_data_wait_s(ev.value("data_wait_s", 0.0));
+      p->set_allreduce_s(ev.value("allreduce_s", 0.0));
+      if (metrics_) {
+        metrics_->TrainStep(e->job.id(), p->step(), p->loss(), p->images_per_s(), p->allreduce_s(), p->data_wait_s());
+      }
+      Publish(e, v1::JobEvent::PROGRESS, line);
+    } else if (type == "eval") {
+      if (ev.contains("iou") && ev["iou"].is_number()) {
+        p->set_last_iou(ev["iou"].get<double>());
+        p->set_has_iou(true);
+      }
+      if (metrics_ && ev.contains("iou_per_class") && ev["iou_per_class"].is_array()) {
+        std::vector<double> per_class;
+        for (const auto& v : ev["iou_per_class"]) per_class.push_back(v.is_number() ? v.get<double>() : 0.0);
+        metrics_->EvalIou(e->job.id(), per_class);
+      }
+      Publish(e, v1::JobEvent::EVAL, line);
+    } else if (type == "checkpoint") {
+      p->set_last_checkpoint_step(ev.value("step", int64_t{0}));
+      p->set_last_checkpoint_unix_ms(NowMs());
+      if (metrics_) metrics_->CheckpointWritten(e->job.id(), NowMs() / 1000.0);
+      Publish(e, v1::JobEvent::CHECKPOINT, line);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& r) {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = NowMs();
+  auto w = workers_.find(r.worker_id());
+  if (w != workers_.end()) ReleaseTask(&w->second, r.job_id(), r.attempt());
+  auto j = jobs_.find(r.job_id());
+  if (j == jobs_.end()) return absl::OkStatus();
+  JobEntry* e = j->second.get();
+  if (e->job.attempt() != r.attempt() || (e->job.state() != v1::SCHEDULED && e->job.state() != v1::RUNNING)) {
+    return absl::OkStatus();  // a stale attempt: its slots were released above
+  }
+  auto pit = e->parts.find(r.worker_id());
+  if (pit == e->parts.end()) {
+    if (!e->recovering) return absl::OkStatus();
+    Part& p = e->parts[r.worker_id()];  // finished while the coordinator was down
+    for (const v1::RankExit& x : r.exits()) p.ranks.push_back(x.rank());
+    p.confirmed = true;
+    pit = e->parts.find(r.worker_id());
+  }
+  Part& part = pit->second;
+  if (part.done) return absl::OkStatus();
+  part.done = true;
+  const bool stopping = e->job.cancel_requested() || e->attempt_failed;
+  std::string failure;
+  for (const v1::RankExit& x : r.exits()) {
+    if (x.exit_code() == 0 || !failure.empty()) continue;
+    failure = x.exit_code() == 75
+                  ? absl::StrCat("rank ", x.rank(), " stopped after a checkpoint (exit 75, preempted) on ", r.worker_id())
+                  : absl::StrCat("rank ", x.rank(), " exited with code ", x.exit_code(), " on ", r.worker_id(),
+                                 "; see its log: retina logs ", r.job_id(), " --rank ", x.rank());
+  }
+  if (failure.empty() && (r.stopped() || r.exits_size() < static_cast<int>(part.ranks.size()))) {
+    failure = absl::StrCat("ranks on ", r.worker_id(), " were stopped before finishing");
+  }
+  if (!failure.empty()) {
+    part.failed = true;
+    if (!stopping) {
+      e->attempt_failed = true;
+      e->failure = failure;
+      e->attempt_reason = "rank_failed";
+      StopAttempt(e);
+    }
+  }
+  MaybeFinishAttempt(e, now);
+  return absl::OkStatus();
+}
+
+void Coordinator::ReleaseTask(WorkerEntry* w, const std::string& job, int attempt) {
+  const TaskKey key{job, attempt};
+  auto t = w->tasks.find(key);
+  if (t != w->tasks.end()) {
+    for (int s : t->second) w->used.erase(s);
+    w->tasks.erase(t);
+  }
+  w->pending.erase(key);
+  w->stopping.erase(key);
+  UpdateGauges();
+}
+
+void Coordinator::FailPart(JobEntry* e, const std::string& worker, const std::string& why) {
+  auto p = e->parts.find(worker);
+  if (p == e->parts.end() || p->second.done) return;
+  p->second.done = true;
+  p->second.failed = true;
+  if (!e->attempt_failed && !e->job.cancel_requested()) {
+    e->attempt_failed = true;
+    e->failure = why;
+    e->attempt_reason = "worker_lost";
+  }
+  StopAttempt(e);
+}
+
+void Coordinator::StopAttempt(JobEntry* e) {
+  const TaskKey key{e->job.id(), e->job.attempt()};
+  for (auto& [worker, part] : e->parts) {
+    if (part.done) continue;
+    auto w = workers_.find(worker);
+    if (w == workers_.end() || w->second.info.state() != v1::WorkerInfo::READY) {
+      part.done = true;
+      continue;
+    }
+    w->second.pending.erase(key);
+    v1::TaskRef t;
+    t.set_job_id(key.first);
+    t.set_attempt(key.second);
+    for (int r : part.ranks) t.add_ranks(r);
+    for (int s : part.slot_ids) t.add_slot_ids(s);
+    w->second.stopping[key] = t;
+  }
+}
+
+void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
+  v1::Job& job = e->job;
+  if (job.state() != v1::SCHEDULED && job.state() != v1::RUNNING) return;
+  if (e->recovering) return;
+  if (e->parts.empty() && !job.cancel_requested()) return;
+  for (const auto& [worker, part] : e->parts) {
+    if (!part.done) return;
+  }
+  std::string result;
+  if (job.cancel_requested()) {
+    job.set_state(v1::CANCELLED);
+    job.set_message("cancelled");
+    result = "cancelled";
+  } else if (e->attempt_failed) {
+    if (job.attempt() <= job.spec().max_restarts()) {
+      job.set_state(v1::QUEUED);
+      job.set_message(absl::StrCat("attempt ", job.attempt(), " failed: ", e->failure, "; requeued (resumes from LATEST)"));
+      e->queued_ms = now;
+    } else {
+      job.set_state(v1::FAILED);
+      job.set_message(absl::StrCat("attempt ", job.attempt(), " failed: ", e->failure,
+                                   job.spec().max_restarts() > 0 ? "; no restarts left" : ""));
+      result = "failed";
+    }
+  } else {
+    job.set_state(v1::SUCCEEDED);
+    job.set_message("");
+    result = "succeeded";
+  }
+  RETINA_LOG(Info) << job.id() << " attempt " << job.attempt() << " -> " << JobStateName(job.state())
+                   << (job.message().empty() ? "" : ": ") << job.message();
+  e->parts.clear();
+  e->attempt_failed = false;
+  e->failure.clear();
+  if (!result.empty()) {
+    job.set_end_unix_ms(now);
+    if (metrics_) {
+      metrics_->JobFinished(result);
+      metrics_->DropJob(job.id());
+    }
+  }
+  if (absl::Status s = Commit(e); !s.ok()) {
+    RETINA_LOG(Error) << "cannot commit " << job.id() << ": " << s;
+  }
+}
+
+void Coordinator::LoseWorker(WorkerEntry* w, int64_t now) {
+  RETINA_LOG(Warning) << "worker " << w->info.id() << " lost: no heartbeat for "
+                      << (now - w->last_seen_ms) / 1000.0 << " s; its ranks count as failed";
+  w->info.set_state(v1::WorkerInfo::LOST);
+  const auto tasks = w->tasks;
+  w->tasks.clear();
+  w->used.clear();
+  w->pending.clear();
+  w->stopping.clear();
+  for (const auto& [key, slots] : tasks) {
+    auto j = jobs_.find(key.first);
+    if (j == jobs_.end() || j->second->job.attempt() != key.second) continue;
+    FailPart(j->second.get(), w->info.id(), absl::StrCat("worker ", w->info.id(), " lost"));
+    MaybeFinishAttempt(j->second.get(), now);
+  }
+  UpdateGauges();
+}
+
+void Coordinator::Tick() {
+  absl::MutexLock lock(&mu_);
+  const int64_t now = NowMs();
+  const int64_t lease = absl::ToInt64Milliseconds(options_.lease);
+  for (auto& [id, w] : workers_) {
+    if (w.info.state() == v1::WorkerInfo::READY && now - w.last_seen_ms > lease) LoseWorker(&w, now);
+  }
+  if (recovery_deadline_ms_ != 0 && now >= recovery_deadline_ms_) {
+    recovery_deadline_ms_ = 0;
+    for (auto& [id, e] : jobs_) {
+      if (!e->recovering) continue;
+      e->recovering = false;
+      std::set<int> ranks;
+      for (const auto& [worker, part] : e->parts) ranks.insert(part.ranks.begin(), part.ranks.end());
+      const bool whole = static_cast<int>(ranks.size()) == e->job.spec().world_size();
+      if (!whole && !e->attempt_failed) {
+        e->attempt_failed = true;
+        e->failure = absl::StrCat("only ", ranks.size(), " of ", e->job.spec().world_size(),
+                                  " ranks re-attached after a coordinator restart");
+        e->attempt_reason = "coordinator_restart";
+        StopAttempt(e.get());
+      } else if (whole && e->job.state() == v1::SCHEDULED) {
+        e->job.set_state(v1::RUNNING);
+        (void)Commit(e.get());
+      }
+      MaybeFinishAttempt(e.get(), now);
+    }
+  }
+  Schedule(now);
+}
+
+void Coordinator::Schedule(int64_t now) {
+  // Queued jobs by priority (desc) then submission; the first that does not
+  // fit stops the pass.
+  std::vector<JobEntry*> queued;
+  for (auto& [seq, e] : by_seq_) {
+    if (e->job.state() == v1::QUEUED) queued.push_back(e);
+  }
+  if (queued.empty()) return;
+  std::stable_sort(queued.begin(), queued.end(),
+                   [](JobEntry* a, JobEntry* b) { return a->job.spec().priority() > b->job.spec().priority(); });
+  for (JobEntry* e : queued) {
+    if (!TryPlace(e, now)) break;
+  }
+}
+
+int Coordinator::PickPort(const std::string& host) {
+  std::set<int> busy;
+  for (const auto& [id, e] : jobs_) {
+    if ((e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) && e->job.master_addr() == host) {
+      busy.insert(e->job.master_port());
+    }
+  }
+  const int n = options_.port_max - options_.port_min + 1;
+  for (int i = 0; i < n; ++i) {
+    const int port = options_.port_min + (next_port_++ % n);
+    if (!busy.count(port)) return port;
+  }
+  return 0;
+}
+
+bool Coordinator::TryPlace(JobEntry* e, int64_t now) {
+  const v1::JobSpec& spec = e->job.spec();
+  const int per_rank = std::max(1, spec.slots_per_rank());
+  struct Free {
+    WorkerEntry* w;
+    int ranks;  // ranks that fit
+  };
+  std::vector<Free> candidates;
+  int capacity = 0;
+  for (auto& [id, w] : workers_) {
+    if (w.info.state() != v1::WorkerInfo::READY || NormalType(w.info.slot_type()) != NormalType(spec.slot_type())) {
+      continue;
+    }
+    const int fit = static_cast<int>(w.slot_ids.size() - w.used.size()) / per_rank;
+    if (fit > 0) {
+      candidates.push_back({&w, fit});
+      capacity += fit;
+    }
+  }
+  int remaining = spec.world_size();
+  if (capacity < remaining) return false;
+  // Fewest workers: take the largest while the rest does not fit in one;
+  // the last one is the best fit (fewest free that suffice).
+  std::sort(candidates.begin(), candidates.end(), [](const Free& a, const Free& b) {
+    return a.ranks != b.ranks ? a.ranks > b.ranks : a.w->info.id() < b.w->info.id();
+  });
+  std::vector<std::pair<WorkerEntry*, int>> chosen;
+  size_t i = 0;
+  while (remaining > 0) {
+    const Free* best = nullptr;
+    for (size_t k = i; k < candidates.size(); ++k) {
+      if (candidates[k].ranks >= remaining && (best == nullptr || candidates[k].ranks < best->ranks)) best = &candidates[k];
+    }
+    if (best != nullptr) {
+      chosen.emplace_back(best->w, remaining);
+      remaining = 0;
+    } else {
+      chosen.emplace_back(candidates[i].w, candidates[i].ranks);
+      remaining -= candidates[i].ranks;
+      ++i;
+    }
+  }
+  v1::Job& job = e->job;
+  const int attempt = job.attempt() + 1;
+  job.set_attempt(attempt);
+  job.set_state(v1::SCHEDULED);
+  job.set_message("");
+  job.set_start_unix_ms(0);
+  job.clear_placement();
+  job.set_master_addr(chosen.front().first->info.host());
+  job.set_master_port(PickPort(job.master_addr()));
+  e->parts.clear();
+  e->attempt_failed = false;
+  int rank = 0;
+  for (auto& [w, n] : chosen) {
+    Part part;
+    v1::Assignment a;
+    a.set_job_id(job.id());
+    a.set_attempt(attempt);
+    a.set_kind(spec.kind());
+    a.set_config_yaml(spec.config_yaml());
+    a.set_world_size(spec.world_size());
+    a.set_local_world_size(n);
+    a.set_master_addr(job.master_addr());
+    a.set_master_port(job.master_port());
+    for (int r = 0; r < n; ++r, ++rank) {
+      part.ranks.push_back(rank);
+      a.add_ranks(rank);
+      v1::RankPlacement* pl = job.add_placement();
+      pl->set_rank(rank);
+      pl->set_worker_id(w->info.id());
+      pl->set_host(w->info.host());
+      int taken = 0;
+      for (int s : w->slot_ids) {
+        if (taken == per_rank) break;
+        if (w->used.count(s)) continue;
+        w->used.insert(s);
+        part.slot_ids.push_back(s);
+        a.add_slot_ids(s);
+        ++taken;
+      }
+    }
+    const TaskKey key{job.id(), attempt};
+    w->tasks[key] = part.slot_ids;
+    w->pending[key] = std::move(a);
+    e->parts[w->info.id()] = std::move(part);
+  }
+  if (metrics_) {
+    metrics_->QueueWait((now - e->queued_ms) / 1000.0);
+    metrics_->AttemptStarted(e->attempt_reason);
+  }
+  RETINA_LOG(Info) << job.id() << " attempt " << attempt << " scheduled: " << spec.world_size() << " ranks on "
+                   << chosen.size() << " worker(s), rendezvous " << job.master_addr() << ":" << job.master_port();
+  if (absl::Status s = Commit(e); !s.ok()) RETINA_LOG(Error) << "cannot commit " << job.id() << ": " << s;
+  return true;
+}
+
+}  // namespace retina::coordinator

@@ -1,0 +1,183 @@
+// The coordinator's core: jobs, workers, the scheduler. No gRPC types; the
+// gRPC adapters (coordinator_service.h) translate requests and statuses.
+//
+// Job state machine (every transition is committed to the JobStore before the
+// call that caused it returns, and published to watchers after):
+//
+//   QUEUED --schedule--> SCHEDULED --all parts running--> RUNNING
+//   RUNNING/SCHEDULED --all parts exited 0--> SUCCEEDED
+//   any non-terminal --cancel--> CANCELLED (QUEUED at once; otherwise once
+//       every placed rank has exited: SIGTERM, grace period, SIGKILL)
+//   SCHEDULED/RUNNING --a rank failed or its worker was lost--> the attempt
+//       ends once every part has exited or been lost; then QUEUED again
+//       (attempt + 1, the ranks resume from LATEST) while attempt <= max_restarts,
+//       else FAILED.
+//
+// An attempt is a gang: all ranks are placed at once or the job waits. Jobs
+// are ordered by priority (higher first) then submission; a job that does not
+// fit blocks those behind it (no backfill, so large jobs never starve). Among
+// placements the fewest workers win, and on the last worker the best fit
+// (fewest free slots that suffice). Each attempt gets a fresh rendezvous
+// port; MASTER_ADDR is the host of the worker that holds rank 0.
+//
+// Workers register their slots, heartbeat, and lose their lease after
+// `lease` without a heartbeat: their ranks count as failed. Assignments and
+// stop requests ride on heartbeat responses until the worker's running list
+// confirms them, so a lost response is harmless. After a restart the
+// coordinator waits one lease for workers to re-register their running tasks;
+// an attempt whose ranks are all re-attached goes on, any other is ended and
+// requeued.
+//
+// Thread-safety: all public methods may be called concurrently; one mutex
+// guards the state (SQLite calls included: they take tens of microseconds).
+// Watch sinks are called with that mutex held and must not block or call back.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "retina/v1/job_service.pb.h"
+#include "retina/v1/worker_service.pb.h"
+#include "services/coordinator/coordinator_metrics.h"
+#include "services/coordinator/job_store.h"
+
+namespace retina::coordinator {
+
+struct CoordinatorOptions {
+  std::filesystem::path database = "retina.db";  // SQLite job store
+  std::string sqlite_synchronous = "full";       // full | normal (see JobStore)
+  std::filesystem::path store = ".";             // the shared store (metrics.csv, logs)
+  absl::Duration heartbeat = absl::Seconds(1);   // asked of workers
+  absl::Duration lease = absl::Seconds(10);      // a worker silent this long is lost
+  absl::Duration tick = absl::Milliseconds(100); // scheduler / lease check period
+  int port_min = 29500;                          // rendezvous ports (MASTER_PORT)
+  int port_max = 29999;
+};
+
+class Coordinator {
+ public:
+  // Opens the job store and recovers its jobs. `metrics` may be null and must
+  // outlive the coordinator. Starts the background tick thread.
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(CoordinatorOptions options, CoordinatorMetrics* metrics);
+  ~Coordinator();
+  Coordinator(const Coordinator&) = delete;
+  Coordinator& operator=(const Coordinator&) = delete;
+
+  // JobService. `user` is who asked (from the bearer token).
+  absl::StatusOr<retina::v1::Job> Submit(const retina::v1::SubmitJobRequest& request, const std::string& user);
+  absl::StatusOr<retina::v1::Job> Get(const std::string& id);
+  absl::StatusOr<retina::v1::ListJobsResponse> List(const retina::v1::ListJobsRequest& request);
+  absl::StatusOr<retina::v1::Job> Cancel(const std::string& id);
+  absl::StatusOr<retina::v1::JobMetrics> Metrics(const std::string& id);
+  retina::v1::ListWorkersResponse Workers();
+
+  // Watching: `sink` gets a SNAPSHOT at once, then every event of the job;
+  // `last` is true on the event after which nothing more comes (a terminal
+  // state). Returns a handle for Unwatch; NOT_FOUND for an unknown job.
+  using WatchSink = std::function<void(const retina::v1::JobEvent& event, bool last)>;
+  absl::StatusOr<int64_t> Watch(const std::string& id, WatchSink sink);
+  void Unwatch(int64_t handle);
+
+  // The log file of (job, attempt (0 = current), rank) in the store, and
+  // whether the job has ended.
+  absl::StatusOr<std::pair<std::filesystem::path, bool>> LogFile(const std::string& id, int attempt, int rank);
+
+  // WorkerService.
+  absl::StatusOr<retina::v1::RegisterWorkerResponse> RegisterWorker(const retina::v1::RegisterWorkerRequest& request);
+  absl::StatusOr<retina::v1::HeartbeatResponse> Heartbeat(const retina::v1::HeartbeatRequest& request);
+  absl::Status ReportEvents(const retina::v1::ReportEventsRequest& request);
+  absl::Status CompleteTask(const retina::v1::CompleteTaskRequest& request);
+
+  // One round of lease checks and scheduling (the tick thread calls it).
+  void Tick();
+
+ private:
+  struct Part {  // the ranks of one attempt on one worker
+    std::vector<int> ranks;
+    std::vector<int> slot_ids;
+    bool confirmed = false;  // the worker listed it as running
+    bool done = false;
+    bool failed = false;
+  };
+  struct JobEntry {
+    int64_t seq = 0;
+    retina::v1::Job job;
+    int64_t queued_ms = 0;
+    std::map<std::string, Part> parts;  // worker id -> part (current attempt)
+    bool attempt_failed = false;
+    std::string failure;                // first failure of the attempt
+    bool recovering = false;            // placed before a restart, awaiting workers
+    std::string attempt_reason = "first";  // why the next attempt runs (metric label)
+    int committed_state = 0;            // the state last written to the store
+  };
+  struct WorkerEntry {
+    retina::v1::WorkerInfo info;
+    int64_t last_seen_ms = 0;
+    std::vector<int> slot_ids;                     // e.g. GPU ids; 0..n-1 for CPU
+    std::set<int> used;                            // slot ids in use
+    std::map<std::pair<std::string, int>, std::vector<int>> tasks;  // (job, attempt) -> slots
+    std::map<std::pair<std::string, int>, retina::v1::Assignment> pending;  // not yet confirmed
+    std::map<std::pair<std::string, int>, retina::v1::TaskRef> stopping;
+  };
+
+  Coordinator(CoordinatorOptions options, CoordinatorMetrics* metrics, std::unique_ptr<JobStore> store);
+  absl::Status Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<JobEntry*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Persists `entry->job` (already modified) and publishes a STATE event.
+  absl::Status Commit(JobEntry* entry, retina::v1::JobEvent::Type type = retina::v1::JobEvent::STATE)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Publish(JobEntry* entry, retina::v1::JobEvent::Type type, const std::string& event_json)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Schedule(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool TryPlace(JobEntry* entry, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int PickPort(const std::string& host) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FailPart(JobEntry* entry, const std::string& worker, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopAttempt(JobEntry* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MaybeFinishAttempt(JobEntry* entry, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseTask(WorkerEntry* worker, const std::string& job, int attempt) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LoseWorker(WorkerEntry* worker, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int TotalSlots(retina::v1::SlotType type) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const CoordinatorOptions options_;
+  CoordinatorMetrics* const metrics_;
+  absl::Mutex mu_;
+  std::unique_ptr<JobStore> store_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<JobEntry>> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<int64_t, JobEntry*> by_seq_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, JobEntry*> by_request_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
+  int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t recovery_deadline_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  int next_port_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<int, int> state_counts_ ABSL_GUARDED_BY(mu_);
+  bool seen_workers_ ABSL_GUARDED_BY(mu_) = false;
+  struct Watcher {
+    std::string job;
+    WatchSink sink;
+  };
+  std::map<int64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);
+  std::multimap<std::string, int64_t> watchers_by_job_ ABSL_GUARDED_BY(mu_);
+  int64_t next_watch_ ABSL_GUARDED_BY(mu_) = 1;
+
+  std::atomic<bool> stop_{false};
+  std::thread ticker_;
+};
+
+// "QUEUED", "RUNNING", ...
+std::string JobStateName(retina::v1::JobState state);
+bool IsTerminal(retina::v1::JobState state);
+
+}  // namespace retina::coordinator

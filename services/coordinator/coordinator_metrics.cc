@@ -1,0 +1,111 @@
+#include "services/coordinator/coordinator_metrics.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace retina::coordinator {
+namespace {
+
+template <class Builder>
+auto& Build(Builder builder, const char* name, const char* help, prometheus::Registry& r) {
+  return builder.Name(name).Help(help).Register(r);
+}
+
+}  // namespace
+
+CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
+    : registry_(std::make_shared<prometheus::Registry>()) {
+  auto& r = *registry_;
+  Build(prometheus::BuildGauge(), "retina_build_info", "Build of the running binary (value 1)", r)
+      .Add({{"version", version}, {"component", "coordinator"}})
+      .Set(1);
+  jobs_ = &Build(prometheus::BuildGauge(), "retina_jobs", "Jobs by state", r);
+  submitted_ = &Build(prometheus::BuildCounter(), "retina_jobs_submitted_total", "Jobs accepted by SubmitJob", r).Add({});
+  finished_ = &Build(prometheus::BuildCounter(), "retina_jobs_finished_total", "Jobs that reached a terminal state", r);
+  attempts_ = &Build(prometheus::BuildCounter(), "retina_job_attempts_total",
+                     "Attempts scheduled, by why (first, requeue_failed, requeue_worker_lost, ...)", r);
+  queue_wait_ = &Build(prometheus::BuildHistogram(), "retina_queue_wait_seconds",
+                       "Time from QUEUED to SCHEDULED per attempt", r)
+                     .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900,
+                                                                      3600, 14400});
+  workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
+  slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
+  grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);
+  train_step_ = &Build(prometheus::BuildGauge(), "retina_train_step", "Last step of a running job", r);
+  train_loss_ = &Build(prometheus::BuildGauge(), "retina_train_loss", "Last mean loss of a running job", r);
+  train_ips_ = &Build(prometheus::BuildGauge(), "retina_train_images_per_second", "Training throughput", r);
+  allreduce_ = &Build(prometheus::BuildGauge(), "retina_allreduce_seconds",
+                      "All-reduce time not hidden behind backward, last step", r);
+  data_wait_ = &Build(prometheus::BuildGauge(), "retina_data_wait_seconds", "Time the step waited for data, last step", r);
+  eval_iou_ = &Build(prometheus::BuildGauge(), "retina_eval_iou", "Last validation/evaluation IoU per class", r);
+  checkpoint_ts_ = &Build(prometheus::BuildGauge(), "retina_checkpoint_last_success_timestamp_seconds",
+                          "Unix time of the last committed checkpoint", r);
+  for (const char* s : {"QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"}) {
+    jobs_->Add({{"state", s}}).Set(0);
+  }
+  SetWorkers(0, 0);
+  SetSlots(0, 0);
+}
+
+void CoordinatorMetrics::SetJobCounts(const std::map<std::string, int>& by_state) {
+  for (const auto& [state, n] : by_state) jobs_->Add({{"state", state}}).Set(n);
+}
+
+void CoordinatorMetrics::SetWorkers(int ready, int lost) {
+  workers_->Add({{"state", "ready"}}).Set(ready);
+  workers_->Add({{"state", "lost"}}).Set(lost);
+}
+
+void CoordinatorMetrics::SetSlots(int free, int used) {
+  slots_->Add({{"state", "free"}}).Set(free);
+  slots_->Add({{"state", "used"}}).Set(used);
+}
+
+void CoordinatorMetrics::Track(const std::string& job, prometheus::Family<prometheus::Gauge>* family,
+                               prometheus::Gauge* g) {
+  auto& v = job_series_[job];
+  for (const auto& [f, known] : v) {
+    if (known == g) return;
+  }
+  v.emplace_back(family, g);
+}
+
+void CoordinatorMetrics::TrainStep(const std::string& job, double step, double loss, double images_per_s,
+                                   double allreduce_s, double data_wait_s) {
+  absl::MutexLock lock(&mu_);
+  const std::pair<prometheus::Family<prometheus::Gauge>*, double> values[] = {
+      {train_step_, step}, {train_loss_, loss}, {train_ips_, images_per_s}, {allreduce_, allreduce_s},
+      {data_wait_, data_wait_s}};
+  for (const auto& [family, value] : values) {
+    prometheus::Gauge* g = &family->Add({{"job", job}});
+    g->Set(value);
+    Track(job, family, g);
+  }
+}
+
+void CoordinatorMetrics::EvalIou(const std::string& job, const std::vector<double>& per_class) {
+  absl::MutexLock lock(&mu_);
+  for (size_t c = 0; c < per_class.size(); ++c) {
+    prometheus::Gauge* g = &eval_iou_->Add({{"job", job}, {"class", absl::StrCat(c)}});
+    g->Set(per_class[c]);
+    Track(job, eval_iou_, g);
+  }
+}
+
+void CoordinatorMetrics::CheckpointWritten(const std::string& job, double unix_seconds) {
+  absl::MutexLock lock(&mu_);
+  prometheus::Gauge* g = &checkpoint_ts_->Add({{"job", job}});
+  g->Set(unix_seconds);
+  Track(job, checkpoint_ts_, g);
+}
+
+void CoordinatorMetrics::DropJob(const std::string& job) {
+  absl::MutexLock lock(&mu_);
+  auto it = job_series_.find(job);
+  if (it == job_series_.end()) return;
+  for (const auto& [family, g] : it->second) family->Remove(g);
+  job_series_.erase(it);
+}
+
+}  // namespace retina::coordinator

@@ -1,0 +1,347 @@
+#include "services/coordinator/coordinator_service.h"
+
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "common/status_macros.h"
+
+namespace retina::coordinator {
+namespace v1 = retina::v1;
+using services::Role;
+
+namespace {
+
+const char* CodeName(grpc::StatusCode code) {
+  static const char* const kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                                       "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+  const int i = static_cast<int>(code);
+  return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
+}
+
+// Authenticates, runs `body(user)`, finishes the reactor with its status.
+template <class Body>
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const char* method, Role role,
+                                const services::Authenticator* auth, CoordinatorMetrics* metrics, Body body) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  absl::Status status;
+  absl::StatusOr<std::string> user = auth->Check(*ctx, role);
+  if (!user.ok()) {
+    status = user.status();
+  } else {
+    status = body(*user);
+  }
+  const grpc::Status g = services::ToGrpcStatus(status);
+  if (metrics) metrics->GrpcRequest(method, CodeName(g.error_code()));
+  reactor->Finish(g);
+  return reactor;
+}
+
+// Streams a job's events; see Coordinator::Watch for what is sent. Events
+// queue here while a write is in flight; progress events beyond kMaxQueued
+// are dropped for a slow reader (state changes never are).
+class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
+ public:
+  WatchReactor(Coordinator* core) : core_(core) {}
+
+  void Start(grpc::CallbackServerContext* ctx, const std::string& id, const services::Authenticator* auth,
+             CoordinatorMetrics* metrics) {
+    absl::Status status = auth->Check(*ctx, Role::kClient).status();
+    if (status.ok()) {
+      absl::StatusOr<int64_t> handle =
+          core_->Watch(id, [this](const v1::JobEvent& e, bool last) { Push(e, last); });
+      status = handle.status();
+      if (handle.ok()) {
+        absl::MutexLock lock(&mu_);
+        handle_ = *handle;
+      }
+    }
+    if (metrics) metrics->GrpcRequest("WatchJob", CodeName(services::ToGrpcStatus(status).error_code()));
+    if (!status.ok()) {
+      absl::MutexLock lock(&mu_);
+      finished_ = true;
+      Finish(services::ToGrpcStatus(status));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    queue_.pop_front();
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    WriteNextLocked();
+  }
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (!writing_) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+  }
+  void OnDone() override {
+    int64_t handle;
+    {
+      absl::MutexLock lock(&mu_);
+      handle = handle_;
+    }
+    if (handle != 0) core_->Unwatch(handle);
+    delete this;
+  }
+
+ private:
+  static constexpr size_t kMaxQueued = 4096;
+
+  // Called by the core with its lock held.
+  void Push(const v1::JobEvent& e, bool last) {
+    absl::MutexLock lock(&mu_);
+    if (finished_ || cancelled_) return;
+    if (e.type() == v1::JobEvent::PROGRESS && queue_.size() >= kMaxQueued) return;
+    queue_.push_back(e);
+    if (last) last_ = true;
+    if (!writing_) WriteNextLocked();
+  }
+  void WriteNextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    if (cancelled_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled"));
+      return;
+    }
+    if (queue_.empty()) {
+      if (last_) FinishLocked(grpc::Status::OK);
+      return;
+    }
+    writing_ = true;
+    StartWrite(&queue_.front());
+  }
+  void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_) return;
+    finished_ = true;
+    Finish(s);
+  }
+
+  Coordinator* core_;
+  absl::Mutex mu_;
+  std::deque<v1::JobEvent> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool last_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t handle_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace
+
+// Streams a rank's log file; with `follow`, polls for growth every 200 ms
+// (one thread for all following streams) until the attempt has ended and the
+// file is drained.
+class LogReactor;
+class LogFollower {
+ public:
+  LogFollower() : thread_([this] { Loop(); }) {}
+  ~LogFollower() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    thread_.join();
+  }
+  void Add(LogReactor* r) {
+    absl::MutexLock lock(&mu_);
+    waiting_.insert(r);
+  }
+  void Remove(LogReactor* r) {
+    absl::MutexLock lock(&mu_);
+    waiting_.erase(r);
+  }
+
+ private:
+  void Loop();
+  absl::Mutex mu_;
+  std::set<LogReactor*> waiting_ ABSL_GUARDED_BY(mu_);
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+};
+
+class LogReactor final : public grpc::ServerWriteReactor<v1::LogChunk> {
+ public:
+  LogReactor(Coordinator* core, LogFollower* follower, const v1::ReadLogsRequest& req)
+      : core_(core), follower_(follower), req_(req), offset_(req.offset()) {}
+
+  void Start(grpc::CallbackServerContext* ctx, const services::Authenticator* auth, CoordinatorMetrics* metrics) {
+    absl::Status status = auth->Check(*ctx, Role::kClient).status();
+    if (status.ok()) status = core_->LogFile(req_.id(), req_.attempt(), req_.rank()).status();
+    if (metrics) metrics->GrpcRequest("ReadLogs", CodeName(services::ToGrpcStatus(status).error_code()));
+    if (!status.ok()) {
+      Finish(services::ToGrpcStatus(status));
+      return;
+    }
+    Next();
+  }
+  // Writes the next chunk, waits for more (follow), or finishes.
+  void Next() {
+    absl::StatusOr<std::pair<std::filesystem::path, bool>> file =
+        core_->LogFile(req_.id(), req_.attempt(), req_.rank());
+    if (!file.ok()) {
+      Finish(services::ToGrpcStatus(file.status()));
+      return;
+    }
+    std::string data;
+    if (std::FILE* f = std::fopen(file->first.c_str(), "rb")) {
+      data.resize(64 << 10);
+      std::fseek(f, offset_, SEEK_SET);
+      data.resize(std::fread(data.data(), 1, data.size(), f));
+      std::fclose(f);
+    }
+    if (!data.empty()) {
+      offset_ += static_cast<int64_t>(data.size());
+      chunk_.set_data(std::move(data));
+      StartWrite(&chunk_);
+      return;
+    }
+    if (req_.follow() && !file->second && !cancelled_.load()) {
+      follower_->Add(this);
+      return;
+    }
+    Finish(grpc::Status::OK);
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+      return;
+    }
+    Next();
+  }
+  void OnCancel() override { cancelled_ = true; }
+  void OnDone() override {
+    follower_->Remove(this);
+    delete this;
+  }
+
+ private:
+  Coordinator* core_;
+  LogFollower* follower_;
+  v1::ReadLogsRequest req_;
+  int64_t offset_;
+  v1::LogChunk chunk_;
+  std::atomic<bool> cancelled_{false};
+};
+
+void LogFollower::Loop() {
+  for (;;) {
+    std::set<LogReactor*> ready;
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::Milliseconds(200));
+      if (stop_) return;
+      ready.swap(waiting_);
+    }
+    for (LogReactor* r : ready) r->Next();
+  }
+}
+
+JobServiceImpl::JobServiceImpl(Coordinator* core, const services::Authenticator* auth, CoordinatorMetrics* metrics)
+    : core_(core), auth_(auth), metrics_(metrics), follower_(std::make_unique<LogFollower>()) {}
+
+JobServiceImpl::~JobServiceImpl() = default;
+
+grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext* ctx, const v1::SubmitJobRequest* req,
+                                                    v1::Job* resp) {
+  return Unary(ctx, "SubmitJob", Role::kClient, auth_, metrics_, [&](const std::string& user) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Submit(*req, user));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* ctx, const v1::GetJobRequest* req,
+                                                 v1::Job* resp) {
+  return Unary(ctx, "GetJob", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Get(req->id()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* ctx, const v1::ListJobsRequest* req,
+                                                   v1::ListJobsResponse* resp) {
+  return Unary(ctx, "ListJobs", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->List(*req));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* ctx, const v1::CancelJobRequest* req,
+                                                    v1::Job* resp) {
+  return Unary(ctx, "CancelJob", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Cancel(req->id()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::GetJobMetrics(grpc::CallbackServerContext* ctx,
+                                                        const v1::GetJobMetricsRequest* req, v1::JobMetrics* resp) {
+  return Unary(ctx, "GetJobMetrics", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Metrics(req->id()));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* JobServiceImpl::ListWorkers(grpc::CallbackServerContext* ctx,
+                                                      const v1::ListWorkersRequest*, v1::ListWorkersResponse* resp) {
+  return Unary(ctx, "ListWorkers", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    *resp = core_->Workers();
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerWriteReactor<v1::JobEvent>* JobServiceImpl::WatchJob(grpc::CallbackServerContext* ctx,
+                                                                 const v1::WatchJobRequest* req) {
+  auto* r = new WatchReactor(core_);
+  r->Start(ctx, req->id(), auth_, metrics_);
+  return r;
+}
+
+grpc::ServerWriteReactor<v1::LogChunk>* JobServiceImpl::ReadLogs(grpc::CallbackServerContext* ctx,
+                                                                 const v1::ReadLogsRequest* req) {
+  auto* r = new LogReactor(core_, follower_.get(), *req);
+  r->Start(ctx, auth_, metrics_);
+  return r;
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::RegisterWorker(grpc::CallbackServerContext* ctx,
+                                                            const v1::RegisterWorkerRequest* req,
+                                                            v1::RegisterWorkerResponse* resp) {
+  return Unary(ctx, "RegisterWorker", Role::kWorker, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->RegisterWorker(*req));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                       const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) {
+  return Unary(ctx, "Heartbeat", Role::kWorker, auth_, metrics_, [&](const std::string&) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Heartbeat(*req));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::ReportEvents(grpc::CallbackServerContext* ctx,
+                                                          const v1::ReportEventsRequest* req,
+                                                          v1::ReportEventsResponse*) {
+  return Unary(ctx, "ReportEvents", Role::kWorker, auth_, metrics_,
+               [&](const std::string&) { return core_->ReportEvents(*req); });
+}
+
+grpc::ServerUnaryReactor* WorkerServiceImpl::CompleteTask(grpc::CallbackServerContext* ctx,
+                                                          const v1::CompleteTaskRequest* req,
+                                                          v1::CompleteTaskResponse*) {
+  return Unary(ctx, "CompleteTask", Role::kWorker, auth_, metrics_,
+               [&](const std::string&) { return core_->CompleteTask(*req); });
+}
+
+}  // namespace retina::coordinator

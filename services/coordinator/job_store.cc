@@ -1,0 +1,122 @@
+#include "services/coordinator/job_store.h"
+
+#include <sqlite3.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace retina::coordinator {
+
+JobStore::JobStore(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
+
+JobStore::~JobStore() {
+  sqlite3_finalize(insert_);
+  sqlite3_finalize(update_);
+  sqlite3_close_v2(db_);
+}
+
+absl::Status JobStore::Error(const char* what) const {
+  const int code = sqlite3_errcode(db_);
+  std::string msg = absl::StrCat(path_.string(), ": ", what, ": ", sqlite3_errmsg(db_));
+  if (code == SQLITE_CONSTRAINT) return absl::AlreadyExistsError(msg);
+  if (code == SQLITE_BUSY || code == SQLITE_LOCKED) return absl::UnavailableError(msg);
+  return absl::InternalError(msg);
+}
+
+absl::Status JobStore::Exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = absl::StrCat(path_.string(), ": ", sql, ": ", err ? err : "error");
+    sqlite3_free(err);
+    return absl::InternalError(msg);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::filesystem::path& path,
+                                                        const std::string& synchronous) {
+  if (synchronous != "full" && synchronous != "normal") {
+    return absl::InvalidArgumentError(absl::StrCat("sqlite synchronous must be full or normal, got '", synchronous, "'"));
+  }
+  std::error_code ec;
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path(), ec);
+  sqlite3* db = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                                 nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = absl::StrCat(path.string(), ": cannot open the job database: ",
+                                   db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    sqlite3_close_v2(db);
+    return absl::FailedPreconditionError(msg);
+  }
+  std::unique_ptr<JobStore> store(new JobStore(db, path));
+  sqlite3_busy_timeout(db, 5000);
+  RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
+  RETURN_IF_ERROR(store->Exec(synchronous == "full" ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
+  RETURN_IF_ERROR(store->Exec(
+      "CREATE TABLE IF NOT EXISTS jobs ("
+      " seq INTEGER PRIMARY KEY,"
+      " id TEXT NOT NULL UNIQUE,"
+      " request_id TEXT UNIQUE,"
+      " state INTEGER NOT NULL,"
+      " record BLOB NOT NULL)"));
+  if (sqlite3_prepare_v2(db, "INSERT INTO jobs(seq, id, request_id, state, record) VALUES(?,?,?,?,?)", -1,
+                         &store->insert_, nullptr) != SQLITE_OK ||
+      sqlite3_prepare_v2(db, "UPDATE jobs SET state=?, record=? WHERE id=?", -1, &store->update_, nullptr) !=
+          SQLITE_OK) {
+    return store->Error("prepare");
+  }
+  return store;
+}
+
+absl::StatusOr<std::vector<StoredJob>> JobStore::LoadAll() {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT seq, record FROM jobs ORDER BY seq", -1, &stmt, nullptr) != SQLITE_OK) {
+    return Error("select");
+  }
+  std::vector<StoredJob> out;
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    StoredJob job;
+    job.seq = sqlite3_column_int64(stmt, 0);
+    const void* blob = sqlite3_column_blob(stmt, 1);
+    if (!job.job.ParseFromArray(blob, sqlite3_column_bytes(stmt, 1))) {
+      sqlite3_finalize(stmt);
+      return absl::DataLossError(absl::StrCat(path_.string(), ": job record ", job.seq, " does not parse"));
+    }
+    out.push_back(std::move(job));
+  }
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_DONE) return Error("select");
+  return out;
+}
+
+absl::Status JobStore::Insert(const StoredJob& job) {
+  const std::string blob = job.job.SerializeAsString();
+  sqlite3_reset(insert_);
+  sqlite3_bind_int64(insert_, 1, job.seq);
+  sqlite3_bind_text(insert_, 2, job.job.id().data(), static_cast<int>(job.job.id().size()), SQLITE_TRANSIENT);
+  if (job.job.request_id().empty()) {
+    sqlite3_bind_null(insert_, 3);
+  } else {
+    sqlite3_bind_text(insert_, 3, job.job.request_id().data(), static_cast<int>(job.job.request_id().size()),
+                      SQLITE_TRANSIENT);
+  }
+  sqlite3_bind_int(insert_, 4, job.job.state());
+  sqlite3_bind_blob(insert_, 5, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(insert_) != SQLITE_DONE) return Error("insert");
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::Update(const retina::v1::Job& job) {
+  const std::string blob = job.SerializeAsString();
+  sqlite3_reset(update_);
+  sqlite3_bind_int(update_, 1, job.state());
+  sqlite3_bind_blob(update_, 2, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_text(update_, 3, job.id().data(), static_cast<int>(job.id().size()), SQLITE_TRANSIENT);
+  if (sqlite3_step(update_) != SQLITE_DONE) return Error("update");
+  if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("job ", job.id(), " is not in the database"));
+  return absl::OkStatus();
+}
+
+}  // namespace retina::coordinator

@@ -1,0 +1,56 @@
+// Durable job records in SQLite (WAL journal). One row per job: indexed
+// columns for lookups plus the serialized retina.v1.Job. A call returns only
+// after its transaction committed, so a caller may acknowledge what it wrote.
+//
+// Durability: WAL with synchronous=FULL (default) survives process and OS
+// crashes; synchronous=NORMAL survives process crashes (SIGKILL) only and
+// commits faster. Not thread-safe: the owner serialises calls.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "retina/v1/job_service.pb.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace retina::coordinator {
+
+struct StoredJob {
+  int64_t seq = 0;  // submission order, 1-based
+  retina::v1::Job job;
+};
+
+class JobStore {
+ public:
+  // Opens or creates the database at `path`; `synchronous` is "full" or "normal".
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::filesystem::path& path,
+                                                       const std::string& synchronous = "full");
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // Every stored job, in submission order.
+  absl::StatusOr<std::vector<StoredJob>> LoadAll();
+  // Inserts a new job; ALREADY_EXISTS when its id or non-empty request_id is taken.
+  absl::Status Insert(const StoredJob& job);
+  // Replaces the record of an existing job (NOT_FOUND otherwise).
+  absl::Status Update(const retina::v1::Job& job);
+
+ private:
+  JobStore(sqlite3* db, std::filesystem::path path);
+  absl::Status Exec(const char* sql);
+  absl::Status Error(const char* what) const;
+
+  sqlite3* db_ = nullptr;
+  sqlite3_stmt* insert_ = nullptr;
+  sqlite3_stmt* update_ = nullptr;
+  std::filesystem::path path_;
+};
+
+}  // namespace retina::coordinator

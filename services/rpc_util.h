@@ -1,0 +1,56 @@
+// gRPC plumbing shared by the coordinator, the worker and the CLI: the one
+// absl::Status <-> grpc::Status conversion, bearer tokens, TLS credentials.
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/grpcpp.h"
+
+namespace retina::services {
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+// Who may call what. Client tokens map to user names; the worker token is
+// separate so a compromised node cannot submit jobs, nor a user pose as a node.
+enum class Role { kClient, kWorker };
+
+// Checks "authorization: Bearer <token>" metadata before any work is done.
+// Disabled (every caller is "anonymous") when no token file is configured.
+class Authenticator {
+ public:
+  // `client_tokens`: lines "<token> <user>" (# comments, blank lines ignored);
+  // `worker_token`: a file holding one token. Either may be empty (not used).
+  static absl::StatusOr<std::unique_ptr<Authenticator>> Create(const std::filesystem::path& client_tokens,
+                                                               const std::filesystem::path& worker_token);
+  bool enabled() const { return !client_tokens_.empty() || !worker_token_.empty(); }
+  // The caller's user name; UNAUTHENTICATED without a valid token,
+  // PERMISSION_DENIED when the token belongs to the other role.
+  absl::StatusOr<std::string> Check(const grpc::ServerContextBase& context, Role role) const;
+
+ private:
+  std::map<std::string, std::string> client_tokens_;  // token -> user
+  std::string worker_token_;
+};
+
+// Reads a token file (first non-empty line, whitespace trimmed).
+absl::StatusOr<std::string> ReadTokenFile(const std::filesystem::path& path);
+
+// Server credentials: TLS when `cert` and `key` are given (and mutual TLS
+// when `client_ca` is), else insecure.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(const std::filesystem::path& cert,
+                                                                               const std::filesystem::path& key,
+                                                                               const std::filesystem::path& client_ca);
+// A channel to `address`: TLS verified against `ca` when given, else insecure.
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& address, const std::filesystem::path& ca);
+
+// A client context carrying the bearer token and a deadline.
+std::unique_ptr<grpc::ClientContext> NewCallContext(const std::string& token, absl::Duration timeout);
+
+}  // namespace retina::services
