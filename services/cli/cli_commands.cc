@@ -1,0 +1,395 @@
+#include "services/cli/cli_commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/cli.h"
+#include "common/file_util.h"
+#include "common/progress.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+#include "retina/v1/job_service.grpc.pb.h"
+#include "services/cli/svg_plot.h"
+#include "services/rpc_util.h"
+#include "yaml-cpp/yaml.h"
+
+namespace retina::cli {
+namespace v1 = retina::v1;
+namespace {
+
+constexpr char kUsage[] =
+    "usage: retina [--address HOST:PORT] [--token-file F] [--ca F] <command> ...\n"
+    "  submit JOB.yaml [--world-size N] [--priority P] [--max-restarts R] [--slots-per-rank K] [--gpu]\n"
+    "                  [--name S] [--label k=v,..] [--request-id ID] [--watch]\n"
+    "  jobs [--filter 'state=RUNNING kind=PRETRAIN label.k=v'] [--limit N]\n"
+    "  status ID [--json]\n"
+    "  watch ID                    live progress until the job ends (exit 0 when SUCCEEDED)\n"
+    "  cancel ID\n"
+    "  logs ID [--rank R] [--attempt K] [--follow]\n"
+    "  metrics ID [--csv] [--plot OUT.svg]\n"
+    "  workers\n";
+
+constexpr absl::Duration kTimeout = absl::Seconds(30);
+
+struct Client {
+  std::unique_ptr<v1::JobService::Stub> stub;
+  std::string token;
+  std::unique_ptr<grpc::ClientContext> Context(absl::Duration t = kTimeout) const {
+    return services::NewCallContext(token, t);
+  }
+};
+
+std::string Env(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+// Splits the global connection flags off the front of `args`.
+absl::StatusOr<Client> Connect(std::vector<std::string>* args) {
+  std::string address, token_file, ca;
+  while (!args->empty() && absl::StartsWith(args->front(), "--")) {
+    if (args->size() < 2) return absl::InvalidArgumentError(absl::StrCat(args->front(), ": needs a value"));
+    const std::string key = args->front(), value = (*args)[1];
+    if (key == "--address") address = value;
+    else if (key == "--token-file") token_file = value;
+    else if (key == "--ca") ca = value;
+    else return absl::InvalidArgumentError(absl::StrCat("unknown flag ", key, " before the command"));
+    args->erase(args->begin(), args->begin() + 2);
+  }
+  std::string token;
+  if (address.empty()) address = Env("RETINA_ADDRESS");
+  if (token_file.empty()) token = Env("RETINA_TOKEN");
+  if (token_file.empty() && token.empty()) token_file = Env("RETINA_TOKEN_FILE");
+  if (ca.empty()) ca = Env("RETINA_CA");
+  std::string config = Env("RETINA_CONFIG");
+  if (config.empty() && !Env("HOME").empty()) config = Env("HOME") + "/.config/retina/cli.yaml";
+  if (std::filesystem::exists(config)) {
+    try {
+      YAML::Node c = YAML::LoadFile(config);
+      if (address.empty() && c["address"]) address = c["address"].as<std::string>();
+      if (token_file.empty() && token.empty() && c["token_file"]) token_file = c["token_file"].as<std::string>();
+      if (ca.empty() && c["ca"]) ca = c["ca"].as<std::string>();
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat(config, ": ", e.what()));
+    }
+  }
+  if (address.empty()) address = "127.0.0.1:50051";
+  if (!token_file.empty()) {
+    ASSIGN_OR_RETURN(token, services::ReadTokenFile(token_file));
+  }
+  ASSIGN_OR_RETURN(auto channel, services::MakeChannel(address, ca));
+  return Client{v1::JobService::NewStub(channel), token};
+}
+
+absl::Status Call(const grpc::Status& s) { return services::FromGrpcStatus(s); }
+
+std::string Age(int64_t unix_ms) {
+  if (unix_ms <= 0) return "-";
+  return FormatDuration((absl::ToUnixMillis(absl::Now()) - unix_ms) / 1000.0);
+}
+
+std::string Short(v1::JobKind k) {
+  std::string s = v1::JobKind_Name(k);
+  return absl::AsciiStrToLower(s);
+}
+
+std::string StepText(const v1::Job& j) {
+  const v1::Progress& p = j.progress();
+  if (p.total_steps() > 0) return absl::StrCat(p.step(), "/", p.total_steps());
+  return p.step() > 0 ? absl::StrCat(p.step()) : "-";
+}
+
+absl::Status Submit(const Client& c, const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--world-size", "--priority", "--max-restarts", "--slots-per-rank",
+                                                    "--name", "--label", "--request-id"},
+                                             {"--gpu", "--watch"}));
+  if (f.positional.size() != 1) return absl::InvalidArgumentError("submit: give one job YAML file");
+  ASSIGN_OR_RETURN(std::string yaml, ReadFile(f.positional[0]));
+  v1::SubmitJobRequest req;
+  v1::JobSpec* spec = req.mutable_spec();
+  spec->set_config_yaml(yaml);
+  int world = 1, priority = 0, restarts = 2, per_rank = 1;
+  RETURN_IF_ERROR(f.GetInt("--world-size", &world));
+  RETURN_IF_ERROR(f.GetInt("--priority", &priority));
+  RETURN_IF_ERROR(f.GetInt("--max-restarts", &restarts));
+  RETURN_IF_ERROR(f.GetInt("--slots-per-rank", &per_rank));
+  spec->set_world_size(world);
+  spec->set_priority(priority);
+  spec->set_max_restarts(restarts);
+  spec->set_slots_per_rank(per_rank);
+  spec->set_slot_type(f.Has("--gpu") ? v1::SLOT_GPU : v1::SLOT_CPU);
+  spec->set_name(f.Get("--name", std::filesystem::path(f.positional[0]).stem().string()));
+  for (absl::string_view kv : absl::StrSplit(f.Get("--label"), ',', absl::SkipEmpty())) {
+    std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    if (p.size() != 2) return absl::InvalidArgumentError("--label: k=v,k=v");
+    (*spec->mutable_labels())[p[0]] = p[1];
+  }
+  req.set_request_id(f.Get("--request-id"));
+  v1::Job job;
+  RETURN_IF_ERROR(Call(c.stub->SubmitJob(c.Context().get(), req, &job)), f.positional[0]);
+  std::cout << job.id() << "\n";
+  std::cerr << "submitted " << job.id() << " (" << Short(job.spec().kind()) << ", " << world << " ranks): "
+            << v1::JobState_Name(job.state()) << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Jobs(const Client& c, const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--filter", "--limit"}));
+  int limit = 50;
+  RETURN_IF_ERROR(f.GetInt("--limit", &limit));
+  v1::ListJobsRequest req;
+  req.set_filter(f.Get("--filter"));
+  req.set_page_size(std::min(limit, 1000));
+  v1::ListJobsResponse resp;
+  RETURN_IF_ERROR(Call(c.stub->ListJobs(c.Context().get(), req, &resp)));
+  std::printf("%-12s %-10s %-9s %4s %5s %-11s %-9s %-7s %-10s %-7s %s\n", "ID", "STATE", "KIND", "TRY", "RANKS", "STEP",
+              "LOSS", "IOU", "USER", "AGE", "NAME");
+  for (const v1::Job& j : resp.jobs()) {
+    std::printf("%-12s %-10s %-9s %4d %5d %-11s %-9s %-7s %-10s %-7s %s\n", j.id().c_str(),
+                v1::JobState_Name(j.state()).c_str(), Short(j.spec().kind()).c_str(), j.attempt(),
+                j.spec().world_size(), StepText(j).c_str(),
+                j.progress().step() > 0 ? absl::StrFormat("%.4f", j.progress().loss()).c_str() : "-",
+                j.progress().has_iou() ? absl::StrFormat("%.3f", j.progress().last_iou()).c_str() : "-",
+                j.user().c_str(), Age(j.create_unix_ms()).c_str(), j.spec().name().c_str());
+  }
+  if (!resp.next_page_token().empty()) std::printf("(more: raise --limit)\n");
+  return absl::OkStatus();
+}
+
+void PrintJob(const v1::Job& j) {
+  std::printf("id:          %s\nname:        %s\nkind:        %s\nstate:       %s%s\nattempt:     %d (max restarts %d)\n",
+              j.id().c_str(), j.spec().name().c_str(), Short(j.spec().kind()).c_str(),
+              v1::JobState_Name(j.state()).c_str(), j.cancel_requested() ? " (cancel requested)" : "", j.attempt(),
+              j.spec().max_restarts());
+  std::printf("user:        %s\nranks:       %d x %d slot(s), priority %d\nsubmitted:   %s ago\n", j.user().c_str(),
+              j.spec().world_size(), j.spec().slots_per_rank(), j.spec().priority(), Age(j.create_unix_ms()).c_str());
+  if (!j.master_addr().empty()) std::printf("rendezvous:  %s:%d\n", j.master_addr().c_str(), j.master_port());
+  std::vector<std::string> placement;
+  for (const auto& p : j.placement()) placement.push_back(absl::StrCat(p.rank(), "@", p.worker_id()));
+  if (!placement.empty()) std::printf("placement:   %s\n", absl::StrJoin(placement, " ").c_str());
+  const v1::Progress& p = j.progress();
+  std::printf("progress:    step %s, loss %.4f, %.1f images/s\n", StepText(j).c_str(), p.loss(), p.images_per_s());
+  if (p.has_iou()) std::printf("last IoU:    %.4f\n", p.last_iou());
+  if (p.last_checkpoint_step() > 0) {
+    std::printf("checkpoint:  step %lld (%s ago)\n", static_cast<long long>(p.last_checkpoint_step()),
+                Age(p.last_checkpoint_unix_ms()).c_str());
+  }
+  if (!j.message().empty()) std::printf("message:     %s\n", j.message().c_str());
+}
+
+absl::Status Status(const Client& c, const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {}, {"--json"}));
+  if (f.positional.size() != 1) return absl::InvalidArgumentError("status: give a job id");
+  v1::GetJobRequest req;
+  req.set_id(f.positional[0]);
+  v1::Job job;
+  RETURN_IF_ERROR(Call(c.stub->GetJob(c.Context().get(), req, &job)));
+  if (f.Has("--json")) {
+    std::cout << job.DebugString();
+  } else {
+    PrintJob(job);
+  }
+  return absl::OkStatus();
+}
+
+// Streams events; on a dropped stream (coordinator restart) reconnects.
+absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
+  ProgressBar* bar = nullptr;
+  std::unique_ptr<ProgressBar> owned;
+  v1::JobState last_state = v1::JOB_STATE_UNSPECIFIED;
+  int last_attempt = 0;
+  for (int reconnects = 0; reconnects < 30; ++reconnects) {
+    v1::WatchJobRequest req;
+    req.set_id(id);
+    auto ctx = c.Context(absl::InfiniteDuration());
+    auto reader = c.stub->WatchJob(ctx.get(), req);
+    v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+      const v1::Job& j = ev.job();
+      if (j.state() != last_state || j.attempt() != last_attempt) {
+        if (bar) bar->Finish();
+        std::fprintf(stderr, "%s  %s attempt %d: %s%s%s\n", absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()).c_str(),
+                     id.c_str(), j.attempt(), v1::JobState_Name(j.state()).c_str(), j.message().empty() ? "" : " - ",
+                     j.message().c_str());
+        last_state = j.state();
+        last_attempt = j.attempt();
+      }
+      if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0) {
+        if (!owned) {
+          owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "steps");
+          bar = owned.get();
+        }
+        const v1::Progress& p = j.progress();
+        std::string extra = absl::StrFormat("loss %.4f, %.1f img/s", p.loss(), p.images_per_s());
+        if (p.has_iou()) absl::StrAppendFormat(&extra, ", IoU %.3f", p.last_iou());
+        if (bar->enabled()) {
+          bar->Update(p.step(), extra);
+        } else if (p.step() % 10 == 0 || p.step() == p.total_steps()) {
+          std::fprintf(stderr, "  step %lld/%lld %s\n", static_cast<long long>(p.step()),
+                       static_cast<long long>(p.total_steps()), extra.c_str());
+        }
+      } else if (ev.type() == v1::JobEvent::EVAL) {
+        if (bar && bar->enabled()) bar->Finish();
+        std::fprintf(stderr, "  eval: %s\n", ev.event_json().c_str());
+      } else if (ev.type() == v1::JobEvent::CHECKPOINT && !(bar && bar->enabled())) {
+        std::fprintf(stderr, "  checkpoint at step %lld\n", static_cast<long long>(j.progress().last_checkpoint_step()));
+      }
+    }
+    const grpc::Status s = reader->Finish();
+    if (last_state == v1::SUCCEEDED || last_state == v1::FAILED || last_state == v1::CANCELLED) {
+      if (bar) bar->Finish();
+      return last_state;
+    }
+    if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE && s.error_code() != grpc::StatusCode::CANCELLED) {
+      return Call(s);
+    }
+    absl::SleepFor(absl::Seconds(1));  // the coordinator went away: try again
+  }
+  return absl::UnavailableError("lost the coordinator while watching; run `retina watch " + id + "` again");
+}
+
+absl::Status Cancel(const Client& c, const std::vector<std::string>& args) {
+  if (args.size() != 1) return absl::InvalidArgumentError("cancel: give a job id");
+  v1::CancelJobRequest req;
+  req.set_id(args[0]);
+  v1::Job job;
+  RETURN_IF_ERROR(Call(c.stub->CancelJob(c.Context().get(), req, &job)));
+  std::cout << job.id() << ": " << v1::JobState_Name(job.state()) << (job.cancel_requested() ? " (cancel requested)" : "")
+            << "\n";
+  return absl::OkStatus();
+}
+
+absl::Status Logs(const Client& c, const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--rank", "--attempt"}, {"--follow"}));
+  if (f.positional.size() != 1) return absl::InvalidArgumentError("logs: give a job id");
+  int rank = 0, attempt = 0;
+  RETURN_IF_ERROR(f.GetInt("--rank", &rank));
+  RETURN_IF_ERROR(f.GetInt("--attempt", &attempt));
+  v1::ReadLogsRequest req;
+  req.set_id(f.positional[0]);
+  req.set_rank(rank);
+  req.set_attempt(attempt);
+  req.set_follow(f.Has("--follow"));
+  auto ctx = c.Context(absl::InfiniteDuration());
+  auto reader = c.stub->ReadLogs(ctx.get(), req);
+  v1::LogChunk chunk;
+  while (reader->Read(&chunk)) {
+    std::fwrite(chunk.data().data(), 1, chunk.data().size(), stdout);
+    std::fflush(stdout);
+  }
+  return Call(reader->Finish());
+}
+
+absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--plot"}, {"--csv"}));
+  if (f.positional.size() != 1) return absl::InvalidArgumentError("metrics: give a job id");
+  v1::GetJobMetricsRequest req;
+  req.set_id(f.positional[0]);
+  v1::JobMetrics m;
+  RETURN_IF_ERROR(Call(c.stub->GetJobMetrics(c.Context().get(), req, &m)));
+  if (f.Has("--csv")) {
+    std::printf("step,epoch,loss,lr,images_per_s,data_wait_s,allreduce_s,val_iou\n");
+    for (const auto& p : m.points()) {
+      std::printf("%lld,%lld,%.6g,%.6g,%.4g,%.4g,%.4g,%s\n", static_cast<long long>(p.step()),
+                  static_cast<long long>(p.epoch()), p.loss(), p.lr(), p.images_per_s(), p.data_wait_s(),
+                  p.allreduce_s(), p.has_val_iou() ? absl::StrFormat("%.6g", p.val_iou()).c_str() : "");
+    }
+  } else {
+    std::printf("%s: %d steps logged\n", m.id().c_str(), m.points_size());
+    if (m.points_size() > 0) {
+      const auto& a = m.points(0);
+      const auto& b = m.points(m.points_size() - 1);
+      std::printf("loss: %.4f (step %lld) -> %.4f (step %lld)\n", a.loss(), static_cast<long long>(a.step()), b.loss(),
+                  static_cast<long long>(b.step()));
+    }
+    for (const auto& p : m.points()) {
+      if (p.has_val_iou()) std::printf("validation IoU at step %lld: %.4f\n", static_cast<long long>(p.step()), p.val_iou());
+    }
+    if (!m.eval_json().empty()) {
+      nlohmann::json e = nlohmann::json::parse(m.eval_json(), nullptr, false);
+      std::printf("evaluation: %s\n", e.is_discarded() ? m.eval_json().c_str() : e.dump(2).c_str());
+    }
+  }
+  if (f.Has("--plot")) {
+    Series loss{"training loss", {}, "#1f77b4"}, iou{"validation IoU", {}, "#d62728"}, ips{"images/s", {}, "#2ca02c"};
+    for (const auto& p : m.points()) {
+      loss.xy.emplace_back(p.step(), p.loss());
+      ips.xy.emplace_back(p.step(), p.images_per_s());
+      if (p.has_val_iou()) iou.xy.emplace_back(p.step(), p.val_iou());
+    }
+    if (m.points_size() == 0) return absl::FailedPreconditionError(absl::StrCat(m.id(), ": no steps logged to plot"));
+    RETURN_IF_ERROR(WriteFileAtomic(f.Get("--plot"), PlotSvg(m.id(), {loss, iou, ips}, "step")));
+    std::fprintf(stderr, "plot written to %s\n", f.Get("--plot").c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Workers(const Client& c) {
+  v1::ListWorkersResponse resp;
+  RETURN_IF_ERROR(Call(c.stub->ListWorkers(c.Context().get(), v1::ListWorkersRequest(), &resp)));
+  std::printf("%-20s %-16s %-6s %-5s %-5s %-9s %-8s %s\n", "ID", "HOST", "STATE", "TYPE", "FREE", "HEARTBEAT",
+              "VERSION", "JOBS");
+  for (const auto& w : resp.workers()) {
+    std::printf("%-20s %-16s %-6s %-5s %2d/%-2d %-9s %-8s %s\n", w.id().c_str(), w.host().c_str(),
+                v1::WorkerInfo::State_Name(w.state()).c_str(), w.slot_type() == v1::SLOT_GPU ? "GPU" : "CPU",
+                w.free_slots(), w.slots(), Age(w.last_heartbeat_unix_ms()).c_str(), w.version().c_str(),
+                absl::StrJoin(w.jobs(), ",").c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int RunCli(const std::vector<std::string>& all_args) {
+  std::vector<std::string> args = all_args;
+  absl::StatusOr<Client> client = Connect(&args);
+  if (!client.ok()) return ReportStatus("retina", client.status());
+  if (args.empty() || args[0] == "help" || args[0] == "--help") {
+    std::cout << kUsage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+  const Client& c = *client;
+  if (cmd == "watch") {
+    if (rest.size() != 1) return ReportStatus("retina", absl::InvalidArgumentError("watch: give a job id"));
+    absl::StatusOr<v1::JobState> s = Watch(c, rest[0]);
+    if (!s.ok()) return ReportStatus("retina", s.status());
+    return *s == v1::SUCCEEDED ? 0 : 1;
+  }
+  if (cmd == "submit" && std::find(rest.begin(), rest.end(), "--watch") != rest.end()) {
+    // submit, then watch the new job
+    std::stringstream out;
+    std::streambuf* old = std::cout.rdbuf(out.rdbuf());
+    const absl::Status s = Submit(c, rest);
+    std::cout.rdbuf(old);
+    if (!s.ok()) return ReportStatus("retina", s);
+    std::string id = out.str();
+    id.erase(id.find_last_not_of("\n") + 1);
+    std::cout << id << "\n";
+    absl::StatusOr<v1::JobState> w = Watch(c, id);
+    if (!w.ok()) return ReportStatus("retina", w.status());
+    return *w == v1::SUCCEEDED ? 0 : 1;
+  }
+  const std::map<std::string, Subcommand> commands = {
+      {"submit", [&](const std::vector<std::string>& a) { return Submit(c, a); }},
+      {"jobs", [&](const std::vector<std::string>& a) { return Jobs(c, a); }},
+      {"status", [&](const std::vector<std::string>& a) { return Status(c, a); }},
+      {"cancel", [&](const std::vector<std::string>& a) { return Cancel(c, a); }},
+      {"logs", [&](const std::vector<std::string>& a) { return Logs(c, a); }},
+      {"metrics", [&](const std::vector<std::string>& a) { return Metrics(c, a); }},
+      {"workers", [&](const std::vector<std::string>&) { return Workers(c); }},
+  };
+  return RunSubcommands("retina", kUsage, args, commands);
+}
+
+}  // namespace retina::cli

@@ -1,0 +1,134 @@
+#include "services/worker/rank_process.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
+
+namespace retina::worker {
+
+absl::StatusOr<std::unique_ptr<RankProcess>> RankProcess::Spawn(const std::vector<std::string>& argv,
+                                                                const std::map<std::string, std::string>& env,
+                                                                const std::filesystem::path& log_path,
+                                                                int events_write_fd) {
+  std::error_code ec;
+  std::filesystem::create_directories(log_path.parent_path(), ec);
+  const int log_fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    return absl::FailedPreconditionError(absl::StrCat(log_path.string(), ": cannot open the rank log: ", std::strerror(errno)));
+  }
+  // Everything the child needs is built before fork (no allocation after it).
+  std::map<std::string, std::string> merged;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const char* eq = std::strchr(*e, '=');
+    if (eq) merged[std::string(static_cast<const char*>(*e), eq)] = eq + 1;
+  }
+  for (const auto& [k, v] : env) merged[k] = v;
+  std::vector<std::string> env_strings;
+  for (const auto& [k, v] : merged) env_strings.push_back(k + "=" + v);
+  std::vector<char*> envp, args;
+  for (std::string& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_copy = argv;
+  for (std::string& s : argv_copy) args.push_back(s.data());
+  args.push_back(nullptr);
+  const pid_t parent = ::getpid();
+
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(log_fd);
+    return absl::ResourceExhaustedError(absl::StrCat("fork: ", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(126);  // the worker died before prctl
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);  // the worker blocks SIGTERM; ranks must not
+    ::setpgid(0, 0);
+    ::dup2(log_fd, 1);
+    ::dup2(log_fd, 2);
+    if (events_write_fd == 3) {
+      ::fcntl(3, F_SETFD, 0);  // dup2 onto itself would keep FD_CLOEXEC
+    } else if (events_write_fd >= 0) {
+      ::dup2(events_write_fd, 3);
+    } else {
+      ::close(3);
+    }
+    for (int fd = 4; fd < 1024; ++fd) ::close(fd);
+    ::execve(args[0], args.data(), envp.data());
+    const char msg[] = "retina-worker: exec of the trainer failed\n";
+    (void)!::write(2, msg, sizeof msg - 1);
+    ::_exit(127);
+  }
+  ::close(log_fd);
+  return std::unique_ptr<RankProcess>(new RankProcess(pid));
+}
+
+RankProcess::~RankProcess() {
+  if (!exited_) {
+    ::kill(pid_, SIGKILL);
+    int st;
+    ::waitpid(pid_, &st, 0);
+  }
+}
+
+void RankProcess::Signal(int sig) {
+  if (!exited_) ::kill(pid_, sig);
+}
+
+bool RankProcess::Poll() {
+  if (exited_) return true;
+  int st = 0;
+  const pid_t r = ::waitpid(pid_, &st, WNOHANG);
+  if (r == pid_) {
+    exited_ = true;
+    exit_code_ = WIFEXITED(st) ? WEXITSTATUS(st) : WIFSIGNALED(st) ? 128 + WTERMSIG(st) : 1;
+  } else if (r < 0 && errno == ECHILD) {
+    exited_ = true;
+    exit_code_ = 1;
+  }
+  return exited_;
+}
+
+absl::StatusOr<std::unique_ptr<EventPipe>> EventPipe::Create() {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return absl::ResourceExhaustedError(absl::StrCat("pipe: ", std::strerror(errno)));
+  ::fcntl(fds[0], F_SETFL, ::fcntl(fds[0], F_GETFL) | O_NONBLOCK);
+  return std::unique_ptr<EventPipe>(new EventPipe(fds[0], fds[1]));
+}
+
+EventPipe::~EventPipe() {
+  ::close(read_fd_);
+  CloseWriteEnd();
+}
+
+void EventPipe::CloseWriteEnd() {
+  if (write_fd_ >= 0) ::close(write_fd_);
+  write_fd_ = -1;
+}
+
+void EventPipe::ReadLines(std::vector<std::string>* lines) {
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(read_fd_, buf, sizeof buf);
+    if (n <= 0) break;
+    partial_.append(buf, static_cast<size_t>(n));
+  }
+  size_t start = 0, nl;
+  while ((nl = partial_.find('\n', start)) != std::string::npos) {
+    if (nl > start) lines->push_back(partial_.substr(start, nl - start));
+    start = nl + 1;
+  }
+  partial_.erase(0, start);
+}
+
+}  // namespace retina::worker
