@@ -130,6 +130,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const std::string& ad
   if (address.empty()) return absl::InvalidArgumentError("address: empty (host:port of the coordinator)");
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
+  // Reconnect within about a second of a restarted coordinator (the default
+  // backoff grows to two minutes), so workers re-register inside its
+  // recovery window.
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   if (ca.empty()) return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   grpc::SslCredentialsOptions opts;
   ASSIGN_OR_RETURN(opts.pem_root_certs, ReadAll(ca, "CA certificate"));

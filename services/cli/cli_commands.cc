@@ -223,7 +223,7 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
         last_state = j.state();
         last_attempt = j.attempt();
       }
-      if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0) {
+      if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0 && j.progress().step() > 0) {
         if (!owned) {
           owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "steps");
           bar = owned.get();

@@ -192,11 +192,11 @@ absl::Status Coordinator::Recover() {
     if (!e->job.request_id().empty()) by_request_[e->job.request_id()] = e.get();
     jobs_[e->job.id()] = std::move(e);
   }
-  recovery_deadline_ms_ = now + absl::ToInt64Milliseconds(options_.lease);
+  recovery_deadline_ms_ = now + 2 * absl::ToInt64Milliseconds(options_.lease);
   if (!stored.empty()) {
     RETINA_LOG(Info) << "recovered " << stored.size() << " jobs from " << options_.database.string() << "; "
                      << recovering << " placed before the restart wait up to "
-                     << absl::FormatDuration(options_.lease) << " for their workers";
+                     << absl::FormatDuration(2 * options_.lease) << " for their workers";
   }
   UpdateGauges();
   return absl::OkStatus();
@@ -737,7 +737,7 @@ void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   v1::Job& job = e->job;
   if (job.state() != v1::SCHEDULED && job.state() != v1::RUNNING) return;
   if (e->recovering) return;
-  if (e->parts.empty() && !job.cancel_requested()) return;
+  if (e->parts.empty() && !job.cancel_requested() && !e->attempt_failed) return;
   for (const auto& [worker, part] : e->parts) {
     if (!part.done) return;
   }

@@ -24,7 +24,7 @@
 // `lease` without a heartbeat: their ranks count as failed. Assignments and
 // stop requests ride on heartbeat responses until the worker's running list
 // confirms them, so a lost response is harmless. After a restart the
-// coordinator waits one lease for workers to re-register their running tasks;
+// coordinator waits two leases for workers to re-register their running tasks;
 // an attempt whose ranks are all re-attached goes on, any other is ended and
 // requeued.
 //

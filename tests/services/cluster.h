@@ -1,0 +1,243 @@
+// Test harness: a coordinator and workers as real processes on loopback, a
+// store in a temp dir, gRPC stubs, /metrics scraping. Processes are killed
+// (SIGKILL) and reaped when the harness goes away.
+#pragma once
+
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "retina/v1/job_service.grpc.pb.h"
+#include "retina/v1/worker_service.grpc.pb.h"
+#include "services/rpc_util.h"
+#include "tests/trainer/python_peer.h"
+
+namespace retina::testing {
+
+namespace fs = std::filesystem;
+namespace v1 = retina::v1;
+
+inline std::string BinDir() {
+  const char* env = std::getenv("RETINA_TEST_BINARY_ROOT");
+  return env ? env : RETINA_TEST_BINARY_ROOT;
+}
+
+// A child process (RAII: SIGKILLed and reaped on destruction).
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const fs::path& log) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      FILE* f = std::fopen(log.c_str(), "a");
+      if (f) {
+        dup2(fileno(f), 1);
+        dup2(fileno(f), 2);
+      }
+      std::vector<char*> args;
+      for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Child() { Kill(SIGKILL); }
+  void Signal(int sig) {
+    if (pid_ > 0) kill(pid_, sig);
+  }
+  // Sends `sig` and waits for the exit; returns the wait status.
+  int Kill(int sig) {
+    if (pid_ <= 0) return 0;
+    kill(pid_, sig);
+    int st = 0;
+    waitpid(pid_, &st, 0);
+    pid_ = -1;
+    return st;
+  }
+  bool Running() {
+    if (pid_ <= 0) return false;
+    int st;
+    return waitpid(pid_, &st, WNOHANG) == 0;
+  }
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+// Polls `cond` every 50 ms until true or `timeout` passes.
+inline bool WaitFor(const std::function<bool()>& cond, std::chrono::duration<double> timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return cond();
+}
+
+inline nlohmann::json ReadReady(const fs::path& p) {
+  nlohmann::json j;
+  WaitFor([&] { return fs::exists(p); }, std::chrono::seconds(20));
+  std::ifstream in(p);
+  in >> j;
+  return j;
+}
+
+// HTTP GET on loopback; the body (empty on failure).
+inline std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    (void)!write(fd, req.data(), req.size());
+    char buf[8192];
+    ssize_t n;
+    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+// The value of one exposition-format sample (`series` including labels), or -1.
+inline double Sample(const std::string& exposition, const std::string& series) {
+  std::istringstream in(exposition);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  }
+  return -1;
+}
+
+struct CoordinatorFlags {
+  std::vector<std::string> extra;
+  int port = 0;  // 0 = pick one
+};
+
+class Cluster {
+ public:
+  explicit Cluster(const std::string& name) : dir_("svc-" + name + "-") {
+    fs::create_directories(store());
+  }
+  fs::path root() const { return dir_.path(); }
+  fs::path store() const { return dir_.path() / "store"; }
+
+  void StartCoordinator(const CoordinatorFlags& flags = {}) {
+    const fs::path ready = root() / "coordinator.ready";
+    fs::remove(ready);
+    std::vector<std::string> argv = {BinDir() + "/services/retina-coordinator",
+                                     "--listen", "127.0.0.1:" + std::to_string(flags.port),
+                                     "--metrics-listen", "127.0.0.1:0",
+                                     "--db", (root() / "jobs.db").string(),
+                                     "--store", store().string(),
+                                     "--heartbeat-s", "0.2", "--lease-s", "2",
+                                     "--ready-file", ready.string()};
+    argv.insert(argv.end(), flags.extra.begin(), flags.extra.end());
+    coordinator_ = std::make_unique<Child>(argv, root() / "coordinator.log");
+    const nlohmann::json j = ReadReady(ready);
+    ASSERT_TRUE(j.contains("grpc_port")) << "coordinator did not start; see " << (root() / "coordinator.log");
+    grpc_port_ = j["grpc_port"];
+    metrics_port_ = j["metrics_port"];
+  }
+  Child& coordinator() { return *coordinator_; }
+  void StopCoordinator(int sig) { coordinator_->Kill(sig); }
+
+  // Starts worker `id` with `slots` CPU slots; returns its metrics port.
+  int StartWorker(const std::string& id, int slots, std::vector<std::string> extra = {}) {
+    const fs::path ready = root() / (id + ".ready");
+    std::vector<std::string> argv = {BinDir() + "/services/retina-worker",
+                                     "--coordinator", address(),
+                                     "--id", id, "--host", "127.0.0.1",
+                                     "--cpu-slots", std::to_string(slots), "--gpus", "none",
+                                     "--store", store().string(),
+                                     "--trainer", BinDir() + "/trainer/retina-train",
+                                     "--grace-s", "5",
+                                     "--metrics-listen", "127.0.0.1:0",
+                                     "--ready-file", ready.string()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    workers_[id] = std::make_unique<Child>(argv, root() / (id + ".log"));
+    return ReadReady(ready).value("metrics_port", 0);
+  }
+  Child& worker(const std::string& id) { return *workers_.at(id); }
+
+  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }
+
+  std::unique_ptr<v1::JobService::Stub> Jobs() const {
+    return v1::JobService::NewStub(*services::MakeChannel(address(), ""));
+  }
+  std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token = "", double seconds = 10) const {
+    return services::NewCallContext(token, absl::Seconds(seconds));
+  }
+
+  // A small packed dataset `name` (synthetic EM) in the store.
+  // 4 images of 128^2 = 16 patches of 64^2: 2 steps per epoch at batch 8.
+  void MakeDataset(const std::string& name, int images = 4) {
+    const fs::path raw = root() / ("raw-" + name);
+    const std::string bin = BinDir() + "/trainer/";
+    const std::string cmd = bin + "retina-synth images --out " + raw.string() + " --count " + std::to_string(images) +
+                            " --size 128 > /dev/null 2>&1 && " + bin + "retina-shard pack --input " + raw.string() +
+                            " --out " + (store() / "datasets" / name).string() +
+                            " --size 64 --shard-images 256 > /dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+
+  absl::StatusOr<v1::Job> Submit(const std::string& yaml, int world, int max_restarts = 0,
+                                 const std::string& token = "") {
+    v1::SubmitJobRequest req;
+    req.mutable_spec()->set_config_yaml(yaml);
+    req.mutable_spec()->set_world_size(world);
+    req.mutable_spec()->set_max_restarts(max_restarts);
+    v1::Job job;
+    auto stub = Jobs();
+    const grpc::Status s = stub->SubmitJob(Ctx(token).get(), req, &job);
+    if (!s.ok()) return services::FromGrpcStatus(s);
+    return job;
+  }
+  v1::Job Get(const std::string& id) {
+    v1::GetJobRequest req;
+    req.set_id(id);
+    v1::Job job;
+    Jobs()->GetJob(Ctx().get(), req, &job);
+    return job;
+  }
+  bool WaitState(const std::string& id, v1::JobState state, double seconds) {
+    return WaitFor([&] { return Get(id).state() == state; }, std::chrono::duration<double>(seconds));
+  }
+
+ private:
+  ScopedTempDir dir_;
+  std::unique_ptr<Child> coordinator_;
+  std::map<std::string, std::unique_ptr<Child>> workers_;
+  int grpc_port_ = 0, metrics_port_ = 0;
+};
+
+// A tiny pre-training job: `epochs` epochs of 2 steps (16 patches, batch 8).
+inline std::string PretrainYaml(int epochs, const std::string& dataset = "em") {
+  return "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: " + dataset +
+         ", loader_threads: 1}\npretrain: {epochs: " + std::to_string(epochs) +
+         ", global_batch: 8, checkpoint_every_epochs: 1}\n";
+}
+
+}  // namespace retina::testing
