@@ -239,7 +239,13 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
         }
       } else if (ev.type() == v1::JobEvent::EVAL) {
         if (bar && bar->enabled()) bar->Finish();
-        std::fprintf(stderr, "  eval: %s\n", ev.event_json().c_str());
+        const nlohmann::json e = nlohmann::json::parse(ev.event_json(), nullptr, false);
+        if (e.is_object() && e.contains("iou") && e["iou"].is_number()) {
+          std::fprintf(stderr, "  validation at step %lld: IoU %.4f\n", static_cast<long long>(e.value("step", 0LL)),
+                       e["iou"].get<double>());
+        } else {
+          std::fprintf(stderr, "  eval: %s\n", ev.event_json().c_str());
+        }
       } else if (ev.type() == v1::JobEvent::CHECKPOINT && !(bar && bar->enabled())) {
         std::fprintf(stderr, "  checkpoint at step %lld\n", static_cast<long long>(j.progress().last_checkpoint_step()));
       }
@@ -289,6 +295,31 @@ absl::Status Logs(const Client& c, const std::vector<std::string>& args) {
   return Call(reader->Finish());
 }
 
+std::string Num(const nlohmann::json& v) {
+  return v.is_number() ? absl::StrFormat("%.4f", v.get<double>()) : std::string("-");
+}
+
+// eval.json of an evaluation job as a per-item, per-class table.
+void PrintEvaluation(const std::string& text) {
+  const nlohmann::json e = nlohmann::json::parse(text, nullptr, false);
+  if (!e.is_object() || !e.contains("items")) {
+    std::printf("evaluation: %s\n", text.c_str());
+    return;
+  }
+  std::printf("evaluation of %s (%s, overlap %s)\n", e.value("checkpoint", "?").c_str(), e.value("mode", "?").c_str(),
+              Num(e.value("overlap", nlohmann::json())).c_str());
+  std::printf("  %-28s %5s %8s %8s %9s %8s %8s\n", "ITEM", "CLASS", "IOU", "F1", "PRECISION", "RECALL", "MFD");
+  for (const auto& item : e["items"]) {
+    std::string name = std::filesystem::path(item.value("source", "")).filename().string();
+    for (const auto& cls : item.value("classes", nlohmann::json::array())) {
+      std::printf("  %-28s %5d %8s %8s %9s %8s %8s\n", name.c_str(), cls.value("class", 0), Num(cls["iou"]).c_str(),
+                  Num(cls["f1"]).c_str(), Num(cls["precision"]).c_str(), Num(cls["recall"]).c_str(),
+                  Num(cls["mfd"]).c_str());
+    }
+  }
+  std::printf("  mean IoU: %s\n", Num(e.value("mean_iou", nlohmann::json())).c_str());
+}
+
 absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--plot"}, {"--csv"}));
   if (f.positional.size() != 1) return absl::InvalidArgumentError("metrics: give a job id");
@@ -314,10 +345,7 @@ absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
     for (const auto& p : m.points()) {
       if (p.has_val_iou()) std::printf("validation IoU at step %lld: %.4f\n", static_cast<long long>(p.step()), p.val_iou());
     }
-    if (!m.eval_json().empty()) {
-      nlohmann::json e = nlohmann::json::parse(m.eval_json(), nullptr, false);
-      std::printf("evaluation: %s\n", e.is_discarded() ? m.eval_json().c_str() : e.dump(2).c_str());
-    }
+    if (!m.eval_json().empty()) PrintEvaluation(m.eval_json());
   }
   if (f.Has("--plot")) {
     Series loss{"training loss", {}, "#1f77b4"}, iou{"validation IoU", {}, "#d62728"}, ips{"images/s", {}, "#2ca02c"};

@@ -82,7 +82,9 @@ absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store)
   for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
                                     {"data.val_dataset", config->data.val_dataset}}) {
     if (name.empty()) continue;
-    if (!std::filesystem::exists(layout.DatasetDir(name) / "manifest.json")) {
+    // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
+    if (!std::filesystem::exists(layout.DatasetDir(name) / "manifest.json") &&
+        !std::filesystem::exists(layout.DatasetDir(name) / "test.json")) {
       return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name,
                                                         "' in the store (", layout.DatasetDir(name).string(),
                                                         "); pack it with retina-shard first"));
