@@ -158,6 +158,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(options), metrics, std::move(store)));
   {
     absl::MutexLock lock(&c->mu_);
+    // Start the port rotation at a random place: a restarted coordinator (or a
+    // second one on the host) does not hand out the port it just used.
+    c->next_port_ = static_cast<int>(absl::ToUnixNanos(absl::Now()) % 100003);
     RETURN_IF_ERROR(c->Recover());
   }
   c->ticker_ = std::thread([p = c.get()] {

@@ -151,6 +151,9 @@ class Cluster {
                                      "--db", (root() / "jobs.db").string(),
                                      "--store", store().string(),
                                      "--heartbeat-s", "0.2", "--lease-s", "2",
+                                     // Tests run in parallel: a rendezvous port range per process.
+                                     "--ports", std::to_string(30000 + (getpid() % 250) * 100) + "-" +
+                                                    std::to_string(30099 + (getpid() % 250) * 100),
                                      "--ready-file", ready.string()};
     argv.insert(argv.end(), flags.extra.begin(), flags.extra.end());
     coordinator_ = std::make_unique<Child>(argv, root() / "coordinator.log");
