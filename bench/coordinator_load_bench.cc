@@ -55,6 +55,7 @@ class Watcher : public grpc::ClientReadReactor<v1::JobEvent> {
   Watcher(v1::JobService::Stub* stub, const std::string& id, std::atomic<int>* snapshots, std::atomic<int>* finals,
           std::atomic<int>* done) : snapshots_(snapshots), finals_(finals), done_(done) {
     req_.set_id(id);
+    ctx_.set_wait_for_ready(true);
     stub->async()->WatchJob(&ctx_, &req_, this);
     StartRead(&ev_);
     StartCall();
@@ -110,9 +111,14 @@ int Run(const retina::CliFlags& f) {
     nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
     if (j.is_object()) port = j.value("grpc_port", 0);
   }
+  bool keep_log = false;
   auto cleanup = [&] {
     kill(pid, SIGTERM);
     waitpid(pid, nullptr, 0);
+    if (keep_log) {
+      std::ifstream log(dir / "coordinator.log");
+      std::fprintf(stderr, "coordinator log:\n%s\n", std::string(std::istreambuf_iterator<char>(log), {}).c_str());
+    }
     fs::remove_all(dir);
   };
   if (port == 0) {
@@ -126,7 +132,12 @@ int Run(const retina::CliFlags& f) {
   for (int c = 0; c < clients; ++c) {
     grpc::ChannelArguments args;
     args.SetInt("grpc.channel_id", c);  // distinct channels, not one shared subchannel
-    stubs.push_back(v1::JobService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args)));
+    auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+    // Measure from connected channels (a loaded CI machine may take a while).
+    if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30))) {
+      std::fprintf(stderr, "channel %d did not connect to %s\n", c, address.c_str());
+    }
+    stubs.push_back(v1::JobService::NewStub(channel));
   }
 
   auto load = [&](bool submit, std::vector<double>* latencies_ms) {
@@ -139,6 +150,8 @@ int Run(const retina::CliFlags& f) {
         std::vector<double> mine;
         for (int i; (i = next++) < submits;) {
           grpc::ClientContext ctx;
+          ctx.set_wait_for_ready(true);
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
           v1::Job job;
           const auto s0 = Clock::now();
           grpc::Status st;
@@ -208,12 +221,13 @@ int Run(const retina::CliFlags& f) {
   std::printf("WatchJob: %d streams open with snapshots in %.2f s; cancelling their 10 jobs delivered %d/%d "
               "CANCELLED events, %d/%d streams ended OK, in %.3f s\n",
               watchers, open_s, finals.load(), watchers, ok, watchers, deliver_s);
-  cleanup();
   int rc = 0;
   if (submit_failures || get_failures || finals.load() != watchers || ok != watchers) {
     std::fprintf(stderr, "FAIL: calls failed or events were lost\n");
     rc = 1;
+    keep_log = true;
   }
+  cleanup();
   if (floor > 0 && submit_rate < floor) {
     std::fprintf(stderr, "FAIL: %.0f submits/s is below the floor %.0f\n", submit_rate, floor);
     rc = 1;

@@ -176,7 +176,9 @@ TEST(Service, CancelStopsRanksWithinGraceAndFreesSlots) {
   const grpc::Status again = c.Jobs()->CancelJob(c.Ctx().get(), req, &resp);
   EXPECT_EQ(again.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   // The ranks are gone: no retina-train of this job remains.
-   EXPECT_NE(std::system(("pgrep -f '[r]etina-train run .*--job " + job->id() + "' > /dev/null").c_str()), 0);
+   // (The store path makes the pattern unique: tests running in parallel all have a job-000001.)
+  EXPECT_NE(std::system(("pgrep -f '[r]etina-train run .*--store " + c.store().string() + " --job " + job->id() +
+                         "' > /dev/null").c_str()), 0);
 }
 
 TEST(Service, CoordinatorRestartReattachesRunningRanks) {
