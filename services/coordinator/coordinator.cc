@@ -825,7 +825,7 @@ void Coordinator::Tick() {
         StopAttempt(e.get());
       } else if (whole && e->job.state() == v1::SCHEDULED) {
         e->job.set_state(v1::RUNNING);
-        (void)Commit(e.get());
+        if (absl::Status s = Commit(e.get()); !s.ok()) RETINA_LOG(Error) << "cannot commit " << id << ": " << s;
       }
       MaybeFinishAttempt(e.get(), now);
     }
