@@ -11,6 +11,8 @@
 namespace retina::trainer {
 namespace {
 
+using ::testing::HasSubstr;
+
 Volume Vol(std::array<int64_t, 3> shape, std::vector<uint8_t> data, std::array<double, 3> spacing = {1, 1, 1}) {
   Volume v;
   v.shape = shape;
@@ -160,6 +162,9 @@ TEST(Metrics, PerezRuleKeepsOnlyTouchingComponentsAndShapesMustMatch) {
 }  // namespace
 }  // namespace retina::trainer
 
+#include <filesystem>
+
+#include "tests/trainer/python_peer.h"
 #include "trainer/eval/inference.h"
 
 namespace retina::trainer {
@@ -217,6 +222,137 @@ TEST(Orthoplane, AveragesThePerAxisProbabilities) {
   EXPECT_TRUE(torch::allclose(p->probabilities, torch::full({1, 3, 5, 7}, expected), 1e-6, 1e-7));
   for (uint8_t l : p->labels.data) EXPECT_EQ(l, expected > 0.5 ? 1 : 0);
   EXPECT_EQ(calls, 3 + 5 + 7);
+}
+
+// Keeps what a PlaneWriter is given, in memory.
+class CapturingWriter : public PlaneWriter {
+ public:
+  absl::Status Append(int64_t n, const uint8_t* labels, const float* probabilities, int64_t channels) override {
+    appends.push_back(n);
+    this->labels.insert(this->labels.end(), labels, labels + n * plane);
+    if (probabilities != nullptr) {
+      chunks.push_back(torch::from_blob(const_cast<float*>(probabilities), {channels, n, plane}).clone());
+    }
+    return absl::OkStatus();
+  }
+  absl::Status Finish() override { return absl::OkStatus(); }
+  int64_t plane = 0;
+  std::vector<int64_t> appends;
+  std::vector<uint8_t> labels;
+  std::vector<torch::Tensor> chunks;  // [C, n, Y*X]
+};
+
+TEST(Orthoplane, SlabsReproduceTheWholeVolumeAndBoundTheirBuffers) {
+  // A position-dependent model (a zero-padded convolution sees the window
+  // border), so any missing or extra window along z would change the result.
+  torch::manual_seed(0);
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(1, 2, 5).padding(2));
+  const WindowForward model = [&](const torch::Tensor& x) { return torch::tanh(conv(x)) * 3; };
+  Volume raw;
+  raw.shape = {45, 20, 18};
+  raw.data.resize(45 * 20 * 18);
+  std::mt19937 rng(1);
+  for (uint8_t& v : raw.data) v = static_cast<uint8_t>(rng() % 256);
+  SlidingWindowOptions o;
+  o.window = 16;
+  o.overlap = 0.7;
+  o.batch = 3;
+  absl::StatusOr<VolumePrediction> whole = PredictVolume(model, raw, 0.5, 0.2, VolumeMode::kOrthoplane, o, true, nullptr);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  int64_t previous_windows = 0;
+  for (int64_t slab : {45, 16, 7, 1}) {
+    SCOPED_TRACE(slab);
+    std::unique_ptr<PlaneReader> in = VolumePlaneReader(raw);
+    CapturingWriter w;
+    w.plane = 20 * 18;
+    int64_t last_done = 0, last_total = 0;
+    absl::StatusOr<VolumeStreamStats> st = PredictVolumeStreaming(
+        model, *in, 0.5, 0.2, VolumeMode::kOrthoplane, o, slab, true, w, [&](int64_t done, int64_t total) {
+          EXPECT_EQ(done, last_done + 1);
+          last_done = done;
+          last_total = total;
+        });
+    ASSERT_TRUE(st.ok()) << st.status();
+    EXPECT_EQ(st->slabs, (45 + slab - 1) / slab);
+    EXPECT_EQ(last_done, last_total);
+    EXPECT_EQ(last_total, 45 + st->slabs * (20 + 18));
+    EXPECT_EQ(w.appends.size(), static_cast<size_t>(st->slabs));
+    EXPECT_EQ(w.labels, whole->labels.data);
+    const torch::Tensor probs = torch::cat(w.chunks, 1).view({2, 45, 20, 18});
+    EXPECT_TRUE(torch::allclose(probs, whole->probabilities, 1e-5, 1e-6))
+        << (probs - whole->probabilities).abs().max().item<float>();
+    // Thinner slabs repeat the windows that straddle them.
+    EXPECT_GT(st->windows, previous_windows);
+    previous_windows = st->windows;
+  }
+  // The slab chosen for a budget fits it: 1 class, 2048 x 2048 planes, 224 window.
+  const std::array<int64_t, 3> big = {1000, 2048, 2048};
+  const int64_t plane = 2048 * 2048;
+  SlidingWindowOptions r50;
+  const int64_t s4 = SlabPlanesForBudget(big, 1, VolumeMode::kOrthoplane, r50, int64_t{4} << 30);
+  EXPECT_GT(s4, 50);
+  EXPECT_LE(s4 * plane * 6 + 2 * 224 * plane, int64_t{4} << 30);
+  EXPECT_EQ(SlabPlanesForBudget(big, 1, VolumeMode::kOrthoplane, r50, 1), 1);
+  EXPECT_EQ(SlabPlanesForBudget(big, 1, VolumeMode::kStack, r50, int64_t{1} << 40), 1000);
+}
+
+TEST(PlaneWriters, SlabsWrittenInOrderReadBackWholeAndUnfinishedLeaveNothing) {
+  retina::testing::ScopedTempDir tmp("writers-");
+  Volume v;
+  v.shape = {5, 6, 7};
+  v.spacing = {40, 4, 4};
+  for (int i = 0; i < 5 * 6 * 7; ++i) v.data.push_back(static_cast<uint8_t>(i % 3));
+  std::vector<float> probs(2 * 5 * 6 * 7);
+  for (size_t i = 0; i < probs.size(); ++i) probs[i] = static_cast<float>(i) / 1000.0f;
+  for (const std::string name : {"l.tif", "l.h5"}) {
+    SCOPED_TRACE(name);
+    const std::string path = (tmp.path() / name).string();
+    const bool h5 = name == "l.h5";
+    {
+      absl::StatusOr<std::unique_ptr<PlaneWriter>> w = OpenPlaneWriter(path, v.shape, v.spacing, true, h5 ? 2 : 0);
+      ASSERT_TRUE(w.ok()) << w.status();
+      ASSERT_TRUE((*w)->Append(2, v.plane(0), nullptr, 0).ok() == !h5);
+      EXPECT_FALSE(std::filesystem::exists(path));
+    }  // destroyed unfinished
+    for (const auto& e : std::filesystem::directory_iterator(tmp.path())) {
+      EXPECT_NE(e.path().filename().string()[0], '.') << "a temporary was left: " << e.path();
+    }
+    absl::StatusOr<std::unique_ptr<PlaneWriter>> w = OpenPlaneWriter(path, v.shape, v.spacing, true, h5 ? 2 : 0);
+    ASSERT_TRUE(w.ok());
+    // Probabilities [C, n, Y, X] per slab, from the whole [C, Z, Y, X] array.
+    auto slab_probs = [&](int64_t z0, int64_t n) {
+      std::vector<float> out;
+      for (int c = 0; c < 2; ++c) {
+        const float* from = probs.data() + (c * 5 + z0) * 42;
+        out.insert(out.end(), from, from + n * 42);
+      }
+      return out;
+    };
+    for (const auto& [z0, n] : std::vector<std::pair<int64_t, int64_t>>{{0, 2}, {2, 1}, {3, 2}}) {
+      const std::vector<float> p = slab_probs(z0, n);
+      ASSERT_TRUE((*w)->Append(n, v.plane(z0), h5 ? p.data() : nullptr, h5 ? 2 : 0).ok());
+    }
+    EXPECT_THAT((*w)->Append(1, v.plane(0), nullptr, h5 ? 2 : 0).message(), HasSubstr("6 planes appended, the volume has 5"));
+    ASSERT_TRUE((*w)->Finish().ok());
+    absl::StatusOr<RawArray> back = ReadArray(h5 ? path + ":/labels" : path);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->shape, v.shape);
+    EXPECT_EQ(back->bytes, v.data);
+    EXPECT_TRUE(back->has_spacing);
+    EXPECT_NEAR(back->spacing[0], 40, 1e-4);
+    EXPECT_NEAR(back->spacing[2], 4, 1e-4);
+    if (h5 && retina::testing::PythonMissing("h5py, numpy").empty()) {
+      // h5py reads the probabilities as the [C, Z, Y, X] array they came from.
+      const std::string cmd = retina::testing::Python() + " -c 'import h5py, numpy as np; p = h5py.File(\"" + path +
+                              "\")[\"probabilities\"][...]; e = (np.arange(420) / 1000).astype(np.float32)"
+                              ".reshape(2, 5, 6, 7); exit(0 if p.shape == e.shape and np.array_equal(p, e) else 1)'";
+      EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    }
+  }
+  EXPECT_THAT(OpenPlaneWriter((tmp.path() / "x.png").string(), v.shape, v.spacing, true, 0).status().message(),
+              HasSubstr("write .tif/.tiff or .h5/.hdf5"));
+  EXPECT_THAT(OpenPlaneWriter((tmp.path() / "x.tif").string(), v.shape, v.spacing, true, 2).status().message(),
+              HasSubstr("probabilities need an .h5 output"));
 }
 
 }  // namespace

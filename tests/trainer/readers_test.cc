@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/data/readers.h"
+#include "trainer/data/writers.h"
 #include "trainer/model/npz.h"
 
 namespace retina::trainer {
@@ -106,6 +107,34 @@ TEST_F(Readers, ConversionsToImagesAndMasks) {
   EXPECT_THAT(std::string(ToMask(mask255, MaskConvention::kBinary).status().message()),
               HasSubstr("m.png: binary mask holds value 7 at index 2"));
   EXPECT_TRUE(ToMask(mask255, MaskConvention::kClassIndex).ok());
+}
+
+TEST_F(Readers, PlaneReadersStreamUInt8FilesInAnyOrderAndHoldTheRest) {
+  // uint8 TIFF stacks and HDF5 datasets are read plane-wise from the file; the
+  // planes equal the whole-file read whatever order they are asked in.
+  for (const std::string& name : {"stack.tif", "tiled.tif", "cremi.h5:/volumes/raw", "vol.nii.gz"}) {
+    SCOPED_TRACE(name);
+    absl::StatusOr<RawArray> whole = ReadArray(Path(name));
+    ASSERT_TRUE(whole.ok()) << whole.status();
+    absl::StatusOr<Volume> image = ToImage(*whole, IntensityScaling::kMinMax);
+    ASSERT_TRUE(image.ok());
+    absl::StatusOr<std::unique_ptr<PlaneReader>> r = OpenPlaneReader(Path(name), IntensityScaling::kMinMax);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ((*r)->streaming(), name != "vol.nii.gz");
+    EXPECT_EQ((*r)->shape(), whole->shape);
+    EXPECT_EQ((*r)->spacing(), whole->spacing);
+    EXPECT_EQ((*r)->has_spacing(), whole->has_spacing);
+    const int64_t Z = whole->shape[0], plane = whole->shape[1] * whole->shape[2];
+    std::vector<std::pair<int64_t, int64_t>> ranges = {{Z - 1, Z}, {0, Z}, {0, 1}};
+    if (Z > 2) ranges.push_back({1, Z - 1});
+    for (const auto& [z0, z1] : ranges) {
+      std::vector<uint8_t> got((z1 - z0) * plane);
+      ASSERT_TRUE((*r)->Read(z0, z1, got.data()).ok());
+      EXPECT_EQ(0, std::memcmp(got.data(), image->plane(z0), got.size())) << z0 << ".." << z1;
+    }
+  }
+  absl::StatusOr<std::unique_ptr<PlaneReader>> missing = OpenPlaneReader(Path("nope.tif"), IntensityScaling::kMinMax);
+  EXPECT_THAT(missing.status().message(), HasSubstr("nope.tif: no such file"));
 }
 
 TEST_F(Readers, BadInputIsNamed) {

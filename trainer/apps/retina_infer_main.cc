@@ -2,12 +2,17 @@
 //
 //   retina-infer --weights model.pt --input FILE --out FILE [--mode 2d|stack|orthoplane]
 //                [--overlap F] [--mean M --std S] [--probabilities] [--device cpu|cuda]
-//                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax]
-// The model config, image size and classes are read from the weights (flags
+//                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]
+// Volumes are read and written in z-slabs sized so that the slab's buffers fit
+// --memory-mb (default: half of this machine's RAM; the model and libtorch
+// come on top): uint8 HDF5
+// and TIFF inputs are read slab by slab, the labels are written as they are
+// done. The result does not depend on the slab size. The model config, image size and classes are read from the weights (flags
 // override); normalisation from the checkpoint's state.json beside model.pt
 // unless --mean/--std are given. Output: .tif/.tiff (labels) or .h5 (labels,
 // and with --probabilities float32 per-class probabilities [C, Z, Y, X]).
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
@@ -18,6 +23,7 @@
 #include "absl/strings/match.h"
 #include "common/cli.h"
 #include "common/file_util.h"
+#include "common/logging.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "trainer/data/readers.h"
@@ -33,11 +39,12 @@ namespace {
 constexpr char kUsage[] =
     "usage: retina-infer --weights model.pt --input FILE --out FILE.tif|FILE.h5 [--mode 2d|stack|orthoplane]\n"
     "                    [--overlap F] [--mean M --std S] [--probabilities] [--device cpu|cuda]\n"
-    "                    [--model CONFIG] [--classes N] [--image-size S] [--scale minmax]\n";
+    "                    [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]\n";
 
 absl::Status Infer(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--weights", "--input", "--out", "--mode", "--overlap", "--mean",
-                                                    "--std", "--device", "--model", "--classes", "--image-size", "--scale"},
+                                                    "--std", "--device", "--model", "--classes", "--image-size", "--scale",
+                                                    "--memory-mb"},
                                              {"--probabilities"}));
   RETURN_IF_ERROR(f.Require({"--weights", "--input", "--out"}));
   const std::string out = f.Get("--out");
@@ -103,41 +110,56 @@ absl::Status Infer(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(LoadStateDict(*model, std::move(weights)).status(), weights_path.string());
   model->to(device.device);
 
-  ASSIGN_OR_RETURN(RawArray raw, ReadArray(f.Get("--input")));
-  ASSIGN_OR_RETURN(Volume image, ToImage(raw, f.Get("--scale") == "minmax" ? IntensityScaling::kMinMax
-                                                                          : IntensityScaling::kRequireUInt8));
+  ASSIGN_OR_RETURN(std::unique_ptr<PlaneReader> in,
+                   OpenPlaneReader(f.Get("--input"), f.Get("--scale") == "minmax" ? IntensityScaling::kMinMax
+                                                                                  : IntensityScaling::kRequireUInt8));
+  const auto shape = in->shape();
   const std::string mode = f.Get("--mode", "stack");
   if (mode != "2d" && mode != "stack" && mode != "orthoplane") {
     return absl::InvalidArgumentError("--mode: 2d, stack or orthoplane, got '" + mode + "'");
   }
   SlidingWindowOptions so;
   so.window = config.image_size;
-  so.overlap = image.shape[0] > 1 ? 0.7 : 0.5;  // METHOD.md: 0.7 for 3D test, 0.5 for 2D
+  so.overlap = shape[0] > 1 ? 0.7 : 0.5;  // METHOD.md: 0.7 for 3D test, 0.5 for 2D
   RETURN_IF_ERROR(f.GetDouble("--overlap", &so.overlap));
   if (so.overlap < 0 || so.overlap >= 1) return absl::InvalidArgumentError("--overlap must be in [0, 1)");
   so.device = device.device;
-  ProgressBar bar("infer", mode == "orthoplane" ? image.shape[0] + image.shape[1] + image.shape[2] : image.shape[0],
-                  "planes");
-  const auto t0 = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(VolumePrediction pred,
-                   PredictVolume(ModelForward(model), image, mean, std,
-                                 mode == "orthoplane" ? VolumeMode::kOrthoplane : VolumeMode::kStack, so,
-                                 f.Has("--probabilities"), [&](int64_t done, int64_t) { bar.Update(done); }));
-  bar.Finish();
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (h5) {
-    const torch::Tensor probs = pred.probabilities.defined() ? pred.probabilities.contiguous() : torch::Tensor();
-    RETURN_IF_ERROR(WriteHdf5Volumes(out, {{"labels", &pred.labels}}, probs.defined() ? probs.data_ptr<float>() : nullptr,
-                                     probs.defined() ? probs.size(0) : 0));
-  } else {
-    RETURN_IF_ERROR(WriteTiff(out, pred.labels, raw.has_spacing));
+  int memory_mb = static_cast<int>(std::min<int64_t>(
+      int64_t{1} << 30, static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / 2 >> 20));
+  RETURN_IF_ERROR(f.GetInt("--memory-mb", &memory_mb));
+  if (memory_mb < 1) return absl::InvalidArgumentError("--memory-mb must be >= 1");
+  const VolumeMode vmode = mode == "orthoplane" ? VolumeMode::kOrthoplane : VolumeMode::kStack;
+  const int64_t slab = SlabPlanesForBudget(shape, classes, vmode, so, int64_t{memory_mb} << 20);
+  if (vmode == VolumeMode::kOrthoplane && slab < shape[0] && slab < so.window) {
+    // Every slab re-runs the xz/yz windows that reach into it (up to a window's height).
+    RETINA_LOG(Warning) << "--memory-mb " << memory_mb << " allows slabs of " << slab << " planes, thinner than the "
+                        << so.window << "-pixel window: the xz/yz passes repeat up to "
+                        << (slab + so.window - 1) / slab << "x; give more memory if you can";
   }
+  const bool probabilities = f.Has("--probabilities");
+  ASSIGN_OR_RETURN(std::unique_ptr<PlaneWriter> writer,
+                   OpenPlaneWriter(out, shape, in->spacing(), in->has_spacing(), probabilities ? classes : 0));
+  std::unique_ptr<ProgressBar> bar;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(VolumeStreamStats stats,
+                   PredictVolumeStreaming(ModelForward(model), *in, mean, std, vmode, so, slab, probabilities, *writer,
+                                          [&](int64_t done, int64_t total) {
+                                            if (!bar) bar = std::make_unique<ProgressBar>("infer", total, "planes");
+                                            bar->Update(done);
+                                          }));
+  if (bar) bar->Finish();
+  RETURN_IF_ERROR(writer->Finish());
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
-  std::printf("%s: %lldx%lldx%lld voxels, %s, %s, %.1f s (%.0f voxels/s), peak memory %.0f MiB -> %s\n",
-              config.name.c_str(), static_cast<long long>(image.shape[0]), static_cast<long long>(image.shape[1]),
-              static_cast<long long>(image.shape[2]), mode.c_str(), device.describe.c_str(), seconds,
-              image.numel() / std::max(seconds, 1e-9), usage.ru_maxrss / 1024.0, out.c_str());
+  const double voxels = static_cast<double>(shape[0]) * shape[1] * shape[2];
+  std::printf("%s: %lldx%lldx%lld voxels, %s, %s, %.1f s (%.0f voxels/s), %lld slab(s) of %lld planes (%s input), "
+              "%lld windows, peak memory %.0f MiB -> %s\n",
+              config.name.c_str(), static_cast<long long>(shape[0]), static_cast<long long>(shape[1]),
+              static_cast<long long>(shape[2]), mode.c_str(), device.describe.c_str(), seconds,
+              voxels / std::max(seconds, 1e-9), static_cast<long long>(stats.slabs),
+              static_cast<long long>(stats.slab_planes), in->streaming() ? "streamed" : "held", 
+              static_cast<long long>(stats.windows), usage.ru_maxrss / 1024.0, out.c_str());
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "trainer/data/hdf5_handle.h"
 
 namespace retina::trainer {
@@ -115,6 +116,36 @@ absl::StatusOr<DType> TiffDType(uint16_t bits, uint16_t format, const std::strin
   return absl::UnimplementedError(absl::StrCat(where, ": unsupported TIFF sample format ", format, " with ", bits, " bits"));
 }
 
+// Decodes the current page (tiled or stripped) into dst (height rows of
+// width * es bytes). Call with g_tiff_mutex held.
+absl::Status ReadTiffPage(TIFF* tif, uint32_t width, uint32_t height, size_t es, uint8_t* dst, const std::string& where) {
+  const size_t row = static_cast<size_t>(width) * es;
+  if (TIFFIsTiled(tif)) {
+    uint32_t tw = 0, th = 0;
+    TIFFGetField(tif, TIFFTAG_TILEWIDTH, &tw);
+    TIFFGetField(tif, TIFFTAG_TILELENGTH, &th);
+    std::vector<uint8_t> tile(TIFFTileSize(tif));
+    for (uint32_t ty = 0; ty < height; ty += th) {
+      for (uint32_t tx = 0; tx < width; tx += tw) {
+        if (TIFFReadTile(tif, tile.data(), tx, ty, 0, 0) < 0) {
+          return absl::DataLossError(absl::StrCat(where, ": tile at ", tx, ",", ty, " unreadable: ", g_tiff_error));
+        }
+        for (uint32_t y = ty; y < std::min(height, ty + th); ++y) {
+          const uint32_t n = std::min(tw, width - tx);
+          std::memcpy(dst + y * row + tx * es, tile.data() + (y - ty) * tw * es, n * es);
+        }
+      }
+    }
+    return absl::OkStatus();
+  }
+  for (uint32_t y = 0; y < height; ++y) {
+    if (TIFFReadScanline(tif, dst + y * row, y, 0) < 0) {
+      return absl::DataLossError(absl::StrCat(where, ": row ", y, " unreadable (truncated?): ", g_tiff_error));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // --- HDF5 --------------------------------------------------------------------
 
 void SilenceHdf5() {
@@ -154,9 +185,13 @@ absl::StatusOr<RawArray> ReadPng(const std::string& path) {
   return out;
 }
 
-absl::StatusOr<RawArray> ReadTiff(const std::string& path) {
+namespace {
+
+// Opens `path` and walks its directories without decoding pixels: dtype, shape
+// (pages = z) and spacing, every page checked against the first. Leaves the
+// TIFF at its first directory. Call with g_tiff_mutex held.
+absl::StatusOr<RawArray> ScanTiff(const std::string& path, std::unique_ptr<TIFF, TiffCloser>* opened) {
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
-  std::lock_guard<std::mutex> lock(g_tiff_mutex);
   TIFFSetErrorHandler(TiffError);
   TIFFSetWarningHandler(nullptr);
   g_tiff_error.clear();
@@ -169,13 +204,12 @@ absl::StatusOr<RawArray> ReadTiff(const std::string& path) {
   do {
     const std::string where = absl::StrCat(path, " (page ", pages, ")");
     uint32_t width = 0, height = 0;
-    uint16_t bits = 8, spp = 1, format = SAMPLEFORMAT_UINT, planar = PLANARCONFIG_CONTIG;
+    uint16_t bits = 8, spp = 1, format = SAMPLEFORMAT_UINT;
     TIFFGetField(tif.get(), TIFFTAG_IMAGEWIDTH, &width);
     TIFFGetField(tif.get(), TIFFTAG_IMAGELENGTH, &height);
     TIFFGetFieldDefaulted(tif.get(), TIFFTAG_BITSPERSAMPLE, &bits);
     TIFFGetFieldDefaulted(tif.get(), TIFFTAG_SAMPLESPERPIXEL, &spp);
     TIFFGetFieldDefaulted(tif.get(), TIFFTAG_SAMPLEFORMAT, &format);
-    TIFFGetFieldDefaulted(tif.get(), TIFFTAG_PLANARCONFIG, &planar);
     if (spp != 1) {
       return absl::UnimplementedError(absl::StrCat(where, ": ", spp, " samples per pixel; EM images must be single-channel"));
     }
@@ -209,35 +243,6 @@ absl::StatusOr<RawArray> ReadTiff(const std::string& path) {
                                                      ", first page ", out.shape[2], "x", out.shape[1], " ",
                                                      DTypeName(out.dtype)));
     }
-    const size_t plane = static_cast<size_t>(width) * height * DTypeSize(out.dtype);
-    const size_t offset = out.bytes.size();
-    out.bytes.resize(offset + plane);
-    uint8_t* dst = out.bytes.data() + offset;
-    const size_t row = static_cast<size_t>(width) * DTypeSize(out.dtype);
-    if (TIFFIsTiled(tif.get())) {
-      uint32_t tw = 0, th = 0;
-      TIFFGetField(tif.get(), TIFFTAG_TILEWIDTH, &tw);
-      TIFFGetField(tif.get(), TIFFTAG_TILELENGTH, &th);
-      std::vector<uint8_t> tile(TIFFTileSize(tif.get()));
-      const size_t es = DTypeSize(out.dtype);
-      for (uint32_t ty = 0; ty < height; ty += th) {
-        for (uint32_t tx = 0; tx < width; tx += tw) {
-          if (TIFFReadTile(tif.get(), tile.data(), tx, ty, 0, 0) < 0) {
-            return absl::DataLossError(absl::StrCat(where, ": tile at ", tx, ",", ty, " unreadable: ", g_tiff_error));
-          }
-          for (uint32_t y = ty; y < std::min(height, ty + th); ++y) {
-            const uint32_t n = std::min(tw, width - tx);
-            std::memcpy(dst + y * row + tx * es, tile.data() + (y - ty) * tw * es, n * es);
-          }
-        }
-      }
-    } else {
-      for (uint32_t y = 0; y < height; ++y) {
-        if (TIFFReadScanline(tif.get(), dst + y * row, y, 0) < 0) {
-          return absl::DataLossError(absl::StrCat(where, ": row ", y, " unreadable (truncated?): ", g_tiff_error));
-        }
-      }
-    }
     ++pages;
   } while (TIFFReadDirectory(tif.get()));
   // TIFFReadDirectory returns 0 both at the end and on a damaged directory.
@@ -249,48 +254,124 @@ absl::StatusOr<RawArray> ReadTiff(const std::string& path) {
                                             " pages, found ", pages, " (truncated?)"));
   }
   out.shape[0] = pages;
+  if (!TIFFSetDirectory(tif.get(), 0)) return absl::DataLossError(absl::StrCat(path, ": cannot rewind: ", g_tiff_error));
+  *opened = std::move(tif);
   return out;
 }
 
-absl::StatusOr<RawArray> ReadHdf5(const std::string& path, const std::string& dataset) {
+// Decodes pages [z0, z1) into dst; `*current` is the directory the TIFF is at
+// (sequential reads walk forward instead of seeking from the start).
+absl::Status ReadTiffPages(TIFF* tif, const RawArray& header, int64_t z0, int64_t z1, int64_t* current, uint8_t* dst) {
+  const size_t es = DTypeSize(header.dtype);
+  const size_t plane = static_cast<size_t>(header.shape[1] * header.shape[2]) * es;
+  for (int64_t z = z0; z < z1; ++z) {
+    const std::string where = absl::StrCat(header.source, " (page ", z, ")");
+    if (z != *current) {
+      const bool ok = z > *current ? [&] {
+        while (*current < z) {
+          if (!TIFFReadDirectory(tif)) return false;
+          ++*current;
+        }
+        return true;
+      }() : TIFFSetDirectory(tif, static_cast<tdir_t>(z)) != 0;
+      if (!ok) return absl::DataLossError(absl::StrCat(where, ": cannot seek: ", g_tiff_error));
+      *current = z;
+    }
+    RETURN_IF_ERROR(ReadTiffPage(tif, static_cast<uint32_t>(header.shape[2]), static_cast<uint32_t>(header.shape[1]), es,
+                                 dst + (z - z0) * plane, where));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RawArray> ReadTiff(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_tiff_mutex);
+  std::unique_ptr<TIFF, TiffCloser> tif;
+  ASSIGN_OR_RETURN(RawArray out, ScanTiff(path, &tif));
+  out.bytes.resize(static_cast<size_t>(out.numel()) * DTypeSize(out.dtype));
+  int64_t current = 0;
+  RETURN_IF_ERROR(ReadTiffPages(tif.get(), out, 0, out.shape[0], &current, out.bytes.data()));
+  return out;
+}
+
+namespace {
+
+// An open HDF5 dataset of rank 2 (y, x) or 3 (z, y, x) and what it holds.
+struct Hdf5Dataset {
+  std::unique_ptr<Hid> file, ds;
+  hid_t native = -1;  // the memory type matching header.dtype
+  int rank = 0;
+  RawArray header;    // dtype, shape, spacing, source; no bytes
+};
+
+absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset, Hdf5Dataset* out) {
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
   SilenceHdf5();
   const std::string where = absl::StrCat(path, ":", dataset);
   if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(path, ": not an HDF5 file"));
-  Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
-  if (!file.ok()) return absl::DataLossError(absl::StrCat(path, ": cannot open HDF5 file"));
-  if (H5Lexists(file.get(), dataset.c_str(), H5P_DEFAULT) <= 0) {
+  out->file = std::make_unique<Hid>(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!out->file->ok()) return absl::DataLossError(absl::StrCat(path, ": cannot open HDF5 file"));
+  if (H5Lexists(out->file->get(), dataset.c_str(), H5P_DEFAULT) <= 0) {
     return absl::NotFoundError(absl::StrCat(where, ": no such dataset in the file"));
   }
-  Hid ds(H5Dopen2(file.get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
-  if (!ds.ok()) return absl::NotFoundError(absl::StrCat(where, ": not a dataset"));
-  Hid space(H5Dget_space(ds.get()), H5Sclose);
-  const int rank = H5Sget_simple_extent_ndims(space.get());
-  if (rank != 2 && rank != 3) {
-    return absl::InvalidArgumentError(absl::StrCat(where, ": dataset has rank ", rank, ", expected 2 (y, x) or 3 (z, y, x)"));
+  out->ds = std::make_unique<Hid>(H5Dopen2(out->file->get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!out->ds->ok()) return absl::NotFoundError(absl::StrCat(where, ": not a dataset"));
+  const hid_t ds = out->ds->get();
+  Hid space(H5Dget_space(ds), H5Sclose);
+  out->rank = H5Sget_simple_extent_ndims(space.get());
+  if (out->rank != 2 && out->rank != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": dataset has rank ", out->rank, ", expected 2 (y, x) or 3 (z, y, x)"));
   }
   hsize_t dims[3] = {1, 1, 1};
-  H5Sget_simple_extent_dims(space.get(), dims + (3 - rank), nullptr);
-  Hid type(H5Dget_type(ds.get()), H5Tclose);
+  H5Sget_simple_extent_dims(space.get(), dims + (3 - out->rank), nullptr);
+  Hid type(H5Dget_type(ds), H5Tclose);
   const H5T_class_t cls = H5Tget_class(type.get());
   const size_t size = H5Tget_size(type.get());
   const bool is_signed = cls == H5T_INTEGER && H5Tget_sign(type.get()) == H5T_SGN_2;
-  RawArray out;
-  out.source = where;
-  hid_t native;
-  if (cls == H5T_FLOAT && size == 4) { out.dtype = DType::kFloat32; native = H5T_NATIVE_FLOAT; }
-  else if (cls == H5T_FLOAT && size == 8) { out.dtype = DType::kFloat64; native = H5T_NATIVE_DOUBLE; }
-  else if (cls == H5T_INTEGER && size == 1) { out.dtype = is_signed ? DType::kInt8 : DType::kUInt8; native = is_signed ? H5T_NATIVE_INT8 : H5T_NATIVE_UINT8; }
-  else if (cls == H5T_INTEGER && size == 2) { out.dtype = is_signed ? DType::kInt16 : DType::kUInt16; native = is_signed ? H5T_NATIVE_INT16 : H5T_NATIVE_UINT16; }
-  else if (cls == H5T_INTEGER && size == 4) { out.dtype = is_signed ? DType::kInt32 : DType::kUInt32; native = is_signed ? H5T_NATIVE_INT32 : H5T_NATIVE_UINT32; }
-  else if (cls == H5T_INTEGER && size == 8) { out.dtype = is_signed ? DType::kInt64 : DType::kUInt64; native = is_signed ? H5T_NATIVE_INT64 : H5T_NATIVE_UINT64; }
+  RawArray& h = out->header;
+  h.source = where;
+  hid_t& native = out->native;
+  if (cls == H5T_FLOAT && size == 4) { h.dtype = DType::kFloat32; native = H5T_NATIVE_FLOAT; }
+  else if (cls == H5T_FLOAT && size == 8) { h.dtype = DType::kFloat64; native = H5T_NATIVE_DOUBLE; }
+  else if (cls == H5T_INTEGER && size == 1) { h.dtype = is_signed ? DType::kInt8 : DType::kUInt8; native = is_signed ? H5T_NATIVE_INT8 : H5T_NATIVE_UINT8; }
+  else if (cls == H5T_INTEGER && size == 2) { h.dtype = is_signed ? DType::kInt16 : DType::kUInt16; native = is_signed ? H5T_NATIVE_INT16 : H5T_NATIVE_UINT16; }
+  else if (cls == H5T_INTEGER && size == 4) { h.dtype = is_signed ? DType::kInt32 : DType::kUInt32; native = is_signed ? H5T_NATIVE_INT32 : H5T_NATIVE_UINT32; }
+  else if (cls == H5T_INTEGER && size == 8) { h.dtype = is_signed ? DType::kInt64 : DType::kUInt64; native = is_signed ? H5T_NATIVE_INT64 : H5T_NATIVE_UINT64; }
   else return absl::UnimplementedError(absl::StrCat(where, ": unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
-  out.shape = {static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1]), static_cast<int64_t>(dims[2])};
-  out.bytes.resize(static_cast<size_t>(out.numel()) * DTypeSize(out.dtype));
-  if (H5Dread(ds.get(), native, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.bytes.data()) < 0) {
-    return absl::DataLossError(absl::StrCat(where, ": read failed (damaged or truncated file?)"));
+  h.shape = {static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1]), static_cast<int64_t>(dims[2])};
+  if (!ReadSpacingAttribute(ds, "resolution", &h)) ReadSpacingAttribute(ds, "element_size_um", &h);
+  return absl::OkStatus();
+}
+
+// Reads planes [z0, z1) of an open dataset into dst (native type of header.dtype).
+absl::Status ReadHdf5Planes(const Hdf5Dataset& d, int64_t z0, int64_t z1, uint8_t* dst) {
+  Hid file_space(H5Dget_space(d.ds->get()), H5Sclose);
+  const hsize_t start3[3] = {static_cast<hsize_t>(z0), 0, 0};
+  const hsize_t count3[3] = {static_cast<hsize_t>(z1 - z0), static_cast<hsize_t>(d.header.shape[1]),
+                             static_cast<hsize_t>(d.header.shape[2])};
+  const hsize_t* start = d.rank == 3 ? start3 : start3 + 1;
+  const hsize_t* count = d.rank == 3 ? count3 : count3 + 1;
+  Hid mem_space(H5Screate_simple(d.rank, count, nullptr), H5Sclose);
+  if (H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
+      H5Dread(d.ds->get(), d.native, mem_space.get(), file_space.get(), H5P_DEFAULT, dst) < 0) {
+    return absl::DataLossError(
+        absl::StrCat(d.header.source, ": reading planes ", z0, "..", z1 - 1, " failed (damaged or truncated file?)"));
   }
-  if (!ReadSpacingAttribute(ds.get(), "resolution", &out)) ReadSpacingAttribute(ds.get(), "element_size_um", &out);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<RawArray> ReadHdf5(const std::string& path, const std::string& dataset) {
+  Hdf5Dataset d;
+  RETURN_IF_ERROR(OpenHdf5Dataset(path, dataset, &d));
+  RawArray out = d.header;
+  out.bytes.resize(static_cast<size_t>(out.numel()) * DTypeSize(out.dtype));
+  if (H5Dread(d.ds->get(), d.native, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.bytes.data()) < 0) {
+    return absl::DataLossError(absl::StrCat(out.source, ": read failed (damaged or truncated file?)"));
+  }
   return out;
 }
 
@@ -405,6 +486,90 @@ absl::StatusOr<RawArray> ReadArray(const std::string& spec) {
   if (absl::EndsWith(l, ".nrrd") || absl::EndsWith(l, ".nhdr")) return ReadNrrd(spec);
   return absl::InvalidArgumentError(absl::StrCat(
       spec, ": unknown format (known: .png, .tif/.tiff, .h5:/dataset, .nii/.nii.gz, .nrrd/.nhdr)"));
+}
+
+// --- Plane readers -----------------------------------------------------------
+
+namespace {
+
+class HeldPlaneReader : public PlaneReader {
+ public:
+  HeldPlaneReader(const Volume* v, Volume owned, const std::string& source) : owned_(std::move(owned)) {
+    v_ = v != nullptr ? v : &owned_;
+    header_.shape = v_->shape;
+    header_.spacing = v_->spacing;
+    header_.source = source;
+  }
+  void set_has_spacing(bool b) { header_.has_spacing = b; }
+  bool streaming() const override { return false; }
+  absl::Status Read(int64_t z0, int64_t z1, uint8_t* dst) override {
+    std::memcpy(dst, v_->plane(z0), static_cast<size_t>((z1 - z0) * v_->shape[1] * v_->shape[2]));
+    return absl::OkStatus();
+  }
+
+ private:
+  Volume owned_;
+  const Volume* v_;
+};
+
+class Hdf5PlaneReader : public PlaneReader {
+ public:
+  explicit Hdf5PlaneReader(Hdf5Dataset d) : d_(std::move(d)) { header_ = d_.header; }
+  bool streaming() const override { return true; }
+  absl::Status Read(int64_t z0, int64_t z1, uint8_t* dst) override { return ReadHdf5Planes(d_, z0, z1, dst); }
+
+ private:
+  Hdf5Dataset d_;
+};
+
+class TiffPlaneReader : public PlaneReader {
+ public:
+  TiffPlaneReader(RawArray header, std::unique_ptr<TIFF, TiffCloser> tif) : tif_(std::move(tif)) {
+    header_ = std::move(header);
+  }
+  bool streaming() const override { return true; }
+  absl::Status Read(int64_t z0, int64_t z1, uint8_t* dst) override {
+    std::lock_guard<std::mutex> lock(g_tiff_mutex);
+    TIFFSetErrorHandler(TiffError);
+    g_tiff_error.clear();
+    return ReadTiffPages(tif_.get(), header_, z0, z1, &current_, dst);
+  }
+
+ private:
+  std::unique_ptr<TIFF, TiffCloser> tif_;
+  int64_t current_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<PlaneReader> VolumePlaneReader(const Volume& volume) {
+  return std::make_unique<HeldPlaneReader>(&volume, Volume{}, "volume");
+}
+
+absl::StatusOr<std::unique_ptr<PlaneReader>> OpenPlaneReader(const std::string& spec, IntensityScaling scaling) {
+  const std::string l = Lower(spec);
+  for (const char* ext : {".h5:", ".hdf5:", ".hdf:"}) {
+    const size_t at = l.find(ext);
+    if (at == std::string::npos) continue;
+    const size_t colon = at + std::strlen(ext) - 1;
+    Hdf5Dataset d;
+    RETURN_IF_ERROR(OpenHdf5Dataset(spec.substr(0, colon), spec.substr(colon + 1), &d));
+    if (d.header.dtype == DType::kUInt8) return std::unique_ptr<PlaneReader>(new Hdf5PlaneReader(std::move(d)));
+    break;
+  }
+  if (absl::EndsWith(l, ".tif") || absl::EndsWith(l, ".tiff")) {
+    std::lock_guard<std::mutex> lock(g_tiff_mutex);
+    std::unique_ptr<TIFF, TiffCloser> tif;
+    ASSIGN_OR_RETURN(RawArray header, ScanTiff(spec, &tif));
+    if (header.dtype == DType::kUInt8) {
+      return std::unique_ptr<PlaneReader>(new TiffPlaneReader(std::move(header), std::move(tif)));
+    }
+  }
+  ASSIGN_OR_RETURN(RawArray raw, ReadArray(spec));
+  ASSIGN_OR_RETURN(Volume v, ToImage(raw, scaling));
+  auto reader = std::make_unique<HeldPlaneReader>(nullptr, std::move(v), raw.source);
+  reader->set_has_spacing(raw.has_spacing);
+  return std::unique_ptr<PlaneReader>(std::move(reader));
 }
 
 }  // namespace retina::trainer

@@ -13,6 +13,7 @@
 // Errors name the file (and dataset) and what is wrong; nothing aborts.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -28,6 +29,30 @@ absl::StatusOr<RawArray> ReadTiff(const std::string& path);
 absl::StatusOr<RawArray> ReadHdf5(const std::string& path, const std::string& dataset);
 absl::StatusOr<RawArray> ReadNifti(const std::string& path);
 absl::StatusOr<RawArray> ReadNrrd(const std::string& path);
+
+// Plane-wise access to an image volume (uint8, z, y, x) that may not fit in
+// memory: uint8 HDF5 datasets (hyperslabs) and uint8 TIFF stacks (pages) are
+// read from the file on demand; every other format or dtype is read whole and
+// converted with ToImage, and then held (streaming() is false).
+class PlaneReader {
+ public:
+  virtual ~PlaneReader() = default;
+  const std::array<int64_t, 3>& shape() const { return header_.shape; }
+  const std::array<double, 3>& spacing() const { return header_.spacing; }
+  bool has_spacing() const { return header_.has_spacing; }
+  const std::string& source() const { return header_.source; }
+  virtual bool streaming() const = 0;
+  // Copies planes [z0, z1) (0 <= z0 < z1 <= shape[0]) into dst, which holds
+  // (z1 - z0) * shape[1] * shape[2] bytes.
+  virtual absl::Status Read(int64_t z0, int64_t z1, uint8_t* dst) = 0;
+
+ protected:
+  RawArray header_;  // no bytes
+};
+
+absl::StatusOr<std::unique_ptr<PlaneReader>> OpenPlaneReader(const std::string& spec, IntensityScaling scaling);
+// Reads from `volume`, which must outlive the reader.
+std::unique_ptr<PlaneReader> VolumePlaneReader(const Volume& volume);
 
 // True when the file name has an extension ReadArray knows (for folder scans).
 bool IsReadableImageName(const std::string& name);

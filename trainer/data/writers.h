@@ -2,11 +2,13 @@
 // and ImageJ's z spacing when known) and PNG (a single plane).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "trainer/data/array.h"
 
 namespace retina::trainer {
@@ -21,5 +23,25 @@ absl::Status WriteTiff(const std::string& path, const Volume& volume, bool write
 absl::Status WriteHdf5Volumes(const std::string& path,
                               const std::vector<std::pair<std::string, const Volume*>>& volumes,
                               const float* probabilities = nullptr, int64_t channels = 0);
+
+// Writes a label volume plane by plane, in z order, for outputs too large to
+// hold: .tif/.tiff (one page per plane; BigTIFF past 3.5 GiB) or .h5/.hdf5
+// (uint8 dataset "labels" with "resolution", and with `channels` > 0 a float32
+// dataset "probabilities" [C, Z, Y, X]; both chunked by plane). Nothing exists
+// at `path` until Finish() succeeds (temporary beside it, fsync, rename); a
+// writer destroyed unfinished removes its temporary.
+class PlaneWriter {
+ public:
+  virtual ~PlaneWriter() = default;
+  // Appends n planes: labels n * Y * X, probabilities [channels, n, Y, X]
+  // (nullptr, and channels 0, when the writer was opened without them).
+  virtual absl::Status Append(int64_t n, const uint8_t* labels, const float* probabilities, int64_t channels) = 0;
+  // Fails unless exactly shape[0] planes were appended.
+  virtual absl::Status Finish() = 0;
+};
+
+absl::StatusOr<std::unique_ptr<PlaneWriter>> OpenPlaneWriter(const std::string& path, std::array<int64_t, 3> shape,
+                                                             std::array<double, 3> spacing, bool write_spacing,
+                                                             int64_t channels);
 
 }  // namespace retina::trainer

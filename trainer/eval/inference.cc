@@ -1,9 +1,11 @@
 #include "trainer/eval/inference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace retina::trainer {
 
@@ -25,77 +27,193 @@ WindowForward ModelForward(VisionTransformer& model) {
   return [model](const torch::Tensor& x) mutable { return model(x); };
 }
 
-torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o) {
+std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, int64_t r1, const SlidingWindowOptions& o) {
+  if (full_h < o.window) return {0, full_h};  // padded: one window row, all of the plane
+  int64_t lo = full_h, hi = 0;
+  for (int64_t y : WindowOrigins(full_h, o.window, o.overlap)) {
+    if (y < r1 && y + o.window > r0) {
+      lo = std::min(lo, y);
+      hi = std::max(hi, y + o.window);
+    }
+  }
+  return {lo, hi};
+}
+
+torch::Tensor SlidingWindowRows(const WindowForward& forward, const torch::Tensor& rows, int64_t row0, int64_t full_h,
+                                int64_t r0, int64_t r1, const SlidingWindowOptions& o) {
   torch::NoGradGuard no_grad;
-  const int64_t h = image.size(0), w = image.size(1), win = o.window;
-  // Symmetric zero padding (normalised units) up to the window.
-  const int64_t ph = std::max<int64_t>(0, win - h), pw = std::max<int64_t>(0, win - w);
-  const torch::Tensor padded = torch::constant_pad_nd(image, {pw / 2, pw - pw / 2, ph / 2, ph - ph / 2}, 0.0);
-  const int64_t H = padded.size(0), W = padded.size(1);
-  const std::vector<int64_t> ys = WindowOrigins(H, win, o.overlap), xs = WindowOrigins(W, win, o.overlap);
+  const int64_t w = rows.size(1), win = o.window;
+  // Symmetric zero padding (normalised units) up to the window. Padded
+  // coordinates: plane row r is padded row r + top; rows[i] is padded row
+  // row0 + top + i.
+  const int64_t ph = std::max<int64_t>(0, win - full_h), pw = std::max<int64_t>(0, win - w);
+  const int64_t top = ph / 2, left = pw / 2;
+  TORCH_CHECK(ph == 0 || (row0 == 0 && rows.size(0) == full_h), "a padded plane must be given whole");
+  const torch::Tensor padded = torch::constant_pad_nd(rows, {left, pw - left, top, ph - top}, 0.0);
+  const int64_t base = row0;  // padded coordinate of padded[0]
+  const int64_t t0 = r0 + top, t1 = r1 + top;  // target rows, padded coordinates
   std::vector<std::pair<int64_t, int64_t>> origins;
-  for (int64_t y : ys)
-    for (int64_t x : xs) origins.emplace_back(y, x);
-  torch::Tensor sum, count = torch::zeros({1, H, W});
+  for (int64_t y : WindowOrigins(full_h + ph, win, o.overlap)) {
+    if (y >= t1 || y + win <= t0) continue;
+    TORCH_CHECK(y >= base && y + win <= base + padded.size(0), "rows ", y - top, "..", y - top + win - 1,
+                " of the plane are needed but not given");
+    for (int64_t x : WindowOrigins(w + pw, win, o.overlap)) origins.emplace_back(y, x);
+  }
+  torch::Tensor sum, count = torch::zeros({1, t1 - t0, w + pw});
   for (size_t first = 0; first < origins.size(); first += o.batch) {
     const size_t n = std::min<size_t>(o.batch, origins.size() - first);
     std::vector<torch::Tensor> crops;
     for (size_t k = 0; k < n; ++k) {
       const auto [y, x] = origins[first + k];
-      crops.push_back(padded.slice(0, y, y + win).slice(1, x, x + win));
+      crops.push_back(padded.slice(0, y - base, y - base + win).slice(1, x, x + win));
     }
     const torch::Tensor logits = forward(torch::stack(crops).unsqueeze(1).to(o.device)).to(torch::kCPU, torch::kFloat);
-    if (!sum.defined()) sum = torch::zeros({logits.size(1), H, W});
+    if (!sum.defined()) sum = torch::zeros({logits.size(1), t1 - t0, w + pw});
     for (size_t k = 0; k < n; ++k) {
       const auto [y, x] = origins[first + k];
-      sum.slice(1, y, y + win).slice(2, x, x + win).add_(logits[k]);
-      count.slice(1, y, y + win).slice(2, x, x + win).add_(1);
+      const int64_t a = std::max(y, t0), b = std::min(y + win, t1);
+      sum.slice(1, a - t0, b - t0).slice(2, x, x + win).add_(logits[k].slice(1, a - y, b - y));
+      count.slice(1, a - t0, b - t0).slice(2, x, x + win).add_(1);
     }
   }
-  return (sum / count).slice(1, ph / 2, ph / 2 + h).slice(2, pw / 2, pw / 2 + w).contiguous();
+  return (sum / count).slice(2, left, left + w).contiguous();
+}
+
+torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o) {
+  return SlidingWindowRows(forward, image, 0, image.size(0), 0, image.size(0), o);
 }
 
 torch::Tensor LogitsToProbabilities(const torch::Tensor& logits) {
   return logits.size(0) == 1 ? torch::sigmoid(logits) : torch::softmax(logits, 0);
 }
 
+namespace {
+
+int64_t WindowsPerPlane(int64_t h, int64_t w, const SlidingWindowOptions& o) {
+  return static_cast<int64_t>(WindowOrigins(std::max(h, o.window), o.window, o.overlap).size() *
+                              WindowOrigins(std::max(w, o.window), o.window, o.overlap).size());
+}
+
+torch::Tensor Labels(const torch::Tensor& probs) {  // [C, ...] -> uint8 [...]
+  return (probs.size(0) == 1 ? (probs[0] > 0.5) : probs.argmax(0)).to(torch::kByte).contiguous();
+}
+
+}  // namespace
+
+int64_t SlabPlanesForBudget(const std::array<int64_t, 3>& shape, int64_t classes, VolumeMode mode,
+                            const SlidingWindowOptions& o, int64_t budget_bytes) {
+  const int64_t Z = shape[0], plane = shape[1] * shape[2];
+  const int64_t c = std::max<int64_t>(1, classes);
+  // One xy plane in flight: normalised input, logit sum and count, probabilities.
+  const int64_t working = plane * 4 * (2 * c + 3);
+  int64_t per_plane, fixed;
+  if (mode == VolumeMode::kStack) {
+    per_plane = plane * (1 + 1);  // input, labels (probabilities come per plane)
+    fixed = working;
+  } else {
+    per_plane = plane * (1 + 4 * c + 1);    // input, accumulator, labels
+    fixed = working + plane * std::min<int64_t>(2 * o.window, Z);  // the halo either side
+  }
+  const int64_t planes = (budget_bytes - fixed) / std::max<int64_t>(1, per_plane);
+  return std::clamp<int64_t>(planes, 1, std::max<int64_t>(1, Z));
+}
+
+absl::StatusOr<VolumeStreamStats> PredictVolumeStreaming(const WindowForward& forward, PlaneReader& in, double mean,
+                                                         double std, VolumeMode mode, const SlidingWindowOptions& o,
+                                                         int64_t slab_planes, bool keep_probabilities, PlaneWriter& out,
+                                                         const std::function<void(int64_t, int64_t)>& progress) {
+  const auto [Z, Y, X] = in.shape();
+  if (Z * Y * X == 0) return absl::InvalidArgumentError(in.source() + ": empty input volume");
+  const bool ortho = mode == VolumeMode::kOrthoplane;
+  // A volume thinner than the window is padded along z: its xz/yz planes need all of it.
+  const int64_t S = ortho && Z < o.window ? Z : std::clamp<int64_t>(slab_planes, 1, Z);
+  VolumeStreamStats stats;
+  stats.slab_planes = S;
+  stats.slabs = (Z + S - 1) / S;
+  const int64_t total = ortho ? Z + stats.slabs * (Y + X) : Z;
+  const auto normalise = [&](const torch::Tensor& u8) { return (u8.to(torch::kFloat) / 255.0 - mean) / std; };
+  std::vector<uint8_t> block;
+  for (int64_t z0 = 0; z0 < Z; z0 += S) {
+    const int64_t z1 = std::min(Z, z0 + S), n = z1 - z0;
+    const auto [lo, hi] = ortho ? SlidingWindowRowsNeeded(Z, z0, z1, o) : std::pair<int64_t, int64_t>{z0, z1};
+    block.resize(static_cast<size_t>((hi - lo) * Y * X));
+    RETURN_IF_ERROR(in.Read(lo, hi, block.data()), in.source());
+    const torch::Tensor vol = torch::from_blob(block.data(), {hi - lo, Y, X}, torch::kByte);
+    torch::Tensor acc;  // [C, n, Y, X]: summed probabilities (orthoplane, or when kept)
+    torch::Tensor labels = torch::empty({n, Y, X}, torch::kByte);
+    const bool accumulate = ortho || keep_probabilities;
+    const auto add = [&](int64_t c, const auto& fill) {  // c = number of classes, known after the first plane
+      if (!acc.defined()) acc = torch::zeros({c, n, Y, X});
+      fill();
+    };
+    // xy planes.
+    for (int64_t z = z0; z < z1; ++z) {
+      const torch::Tensor p = LogitsToProbabilities(SlidingWindowLogits(forward, normalise(vol[z - lo]), o));
+      stats.windows += WindowsPerPlane(Y, X, o);
+      if (accumulate) add(p.size(0), [&] { acc.select(1, z - z0).copy_(p); });
+      else labels[z - z0].copy_(Labels(p));
+      if (progress) progress(++stats.planes_predicted, total);
+    }
+    if (ortho) {
+      // xz planes (fixed y), then yz planes (fixed x), rows z0..z1 of each.
+      for (int axis : {1, 2}) {
+        const int64_t extent = axis == 1 ? Y : X, across = axis == 1 ? X : Y;
+        for (int64_t i = 0; i < extent; ++i) {
+          const torch::Tensor plane = normalise(vol.select(axis, i));  // [hi - lo, across]
+          const torch::Tensor p = LogitsToProbabilities(SlidingWindowRows(forward, plane, lo, Z, z0, z1, o));
+          stats.windows += static_cast<int64_t>(WindowOrigins(std::max(across, o.window), o.window, o.overlap).size()) *
+                           (WindowsPerPlane(hi - lo, o.window, o));
+          acc.select(axis + 1, i).add_(p);
+          if (progress) progress(++stats.planes_predicted, total);
+        }
+      }
+      acc.div_(3.0);
+    }
+    if (accumulate) labels = Labels(acc);
+    RETURN_IF_ERROR(out.Append(n, labels.data_ptr<uint8_t>(), keep_probabilities ? acc.data_ptr<float>() : nullptr,
+                               keep_probabilities ? acc.size(0) : 0));
+  }
+  return stats;
+}
+
+namespace {
+
+// Collects appended planes in memory (PredictVolume).
+class VolumeSink : public PlaneWriter {
+ public:
+  explicit VolumeSink(VolumePrediction* out) : out_(out) {}
+  absl::Status Append(int64_t n, const uint8_t* labels, const float* probabilities, int64_t channels) override {
+    const auto& s = out_->labels.shape;
+    std::memcpy(out_->labels.data.data() + z_ * s[1] * s[2], labels, static_cast<size_t>(n * s[1] * s[2]));
+    if (probabilities != nullptr) {
+      const torch::Tensor p = torch::from_blob(const_cast<float*>(probabilities), {channels, n, s[1], s[2]});
+      if (!out_->probabilities.defined()) out_->probabilities = torch::empty({channels, s[0], s[1], s[2]});
+      out_->probabilities.slice(1, z_, z_ + n).copy_(p);
+    }
+    z_ += n;
+    return absl::OkStatus();
+  }
+  absl::Status Finish() override { return absl::OkStatus(); }
+
+ private:
+  VolumePrediction* out_;
+  int64_t z_ = 0;
+};
+
+}  // namespace
+
 absl::StatusOr<VolumePrediction> PredictVolume(const WindowForward& forward, const Volume& raw, double mean, double std,
                                                VolumeMode mode, const SlidingWindowOptions& o, bool keep_probabilities,
                                                const std::function<void(int64_t, int64_t)>& progress) {
-  const int64_t Z = raw.shape[0], Y = raw.shape[1], X = raw.shape[2];
-  if (raw.numel() == 0) return absl::InvalidArgumentError("empty input volume");
-  const torch::Tensor vol = torch::from_blob(const_cast<uint8_t*>(raw.data.data()), {Z, Y, X}, torch::kByte);
-  auto plane_probs = [&](const torch::Tensor& plane_u8) {
-    const torch::Tensor x = (plane_u8.to(torch::kFloat) / 255.0 - mean) / std;
-    return LogitsToProbabilities(SlidingWindowLogits(forward, x, o));
-  };
   VolumePrediction out;
   out.labels.shape = raw.shape;
   out.labels.spacing = raw.spacing;
   out.labels.data.assign(raw.numel(), 0);
-  const std::vector<int> axes = mode == VolumeMode::kStack ? std::vector<int>{0} : std::vector<int>{0, 1, 2};
-  const int64_t total = mode == VolumeMode::kStack ? Z : Z + Y + X;
-  int64_t done = 0;
-  torch::Tensor acc;  // [C, Z, Y, X] summed probabilities (orthoplane, or when kept)
-  const bool accumulate = mode == VolumeMode::kOrthoplane || keep_probabilities;
-  for (int axis : axes) {
-    for (int64_t i = 0; i < raw.shape[axis]; ++i) {
-      const torch::Tensor p = plane_probs(vol.select(axis, i));  // [C, a, b]
-      if (!acc.defined() && accumulate) acc = torch::zeros({p.size(0), Z, Y, X});
-      if (accumulate) acc.select(axis + 1, i).add_(p);
-      if (!accumulate) {  // stack without probabilities: label this plane now
-        const torch::Tensor lab = p.size(0) == 1 ? (p[0] > 0.5).to(torch::kByte) : p.argmax(0).to(torch::kByte);
-        std::memcpy(out.labels.data.data() + i * Y * X, lab.contiguous().data_ptr<uint8_t>(), Y * X);
-      }
-      if (progress) progress(++done, total);
-    }
-  }
-  if (accumulate) {
-    acc.div_(static_cast<double>(axes.size()));
-    const torch::Tensor lab = acc.size(0) == 1 ? (acc[0] > 0.5).to(torch::kByte) : acc.argmax(0).to(torch::kByte);
-    std::memcpy(out.labels.data.data(), lab.contiguous().data_ptr<uint8_t>(), raw.numel());
-    if (keep_probabilities) out.probabilities = acc;
-  }
+  std::unique_ptr<PlaneReader> in = VolumePlaneReader(raw);
+  VolumeSink sink(&out);
+  RETURN_IF_ERROR(PredictVolumeStreaming(forward, *in, mean, std, mode, o, raw.shape[0], keep_probabilities, sink,
+                                         progress)
+                      .status());
   return out;
 }
 

@@ -6,10 +6,16 @@
 // run in batches, logits averaged uniformly over overlapping windows;
 // dimensions smaller than the window are padded symmetrically with 0 in
 // normalised units.
-// Volumes are streamed plane by plane: memory is the uint8 input plus one
-// float accumulator per class and voxel (orthoplane) or per plane (stack).
+// Volumes are processed in z-slabs read from a PlaneReader and written to a
+// PlaneWriter in z order, so memory is bounded by the slab, not the volume.
 // Orthoplane averages the per-voxel probabilities of the xy, xz and yz
-// predictions in float (the reference summed uint8-truncated ones).
+// predictions in float (the reference summed uint8-truncated ones); for a
+// slab [z0, z1) it holds one float accumulator per class for the slab's voxels
+// and the input rows that the xz/yz windows touching the slab read (the slab
+// plus up to window - 1 planes either side). Those windows are exactly the ones
+// a whole-volume pass uses for the slab's voxels, so the result does not depend
+// on the slab size; windows that straddle two slabs run once for each (the
+// price of the bound, reported in VolumeStreamStats).
 #pragma once
 
 #include <torch/torch.h>
@@ -18,6 +24,8 @@
 
 #include "absl/status/statusor.h"
 #include "trainer/data/array.h"
+#include "trainer/data/readers.h"
+#include "trainer/data/writers.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {
@@ -40,6 +48,16 @@ WindowForward ModelForward(VisionTransformer& model);
 // image: normalised [H, W] float; returns averaged logits [C, H, W] (CPU).
 torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o);
 
+// Rows [r0, r1) of the averaged logits of a plane `full_h` rows high:
+// [C, r1 - r0, W]. `rows` [n, W] holds the plane's rows [row0, row0 + n), which
+// must include SlidingWindowRowsNeeded(full_h, r0, r1). A plane lower than the
+// window is padded, and then `rows` must be all of it.
+torch::Tensor SlidingWindowRows(const WindowForward& forward, const torch::Tensor& rows, int64_t row0, int64_t full_h,
+                                int64_t r0, int64_t r1, const SlidingWindowOptions& o);
+// The rows [lo, hi) of a plane `full_h` high that the windows covering rows
+// [r0, r1) read.
+std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, int64_t r1, const SlidingWindowOptions& o);
+
 // Sigmoid for one channel, softmax otherwise.
 torch::Tensor LogitsToProbabilities(const torch::Tensor& logits);
 
@@ -50,7 +68,27 @@ struct VolumePrediction {
   torch::Tensor probabilities;   // [C, Z, Y, X] float, when requested
 };
 
-// raw: uint8 z, y, x; normalisation (v/255 - mean) / std. `progress(done,
+struct VolumeStreamStats {
+  int64_t slabs = 0;
+  int64_t slab_planes = 0;       // planes per slab (the last may be thinner)
+  int64_t planes_predicted = 0;  // xy + per-slab xz and yz planes
+  int64_t windows = 0;           // model windows run (including repeats at slab borders)
+};
+
+// The thickest slab whose buffers (input with its halo, accumulators, labels
+// and one plane's working set) fit `budget_bytes`; at least 1, at most Z.
+int64_t SlabPlanesForBudget(const std::array<int64_t, 3>& shape, int64_t classes, VolumeMode mode,
+                            const SlidingWindowOptions& o, int64_t budget_bytes);
+
+// Predicts `in` slab by slab and appends labels (and, when `keep_probabilities`,
+// [C, n, Y, X] probabilities) to `out` in z order; `progress(done, total)`
+// counts planes predicted. `out` is not finished here.
+absl::StatusOr<VolumeStreamStats> PredictVolumeStreaming(const WindowForward& forward, PlaneReader& in, double mean,
+                                                         double std, VolumeMode mode, const SlidingWindowOptions& o,
+                                                         int64_t slab_planes, bool keep_probabilities, PlaneWriter& out,
+                                                         const std::function<void(int64_t, int64_t)>& progress);
+
+// In memory, one slab. raw: uint8 z, y, x; normalisation (v/255 - mean) / std. `progress(done,
 // total)` is called after each plane.
 absl::StatusOr<VolumePrediction> PredictVolume(const WindowForward& forward, const Volume& raw, double mean, double std,
                                                VolumeMode mode, const SlidingWindowOptions& o, bool keep_probabilities,
