@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <random>
 
 #include <gmock/gmock.h>
@@ -14,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/dist/communicator.h"
+#include "trainer/dist/launch_env.h"
 #include "trainer/model/state_dict.h"
 
 namespace retina::trainer {
@@ -24,6 +26,45 @@ using ::testing::HasSubstr;
 int FreePort() {
   std::mt19937 rng(static_cast<unsigned>(::getpid()) ^ static_cast<unsigned>(std::time(nullptr)));
   return 20000 + static_cast<int>(rng() % 20000);
+}
+
+absl::StatusOr<LaunchInfo> Discover(const std::map<std::string, std::string>& vars, LaunchOverrides o = {}) {
+  return DiscoverLaunch(o, [&](const char* name) -> const char* {
+    auto it = vars.find(name);
+    return it == vars.end() ? nullptr : it->second.c_str();
+  });
+}
+
+TEST(LaunchEnv, PrecedenceAndSlurmUnderPmix) {
+  absl::StatusOr<LaunchInfo> single = Discover({});
+  ASSERT_TRUE(single.ok());
+  EXPECT_EQ(single->source, "single");
+  EXPECT_EQ(single->world_size, 1);
+  // torchrun beats Open MPI beats Slurm; flags beat everything.
+  const std::map<std::string, std::string> all = {
+      {"RANK", "1"}, {"WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_RANK", "2"}, {"OMPI_COMM_WORLD_SIZE", "4"},
+      {"SLURM_PROCID", "3"}, {"SLURM_NTASKS", "4"}, {"MASTER_ADDR", "node7"}, {"MASTER_PORT", "31000"}};
+  absl::StatusOr<LaunchInfo> t = Discover(all);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->source, "torchrun");
+  EXPECT_EQ(t->rank, 1);
+  EXPECT_EQ(t->master_addr, "node7");
+  EXPECT_EQ(t->master_port, 31000);
+  LaunchOverrides flags;
+  flags.rank = 0;
+  EXPECT_EQ(Discover(all, flags)->source, "flags");
+  // `srun --mpi=pmix` sets PMIX_RANK but no PMI_SIZE: Slurm's variables give the world.
+  absl::StatusOr<LaunchInfo> s = Discover({{"PMIX_RANK", "1"}, {"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"},
+                                           {"SLURM_LOCALID", "1"}});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->source, "slurm");
+  EXPECT_EQ(s->rank, 1);
+  EXPECT_EQ(s->world_size, 2);
+  EXPECT_TRUE(s->under_mpi);
+  EXPECT_THAT(Discover({{"PMIX_RANK", "1"}}).status().message(), HasSubstr("PMIX_RANK is set but no world size"));
+  EXPECT_THAT(Discover({{"SLURM_PROCID", "x"}, {"SLURM_NTASKS", "2"}}).status().message(),
+              HasSubstr("SLURM_PROCID='x'"));
+  EXPECT_THAT(Discover({{"RANK", "4"}, {"WORLD_SIZE", "4"}}).status().message(), HasSubstr("outside world size 4"));
 }
 
 std::string Worker() { return std::string(RETINA_TEST_BINARY_DIR) + "/dist_worker"; }

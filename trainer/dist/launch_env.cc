@@ -44,13 +44,19 @@ constexpr Scheme kSchemes[] = {
 
 absl::StatusOr<LaunchInfo> DiscoverLaunch(const LaunchOverrides& o, const Env& env) {
   LaunchInfo info;
+  const char* rank_without_size = nullptr;  // e.g. PMIX_RANK under `srun --mpi=pmix`: Slurm's variables follow
+  bool found = false;
   for (const Scheme& s : kSchemes) {
     ASSIGN_OR_RETURN(std::optional<int> rank, Int(env, s.rank));
     if (!rank) continue;
     ASSIGN_OR_RETURN(std::optional<int> size, Int(env, s.size));
+    if (!size) {
+      if (rank_without_size == nullptr) rank_without_size = s.rank;
+      continue;
+    }
     ASSIGN_OR_RETURN(std::optional<int> local_rank, Int(env, s.local_rank));
     ASSIGN_OR_RETURN(std::optional<int> local_size, Int(env, s.local_size));
-    if (!size) return absl::InvalidArgumentError(absl::StrCat(s.rank, " is set but ", s.size, " is not"));
+    found = true;
     info.rank = *rank;
     info.world_size = *size;
     info.local_rank = local_rank.value_or(0);
@@ -58,6 +64,9 @@ absl::StatusOr<LaunchInfo> DiscoverLaunch(const LaunchOverrides& o, const Env& e
     info.source = s.source;
     info.under_mpi = s.mpi;
     break;
+  }
+  if (!found && rank_without_size != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(rank_without_size, " is set but no world size variable is"));
   }
   if (o.rank || o.world_size || o.local_rank) {
     info.source = "flags";
