@@ -83,7 +83,8 @@ retina_hosts() {
 
 # The rank's own process: log file, then exec retina-train.
 _retina_rank() {
-  local rank=${SLURM_PROCID:-${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-0}}}
+  # The same precedence as retina-train: under mpirun, SLURM_PROCID is the batch step's 0.
+  local rank=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-0}}}
   local logs=$RETINA_STORE/jobs/$RETINA_JOB_ID/logs/attempt-$RETINA_ATTEMPT
   mkdir -p "$logs"
   exec "$RETINA_TRAIN" run --config "$RETINA_CONFIG" --store "$RETINA_STORE" --job "$RETINA_JOB_ID" --resume auto \
@@ -127,10 +128,10 @@ _retina_main() {
       ;;
     mpirun)
       local -a forward=(-x MASTER_ADDR -x MASTER_PORT -x RETINA_CONFIG -x RETINA_TRAIN -x RETINA_JOB_ID
-                        -x RETINA_ATTEMPT -x RETINA_STORE -x PATH -x LD_LIBRARY_PATH)
+                        -x RETINA_ATTEMPT -x RETINA_STORE -x PATH)
       local v
       for v in $(compgen -e); do
-        case $v in NCCL_* | GLOO_* | OMP_* | CUDA_* | UCX_*) forward+=(-x "$v") ;; esac
+        case $v in NCCL_* | GLOO_* | OMP_* | CUDA_* | UCX_* | LD_LIBRARY_PATH) forward+=(-x "$v") ;; esac
       done
       # shellcheck disable=SC2206
       cmd=(mpirun -np "$ntasks" -bind-to none -map-by slot "${forward[@]}" ${RETINA_MPIRUN_ARGS:-} "$self" --rank)

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# deploy/slurm on a real Slurm: starts munged, slurmctld and slurmd on this
+# machine with a throwaway configuration (ports, state, spool and munge key in
+# a temporary folder), then
+#   1. hostlist expansion: retina_expand_hostlist agrees with scontrol;
+#   2. sbatch pretrain.sbatch with 2 CPU tasks launched by mpirun: COMPLETED,
+#      final checkpoint in the store, one log per rank;
+#   3. sbatch pretrain.sbatch with 2 tasks launched by srun (--mpi=pmix),
+#      `scontrol requeue` once a checkpoint exists: the job runs again
+#      (restart count 1), attempt 2's rank 0 resumes from a step > 0, and it
+#      completes.
+# Exit 77 (ctest: skipped) with the reason when Slurm or munge is missing.
+#
+#   tests/deploy/slurm_test.sh BUILD_DIR
+set -euo pipefail
+SOURCE_DIR=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD_DIR=$(cd "${1:?usage: slurm_test.sh BUILD_DIR}" && pwd)
+BIN=$BUILD_DIR/trainer
+
+skip() { echo "SKIPPED: $*"; exit 77; }
+for tool in munged mungekey slurmctld slurmd sbatch scontrol squeue sinfo srun; do
+  command -v "$tool" >/dev/null 2>&1 || skip "$tool not installed (Debian slurm-wlm and munge; scripts/setup installs them)"
+done
+[[ $(id -u) -eq 0 ]] || skip "slurmd must run as root to start job steps; this test runs as $(id -un)"
+
+WORK=$(mktemp -d /tmp/retina-slurm-test-XXXXXX)
+pids=()
+cleanup() {
+  local rc=$?
+  if [[ $rc -ne 0 && $rc -ne 77 ]]; then
+    echo "--- slurmctld.log (tail)"; tail -n 30 "$WORK/log/slurmctld.log" 2>/dev/null || true
+    echo "--- slurmd.log (tail)"; tail -n 30 "$WORK/log/slurmd.log" 2>/dev/null || true
+    for f in "$WORK"/out/* "$WORK"/store/jobs/*/logs/*/*.log; do
+      [[ -f $f ]] && { echo "--- $f"; tail -n 20 "$f"; }
+    done
+  fi
+  local left
+  left=$(squeue -h -o %i 2>/dev/null || true)
+  if [[ -n $left ]]; then
+    # shellcheck disable=SC2086
+    scancel $left 2>/dev/null || true
+    for _ in $(seq 100); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.2; done
+  fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+mkdir -p "$WORK"/{munge,state,spool,log,out,store}
+chmod 700 "$WORK/munge"
+chmod 755 "$WORK"
+
+# munge with its own key and socket.
+mungekey -c -k "$WORK/munge/munge.key" >/dev/null
+chmod 400 "$WORK/munge/munge.key"
+munged -F -f -S "$WORK/munge/sock" --key-file="$WORK/munge/munge.key" --log-file="$WORK/munge/log" \
+  --pid-file="$WORK/munge/pid" --seed-file="$WORK/munge/seed" >"$WORK/munge/out" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do [[ -S $WORK/munge/sock ]] && break; sleep 0.1; done
+[[ -S $WORK/munge/sock ]] || { echo "munged did not start"; cat "$WORK/munge/log"; exit 1; }
+
+host=$(hostname)
+base=$((30000 + ($$ % 1000) * 10))
+cpus=$(nproc)
+export SLURM_CONF=$WORK/slurm.conf
+cat >"$SLURM_CONF" <<EOF
+ClusterName=retinatest
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$base
+SlurmdPort=$((base + 1))
+SrunPortRange=$((base + 2))-$((base + 9))
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=socket=$WORK/munge/sock
+CredType=cred/munge
+StateSaveLocation=$WORK/state
+SlurmdSpoolDir=$WORK/spool
+SlurmctldPidFile=$WORK/slurmctld.pid
+SlurmdPidFile=$WORK/slurmd.pid
+SlurmctldLogFile=$WORK/log/slurmctld.log
+SlurmdLogFile=$WORK/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=none
+ReturnToService=2
+KillWait=60
+MinJobAge=600
+JobRequeue=1
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=1000 State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+EOF
+slurmctld -D -c -f "$SLURM_CONF" >"$WORK/log/slurmctld.out" 2>&1 &
+pids+=($!)
+slurmd -D -f "$SLURM_CONF" >"$WORK/log/slurmd.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  [[ $(sinfo -h -o %T 2>/dev/null) == idle* ]] && break
+  sleep 0.2
+done
+[[ $(sinfo -h -o %T 2>/dev/null) == idle* ]] || { echo "Slurm node did not become idle: $(sinfo 2>&1)"; exit 1; }
+echo "slurm up: $(sinfo -h -o '%P %D %T %C')"
+
+job_field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+wait_state() {  # JOB STATE TIMEOUT_S
+  local state=""
+  for _ in $(seq $(($3 * 5))); do
+    state=$(job_field "$1" JobState)
+    [[ $state == "$2" ]] && return 0
+    [[ $state == FAILED || $state == CANCELLED || $state == TIMEOUT || $state == NODE_FAIL ]] && break
+    sleep 0.2
+  done
+  echo "job $1: state $state, expected $2"
+  scontrol show job "$1"
+  return 1
+}
+
+# 1. Hostlist expansion: our pure-bash expansion agrees with scontrol.
+# shellcheck source=../../deploy/slurm/retina-slurm.sh
+source "$SOURCE_DIR/deploy/slurm/retina-slurm.sh"
+for list in "node[01-03,7],gpu5" "a[1-2]-b[08-10]" "$host" "x[9-11],y"; do
+  want=$(scontrol show hostnames "$list")
+  got=$(retina_expand_hostlist "$list")
+  [[ $got == "$want" ]] || { echo "hostlist $list: got [$got], scontrol says [$want]"; exit 1; }
+done
+echo "ok: hostlists expand like scontrol"
+
+# A small pre-training dataset and job file (tiny model, 64 px, Gloo-free MPI ranks).
+STORE=$WORK/store
+"$BIN/retina-synth" images --out "$WORK/raw" --count 32 --size 96 >/dev/null
+"$BIN/retina-shard" pack --input "$WORK/raw" --out "$STORE/datasets/em" --size 64 --shard-images 64 >/dev/null
+config() {  # EPOCHS
+  cat <<EOF
+kind: pretrain
+seed: 0
+model: {name: tiny, image_size: 64}
+data: {dataset: em, loader_threads: 1}
+runtime: {threads: 1}
+optimizer: {lr: 0.01}
+pretrain: {epochs: $1, global_batch: 8, checkpoint_every_epochs: 1}
+EOF
+}
+config 2 >"$WORK/short.yaml"
+config 10 >"$WORK/long.yaml"
+export RETINA_STORE=$STORE RETINA_BIN=$BIN RETINA_SLURM_DIR=$SOURCE_DIR/deploy/slurm
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo \
+  OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_plm=slurm OMPI_MCA_rmaps_base_oversubscribe=1
+
+# 2. mpirun launcher, to completion.
+cd "$WORK"
+job=$(RETINA_LAUNCHER=mpirun sbatch --parsable --ntasks 2 --cpus-per-task 1 -o "$WORK/out/%j.out" \
+  "$SOURCE_DIR/deploy/slurm/pretrain.sbatch" "$WORK/short.yaml")
+wait_state "$job" COMPLETED 240
+[[ $(job_field "$job" ExitCode) == 0:0 ]] || { echo "job $job exit code $(job_field "$job" ExitCode)"; exit 1; }
+ckpt=$STORE/jobs/slurm-$job/checkpoints
+total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$STORE/jobs/slurm-$job/logs/attempt-1/rank-0.log" | tail -n 1)
+[[ -n $total ]] || { echo "rank 0 never logged its last step"; exit 1; }
+final=$(printf 'step-%08d' "$total")
+ls "$ckpt" | grep -qx "$final" || { echo "no final checkpoint $final in $ckpt: $(ls "$ckpt" 2>&1)"; exit 1; }
+for r in 0 1; do
+  [[ -f $STORE/jobs/slurm-$job/logs/attempt-1/rank-$r.log ]] || { echo "no log for rank $r"; exit 1; }
+done
+grep -q "rendezvous $host:$((20000 + job % 20000))" "$WORK/out/$job.out" ||
+  { echo "MASTER_ADDR/PORT not derived from the job"; cat "$WORK/out/$job.out"; exit 1; }
+echo "ok: mpirun job $job completed with checkpoint $final and per-rank logs"
+
+# 3. srun launcher, requeued mid-run, resumes from its checkpoint.
+job=$(RETINA_LAUNCHER=srun RETINA_SRUN_ARGS=--mpi=pmix sbatch --parsable --ntasks 2 --cpus-per-task 1 \
+  -o "$WORK/out/%j.out" "$SOURCE_DIR/deploy/slurm/pretrain.sbatch" "$WORK/long.yaml")
+ckpt=$STORE/jobs/slurm-$job/checkpoints
+for _ in $(seq 900); do
+  [[ -n $(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1) ]] && break
+  [[ $(job_field "$job" JobState) == RUNNING || $(job_field "$job" JobState) == PENDING ]] || break
+  sleep 0.2
+done
+first=$(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1 || true)
+[[ -n $first ]] || { echo "job $job wrote no checkpoint before ending ($(job_field "$job" JobState))"; exit 1; }
+scontrol requeue "$job"
+echo "requeued $job after checkpoint $first"
+# Slurm holds a requeued batch job for a while (Reason=BeginTime); release it now.
+for _ in $(seq 600); do
+  [[ $(job_field "$job" Restarts) -ge 1 && $(job_field "$job" JobState) == RUNNING ]] && break
+  if [[ $(job_field "$job" JobState) == PENDING && $(job_field "$job" Reason) == BeginTime ]]; then
+    scontrol update JobId="$job" StartTime=now
+  fi
+  sleep 0.2
+done
+[[ $(job_field "$job" Restarts) == 1 ]] || { echo "job $job did not restart"; scontrol show job "$job"; exit 1; }
+wait_state "$job" COMPLETED 300
+log=$STORE/jobs/slurm-$job/logs/attempt-2/rank-0.log
+grep "resumed from" "$log" || { echo "attempt 2 did not resume"; exit 1; }
+step=$(sed -n 's/.*resumed from .* at step \([0-9]*\).*/\1/p' "$log" | head -n 1)
+[[ ${step:-0} -gt 0 ]] || { echo "attempt 2 resumed from step ${step:-0}, expected > 0"; exit 1; }
+grep -q "ranks exited with status 75" "$WORK/out/$job.out" || { echo "attempt 1 did not stop as preempted (75)"; exit 1; }
+total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$log" | tail -n 1)
+ls "$ckpt" | grep -qx "$(printf 'step-%08d' "${total:-0}")" || { echo "no final checkpoint after the requeue"; exit 1; }
+echo "ok: srun job $job requeued after $first, attempt 2 resumed from step $step and completed at step $total"
+echo "PASS"
