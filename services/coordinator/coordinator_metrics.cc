@@ -41,6 +41,8 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
   eval_iou_ = &Build(prometheus::BuildGauge(), "retina_eval_iou", "Last validation/evaluation IoU per class", r);
   checkpoint_ts_ = &Build(prometheus::BuildGauge(), "retina_checkpoint_last_success_timestamp_seconds",
                           "Unix time of the last committed checkpoint", r);
+  checkpoint_interval_ = &Build(prometheus::BuildGauge(), "retina_checkpoint_interval_seconds",
+                                "Seconds between the job's last two committed checkpoints", r);
   for (const char* s : {"QUEUED", "SCHEDULED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"}) {
     jobs_->Add({{"state", s}}).Set(0);
   }
@@ -78,7 +80,7 @@ void CoordinatorMetrics::TrainStep(const std::string& job, double step, double l
       {train_step_, step}, {train_loss_, loss}, {train_ips_, images_per_s}, {allreduce_, allreduce_s},
       {data_wait_, data_wait_s}};
   for (const auto& [family, value] : values) {
-    prometheus::Gauge* g = &family->Add({{"job", job}});
+    prometheus::Gauge* g = &family->Add({{"job_id", job}});
     g->Set(value);
     Track(job, family, g);
   }
@@ -87,7 +89,7 @@ void CoordinatorMetrics::TrainStep(const std::string& job, double step, double l
 void CoordinatorMetrics::EvalIou(const std::string& job, const std::vector<double>& per_class) {
   absl::MutexLock lock(&mu_);
   for (size_t c = 0; c < per_class.size(); ++c) {
-    prometheus::Gauge* g = &eval_iou_->Add({{"job", job}, {"class", absl::StrCat(c)}});
+    prometheus::Gauge* g = &eval_iou_->Add({{"job_id", job}, {"class", absl::StrCat(c)}});
     g->Set(per_class[c]);
     Track(job, eval_iou_, g);
   }
@@ -95,9 +97,15 @@ void CoordinatorMetrics::EvalIou(const std::string& job, const std::vector<doubl
 
 void CoordinatorMetrics::CheckpointWritten(const std::string& job, double unix_seconds) {
   absl::MutexLock lock(&mu_);
-  prometheus::Gauge* g = &checkpoint_ts_->Add({{"job", job}});
+  prometheus::Gauge* g = &checkpoint_ts_->Add({{"job_id", job}});
+  const double previous = g->Value();  // 0 for a new series
   g->Set(unix_seconds);
   Track(job, checkpoint_ts_, g);
+  if (previous > 0 && unix_seconds > previous) {
+    prometheus::Gauge* interval = &checkpoint_interval_->Add({{"job_id", job}});
+    interval->Set(unix_seconds - previous);
+    Track(job, checkpoint_interval_, interval);
+  }
 }
 
 void CoordinatorMetrics::DropJob(const std::string& job) {

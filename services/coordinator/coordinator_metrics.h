@@ -59,6 +59,7 @@ class CoordinatorMetrics {
   prometheus::Family<prometheus::Gauge>* data_wait_;
   prometheus::Family<prometheus::Gauge>* eval_iou_;
   prometheus::Family<prometheus::Gauge>* checkpoint_ts_;
+  prometheus::Family<prometheus::Gauge>* checkpoint_interval_;
 
   absl::Mutex mu_;
   std::map<std::string, std::vector<std::pair<prometheus::Family<prometheus::Gauge>*, prometheus::Gauge*>>>

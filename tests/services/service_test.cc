@@ -1,6 +1,9 @@
 // Integration tests of the job service on loopback: real retina-coordinator,
 // retina-worker and retina-train processes, a real gRPC client, SIGKILLs.
 #include <atomic>
+#include <cctype>
+#include <regex>
+#include <sstream>
 #include <mutex>
 #include <set>
 
@@ -57,7 +60,7 @@ TEST(Service, EndToEndTwoWorkersWatchSeesEveryTransition) {
   const std::string metrics = HttpGet(c.metrics_port(), "/metrics");
   EXPECT_EQ(Sample(metrics, "retina_jobs{state=\"SUCCEEDED\"}"), 1);
   EXPECT_EQ(Sample(metrics, "retina_jobs_finished_total{result=\"succeeded\"}"), 1);
-  EXPECT_EQ(metrics.find("retina_train_step{job=\"" + job->id() + "\"}"), std::string::npos)
+  EXPECT_EQ(metrics.find("retina_train_step{job_id=\"" + job->id() + "\"}"), std::string::npos)
       << "per-job series are dropped when the job ends";
 }
 
@@ -326,14 +329,49 @@ TEST(Service, TlsWithATestCa) {
       << "a plaintext client cannot talk to a TLS server";
 }
 
-TEST(Service, RealPrometheusScrapesBothServices) {
+// Every name matching retina_[a-z0-9_]+ in `text`.
+std::set<std::string> MetricNames(const std::string& text) {
+  std::set<std::string> out;
+  static const std::regex name("retina_[a-z0-9_]+");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), name); it != std::sregex_iterator(); ++it) {
+    out.insert(it->str());
+  }
+  return out;
+}
+
+std::string UrlEncode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// A real Prometheus scrapes both services while a fine-tuning job with
+// validation and checkpoints runs; every metric that deploy/grafana's
+// dashboard and deploy/prometheus' alert rules use is exported by one of the
+// services at some point of the job, and every dashboard and alert expression
+// is accepted by Prometheus' query API.
+TEST(Service, RealPrometheusScrapesBothServicesAndTheDashboardsMetricsExist) {
   const char* prom = "/usr/bin/prometheus";
   if (!fs::exists(prom)) GTEST_SKIP() << "Debian's prometheus is not installed (scripts/setup installs it)";
   Cluster c("prom");
-  c.MakeDataset("em");
+  for (const auto& [name, seed] : {std::pair<std::string, int>{"mito", 1}, {"mito-val", 2}}) {
+    const std::string bin = BinDir() + "/trainer/";
+    const fs::path raw = c.root() / ("raw-" + name);
+    const std::string cmd = bin + "retina-synth benchmark --out " + raw.string() + " --train 1 --test 1 --shape 4,96,96 --seed " +
+                            std::to_string(seed) + " > /dev/null 2>&1 && " + bin + "retina-shard import --kind folder --input " +
+                            raw.string() + " --out " + (c.store() / "datasets" / name).string() + " --size 64 > /dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
   c.StartCoordinator();
   const int worker_port = c.StartWorker("w1", 1);
-  ASSERT_TRUE(c.Submit(PretrainYaml(1), 1).ok());
   // A free port for Prometheus' own HTTP API.
   const int sock = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -355,7 +393,7 @@ TEST(Service, RealPrometheusScrapesBothServices) {
                 "--web.listen-address=127.0.0.1:" + std::to_string(prom_port)},
                c.root() / "prometheus.log");
   auto query = [&](const std::string& q) {
-    return nlohmann::json::parse(HttpGet(prom_port, "/api/v1/query?query=" + q), nullptr, false);
+    return nlohmann::json::parse(HttpGet(prom_port, "/api/v1/query?query=" + UrlEncode(q)), nullptr, false);
   };
   const bool up = WaitFor([&] {
     nlohmann::json j = query("up");
@@ -370,6 +408,68 @@ TEST(Service, RealPrometheusScrapesBothServices) {
   EXPECT_EQ(jobs["data"]["result"].size(), 6u) << jobs.dump();  // one series per state
   nlohmann::json slots = query("retina_worker_slots");
   EXPECT_EQ(slots["data"]["result"].size(), 2u) << slots.dump();
+
+  // Fine-tuning with validation every 10 steps and checkpoints: every
+  // per-job family appears while it runs (and is dropped when it ends), so
+  // collect the exported names from both endpoints while it does.
+  absl::StatusOr<v1::Job> job = c.Submit(
+      "kind: finetune\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
+      "data: {dataset: mito, val_dataset: mito-val, loader_threads: 1}\n"
+      "finetune: {iters: 40, global_batch: 2, eval_every_iters: 10, save_every_iters: 10}\n", 1);
+  ASSERT_TRUE(job.ok()) << job.status();
+  std::set<std::string> exported;
+  auto scrape = [&] {
+    for (int port : {c.metrics_port(), worker_port}) {
+      std::istringstream lines(HttpGet(port, "/metrics"));
+      for (std::string line; std::getline(lines, line);) {
+        if (line.rfind("# TYPE retina_", 0) == 0) exported.insert(line.substr(7, line.find(' ', 7) - 7));
+      }
+    }
+  };
+  const bool ended = WaitFor([&] {
+    scrape();
+    const v1::JobState st = c.Get(job->id()).state();
+    return st == v1::SUCCEEDED || st == v1::FAILED || st == v1::CANCELLED;
+  }, std::chrono::seconds(180));
+  ASSERT_TRUE(ended);
+  ASSERT_EQ(c.Get(job->id()).state(), v1::SUCCEEDED);
+  scrape();
+
+  const fs::path deploy = fs::path(RETINA_TEST_SOURCE_DIR) / "deploy";
+  absl::StatusOr<std::string> dashboard = ReadFile(deploy / "grafana" / "dashboards" / "retina.json");
+  absl::StatusOr<std::string> rules = ReadFile(deploy / "prometheus" / "retina-alerts.yml");
+  ASSERT_TRUE(dashboard.ok() && rules.ok());
+  const nlohmann::json dash = nlohmann::json::parse(*dashboard, nullptr, false);
+  ASSERT_TRUE(dash.is_object()) << "retina.json is not JSON";
+  std::vector<std::string> exprs;
+  for (const auto& panel : dash["panels"]) {
+    for (const auto& t : panel.value("targets", nlohmann::json::array())) exprs.push_back(t.at("expr"));
+  }
+  std::set<std::string> used = MetricNames(*dashboard);
+  for (const std::string& n : MetricNames(*rules)) used.insert(n);
+  EXPECT_GE(used.size(), 18u) << "the dashboard and the rules should cover the service's metrics";
+  for (std::string name : used) {
+    for (const char* suffix : {"_bucket", "_sum", "_count"}) {  // histogram series of an exported family
+      const std::string s(suffix);
+      if (name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0 &&
+          exported.count(name.substr(0, name.size() - s.size()))) {
+        name = name.substr(0, name.size() - s.size());
+      }
+    }
+    EXPECT_TRUE(exported.count(name)) << name << " is used by deploy/ but neither service exported it";
+  }
+  // Prometheus itself accepts every expression (Grafana's variables filled in).
+  const std::regex alert_expr("expr: (.*)");
+  for (auto it = std::sregex_iterator(rules->begin(), rules->end(), alert_expr); it != std::sregex_iterator(); ++it) {
+    exprs.push_back((*it)[1].str());
+  }
+  ASSERT_GE(exprs.size(), 20u);
+  for (std::string e : exprs) {
+    e = std::regex_replace(e, std::regex("\\$__rate_interval"), "1m");
+    e = std::regex_replace(e, std::regex("\\$job_id"), ".*");
+    const nlohmann::json r = query(e);
+    EXPECT_TRUE(r.is_object() && r.value("status", "") == "success") << e << " -> " << r.dump();
+  }
   server.Kill(SIGTERM);
 }
 
