@@ -64,6 +64,7 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   if (mo.classes.empty()) for (int c = 1; c < std::max(2, mc.num_classes); ++c) mo.classes.push_back(c);
   mo.per_plane_iou = config.evaluate.mode == "2d";
   mo.cremi = test.value("kind", "") == "cremi";
+  mo.touching_only = test.value("kind", "") == "perez";  // partially labelled: METHOD.md section 3
   SlidingWindowOptions so;
   so.window = mc.image_size;
   so.overlap = config.evaluate.overlap;
