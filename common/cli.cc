@@ -62,8 +62,17 @@ absl::StatusOr<CliFlags> ParseCliFlags(const std::vector<std::string>& args, con
   return f;
 }
 
+bool AsksForHelp(const std::vector<std::string>& args) {
+  return std::any_of(args.begin(), args.end(), [](const std::string& a) { return a == "--help" || a == "-h"; }) ||
+         (!args.empty() && args[0] == "help");
+}
+
 int RunSubcommands(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
                    const std::map<std::string, Subcommand>& subcommands) {
+  if (AsksForHelp(args)) {
+    std::cout << usage;
+    return 0;
+  }
   auto it = args.empty() ? subcommands.end() : subcommands.find(args[0]);
   if (it == subcommands.end()) {
     std::cerr << usage;
@@ -74,6 +83,10 @@ int RunSubcommands(const std::string& program, const std::string& usage, const s
 
 int RunCommand(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
                const std::function<absl::Status(const std::vector<std::string>&)>& command) {
+  if (AsksForHelp(args)) {
+    std::cout << usage;
+    return 0;
+  }
   if (args.empty()) {
     std::cerr << usage;
     return 2;

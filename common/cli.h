@@ -44,6 +44,10 @@ using Subcommand = std::function<absl::Status(const std::vector<std::string>& ar
 
 // Runs subcommands[args[0]] with the remaining arguments; prints `usage` for
 // an unknown or missing subcommand. Returns the process exit status.
+// True for --help or -h anywhere, or a first argument "help": the Run*
+// helpers then print the usage to stdout and return 0.
+bool AsksForHelp(const std::vector<std::string>& args);
+
 int RunSubcommands(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
                    const std::map<std::string, Subcommand>& subcommands);
 

@@ -379,11 +379,15 @@ absl::Status Workers(const Client& c) {
 
 int RunCli(const std::vector<std::string>& all_args) {
   std::vector<std::string> args = all_args;
+  if (AsksForHelp(args)) {
+    std::cout << kUsage;
+    return 0;
+  }
   absl::StatusOr<Client> client = Connect(&args);
   if (!client.ok()) return ReportStatus("retina", client.status());
-  if (args.empty() || args[0] == "help" || args[0] == "--help") {
-    std::cout << kUsage;
-    return args.empty() ? 2 : 0;
+  if (args.empty()) {
+    std::cerr << kUsage;
+    return 2;
   }
   const std::string cmd = args[0];
   const std::vector<std::string> rest(args.begin() + 1, args.end());

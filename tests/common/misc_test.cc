@@ -1,12 +1,33 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/cli.h"
 #include "common/file_util.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
 
 namespace retina {
 namespace {
+
+TEST(Cli, HelpPrintsUsageToStdoutAndSucceeds) {
+  EXPECT_TRUE(AsksForHelp({"--help"}));
+  EXPECT_TRUE(AsksForHelp({"run", "-h"}));
+  EXPECT_TRUE(AsksForHelp({"help"}));
+  EXPECT_FALSE(AsksForHelp({"run", "--config", "help"}));
+  EXPECT_FALSE(AsksForHelp({}));
+  int calls = 0;
+  ::testing::internal::CaptureStdout();
+  const int rc = RunCommand("prog", "usage: prog\n", {"--x", "1", "--help"}, [&](const std::vector<std::string>&) {
+    ++calls;
+    return absl::OkStatus();
+  });
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(), "usage: prog\n");
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(RunCommand("prog", "usage\n", {"--x"}, [](const std::vector<std::string>&) {
+              return absl::InvalidArgumentError("--x: needs a value");
+            }), 2);
+}
 
 TEST(ThreadPlan, Precedence) {
   EXPECT_EQ(PlanThreads(16, 4, nullptr).threads, 4);

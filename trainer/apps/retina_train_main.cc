@@ -159,6 +159,10 @@ int Main(const std::vector<std::string>& args) {
     return true;
   };
   const auto rest = [&](size_t n) { return std::vector<std::string>(args.begin() + n, args.end()); };
+  if (AsksForHelp(args)) {
+    std::cout << kUsage;
+    return 0;
+  }
   if (is({"run"})) return Run(rest(1));
   if (args.size() == 2 && is({"config", "schema"})) {
     std::cout << JobConfigSchemaMarkdown();
