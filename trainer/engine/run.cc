@@ -243,6 +243,11 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config.runtime.collective_timeout_s * 1000));
   co.cuda = device.device.is_cuda();
   ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm, CreateCommunicator(launch, co));
+  // Every rank says who it is first (the HPC guide's first check for hangs).
+  RETINA_LOG(Info) << "rank " << launch.rank << " of " << launch.world_size << " (local " << launch.local_rank << " of "
+                   << launch.local_world_size << ", from " << launch.source << "), backend " << comm->backend()
+                   << ", rendezvous " << launch.master_addr << ":" << launch.master_port << ", " << device.describe
+                   << ", " << threads.threads << " thread(s)";
   ASSIGN_OR_RETURN(TransUNetConfig mc,
                    NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
                                     pretrain ? ModelHead::kReconstruction : ModelHead::kSegmentation));
