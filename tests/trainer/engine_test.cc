@@ -175,7 +175,9 @@ TEST_F(Engine, KilledRunResumesExactlyAndLossGoesDown) {
 }
 
 TEST_F(Engine, SigtermCheckpointsExits75AndContinuesExactly) {
-  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  if (!fs::exists(Ckpts("whole"))) {
+    ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  }
   const pid_t pid = Start(RunArgs("pre.yaml", "term"), Log("term"));
   ASSERT_TRUE(AwaitCheckpoint(Ckpts("term"), 60));
   kill(pid, SIGTERM);
@@ -189,7 +191,9 @@ TEST_F(Engine, SigtermCheckpointsExits75AndContinuesExactly) {
 }
 
 TEST_F(Engine, CorruptedLatestFallsBackToThePreviousCheckpoint) {
-  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  if (!fs::exists(Ckpts("whole"))) {
+    ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  }
   std::vector<CheckpointInfo> all = CheckpointStore(Ckpts("whole")).List();
   ASSERT_GE(all.size(), 2u);
   {
@@ -203,7 +207,9 @@ TEST_F(Engine, CorruptedLatestFallsBackToThePreviousCheckpoint) {
 }
 
 TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
-  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  if (!fs::exists(Ckpts("whole"))) {
+    ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  }
   EnsureLabelledDataset();
   WriteConfig("fine.yaml", "kind: finetune\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
                            "data: {dataset: mito, val_dataset: mito, loader_threads: 1}\n"
@@ -304,7 +310,9 @@ TEST_F(Engine, BadConfigAndMissingDataAreNamedBeforeTraining) {
 
 TEST_F(Engine, RetinaInferSegmentsWithCheckpointNormalisationAndRefusesPretrainWeights) {
   const std::string infer = std::string(RETINA_TEST_TRAINER_DIR) + "/retina-infer";
-  if (!fs::exists(Ckpts("whole"))) ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  if (!fs::exists(Ckpts("whole"))) {
+    ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  }
   SynthOptions o;
   o.shape = {3, 40, 70};
   const fs::path input = tmp_->path() / "infer-in.tif";
