@@ -129,11 +129,7 @@ PretrainAugmenter::PretrainAugmenter(PretrainAugmentConfig config, double mean, 
     : c_(std::move(config)), mean_(mean), std_(std), out_size_(out_size) {}
 
 GeometryParams PretrainAugmenter::SampleGeometry(int64_t b, int64_t h, int64_t w, torch::Generator& gen) const {
-  GeometryParams p;
-  p.hflip = torch::empty({b}, torch::kBool);
-  p.vflip = torch::empty({b}, torch::kBool);
-  p.angle_deg = torch::zeros({b}, torch::kFloat);
-  p.crop = torch::empty({b, 4}, torch::kFloat);
+  GeometryParams p = GeometryParams::ForBatch(b);
   Uniforms u(gen);
   for (int64_t i = 0; i < b; ++i) {
     p.hflip[i] = u.Chance(c_.hflip_p);
@@ -275,11 +271,7 @@ GeometryParams FinetuneAugmenter::SampleGeometry(const torch::Tensor& masks_u8, 
   const PretrainAugmentConfig as_in_pretraining;  // METHOD.md section 3: "random resized crop 224 (as above)"
   const std::vector<double>& scale = as_in_pretraining.crop_scale;
   const std::vector<double>& ratio = as_in_pretraining.crop_ratio;
-  GeometryParams p;
-  p.hflip = torch::empty({b}, torch::kBool);
-  p.vflip = torch::empty({b}, torch::kBool);
-  p.angle_deg = torch::zeros({b}, torch::kFloat);
-  p.crop = torch::empty({b, 4}, torch::kFloat);
+  GeometryParams p = GeometryParams::ForBatch(b);
   Uniforms u(gen);
   const torch::Tensor masks_cpu = masks_u8.to(torch::kCPU);
   for (int64_t i = 0; i < b; ++i) {

@@ -24,6 +24,12 @@ struct GeometryParams {
   torch::Tensor hflip, vflip;           // [B] bool
   torch::Tensor angle_deg;              // [B] float, 0 where no rotation
   torch::Tensor crop;                   // [B, 4] float: x0, y0, w, h in input pixels
+
+  // Tensors for a batch of b, to be filled per sample (angles start at 0).
+  static GeometryParams ForBatch(int64_t b) {
+    return {torch::empty({b}, torch::kBool), torch::empty({b}, torch::kBool), torch::zeros({b}, torch::kFloat),
+            torch::empty({b, 4}, torch::kFloat)};
+  }
 };
 
 struct CorruptionParams {
