@@ -281,6 +281,10 @@ TEST(Orthoplane, SlabsReproduceTheWholeVolumeAndBoundTheirBuffers) {
     const torch::Tensor probs = torch::cat(w.chunks, 1).view({2, 45, 20, 18});
     EXPECT_TRUE(torch::allclose(probs, whole->probabilities, 1e-5, 1e-6))
         << (probs - whole->probabilities).abs().max().item<float>();
+    if (slab == 45) {  // one slab: every plane of every axis, each with all its windows
+      const auto n = [&](int64_t extent) { return static_cast<int64_t>(WindowOrigins(extent, 16, 0.7).size()); };
+      EXPECT_EQ(st->windows, 45 * n(20) * n(18) + 20 * n(45) * n(18) + 18 * n(45) * n(20));
+    }
     // Thinner slabs repeat the windows that straddle them.
     EXPECT_GT(st->windows, previous_windows);
     previous_windows = st->windows;

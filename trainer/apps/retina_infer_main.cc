@@ -110,9 +110,11 @@ absl::Status Infer(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(LoadStateDict(*model, std::move(weights)).status(), weights_path.string());
   model->to(device.device);
 
+  const std::string scale = f.Get("--scale", "none");
+  if (scale != "none" && scale != "minmax") return absl::InvalidArgumentError("--scale: minmax, got '" + scale + "'");
   ASSIGN_OR_RETURN(std::unique_ptr<PlaneReader> in,
-                   OpenPlaneReader(f.Get("--input"), f.Get("--scale") == "minmax" ? IntensityScaling::kMinMax
-                                                                                  : IntensityScaling::kRequireUInt8));
+                   OpenPlaneReader(f.Get("--input"),
+                                   scale == "minmax" ? IntensityScaling::kMinMax : IntensityScaling::kRequireUInt8));
   const auto shape = in->shape();
   const std::string mode = f.Get("--mode", "stack");
   if (mode != "2d" && mode != "stack" && mode != "orthoplane") {

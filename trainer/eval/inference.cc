@@ -40,7 +40,7 @@ std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, 
 }
 
 torch::Tensor SlidingWindowRows(const WindowForward& forward, const torch::Tensor& rows, int64_t row0, int64_t full_h,
-                                int64_t r0, int64_t r1, const SlidingWindowOptions& o) {
+                                int64_t r0, int64_t r1, const SlidingWindowOptions& o, int64_t* windows) {
   torch::NoGradGuard no_grad;
   const int64_t w = rows.size(1), win = o.window;
   // Symmetric zero padding (normalised units) up to the window. Padded
@@ -59,6 +59,7 @@ torch::Tensor SlidingWindowRows(const WindowForward& forward, const torch::Tenso
                 " of the plane are needed but not given");
     for (int64_t x : WindowOrigins(w + pw, win, o.overlap)) origins.emplace_back(y, x);
   }
+  if (windows != nullptr) *windows += static_cast<int64_t>(origins.size());
   torch::Tensor sum, count = torch::zeros({1, t1 - t0, w + pw});
   for (size_t first = 0; first < origins.size(); first += o.batch) {
     const size_t n = std::min<size_t>(o.batch, origins.size() - first);
@@ -79,8 +80,9 @@ torch::Tensor SlidingWindowRows(const WindowForward& forward, const torch::Tenso
   return (sum / count).slice(2, left, left + w).contiguous();
 }
 
-torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o) {
-  return SlidingWindowRows(forward, image, 0, image.size(0), 0, image.size(0), o);
+torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o,
+                                  int64_t* windows) {
+  return SlidingWindowRows(forward, image, 0, image.size(0), 0, image.size(0), o, windows);
 }
 
 torch::Tensor LogitsToProbabilities(const torch::Tensor& logits) {
@@ -88,11 +90,6 @@ torch::Tensor LogitsToProbabilities(const torch::Tensor& logits) {
 }
 
 namespace {
-
-int64_t WindowsPerPlane(int64_t h, int64_t w, const SlidingWindowOptions& o) {
-  return static_cast<int64_t>(WindowOrigins(std::max(h, o.window), o.window, o.overlap).size() *
-                              WindowOrigins(std::max(w, o.window), o.window, o.overlap).size());
-}
 
 torch::Tensor Labels(const torch::Tensor& probs) {  // [C, ...] -> uint8 [...]
   return (probs.size(0) == 1 ? (probs[0] > 0.5) : probs.argmax(0)).to(torch::kByte).contiguous();
@@ -142,27 +139,25 @@ absl::StatusOr<VolumeStreamStats> PredictVolumeStreaming(const WindowForward& fo
     torch::Tensor acc;  // [C, n, Y, X]: summed probabilities (orthoplane, or when kept)
     torch::Tensor labels = torch::empty({n, Y, X}, torch::kByte);
     const bool accumulate = ortho || keep_probabilities;
-    const auto add = [&](int64_t c, const auto& fill) {  // c = number of classes, known after the first plane
-      if (!acc.defined()) acc = torch::zeros({c, n, Y, X});
-      fill();
-    };
     // xy planes.
     for (int64_t z = z0; z < z1; ++z) {
-      const torch::Tensor p = LogitsToProbabilities(SlidingWindowLogits(forward, normalise(vol[z - lo]), o));
-      stats.windows += WindowsPerPlane(Y, X, o);
-      if (accumulate) add(p.size(0), [&] { acc.select(1, z - z0).copy_(p); });
-      else labels[z - z0].copy_(Labels(p));
+      const torch::Tensor p =
+          LogitsToProbabilities(SlidingWindowLogits(forward, normalise(vol[z - lo]), o, &stats.windows));
+      if (!accumulate) {
+        labels[z - z0].copy_(Labels(p));
+      } else {
+        if (!acc.defined()) acc = torch::zeros({p.size(0), n, Y, X});  // the class count is known now
+        acc.select(1, z - z0).copy_(p);
+      }
       if (progress) progress(++stats.planes_predicted, total);
     }
     if (ortho) {
       // xz planes (fixed y), then yz planes (fixed x), rows z0..z1 of each.
       for (int axis : {1, 2}) {
-        const int64_t extent = axis == 1 ? Y : X, across = axis == 1 ? X : Y;
-        for (int64_t i = 0; i < extent; ++i) {
-          const torch::Tensor plane = normalise(vol.select(axis, i));  // [hi - lo, across]
-          const torch::Tensor p = LogitsToProbabilities(SlidingWindowRows(forward, plane, lo, Z, z0, z1, o));
-          stats.windows += static_cast<int64_t>(WindowOrigins(std::max(across, o.window), o.window, o.overlap).size()) *
-                           (WindowsPerPlane(hi - lo, o.window, o));
+        for (int64_t i = 0; i < (axis == 1 ? Y : X); ++i) {
+          const torch::Tensor plane = normalise(vol.select(axis, i));  // [hi - lo, X or Y]
+          const torch::Tensor p =
+              LogitsToProbabilities(SlidingWindowRows(forward, plane, lo, Z, z0, z1, o, &stats.windows));
           acc.select(axis + 1, i).add_(p);
           if (progress) progress(++stats.planes_predicted, total);
         }

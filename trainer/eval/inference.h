@@ -46,14 +46,16 @@ using WindowForward = std::function<torch::Tensor(const torch::Tensor&)>;
 WindowForward ModelForward(VisionTransformer& model);
 
 // image: normalised [H, W] float; returns averaged logits [C, H, W] (CPU).
-torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o);
+// `windows`, when given, is increased by the number of windows run.
+torch::Tensor SlidingWindowLogits(const WindowForward& forward, const torch::Tensor& image, const SlidingWindowOptions& o,
+                                  int64_t* windows = nullptr);
 
 // Rows [r0, r1) of the averaged logits of a plane `full_h` rows high:
 // [C, r1 - r0, W]. `rows` [n, W] holds the plane's rows [row0, row0 + n), which
 // must include SlidingWindowRowsNeeded(full_h, r0, r1). A plane lower than the
 // window is padded, and then `rows` must be all of it.
 torch::Tensor SlidingWindowRows(const WindowForward& forward, const torch::Tensor& rows, int64_t row0, int64_t full_h,
-                                int64_t r0, int64_t r1, const SlidingWindowOptions& o);
+                                int64_t r0, int64_t r1, const SlidingWindowOptions& o, int64_t* windows = nullptr);
 // The rows [lo, hi) of a plane `full_h` high that the windows covering rows
 // [r0, r1) read.
 std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, int64_t r1, const SlidingWindowOptions& o);
