@@ -148,7 +148,8 @@ if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=
     else:
         out = subprocess.run(["docker", "run", "--rm", tag, "sh", "-c", "id -u; retina-train --help"],
                              capture_output=True, text=True)
-        if out.returncode != 0 or out.stdout.split()[0] == "0" or "usage" not in (out.stdout + out.stderr).lower():
+        uid = (out.stdout.split() or ["?"])[0]
+        if out.returncode != 0 or uid in ("0", "?") or "usage" not in (out.stdout + out.stderr).lower():
             fail(f"the image does not run retina-train as a non-root user: {out.stdout} {out.stderr}")
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
         print("ok: built Dockerfile.cpu and ran retina-train --help as a non-root user")
