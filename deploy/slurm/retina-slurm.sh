@@ -142,16 +142,17 @@ _retina_main() {
       ;;
   esac
 
-  # Forward USR1/TERM (sbatch --signal=B:USR1@..., scontrol requeue, preemption)
-  # to the launcher, which passes them to every rank.
+  # Signals: see the traps below.
   local launcher_pid status=0 requeue_self=0
   "${cmd[@]}" &
   launcher_pid=$!
-  # USR1 comes from --signal before the time limit: requeue ourselves after the
-  # checkpoint. TERM comes from Slurm itself (requeue, preemption, scancel),
-  # which decides what happens next.
+  # USR1 comes from --signal before the time limit: pass it on, and requeue
+  # ourselves after the checkpoint. TERM comes from Slurm itself (requeue,
+  # preemption, scancel), which signals every process of the job's steps, the
+  # ranks included, and decides what happens next: only keep waiting for the
+  # ranks (a second TERM through srun would make it kill the step at once).
   trap 'requeue_self=1; kill -USR1 "$launcher_pid" 2>/dev/null || true' USR1
-  trap 'kill -TERM "$launcher_pid" 2>/dev/null || true' TERM
+  trap ':' TERM
   while true; do
     wait "$launcher_pid" && status=0 || status=$?
     # wait returns > 128 when a trapped signal interrupted it; the launcher runs on.

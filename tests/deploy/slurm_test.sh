@@ -8,7 +8,10 @@
 #   3. sbatch pretrain.sbatch with 2 tasks launched by srun (--mpi=pmix),
 #      `scontrol requeue` once a checkpoint exists: the job runs again
 #      (restart count 1), attempt 2's rank 0 resumes from a step > 0, and it
-#      completes.
+#      completes;
+#   4. the same through mpirun, interrupted by the USR1 that --signal=B:USR1
+#      sends before the time limit: the script requeues its own job, which
+#      resumes and completes.
 # Exit 77 (ctest: skipped) with the reason when Slurm or munge is missing.
 #
 #   tests/deploy/slurm_test.sh BUILD_DIR
@@ -169,35 +172,50 @@ grep -q "rendezvous $host:$((20000 + job % 20000))" "$WORK/out/$job.out" ||
   { echo "MASTER_ADDR/PORT not derived from the job"; cat "$WORK/out/$job.out"; exit 1; }
 echo "ok: mpirun job $job completed with checkpoint $final and per-rank logs"
 
-# 3. srun launcher, requeued mid-run, resumes from its checkpoint.
-job=$(RETINA_LAUNCHER=srun RETINA_SRUN_ARGS=--mpi=pmix sbatch --parsable --ntasks 2 --cpus-per-task 1 \
-  -o "$WORK/out/%j.out" "$SOURCE_DIR/deploy/slurm/pretrain.sbatch" "$WORK/long.yaml")
-ckpt=$STORE/jobs/slurm-$job/checkpoints
-for _ in $(seq 900); do
-  [[ -n $(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1) ]] && break
-  [[ $(job_field "$job" JobState) == RUNNING || $(job_field "$job" JobState) == PENDING ]] || break
-  sleep 0.2
-done
-first=$(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1 || true)
-[[ -n $first ]] || { echo "job $job wrote no checkpoint before ending ($(job_field "$job" JobState))"; exit 1; }
-scontrol requeue "$job"
-echo "requeued $job after checkpoint $first"
-# Slurm holds a requeued batch job for a while (Reason=BeginTime); release it now.
-for _ in $(seq 600); do
-  [[ $(job_field "$job" Restarts) -ge 1 && $(job_field "$job" JobState) == RUNNING ]] && break
-  if [[ $(job_field "$job" JobState) == PENDING && $(job_field "$job" Reason) == BeginTime ]]; then
-    scontrol update JobId="$job" StartTime=now
-  fi
-  sleep 0.2
-done
-[[ $(job_field "$job" Restarts) == 1 ]] || { echo "job $job did not restart"; scontrol show job "$job"; exit 1; }
-wait_state "$job" COMPLETED 300
-log=$STORE/jobs/slurm-$job/logs/attempt-2/rank-0.log
-grep "resumed from" "$log" || { echo "attempt 2 did not resume"; exit 1; }
-step=$(sed -n 's/.*resumed from .* at step \([0-9]*\).*/\1/p' "$log" | head -n 1)
-[[ ${step:-0} -gt 0 ]] || { echo "attempt 2 resumed from step ${step:-0}, expected > 0"; exit 1; }
-grep -q "ranks exited with status 75" "$WORK/out/$job.out" || { echo "attempt 1 did not stop as preempted (75)"; exit 1; }
-total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$log" | tail -n 1)
-ls "$ckpt" | grep -qx "$(printf 'step-%08d' "${total:-0}")" || { echo "no final checkpoint after the requeue"; exit 1; }
-echo "ok: srun job $job requeued after $first, attempt 2 resumed from step $step and completed at step $total"
+# Submits the long job with launcher $1 (+ srun args $2), interrupts it after
+# its first checkpoint with the command "$3 <job>", and checks that it restarts
+# once, resumes past step 0 and completes with its final checkpoint.
+interrupted_job_resumes() {
+  local launcher=$1 srun_args=$2 interrupt=$3 job ckpt first log step total
+  job=$(RETINA_LAUNCHER=$launcher RETINA_SRUN_ARGS=$srun_args sbatch --parsable --ntasks 2 --cpus-per-task 1 \
+    -o "$WORK/out/%j.out" "$SOURCE_DIR/deploy/slurm/pretrain.sbatch" "$WORK/long.yaml")
+  ckpt=$STORE/jobs/slurm-$job/checkpoints
+  for _ in $(seq 900); do
+    [[ -n $(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1) ]] && break
+    [[ $(job_field "$job" JobState) == RUNNING || $(job_field "$job" JobState) == PENDING ]] || break
+    sleep 0.2
+  done
+  first=$(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1 || true)
+  [[ -n $first ]] || { echo "job $job wrote no checkpoint before ending ($(job_field "$job" JobState))"; exit 1; }
+  $interrupt "$job"
+  echo "$interrupt $job after checkpoint $first"
+  # Slurm holds a requeued batch job for a while (Reason=BeginTime); release it now.
+  for _ in $(seq 1500); do
+    [[ $(job_field "$job" Restarts) -ge 1 && $(job_field "$job" JobState) == RUNNING ]] && break
+    if [[ $(job_field "$job" JobState) == PENDING && $(job_field "$job" Reason) == BeginTime ]]; then
+      scontrol update JobId="$job" StartTime=now
+    fi
+    sleep 0.2
+  done
+  [[ $(job_field "$job" Restarts) == 1 ]] || { echo "job $job did not restart"; scontrol show job "$job"; exit 1; }
+  wait_state "$job" COMPLETED 300
+  log=$STORE/jobs/slurm-$job/logs/attempt-2/rank-0.log
+  grep "resumed from" "$log" || { echo "attempt 2 did not resume"; exit 1; }
+  step=$(sed -n 's/.*resumed from .* at step \([0-9]*\).*/\1/p' "$log" | head -n 1)
+  [[ ${step:-0} -gt 0 ]] || { echo "attempt 2 resumed from step ${step:-0}, expected > 0"; exit 1; }
+  grep -q "ranks exited with status 75" "$WORK/out/$job.out" || { echo "attempt 1 did not stop as preempted (75)"; exit 1; }
+  total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$log" | tail -n 1)
+  ls "$ckpt" | grep -qx "$(printf 'step-%08d' "${total:-0}")" || { echo "no final checkpoint after the restart"; exit 1; }
+  echo "ok: $launcher job $job restarted after $first, attempt 2 resumed from step $step and completed at step $total"
+  LAST_JOB=$job
+}
+
+# 3. srun launcher, requeued by Slurm (SIGTERM) mid-run.
+interrupted_job_resumes srun --mpi=pmix "scontrol requeue"
+
+# 4. mpirun launcher, the time-limit warning of --signal=B:USR1@300 (sent by
+#    hand): the ranks checkpoint and the script requeues its own job.
+usr1() { scancel --signal=USR1 --batch "$1"; }
+interrupted_job_resumes mpirun "" usr1
+grep -q "requeueing $LAST_JOB" "$WORK/out/$LAST_JOB.out" || { echo "job $LAST_JOB did not requeue itself"; exit 1; }
 echo "PASS"
