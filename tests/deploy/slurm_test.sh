@@ -176,24 +176,30 @@ echo "ok: mpirun job $job completed with checkpoint $final and per-rank logs"
 # its first checkpoint with the command "$3 <job>", and checks that it restarts
 # once, resumes past step 0 and completes with its final checkpoint.
 interrupted_job_resumes() {
-  local launcher=$1 srun_args=$2 interrupt=$3 job ckpt first log step total
+  local launcher=$1 srun_args=$2 interrupt=$3 job ckpt first log step total state
   job=$(RETINA_LAUNCHER=$launcher RETINA_SRUN_ARGS=$srun_args sbatch --parsable --ntasks 2 --cpus-per-task 1 \
     -o "$WORK/out/%j.out" "$SOURCE_DIR/deploy/slurm/pretrain.sbatch" "$WORK/long.yaml")
   ckpt=$STORE/jobs/slurm-$job/checkpoints
   for _ in $(seq 900); do
     [[ -n $(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1) ]] && break
-    [[ $(job_field "$job" JobState) == RUNNING || $(job_field "$job" JobState) == PENDING ]] || break
+    case $(job_field "$job" JobState) in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY) break ;; esac
     sleep 0.2
   done
   first=$(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1 || true)
   [[ -n $first ]] || { echo "job $job wrote no checkpoint before ending ($(job_field "$job" JobState))"; exit 1; }
   $interrupt "$job"
   echo "$interrupt $job after checkpoint $first"
-  # Slurm holds a requeued batch job for a while (Reason=BeginTime); release it now.
+  # Slurm holds a requeued batch job for a while (Reason=BeginTime); release it
+  # a few seconds after the node has finished with the previous run.
+  # Credentials have one-second resolution: a restart within the second of the
+  # requeue finds its credential revoked ("Job credential revoked") and fails.
+  local pending_since=""
   for _ in $(seq 1500); do
-    [[ $(job_field "$job" Restarts) -ge 1 && $(job_field "$job" JobState) == RUNNING ]] && break
-    if [[ $(job_field "$job" JobState) == PENDING && $(job_field "$job" Reason) == BeginTime ]]; then
-      scontrol update JobId="$job" StartTime=now
+    state=$(job_field "$job" JobState)
+    [[ $(job_field "$job" Restarts) -ge 1 && $state != PENDING && $state != REQUEUED ]] && break
+    if [[ $state == PENDING && $(job_field "$job" Reason) == BeginTime && $(sinfo -h -o %T) == idle ]]; then
+      pending_since=${pending_since:-$SECONDS}
+      if ((SECONDS - pending_since >= 3)); then scontrol update JobId="$job" StartTime=now; fi
     fi
     sleep 0.2
   done
