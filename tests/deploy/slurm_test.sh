@@ -170,7 +170,7 @@ for r in 0 1; do
 done
 grep -q "rendezvous $host:$((20000 + job % 20000))" "$WORK/out/$job.out" ||
   { echo "MASTER_ADDR/PORT not derived from the job"; cat "$WORK/out/$job.out"; exit 1; }
-echo "ok: mpirun job $job completed with checkpoint $final and per-rank logs"
+echo "[${SECONDS} s] ok: mpirun job $job completed with checkpoint $final and per-rank logs"
 
 # Submits the long job with launcher $1 (+ srun args $2), interrupts it after
 # its first checkpoint with the command "$3 <job>", and checks that it restarts
@@ -188,7 +188,7 @@ interrupted_job_resumes() {
   first=$(ls "$ckpt" 2>/dev/null | grep '^step-' | head -n 1 || true)
   [[ -n $first ]] || { echo "job $job wrote no checkpoint before ending ($(job_field "$job" JobState))"; exit 1; }
   $interrupt "$job"
-  echo "$interrupt $job after checkpoint $first"
+  echo "[${SECONDS} s] $interrupt $job after checkpoint $first"
   # Slurm holds a requeued batch job for a while (Reason=BeginTime); release it
   # a few seconds after the node has finished with the previous run.
   # Credentials have one-second resolution: a restart within the second of the
@@ -212,7 +212,7 @@ interrupted_job_resumes() {
   grep -q "ranks exited with status 75" "$WORK/out/$job.out" || { echo "attempt 1 did not stop as preempted (75)"; exit 1; }
   total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$log" | tail -n 1)
   ls "$ckpt" | grep -qx "$(printf 'step-%08d' "${total:-0}")" || { echo "no final checkpoint after the restart"; exit 1; }
-  echo "ok: $launcher job $job restarted after $first, attempt 2 resumed from step $step and completed at step $total"
+  echo "[${SECONDS} s] ok: $launcher job $job restarted after $first, attempt 2 resumed from step $step and completed at step $total"
   LAST_JOB=$job
 }
 
