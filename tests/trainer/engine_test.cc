@@ -190,6 +190,21 @@ TEST_F(Engine, SigtermCheckpointsExits75AndContinuesExactly) {
   EXPECT_LT(MaxRelDiff(Final("whole"), Final("term")), 1e-5);
 }
 
+// Every file of a checkpoint is usable from Python PyTorch as PyTorch users
+// load files today (weights_only=True), and the optimizer state continues a
+// C++ run in Python (tests/trainer/py/checkpoint_peer.py).
+TEST_F(Engine, CheckpointFilesLoadInPythonWeightsOnlyAndTrainingContinues) {
+  if (const std::string why = retina::testing::PythonMissing("torch"); !why.empty()) GTEST_SKIP() << why;
+  if (!fs::exists(Ckpts("whole"))) {
+    ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  }
+  absl::StatusOr<CheckpointInfo> latest = CheckpointStore(Ckpts("whole")).Latest();
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  std::string out;
+  EXPECT_EQ(retina::testing::RunPython("checkpoint_peer.py", latest->dir.string() + " tiny 64 1 1", &out), 0) << out;
+  std::printf("%s", out.c_str());
+}
+
 TEST_F(Engine, CorruptedLatestFallsBackToThePreviousCheckpoint) {
   if (!fs::exists(Ckpts("whole"))) {
     ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);

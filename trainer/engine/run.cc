@@ -30,6 +30,7 @@
 #include "trainer/dist/reducer.h"
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/losses.h"
+#include "trainer/engine/optimizer_state.h"
 #include "trainer/eval/inference.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/batch_norm.h"
@@ -151,9 +152,8 @@ absl::Status SaveCheckpoint(const fs::path& dir, const StepState& st, torch::nn:
   ASSIGN_OR_RETURN(CheckpointWriter w, CheckpointWriter::Begin(dir, st.step));
   const std::vector<char> weights = SerializeStateDict(GetStateDict(model));
   RETURN_IF_ERROR(w.WriteFile("model.pt", absl::string_view(weights.data(), weights.size())));
-  std::ostringstream os;
-  torch::save(opt, os);
-  RETURN_IF_ERROR(w.WriteFile("optimizer.pt", os.str()));
+  const std::vector<char> optimizer = SerializeSgdState(opt, model.parameters());
+  RETURN_IF_ERROR(w.WriteFile("optimizer.pt", absl::string_view(optimizer.data(), optimizer.size())));
   nlohmann::json s;
   s["step"] = st.step;
   s["epoch"] = st.sampler.epoch;
@@ -180,11 +180,7 @@ absl::StatusOr<StepState> LoadCheckpoint(const fs::path& dir, torch::nn::Module&
   ASSIGN_OR_RETURN(CheckpointInfo info, CheckpointStore::Verify(dir));
   ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(info.dir / "model.pt"));
   RETURN_IF_ERROR(LoadStateDict(model, std::move(weights)).status(), "resuming from " + info.dir.string());
-  try {
-    torch::load(opt, (info.dir / "optimizer.pt").string());
-  } catch (const c10::Error& e) {
-    return absl::DataLossError(absl::StrCat((info.dir / "optimizer.pt").string(), ": ", e.what_without_backtrace()));
-  }
+  RETURN_IF_ERROR(LoadSgdState(opt, model.parameters(), info.dir / "optimizer.pt"));
   ASSIGN_OR_RETURN(std::string text, ReadFile(info.dir / "state.json"));
   StepState st;
   try {

@@ -1,7 +1,6 @@
 #include "trainer/model/state_dict.h"
 
 #include <caffe2/serialize/inline_container.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <cstring>
 #include <map>
@@ -12,6 +11,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "trainer/model/pickle_reader.h"
+#include "trainer/model/pickle_writer.h"
 
 namespace retina::trainer {
 namespace {
@@ -102,11 +102,10 @@ absl::StatusOr<LoadReport> LoadStateDict(torch::nn::Module& module, StateDict di
 }
 
 std::vector<char> SerializeStateDict(const StateDict& dict) {
-  c10::Dict<std::string, torch::Tensor> generic;
-  for (const auto& [name, tensor] : dict) {
-    generic.insert(name, tensor.detach().to(torch::kCPU).contiguous());
-  }
-  return torch::pickle_save(c10::IValue(generic));
+  std::vector<std::pair<PyValuePtr, PyValuePtr>> entries;
+  entries.reserve(dict.size());
+  for (const auto& [name, tensor] : dict) entries.emplace_back(PyString(name), PyTensor(tensor));
+  return TorchSaveBytes(*PyDict(std::move(entries)));
 }
 
 absl::Status SaveStateDictFile(const StateDict& dict, const std::filesystem::path& path) {
@@ -114,7 +113,7 @@ absl::Status SaveStateDictFile(const StateDict& dict, const std::filesystem::pat
   return WriteFileAtomic(path, absl::string_view(bytes.data(), bytes.size()));
 }
 
-absl::StatusOr<StateDict> ReadStateDictFile(const std::filesystem::path& path) {
+absl::StatusOr<PyValuePtr> ReadTorchSaveFile(const std::filesystem::path& path) {
   const std::string source = path.string();
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   std::string pickle;
@@ -149,7 +148,12 @@ absl::StatusOr<StateDict> ReadStateDictFile(const std::filesystem::path& path) {
       return absl::DataLossError(absl::StrCat("record ", record, ": ", e.what_without_backtrace()));
     }
   };
-  ASSIGN_OR_RETURN(PyValuePtr root, Unpickle(pickle, loader, source));
+  return Unpickle(pickle, loader, source);
+}
+
+absl::StatusOr<StateDict> ReadStateDictFile(const std::filesystem::path& path) {
+  const std::string source = path.string();
+  ASSIGN_OR_RETURN(PyValuePtr root, ReadTorchSaveFile(path));
 
   auto is_tensor_dict = [](const PyValuePtr& v) {
     return v->kind == PyValue::Kind::kDict && !v->entries.empty() &&

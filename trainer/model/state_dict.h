@@ -4,9 +4,9 @@
 // module's own parameters, then its buffers. Names are dotted paths
 // ("decoder.blocks.0.conv1.1.running_mean").
 //
-// Files: SaveStateDictFile writes the zip format of torch.save (via
-// torch::pickle_save) holding a plain dict[str, Tensor]; Python loads it with
-// torch.load(path). ReadStateDictFile reads files written by Python's
+// Files: SaveStateDictFile writes the zip format of torch.save holding a
+// plain dict[str, Tensor] (trainer/model/pickle_writer.h); Python loads it
+// with torch.load(path, weights_only=True). ReadStateDictFile reads files written by Python's
 // torch.save(model.state_dict()): an OrderedDict with a _metadata attribute,
 // which libtorch's own unpickler cannot read (it turns OrderedDict into None),
 // so trainer/model/pickle_reader.h handles those opcodes itself.
@@ -21,6 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "trainer/model/pickle_reader.h"
 
 namespace retina::trainer {
 
@@ -57,6 +58,8 @@ absl::StatusOr<LoadReport> LoadStateDict(torch::nn::Module& module, StateDict di
 std::vector<char> SerializeStateDict(const StateDict& dict);
 // SerializeStateDict + an atomic, durable write.
 absl::Status SaveStateDictFile(const StateDict& dict, const std::filesystem::path& path);
+// Reads any torch.save zip file (the values pickle_reader.h supports).
+absl::StatusOr<PyValuePtr> ReadTorchSaveFile(const std::filesystem::path& path);
 // Reads a torch.save zip file holding a dict/OrderedDict of tensors (or a
 // dict with such a dict under "state_dict" or "model"). Errors name the file.
 absl::StatusOr<StateDict> ReadStateDictFile(const std::filesystem::path& path);

@@ -7,11 +7,14 @@
       _metadata), state_ddp.pt (the same under a DDP-style 'module.' prefix),
       io.pt ({'input', 'output'}: an eval-mode forward pass), keys.txt.
   interop.py check NAME SIZE CLASSES RECON CPP_FILE REF_FILE
-      Loads the C++-written CPP_FILE with plain torch.load, checks it is a
-      dict of tensors, loads it strictly into the reference model, and checks
-      every tensor equals REF_FILE's (the state dict the C++ side loaded).
+      Loads the C++-written CPP_FILE with torch.load(weights_only=True) (the
+      default since PyTorch 2.6), checks it is a dict of tensors, loads it
+      strictly into the reference model, checks every tensor equals
+      REF_FILE's (the state dict the C++ side loaded) and that the model's
+      forward pass on io.pt's input (beside REF_FILE) gives io.pt's output.
 Exit status 0 on success; a message on stderr otherwise.
 """
+import os
 import sys
 
 import torch
@@ -65,7 +68,7 @@ def main():
         return 0
     if cmd == "check":
         cpp_file, ref_file = sys.argv[6], sys.argv[7]
-        loaded = torch.load(cpp_file)
+        loaded = torch.load(cpp_file, weights_only=True)
         if type(loaded) is not dict or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             print(f"{cpp_file}: not a dict of tensors: {type(loaded)}", file=sys.stderr)
             return 1
@@ -79,7 +82,17 @@ def main():
             if v.dtype != loaded[k].dtype or not torch.equal(v, loaded[k]):
                 print(f"{k}: tensors differ", file=sys.stderr)
                 return 1
-        print(f"python: {len(loaded)} tensors identical, strict load_state_dict OK")
+        io = torch.load(os.path.join(os.path.dirname(ref_file), "io.pt"))
+        with torch.no_grad():
+            y = model.eval()(io["input"])
+        diff = (y - io["output"]).abs().max().item()
+        scale = io["output"].abs().max().item()
+        # Same weights, same Python code, same process kind: only the thread
+        # schedule may differ, far below 1e-6 of the output scale.
+        if not diff <= 1e-6 * max(scale, 1.0):
+            print(f"forward on the C++-written weights differs by {diff:.3g} (scale {scale:.3g})", file=sys.stderr)
+            return 1
+        print(f"python: {len(loaded)} tensors identical, weights_only + strict load_state_dict OK, forward max diff {diff:.3g}")
         return 0
     print(f"unknown command {cmd}", file=sys.stderr)
     return 2
