@@ -29,17 +29,17 @@ GradientReducer::GradientReducer(torch::nn::Module& module, Communicator* comm, 
     if (p.defined() && p.requires_grad()) params.push_back(p);
   }
   // Reverse registration order: backward produces the last layers first.
-  int64_t filled = 0;
+  int64_t filled = 0;  // elements in the current bucket
   for (auto it = params.rbegin(); it != params.rend(); ++it) {
-    if (buckets_.empty() || filled >= bucket_bytes) {
+    if (buckets_.empty() || filled * it->element_size() >= bucket_bytes) {
       buckets_.emplace_back();
       filled = 0;
     }
     Slot s;
     s.param = *it;
     s.bucket = static_cast<int>(buckets_.size()) - 1;
-    s.offset = filled / static_cast<int64_t>(sizeof(float));
-    filled += it->numel() * static_cast<int64_t>(sizeof(float));
+    s.offset = filled;
+    filled += it->numel();
     buckets_.back().size++;
     slots_.push_back(s);
   }

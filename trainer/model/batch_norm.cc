@@ -13,7 +13,8 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
                                double momentum, double eps, int64_t reducer_address) {
     auto* reduce = reinterpret_cast<SumAllReduce*>(reducer_address);
     const int64_t c = x.size(1);
-    const torch::Tensor xf = x.to(torch::kFloat);
+    // Statistics in float32 at least (bf16/fp16 inputs), float64 for float64.
+    const torch::Tensor xf = x.to(x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
     torch::Tensor stats = torch::cat({xf.sum({0, 2, 3}), (xf * xf).sum({0, 2, 3}),
                                       torch::full({1}, static_cast<double>(x.numel() / c), xf.options())});
     (*reduce)(stats);
@@ -40,7 +41,7 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     const torch::Tensor& weight = saved[2];
     const double count = ctx->saved_data["count"].toDouble();
     auto* reduce = reinterpret_cast<SumAllReduce*>(ctx->saved_data["reducer"].toInt());
-    const torch::Tensor dy = grads[0].to(torch::kFloat);
+    const torch::Tensor dy = grads[0].to(xhat.scalar_type());
     const int64_t c = dy.size(1);
     const torch::Tensor sum_dy = dy.sum({0, 2, 3}), sum_dy_xhat = (dy * xhat).sum({0, 2, 3});
     torch::Tensor global = torch::cat({sum_dy, sum_dy_xhat});
