@@ -1,5 +1,7 @@
 #include "common/cli.h"
 
+#include <cstdlib>
+
 #include <algorithm>
 #include <iostream>
 
@@ -34,6 +36,17 @@ absl::Status CliFlags::GetDouble(const std::string& key, double* out) const {
     return absl::InvalidArgumentError(key + ": expected a number, got '" + it->second + "'");
   }
   return absl::OkStatus();
+}
+
+std::string CliFlags::Store(const std::string& fallback) const {
+  if (Has("--store")) return Get("--store");
+  const char* env = std::getenv("RETINA_STORE");
+  return env != nullptr && *env != '\0' ? env : fallback;
+}
+
+bool CliFlags::HasStore() const {
+  const char* env = std::getenv("RETINA_STORE");
+  return Has("--store") || (env != nullptr && *env != '\0');
 }
 
 absl::Status CliFlags::Require(const std::vector<std::string>& keys) const {

@@ -24,6 +24,10 @@ struct CliFlags {
   absl::Status GetInt64(const std::string& key, int64_t* out) const;
   absl::Status GetDouble(const std::string& key, double* out) const;
   absl::Status Require(const std::vector<std::string>& keys) const;
+  // The shared store, with the documented precedence: --store, else the
+  // RETINA_STORE environment variable, else `fallback` ("." by default).
+  std::string Store(const std::string& fallback = ".") const;
+  bool HasStore() const;  // --store or RETINA_STORE given
 };
 
 // Unknown "--flags" are errors; `with_value` flags take the next argument.

@@ -35,7 +35,7 @@ absl::Status Serve(const std::vector<std::string>& args) {
                                                     "--worker-token", "--ready-file"}));
   CoordinatorOptions o;
   o.database = f.Get("--db", "retina.db");
-  o.store = f.Get("--store", ".");
+  o.store = f.Store();
   o.sqlite_synchronous = f.Get("--sqlite-sync", "full");
   double lease_s = 10, heartbeat_s = 1;
   RETURN_IF_ERROR(f.GetDouble("--lease-s", &lease_s));

@@ -8,6 +8,7 @@
 //       [--trainer PATH] [--grace-s 30] [--metrics-listen HOST:PORT] [--ready-file PATH]
 #include <unistd.h>
 
+#include <cstdlib>
 #include <iostream>
 #include <thread>
 
@@ -50,14 +51,23 @@ std::vector<int> DetectGpus() {
   return ids;
 }
 
+// retina-train next to this program (an install tree's bin/), else in the
+// build tree (build/services/retina-worker -> build/trainer/retina-train),
+// else the first on PATH; empty when none is found.
 std::filesystem::path DefaultTrainer() {
   std::error_code ec;
   const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  for (const std::filesystem::path& p : {self.parent_path() / "retina-train",
-                                         self.parent_path().parent_path().parent_path() / "trainer" / "retina-train"}) {
-    if (std::filesystem::exists(p)) return p;
+  std::vector<std::filesystem::path> candidates = {self.parent_path() / "retina-train",
+                                                   self.parent_path().parent_path() / "trainer" / "retina-train"};
+  if (const char* path = std::getenv("PATH")) {
+    for (absl::string_view dir : absl::StrSplit(path, ':', absl::SkipEmpty())) {
+      candidates.push_back(std::filesystem::path(std::string(dir)) / "retina-train");
+    }
   }
-  return "/usr/local/bin/retina-train";
+  for (const std::filesystem::path& p : candidates) {
+    if (std::filesystem::is_regular_file(p, ec) && ::access(p.c_str(), X_OK) == 0) return p;
+  }
+  return {};
 }
 
 absl::Status Serve(const std::vector<std::string>& args) {
@@ -92,8 +102,12 @@ absl::Status Serve(const std::vector<std::string>& args) {
     if (p.size() != 2 || p[0].empty()) return absl::InvalidArgumentError("--labels: k=v,k=v");
     o.labels[p[0]] = p[1];
   }
-  o.store = f.Get("--store", ".");
+  o.store = f.Store();
   o.trainer = f.Has("--trainer") ? std::filesystem::path(f.Get("--trainer")) : DefaultTrainer();
+  if (o.trainer.empty()) {
+    return absl::FailedPreconditionError(
+        "retina-train not found next to retina-worker, in the build tree (../trainer/) or on PATH; pass --trainer PATH");
+  }
   double grace_s = 30;
   RETURN_IF_ERROR(f.GetDouble("--grace-s", &grace_s));
   o.grace = absl::Seconds(grace_s);

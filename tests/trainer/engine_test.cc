@@ -28,6 +28,7 @@
 #include "trainer/data/writers.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/state_dict.h"
+#include "trainer/model/weight_source.h"
 
 namespace retina::trainer {
 namespace {
@@ -252,7 +253,7 @@ TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
   // kind: evaluate over the held-out test split that import wrote.
   WriteConfig("eval.yaml", "kind: evaluate\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
                            "data: {dataset: mito-test}\n"
-                           "evaluate: {checkpoint: jobs/fine/checkpoints, mode: stack, overlap: 0.5}\n");
+                           "evaluate: {checkpoint: jobs/fine/checkpoints/LATEST, mode: stack, overlap: 0.5}\n");
   ASSERT_EQ(Wait(Start(RunArgs("eval.yaml", "eval"), Log("eval"))), 0) << *ReadFile(Log("eval"));
   const nlohmann::json report = nlohmann::json::parse(*ReadFile(tmp_->path() / "store/jobs/eval/eval.json"));
   const double iou = report["mean_iou"];
@@ -261,6 +262,46 @@ TEST_F(Engine, FinetuneFromThePretrainCheckpointFreezesTheEncoder) {
   EXPECT_EQ(report["items"].size(), 1u);
   EXPECT_THAT(*ReadFile(tmp_->path() / "store/jobs/eval/events.jsonl"), HasSubstr("\"eval\""));
   std::printf("evaluation job: held-out mean IoU %.3f after 30 fine-tuning steps\n", iou);
+}
+
+// One resolver for finetune.init, evaluate.checkpoint and retina-infer
+// --weights: every documented form names the same checkpoint, relative names
+// are found in the store, a damaged model.pt is refused.
+TEST_F(Engine, WeightsResolveFromEveryDocumentedForm) {
+  if (!fs::exists(Ckpts("whole"))) {
+    ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "whole"), Log("whole"))), 0);
+  }
+  const fs::path store = tmp_->path() / "store";
+  absl::StatusOr<CheckpointInfo> latest = CheckpointStore(Ckpts("whole")).Latest();
+  ASSERT_TRUE(latest.ok());
+  const fs::path want = latest->dir / "model.pt";
+  for (const std::string& spec : std::vector<std::string>{"jobs/whole/checkpoints/LATEST", "jobs/whole/checkpoints", "jobs/whole",
+                                 (Ckpts("whole") / "LATEST").string(), latest->dir.string(),
+                                 "jobs/whole/checkpoints/" + latest->name, "jobs/whole/checkpoints/" + latest->name + "/model.pt"}) {
+    absl::StatusOr<WeightSource> w = ResolveWeights(spec, store, "evaluate.checkpoint");
+    ASSERT_TRUE(w.ok()) << spec << ": " << w.status();
+    EXPECT_EQ(fs::canonical(w->file), fs::canonical(want)) << spec;
+    EXPECT_EQ(fs::canonical(w->checkpoint_dir), fs::canonical(latest->dir)) << spec;
+  }
+  absl::StatusOr<WeightSource> missing = ResolveWeights("jobs/none/model.pt", store, "finetune.init");
+  EXPECT_TRUE(absl::IsNotFound(missing.status()));
+  EXPECT_THAT(std::string(missing.status().message()), HasSubstr("finetune.init 'jobs/none/model.pt'"));
+  // A flipped byte in a copy of the checkpoint: its MANIFEST refuses it.
+  const fs::path copy = tmp_->path() / "damaged-ckpt";
+  fs::remove_all(copy);
+  fs::copy(latest->dir, copy);
+  {
+    std::fstream f(copy / "model.pt", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(300);
+    const char c = static_cast<char>(f.get());
+    f.seekp(300);
+    f.put(static_cast<char>(c ^ 0x01));
+  }
+  for (const fs::path& spec : std::vector<fs::path>{copy, copy / "model.pt"}) {
+    absl::StatusOr<WeightSource> damaged = ResolveWeights(spec.string(), store, "--weights");
+    EXPECT_FALSE(damaged.ok()) << spec;
+    EXPECT_THAT(std::string(damaged.status().message()), HasSubstr("model.pt")) << spec;
+  }
 }
 
 // Two Gloo ranks of a long job; `fail` does something to rank 1 once they

@@ -64,6 +64,40 @@ TEST_F(Import, IsotropicVolumesAreSlicedAlongAllThreeAxes) {
   EXPECT_EQ(tj["items"][0]["source"], "vol0.nii.gz");
 }
 
+// --val-items: the last xy slices of the split are held out whole into
+// NAME-val, and no training plane shares their voxels.
+TEST_F(Import, ValidationSlicesAreHeldOutOfTrainingWhole) {
+  ImportOptions o = Options("urocell", 32);
+  o.val_items = 25;  // volume 1 entirely (20 xy slices) and z 15..19 of volume 0
+  absl::StatusOr<ImportResult> r = ImportBenchmark(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->val_slices, 25);
+  EXPECT_EQ(r->val.count, 25 * Tiles(30, 40, 32));
+  // Volume 0 keeps z 0..14: 15 xy, 30 xz and 40 yz planes of height 15.
+  EXPECT_EQ(r->train_slices, 15 + 30 + 40);
+  EXPECT_EQ(r->train.count, 15 * Tiles(30, 40, 32) + 30 * Tiles(15, 40, 32) + 40 * Tiles(15, 30, 32));
+  absl::StatusOr<std::unique_ptr<ShardedDataset>> val = ShardedDataset::Open(tmp_.path() / "store/datasets/urocell-val", true);
+  ASSERT_TRUE(val.ok()) << val.status();
+  EXPECT_TRUE((*val)->labelled());
+  EXPECT_EQ((*val)->size(), r->val.count);
+  EXPECT_DOUBLE_EQ((*val)->manifest().mean, r->train.mean);
+  // A fraction of 0.1 of the 40 xy slices is 4.
+  ImportOptions f = Options("urocell", 32);
+  f.out = tmp_.path() / "store/datasets/uro2";
+  f.val_fraction = 0.1;
+  absl::StatusOr<ImportResult> rf = ImportBenchmark(f);
+  ASSERT_TRUE(rf.ok()) << rf.status();
+  EXPECT_EQ(rf->val_slices, 4);
+  // Bad values name the flag.
+  ImportOptions bad = Options("urocell", 32);
+  bad.out = tmp_.path() / "store/datasets/uro3";
+  bad.val_items = 40;
+  EXPECT_THAT(std::string(ImportBenchmark(bad).status().message()), HasSubstr("leave nothing to train on"));
+  bad.val_items = 0;
+  bad.val_fraction = 1.5;
+  EXPECT_THAT(std::string(ImportBenchmark(bad).status().message()), HasSubstr("--val-fraction"));
+}
+
 TEST_F(Import, CremiCleftsAnd2DMasks) {
   absl::StatusOr<ImportResult> r = ImportBenchmark(Options("cremi", 32));
   ASSERT_TRUE(r.ok()) << r.status();

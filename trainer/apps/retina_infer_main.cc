@@ -1,15 +1,19 @@
 // retina-infer: segment an image or volume with trained weights.
 //
-//   retina-infer --weights model.pt --input FILE --out FILE [--mode 2d|stack|orthoplane]
+//   retina-infer --weights WEIGHTS --input FILE --out FILE [--mode 2d|stack|orthoplane] [--store STORE]
 //                [--overlap F] [--mean M --std S] [--probabilities] [--device cpu|cuda]
 //                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]
 // Volumes are read and written in z-slabs sized so that the slab's buffers fit
 // --memory-mb (default: half of this machine's RAM; the model and libtorch
 // come on top): uint8 HDF5
 // and TIFF inputs are read slab by slab, the labels are written as they are
-// done. The result does not depend on the slab size. The model config, image size and classes are read from the weights (flags
-// override); normalisation from the checkpoint's state.json beside model.pt
-// unless --mean/--std are given. Output: .tif/.tiff (labels) or .h5 (labels,
+// done. The result does not depend on the slab size. WEIGHTS is anything
+// trainer/model/weight_source.h resolves (a model.pt, a checkpoint
+// directory, a job's checkpoints/ or its LATEST, a PyTorch .pt; relative
+// names also from --store / RETINA_STORE), verified against its MANIFEST.
+// The model config, image size and classes come from the checkpoint's
+// state.json, else from the tensors' shapes (flags override); normalisation
+// from state.json unless --mean/--std are given. Output: .tif/.tiff (labels) or .h5 (labels,
 // and with --probabilities float32 per-class probabilities [C, Z, Y, X]).
 #include <sys/resource.h>
 #include <unistd.h>
@@ -30,6 +34,7 @@
 #include "trainer/data/writers.h"
 #include "trainer/eval/inference.h"
 #include "trainer/model/state_dict.h"
+#include "trainer/model/weight_source.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
@@ -37,14 +42,16 @@ namespace retina::trainer {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: retina-infer --weights model.pt --input FILE --out FILE.tif|FILE.h5 [--mode 2d|stack|orthoplane]\n"
+    "usage: retina-infer --weights WEIGHTS --input FILE --out FILE.tif|FILE.h5 [--mode 2d|stack|orthoplane]\n"
+    "                    WEIGHTS: model.pt, a checkpoint dir, jobs/<id>/checkpoints[/LATEST] (in --store), a .pt\n"
+    "                    [--store STORE (default $RETINA_STORE, else .)]\n"
     "                    [--overlap F] [--mean M --std S] [--probabilities] [--device cpu|cuda]\n"
     "                    [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]\n";
 
 absl::Status Infer(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--weights", "--input", "--out", "--mode", "--overlap", "--mean",
                                                     "--std", "--device", "--model", "--classes", "--image-size", "--scale",
-                                                    "--memory-mb"},
+                                                    "--memory-mb", "--store"},
                                              {"--probabilities"}));
   RETURN_IF_ERROR(f.Require({"--weights", "--input", "--out"}));
   const std::string out = f.Get("--out");
@@ -55,7 +62,8 @@ absl::Status Infer(const std::vector<std::string>& args) {
   if (f.Has("--probabilities") && !h5) return absl::InvalidArgumentError("--probabilities needs an .h5 --out");
 
   // Weights -> config.
-  const std::filesystem::path weights_path = f.Get("--weights");
+  ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(f.Get("--weights"), f.Store(), "--weights"));
+  const std::filesystem::path weights_path = source.file;
   ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(weights_path));
   std::map<std::string, torch::Tensor> byname(weights.begin(), weights.end());
   for (const char* required : {"transformer.embeddings.position_embeddings", "segmentation_head.0.weight"}) {
@@ -63,17 +71,28 @@ absl::Status Infer(const std::vector<std::string>& args) {
       return absl::FailedPreconditionError(weights_path.string() + ": not a TransUNet state dict (no " + required + ")");
     }
   }
-  if (byname.count("FinalDecoder.conv1.weight")) {
+  if (byname.count("FinalDecoder.conv1.weight") || byname.count("module.FinalDecoder.conv1.weight")) {
     return absl::FailedPreconditionError(weights_path.string() +
                                          ": a pre-training (reconstruction) checkpoint; fine-tune it before segmenting");
+  }
+  // state.json of the checkpoint (or beside a bare model.pt), when there is one.
+  const std::filesystem::path state_path =
+      (source.checkpoint_dir.empty() ? weights_path.parent_path() : source.checkpoint_dir) / "state.json";
+  nlohmann::json state = nlohmann::json::object();
+  if (absl::StatusOr<std::string> text = ReadFile(state_path); text.ok()) {
+    try {
+      state = nlohmann::json::parse(*text);
+    } catch (const nlohmann::json::exception& e) {
+      return absl::DataLossError(state_path.string() + ": " + e.what());
+    }
   }
   const torch::Tensor pos = byname.count("transformer.embeddings.position_embeddings")
                                 ? byname["transformer.embeddings.position_embeddings"]
                                 : byname["module.transformer.embeddings.position_embeddings"];
   const int64_t hidden = pos.size(2);
-  std::string model_name = hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny";
+  std::string model_name = state.value("model", hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny");
   model_name = f.Get("--model", model_name);
-  int image_size = static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1)))));
+  int image_size = state.value("image_size", static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1))))));
   int classes = static_cast<int>((byname.count("segmentation_head.0.weight") ? byname["segmentation_head.0.weight"]
                                                                             : byname["module.segmentation_head.0.weight"]).size(0));
   RETURN_IF_ERROR(f.GetInt("--image-size", &image_size));
@@ -86,21 +105,12 @@ absl::Status Infer(const std::vector<std::string>& args) {
   if (f.Has("--mean")) {
     RETURN_IF_ERROR(f.GetDouble("--mean", &mean));
     RETURN_IF_ERROR(f.GetDouble("--std", &std));
+  } else if (state.contains("mean") && state.contains("std") && state["mean"].is_number() && state["std"].is_number()) {
+    mean = state["mean"];
+    std = state["std"];
   } else {
-    const std::filesystem::path state = weights_path.parent_path() / "state.json";
-    absl::StatusOr<std::string> text = ReadFile(state);
-    if (!text.ok()) {
-      return absl::FailedPreconditionError("no --mean/--std and no " + state.string() +
-                                           " beside the weights to take them from");
-    }
-    try {
-      const nlohmann::json s = nlohmann::json::parse(*text);
-      mean = s.at("mean");
-      std = s.at("std");
-    } catch (const nlohmann::json::exception& e) {
-      return absl::FailedPreconditionError(state.string() + ": no normalisation recorded (" + e.what() +
-                                           "); pass --mean and --std");
-    }
+    return absl::FailedPreconditionError("no --mean/--std and no normalisation recorded in " + state_path.string() +
+                                         "; pass --mean and --std");
   }
   if (!(std > 0)) return absl::InvalidArgumentError("--std must be > 0");
 

@@ -29,6 +29,7 @@ constexpr char kUsage[] =
     "                         [--shard-images 4096] [--threads T] [--scale minmax] [--skip-bad]\n"
     "       retina-shard import --kind cremi|guay|kasthuri|perez|urocell|folder --input DIR\n"
     "                           --out STORE/datasets/NAME [--size 256] [--shard-images 1024] [--scale minmax]\n"
+    "                           [--val-fraction F | --val-items N]   (validation slices -> NAME-val)\n"
     "                           [--labels binary|index --classes N --isotropic]   (folder only)\n"
     "       retina-shard verify DATASET [--store STORE]   (DATASET: a directory, or a name in STORE/datasets)\n"
     "       retina-shard info DATASET [--store STORE]\n";
@@ -65,7 +66,7 @@ absl::Status Pack(const std::vector<std::string>& args) {
 
 absl::Status Import(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--kind", "--input", "--out", "--size", "--shard-images", "--scale", "--labels",
-                                         "--classes"},
+                                         "--classes", "--val-fraction", "--val-items"},
                                   {"--isotropic"}));
   for (const char* required : {"--kind", "--input", "--out"}) {
     if (!f.values.count(required)) return absl::InvalidArgumentError(std::string(required) + " is required");
@@ -89,21 +90,27 @@ absl::Status Import(const std::vector<std::string>& args) {
   RETURN_IF_ERROR(f.GetInt("--size", &o.size));
   RETURN_IF_ERROR(f.GetInt("--shard-images", &o.shard_images));
   if (f.values.count("--scale")) o.scaling = IntensityScaling::kMinMax;
+  RETURN_IF_ERROR(f.GetDouble("--val-fraction", &o.val_fraction));
+  RETURN_IF_ERROR(f.GetInt64("--val-items", &o.val_items));
   ASSIGN_OR_RETURN(ImportResult r, ImportBenchmark(o));
   std::printf("imported %s: %lld training slices -> %lld tiles of %dx%d in %zu shards (mean %.4f std %.4f); "
               "%lld test items in %s-test\n",
               o.kind.name.c_str(), static_cast<long long>(r.train_slices), static_cast<long long>(r.train.count), o.size,
               o.size, r.train.shards.size(), r.train.mean, r.train.std, static_cast<long long>(r.test_items),
               o.out.c_str());
+  if (r.val_slices > 0) {
+    std::printf("validation: %lld slices held out -> %lld tiles in %s-val\n", static_cast<long long>(r.val_slices),
+                static_cast<long long>(r.val.count), o.out.c_str());
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::filesystem::path> DatasetDir(const CliFlags& f) {
   if (f.positional.size() != 1) return absl::InvalidArgumentError("name one dataset");
   const std::string& d = f.positional[0];
-  if (f.values.count("--store")) {
+  if (f.HasStore() && d.find('/') == std::string::npos) {
     RETURN_IF_ERROR(StoreLayout::ValidateName(d, "dataset name"));
-    return StoreLayout(f.values.at("--store")).DatasetDir(d);
+    return StoreLayout(f.Store()).DatasetDir(d);
   }
   return std::filesystem::path(d);
 }

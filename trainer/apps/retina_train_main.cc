@@ -120,7 +120,7 @@ int Run(const std::vector<std::string>& args) {
     return 2;
   }
   o.config_text = *text;
-  o.store = flags->Get("--store", ".");
+  o.store = flags->Store();
   o.job_id = flags->Get("--job", std::filesystem::path(config_path).stem().string());
   o.events = flags->Get("--events");
   o.resume = flags->Get("--resume", "auto");

@@ -146,55 +146,148 @@ absl::StatusOr<ImportKind> LookupImportKind(const std::string& name) {
       absl::StrCat("--kind: '", name, "' is not one of cremi, guay, kasthuri, perez, urocell, folder"));
 }
 
+namespace {
+
+// Labelled tiles written into shards of one dataset directory.
+class TileSet {
+ public:
+  TileSet(fs::path dir, const ImportOptions& o) : dir_(std::move(dir)), o_(o) {
+    m_.name = dir_.filename().string();
+    m_.labelled = true;
+    m_.height = m_.width = o.size;
+    m_.source = absl::StrCat(o.input.string(), " (", o.kind.name, ")");
+    current_.height = current_.width = o.size;
+  }
+  absl::Status Add(const Plane& plane, const std::string& name) {
+    if (m_.shards.empty() && current_.count() == 0) RETURN_IF_ERROR(CreateDirectories(dir_));
+    for (uint8_t v : plane.image) {
+      sum_ += v;
+      sum_sq_ += static_cast<uint64_t>(v) * v;
+    }
+    pixels_ += plane.image.size();
+    ++slices_;
+    AppendTiles(plane, o_.size, name, &current_);
+    if (current_.count() >= o_.shard_images) RETURN_IF_ERROR(Flush());
+    return absl::OkStatus();
+  }
+  // Writes the last shard and the statistics; the caller writes the manifest.
+  absl::StatusOr<DatasetManifest> Finish() {
+    if (current_.count() > 0) RETURN_IF_ERROR(Flush());
+    m_.mean = pixels_ > 0 ? static_cast<double>(sum_) / pixels_ / 255.0 : 0;
+    m_.std = pixels_ > 0 ? std::sqrt(std::max(0.0, static_cast<double>(sum_sq_) / pixels_ / (255.0 * 255.0) - m_.mean * m_.mean)) : 0;
+    return m_;
+  }
+  int64_t slices() const { return slices_; }
+  const fs::path& dir() const { return dir_; }
+
+ private:
+  absl::Status Flush() {
+    char name[32];
+    std::snprintf(name, sizeof(name), "shard-%05zu.h5", m_.shards.size());
+    ASSIGN_OR_RETURN(ShardInfo info, WriteShard(dir_ / name, current_));
+    m_.shards.push_back(info);
+    m_.count += info.count;
+    current_.images.clear();
+    current_.masks.clear();
+    current_.names.clear();
+    return absl::OkStatus();
+  }
+  fs::path dir_;
+  const ImportOptions& o_;
+  DatasetManifest m_;
+  ShardContents current_;
+  uint64_t sum_ = 0, sum_sq_ = 0, pixels_ = 0;
+  int64_t slices_ = 0;
+};
+
+// The first z of each training item that goes to validation (shape[0] when
+// none): the last `held` xy slices of the split, in reading order (items by
+// name, z ascending), so validation slices never share voxels with training
+// planes (xz/yz planes of isotropic volumes are cut below that z).
+std::vector<int64_t> ValidationStarts(const std::vector<Pair>& items, int64_t held) {
+  std::vector<int64_t> starts(items.size());
+  for (size_t k = items.size(); k-- > 0;) {
+    const int64_t nz = items[k].image.shape[0];
+    const int64_t take = std::min(held, nz);
+    starts[k] = nz - take;
+    held -= take;
+  }
+  return starts;
+}
+
+// The item restricted to z < z_end.
+Pair Head(const Pair& p, int64_t z_end) {
+  Pair out;
+  out.name = p.name;
+  out.image = p.image;
+  out.mask = p.mask;
+  const int64_t plane = p.image.shape[1] * p.image.shape[2];
+  for (Volume* v : {&out.image, &out.mask}) {
+    v->shape[0] = z_end;
+    v->data.resize(static_cast<size_t>(z_end * plane));
+  }
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<ImportResult> ImportBenchmark(const ImportOptions& o) {
   if (fs::exists(o.out / DatasetManifest::kFileName)) {
     return absl::AlreadyExistsError(absl::StrCat(o.out.string(), ": already exists"));
   }
+  if (o.val_fraction < 0 || o.val_fraction >= 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--val-fraction: ", o.val_fraction, " is not in [0, 1)"));
+  }
+  if (o.val_items < 0) return absl::InvalidArgumentError(absl::StrCat("--val-items: ", o.val_items, " is negative"));
+  if (o.val_items > 0 && o.val_fraction > 0) return absl::InvalidArgumentError("give --val-fraction or --val-items, not both");
   ImportResult result;
-  // Training tiles.
+  // Training tiles (and the validation slices held out of them).
   ASSIGN_OR_RETURN(std::vector<Pair> train, LoadSplit(o, "train"));
+  int64_t xy_slices = 0;
+  for (const Pair& p : train) xy_slices += p.image.shape[0];
+  const int64_t held = o.val_items > 0 ? o.val_items : static_cast<int64_t>(std::llround(o.val_fraction * xy_slices));
+  if (held >= xy_slices) {
+    return absl::InvalidArgumentError(absl::StrCat("--val-items/--val-fraction: ", held, " validation slices of ", xy_slices,
+                                                   " leave nothing to train on"));
+  }
+  if ((o.val_items > 0 || o.val_fraction > 0) && held == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--val-fraction ", o.val_fraction, " of ", xy_slices,
+                                                   " slices holds out none; use --val-items"));
+  }
+  const std::vector<int64_t> val_start = ValidationStarts(train, held);
+  const fs::path val_dir = o.out.parent_path() / (o.out.filename().string() + "-val");
+  if (held > 0 && fs::exists(val_dir / DatasetManifest::kFileName)) {
+    return absl::AlreadyExistsError(absl::StrCat(val_dir.string(), ": already exists"));
+  }
   RETURN_IF_ERROR(CreateDirectories(o.out));
-  DatasetManifest& m = result.train;
-  m.name = o.out.filename().string();
-  m.labelled = true;
-  m.height = m.width = o.size;
-  m.source = absl::StrCat(o.input.string(), " (", o.kind.name, ")");
-  ShardContents current;
-  current.height = current.width = o.size;
-  uint64_t sum = 0, sum_sq = 0, pixels = 0;
-  auto flush = [&]() -> absl::Status {
-    char name[32];
-    std::snprintf(name, sizeof(name), "shard-%05zu.h5", m.shards.size());
-    ASSIGN_OR_RETURN(ShardInfo info, WriteShard(o.out / name, current));
-    m.shards.push_back(info);
-    m.count += info.count;
-    current.images.clear();
-    current.masks.clear();
-    current.names.clear();
-    return absl::OkStatus();
-  };
-  for (const Pair& p : train) {
+  TileSet train_tiles(o.out, o), val_tiles(val_dir, o);
+  static constexpr const char* kAxis[] = {"xy", "xz", "yz"};
+  for (size_t k = 0; k < train.size(); ++k) {
+    const Pair& p = train[k];
     const bool volume = p.image.shape[0] > 1;
+    const int64_t z0 = val_start[k];
+    for (int64_t z = z0; z < p.image.shape[0]; ++z) {
+      RETURN_IF_ERROR(val_tiles.Add(Slice(p, 0, z), volume ? absl::StrCat(p.name, ":xy", z) : p.name));
+    }
+    if (z0 == 0) continue;
+    const Pair kept = z0 == p.image.shape[0] ? p : Head(p, z0);
     const std::vector<int> axes = volume && o.kind.isotropic ? std::vector<int>{0, 1, 2} : std::vector<int>{0};
     for (int axis : axes) {
-      const int64_t n = p.image.shape[axis];
-      for (int64_t i = 0; i < n; ++i) {
-        const Plane plane = Slice(p, axis, i);
-        for (uint8_t v : plane.image) {
-          sum += v;
-          sum_sq += static_cast<uint64_t>(v) * v;
-        }
-        pixels += plane.image.size();
-        static constexpr const char* kAxis[] = {"xy", "xz", "yz"};
-        AppendTiles(plane, o.size, volume ? absl::StrCat(p.name, ":", kAxis[axis], i) : p.name, &current);
-        ++result.train_slices;
-        if (current.count() >= o.shard_images) RETURN_IF_ERROR(flush());
+      for (int64_t i = 0; i < kept.image.shape[axis]; ++i) {
+        RETURN_IF_ERROR(train_tiles.Add(Slice(kept, axis, i), volume ? absl::StrCat(p.name, ":", kAxis[axis], i) : p.name));
       }
     }
   }
-  if (current.count() > 0) RETURN_IF_ERROR(flush());
-  m.mean = static_cast<double>(sum) / pixels / 255.0;
-  m.std = std::sqrt(std::max(0.0, static_cast<double>(sum_sq) / pixels / (255.0 * 255.0) - m.mean * m.mean));
+  ASSIGN_OR_RETURN(result.train, train_tiles.Finish());
+  result.train_slices = train_tiles.slices();
+  DatasetManifest& m = result.train;
+  if (held > 0) {
+    ASSIGN_OR_RETURN(result.val, val_tiles.Finish());
+    result.val.mean = m.mean;  // validation is normalised like the training data
+    result.val.std = m.std;
+    result.val_slices = val_tiles.slices();
+    RETURN_IF_ERROR(WriteFileAtomic(val_dir / DatasetManifest::kFileName, result.val.ToJson()));
+  }
 
   // Held-out test items, unchanged.
   ASSIGN_OR_RETURN(std::vector<Pair> test, LoadSplit(o, "test"));

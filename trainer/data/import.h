@@ -11,6 +11,11 @@
 //                 slice (3D volumes sliced along xy, or xy+xz+yz for
 //                 isotropic kinds) cut like `pack` (border-aligned tiles;
 //                 smaller slices reflect-101 padded, centred).
+//   <out>-val/    with val_fraction/val_items: labelled tiles of the last
+//                 xy slices of the training split (items by name, z
+//                 ascending), held out of training whole (isotropic
+//                 volumes' xz/yz training planes are cut below them), with
+//                 the training data's mean/std: a data.val_dataset.
 //   <out>-test/   the held-out images/volumes unchanged, one HDF5 file each
 //                 (image, mask: uint8 z,y,x; attribute spacing), listed with
 //                 SHA-256 in test.json.
@@ -42,11 +47,15 @@ struct ImportOptions {
   int size = 256;
   int shard_images = 1024;
   IntensityScaling scaling = IntensityScaling::kRequireUInt8;
+  double val_fraction = 0;  // of the training split's xy slices, in [0, 1)
+  int64_t val_items = 0;    // or this many xy slices (not both)
 };
 
 struct ImportResult {
   DatasetManifest train;
   int64_t train_slices = 0;
+  DatasetManifest val;  // count 0 without a validation split
+  int64_t val_slices = 0;
   int64_t test_items = 0;
 };
 

@@ -15,6 +15,7 @@
 #include "trainer/eval/inference.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/state_dict.h"
+#include "trainer/model/weight_source.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
@@ -35,21 +36,11 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   } catch (const nlohmann::json::exception& e) {
     return absl::DataLossError(absl::StrCat((test_dir / "test.json").string(), ": ", e.what()));
   }
-  // The checkpoint: a directory (or a job's checkpoints/, meaning its LATEST) or a model.pt.
-  fs::path weights = config.evaluate.checkpoint;
-  if (weights.is_relative() && !fs::exists(weights)) weights = o.store / weights;
-  if (fs::is_directory(weights)) {
-    if (fs::exists(weights / "MANIFEST")) {
-      RETURN_IF_ERROR(CheckpointStore::Verify(weights).status());
-    } else {
-      ASSIGN_OR_RETURN(CheckpointInfo latest, CheckpointStore(weights).Latest(), "evaluate.checkpoint");
-      weights = latest.dir;
-    }
-    weights /= "model.pt";
-  }
-  ASSIGN_OR_RETURN(StateDict dict, ReadStateDictFile(weights), "evaluate.checkpoint");
   ASSIGN_OR_RETURN(TransUNetConfig mc, NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
                                                         ModelHead::kSegmentation));
+  ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(config.evaluate.checkpoint, o.store, "evaluate.checkpoint"));
+  const fs::path weights = source.file;
+  ASSIGN_OR_RETURN(StateDict dict, ReadWeights(source, mc), "evaluate.checkpoint");
   ConfigureTorchThreads(1, config.runtime.threads);
   ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, "fp32", 0));
   VisionTransformer model(mc);

@@ -37,7 +37,7 @@
 #include "trainer/model/state_dict.h"
 #include "trainer/model/transfer.h"
 #include "trainer/model/transunet.h"
-#include "trainer/model/vit_npz_import.h"
+#include "trainer/model/weight_source.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
@@ -119,26 +119,6 @@ absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path&
   if (name.find('/') != std::string::npos) return fs::path(name);
   RETURN_IF_ERROR(StoreLayout::ValidateName(name, key));
   return StoreLayout(store).DatasetDir(name);
-}
-
-// A checkpoint directory, a file, or a directory holding LATEST -> model.pt path.
-absl::StatusOr<fs::path> ResolveWeights(const std::string& spec, const fs::path& store) {
-  fs::path p = spec;
-  if (p.is_relative() && !fs::exists(p)) p = store / p;
-  if (fs::is_directory(p)) {
-    if (fs::exists(p / "MANIFEST")) {
-      RETURN_IF_ERROR(CheckpointStore::Verify(p).status());
-      return p / "model.pt";
-    }
-    ASSIGN_OR_RETURN(CheckpointInfo latest, CheckpointStore(p).Latest(), "finetune.init " + spec);
-    return latest.dir / "model.pt";
-  }
-  if (p.filename() == "LATEST") {
-    ASSIGN_OR_RETURN(CheckpointInfo latest, CheckpointStore(p.parent_path()).Latest(), "finetune.init " + spec);
-    return latest.dir / "model.pt";
-  }
-  if (!fs::exists(p)) return absl::NotFoundError(absl::StrCat("finetune.init: ", spec, ": no such file or checkpoint"));
-  return p;
 }
 
 struct StepState {
@@ -227,8 +207,12 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     ASSIGN_OR_RETURN(fs::path val_dir, ResolveDataset(config.data.val_dataset, o.store, "data.val_dataset"));
     ASSIGN_OR_RETURN(val, ShardedDataset::Open(val_dir, false), "data.val_dataset");
   }
-  const double mean = config.data.mean.value_or(pretrain ? 0.57287007 : data->manifest().mean);
-  const double std = config.data.std.value_or(pretrain ? 0.12740536 : data->manifest().std);
+  // Unset data.mean/std: the training dataset's own (its manifest). The
+  // paper's CEM500K constants are stated in configs/pretrain-cem500k.yaml.
+  const double mean = config.data.mean.value_or(data->manifest().mean);
+  const double std = config.data.std.value_or(data->manifest().std);
+  RETINA_LOG(Info) << "normalisation: mean " << mean << ", std " << std
+                   << (config.data.mean ? " (data.mean/std)" : " (the dataset manifest's)");
   if (data->size() < global_batch) {
     return absl::FailedPreconditionError(absl::StrCat("data.dataset: ", data->size(), " samples, fewer than one global batch of ", global_batch));
   }
@@ -250,13 +234,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   torch::manual_seed(config.seed);
   VisionTransformer model(mc);
   if (!pretrain && config.finetune.init != "random") {
-    StateDict weights;
-    if (absl::EndsWith(config.finetune.init, ".npz")) {
-      ASSIGN_OR_RETURN(weights, ImportViTNpz(config.finetune.init, mc), "finetune.init");
-    } else {
-      ASSIGN_OR_RETURN(fs::path file, ResolveWeights(config.finetune.init, o.store));
-      ASSIGN_OR_RETURN(weights, ReadStateDictFile(file), "finetune.init");
-    }
+    ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(config.finetune.init, o.store, "finetune.init"));
+    ASSIGN_OR_RETURN(StateDict weights, ReadWeights(source, mc), "finetune.init");
     ASSIGN_OR_RETURN(LoadReport report, TransferPretrained(*model, std::move(weights), config.finetune.freeze_encoder),
                      "finetune.init " + config.finetune.init);
     RETINA_LOG(Info) << "transferred " << report.loaded.size() << " tensors from " << config.finetune.init

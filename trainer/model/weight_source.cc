@@ -1,0 +1,59 @@
+#include "trainer/model/weight_source.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/checkpoint_store.h"
+#include "common/status_macros.h"
+#include "trainer/model/vit_npz_import.h"
+
+namespace retina::trainer {
+namespace fs = std::filesystem;
+
+absl::StatusOr<WeightSource> ResolveWeights(const std::string& spec, const fs::path& store, const std::string& field) {
+  if (spec.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": no weights named"));
+  fs::path p = spec;
+  std::error_code ec;
+  if (p.is_relative() && !fs::exists(p, ec) && !store.empty()) p = store / p;
+  const std::string what = absl::StrCat(field, " '", spec, "'");
+  WeightSource out;
+  auto latest_of = [&](const fs::path& folder) -> absl::StatusOr<WeightSource> {
+    ASSIGN_OR_RETURN(CheckpointInfo latest, CheckpointStore(folder).Latest(), what);
+    out.checkpoint_dir = latest.dir;
+    out.file = latest.dir / "model.pt";
+    return out;
+  };
+  if (absl::EndsWith(p.string(), ".npz")) {
+    if (!fs::exists(p, ec)) return absl::NotFoundError(absl::StrCat(what, ": ", p.string(), ": no such file"));
+    out.format = WeightSource::Format::kNpz;
+    out.file = p;
+    return out;
+  }
+  if (p.filename() == "LATEST") return latest_of(p.parent_path());
+  if (fs::is_directory(p, ec)) {
+    if (fs::exists(p / "MANIFEST", ec)) {
+      ASSIGN_OR_RETURN(CheckpointInfo info, CheckpointStore::Verify(p), what);
+      out.checkpoint_dir = info.dir;
+      out.file = info.dir / "model.pt";
+      return out;
+    }
+    if (fs::is_directory(p / "checkpoints", ec)) return latest_of(p / "checkpoints");
+    return latest_of(p);
+  }
+  if (!fs::exists(p, ec)) {
+    return absl::NotFoundError(absl::StrCat(what, ": no such file or checkpoint (looked for ", p.string(),
+                                            "; relative names are tried from here, then from the store)"));
+  }
+  out.file = p;
+  if (fs::exists(p.parent_path() / "MANIFEST", ec)) {
+    ASSIGN_OR_RETURN(CheckpointInfo info, CheckpointStore::Verify(p.parent_path()), what);
+    out.checkpoint_dir = info.dir;
+  }
+  return out;
+}
+
+absl::StatusOr<StateDict> ReadWeights(const WeightSource& source, const TransUNetConfig& model) {
+  if (source.format == WeightSource::Format::kNpz) return ImportViTNpz(source.file, model);
+  return ReadStateDictFile(source.file);
+}
+
+}  // namespace retina::trainer
