@@ -2,6 +2,7 @@
 // bucketed reducer) end with the same parameters as 1 process with batch 8.
 // Also: a rank that never shows up makes the other fail within the timeout,
 // naming itself and the operation.
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/launch_env.h"
@@ -22,6 +24,7 @@ namespace retina::trainer {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 int FreePort() {
   std::mt19937 rng(static_cast<unsigned>(::getpid()) ^ static_cast<unsigned>(std::time(nullptr)));
@@ -65,6 +68,50 @@ TEST(LaunchEnv, PrecedenceAndSlurmUnderPmix) {
   EXPECT_THAT(Discover({{"SLURM_PROCID", "x"}, {"SLURM_NTASKS", "2"}}).status().message(),
               HasSubstr("SLURM_PROCID='x'"));
   EXPECT_THAT(Discover({{"RANK", "4"}, {"WORLD_SIZE", "4"}}).status().message(), HasSubstr("outside world size 4"));
+}
+
+TEST(LaunchEnv, HostlistsExpandAsSlurmDoes) {
+  // The same cases as tests/deploy/hostlist_test.sh (the shell expansion), which
+  // the Slurm test compares with scontrol.
+  const std::vector<std::pair<std::string, std::vector<std::string>>> cases = {
+      {"node7", {"node7"}},
+      {"node[01-03,7]", {"node01", "node02", "node03", "node7"}},
+      {"gpu[9-11],cpu1", {"gpu9", "gpu10", "gpu11", "cpu1"}},
+      {"a[1-2]-b[08-09]", {"a1-b08", "a1-b09", "a2-b08", "a2-b09"}},
+      {"x,y[1],z[003-004]", {"x", "y1", "z003", "z004"}}};
+  for (const auto& [list, want] : cases) {
+    absl::StatusOr<std::vector<std::string>> got = ExpandHostlist(list);
+    ASSERT_TRUE(got.ok()) << list << ": " << got.status();
+    EXPECT_EQ(*got, want) << list;
+  }
+  for (const char* bad : {"node[1-", "node]", "n[3-1]", "n[a-b]", ""}) EXPECT_FALSE(ExpandHostlist(bad).ok()) << bad;
+}
+
+TEST(LaunchEnv, BareSrunDerivesTheRendezvousFromTheStepNodeList) {
+  const std::map<std::string, std::string> srun = {{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "4"}, {"SLURM_LOCALID", "1"},
+                                                    {"SLURM_JOB_ID", "123456"}, {"SLURM_STEP_NODELIST", "gpu[07-08]"},
+                                                    {"SLURM_JOB_NODELIST", "gpu[01-08]"}};
+  absl::StatusOr<LaunchInfo> s = Discover(srun);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->master_addr, "gpu07");
+  EXPECT_EQ(s->rendezvous_from, "SLURM_STEP_NODELIST");
+  EXPECT_EQ(s->master_port, 20000 + 123456 % 20000);  // as retina-slurm.sh
+  std::map<std::string, std::string> job_only = srun;
+  job_only.erase("SLURM_STEP_NODELIST");
+  EXPECT_EQ(Discover(job_only)->master_addr, "gpu01");
+  std::map<std::string, std::string> given = srun;
+  given["MASTER_ADDR"] = "login2";
+  given["MASTER_PORT"] = "31000";
+  EXPECT_EQ(Discover(given)->master_addr, "login2");
+  EXPECT_EQ(Discover(given)->master_port, 31000);
+  std::map<std::string, std::string> bad = srun;
+  bad["SLURM_STEP_NODELIST"] = "gpu[07-";
+  EXPECT_THAT(Discover(bad).status().message(), HasSubstr("SLURM_STEP_NODELIST"));
+  EXPECT_FALSE(Discover({{"RANK", "0"}, {"WORLD_SIZE", "2"}})->agent_store);
+  absl::StatusOr<LaunchInfo> agent = Discover({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                                              {"TORCHELASTIC_RESTART_COUNT", "2"}});
+  EXPECT_TRUE(agent->agent_store);
+  EXPECT_EQ(agent->agent_restart, 2);
 }
 
 std::string Worker() { return std::string(RETINA_TEST_BINARY_DIR) + "/dist_worker"; }
@@ -179,6 +226,111 @@ TEST(DataParallel, TwoMpiRanksUnderMpirunEqualOneProcess) {
     std::printf("mpi %s: worst relative difference, 2 ranks vs 1 process: %.3g (%s)\n", dtype, d.worst, d.tensor.c_str());
     EXPECT_LT(d.worst, std::string(dtype) == "double" ? kFloat64Tolerance : kFloat32Tolerance) << d.tensor;
   }
+}
+
+// Serves a PyTorch TCPStore on `port` from Python, as torchrun's agent does,
+// for the life of the object.
+class AgentStore {
+ public:
+  explicit AgentStore(const retina::testing::ScopedTempDir& tmp, int port) : ready_(tmp.path() / "store.ready") {
+    const std::string cmd = absl::StrCat("cd ", retina::testing::SourceDir(), "/tests/trainer/py && exec ",
+                                         retina::testing::Python(), " hold_store.py ", port, " ", ready_.string(), " 120");
+    pid_ = fork();
+    if (pid_ == 0) {
+      execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    for (int i = 0; i < 400 && !std::filesystem::exists(ready_); ++i) usleep(50 * 1000);
+  }
+  ~AgentStore() {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  bool ready() const { return std::filesystem::exists(ready_); }
+
+ private:
+  std::filesystem::path ready_;
+  pid_t pid_ = -1;
+};
+
+// Runs rank 0 and rank 1 with `env`, collecting each one's output; returns
+// their exit statuses.
+std::pair<int, int> RunTwoRanksCapturing(const std::string& env, const std::string& out, std::string* log0,
+                                         std::string* log1, const retina::testing::ScopedTempDir& tmp) {
+  const std::string l0 = (tmp.path() / "rank0.log").string(), l1 = (tmp.path() / "rank1.log").string();
+  const std::string cmd = absl::StrCat("(", env, " RANK=1 LOCAL_RANK=1 ", Worker(), " ", out, " 3 > ", l1, " 2>&1 & ", env,
+                                       " RANK=0 LOCAL_RANK=0 ", Worker(), " ", out, " 3 > ", l0,
+                                       " 2>&1; r0=$?; wait $!; r1=$?; echo $r0 $r1 > ", (tmp.path() / "rc").string(), ")");
+  (void)std::system(cmd.c_str());
+  *log0 = ReadFile(l0).value_or("");
+  *log1 = ReadFile(l1).value_or("");
+  int r0 = -1, r1 = -1;
+  std::sscanf(ReadFile(tmp.path() / "rc").value_or("").c_str(), "%d %d", &r0, &r1);
+  return {r0, r1};
+}
+
+// torchrun's agent holds the TCPStore (TORCHELASTIC_USE_AGENT_STORE=True):
+// rank 0 connects to it like every other rank, and the result is the
+// 1-process result.
+TEST(DataParallel, UnderATorchrunAgentStoreEveryRankConnects) {
+  if (const std::string why = retina::testing::PythonMissing("torch.distributed"); !why.empty()) GTEST_SKIP() << why;
+  retina::testing::ScopedTempDir tmp("dist-");
+  const int port = FreePort();
+  AgentStore agent(tmp, port);
+  ASSERT_TRUE(agent.ready()) << "the Python TCPStore did not start";
+  const std::string single = RunSingle(tmp, "single", "RETINA_TEST_DTYPE=double");
+  const std::string out = (tmp.path() / "multi.pt").string();
+  const std::string env = absl::StrCat("RETINA_TEST_DTYPE=double WORLD_SIZE=2 LOCAL_WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=",
+                                       port, " TORCHELASTIC_USE_AGENT_STORE=True TORCHELASTIC_RESTART_COUNT=0");
+  std::string log0, log1;
+  const auto [r0, r1] = RunTwoRanksCapturing(env, out, &log0, &log1, tmp);
+  ASSERT_EQ(r0, 0) << log0;
+  ASSERT_EQ(r1, 0) << log1;
+  EXPECT_LT(Compare(single, out).worst, kFloat64Tolerance);
+}
+
+// The same port held by a store without the agent flag: rank 0 cannot
+// serve; it says why, and rank 1, connected to whoever holds the port, fails
+// with that cause at once rather than waiting out its 60 s timeout.
+TEST(DataParallel, ATakenRendezvousPortFailsEveryRankFastWithTheCause) {
+  if (const std::string why = retina::testing::PythonMissing("torch.distributed"); !why.empty()) GTEST_SKIP() << why;
+  retina::testing::ScopedTempDir tmp("dist-");
+  const int port = FreePort();
+  AgentStore holder(tmp, port);
+  ASSERT_TRUE(holder.ready()) << "the Python TCPStore did not start";
+  const std::string env = absl::StrCat("RETINA_TEST_TIMEOUT_MS=60000 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=", port);
+  std::string log0, log1;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto [r0, r1] = RunTwoRanksCapturing(env, (tmp.path() / "x.pt").string(), &log0, &log1, tmp);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(r0, 0);
+  EXPECT_NE(r1, 0);
+  EXPECT_THAT(log0, HasSubstr("the port is taken"));
+  EXPECT_THAT(log0, HasSubstr("TORCHELASTIC_USE_AGENT_STORE"));
+  EXPECT_THAT(log1, HasSubstr("another rank failed"));
+  EXPECT_THAT(log1, HasSubstr("the port is taken"));
+  EXPECT_THAT(log0, Not(HasSubstr("60 s:")));  // the elapsed time is the true one, not the timeout
+  EXPECT_LT(seconds, 30) << "a rank waited for its timeout instead of failing on the cause\n" << log0 << log1;
+  std::printf("rank 0: %srank 1: %s", log0.c_str(), log1.c_str());
+}
+
+// Debian's torchrun itself, where it runs (1.13's elastic agent fails on
+// Python 3.11 before starting any worker: "'NoneType' object has no attribute 'get'").
+TEST(DataParallel, RealTorchrunLaunchesTwoRanks) {
+  if (const std::string why = retina::testing::PythonMissing("torch.distributed.run"); !why.empty()) GTEST_SKIP() << why;
+  retina::testing::ScopedTempDir tmp("dist-");
+  const std::string probe = absl::StrCat(retina::testing::Python(), " -m torch.distributed.run --nproc_per_node 1 --master_port ",
+                                         FreePort(), " --no_python true > /dev/null 2>&1");
+  if (std::system(probe.c_str()) != 0) {
+    GTEST_SKIP() << "this machine's torchrun cannot start a worker (Debian's PyTorch 1.13 elastic agent on Python 3.11); "
+                    "the agent's store is covered by UnderATorchrunAgentStoreEveryRankConnects";
+  }
+  const std::string out = (tmp.path() / "multi.pt").string();
+  const std::string cmd = absl::StrCat("RETINA_TEST_DTYPE=double ", retina::testing::Python(),
+                                       " -m torch.distributed.run --nproc_per_node 2 --master_port ", FreePort(),
+                                       " --no_python ", Worker(), " ", out, " 3");
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  EXPECT_LT(Compare(RunSingle(tmp, "single", "RETINA_TEST_DTYPE=double"), out).worst, kFloat64Tolerance);
 }
 
 TEST(DataParallel, AMissingPeerFailsWithinTheTimeoutNamingRankAndOperation) {

@@ -1,8 +1,8 @@
 #include "trainer/dist/communicator.h"
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <chrono>
 #include <cstdlib>
 
 #include "absl/strings/match.h"
@@ -76,8 +76,9 @@ class GlooCommunicator final : public Communicator {
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(const LaunchInfo& launch,
                                                               const CommunicatorOptions& o) {
     auto comm = std::unique_ptr<GlooCommunicator>(new GlooCommunicator(launch.rank, launch.world_size, o.timeout));
+    const auto t0 = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(comm->store_, ConnectRendezvous(launch, o.timeout));
     try {
-      comm->store_ = ConnectRendezvous(launch, o.timeout);
       auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
       const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
       if (ifname != nullptr && *ifname != '\0') {
@@ -89,9 +90,10 @@ class GlooCommunicator final : public Communicator {
       }
       comm->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(comm->store_, launch.rank, launch.world_size, options);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("rank ", launch.rank, ": gloo rendezvous at ", launch.master_addr, ":",
-                                                 launch.master_port, " failed within ", o.timeout.count() / 1000.0,
-                                                 " s: ", Message(e)));
+      return absl::UnavailableError(absl::StrCat(
+          "rank ", launch.rank, ": gloo connection setup (rendezvous at ", launch.master_addr, ":", launch.master_port,
+          ") failed after ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+          " s (timeout ", o.timeout.count() / 1000.0, " s): ", Message(e)));
     }
     return std::unique_ptr<Communicator>(std::move(comm));
   }

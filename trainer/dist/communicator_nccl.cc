@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "trainer/dist/rendezvous.h"
 
 namespace retina::trainer {
@@ -67,7 +68,10 @@ class NcclCommunicator final : public Communicator {
     auto comm = std::unique_ptr<NcclCommunicator>(new NcclCommunicator(launch.rank, launch.world_size, o.timeout));
     ncclUniqueId id;
     try {
-      c10::intrusive_ptr<c10d::TCPStore> store = ConnectRendezvous(launch, o.timeout);
+      ASSIGN_OR_RETURN(comm->store_, ConnectRendezvous(launch, o.timeout));
+      // Kept for the communicator's life: rank 0 serves it, and a peer may
+      // still be reading the id when rank 0 has moved on to ncclCommInitRank.
+      c10d::Store* store = comm->store_.get();
       if (launch.rank == 0) {
         if (absl::Status s = NcclStatus(ncclGetUniqueId(&id), "ncclGetUniqueId", 0); !s.ok()) return s;
         store->set("retina/nccl-unique-id", std::vector<uint8_t>(reinterpret_cast<uint8_t*>(&id),
@@ -161,6 +165,7 @@ class NcclCommunicator final : public Communicator {
   int rank_, size_;
   std::chrono::milliseconds timeout_;
   ncclComm_t comm_ = nullptr;
+  c10::intrusive_ptr<c10d::Store> store_;
   cudaStream_t stream_ = nullptr;
   bool aborted_ = false;
   torch::Tensor barrier_;

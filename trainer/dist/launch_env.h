@@ -7,11 +7,19 @@
 //   4. PMIx / PMI: PMIX_RANK, PMI_RANK, PMI_SIZE
 //   5. Slurm: SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_NTASKS_PER_NODE
 //   6. a single process
+// Rendezvous address: MASTER_ADDR/MASTER_PORT; where they are unset inside a
+// Slurm job (a bare `srun retina-train ...`), the first host of
+// SLURM_STEP_NODELIST (else SLURM_JOB_NODELIST, SLURM_NODELIST) and port
+// 20000 + SLURM_JOB_ID % 20000, as deploy/slurm/retina-slurm.sh derives them.
+// Under torchrun, TORCHELASTIC_USE_AGENT_STORE=True says the agent serves
+// the store (rank 0 must connect, not bind); TORCHELASTIC_RESTART_COUNT
+// names the attempt.
 #pragma once
 
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -26,7 +34,14 @@ struct LaunchInfo {
   int master_port = 29500;
   std::string source = "single";  // flags | torchrun | openmpi | pmi | slurm | single
   bool under_mpi = false;         // started by mpirun/srun with an MPI runtime
+  std::string rendezvous_from = "default";  // MASTER_ADDR | SLURM_STEP_NODELIST | ... | default
+  bool agent_store = false;       // a torchrun agent serves the rendezvous store
+  int agent_restart = 0;          // TORCHELASTIC_RESTART_COUNT
 };
+
+// Expands a Slurm hostlist ("node[01-03,7],gpu5,rack[1-2]-n[1-2]") in
+// Slurm's order; INVALID_ARGUMENT for unbalanced brackets or bad ranges.
+absl::StatusOr<std::vector<std::string>> ExpandHostlist(const std::string& hostlist);
 
 struct LaunchOverrides {
   std::optional<int> rank, world_size, local_rank;

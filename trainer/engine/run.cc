@@ -226,7 +226,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   // Every rank says who it is first (the HPC guide's first check for hangs).
   RETINA_LOG(Info) << "rank " << launch.rank << " of " << launch.world_size << " (local " << launch.local_rank << " of "
                    << launch.local_world_size << ", from " << launch.source << "), backend " << comm->backend()
-                   << ", rendezvous " << launch.master_addr << ":" << launch.master_port << ", " << device.describe
+                   << ", rendezvous " << launch.master_addr << ":" << launch.master_port << " (" << launch.rendezvous_from
+                   << (launch.agent_store ? ", torchrun agent store" : "") << "), " << device.describe
                    << ", " << threads.threads << " thread(s)";
   ASSIGN_OR_RETURN(TransUNetConfig mc,
                    NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
