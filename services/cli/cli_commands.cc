@@ -7,6 +7,8 @@
 #include <iostream>
 #include <sstream>
 
+#include <google/protobuf/util/json_util.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -30,13 +32,14 @@ constexpr char kUsage[] =
     "usage: retina [--address HOST:PORT] [--token-file F] [--ca F] <command> ...\n"
     "  submit JOB.yaml [--world-size N] [--priority P] [--max-restarts R] [--slots-per-rank K] [--gpu]\n"
     "                  [--name S] [--label k=v,..] [--request-id ID] [--watch]\n"
-    "  jobs [--filter 'state=RUNNING kind=PRETRAIN label.k=v'] [--limit N]\n"
+    "  jobs [--filter 'state=RUNNING kind=PRETRAIN label.k=v'] [--limit N] [--json]\n"
     "  status ID [--json]\n"
     "  watch ID                    live progress until the job ends (exit 0 when SUCCEEDED)\n"
     "  cancel ID\n"
     "  logs ID [--rank R] [--attempt K] [--follow]\n"
-    "  metrics ID [--csv] [--plot OUT.svg]\n"
-    "  workers\n";
+    "  metrics ID [--csv | --json] [--plot OUT.svg]\n"
+    "  workers [--json]\n"
+    "--json prints the API's message as JSON (protobuf's JSON mapping).\n";
 
 constexpr absl::Duration kTimeout = absl::Seconds(30);
 
@@ -47,6 +50,20 @@ struct Client {
     return services::NewCallContext(token, t);
   }
 };
+
+// The message as JSON (protobuf's canonical mapping: lowerCamelCase fields,
+// enums as names, int64 as strings), one document on stdout.
+absl::Status PrintJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.always_print_primitive_fields = true;
+  const auto status = google::protobuf::util::MessageToJsonString(m, &out, o);
+  if (!status.ok()) return absl::InternalError(std::string("JSON conversion: ") + status.ToString());
+  std::cout << out;
+  if (out.empty() || out.back() != '\n') std::cout << "\n";
+  return absl::OkStatus();
+}
 
 std::string Env(const char* name) {
   const char* v = std::getenv(name);
@@ -143,7 +160,7 @@ absl::Status Submit(const Client& c, const std::vector<std::string>& args) {
 }
 
 absl::Status Jobs(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--filter", "--limit"}));
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--filter", "--limit"}, {"--json"}));
   int limit = 50;
   RETURN_IF_ERROR(f.GetInt("--limit", &limit));
   v1::ListJobsRequest req;
@@ -151,6 +168,7 @@ absl::Status Jobs(const Client& c, const std::vector<std::string>& args) {
   req.set_page_size(std::min(limit, 1000));
   v1::ListJobsResponse resp;
   RETURN_IF_ERROR(Call(c.stub->ListJobs(c.Context().get(), req, &resp)));
+  if (f.Has("--json")) return PrintJson(resp);
   std::printf("%-12s %-10s %-9s %4s %5s %-11s %-9s %-7s %-10s %-7s %s\n", "ID", "STATE", "KIND", "TRY", "RANKS", "STEP",
               "LOSS", "IOU", "USER", "AGE", "NAME");
   for (const v1::Job& j : resp.jobs()) {
@@ -194,7 +212,7 @@ absl::Status Status(const Client& c, const std::vector<std::string>& args) {
   v1::Job job;
   RETURN_IF_ERROR(Call(c.stub->GetJob(c.Context().get(), req, &job)));
   if (f.Has("--json")) {
-    std::cout << job.DebugString();
+    RETURN_IF_ERROR(PrintJson(job));
   } else {
     PrintJob(job);
   }
@@ -225,18 +243,14 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
       }
       if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0 && j.progress().step() > 0) {
         if (!owned) {
-          owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "steps");
+          // Rate and ETA from the steps seen by this watch, not since the job began.
+          owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "steps", j.progress().step());
           bar = owned.get();
         }
         const v1::Progress& p = j.progress();
         std::string extra = absl::StrFormat("loss %.4f, %.1f img/s", p.loss(), p.images_per_s());
         if (p.has_iou()) absl::StrAppendFormat(&extra, ", IoU %.3f", p.last_iou());
-        if (bar->enabled()) {
-          bar->Update(p.step(), extra);
-        } else if (p.step() % 10 == 0 || p.step() == p.total_steps()) {
-          std::fprintf(stderr, "  step %lld/%lld %s\n", static_cast<long long>(p.step()),
-                       static_cast<long long>(p.total_steps()), extra.c_str());
-        }
+        bar->Update(p.step(), extra);  // a bar on a terminal, else a plain line every 30 s
       } else if (ev.type() == v1::JobEvent::EVAL) {
         if (bar && bar->enabled()) bar->Finish();
         const nlohmann::json e = nlohmann::json::parse(ev.event_json(), nullptr, false);
@@ -321,13 +335,16 @@ void PrintEvaluation(const std::string& text) {
 }
 
 absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--plot"}, {"--csv"}));
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--plot"}, {"--csv", "--json"}));
   if (f.positional.size() != 1) return absl::InvalidArgumentError("metrics: give a job id");
   v1::GetJobMetricsRequest req;
   req.set_id(f.positional[0]);
   v1::JobMetrics m;
   RETURN_IF_ERROR(Call(c.stub->GetJobMetrics(c.Context().get(), req, &m)));
-  if (f.Has("--csv")) {
+  if (f.Has("--csv") && f.Has("--json")) return absl::InvalidArgumentError("metrics: --csv or --json, not both");
+  if (f.Has("--json")) {
+    RETURN_IF_ERROR(PrintJson(m));
+  } else if (f.Has("--csv")) {
     std::printf("step,epoch,loss,lr,images_per_s,data_wait_s,allreduce_s,val_iou\n");
     for (const auto& p : m.points()) {
       std::printf("%lld,%lld,%.6g,%.6g,%.4g,%.4g,%.4g,%s\n", static_cast<long long>(p.step()),
@@ -361,9 +378,11 @@ absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::Status Workers(const Client& c) {
+absl::Status Workers(const Client& c, const std::vector<std::string>& args) {
+  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {}, {"--json"}));
   v1::ListWorkersResponse resp;
   RETURN_IF_ERROR(Call(c.stub->ListWorkers(c.Context().get(), v1::ListWorkersRequest(), &resp)));
+  if (f.Has("--json")) return PrintJson(resp);
   std::printf("%-20s %-16s %-6s %-5s %-5s %-9s %-8s %s\n", "ID", "HOST", "STATE", "TYPE", "FREE", "HEARTBEAT",
               "VERSION", "JOBS");
   for (const auto& w : resp.workers()) {
@@ -419,7 +438,7 @@ int RunCli(const std::vector<std::string>& all_args) {
       {"cancel", [&](const std::vector<std::string>& a) { return Cancel(c, a); }},
       {"logs", [&](const std::vector<std::string>& a) { return Logs(c, a); }},
       {"metrics", [&](const std::vector<std::string>& a) { return Metrics(c, a); }},
-      {"workers", [&](const std::vector<std::string>&) { return Workers(c); }},
+      {"workers", [&](const std::vector<std::string>& a) { return Workers(c, a); }},
   };
   return RunSubcommands("retina", kUsage, args, commands);
 }

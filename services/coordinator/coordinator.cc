@@ -9,8 +9,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "common/file_util.h"
 #include "common/job_config.h"
 #include "common/logging.h"
+#include "common/metrics_csv.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "nlohmann/json.hpp"
@@ -393,35 +395,22 @@ absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
   const StoreLayout layout(options_.store);
   v1::JobMetrics out;
   out.set_id(id);
-  std::map<int64_t, v1::MetricPoint> by_step;  // a resumed attempt re-logs steps: the last row wins
-  std::ifstream csv(layout.MetricsCsvPath(id));
-  std::string line;
-  bool header = true;
-  while (std::getline(csv, line)) {
-    if (header) {
-      header = false;
-      continue;
+  absl::StatusOr<std::string> csv = ReadFile(layout.MetricsCsvPath(id));
+  for (const MetricsRow& r : ParseMetricsCsv(csv.ok() ? *csv : std::string())) {
+    v1::MetricPoint* p = out.add_points();
+    p->set_step(r.step);
+    p->set_epoch(r.epoch);
+    p->set_loss(r.loss);
+    p->set_lr(r.lr);
+    p->set_images_per_s(r.images_per_s);
+    p->set_data_wait_s(r.data_wait_s);
+    p->set_allreduce_s(r.allreduce_exposed_s);
+    p->set_time_unix_s(r.time.value_or(0));
+    if (r.val_iou) {
+      p->set_has_val_iou(true);
+      p->set_val_iou(*r.val_iou);
     }
-    std::vector<std::string> f = absl::StrSplit(line, ',');
-    if (f.size() < 7) continue;
-    v1::MetricPoint p;
-    int64_t i;
-    double d;
-    if (!absl::SimpleAtoi(f[0], &i)) continue;
-    p.set_step(i);
-    if (absl::SimpleAtoi(f[1], &i)) p.set_epoch(i);
-    if (absl::SimpleAtod(f[2], &d)) p.set_loss(d);
-    if (absl::SimpleAtod(f[3], &d)) p.set_lr(d);
-    if (absl::SimpleAtod(f[4], &d)) p.set_images_per_s(d);
-    if (absl::SimpleAtod(f[5], &d)) p.set_data_wait_s(d);
-    if (absl::SimpleAtod(f[6], &d)) p.set_allreduce_s(d);
-    if (f.size() > 7 && absl::SimpleAtod(f[7], &d)) {
-      p.set_has_val_iou(true);
-      p.set_val_iou(d);
-    }
-    by_step[p.step()] = p;
   }
-  for (auto& [step, p] : by_step) *out.add_points() = std::move(p);
   std::ifstream eval(layout.JobDir(id) / "eval.json");
   if (eval) {
     std::stringstream ss;

@@ -56,6 +56,21 @@ TEST(Service, EndToEndTwoWorkersWatchSeesEveryTransition) {
   EXPECT_EQ(m.points(3).step(), 4);
   EXPECT_EQ(done.progress().total_steps(), 4);
   EXPECT_GT(m.points(0).loss(), 0);
+  EXPECT_GT(m.points(3).time_unix_s(), 1.7e9);  // the wall-clock column
+
+  // Every --json of the CLI is JSON a JSON parser reads (Python's json.load).
+  const std::string cli = BinDir() + "/services/retina --address " + c.address() + " ";
+  const std::string out = (c.root() / "cli.json").string();
+  const std::vector<std::pair<std::string, std::string>> checks = {
+      {"status " + job->id() + " --json", "d['id']=='" + job->id() + "' and d['state']=='SUCCEEDED'"},
+      {"jobs --json", "any(j['id']=='" + job->id() + "' for j in d['jobs'])"},
+      {"metrics " + job->id() + " --json", "len(d['points'])==4 and d['points'][3]['step']=='4'"},
+      {"workers --json", "len(d['workers'])==2"}};
+  for (const auto& [args, assertion] : checks) {
+    const std::string cmd = cli + args + " > " + out + " && python3 -c \"import json; d=json.load(open('" + out +
+                            "')); assert " + assertion + ", d\"";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
 
   const std::string metrics = HttpGet(c.metrics_port(), "/metrics");
   EXPECT_EQ(Sample(metrics, "retina_jobs{state=\"SUCCEEDED\"}"), 1);

@@ -169,6 +169,33 @@ TEST_F(Engine, KilledRunResumesExactlyAndLossGoesDown) {
   ASSERT_TRUE(at_kill.ok());
   ASSERT_LT(at_kill->step, 40) << "the run finished before it could be killed";
   ASSERT_EQ(Wait(Start(RunArgs("pre.yaml", "killed"), Log("killed"))), 0);  // --resume auto is the default
+  // The store's records of the resumed job list each step once, in order,
+  // with a wall-clock time; the events likewise.
+  const std::vector<double> killed_losses = Losses("killed");
+  ASSERT_EQ(killed_losses.size(), 40u) << *ReadFile(tmp_->path() / "store/jobs/killed/metrics.csv");
+  {
+    std::ifstream in(tmp_->path() / "store/jobs/killed/metrics.csv");
+    std::string line;
+    std::getline(in, line);
+    EXPECT_THAT(line, HasSubstr(",time"));
+    int64_t expect = 1;
+    while (std::getline(in, line)) {
+      std::vector<std::string> f = absl::StrSplit(line, ',');
+      EXPECT_EQ(std::stoll(f[0]), expect++) << line;
+      EXPECT_GT(std::stod(f.back()), 1.7e9) << line;
+    }
+  }
+  std::map<int64_t, int> step_events;
+  for (absl::string_view l : absl::StrSplit(*ReadFile(tmp_->path() / "store/jobs/killed/events.jsonl"), '\n', absl::SkipEmpty())) {
+    const nlohmann::json e = nlohmann::json::parse(l);
+    if (e["event"] == "step") ++step_events[e["step"].get<int64_t>()];
+  }
+  EXPECT_EQ(step_events.size(), 40u);
+  for (const auto& [step, n] : step_events) EXPECT_EQ(n, 1) << "step " << step;
+  EXPECT_THAT(*ReadFile(tmp_->path() / "store/jobs/killed/events.jsonl"), HasSubstr("\"resumed\""));
+  // Without a terminal, plain progress lines (rate, ETA) and checkpoint notes.
+  EXPECT_THAT(*ReadFile(Log("killed")), HasSubstr("steps/s, ETA"));
+  EXPECT_THAT(*ReadFile(Log("killed")), HasSubstr("checkpoint written"));
   const double diff = MaxRelDiff(Final("whole"), Final("killed"));
   std::printf("killed at step %lld; resumed final vs uninterrupted: max relative difference %.3g\n",
               static_cast<long long>(at_kill->step), diff);

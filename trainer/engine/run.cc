@@ -16,9 +16,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/metrics_csv.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
@@ -259,11 +261,9 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   // The store.
   const StoreLayout layout(o.store);
   const fs::path ckpt_dir = layout.CheckpointsDir(o.job_id);
-  std::unique_ptr<EventLog> events;
   if (launch.rank == 0) {
     RETURN_IF_ERROR(CreateDirectories(layout.JobDir(o.job_id)));
     RETURN_IF_ERROR(WriteFileAtomic(layout.SpecPath(o.job_id), JobConfigToYaml(config)));
-    ASSIGN_OR_RETURN(events, EventLog::Open(layout.EventsPath(o.job_id), o.events));
   }
 
   // Resume.
@@ -283,6 +283,15 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
                        << ", offset " << st.sampler.offset << ")";
     }
   }
+  // The store's records continue from the checkpoint: steps past it (done
+  // by a killed attempt) are dropped, so each step appears once.
+  std::unique_ptr<EventLog> events;
+  if (launch.rank == 0) {
+    RETURN_IF_ERROR(TruncateMetricsCsv(layout.MetricsCsvPath(o.job_id), st.step));
+    RETURN_IF_ERROR(TruncateEventLog(layout.EventsPath(o.job_id), st.step));
+    ASSIGN_OR_RETURN(events, EventLog::Open(layout.EventsPath(o.job_id), o.events));
+    if (st.step > 0) events->Write({{"event", "resumed"}, {"step", st.step}});
+  }
   const int64_t steps_per_epoch = data->size() / global_batch;
   const int64_t total = pretrain ? config.pretrain.epochs * steps_per_epoch : config.finetune.iters;
   const int64_t horizon = config.schedule.horizon_iters > 0 ? config.schedule.horizon_iters : total;
@@ -292,7 +301,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   PretrainAugmenter pre_aug(config.pretrain.augment, mean, std, mc.image_size);
   FinetuneAugmenter fine_aug(config.finetune, mean, std, mc.image_size);
   StopSignals signals;
-  ProgressBar bar(absl::StrCat(config.kind, " ", o.job_id), total, "steps");
+  // Rate and ETA from the steps this process runs (not those it resumed past).
+  ProgressBar bar(absl::StrCat(config.kind, " ", o.job_id), total, "steps", st.step);
   if (events) {
     events->Write({{"event", "start"}, {"step", st.step}, {"total_steps", total}, {"world_size", launch.world_size},
                    {"device", device.describe},
@@ -301,7 +311,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
   const bool new_metrics = launch.rank == 0 && !fs::exists(layout.MetricsCsvPath(o.job_id));
   std::FILE* metrics = launch.rank == 0 ? std::fopen(layout.MetricsCsvPath(o.job_id).c_str(), "a") : nullptr;
   if (metrics != nullptr && new_metrics) {
-    std::fprintf(metrics, "step,epoch,loss,lr,images_per_s,data_wait_s,allreduce_exposed_s,val_iou\n");
+    std::fprintf(metrics, "%s\n", kMetricsCsvHeader);
   }
   absl::Cleanup close_metrics = [&] {
     if (metrics) std::fclose(metrics);
@@ -424,12 +434,22 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
       events->Write({{"event", "step"}, {"step", st.step}, {"epoch", st.sampler.epoch}, {"loss", mean_loss}, {"lr", lr},
                      {"images_per_s", ips}, {"data_wait_s", loader->last_wait_seconds()},
                      {"allreduce_s", reducer.exposed_seconds()}});
-      std::fprintf(metrics, "%lld,%lld,%.6g,%.6g,%.4g,%.4g,%.4g,%s\n", static_cast<long long>(st.step),
-                   static_cast<long long>(st.sampler.epoch), mean_loss, lr, ips, loader->last_wait_seconds(),
-                   reducer.exposed_seconds(), val_iou ? std::to_string(*val_iou).c_str() : "");
-      std::fflush(metrics);
-      if (bar.enabled()) bar.Update(st.step, absl::StrCat("loss ", mean_loss));
-      else if (st.step % 10 == 0 || st.step == total) RETINA_LOG(Info) << "step " << st.step << "/" << total << " loss " << mean_loss << " lr " << lr;
+      MetricsRow row;
+      row.step = st.step;
+      row.epoch = st.sampler.epoch;
+      row.loss = mean_loss;
+      row.lr = lr;
+      row.images_per_s = ips;
+      row.data_wait_s = loader->last_wait_seconds();
+      row.allreduce_exposed_s = reducer.exposed_seconds();
+      row.val_iou = val_iou;
+      row.time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+      const std::string line = FormatMetricsRow(row);
+      if (std::fputs(line.c_str(), metrics) < 0 || std::fflush(metrics) != 0) {
+        RETINA_LOG(Warning) << layout.MetricsCsvPath(o.job_id).string() << ": write failed: " << std::strerror(errno);
+      }
+      if (val_iou) bar.Note(absl::StrFormat("step %d: validation IoU %.4f", st.step, *val_iou));
+      bar.Update(st.step, absl::StrFormat("loss %.4g, lr %.3g, %.1f img/s", mean_loss, lr, ips));
     }
     const bool epoch_end = pretrain && st.step % steps_per_epoch == 0;
     const bool due = stop || st.step == total ||
@@ -438,6 +458,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
     if (due && launch.rank == 0) {
       RETURN_IF_ERROR(SaveCheckpoint(ckpt_dir, st, *model, opt, config, o, launch.world_size, val_iou, mean, std,
                                      events.get()));
+      bar.Note(absl::StrFormat("step %d: checkpoint written", st.step));
     }
     if (stop) {
       RETURN_IF_ERROR(cm->Barrier("checkpoint before stopping"));
