@@ -109,6 +109,48 @@ absl::StatusOr<JobConfig> LoadJobConfig(const std::filesystem::path& path) {
   return ParseJobConfig(text, path.string());
 }
 
+absl::StatusOr<std::string> ApplyConfigOverrides(const std::string& yaml_text, const std::vector<std::string>& overrides) {
+  if (overrides.empty()) return yaml_text;
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("job YAML: ", e.what()));
+  }
+  if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+  if (!root.IsMap()) return absl::InvalidArgumentError("--set: the job YAML is not a map");
+  for (const std::string& o : overrides) {
+    const size_t eq = o.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("--set '", o, "': expected key.path=value"));
+    }
+    const std::vector<std::string> path = absl::StrSplit(o.substr(0, eq), '.');
+    YAML::Node value;
+    try {
+      value = YAML::Load(o.substr(eq + 1));
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat("--set '", o, "': the value is not YAML: ", e.what()));
+    }
+    YAML::Node node = root;
+    for (size_t i = 0; i + 1 < path.size(); ++i) {
+      if (path[i].empty()) return absl::InvalidArgumentError(absl::StrCat("--set '", o, "': empty key in the path"));
+      YAML::Node child = node[path[i]];
+      if (!child.IsDefined() || child.IsNull()) {
+        node[path[i]] = YAML::Node(YAML::NodeType::Map);
+        child.reset(node[path[i]]);  // reset rebinds; operator= would overwrite the bound node
+      }
+      if (!child.IsMap()) {
+        return absl::InvalidArgumentError(absl::StrCat("--set '", o, "': ", path[i], " is not a map in the job YAML"));
+      }
+      node.reset(child);
+    }
+    node[path.back()] = value;
+  }
+  YAML::Emitter out;
+  out << root;
+  return std::string(out.c_str()) + "\n";
+}
+
 std::string JobConfigToYaml(JobConfig config) {
   // Only the job's own kind section, so the result parses back as a job.
   YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));

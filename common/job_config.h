@@ -253,6 +253,13 @@ struct JobConfig {
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml_text, const std::string& source);
 // Reads and parses a job YAML file.
 absl::StatusOr<JobConfig> LoadJobConfig(const std::filesystem::path& path);
+// Applies "--set" overrides ("data.dataset=em", "finetune.class_weights=[1, 2]":
+// a dotted key path, '=', a YAML value) to a job YAML text, creating maps on
+// the way; returns the merged YAML, which ParseJobConfig then validates as
+// usual (so an override of an unknown key is an unknown-key error).
+// INVALID_ARGUMENT names the override when it is not key=value, when its
+// value is not YAML, or when the path runs through a non-map.
+absl::StatusOr<std::string> ApplyConfigOverrides(const std::string& yaml_text, const std::vector<std::string>& overrides);
 // The resolved config (every key) as YAML, for jobs/<id>/spec.yaml.
 std::string JobConfigToYaml(JobConfig config);
 // Markdown reference of every key (docs/config.md).

@@ -1,0 +1,97 @@
+"""Runs every job file we ship (configs/*.yaml, docs/examples/*.yaml) end to
+end with retina-train, as written, on tiny synthetic data.
+
+Only model size, iterations/batch and loader threads are overridden, with the
+documented `--set key=value`; dataset names, job chains (finetune.init:
+jobs/pretrain-cem500k/checkpoints/LATEST, evaluate.checkpoint:
+jobs/finetune-X/checkpoints/LATEST), modes, classes, class weights and
+augmentation settings are the files' own. The store holds synthetic datasets
+under the names the files use (made by retina-synth + retina-shard), and each
+job's id is its file's stem, so the chains resolve exactly as on a cluster.
+
+  run_job_files.py BUILD_DIR SOURCE_DIR
+Exit 0 when every file ran; prints a line per file.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml  # python3-yaml
+
+
+def run(cmd, log):
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")).returncode
+
+
+def main():
+    build, source = sys.argv[1], sys.argv[2]
+    train, synth, shard = (os.path.join(build, "trainer", p) for p in ("retina-train", "retina-synth", "retina-shard"))
+    files = sorted(glob.glob(os.path.join(source, "configs", "*.yaml"))) + sorted(
+        glob.glob(os.path.join(source, "docs", "examples", "*.yaml")))
+    jobs = []
+    for f in files:
+        with open(f) as fh:
+            doc = yaml.safe_load(fh)
+        jobs.append((f, doc))
+    tmp = tempfile.mkdtemp(prefix="job-files-")
+    store, log = os.path.join(tmp, "store"), os.path.join(tmp, "run.log")
+    ds = os.path.join(store, "datasets")
+    try:
+        # Synthetic data under the files' dataset names.
+        def must(cmd):
+            if run(cmd, log) != 0:
+                sys.exit(f"setup failed: {' '.join(cmd)}\n" + open(log).read()[-4000:])
+        must([synth, "images", "--out", f"{tmp}/em", "--count", "16", "--size", "128"])
+        must([shard, "pack", "--input", f"{tmp}/em", "--out", f"{ds}/cem500k", "--size", "64"])
+        must([synth, "benchmark", "--out", f"{tmp}/bin", "--train", "1", "--test", "1", "--shape", "4,96,96", "--seed", "1"])
+        must([synth, "benchmark", "--out", f"{tmp}/multi", "--train", "1", "--test", "1", "--shape", "12,64,64",
+              "--classes", "3", "--seed", "2"])
+        needed = {d["data"]["dataset"] for _, d in jobs if d.get("kind") in ("finetune", "evaluate")}
+        for name in sorted(n for n in needed if not n.endswith("-test")):
+            if name == "guay":
+                must([shard, "import", "--kind", "folder", "--labels", "index", "--classes", "7", "--input",
+                      f"{tmp}/multi", "--out", f"{ds}/guay", "--size", "64"])
+            elif name == "urocell":
+                must([shard, "import", "--kind", "folder", "--labels", "index", "--classes", "3", "--isotropic",
+                      "--val-items", "4", "--input", f"{tmp}/multi", "--out", f"{ds}/urocell", "--size", "64"])
+            else:
+                must([shard, "import", "--kind", "folder", "--input", f"{tmp}/bin", "--out", f"{ds}/{name}", "--size", "64"])
+        order = {"pretrain": 0, "finetune": 1, "evaluate": 2}
+        failures = 0
+        jobs.sort(key=lambda fd: (order.get(fd[1].get("kind"), 3), "docs" in fd[0], fd[0]))
+        for f, doc in jobs:
+            kind = doc.get("kind")
+            rel = os.path.relpath(f, source)
+            job = os.path.splitext(os.path.basename(f))[0]
+            if "docs/examples" in rel and os.path.exists(os.path.join(store, "jobs", job)):
+                job = "docs-" + job  # the configs/ file of the same name ran already
+            sets = ["model.name=tiny", "model.image_size=64", "data.loader_threads=1"]
+            if kind == "pretrain":
+                sets += ["pretrain.epochs=1", "pretrain.global_batch=8", "pretrain.checkpoint_every_epochs=1"]
+            elif kind == "finetune":
+                sets += ["finetune.iters=2", "finetune.global_batch=2", "finetune.save_every_iters=2",
+                         "finetune.eval_every_iters=2"]
+            cmd = [train, "run", "--config", f, "--store", store, "--job", job]
+            for s in sets:
+                cmd += ["--set", s]
+            t0 = time.time()
+            rc = run(cmd, log)
+            print(f"{'ok  ' if rc == 0 else 'FAIL'} {rel:45s} {kind:9s} job {job:28s} {time.time() - t0:5.1f} s", flush=True)
+            if rc != 0:
+                failures += 1
+                print(open(log).read()[-3000:])
+        print(f"{len(jobs) - failures} passed, {failures} failed")
+        return 1 if failures else 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
