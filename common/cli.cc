@@ -38,6 +38,23 @@ absl::Status CliFlags::GetDouble(const std::string& key, double* out) const {
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::string>> TakeRepeatedFlag(std::vector<std::string>* args, const std::string& flag) {
+  std::vector<std::string> values, rest;
+  for (size_t i = 0; i < args->size(); ++i) {
+    const std::string& a = (*args)[i];
+    if (a == flag) {
+      if (i + 1 >= args->size()) return absl::InvalidArgumentError(flag + " needs a value");
+      values.push_back((*args)[++i]);
+    } else if (a.rfind(flag + "=", 0) == 0) {
+      values.push_back(a.substr(flag.size() + 1));
+    } else {
+      rest.push_back(a);
+    }
+  }
+  *args = std::move(rest);
+  return values;
+}
+
 std::string CliFlags::Store(const std::string& fallback) const {
   if (Has("--store")) return Get("--store");
   const char* env = std::getenv("RETINA_STORE");

@@ -30,6 +30,10 @@ struct CliFlags {
   bool HasStore() const;  // --store or RETINA_STORE given
 };
 
+// Takes every "FLAG VALUE" and "FLAG=VALUE" of a repeatable flag (e.g.
+// "--set") out of `args`, in order; INVALID_ARGUMENT when one has no value.
+absl::StatusOr<std::vector<std::string>> TakeRepeatedFlag(std::vector<std::string>* args, const std::string& flag);
+
 // Unknown "--flags" are errors; `with_value` flags take the next argument.
 absl::StatusOr<CliFlags> ParseCliFlags(const std::vector<std::string>& args, const std::vector<std::string>& with_value,
                                        const std::vector<std::string>& switches = {});

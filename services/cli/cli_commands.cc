@@ -16,6 +16,7 @@
 #include "absl/time/clock.h"
 #include "common/cli.h"
 #include "common/file_util.h"
+#include "common/job_config.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
@@ -31,7 +32,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: retina [--address HOST:PORT] [--token-file F] [--ca F] <command> ...\n"
     "  submit JOB.yaml [--world-size N] [--priority P] [--max-restarts R] [--slots-per-rank K] [--gpu]\n"
-    "                  [--name S] [--label k=v,..] [--request-id ID] [--watch]\n"
+    "                  [--name S] [--label k=v,..] [--request-id ID] [--set KEY=VALUE]... [--watch]\n"
     "  jobs [--filter 'state=RUNNING kind=PRETRAIN label.k=v'] [--limit N] [--json]\n"
     "  status ID [--json]\n"
     "  watch ID                    live progress until the job ends (exit 0 when SUCCEEDED)\n"
@@ -125,12 +126,14 @@ std::string StepText(const v1::Job& j) {
   return p.step() > 0 ? absl::StrCat(p.step()) : "-";
 }
 
-absl::Status Submit(const Client& c, const std::vector<std::string>& args) {
+absl::Status Submit(const Client& c, std::vector<std::string> args) {
+  ASSIGN_OR_RETURN(std::vector<std::string> overrides, TakeRepeatedFlag(&args, "--set"));
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--world-size", "--priority", "--max-restarts", "--slots-per-rank",
                                                     "--name", "--label", "--request-id"},
                                              {"--gpu", "--watch"}));
   if (f.positional.size() != 1) return absl::InvalidArgumentError("submit: give one job YAML file");
-  ASSIGN_OR_RETURN(std::string yaml, ReadFile(f.positional[0]));
+  ASSIGN_OR_RETURN(std::string file_yaml, ReadFile(f.positional[0]));
+  ASSIGN_OR_RETURN(std::string yaml, ApplyConfigOverrides(file_yaml, overrides), f.positional[0]);
   v1::SubmitJobRequest req;
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_config_yaml(yaml);

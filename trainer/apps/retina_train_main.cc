@@ -93,28 +93,10 @@ absl::Status ModelInit(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-// Takes every "--set K=V" (repeatable) out of `args`.
-absl::StatusOr<std::vector<std::string>> TakeOverrides(std::vector<std::string>* args) {
-  std::vector<std::string> sets, rest;
-  for (size_t i = 0; i < args->size(); ++i) {
-    const std::string& a = (*args)[i];
-    if (a == "--set") {
-      if (i + 1 >= args->size()) return absl::InvalidArgumentError("--set needs KEY=VALUE");
-      sets.push_back((*args)[++i]);
-    } else if (a.rfind("--set=", 0) == 0) {
-      sets.push_back(a.substr(6));
-    } else {
-      rest.push_back(a);
-    }
-  }
-  *args = std::move(rest);
-  return sets;
-}
-
 // Exit status: 0 done, 75 preempted (checkpoint written; rerun with --resume
 // auto), 2 bad arguments or config, 1 any other failure.
 int Run(std::vector<std::string> args) {
-  absl::StatusOr<std::vector<std::string>> overrides = TakeOverrides(&args);
+  absl::StatusOr<std::vector<std::string>> overrides = TakeRepeatedFlag(&args, "--set");
   if (!overrides.ok()) {
     std::cerr << "retina-train: " << overrides.status().message() << "\n" << kUsage;
     return 2;
@@ -163,7 +145,7 @@ int Run(std::vector<std::string> args) {
 
 // Exit status: 0 every file valid, 2 any invalid or unreadable (as `run`).
 int ConfigCheck(std::vector<std::string> files) {
-  absl::StatusOr<std::vector<std::string>> overrides = TakeOverrides(&files);
+  absl::StatusOr<std::vector<std::string>> overrides = TakeRepeatedFlag(&files, "--set");
   if (!overrides.ok() || files.empty()) {
     std::cerr << "retina-train: " << (overrides.ok() ? "config check: name a file" : overrides.status().message()) << "\n";
     return 2;
