@@ -138,6 +138,21 @@ with tempfile.TemporaryDirectory() as prefix:
         if not [f for f in os.listdir(os.path.join(prefix, "share/retina/configs")) if f.endswith(".yaml")]:
             fail("no job files installed under share/retina/configs")
         print(f"ok: cmake --install puts {len(programs)} programs, deploy/ and configs/ under the prefix")
+        # The installed worker finds the installed retina-train beside itself (no --trainer, no PATH).
+        worker = os.path.join(prefix, "bin", "retina-worker")
+        if os.path.exists(worker):
+            try:
+                r = subprocess.run([worker, "--coordinator", "127.0.0.1:9", "--cpu-slots", "1", "--store", prefix,
+                                    "--metrics-listen", "127.0.0.1:0"], capture_output=True, text=True, timeout=5,
+                                   env={"PATH": "/usr/bin:/bin"})
+                out = r.stdout + r.stderr
+            except subprocess.TimeoutExpired as e:  # it keeps retrying the absent coordinator: as expected
+                out = (e.stdout or b"").decode() + (e.stderr or b"").decode()
+            want = "trainer " + os.path.join(prefix, "bin", "retina-train")
+            if want not in out:
+                fail(f"the installed retina-worker does not default to the installed retina-train: {out[-800:]}")
+            else:
+                print("ok: the installed retina-worker defaults to " + want[8:])
 
 # 5. A real image build, where an engine answers.
 if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:

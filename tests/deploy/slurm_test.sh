@@ -161,7 +161,7 @@ job=$(RETINA_LAUNCHER=mpirun sbatch --parsable --ntasks 2 --cpus-per-task 1 -o "
 wait_state "$job" COMPLETED 240
 [[ $(job_field "$job" ExitCode) == 0:0 ]] || { echo "job $job exit code $(job_field "$job" ExitCode)"; exit 1; }
 ckpt=$STORE/jobs/slurm-$job/checkpoints
-total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$STORE/jobs/slurm-$job/logs/attempt-1/rank-0.log" | tail -n 1)
+total=$(sed -n 's/.*: \([0-9]*\)\/\1 steps .*/\1/p' "$STORE/jobs/slurm-$job/logs/attempt-1/rank-0.log" | tail -n 1)
 [[ -n $total ]] || { echo "rank 0 never logged its last step"; exit 1; }
 final=$(printf 'step-%08d' "$total")
 ls "$ckpt" | grep -qx "$final" || { echo "no final checkpoint $final in $ckpt: $(ls "$ckpt" 2>&1)"; exit 1; }
@@ -210,7 +210,7 @@ interrupted_job_resumes() {
   step=$(sed -n 's/.*resumed from .* at step \([0-9]*\).*/\1/p' "$log" | head -n 1)
   [[ ${step:-0} -gt 0 ]] || { echo "attempt 2 resumed from step ${step:-0}, expected > 0"; exit 1; }
   grep -q "ranks exited with status 75" "$WORK/out/$job.out" || { echo "attempt 1 did not stop as preempted (75)"; exit 1; }
-  total=$(sed -n 's/.* step \([0-9]*\)\/\1 .*/\1/p' "$log" | tail -n 1)
+  total=$(sed -n 's/.*: \([0-9]*\)\/\1 steps .*/\1/p' "$log" | tail -n 1)
   ls "$ckpt" | grep -qx "$(printf 'step-%08d' "${total:-0}")" || { echo "no final checkpoint after the restart"; exit 1; }
   echo "[${SECONDS} s] ok: $launcher job $job restarted after $first, attempt 2 resumed from step $step and completed at step $total"
   LAST_JOB=$job
