@@ -176,6 +176,10 @@ class LogReactor final : public grpc::ServerWriteReactor<v1::LogChunk> {
 
   void Start(grpc::CallbackServerContext* ctx, const services::Authenticator* auth, CoordinatorMetrics* metrics) {
     absl::Status status = auth->Check(*ctx, Role::kClient).status();
+    // Every number bounded before any work (a negative offset once streamed without end).
+    if (status.ok() && req_.offset() < 0) status = absl::InvalidArgumentError("offset: must be >= 0");
+    if (status.ok() && req_.rank() < 0) status = absl::InvalidArgumentError("rank: must be >= 0");
+    if (status.ok() && req_.attempt() < 0) status = absl::InvalidArgumentError("attempt: must be >= 0 (0: the current one)");
     if (status.ok()) status = core_->LogFile(req_.id(), req_.attempt(), req_.rank()).status();
     if (metrics) metrics->GrpcRequest("ReadLogs", CodeName(services::ToGrpcStatus(status).error_code()));
     if (!status.ok()) {
@@ -195,8 +199,8 @@ class LogReactor final : public grpc::ServerWriteReactor<v1::LogChunk> {
     std::string data;
     if (std::FILE* f = std::fopen(file->first.c_str(), "rb")) {
       data.resize(64 << 10);
-      std::fseek(f, offset_, SEEK_SET);
-      data.resize(std::fread(data.data(), 1, data.size(), f));
+      // Only what exists past the offset: a failed seek reads nothing.
+      data.resize(std::fseek(f, offset_, SEEK_SET) == 0 ? std::fread(data.data(), 1, data.size(), f) : 0);
       std::fclose(f);
     }
     if (!data.empty()) {

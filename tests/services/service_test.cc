@@ -2,10 +2,11 @@
 // retina-worker and retina-train processes, a real gRPC client, SIGKILLs.
 #include <atomic>
 #include <cctype>
-#include <regex>
-#include <sstream>
+#include <functional>
 #include <mutex>
+#include <regex>
 #include <set>
+#include <sstream>
 
 #include <gmock/gmock.h>
 
@@ -260,6 +261,28 @@ TEST(Service, BadRequestsGetTheRightCodeAndNameTheField) {
   list.set_page_token("");
   list.set_filter("colour=red");
   EXPECT_EQ(c.Jobs()->ListJobs(c.Ctx().get(), list, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // ReadLogs: numbers out of range are refused before any work (a negative
+  // offset used to stream without end).
+  absl::StatusOr<v1::Job> running = c.Submit(PretrainYaml(1), 1);
+  ASSERT_TRUE(running.ok()) << running.status();
+  for (const auto& [field, set] : std::vector<std::pair<std::string, std::function<void(v1::ReadLogsRequest&)>>>{
+           {"offset", [](v1::ReadLogsRequest& r) { r.set_offset(-1); }},
+           {"rank", [](v1::ReadLogsRequest& r) { r.set_rank(-1); }},
+           {"attempt", [](v1::ReadLogsRequest& r) { r.set_attempt(-2); }}}) {
+    v1::ReadLogsRequest logs;
+    logs.set_id(running->id());
+    set(logs);
+    auto ctx = c.Ctx("", 5);
+    auto reader = c.Jobs()->ReadLogs(ctx.get(), logs);
+    v1::LogChunk chunk;
+    int64_t bytes = 0;
+    while (reader->Read(&chunk)) bytes += static_cast<int64_t>(chunk.data().size());
+    const grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_THAT(s.error_message(), HasSubstr(field));
+    EXPECT_EQ(bytes, 0) << field;
+  }
 }
 
 TEST(Service, ListJobsPagesAndFilters) {
