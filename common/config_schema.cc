@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -199,6 +200,7 @@ void YamlDecoder::Field(const char* key, std::vector<double>* value, const Spec&
 
 void YamlDecoder::ReportUnknownKeys() {
   if (!node_ || !node_.IsMap()) return;
+  std::map<std::string, int> first_line;  // yaml-cpp keeps duplicate keys; the lookup takes the first
   for (const auto& kv : node_) {
     const YAML::Mark mark = kv.first.Mark();
     if (!kv.first.IsScalar()) {
@@ -206,6 +208,11 @@ void YamlDecoder::ReportUnknownKeys() {
       continue;
     }
     const std::string& key = kv.first.Scalar();
+    if (auto [it, fresh] = first_line.emplace(key, mark.line + 1); !fresh) {
+      errors_->Add(&mark, Join(key.c_str()),
+                   absl::StrCat("duplicate key (first at line ", it->second, "); give each key once"));
+      continue;
+    }
     if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
     std::string message = "unknown key";
     if (!known_.empty()) {

@@ -64,6 +64,26 @@ TEST(JobConfig, SyntaxErrorNamesFileAndLine) {
   EXPECT_THAT(std::string(s.message()), AllOf(HasSubstr("bad.yaml:"), HasSubstr("YAML syntax error")));
 }
 
+// yaml-cpp keeps both entries of a duplicated key and a lookup takes the first,
+// so the validator and a reader could disagree: a duplicate is an error.
+TEST(JobConfig, DuplicateKeysAreErrorsNamingBothLines) {
+  absl::StatusOr<JobConfig> top = ParseJobConfig("kind: pretrain\nkind: finetune\ndata: {dataset: em}\n", "dup.yaml");
+  ASSERT_FALSE(top.ok());
+  EXPECT_THAT(std::string(top.status().message()), HasSubstr("dup.yaml:2:1: kind: duplicate key (first at line 1)"));
+  absl::StatusOr<JobConfig> nested =
+      ParseJobConfig("kind: finetune\ndata: {dataset: em}\nfinetune:\n  iters: 5\n  iters: 6\n", "dup.yaml");
+  ASSERT_FALSE(nested.ok());
+  EXPECT_THAT(std::string(nested.status().message()), HasSubstr("finetune.iters: duplicate key (first at line 4)"));
+  // --set replaces a key rather than adding a second one.
+  absl::StatusOr<std::string> merged = ApplyConfigOverrides("kind: pretrain\ndata: {dataset: em}\n", {"data.dataset=other"});
+  ASSERT_TRUE(merged.ok());
+  absl::StatusOr<JobConfig> c = ParseJobConfig(*merged, "merged");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->data.dataset, "other");
+  EXPECT_FALSE(ApplyConfigOverrides("kind: pretrain\n", {"nokey"}).ok());
+  EXPECT_FALSE(ApplyConfigOverrides("kind: pretrain\n", {"kind.x=1"}).ok());  // kind is not a map
+}
+
 TEST(JobConfig, WrongTypeNamesKeyAndLine) {
   absl::Status s = ErrorOf("kind: pretrain\ndata:\n  dataset: x\noptimizer:\n  lr: fast\n");
   EXPECT_THAT(std::string(s.message()),
