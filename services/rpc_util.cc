@@ -1,20 +1,34 @@
 #include "services/rpc_util.h"
 
+#include <sys/stat.h>
+
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/strings/ascii.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 
 namespace retina::services {
 namespace {
 
-absl::StatusOr<std::string> ReadAll(const std::filesystem::path& path, const char* what) {
+enum class Secret { kNo, kYes };
+
+// Token files are secrets: like ssh with a private key, refuse one that the
+// group or others may read or write (certificates are public: not checked).
+absl::StatusOr<std::string> ReadAll(const std::filesystem::path& path, const char* what, Secret secret = Secret::kNo) {
+  struct stat st {};
+  if (secret == Secret::kYes && ::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    return absl::FailedPreconditionError(absl::StrCat(path.string(), ": the ", what, " is accessible by group/others (mode ",
+                                                      mode, "); run: chmod 600 ", path.string()));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::FailedPreconditionError(absl::StrCat(path.string(), ": cannot read the ", what));
   std::stringstream ss;
@@ -43,7 +57,7 @@ absl::Status FromGrpcStatus(const grpc::Status& s) {
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::filesystem::path& path) {
-  ASSIGN_OR_RETURN(std::string text, ReadAll(path, "token file"));
+  ASSIGN_OR_RETURN(std::string text, ReadAll(path, "token file", Secret::kYes));
   for (absl::string_view line : absl::StrSplit(text, '\n')) {
     line = absl::StripAsciiWhitespace(line);
     if (!line.empty() && line[0] != '#') return std::string(line);
@@ -55,7 +69,7 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
                                                                      const std::filesystem::path& worker_token) {
   auto auth = std::make_unique<Authenticator>();
   if (!client_tokens.empty()) {
-    ASSIGN_OR_RETURN(std::string text, ReadAll(client_tokens, "client token file"));
+    ASSIGN_OR_RETURN(std::string text, ReadAll(client_tokens, "client token file", Secret::kYes));
     int line_no = 0;
     for (absl::string_view line : absl::StrSplit(text, '\n')) {
       ++line_no;
@@ -66,7 +80,10 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
         return absl::InvalidArgumentError(absl::StrCat(client_tokens.string(), ":", line_no,
                                                        ": expected '<token> <user>' with a token of 16+ characters"));
       }
-      auth->client_tokens_[f[0]] = f[1];
+      if (auto [it, fresh] = auth->client_tokens_.emplace(f[0], f[1]); !fresh) {
+        return absl::InvalidArgumentError(absl::StrCat(client_tokens.string(), ":", line_no, ": this token is already listed (for ",
+                                                       it->second, "); give every user a token of their own"));
+      }
     }
     if (auth->client_tokens_.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(client_tokens.string(), ": no tokens"));

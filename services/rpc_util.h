@@ -25,8 +25,10 @@ enum class Role { kClient, kWorker };
 // Disabled (every caller is "anonymous") when no token file is configured.
 class Authenticator {
  public:
-  // `client_tokens`: lines "<token> <user>" (# comments, blank lines ignored);
-  // `worker_token`: a file holding one token. Either may be empty (not used).
+  // `client_tokens`: lines "<token> <user>" (# comments, blank lines ignored;
+  // a token listed twice is an error); `worker_token`: a file holding one
+  // token. Either may be empty (not used). Files the group or others can
+  // access are refused (FAILED_PRECONDITION: chmod 600), as ssh refuses keys.
   static absl::StatusOr<std::unique_ptr<Authenticator>> Create(const std::filesystem::path& client_tokens,
                                                                const std::filesystem::path& worker_token);
   bool enabled() const { return !client_tokens_.empty() || !worker_token_.empty(); }
@@ -39,7 +41,8 @@ class Authenticator {
   std::string worker_token_;
 };
 
-// Reads a token file (first non-empty line, whitespace trimmed).
+// Reads a token file (first non-empty line, whitespace trimmed); refuses one
+// the group or others can access, like the Authenticator.
 absl::StatusOr<std::string> ReadTokenFile(const std::filesystem::path& path);
 
 // Server credentials: TLS when `cert` and `key` are given (and mutual TLS

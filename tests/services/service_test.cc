@@ -318,6 +318,18 @@ TEST(Service, TokensAreCheckedBeforeAnyWork) {
   Cluster c("auth");
   WriteFile(c.root() / "clients", "# token user\nclient-token-0123456789 alice\n");
   WriteFile(c.root() / "worker", "worker-token-0123456789\n");
+  // Secrets readable by others are refused, naming the fix; so is one token for two users.
+  fs::permissions(c.root() / "clients", fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read);
+  absl::StatusOr<std::unique_ptr<services::Authenticator>> open_file = services::Authenticator::Create(c.root() / "clients", "");
+  EXPECT_EQ(open_file.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(open_file.status().message()), HasSubstr("chmod 600"));
+  EXPECT_FALSE(services::ReadTokenFile(c.root() / "clients").ok());
+  WriteFile(c.root() / "twice", "client-token-0123456789 alice\nclient-token-0123456789 bob\n");
+  fs::permissions(c.root() / "twice", fs::perms::owner_read | fs::perms::owner_write);
+  absl::StatusOr<std::unique_ptr<services::Authenticator>> twice = services::Authenticator::Create(c.root() / "twice", "");
+  EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(twice.status().message()), HasSubstr("twice:2: this token is already listed (for alice)"));
+  for (const char* f : {"clients", "worker"}) fs::permissions(c.root() / f, fs::perms::owner_read | fs::perms::owner_write);
   c.StartCoordinator({{"--client-tokens", (c.root() / "clients").string(), "--worker-token",
                        (c.root() / "worker").string()}});
   fs::create_directories(c.store() / "datasets" / "em");
