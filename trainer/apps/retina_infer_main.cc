@@ -90,9 +90,12 @@ absl::Status Infer(const std::vector<std::string>& args) {
                                 ? byname["transformer.embeddings.position_embeddings"]
                                 : byname["module.transformer.embeddings.position_embeddings"];
   const int64_t hidden = pos.size(2);
-  std::string model_name = state.value("model", hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny");
+  // state.json's entries where they have the right type, else from the shapes.
+  std::string model_name = hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny";
+  if (state.contains("model") && state["model"].is_string()) model_name = state["model"].get<std::string>();
   model_name = f.Get("--model", model_name);
-  int image_size = state.value("image_size", static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1))))));
+  int image_size = static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1)))));
+  if (state.contains("image_size") && state["image_size"].is_number_integer()) image_size = state["image_size"].get<int>();
   int classes = static_cast<int>((byname.count("segmentation_head.0.weight") ? byname["segmentation_head.0.weight"]
                                                                             : byname["module.segmentation_head.0.weight"]).size(0));
   RETURN_IF_ERROR(f.GetInt("--image-size", &image_size));

@@ -3,6 +3,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -73,6 +74,9 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchIn
   try {
     store->add(kArrived, 1);
     auto last_log = std::chrono::steady_clock::now();
+    // Polls back off from 20 ms to 500 ms: with thousands of ranks rank 0's
+    // store must not answer tens of thousands of polls a second.
+    auto poll = std::chrono::milliseconds(20);
     while (true) {
       if (store->check({kFailed})) {
         const std::vector<uint8_t> why = store->get(kFailed);
@@ -90,7 +94,8 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchIn
                             << static_cast<int>(Seconds(t0)) << " s";
         last_log = std::chrono::steady_clock::now();
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::this_thread::sleep_for(poll);
+      poll = std::min(poll * 2, std::chrono::milliseconds(500));
     }
   } catch (const std::exception& e) {
     return absl::UnavailableError(absl::StrCat(where, ": the store failed ", Elapsed(t0, timeout), ": ", Message(e)));

@@ -70,7 +70,7 @@ def main():
         state = torch.load(path, weights_only=True)
         how = "weights_only=True"
     except Exception as e:  # 1.13: "Unsupported operand 71" (BINFLOAT); the scan above covered 2.6's rules
-        if torch.__version__ >= "2" or "71" not in str(e):
+        if int(torch.__version__.split(".")[0]) >= 2 or "71" not in str(e):
             raise
         state = torch.load(path, weights_only=False)
         how = "weights_only=False (PyTorch 1.13 has no BINFLOAT in weights_only)"
