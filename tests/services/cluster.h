@@ -3,7 +3,9 @@
 // (SIGKILL) and reaped when the harness goes away.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <netinet/in.h>
@@ -33,6 +35,27 @@ namespace retina::testing {
 
 namespace fs = std::filesystem;
 namespace v1 = retina::v1;
+
+// A block of 100 rendezvous ports below the kernel's ephemeral range
+// (32768-60999), held by this test process for its lifetime through an
+// exclusive flock: tests run in parallel, and a block derived from the pid
+// collides whenever two concurrent pids agree modulo the block count.
+inline std::string RendezvousPortRange() {
+  static const std::string range = [] {
+    for (int block = 0; block < 120; ++block) {
+      const std::string lock = "/tmp/retina-test-ports-" + std::to_string(block) + ".lock";
+      const int fd = ::open(lock.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0666);
+      if (fd < 0) continue;
+      if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {  // kept open: released when the process exits
+        const int base = 20000 + block * 100;
+        return std::to_string(base) + "-" + std::to_string(base + 99);
+      }
+      ::close(fd);
+    }
+    return std::string("20000-20099");
+  }();
+  return range;
+}
 
 inline std::string BinDir() {
   const char* env = std::getenv("RETINA_TEST_BINARY_ROOT");
@@ -151,9 +174,7 @@ class Cluster {
                                      "--db", (root() / "jobs.db").string(),
                                      "--store", store().string(),
                                      "--heartbeat-s", "0.2", "--lease-s", "2",
-                                     // Tests run in parallel: a rendezvous port range per process.
-                                     "--ports", std::to_string(30000 + (getpid() % 250) * 100) + "-" +
-                                                    std::to_string(30099 + (getpid() % 250) * 100),
+                                     "--ports", RendezvousPortRange(),
                                      "--ready-file", ready.string()};
     argv.insert(argv.end(), flags.extra.begin(), flags.extra.end());
     coordinator_ = std::make_unique<Child>(argv, root() / "coordinator.log");

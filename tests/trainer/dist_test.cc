@@ -2,13 +2,15 @@
 // bucketed reducer) end with the same parameters as 1 process with batch 8.
 // Also: a rank that never shows up makes the other fail within the timeout,
 // naming itself and the operation.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <map>
-#include <random>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -26,9 +28,23 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
+// A port the kernel reports free right now (bound to port 0, then closed).
+// Tests run in parallel: a port derived from pid and time collided when two
+// test processes with neighbouring pids started a second apart (CI, 2026-12-02).
 int FreePort() {
-  std::mt19937 rng(static_cast<unsigned>(::getpid()) ^ static_cast<unsigned>(std::time(nullptr)));
-  return 20000 + static_cast<int>(rng() % 20000);
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
+    port = ntohs(addr.sin_port);
+  }
+  ::close(fd);
+  return port;
 }
 
 absl::StatusOr<LaunchInfo> Discover(const std::map<std::string, std::string>& vars, LaunchOverrides o = {}) {
@@ -364,7 +380,7 @@ TEST(DataParallel, NcclWithoutAGpuSaysSo) {
   LaunchInfo launch;
   launch.world_size = 2;
   launch.rank = 0;
-  launch.master_port = 20000 + ::getpid() % 20000;
+  launch.master_port = FreePort();
   CommunicatorOptions o;
   o.backend = "nccl";
   o.timeout = std::chrono::milliseconds(2000);
