@@ -11,6 +11,7 @@
 #include "absl/time/clock.h"
 #include "common/file_util.h"
 #include "common/job_config.h"
+#include "common/job_identity.h"
 #include "common/logging.h"
 #include "common/metrics_csv.h"
 #include "common/status_macros.h"
@@ -141,6 +142,51 @@ absl::StatusOr<Filter> ParseFilter(const std::string& text) {
   return f;
 }
 
+// The database and the store must belong together (common/job_identity.h):
+// a new (or emptied) database over a store another database used would hand
+// out that database's job ids again.
+absl::Status CheckStoreIdentity(const CoordinatorOptions& o, JobStore* db) {
+  const StoreLayout store(o.store);
+  ASSIGN_OR_RETURN(std::string in_db, db->GetMeta("store_id"));
+  ASSIGN_OR_RETURN(std::string in_store, ReadStoreId(store));
+  const std::string db_name = o.database.string(), store_name = o.store.string();
+  if (in_db.empty() && in_store.empty()) {  // both new (or from before store ids): bind them
+    const std::string id = NewRandomId();
+    RETURN_IF_ERROR(WriteStoreId(store, id));
+    RETURN_IF_ERROR(db->SetMeta("store_id", id));
+    if (StoreHasJobs(store)) {
+      RETINA_LOG(Warning) << store_name << " has job directories but no STORE_ID (standalone runs, or an older "
+                          << "version): new job ids skip every directory that exists";
+    }
+    return absl::OkStatus();
+  }
+  if (in_db.empty()) {
+    if (!o.adopt_store) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          db_name, " is a new (or empty) job database, but the store ", store_name, " belongs to another one (STORE_ID ",
+          in_store, "). Start with that store's database (--db), or a fresh --store; to take this store over with ",
+          "the new database, pass --adopt-store (its jobs are then not listed; new ids skip them)."));
+    }
+    RETINA_LOG(Warning) << "--adopt-store: " << db_name << " takes over " << store_name << " (STORE_ID " << in_store
+                        << "); its earlier jobs are not listed and new job ids skip them";
+    return db->SetMeta("store_id", in_store);
+  }
+  if (in_store.empty()) {
+    if (StoreHasJobs(store)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          db_name, " belongs to the store with STORE_ID ", in_db, ", but ", store_name,
+          " has no STORE_ID and holds jobs of its own: is --store the right directory?"));
+    }
+    return WriteStoreId(store, in_db);  // the store is new (e.g. recreated): it joins this database
+  }
+  if (in_db != in_store) {
+    return absl::FailedPreconditionError(absl::StrCat(db_name, " belongs to the store with STORE_ID ", in_db, ", but ",
+                                                      store_name, " is STORE_ID ", in_store,
+                                                      ": is --db or --store the wrong one?"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string JobStateName(v1::JobState state) { return v1::JobState_Name(state); }
@@ -157,6 +203,9 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
                                                    " is not within 1024-65535"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<JobStore> store, JobStore::Open(options.database, options.sqlite_synchronous));
+  RETINA_LOG(Info) << options.database.string() << ": quick_check passed in "
+                   << absl::FormatDuration(store->check_time());
+  RETURN_IF_ERROR(CheckStoreIdentity(options, store.get()));
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(options), metrics, std::move(store)));
   {
     absl::MutexLock lock(&c->mu_);
@@ -199,6 +248,16 @@ absl::Status Coordinator::Recover() {
     if (!e->job.request_id().empty()) by_request_[e->job.request_id()] = e.get();
     jobs_[e->job.id()] = std::move(e);
   }
+  // Ids continue past every job directory in the store (another database's,
+  // standalone runs'): Submit's exclusive mkdir then rarely has to skip.
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(options_.store / "jobs", ec)) {
+    const std::string name = entry.path().filename().string();
+    int64_t n = 0;
+    if (absl::StartsWith(name, "job-") && absl::SimpleAtoi(name.substr(4), &n) && n < (int64_t{1} << 50)) {
+      next_seq_ = std::max(next_seq_, n + 1);
+    }
+  }
   recovery_deadline_ms_ = now + 2 * absl::ToInt64Milliseconds(options_.lease);
   if (!stored.empty()) {
     RETINA_LOG(Info) << "recovered " << stored.size() << " jobs from " << options_.database.string() << "; "
@@ -215,8 +274,12 @@ absl::StatusOr<Coordinator::JobEntry*> Coordinator::Find(const std::string& id) 
   return it->second.get();
 }
 
-absl::Status Coordinator::Commit(JobEntry* e, v1::JobEvent::Type type) {
-  RETURN_IF_ERROR(store_->Update(e->job));
+absl::Status Coordinator::Commit(JobEntry* e, v1::Job next, v1::JobEvent::Type type) {
+  const absl::Status s = store_->Update(next);
+  NoteCommit(s);
+  if (!s.ok()) return s;  // memory keeps the committed record
+  retry_.erase(e);
+  e->job = std::move(next);
   if (e->committed_state != e->job.state()) {
     state_counts_[e->committed_state]--;
     state_counts_[e->job.state()]++;
@@ -225,6 +288,30 @@ absl::Status Coordinator::Commit(JobEntry* e, v1::JobEvent::Type type) {
   UpdateGauges();
   Publish(e, type, "");
   return absl::OkStatus();
+}
+
+void Coordinator::NoteCommit(const absl::Status& s) {
+  if (s.ok()) {
+    if (!db_ok_) {
+      db_ok_ = true;
+      RETINA_LOG(Info) << options_.database.string() << ": commits again; serving";
+      if (health_) health_(true);
+    }
+    return;
+  }
+  if (metrics_) metrics_->CommitFailed();
+  if (db_ok_) {
+    db_ok_ = false;
+    RETINA_LOG(Error) << "cannot commit to the job database: " << s
+                      << "; health is NOT_SERVING until a commit succeeds (nothing uncommitted is shown)";
+    if (health_) health_(false);
+  }
+}
+
+void Coordinator::SetHealthListener(std::function<void(bool)> listener) {
+  absl::MutexLock lock(&mu_);
+  health_ = std::move(listener);
+  health_(db_ok_);
 }
 
 void Coordinator::Publish(JobEntry* e, v1::JobEvent::Type type, const std::string& event_json) {
@@ -303,18 +390,38 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
         NormalType(spec.slot_type()) == v1::SLOT_GPU ? "GPU" : "CPU", " slots; the ready workers have ", total));
   }
   auto e = std::make_unique<JobEntry>();
-  e->seq = next_seq_;
   e->queued_ms = NowMs();
   v1::Job& job = e->job;
-  char id[32];
-  std::snprintf(id, sizeof id, "job-%06lld", static_cast<long long>(e->seq));
-  job.set_id(id);
+  // The id must be new to the store too: its directory is reserved with an
+  // exclusive mkdir; ids whose directory exists (another database's jobs,
+  // standalone runs) are skipped.
+  const StoreLayout layout(options_.store);
+  job.set_uid(NewRandomId());
+  for (int tries = 0;; ++tries) {
+    char id[32];
+    std::snprintf(id, sizeof id, "job-%06lld", static_cast<long long>(next_seq_));
+    absl::Status reserved = ReserveJobDir(layout, id, job.uid());
+    if (reserved.ok()) {
+      job.set_id(id);
+      break;
+    }
+    if (!absl::IsAlreadyExists(reserved) || tries == 1000) {
+      return absl::UnavailableError(absl::StrCat("store: cannot create the job directory: ", reserved.message()));
+    }
+    ++next_seq_;
+  }
+  e->seq = next_seq_;
   *job.mutable_spec() = std::move(spec);
   job.set_state(v1::QUEUED);
   job.set_user(user);
   job.set_create_unix_ms(e->queued_ms);
   job.set_request_id(request.request_id());
-  RETURN_IF_ERROR(store_->Insert({e->seq, job}));
+  if (absl::Status s = store_->Insert({e->seq, job}); !s.ok()) {
+    ReleaseJobDir(layout, job.id(), job.uid());
+    NoteCommit(s);
+    return s;
+  }
+  NoteCommit(absl::OkStatus());
   ++next_seq_;
   e->committed_state = v1::QUEUED;
   state_counts_[v1::QUEUED]++;
@@ -371,17 +478,18 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id) {
         absl::StrCat("id: job ", id, " is already ", JobStateName(job.state()), "; only active jobs can be cancelled"));
   }
   if (job.cancel_requested()) return job;
-  job.set_cancel_requested(true);
+  v1::Job next = job;
+  next.set_cancel_requested(true);
   if (job.state() == v1::QUEUED) {
-    job.set_state(v1::CANCELLED);
-    job.set_end_unix_ms(NowMs());
-    job.set_message("cancelled while queued");
-    RETURN_IF_ERROR(Commit(e));
+    next.set_state(v1::CANCELLED);
+    next.set_end_unix_ms(NowMs());
+    next.set_message("cancelled while queued");
+    RETURN_IF_ERROR(Commit(e, std::move(next)));
     if (metrics_) metrics_->JobFinished("cancelled");
-    return job;
+    return e->job;
   }
-  job.set_message("cancel requested; stopping ranks");
-  RETURN_IF_ERROR(Commit(e));
+  next.set_message("cancel requested; stopping ranks");
+  RETURN_IF_ERROR(Commit(e, std::move(next)));
   StopAttempt(e);
   MaybeFinishAttempt(e, NowMs());
   return e->job;
@@ -579,12 +687,7 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     auto p = e->parts.find(r.worker_id());
     if (p == e->parts.end() || e->job.attempt() != t.attempt()) continue;
     p->second.confirmed = true;
-    const bool all = std::all_of(e->parts.begin(), e->parts.end(), [](const auto& kv) { return kv.second.confirmed; });
-    if (all && e->job.state() == v1::SCHEDULED) {
-      e->job.set_state(v1::RUNNING);
-      e->job.set_start_unix_ms(now);
-      if (absl::Status s = Commit(e); !s.ok()) return s;
-    }
+    MarkRunningIfConfirmed(e, now);
   }
   for (const auto& [key, a] : w.pending) *out.add_assignments() = a;
   for (const auto& [key, t] : w.stopping) *out.add_stop() = t;
@@ -727,8 +830,22 @@ void Coordinator::StopAttempt(JobEntry* e) {
   }
 }
 
+void Coordinator::MarkRunningIfConfirmed(JobEntry* e, int64_t now) {
+  if (e->job.state() != v1::SCHEDULED || e->recovering || e->parts.empty()) return;
+  for (const auto& [worker, part] : e->parts) {
+    if (!part.confirmed) return;
+  }
+  v1::Job next = e->job;
+  next.set_state(v1::RUNNING);
+  next.set_start_unix_ms(now);
+  if (absl::Status s = Commit(e, std::move(next)); !s.ok()) {
+    RETINA_LOG(Error) << "cannot commit " << e->job.id() << " RUNNING: " << s << " (retried)";
+    retry_.insert(e);
+  }
+}
+
 void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
-  v1::Job& job = e->job;
+  v1::Job job = e->job;
   if (job.state() != v1::SCHEDULED && job.state() != v1::RUNNING) return;
   if (e->recovering) return;
   if (e->parts.empty() && !job.cancel_requested() && !e->attempt_failed) return;
@@ -756,20 +873,21 @@ void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
     job.set_message("");
     result = "succeeded";
   }
-  RETINA_LOG(Info) << job.id() << " attempt " << job.attempt() << " -> " << JobStateName(job.state())
-                   << (job.message().empty() ? "" : ": ") << job.message();
+  if (!result.empty()) job.set_end_unix_ms(now);
+  const std::string id = job.id();
+  if (absl::Status s = Commit(e, std::move(job)); !s.ok()) {
+    RETINA_LOG(Error) << "cannot commit " << id << ": " << s << " (the attempt's end is retried)";
+    retry_.insert(e);  // parts and failure kept: the tick retries
+    return;
+  }
+  RETINA_LOG(Info) << id << " attempt " << e->job.attempt() << " -> " << JobStateName(e->job.state())
+                   << (e->job.message().empty() ? "" : ": ") << e->job.message();
   e->parts.clear();
   e->attempt_failed = false;
   e->failure.clear();
-  if (!result.empty()) {
-    job.set_end_unix_ms(now);
-    if (metrics_) {
-      metrics_->JobFinished(result);
-      metrics_->DropJob(job.id());
-    }
-  }
-  if (absl::Status s = Commit(e); !s.ok()) {
-    RETINA_LOG(Error) << "cannot commit " << job.id() << ": " << s;
+  if (!result.empty() && metrics_) {
+    metrics_->JobFinished(result);
+    metrics_->DropJob(id);
   }
 }
 
@@ -777,6 +895,7 @@ void Coordinator::LoseWorker(WorkerEntry* w, int64_t now) {
   RETINA_LOG(Warning) << "worker " << w->info.id() << " lost: no heartbeat for "
                       << (now - w->last_seen_ms) / 1000.0 << " s; its ranks count as failed";
   w->info.set_state(v1::WorkerInfo::LOST);
+  if (metrics_) metrics_->LeaseMissed();
   const auto tasks = w->tasks;
   w->tasks.clear();
   w->used.clear();
@@ -812,12 +931,27 @@ void Coordinator::Tick() {
                                   " ranks re-attached after a coordinator restart");
         e->attempt_reason = "coordinator_restart";
         StopAttempt(e.get());
-      } else if (whole && e->job.state() == v1::SCHEDULED) {
-        e->job.set_state(v1::RUNNING);
-        if (absl::Status s = Commit(e.get()); !s.ok()) RETINA_LOG(Error) << "cannot commit " << id << ": " << s;
+      } else if (whole) {
+        for (auto& [worker, part] : e->parts) part.confirmed = true;
+        MarkRunningIfConfirmed(e.get(), now);
       }
       MaybeFinishAttempt(e.get(), now);
     }
+  }
+  // Transitions whose commit failed, again; a probe write while nothing else
+  // commits, so health returns once the database does.
+  if (!db_ok_ && now - last_probe_ms_ >= 1000) {
+    last_probe_ms_ = now;
+    NoteCommit(store_->SetMeta("last_probe_unix_ms", absl::StrCat(now)));
+  }
+  if (!db_ok_) return;
+  for (JobEntry* e : std::set<JobEntry*>(retry_)) {
+    if (e->job.state() != v1::SCHEDULED && e->job.state() != v1::RUNNING) {
+      retry_.erase(e);
+      continue;
+    }
+    MarkRunningIfConfirmed(e, now);
+    MaybeFinishAttempt(e, now);
   }
   Schedule(now);
 }
@@ -894,7 +1028,7 @@ bool Coordinator::TryPlace(JobEntry* e, int64_t now) {
       ++i;
     }
   }
-  v1::Job& job = e->job;
+  v1::Job job = e->job;  // committed below, then applied
   const int attempt = job.attempt() + 1;
   job.set_attempt(attempt);
   job.set_state(v1::SCHEDULED);
@@ -917,6 +1051,7 @@ bool Coordinator::TryPlace(JobEntry* e, int64_t now) {
     a.set_local_world_size(n);
     a.set_master_addr(job.master_addr());
     a.set_master_port(job.master_port());
+    a.set_job_uid(job.uid());
     for (int r = 0; r < n; ++r, ++rank) {
       part.ranks.push_back(rank);
       a.add_ranks(rank);
@@ -939,13 +1074,19 @@ bool Coordinator::TryPlace(JobEntry* e, int64_t now) {
     w->pending[key] = std::move(a);
     e->parts[w->info.id()] = std::move(part);
   }
+  const std::string id = job.id(), rendezvous = absl::StrCat(job.master_addr(), ":", job.master_port());
+  if (absl::Status s = Commit(e, std::move(job)); !s.ok()) {
+    RETINA_LOG(Error) << "cannot commit " << id << " attempt " << attempt << ": " << s << "; not placed";
+    for (auto& [w, n] : chosen) ReleaseTask(w, id, attempt);
+    e->parts.clear();  // still QUEUED: a later pass places it
+    return false;
+  }
   if (metrics_) {
     metrics_->QueueWait((now - e->queued_ms) / 1000.0);
     metrics_->AttemptStarted(e->attempt_reason);
   }
-  RETINA_LOG(Info) << job.id() << " attempt " << attempt << " scheduled: " << spec.world_size() << " ranks on "
-                   << chosen.size() << " worker(s), rendezvous " << job.master_addr() << ":" << job.master_port();
-  if (absl::Status s = Commit(e); !s.ok()) RETINA_LOG(Error) << "cannot commit " << job.id() << ": " << s;
+  RETINA_LOG(Info) << id << " attempt " << attempt << " scheduled: " << e->job.spec().world_size() << " ranks on "
+                   << chosen.size() << " worker(s), rendezvous " << rendezvous;
   return true;
 }
 

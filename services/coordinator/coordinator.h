@@ -64,6 +64,7 @@ struct CoordinatorOptions {
   absl::Duration tick = absl::Milliseconds(100); // scheduler / lease check period
   int port_min = 29500;                          // rendezvous ports (MASTER_PORT)
   int port_max = 29999;
+  bool adopt_store = false;  // a new database may take over a store another database used
 };
 
 class Coordinator {
@@ -103,6 +104,11 @@ class Coordinator {
   // One round of lease checks and scheduling (the tick thread calls it).
   void Tick();
 
+  // Called with true/false whenever the database starts/stops committing
+  // (and once at once with the current state): the gRPC health status.
+  // Called with the coordinator's lock held; must not call back.
+  void SetHealthListener(std::function<void(bool)> listener);
+
  private:
   struct Part {  // the ranks of one attempt on one worker
     std::vector<int> ranks;
@@ -135,9 +141,15 @@ class Coordinator {
   Coordinator(CoordinatorOptions options, CoordinatorMetrics* metrics, std::unique_ptr<JobStore> store);
   absl::Status Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Persists `entry->job` (already modified) and publishes a STATE event.
-  absl::Status Commit(JobEntry* entry, retina::v1::JobEvent::Type type = retina::v1::JobEvent::STATE)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Persists `next` as the job's record, then applies it to `entry->job` and
+  // publishes a STATE event. On failure nothing changes in memory (what
+  // GetJob shows is always what a restart would recover) and the job is
+  // retried by the tick.
+  absl::Status Commit(JobEntry* entry, retina::v1::Job next,
+                      retina::v1::JobEvent::Type type = retina::v1::JobEvent::STATE) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts a commit's outcome; health follows whether the database commits.
+  void NoteCommit(const absl::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void MarkRunningIfConfirmed(JobEntry* entry, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Publish(JobEntry* entry, retina::v1::JobEvent::Type type, const std::string& event_json)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -164,6 +176,10 @@ class Coordinator {
   int next_port_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int, int> state_counts_ ABSL_GUARDED_BY(mu_);
   bool seen_workers_ ABSL_GUARDED_BY(mu_) = false;
+  bool db_ok_ ABSL_GUARDED_BY(mu_) = true;             // the last commit succeeded
+  std::function<void(bool)> health_ ABSL_GUARDED_BY(mu_);
+  std::set<JobEntry*> retry_ ABSL_GUARDED_BY(mu_);     // a transition's commit failed
+  int64_t last_probe_ms_ ABSL_GUARDED_BY(mu_) = 0;     // while !db_ok_: a test write per second
   struct Watcher {
     std::string job;
     WatchSink sink;

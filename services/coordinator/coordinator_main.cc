@@ -7,6 +7,7 @@
 //       [--ports 29500-29999] [--sqlite-sync full|normal]
 //       [--tls-cert F --tls-key F [--tls-client-ca F]]
 //       [--client-tokens FILE] [--worker-token FILE] [--ready-file PATH]
+//       [--adopt-store]
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -26,17 +27,21 @@ constexpr char kUsage[] =
     "usage: retina-coordinator [--listen HOST:PORT] [--metrics-listen HOST:PORT] [--db FILE] [--store DIR]\n"
     "          [--lease-s S] [--heartbeat-s S] [--ports MIN-MAX] [--sqlite-sync full|normal]\n"
     "          [--tls-cert F --tls-key F [--tls-client-ca F]] [--client-tokens FILE] [--worker-token FILE]\n"
-    "          [--ready-file PATH]\n";
+    "          [--ready-file PATH] [--adopt-store]\n"
+    "  --adopt-store: a new job database takes over a store another database used\n"
+    "                 (refused otherwise: the store's STORE_ID and the database disagree)\n";
 
 absl::Status Serve(const std::vector<std::string>& args) {
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--listen", "--metrics-listen", "--db", "--store", "--lease-s",
                                                     "--heartbeat-s", "--ports", "--sqlite-sync", "--tls-cert",
                                                     "--tls-key", "--tls-client-ca", "--client-tokens",
-                                                    "--worker-token", "--ready-file"}));
+                                                    "--worker-token", "--ready-file"},
+                                                   {"--adopt-store"}));
   CoordinatorOptions o;
   o.database = f.Get("--db", "retina.db");
   o.store = f.Store();
   o.sqlite_synchronous = f.Get("--sqlite-sync", "full");
+  o.adopt_store = f.Has("--adopt-store");
   double lease_s = 10, heartbeat_s = 1;
   RETURN_IF_ERROR(f.GetDouble("--lease-s", &lease_s));
   RETURN_IF_ERROR(f.GetDouble("--heartbeat-s", &heartbeat_s));
@@ -77,7 +82,9 @@ absl::Status Serve(const std::vector<std::string>& args) {
   if (server == nullptr || grpc_port == 0) {
     return absl::UnavailableError(absl::StrCat("--listen ", listen, ": cannot serve gRPC (address in use?)"));
   }
-  server->GetHealthCheckService()->SetServingStatus(true);
+  // Health follows the job database: NOT_SERVING while it cannot commit.
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  core->SetHealthListener([health](bool ok) { health->SetServingStatus(ok); });
   RETINA_LOG(Info) << "retina-coordinator " << RETINA_VERSION << ": gRPC on port " << grpc_port
                    << (f.Has("--tls-cert") ? " (TLS)" : " (plaintext)") << ", /metrics on port " << metrics_port
                    << ", jobs in " << o.database.string() << ", store " << o.store.string();
@@ -86,7 +93,8 @@ absl::Status Serve(const std::vector<std::string>& args) {
 
   const int sig = services::WaitForStopSignal();
   RETINA_LOG(Info) << "signal " << sig << ": shutting down (in-flight calls get 5 s)";
-  server->GetHealthCheckService()->SetServingStatus(false);
+  core->SetHealthListener([](bool) {});
+  health->SetServingStatus(false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   return absl::OkStatus();

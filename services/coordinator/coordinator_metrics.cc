@@ -29,6 +29,10 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
                        "Time from QUEUED to SCHEDULED per attempt", r)
                      .Add({}, prometheus::Histogram::BucketBoundaries{0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900,
                                                                       3600, 14400});
+  commit_failures_ = &Build(prometheus::BuildCounter(), "retina_db_commit_failures_total",
+                            "Job-database writes that did not commit (the change was not applied)", r).Add({});
+  lease_misses_ = &Build(prometheus::BuildCounter(), "retina_worker_lease_misses_total",
+                         "Workers declared lost because no heartbeat arrived within the lease", r).Add({});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
   slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
   grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);

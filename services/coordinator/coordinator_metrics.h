@@ -29,6 +29,10 @@ class CoordinatorMetrics {
   void JobFinished(const std::string& result) { finished_->Add({{"result", result}}).Increment(); }
   void AttemptStarted(const std::string& reason) { attempts_->Add({{"reason", reason}}).Increment(); }
   void QueueWait(double seconds) { queue_wait_->Observe(seconds); }
+  // A job-database write that did not commit (disk full, locked, I/O error).
+  void CommitFailed() { commit_failures_->Increment(); }
+  // A worker declared lost: no heartbeat within its lease.
+  void LeaseMissed() { lease_misses_->Increment(); }
   void SetWorkers(int ready, int lost);
   void SetSlots(int free, int used);
   void GrpcRequest(const std::string& method, const std::string& code) {
@@ -49,6 +53,8 @@ class CoordinatorMetrics {
   prometheus::Family<prometheus::Counter>* finished_;
   prometheus::Family<prometheus::Counter>* attempts_;
   prometheus::Histogram* queue_wait_;
+  prometheus::Counter* commit_failures_;
+  prometheus::Counter* lease_misses_;
   prometheus::Family<prometheus::Gauge>* workers_;
   prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;

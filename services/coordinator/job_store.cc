@@ -23,6 +23,17 @@ absl::Status JobStore::Error(const char* what) const {
   return absl::InternalError(msg);
 }
 
+// Steps a write statement once and always resets it: a statement left
+// un-reset after an error (e.g. SQLITE_BUSY) keeps its transaction open, and
+// every later write on the connection then commits only in memory.
+absl::Status JobStore::StepAndReset(sqlite3_stmt* stmt, const char* what) {
+  const int rc = sqlite3_step(stmt);
+  absl::Status s = rc == SQLITE_DONE ? absl::OkStatus() : Error(what);
+  sqlite3_reset(stmt);
+  sqlite3_clear_bindings(stmt);
+  return s;
+}
+
 absl::Status JobStore::Exec(const char* sql) {
   char* err = nullptr;
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
@@ -51,6 +62,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::filesystem::
   }
   std::unique_ptr<JobStore> store(new JobStore(db, path));
   sqlite3_busy_timeout(db, 5000);
+  RETURN_IF_ERROR(store->QuickCheck());
   RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   RETURN_IF_ERROR(store->Exec(synchronous == "full" ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
   RETURN_IF_ERROR(store->Exec(
@@ -60,6 +72,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::filesystem::
       " request_id TEXT UNIQUE,"
       " state INTEGER NOT NULL,"
       " record BLOB NOT NULL)"));
+  RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"));
   if (sqlite3_prepare_v2(db, "INSERT INTO jobs(seq, id, request_id, state, record) VALUES(?,?,?,?,?)", -1,
                          &store->insert_, nullptr) != SQLITE_OK ||
       sqlite3_prepare_v2(db, "UPDATE jobs SET state=?, record=? WHERE id=?", -1, &store->update_, nullptr) !=
@@ -67,6 +80,63 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::filesystem::
     return store->Error("prepare");
   }
   return store;
+}
+
+absl::Status JobStore::QuickCheck() {
+  const absl::Time start = absl::Now();
+  sqlite3_stmt* stmt = nullptr;
+  std::vector<std::string> problems;
+  int rc = sqlite3_prepare_v2(db_, "PRAGMA quick_check(20)", -1, &stmt, nullptr);
+  if (rc == SQLITE_OK) {
+    while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      const unsigned char* text = sqlite3_column_text(stmt, 0);
+      std::string line = text ? reinterpret_cast<const char*>(text) : "";
+      if (line != "ok") problems.push_back(std::move(line));
+    }
+  }
+  if (rc != SQLITE_DONE && problems.empty()) problems.push_back(sqlite3_errmsg(db_));
+  sqlite3_finalize(stmt);
+  check_time_ = absl::Now() - start;
+  if (problems.empty()) return absl::OkStatus();
+  const std::string p = path_.string();
+  return absl::DataLossError(absl::StrCat(
+      p, ": the job database is damaged (PRAGMA quick_check: ", problems.front(),
+      problems.size() > 1 ? absl::StrCat(" and ", problems.size() - 1, " more") : "",
+      "). Nothing was changed. To repair: stop the coordinator; keep a copy (cp ", p, " ", p,
+      ".damaged); recover the rows into a new file (sqlite3 ", p, ".damaged .recover | sqlite3 ", p,
+      ".recovered); check it (sqlite3 ", p, ".recovered 'PRAGMA integrity_check'); then move it into place (mv ", p,
+      ".recovered ", p, ") and start again. See docs/operations.md."));
+}
+
+absl::StatusOr<std::string> JobStore::GetMeta(const std::string& key) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT value FROM meta WHERE key=?", -1, &stmt, nullptr) != SQLITE_OK) {
+    return Error("select meta");
+  }
+  sqlite3_bind_text(stmt, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+  std::string value;
+  const int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW) {
+    const unsigned char* text = sqlite3_column_text(stmt, 0);
+    if (text) value = reinterpret_cast<const char*>(text);
+  }
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) return Error("select meta");
+  return value;
+}
+
+absl::Status JobStore::SetMeta(const std::string& key, const std::string& value) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db_, "INSERT INTO meta(key, value) VALUES(?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                         -1, &stmt, nullptr) != SQLITE_OK) {
+    return Error("insert meta");
+  }
+  sqlite3_bind_text(stmt, 1, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_text(stmt, 2, value.data(), static_cast<int>(value.size()), SQLITE_TRANSIENT);
+  const int rc = sqlite3_step(stmt);
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_DONE) return Error("insert meta");
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<StoredJob>> JobStore::LoadAll() {
@@ -104,8 +174,7 @@ absl::Status JobStore::Insert(const StoredJob& job) {
   }
   sqlite3_bind_int(insert_, 4, job.job.state());
   sqlite3_bind_blob(insert_, 5, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
-  if (sqlite3_step(insert_) != SQLITE_DONE) return Error("insert");
-  return absl::OkStatus();
+  return StepAndReset(insert_, "insert");
 }
 
 absl::Status JobStore::Update(const retina::v1::Job& job) {
@@ -114,7 +183,7 @@ absl::Status JobStore::Update(const retina::v1::Job& job) {
   sqlite3_bind_int(update_, 1, job.state());
   sqlite3_bind_blob(update_, 2, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
   sqlite3_bind_text(update_, 3, job.id().data(), static_cast<int>(job.id().size()), SQLITE_TRANSIENT);
-  if (sqlite3_step(update_) != SQLITE_DONE) return Error("update");
+  RETURN_IF_ERROR(StepAndReset(update_, "update"));
   if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("job ", job.id(), " is not in the database"));
   return absl::OkStatus();
 }

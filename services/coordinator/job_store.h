@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "retina/v1/job_service.pb.h"
 
 struct sqlite3;
@@ -28,7 +29,9 @@ struct StoredJob {
 
 class JobStore {
  public:
-  // Opens or creates the database at `path`; `synchronous` is "full" or "normal".
+  // Opens or creates the database at `path`; `synchronous` is "full" or
+  // "normal". Runs PRAGMA quick_check first: a damaged database is refused
+  // (DATA_LOSS) with the repair steps, before anything is read or written.
   static absl::StatusOr<std::unique_ptr<JobStore>> Open(const std::filesystem::path& path,
                                                        const std::string& synchronous = "full");
   ~JobStore();
@@ -41,16 +44,25 @@ class JobStore {
   absl::Status Insert(const StoredJob& job);
   // Replaces the record of an existing job (NOT_FOUND otherwise).
   absl::Status Update(const retina::v1::Job& job);
+  // Small key/value facts about the database (e.g. the store it belongs to);
+  // "" for a key never set.
+  absl::StatusOr<std::string> GetMeta(const std::string& key);
+  absl::Status SetMeta(const std::string& key, const std::string& value);
+  // How long Open's integrity check (PRAGMA quick_check) took.
+  absl::Duration check_time() const { return check_time_; }
 
  private:
   JobStore(sqlite3* db, std::filesystem::path path);
   absl::Status Exec(const char* sql);
+  absl::Status QuickCheck();
+  absl::Status StepAndReset(sqlite3_stmt* stmt, const char* what);
   absl::Status Error(const char* what) const;
 
   sqlite3* db_ = nullptr;
   sqlite3_stmt* insert_ = nullptr;
   sqlite3_stmt* update_ = nullptr;
   std::filesystem::path path_;
+  absl::Duration check_time_;
 };
 
 }  // namespace retina::coordinator

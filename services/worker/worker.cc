@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/job_identity.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/store_layout.h"
@@ -182,7 +183,9 @@ void Worker::Start(const v1::Assignment& a) {
   Task& t = tasks_[key];
   t.assignment = a;
   const std::filesystem::path config = layout.JobDir(a.job_id()) / "job.yaml";
-  absl::Status status = CreateDirectories(layout.JobDir(a.job_id()));
+  // The coordinator reserved the directory for this job; never write into another's.
+  absl::Status status = CheckJobOwner(layout, a.job_id(), a.job_uid(), /*claim=*/false);
+  if (status.ok()) status = CreateDirectories(layout.JobDir(a.job_id()));
   if (status.ok()) status = WriteFileAtomic(config, a.config_yaml());
   bool has_rank0 = false;
   for (int r : a.ranks()) has_rank0 |= r == 0;
@@ -213,6 +216,10 @@ void Worker::Start(const v1::Assignment& a) {
     }
     std::vector<std::string> argv = {options_.trainer.string(), "run", "--config", config.string(), "--store",
                                      options_.store.string(), "--job", a.job_id(), "--resume", "auto"};
+    if (!a.job_uid().empty()) {
+      argv.push_back("--job-uid");
+      argv.push_back(a.job_uid());
+    }
     const bool events = rank.rank == 0 && t.events;
     if (events) {
       argv.push_back("--events");

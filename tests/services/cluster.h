@@ -246,6 +246,33 @@ class Cluster {
     Jobs()->GetJob(Ctx().get(), req, &job);
     return job;
   }
+  // grpc.health.v1 Check of the coordinator, by Python's grpcio (a real
+  // client; raw bytes, so no generated code): SERVING, NOT_SERVING, or what failed.
+  std::string Health() const {
+    const fs::path out = root() / "health.out";
+    const std::string cmd = Python() + " -c \"import grpc, sys; ch = grpc.insecure_channel(sys.argv[1]); "
+                            "r = ch.unary_unary('/grpc.health.v1.Health/Check')(b'', timeout=5); "
+                            "print({b'\\x08\\x01': 'SERVING', b'\\x08\\x02': 'NOT_SERVING'}.get(r, repr(r)))\" " +
+                            address() + " > " + out.string() + " 2>&1";
+    (void)std::system(cmd.c_str());
+    std::ifstream in(out);
+    std::string line;
+    std::getline(in, line);
+    return line;
+  }
+  // Runs retina-coordinator on this cluster's database and store expecting
+  // it to refuse to start; returns its exit status and output.
+  std::pair<int, std::string> CoordinatorRefusal(const std::vector<std::string>& extra = {}) const {
+    std::string cmd = BinDir() + "/services/retina-coordinator --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --db " +
+                      (root() / "jobs.db").string() + " --store " + store().string();
+    for (const std::string& e : extra) cmd += " " + e;
+    const fs::path out = root() / "refusal.log";
+    const int st = std::system(("timeout 30 " + cmd + " > " + out.string() + " 2>&1").c_str());
+    std::ifstream in(out);
+    std::stringstream text;
+    text << in.rdbuf();
+    return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, text.str()};
+  }
   bool WaitState(const std::string& id, v1::JobState state, double seconds) {
     return WaitFor([&] { return Get(id).state() == state; }, std::chrono::duration<double>(seconds));
   }

@@ -28,7 +28,7 @@ namespace retina::trainer {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: retina-train run --config JOB.yaml [--store DIR] [--job ID] [--events PATH|fd:N] [--set KEY=VALUE]...\n"
+    "usage: retina-train run --config JOB.yaml [--store DIR] [--job ID] [--job-uid UID] [--events PATH|fd:N] [--set KEY=VALUE]...\n"
     "                        [--resume auto|never|CHECKPOINT_DIR] [--rank R --world-size W --local-rank L]\n"
     "       retina-train config schema\n"
     "       retina-train config check FILE... [--set KEY=VALUE]...\n"
@@ -102,7 +102,7 @@ int Run(std::vector<std::string> args) {
     return 2;
   }
   absl::StatusOr<CliFlags> flags = ParseCliFlags(
-      args, {"--config", "--store", "--job", "--events", "--resume", "--rank", "--world-size", "--local-rank"});
+      args, {"--config", "--store", "--job", "--job-uid", "--events", "--resume", "--rank", "--world-size", "--local-rank"});
   absl::Status status = flags.ok() ? flags->Require({"--config"}) : flags.status();
   RunOptions o;
   int rank = 0, world = 0, local = 0;
@@ -131,6 +131,7 @@ int Run(std::vector<std::string> args) {
   o.store = flags->Store();
   o.job_id = flags->Get("--job", std::filesystem::path(config_path).stem().string());
   o.events = flags->Get("--events");
+  o.job_uid = flags->Get("--job-uid");
   o.resume = flags->Get("--resume", "auto");
   if (flags->Has("--rank")) o.launch.rank = rank;
   if (flags->Has("--world-size")) o.launch.world_size = world;

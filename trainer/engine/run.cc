@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/job_identity.h"
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -184,8 +185,11 @@ absl::StatusOr<StepState> LoadCheckpoint(const fs::path& dir, torch::nn::Module&
 
 absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) {
   const bool pretrain = config.kind == "pretrain";
-  if (config.kind == "evaluate") return RunEvaluation(config, o);
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
+  // Never adopt a job directory this job did not create (its checkpoints,
+  // spec and metrics would be another job's).
+  RETURN_IF_ERROR(CheckJobOwner(StoreLayout(o.store), o.job_id, o.job_uid, /*claim=*/true));
+  if (config.kind == "evaluate") return RunEvaluation(config, o);
   ASSIGN_OR_RETURN(LaunchInfo launch, DiscoverLaunch(o.launch));
   SetLogRank(launch.world_size > 1 ? launch.rank : -1);
   const ThreadPlan threads = ConfigureTorchThreads(launch.local_world_size, config.runtime.threads);

@@ -33,6 +33,7 @@ struct RunOptions {
   std::string resume = "auto";  // auto | never | a checkpoint directory
   LaunchOverrides launch;
   std::string config_text;      // the job YAML as given (its hash goes into state.json)
+  std::string job_uid;          // when set, jobs/<id>/JOB_UID must match (common/job_identity.h)
 };
 
 enum class RunOutcome { kCompleted, kPreempted };

@@ -1,0 +1,174 @@
+// Integrity of the job service's records (issue 14): a database and a store
+// that do not belong together are refused, a job directory is never adopted
+// by another job, a commit that fails changes nothing a client can see, a
+// damaged database is refused with the repair steps.
+#include <gmock/gmock.h>
+
+#include "tests/services/cluster.h"
+
+namespace retina::testing {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+std::string Slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::vector<std::string> Listing(const fs::path& dir) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::recursive_directory_iterator(dir, ec)) out.push_back(fs::relative(e.path(), dir).string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A coordinator started on a new or emptied (0-byte) database over a store
+// another database used once handed out job-000001 again: the new job resumed
+// from the old one's checkpoint, overwrote its spec, appended to its metrics,
+// and retention deleted its checkpoint.
+TEST(Integrity, ANewDatabaseNeverReusesTheStoresJobsAndRanksRefuseAForeignJobDirectory) {
+  Cluster c("newdb");
+  c.MakeDataset("em");
+  c.StartCoordinator();
+  c.StartWorker("w1", 1);
+  absl::StatusOr<v1::Job> first = c.Submit(PretrainYaml(2), 1);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(c.WaitState(first->id(), v1::SUCCEEDED, 120)) << c.Get(first->id()).DebugString();
+  const fs::path old_dir = c.store() / "jobs" / first->id();
+  const std::string spec = Slurp(old_dir / "spec.yaml"), metrics = Slurp(old_dir / "metrics.csv");
+  const std::vector<std::string> checkpoints = Listing(old_dir / "checkpoints");
+  ASSERT_FALSE(checkpoints.empty());
+  EXPECT_EQ(Slurp(old_dir / "JOB_UID"), first->uid() + "\n");
+
+  const int port = c.grpc_port();
+  c.StopCoordinator(SIGTERM);
+  fs::resize_file(c.root() / "jobs.db", 0);  // as the adversary did: an empty database file
+  fs::remove(c.root() / "jobs.db-wal");
+  fs::remove(c.root() / "jobs.db-shm");
+  auto [code, out] = c.CoordinatorRefusal();
+  EXPECT_NE(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("jobs.db is a new (or empty) job database"));
+  EXPECT_THAT(out, HasSubstr("STORE_ID"));
+  EXPECT_THAT(out, HasSubstr("--adopt-store"));
+
+  // Adopting the store: new ids skip the old job's; its files are untouched.
+  c.StartCoordinator({{"--adopt-store"}, port});
+  absl::StatusOr<v1::Job> second = c.Submit(PretrainYaml(2), 1);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_NE(second->id(), first->id());
+  EXPECT_NE(second->uid(), first->uid());
+  ASSERT_TRUE(c.WaitState(second->id(), v1::SUCCEEDED, 120)) << c.Get(second->id()).DebugString();
+  EXPECT_EQ(Slurp(old_dir / "spec.yaml"), spec);
+  EXPECT_EQ(Slurp(old_dir / "metrics.csv"), metrics);
+  EXPECT_EQ(Listing(old_dir / "checkpoints"), checkpoints);
+  EXPECT_THAT(Slurp(c.store() / "jobs" / second->id() / "logs" / "attempt-1" / "rank-0.log"),
+              Not(HasSubstr("resumed from")));
+
+  // A database from another store is refused too.
+  c.StopCoordinator(SIGTERM);
+  std::ofstream(c.store() / "STORE_ID") << "0123456789abcdef0123456789abcdef\n";
+  std::tie(code, out) = c.CoordinatorRefusal();
+  EXPECT_NE(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("is STORE_ID 0123456789abcdef0123456789abcdef"));
+
+  // A rank started for another job's uid refuses the directory before it
+  // reads a checkpoint or writes anything.
+  const std::string cmd = BinDir() + "/trainer/retina-train run --config " + (old_dir / "spec.yaml").string() +
+                          " --store " + c.store().string() + " --job " + first->id() +
+                          " --job-uid ffffffffffffffffffffffffffffffff > " + (c.root() / "foreign.log").string() +
+                          " 2>&1";
+  EXPECT_NE(std::system(cmd.c_str()), 0);
+  EXPECT_THAT(Slurp(c.root() / "foreign.log"), HasSubstr("belongs to another job (JOB_UID " + first->uid()));
+  EXPECT_EQ(Slurp(old_dir / "metrics.csv"), metrics);
+  EXPECT_EQ(Listing(old_dir / "checkpoints"), checkpoints);
+}
+
+// Holds the database's write lock from another process (Python's sqlite3),
+// as a backup or an operator's sqlite3 shell can: every commit fails.
+class WriteLock {
+ public:
+  WriteLock(const Cluster& c) : ready_(c.root() / "lock.ready") {
+    const std::string code = "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+                             "c.execute('BEGIN EXCLUSIVE'); open(sys.argv[2], 'w').close(); time.sleep(120)";
+    child_ = std::make_unique<Child>(std::vector<std::string>{"/bin/sh", "-c", "exec " + Python() + " -c \"" + code + "\" " +
+                                                              (c.root() / "jobs.db").string() + " " + ready_.string()},
+                                     c.root() / "lock.log");
+    WaitFor([&] { return fs::exists(ready_); }, std::chrono::seconds(20));
+  }
+  bool held() const { return fs::exists(ready_); }
+  void Release() { child_.reset(); }
+
+ private:
+  fs::path ready_;
+  std::unique_ptr<Child> child_;
+};
+
+// CancelJob on a database that cannot commit returned an error, yet GetJob
+// showed CANCELLED, and after a restart the job was QUEUED again.
+TEST(Integrity, AFailedCommitChangesNothingVisibleAndHealthSaysNotServing) {
+  Cluster c("commit");
+  fs::create_directories(c.store() / "datasets" / "em");
+  std::ofstream(c.store() / "datasets" / "em" / "manifest.json") << "{}";
+  c.StartCoordinator();
+  absl::StatusOr<v1::Job> job = c.Submit(PretrainYaml(1), 1);  // no workers: stays QUEUED
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(c.Health(), "SERVING");
+
+  WriteLock lock(c);
+  ASSERT_TRUE(lock.held());
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job->id());
+  v1::Job resp;
+  const grpc::Status s = c.Jobs()->CancelJob(c.Ctx("", 30).get(), cancel, &resp);
+  EXPECT_FALSE(s.ok());
+  EXPECT_THAT(s.error_message(), HasSubstr("jobs.db"));
+  const v1::Job after = c.Get(job->id());
+  EXPECT_EQ(after.state(), v1::QUEUED) << "memory ran ahead of the database";
+  EXPECT_FALSE(after.cancel_requested());
+  EXPECT_EQ(c.Health(), "NOT_SERVING");
+  EXPECT_GE(Sample(HttpGet(c.metrics_port(), "/metrics"), "retina_db_commit_failures_total"), 1);
+  absl::StatusOr<v1::Job> refused = c.Submit(PretrainYaml(1), 1);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_FALSE(fs::exists(c.store() / "jobs" / "job-000002")) << "a refused submission leaves no directory";
+
+  lock.Release();
+  EXPECT_TRUE(WaitFor([&] { return c.Health() == "SERVING"; }, std::chrono::seconds(20)))
+      << c.Health() << "\n" << Slurp(c.root() / "coordinator.log");
+  ASSERT_TRUE(c.Jobs()->CancelJob(c.Ctx().get(), cancel, &resp).ok());
+  EXPECT_EQ(resp.state(), v1::CANCELLED);
+  const int port = c.grpc_port();
+  c.StopCoordinator(SIGKILL);
+  c.StartCoordinator({{}, port});
+  EXPECT_EQ(c.Get(job->id()).state(), v1::CANCELLED) << "what was shown is what was committed";
+}
+
+// A damaged page used to be found only at the first write.
+TEST(Integrity, ADamagedDatabaseIsRefusedAtStartWithRepairSteps) {
+  Cluster c("quickcheck");
+  fs::create_directories(c.store() / "datasets" / "em");
+  std::ofstream(c.store() / "datasets" / "em" / "manifest.json") << "{}";
+  c.StartCoordinator();
+  for (int i = 0; i < 60; ++i) ASSERT_TRUE(c.Submit(PretrainYaml(1), 1).ok());
+  c.StopCoordinator(SIGTERM);  // the last connection's close checkpoints the WAL into jobs.db
+  const fs::path db = c.root() / "jobs.db";
+  ASSERT_GT(fs::file_size(db), 8 * 4096u);
+  {
+    std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096);  // page 2: the header of the jobs table's root b-tree page
+    const std::string junk(64, '\x5a');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  auto [code, out] = c.CoordinatorRefusal();
+  EXPECT_NE(code, 0) << out;
+  EXPECT_THAT(out, HasSubstr("the job database is damaged (PRAGMA quick_check"));
+  EXPECT_THAT(out, HasSubstr(".recover"));
+  EXPECT_THAT(out, HasSubstr("Nothing was changed"));
+}
+
+}  // namespace
+}  // namespace retina::testing
