@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
+#include "trainer/data/loader.h"
 #include "trainer/data/pack.h"
 #include "trainer/data/shards.h"
 
@@ -108,6 +109,58 @@ TEST_F(Shards, FlippedByteIsNamedByVerify) {
   EXPECT_FALSE(ShardedDataset::Open(o.out, /*verify=*/true).ok());
   fs::resize_file(o.out / "shard-00002.h5", 500);
   EXPECT_THAT(std::string(ShardedDataset::Open(o.out, false).status().message()), HasSubstr("shard-00002.h5"));
+}
+
+// Training used to read a damaged shard without noticing (the dataset is
+// opened without the full SHA-256 pass): every sample is now checked against
+// its crc32 as the loader copies it, and a shard without crc32 (an older
+// pack) is hashed once when the dataset opens.
+TEST_F(Shards, ADamagedSampleIsCaughtWhenReadAndAnOldShardWhenOpened) {
+  PackOptions o = Options("ds");
+  ASSERT_TRUE(PackImages(o).ok());
+  const fs::path shard = o.out / "shard-00001.h5";
+  std::string out;
+  ASSERT_EQ(retina::testing::RunPython("pack_peer.py", "offset " + shard.string(), &out), 0) << out;
+  const int64_t images = std::stoll(out);
+  {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(images + 64 * 64 + 10);  // sample 1 of the shard
+    const char c = static_cast<char>(f.peek());
+    f.put(static_cast<char>(c ^ 0x01));
+  }
+  absl::StatusOr<std::unique_ptr<ShardedDataset>> ds = ShardedDataset::Open(o.out, /*verify=*/false);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(o.out);
+  const int64_t first = m->shards[0].count;  // dataset index of shard 1's sample 0
+  EXPECT_TRUE((*ds)->CheckSample(first).ok());
+  const absl::Status bad = (*ds)->CheckSample(first + 1);
+  EXPECT_EQ(bad.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(bad.message()), HasSubstr("shard-00001.h5: sample 1 (dataset index " + std::to_string(first + 1)));
+  LoaderOptions lo;
+  lo.threads = 1;
+  absl::StatusOr<std::unique_ptr<Loader>> loader = Loader::Create(ds->get(), {{0, 1}, {first, first + 1}}, lo);
+  ASSERT_TRUE(loader.ok());
+  EXPECT_TRUE((*loader)->Next()->status.ok());
+  EXPECT_EQ((*loader)->Next()->status.code(), absl::StatusCode::kDataLoss);
+
+  // An older shard (no crc32): checked whole at open.
+  PackOptions old = Options("old");
+  ASSERT_TRUE(PackImages(old).ok());
+  const fs::path old_shard = old.out / "shard-00000.h5";
+  ASSERT_EQ(retina::testing::RunPython("pack_peer.py", "strip " + old_shard.string() + " " +
+                                                           (old.out / "manifest.json").string(), &out), 0) << out;
+  ASSERT_TRUE(ShardedDataset::Open(old.out, false).ok());
+  ASSERT_EQ(retina::testing::RunPython("pack_peer.py", "offset " + old_shard.string(), &out), 0) << out;
+  {
+    std::fstream f(old_shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(std::stoll(out) + 5);
+    const char c = static_cast<char>(f.peek());
+    f.put(static_cast<char>(c ^ 0x01));
+  }
+  const absl::Status opened = ShardedDataset::Open(old.out, false).status();
+  EXPECT_EQ(opened.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(opened.message()), HasSubstr("shard-00000.h5: SHA-256"));
+  EXPECT_THAT(std::string(opened.message()), HasSubstr("does not match the manifest"));
 }
 
 TEST_F(Shards, BadInputsAreNamedOrSkippedOnRequest) {

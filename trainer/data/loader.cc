@@ -51,6 +51,9 @@ RawBatch Loader::Assemble(int64_t k) const {
   out.index = k;
   out.samples = samples;
   out.images = torch::empty({b, h, w}, opts);
+  for (int64_t i = 0; options_.check_samples && i < b && out.status.ok(); ++i) {
+    out.status = dataset_->CheckSample(samples[i]);
+  }
   uint8_t* dst = out.images.data_ptr<uint8_t>();
   for (int64_t i = 0; i < b; ++i) std::memcpy(dst + i * h * w, dataset_->image(samples[i]), h * w);
   if (options_.with_masks) {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "trainer/data/shards.h"
 
@@ -30,12 +31,14 @@ struct RawBatch {
   torch::Tensor images;         // uint8 [B, H, W]
   torch::Tensor masks;          // uint8 [B, H, W] or undefined
   std::vector<int64_t> samples; // dataset indices
+  absl::Status status;          // DATA_LOSS when a sample failed its checksum (the batch must not be used)
 };
 
 struct LoaderOptions {
   int threads = 2;
   int prefetch = 4;          // batches ready or in flight ahead of the consumer
   bool with_masks = false;
+  bool check_samples = true;  // each sample against its shard crc32 (off only for benchmarks' reference runs)
   bool pin_memory = false;   // only honoured when CUDA is available
 };
 

@@ -6,11 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
 #include <algorithm>
 #include <cerrno>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "trainer/data/hdf5_handle.h"
@@ -48,6 +51,44 @@ absl::Status WriteNames(hid_t file, const std::vector<std::string>& names, const
     return absl::InternalError(absl::StrCat(where, ": writing names failed"));
   }
   return absl::OkStatus();
+}
+
+uint32_t SampleCrc(const uint8_t* image, const uint8_t* mask, size_t plane) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  crc = crc32(crc, image, static_cast<uInt>(plane));
+  if (mask != nullptr) crc = crc32(crc, mask, static_cast<uInt>(plane));
+  return static_cast<uint32_t>(crc);
+}
+
+absl::Status WriteCrcs(hid_t file, const std::vector<uint32_t>& crcs, const std::string& where) {
+  const hsize_t n = crcs.size();
+  Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_obj_track_times(dcpl.get(), false);
+  Hid ds(H5Dcreate2(file, "crc32", H5T_STD_U32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT), H5Dclose);
+  if (!ds.ok() || H5Dwrite(ds.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, crcs.data()) < 0) {
+    return absl::InternalError(absl::StrCat(where, ": writing crc32 failed"));
+  }
+  return absl::OkStatus();
+}
+
+// The crc32 dataset of a shard (empty when it has none).
+absl::StatusOr<std::vector<uint32_t>> ReadCrcs(hid_t file, int64_t n, const std::string& where) {
+  std::vector<uint32_t> out;
+  if (H5Lexists(file, "crc32", H5P_DEFAULT) <= 0) return out;
+  Hid ds(H5Dopen2(file, "crc32", H5P_DEFAULT), H5Dclose);
+  Hid space(H5Dget_space(ds.get()), H5Sclose);
+  hsize_t dims = 0;
+  const bool one_d = H5Sget_simple_extent_ndims(space.get()) == 1;
+  if (one_d) H5Sget_simple_extent_dims(space.get(), &dims, nullptr);
+  if (!one_d || static_cast<int64_t>(dims) != n) {
+    return absl::DataLossError(absl::StrCat(where, ":crc32: not one value per sample (", n, ")"));
+  }
+  out.resize(static_cast<size_t>(n));
+  if (H5Dread(ds.get(), H5T_NATIVE_UINT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0) {
+    return absl::DataLossError(absl::StrCat(where, ":crc32: cannot be read"));
+  }
+  return out;
 }
 
 // Offset of a contiguous uint8 [n, h, w] dataset, after checking its shape.
@@ -95,6 +136,11 @@ absl::StatusOr<ShardInfo> WriteShard(const fs::path& path, const ShardContents& 
     RETURN_IF_ERROR(WriteU8(file.get(), "images", c.images, dims, where));
     if (!c.masks.empty()) RETURN_IF_ERROR(WriteU8(file.get(), "masks", c.masks, dims, where));
     RETURN_IF_ERROR(WriteNames(file.get(), c.names, where));
+    std::vector<uint32_t> crcs(static_cast<size_t>(c.count()));
+    for (int64_t i = 0; i < c.count(); ++i) {
+      crcs[i] = SampleCrc(c.images.data() + i * plane, c.masks.empty() ? nullptr : c.masks.data() + i * plane, plane);
+    }
+    RETURN_IF_ERROR(WriteCrcs(file.get(), crcs, where));
     if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0) return absl::InternalError(absl::StrCat(where, ": flush failed"));
   }
   RETURN_IF_ERROR(FsyncPath(tmp));
@@ -140,7 +186,18 @@ absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::p
       if (manifest.labelled) {
         ASSIGN_OR_RETURN(mask_offset, ContiguousOffset(file.get(), "masks", info.count, manifest.height, manifest.width, where));
       }
+      ASSIGN_OR_RETURN(shard.crc32, ReadCrcs(file.get(), info.count, where));
     }
+    if (shard.crc32.empty() && !verify) {
+      // No per-sample checksums (an older pack): the whole file, once, now.
+      ASSIGN_OR_RETURN(FileDigest digest, Sha256File(path));
+      if (digest.sha256 != info.sha256 || digest.size != info.bytes) {
+        return absl::DataLossError(absl::StrCat(where, ": SHA-256 ", digest.sha256, " (", digest.size,
+                                                " bytes) does not match the manifest's ", info.sha256, " (", info.bytes,
+                                                " bytes): the shard is damaged; re-pack or restore it"));
+      }
+    }
+    shard.path = where;
     ASSIGN_OR_RETURN(shard.file, MappedFile::Open(path));
     const uint64_t bytes = static_cast<uint64_t>(info.count * plane);
     if (image_offset + bytes > shard.file->size() || (manifest.labelled && mask_offset + bytes > shard.file->size())) {
@@ -165,6 +222,19 @@ std::pair<const ShardedDataset::Shard*, int64_t> ShardedDataset::Locate(int64_t 
 const uint8_t* ShardedDataset::image(int64_t i) const {
   auto [s, local] = Locate(i);
   return s->images + local * height() * width();
+}
+
+absl::Status ShardedDataset::CheckSample(int64_t i) const {
+  auto [s, local] = Locate(i);
+  if (s->crc32.empty()) return absl::OkStatus();
+  const size_t plane = static_cast<size_t>(height() * width());
+  const uint8_t* m = s->masks == nullptr ? nullptr : s->masks + local * plane;
+  const uint32_t crc = SampleCrc(s->images + local * plane, m, plane);
+  if (crc == s->crc32[local]) return absl::OkStatus();
+  return absl::DataLossError(absl::StrFormat(
+      "%s: sample %d (dataset index %d) has CRC-32 %08x, the shard recorded %08x: the shard is damaged "
+      "(retina-shard verify names every damaged shard; re-pack or restore it)",
+      s->path, local, i, crc, s->crc32[local]));
 }
 
 const uint8_t* ShardedDataset::mask(int64_t i) const {

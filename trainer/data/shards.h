@@ -1,9 +1,15 @@
 // HDF5 shard files and the memory-mapped dataset view the loader reads.
 //
 // A shard holds contiguous (unchunked, uncompressed) uint8 datasets
-// images [N, H, W], optionally masks [N, H, W], and names [N] (variable-length
-// strings: the source file and patch of each sample), so h5py reads it as is
-// and readers can mmap the pixel data directly.
+// images [N, H, W], optionally masks [N, H, W], names [N] (variable-length
+// strings: the source file and patch of each sample) and crc32 [N] (uint32:
+// zlib's CRC-32 of each sample's image bytes followed by its mask bytes), so
+// h5py reads it as is and readers can mmap the pixel data directly.
+//
+// Integrity as a job reads: every sample is checked against its crc32 each
+// time the loader copies it (CheckSample); a shard without crc32 (packed by an
+// older version) is checked once against the manifest's SHA-256 when the
+// dataset is opened.
 #pragma once
 
 #include <cstdint>
@@ -61,6 +67,9 @@ class ShardedDataset {
   // Pixel pointers of sample i in [0, size()): H * W bytes each.
   const uint8_t* image(int64_t i) const;
   const uint8_t* mask(int64_t i) const;  // nullptr when unlabelled
+  // OK when sample i's bytes match its stored crc32 (or the shard has none
+  // and passed its SHA-256 at open); DATA_LOSS naming the shard and sample.
+  absl::Status CheckSample(int64_t i) const;
 
  private:
   struct Shard {
@@ -68,6 +77,8 @@ class ShardedDataset {
     const uint8_t* images = nullptr;
     const uint8_t* masks = nullptr;
     int64_t first = 0;  // global index of its first sample
+    std::string path;
+    std::vector<uint32_t> crc32;  // per sample; empty for shards without
   };
   std::pair<const Shard*, int64_t> Locate(int64_t i) const;
 

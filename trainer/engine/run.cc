@@ -347,6 +347,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
       RETURN_IF_ERROR(start_epoch_loader());
       continue;
     }
+    RETURN_IF_ERROR(batch->status);  // a damaged sample: stop before it reaches the model
     (void)sampler.Next(b);  // advance in lock step with the loader's batch list
     const uint64_t step_seed = Mix(config.seed, launch.rank, st.step);
     torch::manual_seed(step_seed);
@@ -411,6 +412,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) 
       truth.data.resize(preds.data.size());
       const int64_t plane = val->height() * val->width();
       for (int64_t i = 0; i < val->size(); ++i) {
+        RETURN_IF_ERROR(val->CheckSample(i), "data.val_dataset");
         const torch::Tensor img =
             torch::from_blob(const_cast<uint8_t*>(val->image(i)), {val->height(), val->width()}, torch::kByte);
         const torch::Tensor logits = SlidingWindowLogits(ModelForward(model), (img.to(torch::kFloat) / 255 - mean) / std, so);

@@ -5,8 +5,15 @@
       re-cuts every input with the documented rule (raster order, last
       row/column aligned to the border) using PIL/tifffile + numpy, and
       checks that the shards read with h5py hold exactly those patches and
-      names, and that the manifest's mean/std equal numpy's.
+      names, that every crc32 entry is zlib.crc32 of the sample's bytes,
+      and that the manifest's mean/std equal numpy's.
+  pack_peer.py offset SHARD        prints the file offset of the images dataset
+  pack_peer.py strip SHARD MANIFEST
+      rewrites SHARD without its crc32 dataset (as older versions packed)
+      and updates its size and SHA-256 in MANIFEST
 """
+import hashlib
+import zlib
 import glob
 import json
 import os
@@ -36,6 +43,24 @@ def main():
             else:
                 Image.fromarray(img).save(f"{d}/img{i:02d}.png")
         return 0
+    if sys.argv[1] == "offset":
+        with h5py.File(sys.argv[2], "r") as h:
+            print(h["images"].id.get_offset())
+        return 0
+    if sys.argv[1] == "strip":
+        shard, manifest = sys.argv[2], sys.argv[3]
+        with h5py.File(shard, "r") as h:
+            data = {k: h[k][:] for k in h.keys() if k != "crc32"}
+        with h5py.File(shard, "w") as h:
+            for k, v in data.items():
+                h.create_dataset(k, data=v)
+        m = json.load(open(manifest))
+        for s in m["shards"]:
+            if s["file"] == os.path.basename(shard):
+                raw = open(shard, "rb").read()
+                s["bytes"], s["sha256"] = len(raw), hashlib.sha256(raw).hexdigest()
+        json.dump(m, open(manifest, "w"))
+        return 0
     ds, indir, size = sys.argv[2], sys.argv[3], int(sys.argv[4])
     files = sorted(glob.glob(f"{indir}/**/*.png", recursive=True) + glob.glob(f"{indir}/**/*.tif", recursive=True))
     patches, names = [], []
@@ -53,6 +78,10 @@ def main():
             assert h["images"].chunks is None, "images must be contiguous"
             got.append(h["images"][:])
             got_names += [n.decode() for n in h["names"][:]]
+            for img, crc in zip(h["images"][:], h["crc32"][:]):
+                if zlib.crc32(img.tobytes()) != int(crc):
+                    print(f"{s['file']}: crc32 {int(crc):08x} is not zlib.crc32 of the sample", file=sys.stderr)
+                    return 1
     got = np.concatenate(got)
     if got.shape != expected.shape or not np.array_equal(got, expected):
         print(f"patches differ: {got.shape} vs {expected.shape}", file=sys.stderr)
