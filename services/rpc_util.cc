@@ -76,13 +76,15 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
       line = absl::StripAsciiWhitespace(line);
       if (line.empty() || line[0] == '#') continue;
       std::vector<std::string> f = absl::StrSplit(line, absl::ByAnyChar(" \t"), absl::SkipEmpty());
-      if (f.size() != 2 || f[0].size() < 16) {
-        return absl::InvalidArgumentError(absl::StrCat(client_tokens.string(), ":", line_no,
-                                                       ": expected '<token> <user>' with a token of 16+ characters"));
+      if (f.size() < 2 || f.size() > 3 || f[0].size() < 16 || (f.size() == 3 && f[2] != "admin") ||
+          f[1].size() > 64) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            client_tokens.string(), ":", line_no,
+            ": expected '<token> <user> [admin]' with a token of 16+ characters and a user name of at most 64"));
       }
-      if (auto [it, fresh] = auth->client_tokens_.emplace(f[0], f[1]); !fresh) {
+      if (auto [it, fresh] = auth->client_tokens_.emplace(f[0], Caller{f[1], f.size() == 3}); !fresh) {
         return absl::InvalidArgumentError(absl::StrCat(client_tokens.string(), ":", line_no, ": this token is already listed (for ",
-                                                       it->second, "); give every user a token of their own"));
+                                                       it->second.user, "); give every user a token of their own"));
       }
     }
     if (auth->client_tokens_.empty()) {
@@ -98,8 +100,8 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
   return auth;
 }
 
-absl::StatusOr<std::string> Authenticator::Check(const grpc::ServerContextBase& context, Role role) const {
-  if (!enabled()) return std::string("anonymous");
+absl::StatusOr<Caller> Authenticator::Check(const grpc::ServerContextBase& context, Role role) const {
+  if (!enabled()) return Caller{"anonymous", true};
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return absl::UnauthenticatedError("missing 'authorization: Bearer <token>' metadata");
@@ -108,17 +110,17 @@ absl::StatusOr<std::string> Authenticator::Check(const grpc::ServerContextBase& 
     return absl::UnauthenticatedError("authorization metadata must be 'Bearer <token>'");
   }
   const std::string token(value);
-  std::string client_user;
-  for (const auto& [t, user] : client_tokens_) {
-    if (SameToken(t, token)) client_user = user;
+  const Caller* client = nullptr;
+  for (const auto& [t, caller] : client_tokens_) {
+    if (SameToken(t, token)) client = &caller;
   }
   const bool is_worker = !worker_token_.empty() && SameToken(worker_token_, token);
   if (role == Role::kClient) {
-    if (!client_user.empty()) return client_user;
+    if (client != nullptr) return *client;
     if (is_worker) return absl::PermissionDeniedError("the worker token cannot be used for the job API");
   } else {
-    if (is_worker) return std::string("worker");
-    if (!client_user.empty()) return absl::PermissionDeniedError("a client token cannot be used for the worker API");
+    if (is_worker) return Caller{"worker", false};
+    if (client != nullptr) return absl::PermissionDeniedError("a client token cannot be used for the worker API");
   }
   return absl::UnauthenticatedError("invalid token");
 }

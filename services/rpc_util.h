@@ -21,23 +21,32 @@ absl::Status FromGrpcStatus(const grpc::Status& status);
 // separate so a compromised node cannot submit jobs, nor a user pose as a node.
 enum class Role { kClient, kWorker };
 
+// Who called: the user a client token belongs to, and whether that user may
+// act on every job (docs/service.md "Permissions").
+struct Caller {
+  std::string user;
+  bool admin = false;
+};
+
 // Checks "authorization: Bearer <token>" metadata before any work is done.
 // Disabled (every caller is "anonymous") when no token file is configured.
 class Authenticator {
  public:
-  // `client_tokens`: lines "<token> <user>" (# comments, blank lines ignored;
-  // a token listed twice is an error); `worker_token`: a file holding one
+  // `client_tokens`: lines "<token> <user> [admin]" (# comments, blank lines
+  // ignored; a token listed twice is an error; "admin" lets that user cancel,
+  // watch and read every job); `worker_token`: a file holding one
   // token. Either may be empty (not used). Files the group or others can
   // access are refused (FAILED_PRECONDITION: chmod 600), as ssh refuses keys.
   static absl::StatusOr<std::unique_ptr<Authenticator>> Create(const std::filesystem::path& client_tokens,
                                                                const std::filesystem::path& worker_token);
   bool enabled() const { return !client_tokens_.empty() || !worker_token_.empty(); }
-  // The caller's user name; UNAUTHENTICATED without a valid token,
-  // PERMISSION_DENIED when the token belongs to the other role.
-  absl::StatusOr<std::string> Check(const grpc::ServerContextBase& context, Role role) const;
+  // The caller; UNAUTHENTICATED without a valid token, PERMISSION_DENIED when
+  // the token belongs to the other role. Without token files every caller is
+  // "anonymous" and an admin (one trusted network, one user).
+  absl::StatusOr<Caller> Check(const grpc::ServerContextBase& context, Role role) const;
 
  private:
-  std::map<std::string, std::string> client_tokens_;  // token -> user
+  std::map<std::string, Caller> client_tokens_;  // token -> caller
   std::string worker_token_;
 };
 

@@ -12,6 +12,7 @@
 
 namespace retina::coordinator {
 namespace v1 = retina::v1;
+using services::Caller;
 using services::Role;
 
 namespace {
@@ -25,17 +26,40 @@ const char* CodeName(grpc::StatusCode code) {
   return i >= 0 && i < 17 ? kNames[i] : "UNKNOWN";
 }
 
-// Authenticates, runs `body(user)`, finishes the reactor with its status.
+// The access policy (docs/service.md "Permissions"): a job belongs to its
+// submitter. Its owner and admins may cancel it, watch it, and read its logs,
+// metrics, spec and request id; anyone else sees its metadata only (ListJobs
+// and GetJob with the spec's YAML and the request id blanked).
+bool MayControl(const Caller& caller, const v1::Job& job) { return caller.admin || caller.user == job.user(); }
+
+v1::Job ForCaller(const Caller& caller, v1::Job job) {
+  if (!MayControl(caller, job)) {
+    job.mutable_spec()->clear_config_yaml();
+    job.clear_request_id();
+  }
+  return job;
+}
+
+// PERMISSION_DENIED unless `caller` may `action` job `id` (NOT_FOUND first).
+absl::Status Authorize(Coordinator* core, const Caller& caller, const std::string& id, const char* action) {
+  if (caller.admin) return absl::OkStatus();
+  ASSIGN_OR_RETURN(v1::Job job, core->Get(id));
+  if (MayControl(caller, job)) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat("id: job ", id, " belongs to ", job.user(), "; only its owner or an admin may ",
+                                                  action, " it (you are ", caller.user, ")"));
+}
+
+// Authenticates, runs `body(caller)`, finishes the reactor with its status.
 template <class Body>
 grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const char* method, Role role,
                                 const services::Authenticator* auth, CoordinatorMetrics* metrics, Body body) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::Status status;
-  absl::StatusOr<std::string> user = auth->Check(*ctx, role);
-  if (!user.ok()) {
-    status = user.status();
+  absl::StatusOr<Caller> caller = auth->Check(*ctx, role);
+  if (!caller.ok()) {
+    status = caller.status();
   } else {
-    status = body(*user);
+    status = body(*caller);
   }
   const grpc::Status g = services::ToGrpcStatus(status);
   if (metrics) metrics->GrpcRequest(method, CodeName(g.error_code()));
@@ -52,7 +76,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   void Start(grpc::CallbackServerContext* ctx, const std::string& id, const services::Authenticator* auth,
              CoordinatorMetrics* metrics) {
-    absl::Status status = auth->Check(*ctx, Role::kClient).status();
+    absl::StatusOr<Caller> caller = auth->Check(*ctx, Role::kClient);
+    absl::Status status = caller.status();
+    if (status.ok()) status = Authorize(core_, *caller, id, "watch");
     if (status.ok()) {
       absl::StatusOr<int64_t> handle =
           core_->Watch(id, [this](const v1::JobEvent& e, bool last) { Push(e, last); });
@@ -175,7 +201,9 @@ class LogReactor final : public grpc::ServerWriteReactor<v1::LogChunk> {
       : core_(core), follower_(follower), req_(req), offset_(req.offset()) {}
 
   void Start(grpc::CallbackServerContext* ctx, const services::Authenticator* auth, CoordinatorMetrics* metrics) {
-    absl::Status status = auth->Check(*ctx, Role::kClient).status();
+    absl::StatusOr<Caller> caller = auth->Check(*ctx, Role::kClient);
+    absl::Status status = caller.status();
+    if (status.ok()) status = Authorize(core_, *caller, req_.id(), "read the logs of");
     // Every number bounded before any work (a negative offset once streamed without end).
     if (status.ok() && req_.offset() < 0) status = absl::InvalidArgumentError("offset: must be >= 0");
     if (status.ok() && req_.rank() < 0) status = absl::InvalidArgumentError("rank: must be >= 0");
@@ -257,31 +285,34 @@ JobServiceImpl::~JobServiceImpl() = default;
 
 grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext* ctx, const v1::SubmitJobRequest* req,
                                                     v1::Job* resp) {
-  return Unary(ctx, "SubmitJob", Role::kClient, auth_, metrics_, [&](const std::string& user) -> absl::Status {
-    ASSIGN_OR_RETURN(*resp, core_->Submit(*req, user));
+  return Unary(ctx, "SubmitJob", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Submit(*req, caller.user));
     return absl::OkStatus();
   });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* ctx, const v1::GetJobRequest* req,
                                                  v1::Job* resp) {
-  return Unary(ctx, "GetJob", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
-    ASSIGN_OR_RETURN(*resp, core_->Get(req->id()));
+  return Unary(ctx, "GetJob", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
+    ASSIGN_OR_RETURN(v1::Job job, core_->Get(req->id()));
+    *resp = ForCaller(caller, std::move(job));
     return absl::OkStatus();
   });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* ctx, const v1::ListJobsRequest* req,
                                                    v1::ListJobsResponse* resp) {
-  return Unary(ctx, "ListJobs", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+  return Unary(ctx, "ListJobs", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
     ASSIGN_OR_RETURN(*resp, core_->List(*req));
+    for (v1::Job& job : *resp->mutable_jobs()) job = ForCaller(caller, std::move(job));
     return absl::OkStatus();
   });
 }
 
 grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* ctx, const v1::CancelJobRequest* req,
                                                     v1::Job* resp) {
-  return Unary(ctx, "CancelJob", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+  return Unary(ctx, "CancelJob", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
+    RETURN_IF_ERROR(Authorize(core_, caller, req->id(), "cancel"));
     ASSIGN_OR_RETURN(*resp, core_->Cancel(req->id()));
     return absl::OkStatus();
   });
@@ -289,7 +320,8 @@ grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext*
 
 grpc::ServerUnaryReactor* JobServiceImpl::GetJobMetrics(grpc::CallbackServerContext* ctx,
                                                         const v1::GetJobMetricsRequest* req, v1::JobMetrics* resp) {
-  return Unary(ctx, "GetJobMetrics", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+  return Unary(ctx, "GetJobMetrics", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
+    RETURN_IF_ERROR(Authorize(core_, caller, req->id(), "read the metrics of"));
     ASSIGN_OR_RETURN(*resp, core_->Metrics(req->id()));
     return absl::OkStatus();
   });
@@ -297,7 +329,7 @@ grpc::ServerUnaryReactor* JobServiceImpl::GetJobMetrics(grpc::CallbackServerCont
 
 grpc::ServerUnaryReactor* JobServiceImpl::ListWorkers(grpc::CallbackServerContext* ctx,
                                                       const v1::ListWorkersRequest*, v1::ListWorkersResponse* resp) {
-  return Unary(ctx, "ListWorkers", Role::kClient, auth_, metrics_, [&](const std::string&) -> absl::Status {
+  return Unary(ctx, "ListWorkers", Role::kClient, auth_, metrics_, [&](const Caller&) -> absl::Status {
     *resp = core_->Workers();
     return absl::OkStatus();
   });
@@ -320,7 +352,7 @@ grpc::ServerWriteReactor<v1::LogChunk>* JobServiceImpl::ReadLogs(grpc::CallbackS
 grpc::ServerUnaryReactor* WorkerServiceImpl::RegisterWorker(grpc::CallbackServerContext* ctx,
                                                             const v1::RegisterWorkerRequest* req,
                                                             v1::RegisterWorkerResponse* resp) {
-  return Unary(ctx, "RegisterWorker", Role::kWorker, auth_, metrics_, [&](const std::string&) -> absl::Status {
+  return Unary(ctx, "RegisterWorker", Role::kWorker, auth_, metrics_, [&](const Caller&) -> absl::Status {
     ASSIGN_OR_RETURN(*resp, core_->RegisterWorker(*req));
     return absl::OkStatus();
   });
@@ -328,7 +360,7 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::RegisterWorker(grpc::CallbackServer
 
 grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* ctx,
                                                        const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) {
-  return Unary(ctx, "Heartbeat", Role::kWorker, auth_, metrics_, [&](const std::string&) -> absl::Status {
+  return Unary(ctx, "Heartbeat", Role::kWorker, auth_, metrics_, [&](const Caller&) -> absl::Status {
     ASSIGN_OR_RETURN(*resp, core_->Heartbeat(*req));
     return absl::OkStatus();
   });
@@ -338,14 +370,14 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::ReportEvents(grpc::CallbackServerCo
                                                           const v1::ReportEventsRequest* req,
                                                           v1::ReportEventsResponse*) {
   return Unary(ctx, "ReportEvents", Role::kWorker, auth_, metrics_,
-               [&](const std::string&) { return core_->ReportEvents(*req); });
+               [&](const Caller&) { return core_->ReportEvents(*req); });
 }
 
 grpc::ServerUnaryReactor* WorkerServiceImpl::CompleteTask(grpc::CallbackServerContext* ctx,
                                                           const v1::CompleteTaskRequest* req,
                                                           v1::CompleteTaskResponse*) {
   return Unary(ctx, "CompleteTask", Role::kWorker, auth_, metrics_,
-               [&](const std::string&) { return core_->CompleteTask(*req); });
+               [&](const Caller&) { return core_->CompleteTask(*req); });
 }
 
 }  // namespace retina::coordinator

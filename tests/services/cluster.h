@@ -239,11 +239,11 @@ class Cluster {
     if (!s.ok()) return services::FromGrpcStatus(s);
     return job;
   }
-  v1::Job Get(const std::string& id) {
+  v1::Job Get(const std::string& id, const std::string& token = "") {
     v1::GetJobRequest req;
     req.set_id(id);
     v1::Job job;
-    Jobs()->GetJob(Ctx().get(), req, &job);
+    Jobs()->GetJob(Ctx(token).get(), req, &job);
     return job;
   }
   // grpc.health.v1 Check of the coordinator, by Python's grpcio (a real
