@@ -42,7 +42,7 @@ struct DataConfig {
   template <class V>
   void Visit(V& v) {
     v.Field("dataset", &dataset,
-            Spec("training dataset: a name under <store>/datasets or a directory path").Required());
+            Spec("training dataset: a name under <store>/datasets or a directory path (service jobs: under the store or an --allowed-root)").Required());
     v.Field("val_dataset", &val_dataset, Spec("validation dataset (fine-tuning); empty = none"));
     v.Field("mean", &mean,
             Spec("normalisation mean of v/255; unset = the dataset manifest's value").Min(0).Max(1));
@@ -155,7 +155,7 @@ struct FinetuneConfig {
     v.Field("iters", &iters, Spec("exact number of iterations").Unit("iterations").Min(1));
     v.Field("global_batch", &global_batch, Spec("images per step over all ranks").Min(1));
     v.Field("init", &init,
-            Spec("'random', a pre-training checkpoint (ours or a PyTorch .pt) or an ImageNet .npz"));
+            Spec("'random', a pre-training checkpoint (ours or a PyTorch .pt) or an ImageNet .npz (service jobs: under the store or an --allowed-root)"));
     v.Field("freeze_encoder", &freeze_encoder,
             Spec("freeze transformer.encoder.* after transfer (ignored for random init)"));
     v.Field("loss", &loss,
@@ -183,7 +183,7 @@ struct EvaluateConfig {
   std::vector<double> classes;
   template <class V>
   void Visit(V& v) {
-    v.Field("checkpoint", &checkpoint, Spec("model.pt or checkpoint directory to evaluate"));
+    v.Field("checkpoint", &checkpoint, Spec("model.pt or checkpoint directory to evaluate (service jobs: under the store or an --allowed-root)"));
     v.Field("mode", &mode, Spec("prediction mode").OneOf({"2d", "stack", "orthoplane"}));
     v.Field("overlap", &overlap, Spec("sliding-window overlap (0.5 for 2D, 0.7 for 3D)").Min(0).Max(0.95));
     v.Field("classes", &classes, Spec("class indices to score; empty = all but background").Min(0));

@@ -12,6 +12,7 @@
 #include "common/file_util.h"
 #include "common/job_config.h"
 #include "common/job_identity.h"
+#include "common/path_policy.h"
 #include "common/logging.h"
 #include "common/metrics_csv.h"
 #include "common/status_macros.h"
@@ -46,7 +47,8 @@ v1::JobKind KindFromConfig(const std::string& kind) {
 }
 
 // Validates the spec in place (defaults filled in). INVALID_ARGUMENT names the field.
-absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store) {
+absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store,
+                          const std::vector<std::filesystem::path>& allowed_roots) {
   if (spec->world_size() < 1 || spec->world_size() > 4096) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
@@ -81,16 +83,16 @@ absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store)
     return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", config->kind, ".global_batch ", batch,
                                                    " does not divide by ", spec->world_size(), " ranks"));
   }
-  const StoreLayout layout(store);
+  const PathPolicy policy(store, allowed_roots);
+  RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");
   for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
                                     {"data.val_dataset", config->data.val_dataset}}) {
     if (name.empty()) continue;
     // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
-    if (!std::filesystem::exists(layout.DatasetDir(name) / "manifest.json") &&
-        !std::filesystem::exists(layout.DatasetDir(name) / "test.json")) {
-      return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name,
-                                                        "' in the store (", layout.DatasetDir(name).string(),
-                                                        "); pack it with retina-shard first"));
+    const std::filesystem::path dir = policy.DatasetPath(name);
+    if (!std::filesystem::exists(dir / "manifest.json") && !std::filesystem::exists(dir / "test.json")) {
+      return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name, "' (",
+                                                        dir.string(), "); pack it with retina-shard first"));
     }
   }
   for (const auto& [key, value] : spec->labels()) {
@@ -375,7 +377,7 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
     }
   }
   v1::JobSpec spec = request.spec();
-  RETURN_IF_ERROR(ValidateSpec(&spec, options_.store));
+  RETURN_IF_ERROR(ValidateSpec(&spec, options_.store, options_.allowed_roots));
 
   absl::MutexLock lock(&mu_);
   if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
@@ -1052,6 +1054,7 @@ bool Coordinator::TryPlace(JobEntry* e, int64_t now) {
     a.set_master_addr(job.master_addr());
     a.set_master_port(job.master_port());
     a.set_job_uid(job.uid());
+    for (const auto& root : options_.allowed_roots) a.add_allowed_roots(root.string());
     for (int r = 0; r < n; ++r, ++rank) {
       part.ranks.push_back(rank);
       a.add_ranks(rank);

@@ -65,6 +65,9 @@ struct CoordinatorOptions {
   int port_min = 29500;                          // rendezvous ports (MASTER_PORT)
   int port_max = 29999;
   bool adopt_store = false;  // a new database may take over a store another database used
+  // Besides the store, where service jobs may read datasets and weights
+  // (common/path_policy.h).
+  std::vector<std::filesystem::path> allowed_roots;
 };
 
 class Coordinator {

@@ -7,7 +7,7 @@
 //       [--ports 29500-29999] [--sqlite-sync full|normal]
 //       [--tls-cert F --tls-key F [--tls-client-ca F]]
 //       [--client-tokens FILE] [--worker-token FILE] [--ready-file PATH]
-//       [--adopt-store]
+//       [--adopt-store] [--allowed-root DIR]...
 #include <iostream>
 
 #include "absl/strings/numbers.h"
@@ -27,11 +27,13 @@ constexpr char kUsage[] =
     "usage: retina-coordinator [--listen HOST:PORT] [--metrics-listen HOST:PORT] [--db FILE] [--store DIR]\n"
     "          [--lease-s S] [--heartbeat-s S] [--ports MIN-MAX] [--sqlite-sync full|normal]\n"
     "          [--tls-cert F --tls-key F [--tls-client-ca F]] [--client-tokens FILE] [--worker-token FILE]\n"
-    "          [--ready-file PATH] [--adopt-store]\n"
+    "          [--ready-file PATH] [--adopt-store] [--allowed-root DIR]...\n"
+    "  --allowed-root: besides --store, a directory service jobs may read datasets and weights from\n"
     "  --adopt-store: a new job database takes over a store another database used\n"
     "                 (refused otherwise: the store's STORE_ID and the database disagree)\n";
 
-absl::Status Serve(const std::vector<std::string>& args) {
+absl::Status Serve(std::vector<std::string> args) {
+  ASSIGN_OR_RETURN(std::vector<std::string> roots, TakeRepeatedFlag(&args, "--allowed-root"));
   ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--listen", "--metrics-listen", "--db", "--store", "--lease-s",
                                                     "--heartbeat-s", "--ports", "--sqlite-sync", "--tls-cert",
                                                     "--tls-key", "--tls-client-ca", "--client-tokens",
@@ -42,6 +44,13 @@ absl::Status Serve(const std::vector<std::string>& args) {
   o.store = f.Store();
   o.sqlite_synchronous = f.Get("--sqlite-sync", "full");
   o.adopt_store = f.Has("--adopt-store");
+  for (const std::string& r : roots) {
+    std::error_code ec;
+    if (!std::filesystem::is_directory(r, ec)) {
+      return absl::InvalidArgumentError(absl::StrCat("--allowed-root ", r, ": not a directory"));
+    }
+    o.allowed_roots.emplace_back(r);
+  }
   double lease_s = 10, heartbeat_s = 1;
   RETURN_IF_ERROR(f.GetDouble("--lease-s", &lease_s));
   RETURN_IF_ERROR(f.GetDouble("--heartbeat-s", &heartbeat_s));

@@ -220,6 +220,11 @@ void Worker::Start(const v1::Assignment& a) {
       argv.push_back("--job-uid");
       argv.push_back(a.job_uid());
     }
+    argv.push_back("--confine");  // service ranks read only under the store and the allowed roots
+    for (const std::string& root : a.allowed_roots()) {
+      argv.push_back("--allowed-root");
+      argv.push_back(root);
+    }
     const bool events = rank.rank == 0 && t.events;
     if (events) {
       argv.push_back("--events");

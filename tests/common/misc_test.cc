@@ -3,6 +3,7 @@
 
 #include "common/cli.h"
 #include "common/file_util.h"
+#include "common/path_policy.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
 
@@ -56,6 +57,45 @@ TEST(StoreLayout, PathsAndNames) {
 TEST(FileUtil, Sha256KnownVectors) {
   EXPECT_EQ(Sha256Hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
   EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+// Service jobs read only under the store and the allowed roots, whatever the
+// spelling: absolute, "..", or a symlink in the store pointing out.
+TEST(PathPolicy, ConfinesDatasetsAndWeightsToTheStoreAndAllowedRoots) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / UniqueTempName("policy-");
+  const fs::path store = dir / "store", shared = dir / "shared", other = dir / "other";
+  for (const fs::path& d : {store / "datasets" / "em", store / "jobs" / "job-000001" / "checkpoints", shared / "cem",
+                            other}) {
+    ASSERT_TRUE(CreateDirectories(d).ok());
+  }
+  fs::create_directory_symlink(other, store / "datasets" / "linked");
+  const PathPolicy policy(store, {shared});
+  auto check = [&](const std::string& field, const fs::path& p) { return policy.Check(field, p); };
+  EXPECT_TRUE(check("data.dataset", policy.DatasetPath("em")).ok());
+  EXPECT_TRUE(check("data.dataset", policy.DatasetPath((shared / "cem").string())).ok());
+  EXPECT_TRUE(check("finetune.init", policy.WeightsPath("jobs/job-000001/checkpoints/LATEST")).ok());
+  EXPECT_EQ(policy.WeightsPath("jobs/x"), store / "jobs/x") << "relative paths are taken from the store";
+  for (const auto& [field, value] : std::vector<std::pair<std::string, fs::path>>{
+           {"finetune.init", "/etc/shadow"},
+           {"finetune.init", policy.WeightsPath("../../../etc/passwd")},
+           {"data.dataset", policy.DatasetPath("../other/x")},
+           {"data.dataset", policy.DatasetPath("linked")},
+           {"evaluate.checkpoint", (shared / ".." / "other").string()},
+           {"data.dataset", dir / "store-sibling"}}) {
+    const absl::Status s = check(field, value);
+    EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << value;
+    EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr(field + ": ")) << value;
+    EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("outside the store")) << value;
+  }
+  JobConfig config;
+  config.kind = "finetune";
+  config.data.dataset = "em";
+  config.finetune.init = "/etc/shadow";
+  EXPECT_THAT(std::string(policy.CheckConfig(config).message()), ::testing::HasSubstr("finetune.init: /etc/shadow"));
+  config.finetune.init = "random";
+  EXPECT_TRUE(policy.CheckConfig(config).ok());
+  fs::remove_all(dir);
 }
 
 TEST(FileUtil, AtomicWriteReplacesAndReadErrorsNamePath) {

@@ -170,5 +170,42 @@ TEST(Integrity, ADamagedDatabaseIsRefusedAtStartWithRepairSteps) {
   EXPECT_THAT(out, HasSubstr("Nothing was changed"));
 }
 
+// A job's YAML could name any path, and the rank opened it as the service's
+// user (/etc/shadow as finetune.init, ../../.. as the dataset).
+TEST(Integrity, ServiceJobsReadOnlyUnderTheStoreAndAllowedRoots) {
+  Cluster c("paths");
+  c.MakeDataset("em");
+  fs::create_directories(c.root() / "shared");
+  fs::create_directories(c.root() / "outside");
+  fs::copy(c.store() / "datasets" / "em", c.root() / "shared" / "em", fs::copy_options::recursive);
+  fs::copy(c.store() / "datasets" / "em", c.root() / "outside" / "em", fs::copy_options::recursive);
+  c.StartCoordinator({{"--allowed-root", (c.root() / "shared").string()}});
+  const std::string finetune = "kind: finetune\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em}\n"
+                               "finetune: {iters: 1, global_batch: 2, init: ";
+  for (const auto& [yaml, field] : std::vector<std::pair<std::string, std::string>>{
+           {finetune + "/etc/shadow}\n", "finetune.init"},
+           {finetune + "../../../etc/passwd}\n", "finetune.init"},
+           {PretrainYaml(1, (c.root() / "outside" / "em").string()), "data.dataset"},
+           {PretrainYaml(1, "../../outside/em"), "data.dataset"}}) {
+    absl::StatusOr<v1::Job> r = c.Submit(yaml, 1);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << yaml;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(field + ": ")) << yaml;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("outside the store")) << yaml;
+  }
+  EXPECT_TRUE(c.Submit(PretrainYaml(1, (c.root() / "shared" / "em").string()), 1).ok());
+  EXPECT_TRUE(c.Submit(PretrainYaml(1), 1).ok());
+
+  // The rank checks too (as the worker starts it), before it opens anything.
+  const std::string yaml = c.root() / "outside.yaml";
+  std::ofstream(yaml) << PretrainYaml(1, (c.root() / "outside" / "em").string());
+  const std::string rank = BinDir() + "/trainer/retina-train run --config " + yaml + " --store " + c.store().string() +
+                           " --job confined --confine --allowed-root " + (c.root() / "shared").string() + " > " +
+                           (c.root() / "rank.log").string() + " 2>&1";
+  EXPECT_NE(std::system(rank.c_str()), 0);
+  EXPECT_THAT(Slurp(c.root() / "rank.log"), HasSubstr("data.dataset: "));
+  EXPECT_THAT(Slurp(c.root() / "rank.log"), HasSubstr("outside the store"));
+  EXPECT_FALSE(fs::exists(c.store() / "jobs" / "confined" / "spec.yaml"));
+}
+
 }  // namespace
 }  // namespace retina::testing

@@ -30,6 +30,8 @@ namespace {
 constexpr char kUsage[] =
     "usage: retina-train run --config JOB.yaml [--store DIR] [--job ID] [--job-uid UID] [--events PATH|fd:N] [--set KEY=VALUE]...\n"
     "                        [--resume auto|never|CHECKPOINT_DIR] [--rank R --world-size W --local-rank L]\n"
+    "                        [--confine [--allowed-root DIR]...]   (as the worker runs ranks: paths only under\n"
+    "                        the store and the allowed roots, relative paths from the store)\n"
     "       retina-train config schema\n"
     "       retina-train config check FILE... [--set KEY=VALUE]...\n"
     "--set overrides a job-file key (model.name=tiny, finetune.iters=20); --store defaults to $RETINA_STORE, else .\n"
@@ -101,8 +103,14 @@ int Run(std::vector<std::string> args) {
     std::cerr << "retina-train: " << overrides.status().message() << "\n" << kUsage;
     return 2;
   }
+  absl::StatusOr<std::vector<std::string>> roots = TakeRepeatedFlag(&args, "--allowed-root");
+  if (!roots.ok()) {
+    std::cerr << "retina-train: " << roots.status().message() << "\n" << kUsage;
+    return 2;
+  }
   absl::StatusOr<CliFlags> flags = ParseCliFlags(
-      args, {"--config", "--store", "--job", "--job-uid", "--events", "--resume", "--rank", "--world-size", "--local-rank"});
+      args, {"--config", "--store", "--job", "--job-uid", "--events", "--resume", "--rank", "--world-size", "--local-rank"},
+      {"--confine"});
   absl::Status status = flags.ok() ? flags->Require({"--config"}) : flags.status();
   RunOptions o;
   int rank = 0, world = 0, local = 0;
@@ -132,6 +140,8 @@ int Run(std::vector<std::string> args) {
   o.job_id = flags->Get("--job", std::filesystem::path(config_path).stem().string());
   o.events = flags->Get("--events");
   o.job_uid = flags->Get("--job-uid");
+  o.confine = flags->Has("--confine");
+  o.allowed_roots.assign(roots->begin(), roots->end());
   o.resume = flags->Get("--resume", "auto");
   if (flags->Has("--rank")) o.launch.rank = rank;
   if (flags->Has("--world-size")) o.launch.world_size = world;

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/job_identity.h"
+#include "common/path_policy.h"
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -183,7 +184,20 @@ absl::StatusOr<StepState> LoadCheckpoint(const fs::path& dir, torch::nn::Module&
 
 }  // namespace
 
-absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& o) {
+absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
+  // A service rank reads only under the store and the allowed roots, with
+  // relative paths taken from the store (common/path_policy.h).
+  JobConfig config = given;
+  if (o.confine) {
+    const PathPolicy policy(o.store, o.allowed_roots);
+    RETURN_IF_ERROR(policy.CheckConfig(config));
+    if (!config.data.dataset.empty()) config.data.dataset = policy.DatasetPath(config.data.dataset).string();
+    if (!config.data.val_dataset.empty()) config.data.val_dataset = policy.DatasetPath(config.data.val_dataset).string();
+    if (config.finetune.init != "random") config.finetune.init = policy.WeightsPath(config.finetune.init).string();
+    if (!config.evaluate.checkpoint.empty()) {
+      config.evaluate.checkpoint = policy.WeightsPath(config.evaluate.checkpoint).string();
+    }
+  }
   const bool pretrain = config.kind == "pretrain";
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   // Never adopt a job directory this job did not create (its checkpoints,

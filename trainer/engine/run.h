@@ -19,6 +19,7 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/job_config.h"
@@ -34,6 +35,8 @@ struct RunOptions {
   LaunchOverrides launch;
   std::string config_text;      // the job YAML as given (its hash goes into state.json)
   std::string job_uid;          // when set, jobs/<id>/JOB_UID must match (common/job_identity.h)
+  bool confine = false;         // a service rank: paths only under the store and allowed_roots
+  std::vector<std::filesystem::path> allowed_roots;
 };
 
 enum class RunOutcome { kCompleted, kPreempted };

@@ -1,0 +1,41 @@
+// Which files a job run by the service may name (docs/store.md "What a
+// service job may read"). A rank reads as the service's user whatever path
+// a job's YAML names, so service jobs are confined: every dataset and weight
+// path, after relative paths are taken from the store and symlinks and ".."
+// are resolved, must lie under the store or under an operator-configured
+// allowed root (retina-coordinator --allowed-root). Standalone `retina-train
+// run` is not confined (the user runs it as themselves).
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/job_config.h"
+
+namespace retina {
+
+class PathPolicy {
+ public:
+  PathPolicy(std::filesystem::path store, std::vector<std::filesystem::path> allowed_roots);
+
+  // The path a dataset name or path denotes: a plain name is
+  // <store>/datasets/<name>; a relative path is taken from the store.
+  std::filesystem::path DatasetPath(const std::string& value) const;
+  // The path a weights value denotes: relative paths from the store.
+  std::filesystem::path WeightsPath(const std::string& value) const;
+
+  // OK when `path` resolves under the store or an allowed root;
+  // PERMISSION_DENIED naming `field` and the roots otherwise.
+  absl::Status Check(const std::string& field, const std::filesystem::path& path) const;
+  // Every path field of a job: data.dataset, data.val_dataset, finetune.init
+  // (unless random), evaluate.checkpoint.
+  absl::Status CheckConfig(const JobConfig& config) const;
+
+ private:
+  std::filesystem::path store_;
+  std::vector<std::filesystem::path> roots_;  // canonical, the store first
+};
+
+}  // namespace retina
