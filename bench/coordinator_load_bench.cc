@@ -1,6 +1,6 @@
 // Coordinator under load from a client in another process on loopback.
 //
-//   coordinator_load_bench [--submits N] [--clients C] [--watchers W] [--sync full|normal]
+//   coordinator_load_bench [--submits N] [--clients C] [--watchers W] [--stream-s S] [--sync full|normal]
 //                          [--floor SUBMITS_PER_S] [--p99-ceiling MS]
 //
 // Starts build/services/retina-coordinator as a child (its own SQLite job
@@ -12,7 +12,14 @@
 //      durable commit costs;
 //   3. W concurrent WatchJob streams (callback client API) over 10 jobs, each
 //      must receive its snapshot; the 10 jobs are then cancelled and every
-//      stream must deliver the CANCELLED transition and end OK.
+//      stream must deliver the CANCELLED transition and end OK (after S
+//      seconds of steady streaming, default 10). Throughout,
+//      a worker on its own channel heartbeats every 200 ms (lease 2 s): the
+//      longest gap between its answered heartbeats and the coordinator's
+//      retina_worker_lease_misses_total show whether heartbeats queue
+//      behind streaming work;
+//   4. the coordinator is restarted on its database: the start-up integrity
+//      check (PRAGMA quick_check) time over N jobs, from its log.
 // Exits non-zero when a stream misses an event or a figure misses its goal.
 #include <signal.h>
 #include <sys/wait.h>
@@ -26,6 +33,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -33,11 +41,15 @@
 #include "common/cli.h"
 #include "nlohmann/json.hpp"
 #include "retina/v1/job_service.grpc.pb.h"
+#include "retina/v1/worker_service.grpc.pb.h"
+#include "bench/http_get.h"
 #include "services/rpc_util.h"
 
 namespace fs = std::filesystem;
 namespace v1 = retina::v1;
 using Clock = std::chrono::steady_clock;
+using retina::bench::HttpGet;
+using retina::bench::Sample;
 
 namespace {
 
@@ -88,6 +100,8 @@ int Run(const retina::CliFlags& f) {
   (void)f.GetInt("--submits", &submits);
   (void)f.GetInt("--clients", &clients);
   (void)f.GetInt("--watchers", &watchers);
+  double stream_s = 10;
+  (void)f.GetDouble("--stream-s", &stream_s);
   (void)f.GetDouble("--floor", &floor);
   (void)f.GetDouble("--p99-ceiling", &ceiling_ms);
   const std::string sync = f.Get("--sync", "full");
@@ -101,20 +115,25 @@ int Run(const retina::CliFlags& f) {
     std::freopen((dir / "coordinator.log").c_str(), "w", stderr);
     execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--db",
           (dir / "jobs.db").c_str(), "--store", (dir / "store").c_str(), "--sqlite-sync", sync.c_str(),
-          "--ready-file", (dir / "ready").c_str(), static_cast<char*>(nullptr));
+          "--heartbeat-s", "0.2", "--lease-s", "2", "--ready-file", (dir / "ready").c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  int port = 0;
+  int port = 0, metrics_port = 0;
   for (int i = 0; i < 200 && port == 0; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     std::ifstream in(dir / "ready");
     nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (j.is_object()) port = j.value("grpc_port", 0);
+    if (j.is_object()) {
+      port = j.value("grpc_port", 0);
+      metrics_port = j.value("metrics_port", 0);
+    }
   }
-  bool keep_log = false;
+  bool keep_log = false, alive = true;
   auto cleanup = [&] {
-    kill(pid, SIGTERM);
-    waitpid(pid, nullptr, 0);
+    if (alive) {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
     if (keep_log) {
       std::ifstream log(dir / "coordinator.log");
       std::fprintf(stderr, "coordinator log:\n%s\n", std::string(std::istreambuf_iterator<char>(log), {}).c_str());
@@ -189,6 +208,94 @@ int Run(const retina::CliFlags& f) {
               Percentile(get_ms, 0.5), Percentile(get_ms, 0.99), get_failures);
   std::printf("submit/get throughput ratio: %.2f\n", submit_rate / get_rate);
 
+  // A worker heartbeating on its own channel while the streams open and deliver.
+  std::atomic<bool> beating{true};
+  double max_gap_s = 0;
+  int late = 0, beats = 0;
+  // It takes the first queued job (job-000001, watched by W/10 streams),
+  // confirms it running and reports 50 step events every 20 ms for it, as a
+  // busy rank 0 would, so progress fans out to the streams throughout; when
+  // asked to stop it, it completes the task as stopped.
+  std::thread heart([&] {
+    auto ws = v1::WorkerService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    v1::RegisterWorkerRequest reg;
+    reg.set_worker_id("bench-worker");
+    reg.set_host("127.0.0.1");
+    reg.set_slots(1);
+    v1::RegisterWorkerResponse rr;
+    grpc::ClientContext rctx;
+    ws->RegisterWorker(&rctx, reg, &rr);
+    std::mutex task_mu;
+    std::optional<v1::TaskRef> task;
+    std::thread reporter([&] {
+      int64_t step = 0;
+      while (beating.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        std::optional<v1::TaskRef> t;
+        {
+          std::lock_guard<std::mutex> lock(task_mu);
+          t = task;
+        }
+        if (!t) continue;
+        v1::ReportEventsRequest req;
+        req.set_worker_id("bench-worker");
+        req.set_job_id(t->job_id());
+        req.set_attempt(t->attempt());
+        for (int i = 0; i < 50; ++i) {
+          req.add_events_json(absl::StrCat("{\"event\": \"step\", \"step\": ", ++step, ", \"loss\": 0.5}"));
+        }
+        grpc::ClientContext ctx;
+        v1::ReportEventsResponse resp;
+        ws->ReportEvents(&ctx, req, &resp);
+      }
+    });
+    auto last = Clock::now();
+    while (beating.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      v1::HeartbeatRequest hb;
+      hb.set_worker_id("bench-worker");
+      {
+        std::lock_guard<std::mutex> lock(task_mu);
+        if (task) *hb.add_running() = *task;
+      }
+      v1::HeartbeatResponse resp;
+      if (!ws->Heartbeat(&ctx, hb, &resp).ok()) continue;
+      const auto now = Clock::now();
+      const double gap = std::chrono::duration<double>(now - last).count();
+      max_gap_s = std::max(max_gap_s, gap);
+      late += gap > 2.0;
+      ++beats;
+      last = now;
+      std::lock_guard<std::mutex> lock(task_mu);
+      for (const v1::Assignment& a : resp.assignments()) {
+        v1::TaskRef t;
+        t.set_job_id(a.job_id());
+        t.set_attempt(a.attempt());
+        for (int r : a.ranks()) t.add_ranks(r);
+        for (int sl : a.slot_ids()) t.add_slot_ids(sl);
+        task = t;
+      }
+      for (const v1::TaskRef& stop : resp.stop()) {
+        v1::CompleteTaskRequest done;
+        done.set_worker_id("bench-worker");
+        done.set_job_id(stop.job_id());
+        done.set_attempt(stop.attempt());
+        done.set_stopped(true);
+        v1::RankExit* x = done.add_exits();
+        x->set_rank(0);
+        x->set_exit_code(143);
+        grpc::ClientContext cctx;
+        v1::CompleteTaskResponse cresp;
+        ws->CompleteTask(&cctx, done, &cresp);
+        task.reset();
+      }
+    }
+    reporter.join();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+
   // Watch streams.
   std::atomic<int> snapshots{0}, finals{0}, done{0};
   std::vector<std::unique_ptr<Watcher>> ws;
@@ -202,6 +309,8 @@ int Run(const retina::CliFlags& f) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   const double open_s = std::chrono::duration<double>(Clock::now() - w0).count();
+  // Steady streaming (progress fan-out to the watchers of the running job).
+  std::this_thread::sleep_for(std::chrono::duration<double>(stream_s));
   const auto c0 = Clock::now();
   for (int j = 1; j <= 10; ++j) {
     grpc::ClientContext ctx;
@@ -216,17 +325,47 @@ int Run(const retina::CliFlags& f) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const double deliver_s = std::chrono::duration<double>(Clock::now() - c0).count();
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  beating = false;
+  heart.join();
+  const std::string exposition = HttpGet(metrics_port, "/metrics");
+  const double misses = Sample(exposition, "retina_worker_lease_misses_total");
+  std::printf("Heartbeat during the streams: %d answered, longest gap %.3f s (lease 2 s), %d gaps over the lease; "
+              "retina_worker_lease_misses_total %.0f, retina_heartbeats_deferred_total %.0f\n", beats, max_gap_s, late,
+              misses, Sample(exposition, "retina_heartbeats_deferred_total"));
   int ok = 0;
   for (auto& w : ws) ok += w->ok();
   std::printf("WatchJob: %d streams open with snapshots in %.2f s; cancelling their 10 jobs delivered %d/%d "
               "CANCELLED events, %d/%d streams ended OK, in %.3f s\n",
               watchers, open_s, finals.load(), watchers, ok, watchers, deliver_s);
   int rc = 0;
-  if (submit_failures || get_failures || finals.load() != watchers || ok != watchers) {
+  if (submit_failures || get_failures || finals.load() != watchers || ok != watchers || misses != 0) {
     std::fprintf(stderr, "FAIL: calls failed or events were lost\n");
     rc = 1;
     keep_log = true;
   }
+  // Restart on the same database: the start-up integrity check's time.
+  kill(pid, SIGTERM);
+  waitpid(pid, nullptr, 0);
+  const pid_t again = fork();
+  if (again == 0) {
+    std::freopen((dir / "restart.log").c_str(), "w", stderr);
+    execl(bin.c_str(), bin.c_str(), "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--db",
+          (dir / "jobs.db").c_str(), "--store", (dir / "store").c_str(), "--ready-file", (dir / "ready2").c_str(),
+          static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 400 && !fs::exists(dir / "ready2"); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  {
+    std::ifstream log(dir / "restart.log");
+    const std::string text(std::istreambuf_iterator<char>(log), {});
+    const size_t q = text.find("quick_check passed in ");
+    std::printf("restart over %d jobs: PRAGMA quick_check %s\n", submits,
+                q == std::string::npos ? "(not in the log)" : text.substr(q + 22, text.find('\n', q) - q - 22).c_str());
+  }
+  kill(again, SIGTERM);
+  waitpid(again, nullptr, 0);
+  alive = false;
   cleanup();
   if (floor > 0 && submit_rate < floor) {
     std::fprintf(stderr, "FAIL: %.0f submits/s is below the floor %.0f\n", submit_rate, floor);
@@ -244,7 +383,7 @@ int Run(const retina::CliFlags& f) {
 int main(int argc, char** argv) {
   absl::StatusOr<retina::CliFlags> f = retina::ParseCliFlags(
       std::vector<std::string>(argv + 1, argv + argc),
-      {"--submits", "--clients", "--watchers", "--sync", "--floor", "--p99-ceiling"});
+      {"--submits", "--clients", "--watchers", "--stream-s", "--sync", "--floor", "--p99-ceiling"});
   if (!f.ok()) return retina::ReportStatus("coordinator_load_bench", f.status());
   return Run(*f);
 }

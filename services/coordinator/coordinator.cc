@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -13,6 +14,7 @@
 #include "common/job_config.h"
 #include "common/job_identity.h"
 #include "common/path_policy.h"
+#include "services/coordinator/limits.h"
 #include "common/logging.h"
 #include "common/metrics_csv.h"
 #include "common/status_macros.h"
@@ -49,7 +51,39 @@ v1::JobKind KindFromConfig(const std::string& kind) {
 // Validates the spec in place (defaults filled in). INVALID_ARGUMENT names the field.
 absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store,
                           const std::vector<std::filesystem::path>& allowed_roots) {
-  if (spec->world_size() < 1 || spec->world_size() > 4096) {
+  // Sizes and enums first: nothing else is looked at in an oversized request.
+  if (spec->config_yaml().size() > limits::kConfigYamlBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.config_yaml: ", spec->config_yaml().size(),
+                                                   " bytes; the limit is ", limits::kConfigYamlBytes));
+  }
+  if (spec->name().size() > limits::kNameChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.name: ", spec->name().size(), " characters; the limit is ", limits::kNameChars));
+  }
+  if (spec->labels_size() > limits::kLabels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.labels: ", spec->labels_size(), " labels; the limit is ", limits::kLabels));
+  }
+  for (const auto& [key, value] : spec->labels()) {
+    if (key.empty() || key.size() > limits::kLabelKeyChars || value.size() > limits::kLabelValueChars) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.labels: key '", limits::Echo(key), "': keys must be 1-",
+                                                     limits::kLabelKeyChars, " characters, values at most ",
+                                                     limits::kLabelValueChars));
+    }
+  }
+  if (!v1::JobKind_IsValid(spec->kind())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE)"));
+  }
+  if (!v1::SlotType_IsValid(spec->slot_type())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.slot_type: unknown value ", static_cast<int>(spec->slot_type()), " (SLOT_CPU, SLOT_GPU)"));
+  }
+  if (spec->priority() < -limits::kPriority || spec->priority() > limits::kPriority) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.priority: must be between ", -limits::kPriority, " and ",
+                                                   limits::kPriority, ", got ", spec->priority()));
+  }
+  if (spec->world_size() < 1 || spec->world_size() > limits::kWorldSize) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
   }
@@ -95,11 +129,6 @@ absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store,
                                                         dir.string(), "); pack it with retina-shard first"));
     }
   }
-  for (const auto& [key, value] : spec->labels()) {
-    if (key.empty() || key.size() > 63 || value.size() > 256) {
-      return absl::InvalidArgumentError(absl::StrCat("spec.labels: key '", key, "' must be 1-63 characters, value at most 256"));
-    }
-  }
   return absl::OkStatus();
 }
 
@@ -122,22 +151,28 @@ struct Filter {
 
 absl::StatusOr<Filter> ParseFilter(const std::string& text) {
   Filter f;
+  if (text.size() > limits::kFilterChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("filter: ", text.size(), " characters; the limit is ", limits::kFilterChars));
+  }
   for (absl::string_view term : absl::StrSplit(text, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
     std::vector<std::string> kv = absl::StrSplit(term, absl::MaxSplits('=', 1));
     if (kv.size() != 2 || kv[1].empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("filter: '", std::string(term), "' is not key=value"));
+      return absl::InvalidArgumentError(absl::StrCat("filter: '", limits::Echo(term), "' is not key=value"));
     }
     if (kv[0] == "state") {
       v1::JobState s;
       if (!v1::JobState_Parse(kv[1], &s) || s == v1::JOB_STATE_UNSPECIFIED) {
-        return absl::InvalidArgumentError(absl::StrCat("filter: unknown state '", kv[1], "'"));
+        return absl::InvalidArgumentError(absl::StrCat("filter: unknown state '", limits::Echo(kv[1]), "'"));
       }
     } else if (kv[0] == "kind") {
       v1::JobKind k;
-      if (!v1::JobKind_Parse(kv[1], &k)) return absl::InvalidArgumentError(absl::StrCat("filter: unknown kind '", kv[1], "'"));
+      if (!v1::JobKind_Parse(kv[1], &k)) {
+        return absl::InvalidArgumentError(absl::StrCat("filter: unknown kind '", limits::Echo(kv[1]), "'"));
+      }
     } else if (kv[0] != "user" && kv[0] != "name" && !absl::StartsWith(kv[0], "label.")) {
       return absl::InvalidArgumentError(
-          absl::StrCat("filter: unknown key '", kv[0], "' (state, kind, user, name, label.<key>)"));
+          absl::StrCat("filter: unknown key '", limits::Echo(kv[0]), "' (state, kind, user, name, label.<key>)"));
     }
     f.terms.emplace_back(kv[0], kv[1]);
   }
@@ -185,6 +220,18 @@ absl::Status CheckStoreIdentity(const CoordinatorOptions& o, JobStore* db) {
     return absl::FailedPreconditionError(absl::StrCat(db_name, " belongs to the store with STORE_ID ", in_db, ", but ",
                                                       store_name, " is STORE_ID ", in_store,
                                                       ": is --db or --store the wrong one?"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTaskRef(const v1::TaskRef& t, int max_slots, const char* field) {
+  if (t.job_id().empty() || t.job_id().size() > limits::kIdChars || t.attempt() < 1 ||
+      t.ranks_size() > limits::kWorldSize || t.slot_ids_size() > max_slots) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": a task needs a job_id of 1-", limits::kIdChars,
+                                                   " characters, an attempt >= 1 and at most ", max_slots, " slots"));
+  }
+  for (int s : t.slot_ids()) {
+    if (s < 0) return absl::InvalidArgumentError(absl::StrCat(field, ".slot_ids: must be >= 0"));
   }
   return absl::OkStatus();
 }
@@ -270,9 +317,18 @@ absl::Status Coordinator::Recover() {
   return absl::OkStatus();
 }
 
+int64_t Coordinator::LastSeen(const WorkerEntry& w) {
+  absl::MutexLock lease(&lease_mu_);
+  auto it = lease_seen_ms_.find(w.info.id());
+  return it == lease_seen_ms_.end() ? w.last_seen_ms : std::max(w.last_seen_ms, it->second);
+}
+
 absl::StatusOr<Coordinator::JobEntry*> Coordinator::Find(const std::string& id) {
   auto it = jobs_.find(id);
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("id: no job '", id, "'"));
+  if (id.size() > limits::kIdChars) {
+    return absl::InvalidArgumentError(absl::StrCat("id: ", id.size(), " characters; job ids have at most ", limits::kIdChars));
+  }
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("id: no job '", limits::Echo(id), "'"));
   return it->second.get();
 }
 
@@ -319,10 +375,10 @@ void Coordinator::SetHealthListener(std::function<void(bool)> listener) {
 void Coordinator::Publish(JobEntry* e, v1::JobEvent::Type type, const std::string& event_json) {
   auto [begin, end] = watchers_by_job_.equal_range(e->job.id());
   if (begin == end) return;
-  v1::JobEvent event;
-  event.set_type(type);
-  *event.mutable_job() = e->job;
-  event.set_event_json(event_json);
+  auto event = std::make_shared<v1::JobEvent>();
+  event->set_type(type);
+  *event->mutable_job() = e->job;
+  event->set_event_json(event_json);
   const bool last = type == v1::JobEvent::STATE && IsTerminal(e->job.state());
   for (auto it = begin; it != end;) {
     auto w = watchers_.find(it->second);
@@ -366,8 +422,8 @@ int Coordinator::TotalSlots(v1::SlotType type) const {
 }
 
 absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request, const std::string& user) {
-  if (request.request_id().size() > 128) {
-    return absl::InvalidArgumentError("request_id: at most 128 characters");
+  if (request.request_id().size() > limits::kRequestIdChars) {
+    return absl::InvalidArgumentError(absl::StrCat("request_id: at most ", limits::kRequestIdChars, " characters"));
   }
   {
     absl::MutexLock lock(&mu_);
@@ -444,8 +500,9 @@ absl::StatusOr<v1::Job> Coordinator::Get(const std::string& id) {
 }
 
 absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest& request) {
-  if (request.page_size() < 0 || request.page_size() > 1000) {
-    return absl::InvalidArgumentError(absl::StrCat("page_size: must be 0-1000, got ", request.page_size()));
+  if (request.page_size() < 0 || request.page_size() > limits::kPageSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page_size: must be 0-", limits::kPageSize, ", got ", request.page_size()));
   }
   const int page_size = request.page_size() == 0 ? 100 : request.page_size();
   ASSIGN_OR_RETURN(Filter filter, ParseFilter(request.filter()));
@@ -459,13 +516,18 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest
   absl::MutexLock lock(&mu_);
   v1::ListJobsResponse out;
   int64_t last_seq = 0;
+  size_t bytes = 0;
   for (auto it = std::make_reverse_iterator(by_seq_.lower_bound(before)); it != by_seq_.rend(); ++it) {
     if (!filter.Matches(it->second->job)) continue;
-    if (out.jobs_size() == page_size) {  // more match: the next page starts below the last returned
+    // More match: the next page starts below the last returned. A page also
+    // ends before its message would pass kListResponseBytes (one job at least).
+    const size_t job_bytes = it->second->job.ByteSizeLong() + 8;
+    if (out.jobs_size() == page_size || (out.jobs_size() > 0 && bytes + job_bytes > limits::kListResponseBytes)) {
       out.set_next_page_token(absl::StrCat("s", last_seq));
       break;
     }
     *out.add_jobs() = it->second->job;
+    bytes += job_bytes;
     last_seq = it->first;
   }
   return out;
@@ -537,7 +599,7 @@ v1::ListWorkersResponse Coordinator::Workers() {
     v1::WorkerInfo* info = out.add_workers();
     *info = w.info;
     info->set_free_slots(static_cast<int>(w.slot_ids.size() - w.used.size()));
-    info->set_last_heartbeat_unix_ms(w.last_seen_ms);
+    info->set_last_heartbeat_unix_ms(LastSeen(w));
     for (const auto& [key, slots] : w.tasks) info->add_jobs(key.first);
   }
   return out;
@@ -546,11 +608,11 @@ v1::ListWorkersResponse Coordinator::Workers() {
 absl::StatusOr<int64_t> Coordinator::Watch(const std::string& id, WatchSink sink) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(JobEntry * e, Find(id));
-  v1::JobEvent snapshot;
-  snapshot.set_type(v1::JobEvent::SNAPSHOT);
-  *snapshot.mutable_job() = e->job;
+  auto snapshot = std::make_shared<v1::JobEvent>();
+  snapshot->set_type(v1::JobEvent::SNAPSHOT);
+  *snapshot->mutable_job() = e->job;
   const bool last = IsTerminal(e->job.state());
-  sink(snapshot, last);
+  sink(std::move(snapshot), last);
   if (last) return 0;
   const int64_t handle = next_watch_++;
   watchers_[handle] = Watcher{id, std::move(sink)};
@@ -595,8 +657,32 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   if (r.worker_id().empty() || r.worker_id().size() > 128) {
     return absl::InvalidArgumentError("worker_id: 1-128 characters");
   }
-  if (r.host().empty()) return absl::InvalidArgumentError("host: the address ranks reach this worker at");
-  if (r.slots() < 1 || r.slots() > 4096) return absl::InvalidArgumentError("slots: must be 1-4096");
+  if (r.host().empty() || r.host().size() > limits::kHostChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("host: 1-", limits::kHostChars, " characters, the address ranks reach this worker at"));
+  }
+  if (r.metrics_address().size() > limits::kHostChars || r.version().size() > limits::kVersionChars) {
+    return absl::InvalidArgumentError(absl::StrCat("metrics_address/version: at most ", limits::kHostChars, "/",
+                                                   limits::kVersionChars, " characters"));
+  }
+  if (r.labels_size() > limits::kLabels) {
+    return absl::InvalidArgumentError(absl::StrCat("labels: at most ", limits::kLabels));
+  }
+  for (const auto& [key, value] : r.labels()) {
+    if (key.empty() || key.size() > limits::kLabelKeyChars || value.size() > limits::kLabelValueChars) {
+      return absl::InvalidArgumentError(absl::StrCat("labels: keys 1-", limits::kLabelKeyChars,
+                                                     " characters, values at most ", limits::kLabelValueChars));
+    }
+  }
+  if (!v1::SlotType_IsValid(r.slot_type())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slot_type: unknown value ", static_cast<int>(r.slot_type()), " (SLOT_CPU, SLOT_GPU)"));
+  }
+  if (r.slots() < 1 || r.slots() > limits::kWorkerSlots) {
+    return absl::InvalidArgumentError(absl::StrCat("slots: must be 1-", limits::kWorkerSlots));
+  }
+  if (r.running_size() > r.slots()) return absl::InvalidArgumentError("running: more tasks than slots");
+  for (const v1::TaskRef& t : r.running()) RETURN_IF_ERROR(ValidateTaskRef(t, r.slots(), "running"));
   if (r.slot_type() == v1::SLOT_GPU && r.gpu_ids_size() != r.slots()) {
     return absl::InvalidArgumentError("gpu_ids: one per GPU slot");
   }
@@ -627,6 +713,10 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   w.info.set_state(v1::WorkerInfo::READY);
   w.info.set_metrics_address(r.metrics_address());
   w.last_seen_ms = now;
+  {
+    absl::MutexLock lease(&lease_mu_);
+    lease_seen_ms_[r.worker_id()] = now;
+  }
   for (int i = 0; i < r.slots(); ++i) w.slot_ids.push_back(r.slot_type() == v1::SLOT_GPU ? r.gpu_ids(i) : i);
   seen_workers_ = true;
 
@@ -664,8 +754,29 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
 }
 
 absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::HeartbeatRequest& r) {
-  absl::MutexLock lock(&mu_);
+  if (r.worker_id().size() > limits::kIdChars) return absl::InvalidArgumentError("worker_id: 1-128 characters");
+  if (r.running_size() > limits::kWorkerSlots) {
+    return absl::InvalidArgumentError(absl::StrCat("running: at most ", limits::kWorkerSlots, " tasks"));
+  }
+  for (const v1::TaskRef& t : r.running()) RETURN_IF_ERROR(ValidateTaskRef(t, limits::kWorkerSlots, "running"));
+  {
+    absl::MutexLock lease(&lease_mu_);
+    auto seen = lease_seen_ms_.find(r.worker_id());
+    if (seen != lease_seen_ms_.end()) seen->second = NowMs();
+  }
   v1::HeartbeatResponse out;
+  // The rest (confirmations, assignments, stops) needs mu_. When it stays
+  // busy past half a heartbeat, answer now with nothing: the lease is renewed
+  // above, and assignments and stops ride on every heartbeat until confirmed.
+  const absl::Time give_up = absl::Now() + options_.heartbeat / 2;
+  while (!mu_.TryLock()) {
+    if (absl::Now() >= give_up) {
+      if (metrics_) metrics_->HeartbeatDeferred();
+      return out;
+    }
+    absl::SleepFor(absl::Microseconds(200));
+  }
+  absl::Cleanup unlock = [this]() ABSL_NO_THREAD_SAFETY_ANALYSIS { mu_.Unlock(); };
   auto it = workers_.find(r.worker_id());
   if (it == workers_.end() || it->second.info.state() != v1::WorkerInfo::READY) {
     out.set_reregister(true);
@@ -697,13 +808,42 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
 }
 
 absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
+  // Parsed and checked before the lock: a malformed batch changes nothing.
+  if (r.events_json_size() > limits::kEventsPerReport) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("events_json: ", r.events_json_size(), " lines; the limit is ", limits::kEventsPerReport));
+  }
+  std::vector<nlohmann::json> events;
+  for (int i = 0; i < r.events_json_size(); ++i) {
+    const std::string& line = r.events_json(i);
+    if (line.size() > limits::kEventBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "]: ", line.size(), " bytes; the limit is ",
+                                                     limits::kEventBytes));
+    }
+    nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!ev.is_object() || !ev.contains("event") || !ev["event"].is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "]: not a JSON object with a string \"event\": '",
+                                                     limits::Echo(line), "'"));
+    }
+    for (const char* key : {"step", "total_steps"}) {
+      if (ev.contains(key) && !ev[key].is_number_integer()) {
+        return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "].", key, ": not an integer"));
+      }
+    }
+    for (const char* key : {"loss", "lr", "images_per_s", "data_wait_s", "allreduce_s"}) {
+      if (ev.contains(key) && !ev[key].is_number()) {
+        return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "].", key, ": not a number"));
+      }
+    }
+    events.push_back(std::move(ev));
+  }
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(JobEntry * e, Find(r.job_id()));
   if (e->job.attempt() != r.attempt() || IsTerminal(e->job.state())) return absl::OkStatus();
   v1::Progress* p = e->job.mutable_progress();
-  for (const std::string& line : r.events_json()) {
-    nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!ev.is_object() || !ev.contains("event")) continue;
+  for (size_t i = 0; i < events.size(); ++i) {
+    const nlohmann::json& ev = events[i];
+    const std::string& line = r.events_json(static_cast<int>(i));
     const std::string type = ev.value("event", "");
     if (type == "start") {
       p->set_total_steps(ev.value("total_steps", int64_t{0}));
@@ -742,6 +882,12 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
 }
 
 absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& r) {
+  if (r.worker_id().size() > limits::kIdChars || r.job_id().size() > limits::kIdChars) {
+    return absl::InvalidArgumentError("worker_id/job_id: at most 128 characters");
+  }
+  if (r.exits_size() > limits::kWorldSize) {
+    return absl::InvalidArgumentError(absl::StrCat("exits: at most ", limits::kWorldSize));
+  }
   absl::MutexLock lock(&mu_);
   const int64_t now = NowMs();
   auto w = workers_.find(r.worker_id());
@@ -895,7 +1041,7 @@ void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
 
 void Coordinator::LoseWorker(WorkerEntry* w, int64_t now) {
   RETINA_LOG(Warning) << "worker " << w->info.id() << " lost: no heartbeat for "
-                      << (now - w->last_seen_ms) / 1000.0 << " s; its ranks count as failed";
+                      << (now - LastSeen(*w)) / 1000.0 << " s; its ranks count as failed";
   w->info.set_state(v1::WorkerInfo::LOST);
   if (metrics_) metrics_->LeaseMissed();
   const auto tasks = w->tasks;
@@ -917,7 +1063,7 @@ void Coordinator::Tick() {
   const int64_t now = NowMs();
   const int64_t lease = absl::ToInt64Milliseconds(options_.lease);
   for (auto& [id, w] : workers_) {
-    if (w.info.state() == v1::WorkerInfo::READY && now - w.last_seen_ms > lease) LoseWorker(&w, now);
+    if (w.info.state() == v1::WorkerInfo::READY && now - LastSeen(w) > lease) LoseWorker(&w, now);
   }
   if (recovery_deadline_ms_ != 0 && now >= recovery_deadline_ms_) {
     recovery_deadline_ms_ = 0;
@@ -944,7 +1090,7 @@ void Coordinator::Tick() {
   // commits, so health returns once the database does.
   if (!db_ok_ && now - last_probe_ms_ >= 1000) {
     last_probe_ms_ = now;
-    NoteCommit(store_->SetMeta("last_probe_unix_ms", absl::StrCat(now)));
+    NoteCommit(store_->Probe());
   }
   if (!db_ok_) return;
   for (JobEntry* e : std::set<JobEntry*>(retry_)) {

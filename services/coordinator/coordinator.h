@@ -90,7 +90,8 @@ class Coordinator {
   // Watching: `sink` gets a SNAPSHOT at once, then every event of the job;
   // `last` is true on the event after which nothing more comes (a terminal
   // state). Returns a handle for Unwatch; NOT_FOUND for an unknown job.
-  using WatchSink = std::function<void(const retina::v1::JobEvent& event, bool last)>;
+  // Events are shared by every watcher of the job (built once per event).
+  using WatchSink = std::function<void(std::shared_ptr<const retina::v1::JobEvent> event, bool last)>;
   absl::StatusOr<int64_t> Watch(const std::string& id, WatchSink sink);
   void Unwatch(int64_t handle);
 
@@ -190,6 +191,12 @@ class Coordinator {
   std::map<int64_t, Watcher> watchers_ ABSL_GUARDED_BY(mu_);
   std::multimap<std::string, int64_t> watchers_by_job_ ABSL_GUARDED_BY(mu_);
   int64_t next_watch_ ABSL_GUARDED_BY(mu_) = 1;
+
+  // Lease renewals, apart from mu_: a heartbeat renews its worker's lease at
+  // once even while mu_ is busy with streaming work or a slow commit.
+  absl::Mutex lease_mu_;
+  std::map<std::string, int64_t> lease_seen_ms_ ABSL_GUARDED_BY(lease_mu_);
+  int64_t LastSeen(const WorkerEntry& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::atomic<bool> stop_{false};
   std::thread ticker_;

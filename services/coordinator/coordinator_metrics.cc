@@ -33,6 +33,8 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
                             "Job-database writes that did not commit (the change was not applied)", r).Add({});
   lease_misses_ = &Build(prometheus::BuildCounter(), "retina_worker_lease_misses_total",
                          "Workers declared lost because no heartbeat arrived within the lease", r).Add({});
+  heartbeats_deferred_ = &Build(prometheus::BuildCounter(), "retina_heartbeats_deferred_total",
+                                "Heartbeats answered without assignments while the state lock was busy", r).Add({});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
   slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
   grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);

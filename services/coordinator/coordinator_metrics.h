@@ -33,6 +33,9 @@ class CoordinatorMetrics {
   void CommitFailed() { commit_failures_->Increment(); }
   // A worker declared lost: no heartbeat within its lease.
   void LeaseMissed() { lease_misses_->Increment(); }
+  // A heartbeat answered without its assignments because the coordinator's
+  // state lock stayed busy (its lease was renewed all the same).
+  void HeartbeatDeferred() { heartbeats_deferred_->Increment(); }
   void SetWorkers(int ready, int lost);
   void SetSlots(int free, int used);
   void GrpcRequest(const std::string& method, const std::string& code) {
@@ -55,6 +58,7 @@ class CoordinatorMetrics {
   prometheus::Histogram* queue_wait_;
   prometheus::Counter* commit_failures_;
   prometheus::Counter* lease_misses_;
+  prometheus::Counter* heartbeats_deferred_;
   prometheus::Family<prometheus::Gauge>* workers_;
   prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;

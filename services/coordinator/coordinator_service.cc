@@ -49,17 +49,30 @@ absl::Status Authorize(Coordinator* core, const Caller& caller, const std::strin
                                                   action, " it (you are ", caller.user, ")"));
 }
 
-// Authenticates, runs `body(caller)`, finishes the reactor with its status.
-template <class Body>
-grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const char* method, Role role,
-                                const services::Authenticator* auth, CoordinatorMetrics* metrics, Body body) {
+// Authenticates, parses the request, runs `body(caller, request, &response)`,
+// serializes the response and finishes the reactor with the status.
+template <class Req, class Resp, class Body>
+grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in, grpc::ByteBuffer* out,
+                                const char* method, Role role, const services::Authenticator* auth,
+                                CoordinatorMetrics* metrics, Body body) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   absl::Status status;
-  absl::StatusOr<Caller> caller = auth->Check(*ctx, role);
+  absl::StatusOr<Caller> caller = auth->Check(*ctx, role);  // before any parsing: strangers cost nothing
+  Req request;
+  Resp response;
   if (!caller.ok()) {
     status = caller.status();
+  } else if (grpc::ByteBuffer copy(*in); !grpc::SerializationTraits<Req>::Deserialize(&copy, &request).ok()) {
+    status = absl::InvalidArgumentError(absl::StrCat("request: ", in->Length(), " bytes that are not a valid ",
+                                                     Req::descriptor()->full_name(), " message"));
   } else {
-    status = body(*caller);
+    status = body(*caller, request, &response);
+  }
+  if (status.ok()) {
+    bool own = false;
+    if (!grpc::SerializationTraits<Resp>::Serialize(response, out, &own).ok()) {
+      status = absl::InternalError(absl::StrCat(method, ": the response could not be serialized"));
+    }
   }
   const grpc::Status g = services::ToGrpcStatus(status);
   if (metrics) metrics->GrpcRequest(method, CodeName(g.error_code()));
@@ -81,7 +94,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
     if (status.ok()) status = Authorize(core_, *caller, id, "watch");
     if (status.ok()) {
       absl::StatusOr<int64_t> handle =
-          core_->Watch(id, [this](const v1::JobEvent& e, bool last) { Push(e, last); });
+          core_->Watch(id, [this](std::shared_ptr<const v1::JobEvent> e, bool last) { Push(std::move(e), last); });
       status = handle.status();
       if (handle.ok()) {
         absl::MutexLock lock(&mu_);
@@ -125,11 +138,11 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
   static constexpr size_t kMaxQueued = 4096;
 
   // Called by the core with its lock held.
-  void Push(const v1::JobEvent& e, bool last) {
+  void Push(std::shared_ptr<const v1::JobEvent> e, bool last) {
     absl::MutexLock lock(&mu_);
     if (finished_ || cancelled_) return;
-    if (e.type() == v1::JobEvent::PROGRESS && queue_.size() >= kMaxQueued) return;
-    queue_.push_back(e);
+    if (e->type() == v1::JobEvent::PROGRESS && queue_.size() >= kMaxQueued) return;
+    queue_.push_back(std::move(e));
     if (last) last_ = true;
     if (!writing_) WriteNextLocked();
   }
@@ -144,7 +157,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
       return;
     }
     writing_ = true;
-    StartWrite(&queue_.front());
+    StartWrite(queue_.front().get());
   }
   void FinishLocked(const grpc::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
@@ -154,7 +167,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
 
   Coordinator* core_;
   absl::Mutex mu_;
-  std::deque<v1::JobEvent> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::shared_ptr<const v1::JobEvent>> queue_ ABSL_GUARDED_BY(mu_);  // shared with the other watchers
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool last_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
@@ -283,53 +296,65 @@ JobServiceImpl::JobServiceImpl(Coordinator* core, const services::Authenticator*
 
 JobServiceImpl::~JobServiceImpl() = default;
 
-grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext* ctx, const v1::SubmitJobRequest* req,
-                                                    v1::Job* resp) {
-  return Unary(ctx, "SubmitJob", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
-    ASSIGN_OR_RETURN(*resp, core_->Submit(*req, caller.user));
+grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::SubmitJobRequest, v1::Job>(
+      ctx, in, out, "SubmitJob", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::SubmitJobRequest& req, v1::Job* resp) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Submit(req, caller.user));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* ctx, const v1::GetJobRequest* req,
-                                                 v1::Job* resp) {
-  return Unary(ctx, "GetJob", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
-    ASSIGN_OR_RETURN(v1::Job job, core_->Get(req->id()));
+grpc::ServerUnaryReactor* JobServiceImpl::GetJob(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::GetJobRequest, v1::Job>(
+      ctx, in, out, "GetJob", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::GetJobRequest& req, v1::Job* resp) -> absl::Status {
+    ASSIGN_OR_RETURN(v1::Job job, core_->Get(req.id()));
     *resp = ForCaller(caller, std::move(job));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* ctx, const v1::ListJobsRequest* req,
-                                                   v1::ListJobsResponse* resp) {
-  return Unary(ctx, "ListJobs", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
-    ASSIGN_OR_RETURN(*resp, core_->List(*req));
+grpc::ServerUnaryReactor* JobServiceImpl::ListJobs(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::ListJobsRequest, v1::ListJobsResponse>(
+      ctx, in, out, "ListJobs", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::ListJobsRequest& req, v1::ListJobsResponse* resp) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->List(req));
     for (v1::Job& job : *resp->mutable_jobs()) job = ForCaller(caller, std::move(job));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* ctx, const v1::CancelJobRequest* req,
-                                                    v1::Job* resp) {
-  return Unary(ctx, "CancelJob", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
-    RETURN_IF_ERROR(Authorize(core_, caller, req->id(), "cancel"));
-    ASSIGN_OR_RETURN(*resp, core_->Cancel(req->id()));
+grpc::ServerUnaryReactor* JobServiceImpl::CancelJob(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::CancelJobRequest, v1::Job>(
+      ctx, in, out, "CancelJob", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::CancelJobRequest& req, v1::Job* resp) -> absl::Status {
+    RETURN_IF_ERROR(Authorize(core_, caller, req.id(), "cancel"));
+    ASSIGN_OR_RETURN(*resp, core_->Cancel(req.id()));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* JobServiceImpl::GetJobMetrics(grpc::CallbackServerContext* ctx,
-                                                        const v1::GetJobMetricsRequest* req, v1::JobMetrics* resp) {
-  return Unary(ctx, "GetJobMetrics", Role::kClient, auth_, metrics_, [&](const Caller& caller) -> absl::Status {
-    RETURN_IF_ERROR(Authorize(core_, caller, req->id(), "read the metrics of"));
-    ASSIGN_OR_RETURN(*resp, core_->Metrics(req->id()));
+grpc::ServerUnaryReactor* JobServiceImpl::GetJobMetrics(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::GetJobMetricsRequest, v1::JobMetrics>(
+      ctx, in, out, "GetJobMetrics", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::GetJobMetricsRequest& req, v1::JobMetrics* resp) -> absl::Status {
+    RETURN_IF_ERROR(Authorize(core_, caller, req.id(), "read the metrics of"));
+    ASSIGN_OR_RETURN(*resp, core_->Metrics(req.id()));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* JobServiceImpl::ListWorkers(grpc::CallbackServerContext* ctx,
-                                                      const v1::ListWorkersRequest*, v1::ListWorkersResponse* resp) {
-  return Unary(ctx, "ListWorkers", Role::kClient, auth_, metrics_, [&](const Caller&) -> absl::Status {
+grpc::ServerUnaryReactor* JobServiceImpl::ListWorkers(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::ListWorkersRequest, v1::ListWorkersResponse>(
+      ctx, in, out, "ListWorkers", Role::kClient, auth_, metrics_,
+      [&](const Caller&, const v1::ListWorkersRequest&, v1::ListWorkersResponse* resp) -> absl::Status {
     *resp = core_->Workers();
     return absl::OkStatus();
   });
@@ -349,35 +374,42 @@ grpc::ServerWriteReactor<v1::LogChunk>* JobServiceImpl::ReadLogs(grpc::CallbackS
   return r;
 }
 
-grpc::ServerUnaryReactor* WorkerServiceImpl::RegisterWorker(grpc::CallbackServerContext* ctx,
-                                                            const v1::RegisterWorkerRequest* req,
-                                                            v1::RegisterWorkerResponse* resp) {
-  return Unary(ctx, "RegisterWorker", Role::kWorker, auth_, metrics_, [&](const Caller&) -> absl::Status {
-    ASSIGN_OR_RETURN(*resp, core_->RegisterWorker(*req));
+grpc::ServerUnaryReactor* WorkerServiceImpl::RegisterWorker(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::RegisterWorkerRequest, v1::RegisterWorkerResponse>(
+      ctx, in, out, "RegisterWorker", Role::kWorker, auth_, metrics_,
+      [&](const Caller&, const v1::RegisterWorkerRequest& req, v1::RegisterWorkerResponse* resp) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->RegisterWorker(req));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* ctx,
-                                                       const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) {
-  return Unary(ctx, "Heartbeat", Role::kWorker, auth_, metrics_, [&](const Caller&) -> absl::Status {
-    ASSIGN_OR_RETURN(*resp, core_->Heartbeat(*req));
+grpc::ServerUnaryReactor* WorkerServiceImpl::Heartbeat(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::HeartbeatRequest, v1::HeartbeatResponse>(
+      ctx, in, out, "Heartbeat", Role::kWorker, auth_, metrics_,
+      [&](const Caller&, const v1::HeartbeatRequest& req, v1::HeartbeatResponse* resp) -> absl::Status {
+    ASSIGN_OR_RETURN(*resp, core_->Heartbeat(req));
     return absl::OkStatus();
   });
 }
 
-grpc::ServerUnaryReactor* WorkerServiceImpl::ReportEvents(grpc::CallbackServerContext* ctx,
-                                                          const v1::ReportEventsRequest* req,
-                                                          v1::ReportEventsResponse*) {
-  return Unary(ctx, "ReportEvents", Role::kWorker, auth_, metrics_,
-               [&](const Caller&) { return core_->ReportEvents(*req); });
+grpc::ServerUnaryReactor* WorkerServiceImpl::ReportEvents(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::ReportEventsRequest, v1::ReportEventsResponse>(
+      ctx, in, out, "ReportEvents", Role::kWorker, auth_, metrics_,
+      [&](const Caller&, const v1::ReportEventsRequest& req, v1::ReportEventsResponse*) -> absl::Status {
+    return core_->ReportEvents(req);
+  });
 }
 
-grpc::ServerUnaryReactor* WorkerServiceImpl::CompleteTask(grpc::CallbackServerContext* ctx,
-                                                          const v1::CompleteTaskRequest* req,
-                                                          v1::CompleteTaskResponse*) {
-  return Unary(ctx, "CompleteTask", Role::kWorker, auth_, metrics_,
-               [&](const Caller&) { return core_->CompleteTask(*req); });
+grpc::ServerUnaryReactor* WorkerServiceImpl::CompleteTask(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                    grpc::ByteBuffer* out) {
+  return Unary<v1::CompleteTaskRequest, v1::CompleteTaskResponse>(
+      ctx, in, out, "CompleteTask", Role::kWorker, auth_, metrics_,
+      [&](const Caller&, const v1::CompleteTaskRequest& req, v1::CompleteTaskResponse*) -> absl::Status {
+    return core_->CompleteTask(req);
+  });
 }
 
 }  // namespace retina::coordinator

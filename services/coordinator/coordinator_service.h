@@ -1,6 +1,10 @@
 // Thin gRPC adapters (callback API) over Coordinator. Each RPC: check the
 // bearer token first, call the core, convert its status in one place, count
 // the request in retina_grpc_requests_total{method,code}.
+//
+// Unary methods take raw bytes and parse them here: a request that is not a
+// valid message then gets INVALID_ARGUMENT naming the message type (gRPC's
+// generated handler answers UNIMPLEMENTED with an empty message).
 #pragma once
 
 #include <memory>
@@ -14,27 +18,31 @@ namespace retina::coordinator {
 
 class LogFollower;
 
-class JobServiceImpl final : public retina::v1::JobService::CallbackService {
+namespace internal {
+using JS = retina::v1::JobService;
+using JobServiceBase = JS::WithRawCallbackMethod_SubmitJob<JS::WithRawCallbackMethod_GetJob<
+    JS::WithRawCallbackMethod_ListJobs<JS::WithRawCallbackMethod_CancelJob<JS::WithCallbackMethod_WatchJob<
+        JS::WithRawCallbackMethod_GetJobMetrics<JS::WithRawCallbackMethod_ListWorkers<
+            JS::WithCallbackMethod_ReadLogs<JS::Service>>>>>>>>;
+using WS = retina::v1::WorkerService;
+using WorkerServiceBase = WS::WithRawCallbackMethod_RegisterWorker<WS::WithRawCallbackMethod_Heartbeat<
+    WS::WithRawCallbackMethod_ReportEvents<WS::WithRawCallbackMethod_CompleteTask<WS::Service>>>>;
+}  // namespace internal
+
+class JobServiceImpl final : public internal::JobServiceBase {
  public:
   // All pointers are borrowed and must outlive the service.
   JobServiceImpl(Coordinator* core, const services::Authenticator* auth, CoordinatorMetrics* metrics);
   ~JobServiceImpl() override;
 
-  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx, const retina::v1::SubmitJobRequest* req,
-                                      retina::v1::Job* resp) override;
-  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx, const retina::v1::GetJobRequest* req,
-                                   retina::v1::Job* resp) override;
-  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx, const retina::v1::ListJobsRequest* req,
-                                     retina::v1::ListJobsResponse* resp) override;
-  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx, const retina::v1::CancelJobRequest* req,
-                                      retina::v1::Job* resp) override;
+  grpc::ServerUnaryReactor* SubmitJob(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* ListJobs(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* CancelJob(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerWriteReactor<retina::v1::JobEvent>* WatchJob(grpc::CallbackServerContext* ctx,
                                                           const retina::v1::WatchJobRequest* req) override;
-  grpc::ServerUnaryReactor* GetJobMetrics(grpc::CallbackServerContext* ctx,
-                                          const retina::v1::GetJobMetricsRequest* req,
-                                          retina::v1::JobMetrics* resp) override;
-  grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* ctx, const retina::v1::ListWorkersRequest* req,
-                                        retina::v1::ListWorkersResponse* resp) override;
+  grpc::ServerUnaryReactor* GetJobMetrics(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* ListWorkers(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
   grpc::ServerWriteReactor<retina::v1::LogChunk>* ReadLogs(grpc::CallbackServerContext* ctx,
                                                           const retina::v1::ReadLogsRequest* req) override;
 
@@ -45,22 +53,15 @@ class JobServiceImpl final : public retina::v1::JobService::CallbackService {
   std::unique_ptr<LogFollower> follower_;
 };
 
-class WorkerServiceImpl final : public retina::v1::WorkerService::CallbackService {
+class WorkerServiceImpl final : public internal::WorkerServiceBase {
  public:
   WorkerServiceImpl(Coordinator* core, const services::Authenticator* auth, CoordinatorMetrics* metrics)
       : core_(core), auth_(auth), metrics_(metrics) {}
 
-  grpc::ServerUnaryReactor* RegisterWorker(grpc::CallbackServerContext* ctx,
-                                           const retina::v1::RegisterWorkerRequest* req,
-                                           retina::v1::RegisterWorkerResponse* resp) override;
-  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx, const retina::v1::HeartbeatRequest* req,
-                                      retina::v1::HeartbeatResponse* resp) override;
-  grpc::ServerUnaryReactor* ReportEvents(grpc::CallbackServerContext* ctx,
-                                         const retina::v1::ReportEventsRequest* req,
-                                         retina::v1::ReportEventsResponse* resp) override;
-  grpc::ServerUnaryReactor* CompleteTask(grpc::CallbackServerContext* ctx,
-                                         const retina::v1::CompleteTaskRequest* req,
-                                         retina::v1::CompleteTaskResponse* resp) override;
+  grpc::ServerUnaryReactor* RegisterWorker(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* ReportEvents(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* CompleteTask(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
 
  private:
   Coordinator* core_;

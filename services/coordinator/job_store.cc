@@ -3,9 +3,15 @@
 #include <sqlite3.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/status_macros.h"
 
 namespace retina::coordinator {
+namespace {
+// How long a write waits for a lock another process holds (a backup, an
+// operator's sqlite3 shell) before it fails.
+constexpr int kBusyTimeoutMs = 5000;
+}  // namespace
 
 JobStore::JobStore(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
 
@@ -61,7 +67,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::filesystem::
     return absl::FailedPreconditionError(msg);
   }
   std::unique_ptr<JobStore> store(new JobStore(db, path));
-  sqlite3_busy_timeout(db, 5000);
+  sqlite3_busy_timeout(db, kBusyTimeoutMs);
   RETURN_IF_ERROR(store->QuickCheck());
   RETURN_IF_ERROR(store->Exec("PRAGMA journal_mode=WAL"));
   RETURN_IF_ERROR(store->Exec(synchronous == "full" ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL"));
@@ -106,6 +112,13 @@ absl::Status JobStore::QuickCheck() {
       ".damaged); recover the rows into a new file (sqlite3 ", p, ".damaged .recover | sqlite3 ", p,
       ".recovered); check it (sqlite3 ", p, ".recovered 'PRAGMA integrity_check'); then move it into place (mv ", p,
       ".recovered ", p, ") and start again. See docs/operations.md."));
+}
+
+absl::Status JobStore::Probe() {
+  sqlite3_busy_timeout(db_, 0);
+  absl::Status s = SetMeta("last_probe_unix_ms", absl::StrCat(absl::ToUnixMillis(absl::Now())));
+  sqlite3_busy_timeout(db_, kBusyTimeoutMs);
+  return s;
 }
 
 absl::StatusOr<std::string> JobStore::GetMeta(const std::string& key) {

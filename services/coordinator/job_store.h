@@ -48,6 +48,9 @@ class JobStore {
   // "" for a key never set.
   absl::StatusOr<std::string> GetMeta(const std::string& key);
   absl::Status SetMeta(const std::string& key, const std::string& value);
+  // A small write that does not wait for a lock held elsewhere (busy timeout
+  // 0): whether the database commits right now.
+  absl::Status Probe();
   // How long Open's integrity check (PRAGMA quick_check) took.
   absl::Duration check_time() const { return check_time_; }
 

@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/http_get.h"
 #include "retina/v1/job_service.grpc.pb.h"
 #include "retina/v1/worker_service.grpc.pb.h"
 #include "services/rpc_util.h"
@@ -122,35 +123,9 @@ inline nlohmann::json ReadReady(const fs::path& p) {
   return j;
 }
 
-// HTTP GET on loopback; the body (empty on failure).
-inline std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
-    (void)!write(fd, req.data(), req.size());
-    char buf[8192];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  const size_t body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
-
-// The value of one exposition-format sample (`series` including labels), or -1.
-inline double Sample(const std::string& exposition, const std::string& series) {
-  std::istringstream in(exposition);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
-  }
-  return -1;
-}
+// HTTP GET on loopback and exposition samples: shared with the benchmarks.
+using retina::bench::HttpGet;
+using retina::bench::Sample;
 
 struct CoordinatorFlags {
   std::vector<std::string> extra;

@@ -115,8 +115,21 @@ TEST(Integrity, AFailedCommitChangesNothingVisibleAndHealthSaysNotServing) {
   fs::create_directories(c.store() / "datasets" / "em");
   std::ofstream(c.store() / "datasets" / "em" / "manifest.json") << "{}";
   c.StartCoordinator();
-  absl::StatusOr<v1::Job> job = c.Submit(PretrainYaml(1), 1);  // no workers: stays QUEUED
-  ASSERT_TRUE(job.ok()) << job.status();
+  // A job no worker here can take (2 slots per rank, 1-slot worker): it stays QUEUED.
+  v1::SubmitJobRequest req;
+  req.mutable_spec()->set_config_yaml(PretrainYaml(1));
+  req.mutable_spec()->set_world_size(1);
+  req.mutable_spec()->set_slots_per_rank(2);
+  absl::StatusOr<v1::Job> job;
+  {
+    v1::Job out;
+    const grpc::Status s = c.Jobs()->SubmitJob(c.Ctx().get(), req, &out);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    job = out;
+  }
+  // A worker heartbeating every 0.2 s with a 2 s lease, while commits wait
+  // 5 s on the lock below: its lease must be renewed all the same.
+  c.StartWorker("w1", 1);
   EXPECT_EQ(c.Health(), "SERVING");
 
   WriteLock lock(c);
@@ -134,6 +147,9 @@ TEST(Integrity, AFailedCommitChangesNothingVisibleAndHealthSaysNotServing) {
   EXPECT_GE(Sample(HttpGet(c.metrics_port(), "/metrics"), "retina_db_commit_failures_total"), 1);
   absl::StatusOr<v1::Job> refused = c.Submit(PretrainYaml(1), 1);
   EXPECT_FALSE(refused.ok());
+  const std::string during = HttpGet(c.metrics_port(), "/metrics");
+  EXPECT_EQ(Sample(during, "retina_worker_lease_misses_total"), 0) << "heartbeats queued behind a blocked commit";
+  EXPECT_EQ(Sample(during, "retina_workers{state=\"ready\"}"), 1);
   EXPECT_FALSE(fs::exists(c.store() / "jobs" / "job-000002")) << "a refused submission leaves no directory";
 
   lock.Release();
@@ -205,6 +221,110 @@ TEST(Integrity, ServiceJobsReadOnlyUnderTheStoreAndAllowedRoots) {
   EXPECT_THAT(Slurp(c.root() / "rank.log"), HasSubstr("data.dataset: "));
   EXPECT_THAT(Slurp(c.root() / "rank.log"), HasSubstr("outside the store"));
   EXPECT_FALSE(fs::exists(c.store() / "jobs" / "confined" / "spec.yaml"));
+}
+
+// Fields up to gRPC's 4 MB cap were accepted (a few such jobs made ListJobs
+// exceed a default client's limit for everyone), unknown enum values were
+// stored and run, malformed worker payloads got UNIMPLEMENTED or were ignored.
+TEST(Integrity, EveryRequestIsBoundedAndEveryEnumChecked) {
+  Cluster c("limits");
+  fs::create_directories(c.store() / "datasets" / "em");
+  std::ofstream(c.store() / "datasets" / "em" / "manifest.json") << "{}";
+  c.StartCoordinator();
+  auto submit = [&](const std::function<void(v1::SubmitJobRequest&)>& edit) {
+    v1::SubmitJobRequest req;
+    req.mutable_spec()->set_config_yaml(PretrainYaml(1));
+    req.mutable_spec()->set_world_size(1);
+    edit(req);
+    v1::Job job;
+    return c.Jobs()->SubmitJob(c.Ctx().get(), req, &job);
+  };
+  const std::string huge(5000, 'x');
+  for (const auto& [what, edit] : std::vector<std::pair<std::string, std::function<void(v1::SubmitJobRequest&)>>>{
+           {"spec.config_yaml: 65537 bytes; the limit is 65536",
+            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_config_yaml(std::string(65537, '#')); }},
+           {"spec.name: 257 characters; the limit is 256",
+            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_name(std::string(257, 'n')); }},
+           {"spec.labels: 33 labels; the limit is 32",
+            [](v1::SubmitJobRequest& r) {
+              for (int i = 0; i < 33; ++i) (*r.mutable_spec()->mutable_labels())["k" + std::to_string(i)] = "v";
+            }},
+           {"spec.labels: key 'xxxx", [&](v1::SubmitJobRequest& r) { (*r.mutable_spec()->mutable_labels())[huge] = "v"; }},
+           {"spec.kind: unknown value 7",
+            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_kind(static_cast<v1::JobKind>(7)); }},
+           {"spec.slot_type: unknown value 9",
+            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_slot_type(static_cast<v1::SlotType>(9)); }},
+           {"spec.priority: must be between -1000 and 1000",
+            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_priority(5000); }},
+           {"request_id: at most 128", [&](v1::SubmitJobRequest& r) { r.set_request_id(huge); }}}) {
+    const grpc::Status s = submit(edit);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << what;
+    EXPECT_THAT(s.error_message(), HasSubstr(what));
+    EXPECT_LT(s.error_message().size(), 400u) << "no error echoes an unbounded client string: " << what;
+  }
+  v1::GetJobRequest get;
+  get.set_id(huge);
+  v1::Job job;
+  const grpc::Status long_id = c.Jobs()->GetJob(c.Ctx().get(), get, &job);
+  EXPECT_EQ(long_id.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_LT(long_id.error_message().size(), 200u);
+  v1::ListJobsRequest list;
+  list.set_filter("name=" + huge);
+  v1::ListJobsResponse resp;
+  EXPECT_EQ(c.Jobs()->ListJobs(c.Ctx().get(), list, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // ListJobs pages by bytes as well as by count: 80 jobs of 60 KB specs
+  // (4.8 MB, over gRPC's default 4 MB receive limit) reach a default client in pages.
+  std::string padded = PretrainYaml(1);
+  while (padded.size() < 60000) padded += "# " + std::string(98, 'p') + "\n";
+  for (int i = 0; i < 80; ++i) ASSERT_TRUE(c.Submit(padded, 1).ok()) << i;
+  auto default_client = v1::JobService::NewStub(grpc::CreateChannel(c.address(), grpc::InsecureChannelCredentials()));
+  list.set_filter("");
+  list.set_page_size(1000);
+  int pages = 0, seen = 0;
+  do {
+    resp.Clear();
+    const grpc::Status s = default_client->ListJobs(c.Ctx().get(), list, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_LE(resp.ByteSizeLong(), size_t{3} << 20);
+    seen += resp.jobs_size();
+    ++pages;
+    list.set_page_token(resp.next_page_token());
+  } while (!resp.next_page_token().empty() && pages < 10);
+  EXPECT_EQ(seen, 80);
+  EXPECT_GE(pages, 2);
+
+  // The worker API: unknown enums, malformed events, bytes that are no message.
+  auto workers = v1::WorkerService::NewStub(*services::MakeChannel(c.address(), ""));
+  v1::RegisterWorkerRequest reg;
+  reg.set_worker_id("w");
+  reg.set_host("127.0.0.1");
+  reg.set_slots(1);
+  reg.set_slot_type(static_cast<v1::SlotType>(5));
+  v1::RegisterWorkerResponse rr;
+  const grpc::Status bad_type = workers->RegisterWorker(c.Ctx().get(), reg, &rr);
+  EXPECT_EQ(bad_type.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad_type.error_message(), HasSubstr("slot_type: unknown value 5"));
+  v1::ReportEventsRequest events;
+  events.set_job_id("job-000001");
+  events.set_attempt(1);
+  events.add_events_json("{\"event\": \"step\", \"step\": 1}");
+  events.add_events_json("not json at all");
+  v1::ReportEventsResponse er;
+  const grpc::Status bad_event = workers->ReportEvents(c.Ctx().get(), events, &er);
+  EXPECT_EQ(bad_event.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(bad_event.error_message(), HasSubstr("events_json[1]: not a JSON object"));
+  events.set_events_json(1, "{\"event\": \"step\", \"step\": \"many\"}");
+  EXPECT_THAT(workers->ReportEvents(c.Ctx().get(), events, &er).error_message(), HasSubstr("events_json[1].step"));
+  const fs::path out = c.root() / "raw.out";
+  const std::string raw = Python() + " -c \"import grpc, sys; ch = grpc.insecure_channel(sys.argv[1])\n"
+                          "for m in ['/retina.v1.WorkerService/ReportEvents', '/retina.v1.JobService/SubmitJob']:\n"
+                          "  try: ch.unary_unary(m)(b'\\xff\\xff\\xff\\x0f\\x99', timeout=5); print('OK')\n"
+                          "  except grpc.RpcError as e: print(e.code().name, e.details())\" " + c.address() + " > " +
+                          out.string() + " 2>&1";
+  ASSERT_EQ(std::system(raw.c_str()), 0) << Slurp(out);
+  EXPECT_THAT(Slurp(out), HasSubstr("INVALID_ARGUMENT request: 5 bytes that are not a valid retina.v1.ReportEventsRequest"));
+  EXPECT_THAT(Slurp(out), HasSubstr("INVALID_ARGUMENT request: 5 bytes that are not a valid retina.v1.SubmitJobRequest"));
 }
 
 }  // namespace
