@@ -65,6 +65,13 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
   CheckRangePair(errors, root, "pretrain.augment.dropout_holes", a.dropout_holes);
 
   const FinetuneConfig& f = c.finetune;
+  CheckRangePair(errors, root, "finetune.crop_scale", f.crop_scale);
+  CheckRangePair(errors, root, "finetune.crop_ratio", f.crop_ratio);
+  CheckRangePair(errors, root, "finetune.noise_var", f.noise_var);
+  if (f.pad_to != 0 && f.pad_to < c.model.image_size) {
+    AddAt(errors, root, "finetune.pad_to",
+          absl::StrCat("must be 0 or at least model.image_size (", c.model.image_size, "), got ", f.pad_to));
+  }
   if (!f.class_weights.empty() && static_cast<int>(f.class_weights.size()) != c.model.classes) {
     AddAt(errors, root, "finetune.class_weights",
           absl::StrCat("has ", f.class_weights.size(), " weights but model.classes is ",

@@ -142,12 +142,26 @@ struct FinetuneConfig {
   std::vector<double> class_weights;
   std::int64_t eval_every_iters = 500;
   std::int64_t save_every_iters = 500;
+  // The augmentation recipe (METHOD.md section 3), every parameter a key;
+  // defaults are the paper's.
+  int pad_to = 0;
+  std::string crop = "resized";
+  double crop_p = 1.0;
+  std::vector<double> crop_scale{0.08, 1.0};
+  std::vector<double> crop_ratio{0.5, 1.5};
   double foreground_crop_p = 0.0;
   double rotate_p = 0.5;
   double rotate_limit = 180;
+  double rotate90_p = 0.0;
+  double hflip_p = 0.5;
+  double vflip_p = 0.5;
   double brightness_contrast_p = 0.5;
   double brightness_limit = 0.2;
   double contrast_limit = 0.2;
+  double noise_p = 0.0;
+  std::vector<double> noise_var{400, 1200};
+  double blur_p = 0.0;
+  int blur_limit = 7;
   bool noise_blur = false;
   double val_overlap = 0.2;
   template <class V>
@@ -164,14 +178,30 @@ struct FinetuneConfig {
             Spec("cross-entropy weights, one per class; empty = uniform").Min(0));
     v.Field("eval_every_iters", &eval_every_iters, Spec("validation interval; 0 = never").Unit("iterations").Min(0));
     v.Field("save_every_iters", &save_every_iters, Spec("checkpoint interval").Unit("iterations").Min(1));
+    v.Field("pad_to", &pad_to,
+            Spec("pad images smaller than this (reflect-101, centred) before cropping; 0 = model.image_size").Unit("px").Min(0).Max(65536));
+    v.Field("crop", &crop,
+            Spec("resized = random resized crop (with crop_p, else a plain crop); random = plain crops of model.image_size")
+                .OneOf({"resized", "random"}));
+    v.Field("crop_p", &crop_p, Spec("probability of the resized crop (crop: resized)").Min(0).Max(1));
+    v.Field("crop_scale", &crop_scale, Spec("resized crop: area fraction range [lo, hi]").Min(0).Max(1));
+    v.Field("crop_ratio", &crop_ratio, Spec("resized crop: aspect ratio range [lo, hi] (log-uniform)").Above(0));
     v.Field("foreground_crop_p", &foreground_crop_p,
             Spec("crop around a random foreground pixel (0.8 for UroCell, CREMI, Kasthuri++)").Min(0).Max(1));
     v.Field("rotate_p", &rotate_p, Spec("rotation probability").Min(0).Max(1));
     v.Field("rotate_limit", &rotate_limit, Spec("rotation angle ~ U(-limit, limit)").Unit("deg").Min(0).Max(180));
+    v.Field("rotate90_p", &rotate90_p, Spec("rotation by k x 90 degrees, k ~ U{0..3} (albumentations RandomRotate90)").Min(0).Max(1));
+    v.Field("hflip_p", &hflip_p, Spec("horizontal flip probability").Min(0).Max(1));
+    v.Field("vflip_p", &vflip_p, Spec("vertical flip probability").Min(0).Max(1));
     v.Field("brightness_contrast_p", &brightness_contrast_p, Spec("brightness/contrast probability (image only)").Min(0).Max(1));
     v.Field("brightness_limit", &brightness_limit, Spec("beta = U(-l, l) x 255 (albumentations default)").Min(0).Max(1));
     v.Field("contrast_limit", &contrast_limit, Spec("alpha = 1 + U(-l, l) (albumentations default)").Min(0).Max(1));
-    v.Field("noise_blur", &noise_blur, Spec("Gaussian noise + blur, p 0.5 each (Guay)"));
+    v.Field("noise_p", &noise_p, Spec("Gaussian noise probability (image only)").Min(0).Max(1));
+    v.Field("noise_var", &noise_var, Spec("noise variance range [lo, hi]").Unit("grey levels^2").Min(0));
+    v.Field("blur_p", &blur_p, Spec("Gaussian blur probability (image only)").Min(0).Max(1));
+    v.Field("blur_limit", &blur_limit,
+            Spec("largest blur kernel: k ~ U{3..limit}, an even k taken as k + 1 (7: 3, 5, 7 with 1/5, 2/5, 2/5)").Min(3).Max(31));
+    v.Field("noise_blur", &noise_blur, Spec("shorthand: noise_p and blur_p at least 0.5 (Guay)"));
     v.Field("val_overlap", &val_overlap, Spec("sliding-window overlap for validation").Min(0).Max(0.95));
   }
 };

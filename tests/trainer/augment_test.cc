@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
+#include "common/job_config.h"
+
 namespace retina::trainer {
 namespace {
 
@@ -213,6 +217,95 @@ TEST(Finetune, ForegroundCropFindsSmallObjectsAndSmallInputsArePadded) {
   const FinetuneBatch b = aug(torch::full({2, 100, 150}, 7, torch::kByte), torch::ones({2, 100, 150}, torch::kByte), gen);
   EXPECT_EQ(b.image.sizes(), (std::vector<int64_t>{2, 1, 224, 224}));
   EXPECT_TRUE(torch::all(b.mask == 1).item<bool>());  // reflect padding repeats the mask too
+}
+
+// The recipe as data (issue 20): plain crops and 90-degree rotations are
+// exact resamplings of the input; flips and noise/blur follow their keys.
+TEST(Finetune, PlainCropsRot90FlipsAndBlurFollowTheirKeys) {
+  // Distinct values per pixel: a 96x96 image whose pixel (y, x) holds (y * 96 + x) % 251.
+  const torch::Tensor ramp = (torch::arange(96 * 96, torch::kInt) % 251).to(torch::kByte).view({1, 96, 96});
+  const torch::Tensor image = ramp.repeat({16, 1, 1});
+  const torch::Tensor mask = image.clone();
+  FinetuneConfig c = Plain();
+  c.crop = "random";
+  c.rotate_p = 0;
+  c.hflip_p = c.vflip_p = 0;
+  FinetuneAugmenter plain(c, 0.0, 1.0, 64);
+  torch::Generator gen = at::detail::createCPUGenerator(9);
+  const FinetuneBatch b = plain(image, mask, gen);
+  const auto crop = b.geometry.crop.accessor<float, 2>();
+  std::set<std::pair<int, int>> origins;
+  for (int64_t i = 0; i < 16; ++i) {
+    EXPECT_EQ(crop[i][2], 64);
+    EXPECT_EQ(crop[i][3], 64);
+    const int x0 = static_cast<int>(crop[i][0]), y0 = static_cast<int>(crop[i][1]);
+    origins.insert({x0, y0});
+    const torch::Tensor want = mask[i].slice(0, y0, y0 + 64).slice(1, x0, x0 + 64).to(torch::kLong);
+    EXPECT_TRUE(torch::equal(b.mask[i], want)) << "a plain crop is the input window itself, sample " << i;
+    EXPECT_LT((b.image[i][0] * 255 - want.to(torch::kFloat)).abs().max().item<float>(), 1e-2);
+  }
+  EXPECT_GT(origins.size(), 8u) << "crops at random places";
+
+  c.rotate90_p = 1.0;
+  FinetuneAugmenter rot(c, 0.0, 1.0, 64);
+  gen = at::detail::createCPUGenerator(9);
+  const FinetuneBatch r = rot(image, mask, gen);
+  std::set<int> quarter_turns;
+  for (int64_t i = 0; i < 16; ++i) {
+    const float angle = r.geometry.angle_deg[i].item<float>();
+    const int k = static_cast<int>(std::lround(angle / 90.0f));
+    EXPECT_FLOAT_EQ(angle, 90.0f * k);
+    quarter_turns.insert(k);
+    const auto cr = r.geometry.crop.accessor<float, 2>();
+    const torch::Tensor window = mask[i].slice(0, cr[i][1], cr[i][1] + 64).slice(1, cr[i][0], cr[i][0] + 64).to(torch::kLong);
+    // cv2's positive angle turns counter-clockwise: torch.rot90 with k quarter turns.
+    bool any = false;
+    for (int turns = 0; turns < 4; ++turns) any |= torch::equal(r.mask[i], torch::rot90(window, turns, {0, 1}));
+    EXPECT_TRUE(any) << "a k x 90 rotation is a lossless permutation of the window, sample " << i;
+    EXPECT_TRUE(torch::equal(r.mask[i], torch::rot90(window, k, {0, 1})) ||
+                torch::equal(r.mask[i], torch::rot90(window, -k, {0, 1})));
+  }
+  EXPECT_EQ(quarter_turns.size(), 4u) << "k ~ U{0..3}";
+
+  // Flip probabilities and the blur kernel range are the keys' values.
+  FinetuneConfig f = Plain();
+  f.hflip_p = 1.0;
+  f.vflip_p = 0.0;
+  FinetuneAugmenter flips(f, 0.0, 1.0, 64);
+  gen = at::detail::createCPUGenerator(2);
+  const GeometryParams g = flips.SampleGeometry(mask, gen);
+  EXPECT_TRUE(torch::all(g.hflip).item<bool>());
+  EXPECT_FALSE(torch::any(g.vflip).item<bool>());
+  f.brightness_contrast_p = 0;
+  f.blur_p = 1.0;
+  f.blur_limit = 3;
+  const torch::Tensor noisy = torch::randint(0, 256, {32, 64, 64}, torch::kByte);
+  gen = at::detail::createCPUGenerator(4);
+  FinetuneConfig none = f;
+  none.blur_p = 0;
+  const FinetuneBatch blurred = FinetuneAugmenter(f, 0.0, 1.0, 64)(noisy, noisy, gen);
+  gen = at::detail::createCPUGenerator(4);
+  const FinetuneBatch sharp = FinetuneAugmenter(none, 0.0, 1.0, 64)(noisy, noisy, gen);
+  EXPECT_LT(blurred.image.std().item<float>(), 0.8f * sharp.image.std().item<float>()) << "blur_p 1 blurs";
+}
+
+TEST(Finetune, RecipeKeysParseWithThePapersDefaultsAndAreChecked) {
+  absl::StatusOr<JobConfig> d = ParseJobConfig("kind: finetune\ndata: {dataset: x}\n", "t.yaml");
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->finetune.crop, "resized");
+  EXPECT_EQ(d->finetune.crop_scale, (std::vector<double>{0.08, 1.0}));
+  EXPECT_EQ(d->finetune.crop_ratio, (std::vector<double>{0.5, 1.5}));
+  EXPECT_EQ(d->finetune.hflip_p, 0.5);
+  EXPECT_EQ(d->finetune.rotate90_p, 0.0);
+  EXPECT_EQ(d->finetune.blur_limit, 7);
+  for (const auto& [yaml, field] : std::vector<std::pair<std::string, std::string>>{
+           {"{crop: squash}", "finetune.crop"}, {"{crop_scale: [0.9, 0.1]}", "finetune.crop_scale"},
+           {"{pad_to: 32}", "finetune.pad_to"}}) {
+    absl::StatusOr<JobConfig> bad =
+        ParseJobConfig("kind: finetune\ndata: {dataset: x}\nfinetune: " + yaml + "\n", "t.yaml");
+    ASSERT_FALSE(bad.ok()) << yaml;
+    EXPECT_NE(std::string(bad.status().message()).find(field), std::string::npos) << bad.status().message();
+  }
 }
 
 }  // namespace

@@ -39,6 +39,15 @@ int64_t SampleBlurKernel(Uniforms& u) {
   return which < 0.2 ? 3 : (which < 0.6 ? 5 : 7);
 }
 
+// A kernel k ~ U{3..limit}, an even k taken as k + 1 (albumentations); for
+// limit 7 the same distribution as SampleBlurKernel, from one draw.
+int64_t SampleBlurKernel(Uniforms& u, int limit) {
+  if (limit == 7) return SampleBlurKernel(u);
+  const int64_t n = std::max(1, limit - 2);
+  const int64_t k = 3 + std::min<int64_t>(n - 1, static_cast<int64_t>(u.Next() * n));
+  return k % 2 == 0 ? k + 1 : k;
+}
+
 // Row-major 3x3 in double.
 using Mat3 = std::array<double, 9>;
 Mat3 Mul(const Mat3& a, const Mat3& b) {
@@ -268,14 +277,21 @@ FinetuneAugmenter::FinetuneAugmenter(FinetuneConfig config, double mean, double 
 
 GeometryParams FinetuneAugmenter::SampleGeometry(const torch::Tensor& masks_u8, torch::Generator& gen) const {
   const int64_t b = masks_u8.size(0), h = masks_u8.size(1), w = masks_u8.size(2);
-  const PretrainAugmentConfig as_in_pretraining;  // METHOD.md section 3: "random resized crop 224 (as above)"
-  const std::vector<double>& scale = as_in_pretraining.crop_scale;
-  const std::vector<double>& ratio = as_in_pretraining.crop_ratio;
   GeometryParams p = GeometryParams::ForBatch(b);
   Uniforms u(gen);
   const torch::Tensor masks_cpu = masks_u8.to(torch::kCPU);
+  const double side = static_cast<double>(out_size_);
   for (int64_t i = 0; i < b; ++i) {
-    std::array<double, 4> crop = SampleResizedCrop(h, w, scale, ratio, gen);
+    // METHOD.md section 3: "random resized crop 224 (as above)"; crop: random
+    // (or the crop_p miss) is a plain crop of the output size at a random place.
+    std::array<double, 4> crop;
+    if (c_.crop == "resized" && (c_.crop_p >= 1.0 || u.Chance(c_.crop_p))) {  // p 1 draws nothing: the stream stays as before
+      crop = SampleResizedCrop(h, w, c_.crop_scale, c_.crop_ratio, gen);
+    } else {
+      const double cw = std::min<double>(side, w), ch = std::min<double>(side, h);
+      crop = {static_cast<double>(u.Int(0, w - static_cast<int64_t>(cw))),
+              static_cast<double>(u.Int(0, h - static_cast<int64_t>(ch))), cw, ch};
+    }
     if (u.Chance(c_.foreground_crop_p)) {
       const torch::Tensor fg = masks_cpu[i].flatten().nonzero();
       if (fg.size(0) > 0) {
@@ -286,9 +302,11 @@ GeometryParams FinetuneAugmenter::SampleGeometry(const torch::Tensor& masks_u8, 
       }
     }
     for (int k = 0; k < 4; ++k) p.crop[i][k] = static_cast<float>(crop[k]);
-    if (u.Chance(c_.rotate_p)) p.angle_deg[i] = static_cast<float>(u.Between(-c_.rotate_limit, c_.rotate_limit));
-    p.hflip[i] = u.Chance(0.5);
-    p.vflip[i] = u.Chance(0.5);
+    double angle = u.Chance(c_.rotate_p) ? u.Between(-c_.rotate_limit, c_.rotate_limit) : 0.0;
+    if (c_.rotate90_p > 0 && u.Chance(c_.rotate90_p)) angle += 90.0 * static_cast<double>(u.Int(0, 3));
+    p.angle_deg[i] = static_cast<float>(angle);
+    p.hflip[i] = u.Chance(c_.hflip_p);
+    p.vflip[i] = u.Chance(c_.vflip_p);
   }
   return p;
 }
@@ -299,8 +317,9 @@ FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, cons
   namespace F = torch::nn::functional;
   torch::Tensor images = images_u8.unsqueeze(1).to(torch::kFloat);
   torch::Tensor masks = masks_u8.unsqueeze(1).to(torch::kFloat);
-  // Pad to the output size, centred, reflect-101.
-  const int64_t ph = std::max<int64_t>(0, out_size_ - images.size(2)), pw = std::max<int64_t>(0, out_size_ - images.size(3));
+  // Pad to pad_to (default: the output size), centred, reflect-101.
+  const int64_t pad_to = c_.pad_to > 0 ? std::max<int64_t>(c_.pad_to, out_size_) : out_size_;
+  const int64_t ph = std::max<int64_t>(0, pad_to - images.size(2)), pw = std::max<int64_t>(0, pad_to - images.size(3));
   if (ph > 0 || pw > 0) {
     const auto pad = F::PadFuncOptions({pw / 2, pw - pw / 2, ph / 2, ph - ph / 2}).mode(torch::kReflect);
     images = F::pad(images, pad);
@@ -315,7 +334,8 @@ FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, cons
   // Intensity changes, image only.
   CorruptionParams p = NoCorruption(b, 0);
   Uniforms u(gen);
-  const PretrainAugmentConfig reference;  // noise variance range as in pre-training
+  const double noise_p = c_.noise_blur ? std::max(c_.noise_p, 0.5) : c_.noise_p;
+  const double blur_p = c_.noise_blur ? std::max(c_.blur_p, 0.5) : c_.blur_p;
   for (int64_t i = 0; i < b; ++i) {
     if (u.Chance(c_.brightness_contrast_p)) {
       p.bc_apply[i] = true;
@@ -324,11 +344,11 @@ FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, cons
     } else {
       p.bc_apply[i] = false;
     }
-    if (c_.noise_blur && u.Chance(0.5)) {
+    if (noise_p > 0 && u.Chance(noise_p)) {
       p.noise_apply[i] = true;
-      p.noise_sigma[i] = static_cast<float>(std::sqrt(u.Between(reference.noise_var[0], reference.noise_var[1])));
+      p.noise_sigma[i] = static_cast<float>(std::sqrt(u.Between(c_.noise_var[0], c_.noise_var[1])));
     }
-    if (c_.noise_blur && u.Chance(0.5)) p.blur_kernel[i] = SampleBlurKernel(u);
+    if (blur_p > 0 && u.Chance(blur_p)) p.blur_kernel[i] = SampleBlurKernel(u, c_.blur_limit);
   }
   image = ApplyCorruption(image, p, 16, &gen);
   out.image = image * (1.0 / (255.0 * std_)) - mean_ / std_;
