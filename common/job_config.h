@@ -21,6 +21,7 @@ struct ModelConfig {
   std::string name = "r50-vit-b16";
   int image_size = 224;
   int classes = 1;
+  double dropout = 0.1;
   template <class V>
   void Visit(V& v) {
     v.Field("name", &name, Spec("named model configuration (METHOD.md section 1)")
@@ -29,6 +30,8 @@ struct ModelConfig {
             Spec("input side length; a multiple of 16").Unit("px").Min(16).Max(4096));
     v.Field("classes", &classes,
             Spec("segmentation classes incl. background (1 = binary, sigmoid)").Min(1).Max(1024));
+    v.Field("dropout", &dropout,
+            Spec("transformer dropout (embeddings and MLP; attention dropout is 0); 0 makes a step deterministic").Min(0).Max(0.9));
   }
 };
 
@@ -223,10 +226,13 @@ struct EvaluateConfig {
 struct CheckpointConfig {
   int keep_last = 3;
   bool keep_best = true;
+  bool save_initial = false;
   template <class V>
   void Visit(V& v) {
     v.Field("keep_last", &keep_last, Spec("newest checkpoints kept").Min(1).Max(100000));
     v.Field("keep_best", &keep_best, Spec("also keep the best by validation IoU"));
+    v.Field("save_initial", &save_initial,
+            Spec("also write step 0 (the weights after initialisation and transfer) before the first step"));
   }
 };
 
@@ -240,7 +246,8 @@ struct RuntimeConfig {
   void Visit(V& v) {
     v.Field("device", &device, Spec("auto = cuda when available").OneOf({"auto", "cpu", "cuda"}));
     v.Field("precision", &precision,
-            Spec("auto = bf16 autocast on CUDA, fp32 on CPU").OneOf({"auto", "fp32", "bf16"}));
+            Spec("auto = bf16 autocast on CUDA, fp32 on CPU; fp64 = weights, activations and losses in float64 "
+                 "(for verification: training-step parity)").OneOf({"auto", "fp32", "bf16", "fp64"}));
     v.Field("dist_backend", &dist_backend,
             Spec("auto = nccl on CUDA, mpi under mpirun/srun, else gloo").OneOf({"auto", "nccl", "mpi", "gloo"}));
     v.Field("collective_timeout_s", &collective_timeout_s,

@@ -118,6 +118,10 @@ torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in
 torch::Tensor WarpBatch(const torch::Tensor& x, const torch::Tensor& theta, int64_t out_h, int64_t out_w,
                         bool nearest) {
   namespace F = torch::nn::functional;
+  if (x.size(2) == out_h && x.size(3) == out_w) {
+    const torch::Tensor identity = torch::tensor({1.0f, 0.0f, 0.0f, 0.0f, 1.0f, 0.0f}).view({1, 2, 3});
+    if (theta.to(torch::kCPU, torch::kFloat).eq(identity).all().item<bool>()) return x;
+  }
   const torch::Tensor grid = F::affine_grid(theta.to(x.device(), x.scalar_type()),
                                             {x.size(0), x.size(1), out_h, out_w}, /*align_corners=*/true);
   F::GridSampleFuncOptions options;
@@ -134,8 +138,9 @@ torch::Tensor GaussianKernel1d(int k) {
   return (g / g.sum()).to(torch::kFloat);
 }
 
-PretrainAugmenter::PretrainAugmenter(PretrainAugmentConfig config, double mean, double std, int64_t out_size)
-    : c_(std::move(config)), mean_(mean), std_(std), out_size_(out_size) {}
+PretrainAugmenter::PretrainAugmenter(PretrainAugmentConfig config, double mean, double std, int64_t out_size,
+                                     torch::Dtype dtype)
+    : c_(std::move(config)), mean_(mean), std_(std), out_size_(out_size), dtype_(dtype) {}
 
 GeometryParams PretrainAugmenter::SampleGeometry(int64_t b, int64_t h, int64_t w, torch::Generator& gen) const {
   GeometryParams p = GeometryParams::ForBatch(b);
@@ -263,8 +268,8 @@ PretrainBatch PretrainAugmenter::operator()(const torch::Tensor& raw_u8, torch::
                                          out_size_, out_size_, /*nearest=*/false);
   const torch::Tensor input = Corrupt(target, out.corruption, &gen);
   const double scale = 1.0 / (255.0 * std_), shift = mean_ / std_;
-  out.target = target * scale - shift;
-  out.input = input * scale - shift;
+  out.target = target.to(dtype_) * scale - shift;
+  out.input = input.to(dtype_) * scale - shift;
   return out;
 }
 
@@ -272,8 +277,9 @@ PretrainBatch PretrainAugmenter::operator()(const torch::Tensor& raw_u8, torch::
 
 namespace retina::trainer {
 
-FinetuneAugmenter::FinetuneAugmenter(FinetuneConfig config, double mean, double std, int64_t out_size)
-    : c_(std::move(config)), mean_(mean), std_(std), out_size_(out_size) {}
+FinetuneAugmenter::FinetuneAugmenter(FinetuneConfig config, double mean, double std, int64_t out_size,
+                                     torch::Dtype dtype)
+    : c_(std::move(config)), mean_(mean), std_(std), out_size_(out_size), dtype_(dtype) {}
 
 GeometryParams FinetuneAugmenter::SampleGeometry(const torch::Tensor& masks_u8, torch::Generator& gen) const {
   const int64_t b = masks_u8.size(0), h = masks_u8.size(1), w = masks_u8.size(2);
@@ -351,7 +357,7 @@ FinetuneBatch FinetuneAugmenter::operator()(const torch::Tensor& images_u8, cons
     if (blur_p > 0 && u.Chance(blur_p)) p.blur_kernel[i] = SampleBlurKernel(u, c_.blur_limit);
   }
   image = ApplyCorruption(image, p, 16, &gen);
-  out.image = image * (1.0 / (255.0 * std_)) - mean_ / std_;
+  out.image = image.to(dtype_) * (1.0 / (255.0 * std_)) - mean_ / std_;
   return out;
 }
 

@@ -60,7 +60,9 @@ torch::Tensor GeometryMatrices(const GeometryParams& p, int64_t in_h, int64_t in
 torch::Tensor ApplyCorruption(const torch::Tensor& grey, const CorruptionParams& p, int64_t dropout_size,
                               torch::Generator* noise_gen);
 
-// Warps [B, C, H, W] float images (bilinear) or masks (nearest).
+// Warps [B, C, H, W] float images (bilinear) or masks (nearest). An identity
+// warp (every theta exactly [[1, 0, 0], [0, 1, 0]], output size = input size)
+// returns x unchanged: grid_sample would round it.
 torch::Tensor WarpBatch(const torch::Tensor& x, const torch::Tensor& theta, int64_t out_h, int64_t out_w,
                         bool nearest);
 
@@ -75,7 +77,9 @@ struct PretrainBatch {
 
 class PretrainAugmenter {
  public:
-  PretrainAugmenter(PretrainAugmentConfig config, double mean, double std, int64_t out_size);
+  // `dtype`: of the normalised outputs (the augmentation itself runs in float32).
+  PretrainAugmenter(PretrainAugmentConfig config, double mean, double std, int64_t out_size,
+                    torch::Dtype dtype = torch::kFloat);
   PretrainBatch operator()(const torch::Tensor& raw_u8, torch::Generator& gen) const;
 
   GeometryParams SampleGeometry(int64_t batch, int64_t h, int64_t w, torch::Generator& gen) const;
@@ -87,6 +91,7 @@ class PretrainAugmenter {
   PretrainAugmentConfig c_;
   double mean_, std_;
   int64_t out_size_;
+  torch::Dtype dtype_;
 };
 
 // Fine-tuning (METHOD.md section 3), image and mask together: a crop of the
@@ -102,7 +107,9 @@ struct FinetuneBatch {
 
 class FinetuneAugmenter {
  public:
-  FinetuneAugmenter(FinetuneConfig config, double mean, double std, int64_t out_size);
+  // `dtype`: of the normalised image (the augmentation itself runs in float32).
+  FinetuneAugmenter(FinetuneConfig config, double mean, double std, int64_t out_size,
+                    torch::Dtype dtype = torch::kFloat);
   FinetuneBatch operator()(const torch::Tensor& images_u8, const torch::Tensor& masks_u8, torch::Generator& gen) const;
   // The geometry for masks [B, H, W] (uses their foreground).
   GeometryParams SampleGeometry(const torch::Tensor& masks_u8, torch::Generator& gen) const;
@@ -111,6 +118,7 @@ class FinetuneAugmenter {
   FinetuneConfig c_;
   double mean_, std_;
   int64_t out_size_;
+  torch::Dtype dtype_;
 };
 
 // The Gaussian kernel OpenCV uses for size k and sigma 0:

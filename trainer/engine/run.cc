@@ -252,8 +252,10 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
   ASSIGN_OR_RETURN(TransUNetConfig mc,
                    NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
                                     pretrain ? ModelHead::kReconstruction : ModelHead::kSegmentation));
+  mc.dropout_rate = config.model.dropout;
   torch::manual_seed(config.seed);
   VisionTransformer model(mc);
+  model->to(device.dtype);  // before the transfer, so fp64 keeps the checkpoint's float64 values
   if (!pretrain && config.finetune.init != "random") {
     ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(config.finetune.init, o.store, "finetune.init"));
     ASSIGN_OR_RETURN(StateDict weights, ReadWeights(source, mc), "finetune.init");
@@ -268,7 +270,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
     TORCH_CHECK(s.ok(), std::string(s.message()));
   });
   if (cm->size() > 1) SetBatchNormAllReduce(*model, bn_all_reduce);
-  model->to(device.device);
+  model->to(device.device, device.dtype);
   model->SetChannelsLast(true);
   RETURN_IF_ERROR(BroadcastModuleState(*model, *cm));
   GradientReducer reducer(*model, cm);
@@ -286,8 +288,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
 
   // Resume.
   StepState st;
+  fs::path from;
   if (o.resume != "never") {
-    fs::path from;
     if (o.resume == "auto") {
       absl::StatusOr<CheckpointInfo> latest = CheckpointStore(ckpt_dir).Latest();
       if (latest.ok()) from = latest->dir;
@@ -310,14 +312,19 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
     ASSIGN_OR_RETURN(events, EventLog::Open(layout.EventsPath(o.job_id), o.events));
     if (st.step > 0) events->Write({{"event", "resumed"}, {"step", st.step}});
   }
+  if (config.checkpoint.save_initial && from.empty() && events) {
+    // Step 0: the weights every later step starts from (after transfer).
+    RETURN_IF_ERROR(SaveCheckpoint(ckpt_dir, st, *model, opt, config, o, launch.world_size, std::nullopt, mean, std,
+                                   events.get()));
+  }
   const int64_t steps_per_epoch = data->size() / global_batch;
   const int64_t total = pretrain ? config.pretrain.epochs * steps_per_epoch : config.finetune.iters;
   const int64_t horizon = config.schedule.horizon_iters > 0 ? config.schedule.horizon_iters : total;
   ASSIGN_OR_RETURN(DistributedSampler sampler, DistributedSampler::Create(data->size(), config.seed, launch.world_size, launch.rank));
   RETURN_IF_ERROR(sampler.Restore(st.sampler));
 
-  PretrainAugmenter pre_aug(config.pretrain.augment, mean, std, mc.image_size);
-  FinetuneAugmenter fine_aug(config.finetune, mean, std, mc.image_size);
+  PretrainAugmenter pre_aug(config.pretrain.augment, mean, std, mc.image_size, device.dtype);
+  FinetuneAugmenter fine_aug(config.finetune, mean, std, mc.image_size, device.dtype);
   StopSignals signals;
   // Rate and ETA from the steps this process runs (not those it resumed past).
   ProgressBar bar(absl::StrCat(config.kind, " ", o.job_id), total, "steps", st.step);
@@ -385,10 +392,11 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
         const FinetuneBatch fb = fine_aug(images, masks, gen);
         const torch::Tensor logits = model(fb.image);
         const bool binary = config.finetune.loss == "bce_dice" || (config.finetune.loss == "auto" && mc.num_classes == 1);
-        const torch::Tensor l = logits.to(torch::kFloat);  // losses in fp32 under autocast
+        // Losses in fp32 under autocast (in float64 at fp64).
+        const torch::Tensor l = logits.to(device.dtype);
         loss = binary ? BceDiceLoss(l, fb.mask) : CeDiceLoss(l, fb.mask, config.finetune.class_weights);
       }
-      loss = loss.to(torch::kFloat);
+      loss = loss.to(device.dtype);
       loss.backward();
     } catch (const c10::Error& e) {
       return absl::InternalError(absl::StrCat("rank ", launch.rank, ": step ", st.step, ": ", e.what_without_backtrace()));
@@ -400,11 +408,11 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
 
     // Mean loss and any rank's stop request, in one collective.
     torch::Tensor shared =
-        torch::tensor({loss.item<float>(), g_stop_signal.load() != 0 ? 1.0f : 0.0f}).to(device.device);
+        torch::tensor({loss.item<double>(), g_stop_signal.load() != 0 ? 1.0 : 0.0}, torch::kDouble).to(device.device);
     RETURN_IF_ERROR(cm->AllReduceSum(shared, "loss and stop flag"));
     shared = shared.to(torch::kCPU);
     const double mean_loss = shared[0].item<double>() / cm->size();
-    const bool stop = shared[1].item<float>() > 0;
+    const bool stop = shared[1].item<double>() > 0;
 
     const auto now = std::chrono::steady_clock::now();
     const double dt = std::chrono::duration<double>(now - last).count();
@@ -429,7 +437,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
         RETURN_IF_ERROR(val->CheckSample(i), "data.val_dataset");
         const torch::Tensor img =
             torch::from_blob(const_cast<uint8_t*>(val->image(i)), {val->height(), val->width()}, torch::kByte);
-        const torch::Tensor logits = SlidingWindowLogits(ModelForward(model), (img.to(torch::kFloat) / 255 - mean) / std, so);
+        const torch::Tensor logits = SlidingWindowLogits(ModelForward(model), (img.to(device.dtype) / 255 - mean) / std, so);
         const torch::Tensor lab = logits.size(0) == 1 ? (logits[0] > 0).to(torch::kByte) : logits.argmax(0).to(torch::kByte);
         std::memcpy(preds.data.data() + i * plane, lab.contiguous().data_ptr<uint8_t>(), plane);
         std::memcpy(truth.data.data() + i * plane, val->mask(i), plane);

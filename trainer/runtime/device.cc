@@ -24,7 +24,8 @@ absl::StatusOr<DevicePlan> PlanDevice(const std::string& device, const std::stri
   if (plan.bf16 && !cuda) {
     return absl::FailedPreconditionError("runtime.precision: bf16 autocast is for CUDA; use fp32 (or auto) on CPU");
   }
-  plan.describe = absl::StrCat(plan.device.str(), plan.bf16 ? " bf16 autocast" : " fp32");
+  if (precision == "fp64") plan.dtype = torch::kDouble;
+  plan.describe = absl::StrCat(plan.device.str(), plan.bf16 ? " bf16 autocast" : precision == "fp64" ? " fp64" : " fp32");
   return plan;
 }
 

@@ -13,11 +13,13 @@ namespace retina::trainer {
 struct DevicePlan {
   torch::Device device = torch::kCPU;
   bool bf16 = false;  // autocast forward/backward in bfloat16 (fp32 master weights)
+  torch::Dtype dtype = torch::kFloat;  // of the weights, inputs and losses: kDouble for fp64
   std::string describe;
 };
 
-// runtime.device (auto|cpu|cuda) and runtime.precision (auto|fp32|bf16):
-// cuda = device LOCAL_RANK % device_count; auto precision = bf16 on CUDA.
+// runtime.device (auto|cpu|cuda) and runtime.precision (auto|fp32|bf16|fp64):
+// cuda = device LOCAL_RANK % device_count; auto precision = bf16 on CUDA;
+// fp64 = float64 weights, inputs and losses (verification runs).
 // Enables cuDNN autotuning on CUDA. FAILED_PRECONDITION when CUDA is asked
 // for and absent, or bf16 on CPU.
 absl::StatusOr<DevicePlan> PlanDevice(const std::string& device, const std::string& precision, int local_rank);
