@@ -1,13 +1,13 @@
 #include "common/metrics_csv.h"
 
 #include <map>
-
-#include <nlohmann/json.hpp>
+#include <variant>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
+#include "common/records.h"
 #include "common/status_macros.h"
 
 namespace retina {
@@ -72,10 +72,12 @@ absl::Status TruncateEventLog(const std::filesystem::path& path, int64_t max_ste
   ASSIGN_OR_RETURN(std::string text, ReadFile(path));
   std::string out;
   for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
-    const nlohmann::json e = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (e.is_object() && e.contains("step") && e["step"].is_number_integer() && e["step"].get<int64_t>() > max_step) {
-      const std::string kind = e.value("event", "");
-      if (kind == "step" || kind == "eval") continue;
+    // Steps and validations past the checkpoint are the killed attempt's;
+    // anything else (and lines this build cannot read) is kept.
+    const absl::StatusOr<Event> e = DecodeEvent(line);
+    if (e.ok() && (std::holds_alternative<StepEvent>(*e) || std::holds_alternative<EvalEvent>(*e)) &&
+        EventStep(*e).value_or(0) > max_step) {
+      continue;
     }
     out.append(line.data(), line.size());
     out += '\n';

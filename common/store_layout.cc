@@ -30,7 +30,9 @@ fs::path StoreLayout::DatasetDir(absl::string_view dataset) const {
 fs::path StoreLayout::JobDir(absl::string_view job_id) const {
   return root_ / "jobs" / std::string(job_id);
 }
+fs::path StoreLayout::SubmittedConfigPath(absl::string_view job_id) const { return JobDir(job_id) / "job.yaml"; }
 fs::path StoreLayout::SpecPath(absl::string_view job_id) const { return JobDir(job_id) / "spec.yaml"; }
+fs::path StoreLayout::EvalReportPath(absl::string_view job_id) const { return JobDir(job_id) / "eval.json"; }
 fs::path StoreLayout::EventsPath(absl::string_view job_id) const {
   return JobDir(job_id) / "events.jsonl";
 }

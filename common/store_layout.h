@@ -1,9 +1,13 @@
 // Paths of the shared store (ARCHITECTURE.md "The shared store"):
 //
 //   <root>/datasets/<name>/manifest.json, shard-00000.h5 ...
-//   <root>/jobs/<id>/spec.yaml, events.jsonl, metrics.csv
+//   <root>/jobs/<id>/job.yaml       the submitted job file (worker -> ranks)
+//   <root>/jobs/<id>/spec.yaml      the job as the ranks ran it (defaults filled in)
+//   <root>/jobs/<id>/events.jsonl   Event records (common/records.h)
+//   <root>/jobs/<id>/metrics.csv    MetricsRow records (common/metrics_csv.h)
+//   <root>/jobs/<id>/eval.json      an EvalReport (evaluate jobs)
 //   <root>/jobs/<id>/logs/attempt-<k>/rank-<r>.log
-//   <root>/jobs/<id>/checkpoints/step-NNNNNNNN/..., LATEST
+//   <root>/jobs/<id>/checkpoints/step-NNNNNNNN/{model.pt, optimizer.pt, state.json, MANIFEST}, LATEST
 //
 // Pure path arithmetic: nothing is created or read. Names that could escape
 // the store (empty, ".", "..", containing '/', or control characters) are
@@ -26,10 +30,15 @@ class StoreLayout {
   // [A-Za-z0-9._-], not starting with '.'. `what` names the field in the error.
   static absl::Status ValidateName(absl::string_view name, absl::string_view what);
 
+  // File names inside a checkpoint directory (common/checkpoint_store.h).
+  static constexpr const char* kCheckpointState = "state.json";  // a CheckpointState
+
   const std::filesystem::path& root() const { return root_; }
   std::filesystem::path DatasetDir(absl::string_view dataset) const;
   std::filesystem::path JobDir(absl::string_view job_id) const;
+  std::filesystem::path SubmittedConfigPath(absl::string_view job_id) const;
   std::filesystem::path SpecPath(absl::string_view job_id) const;
+  std::filesystem::path EvalReportPath(absl::string_view job_id) const;
   std::filesystem::path EventsPath(absl::string_view job_id) const;
   std::filesystem::path MetricsCsvPath(absl::string_view job_id) const;
   std::filesystem::path LogDir(absl::string_view job_id, int attempt) const;

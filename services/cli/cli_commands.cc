@@ -18,6 +18,7 @@
 #include "common/file_util.h"
 #include "common/job_config.h"
 #include "common/progress.h"
+#include "common/records.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "retina/v1/job_service.grpc.pb.h"
@@ -312,29 +313,24 @@ absl::Status Logs(const Client& c, const std::vector<std::string>& args) {
   return Call(reader->Finish());
 }
 
-std::string Num(const nlohmann::json& v) {
-  return v.is_number() ? absl::StrFormat("%.4f", v.get<double>()) : std::string("-");
-}
-
 // eval.json of an evaluation job as a per-item, per-class table.
 void PrintEvaluation(const std::string& text) {
-  const nlohmann::json e = nlohmann::json::parse(text, nullptr, false);
-  if (!e.is_object() || !e.contains("items")) {
-    std::printf("evaluation: %s\n", text.c_str());
+  const absl::StatusOr<EvalReport> e = DecodeEvalReport(text, "eval.json");
+  if (!e.ok()) {
+    std::printf("evaluation (%s): %s\n", std::string(e.status().message()).c_str(), text.c_str());
     return;
   }
-  std::printf("evaluation of %s (%s, overlap %s)\n", e.value("checkpoint", "?").c_str(), e.value("mode", "?").c_str(),
-              Num(e.value("overlap", nlohmann::json())).c_str());
+  auto num = [](std::optional<double> v) { return v ? absl::StrFormat("%.4f", *v) : std::string("-"); };
+  std::printf("evaluation of %s (%s, overlap %s)\n", e->checkpoint.c_str(), e->mode.c_str(), num(e->overlap).c_str());
   std::printf("  %-28s %5s %8s %8s %9s %8s %8s\n", "ITEM", "CLASS", "IOU", "F1", "PRECISION", "RECALL", "MFD");
-  for (const auto& item : e["items"]) {
-    std::string name = std::filesystem::path(item.value("source", "")).filename().string();
-    for (const auto& cls : item.value("classes", nlohmann::json::array())) {
-      std::printf("  %-28s %5d %8s %8s %9s %8s %8s\n", name.c_str(), cls.value("class", 0), Num(cls["iou"]).c_str(),
-                  Num(cls["f1"]).c_str(), Num(cls["precision"]).c_str(), Num(cls["recall"]).c_str(),
-                  Num(cls["mfd"]).c_str());
+  for (const EvalItem& item : e->items) {
+    const std::string name = std::filesystem::path(item.source).filename().string();
+    for (const ClassScore& c : item.classes) {
+      std::printf("  %-28s %5d %8s %8s %9s %8s %8s\n", name.c_str(), c.cls, num(c.iou).c_str(), num(c.f1).c_str(),
+                  num(c.precision).c_str(), num(c.recall).c_str(), num(c.mfd).c_str());
     }
   }
-  std::printf("  mean IoU: %s\n", Num(e.value("mean_iou", nlohmann::json())).c_str());
+  std::printf("  mean IoU: %s\n", num(e->mean_iou).c_str());
 }
 
 absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {

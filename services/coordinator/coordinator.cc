@@ -18,6 +18,7 @@
 #include "common/logging.h"
 #include "common/metrics_csv.h"
 #include "common/status_macros.h"
+#include "common/records.h"
 #include "common/store_layout.h"
 #include "nlohmann/json.hpp"
 
@@ -583,7 +584,7 @@ absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
       p->set_val_iou(*r.val_iou);
     }
   }
-  std::ifstream eval(layout.JobDir(id) / "eval.json");
+  std::ifstream eval(layout.EvalReportPath(id));
   if (eval) {
     std::stringstream ss;
     ss << eval.rdbuf();
@@ -813,66 +814,58 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
     return absl::InvalidArgumentError(
         absl::StrCat("events_json: ", r.events_json_size(), " lines; the limit is ", limits::kEventsPerReport));
   }
-  std::vector<nlohmann::json> events;
+  // The rank's Event records (common/records.h); a newer or unknown kind of
+  // event is passed on to watchers without changing the job.
+  std::vector<std::optional<Event>> events;
   for (int i = 0; i < r.events_json_size(); ++i) {
     const std::string& line = r.events_json(i);
     if (line.size() > limits::kEventBytes) {
       return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "]: ", line.size(), " bytes; the limit is ",
                                                      limits::kEventBytes));
     }
-    nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (!ev.is_object() || !ev.contains("event") || !ev["event"].is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "]: not a JSON object with a string \"event\": '",
-                                                     limits::Echo(line), "'"));
+    absl::StatusOr<Event> ev = DecodeEvent(line, absl::StrCat("events_json[", i, "]"));
+    if (absl::IsUnimplemented(ev.status())) {
+      events.emplace_back(std::nullopt);
+      continue;
     }
-    for (const char* key : {"step", "total_steps"}) {
-      if (ev.contains(key) && !ev[key].is_number_integer()) {
-        return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "].", key, ": not an integer"));
-      }
+    if (!ev.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(ev.status().message(), ": '", limits::Echo(line), "'"));
     }
-    for (const char* key : {"loss", "lr", "images_per_s", "data_wait_s", "allreduce_s"}) {
-      if (ev.contains(key) && !ev[key].is_number()) {
-        return absl::InvalidArgumentError(absl::StrCat("events_json[", i, "].", key, ": not a number"));
-      }
-    }
-    events.push_back(std::move(ev));
+    events.emplace_back(std::move(*ev));
   }
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(JobEntry * e, Find(r.job_id()));
   if (e->job.attempt() != r.attempt() || IsTerminal(e->job.state())) return absl::OkStatus();
   v1::Progress* p = e->job.mutable_progress();
   for (size_t i = 0; i < events.size(); ++i) {
-    const nlohmann::json& ev = events[i];
     const std::string& line = r.events_json(static_cast<int>(i));
-    const std::string type = ev.value("event", "");
-    if (type == "start") {
-      p->set_total_steps(ev.value("total_steps", int64_t{0}));
-      p->set_step(ev.value("step", int64_t{0}));
+    if (!events[i]) {
       Publish(e, v1::JobEvent::PROGRESS, line);
-    } else if (type == "step") {
-      p->set_step(ev.value("step", int64_t{0}));
-      p->set_loss(ev.value("loss", 0.0));
-      p->set_lr(ev.value("lr", 0.0));
-      p->set_images_per_s(ev.value("images_per_s", 0.0));
-      p->set_data_wait_s(ev.value("data_wait_s", 0.0));
-      p->set_allreduce_s(ev.value("allreduce_s", 0.0));
+      continue;
+    }
+    const Event& ev = *events[i];
+    if (const auto* x = std::get_if<StartEvent>(&ev)) {
+      p->set_total_steps(x->total_steps);
+      p->set_step(x->step);
+      Publish(e, v1::JobEvent::PROGRESS, line);
+    } else if (const auto* x = std::get_if<StepEvent>(&ev)) {
+      p->set_step(x->step);
+      p->set_loss(x->loss);
+      p->set_lr(x->lr);
+      p->set_images_per_s(x->images_per_s);
+      p->set_data_wait_s(x->data_wait_s);
+      p->set_allreduce_s(x->allreduce_s);
       if (metrics_) {
         metrics_->TrainStep(e->job.id(), p->step(), p->loss(), p->images_per_s(), p->allreduce_s(), p->data_wait_s());
       }
       Publish(e, v1::JobEvent::PROGRESS, line);
-    } else if (type == "eval") {
-      if (ev.contains("iou") && ev["iou"].is_number()) {
-        p->set_last_iou(ev["iou"].get<double>());
-        p->set_has_iou(true);
-      }
-      if (metrics_ && ev.contains("iou_per_class") && ev["iou_per_class"].is_array()) {
-        std::vector<double> per_class;
-        for (const auto& v : ev["iou_per_class"]) per_class.push_back(v.is_number() ? v.get<double>() : 0.0);
-        metrics_->EvalIou(e->job.id(), per_class);
-      }
+    } else if (const auto* x = std::get_if<EvalEvent>(&ev)) {
+      p->set_last_iou(x->iou);
+      p->set_has_iou(true);
+      if (metrics_) metrics_->EvalIou(e->job.id(), x->iou_per_class);
       Publish(e, v1::JobEvent::EVAL, line);
-    } else if (type == "checkpoint") {
-      p->set_last_checkpoint_step(ev.value("step", int64_t{0}));
+    } else if (const auto* x = std::get_if<CheckpointEvent>(&ev)) {
+      p->set_last_checkpoint_step(x->step);
       p->set_last_checkpoint_unix_ms(NowMs());
       if (metrics_) metrics_->CheckpointWritten(e->job.id(), NowMs() / 1000.0);
       Publish(e, v1::JobEvent::CHECKPOINT, line);
@@ -913,7 +906,7 @@ absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& r) {
   std::string failure;
   for (const v1::RankExit& x : r.exits()) {
     if (x.exit_code() == 0 || !failure.empty()) continue;
-    failure = x.exit_code() == 75
+    failure = x.exit_code() == kExitPreempted
                   ? absl::StrCat("rank ", x.rank(), " stopped after a checkpoint (exit 75, preempted) on ", r.worker_id())
                   : absl::StrCat("rank ", x.rank(), " exited with code ", x.exit_code(), " on ", r.worker_id(),
                                  "; see its log: retina logs ", r.job_id(), " --rank ", x.rank());

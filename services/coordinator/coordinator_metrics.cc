@@ -92,11 +92,11 @@ void CoordinatorMetrics::TrainStep(const std::string& job, double step, double l
   }
 }
 
-void CoordinatorMetrics::EvalIou(const std::string& job, const std::vector<double>& per_class) {
+void CoordinatorMetrics::EvalIou(const std::string& job, const std::map<int, double>& per_class) {
   absl::MutexLock lock(&mu_);
-  for (size_t c = 0; c < per_class.size(); ++c) {
-    prometheus::Gauge* g = &eval_iou_->Add({{"job_id", job}, {"class", absl::StrCat(c)}});
-    g->Set(per_class[c]);
+  for (const auto& [cls, iou] : per_class) {
+    prometheus::Gauge* g = &eval_iou_->Add({{"job_id", job}, {"class", absl::StrCat(cls)}});
+    g->Set(iou);
     Track(job, eval_iou_, g);
   }
 }

@@ -45,7 +45,8 @@ class CoordinatorMetrics {
   // Per running job, from its rank-0 events.
   void TrainStep(const std::string& job, double step, double loss, double images_per_s, double allreduce_s,
                  double data_wait_s);
-  void EvalIou(const std::string& job, const std::vector<double>& per_class);
+  // IoU per class index (the "class" label is the index).
+  void EvalIou(const std::string& job, const std::map<int, double>& per_class);
   void CheckpointWritten(const std::string& job, double unix_seconds);
   void DropJob(const std::string& job);
 

@@ -7,6 +7,7 @@
 #include "common/job_identity.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/records.h"
 #include "common/store_layout.h"
 #include "services/rpc_util.h"
 
@@ -182,7 +183,7 @@ void Worker::Start(const v1::Assignment& a) {
   const StoreLayout layout(options_.store);
   Task& t = tasks_[key];
   t.assignment = a;
-  const std::filesystem::path config = layout.JobDir(a.job_id()) / "job.yaml";
+  const std::filesystem::path config = layout.SubmittedConfigPath(a.job_id());
   // The coordinator reserved the directory for this job; never write into another's.
   absl::Status status = CheckJobOwner(layout, a.job_id(), a.job_uid(), /*claim=*/false);
   if (status.ok()) status = CreateDirectories(layout.JobDir(a.job_id()));
@@ -326,7 +327,7 @@ void Worker::Supervise() {
       x->set_exit_code(code);
       codes.push_back(absl::StrCat(r.rank, ":", code));
       if (metrics_) {
-        const char* result = code == 0 ? "ok" : code == 75 ? "preempted" : code > 128 ? "killed" : "failed";
+        const char* result = ExitResult(code);
         metrics_->rank_exits->Add({{"result", result}}).Increment();
       }
     }

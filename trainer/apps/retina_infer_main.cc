@@ -22,14 +22,14 @@
 #include <cstdio>
 #include <filesystem>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/strings/match.h"
 #include "common/cli.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/progress.h"
+#include "common/records.h"
 #include "common/status_macros.h"
+#include "common/store_layout.h"
 #include "trainer/data/readers.h"
 #include "trainer/data/writers.h"
 #include "trainer/eval/inference.h"
@@ -75,27 +75,24 @@ absl::Status Infer(const std::vector<std::string>& args) {
     return absl::FailedPreconditionError(weights_path.string() +
                                          ": a pre-training (reconstruction) checkpoint; fine-tune it before segmenting");
   }
-  // state.json of the checkpoint (or beside a bare model.pt), when there is one.
+  // The checkpoint's CheckpointState (or one beside a bare model.pt), when there is one.
   const std::filesystem::path state_path =
-      (source.checkpoint_dir.empty() ? weights_path.parent_path() : source.checkpoint_dir) / "state.json";
-  nlohmann::json state = nlohmann::json::object();
+      (source.checkpoint_dir.empty() ? weights_path.parent_path() : source.checkpoint_dir) /
+      StoreLayout::kCheckpointState;
+  std::optional<CheckpointState> state;
   if (absl::StatusOr<std::string> text = ReadFile(state_path); text.ok()) {
-    try {
-      state = nlohmann::json::parse(*text);
-    } catch (const nlohmann::json::exception& e) {
-      return absl::DataLossError(state_path.string() + ": " + e.what());
-    }
+    ASSIGN_OR_RETURN(state, DecodeCheckpointState(*text, state_path.string()));
   }
   const torch::Tensor pos = byname.count("transformer.embeddings.position_embeddings")
                                 ? byname["transformer.embeddings.position_embeddings"]
                                 : byname["module.transformer.embeddings.position_embeddings"];
   const int64_t hidden = pos.size(2);
-  // state.json's entries where they have the right type, else from the shapes.
+  // The state's model and image size where it records them, else from the shapes.
   std::string model_name = hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny";
-  if (state.contains("model") && state["model"].is_string()) model_name = state["model"].get<std::string>();
+  if (state && !state->model.empty()) model_name = state->model;
   model_name = f.Get("--model", model_name);
   int image_size = static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1)))));
-  if (state.contains("image_size") && state["image_size"].is_number_integer()) image_size = state["image_size"].get<int>();
+  if (state && state->image_size > 0) image_size = state->image_size;
   int classes = static_cast<int>((byname.count("segmentation_head.0.weight") ? byname["segmentation_head.0.weight"]
                                                                             : byname["module.segmentation_head.0.weight"]).size(0));
   RETURN_IF_ERROR(f.GetInt("--image-size", &image_size));
@@ -108,9 +105,9 @@ absl::Status Infer(const std::vector<std::string>& args) {
   if (f.Has("--mean")) {
     RETURN_IF_ERROR(f.GetDouble("--mean", &mean));
     RETURN_IF_ERROR(f.GetDouble("--std", &std));
-  } else if (state.contains("mean") && state.contains("std") && state["mean"].is_number() && state["std"].is_number()) {
-    mean = state["mean"];
-    std = state["std"];
+  } else if (state && state->mean && state->std) {
+    mean = *state->mean;
+    std = *state->std;
   } else {
     return absl::FailedPreconditionError("no --mean/--std and no normalisation recorded in " + state_path.string() +
                                          "; pass --mean and --std");

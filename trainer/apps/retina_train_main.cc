@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/records.h"
 #include "trainer/engine/run.h"
 #include "trainer/model/state_dict.h"
 #include "trainer/model/transfer.h"
@@ -149,9 +150,9 @@ int Run(std::vector<std::string> args) {
   absl::StatusOr<RunOutcome> outcome = RunJob(*config, o);
   if (!outcome.ok()) {
     RETINA_LOG(Error) << outcome.status().message();
-    return outcome.status().code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    return outcome.status().code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailed;
   }
-  return *outcome == RunOutcome::kPreempted ? kExitPreempted : 0;
+  return *outcome == RunOutcome::kPreempted ? kExitPreempted : kExitOk;
 }
 
 // Exit status: 0 every file valid, 2 any invalid or unreadable (as `run`).

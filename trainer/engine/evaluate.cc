@@ -1,5 +1,6 @@
 #include "trainer/engine/evaluate.h"
 
+#include <chrono>
 #include <cmath>
 #include <map>
 
@@ -9,6 +10,7 @@
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/records.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "trainer/data/readers.h"
@@ -62,7 +64,10 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   so.device = device.device;
   const VolumeMode mode = config.evaluate.mode == "orthoplane" ? VolumeMode::kOrthoplane : VolumeMode::kStack;
 
-  nlohmann::ordered_json items = nlohmann::ordered_json::array();
+  EvalReport report;
+  report.checkpoint = weights.string();
+  report.mode = config.evaluate.mode;
+  report.overlap = config.evaluate.overlap;
   std::map<int, std::vector<double>> iou_by_class;
   for (const auto& item : test.at("items")) {
     const std::string file = (test_dir / item.at("file").get<std::string>()).string();
@@ -74,35 +79,36 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
     truth.spacing = {spacing[0], spacing[1], spacing[2]};
     ASSIGN_OR_RETURN(VolumePrediction pred, PredictVolume(ModelForward(model), image, mean, std, mode, so, false, nullptr));
     ASSIGN_OR_RETURN(std::vector<ClassMetrics> metrics, ComputeMetrics(pred.labels, truth, mo), file);
-    nlohmann::ordered_json per = nlohmann::ordered_json::array();
+    EvalItem scored;
+    scored.source = item.value("source", "");
     for (const ClassMetrics& m : metrics) {
       iou_by_class[m.cls].push_back(m.iou);
-      per.push_back({{"class", m.cls}, {"iou", m.iou}, {"f1", m.f1}, {"precision", m.precision}, {"recall", m.recall},
-                     {"mfd", std::isnan(m.mfd) ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(m.mfd)}});
-      if (mo.cremi) per.back()["cremi_score"] = m.cremi_score;
+      ClassScore c{m.cls, m.iou, m.f1, m.precision, m.recall, std::nullopt, std::nullopt};
+      if (!std::isnan(m.mfd)) c.mfd = m.mfd;
+      if (mo.cremi) c.cremi_score = m.cremi_score;
+      scored.classes.push_back(c);
     }
-    items.push_back({{"source", item.value("source", "")}, {"classes", per}});
+    report.items.push_back(std::move(scored));
     RETINA_LOG(Info) << "evaluated " << item.value("source", file);
   }
-  nlohmann::ordered_json mean_iou;
-  double overall = 0;
   for (const auto& [cls, values] : iou_by_class) {
     double m = 0;
     for (double v : values) m += v / values.size();
-    mean_iou[std::to_string(cls)] = m;
-    overall += m / iou_by_class.size();
+    report.mean_iou_per_class[cls] = m;
+    report.mean_iou += m / iou_by_class.size();
   }
-  nlohmann::ordered_json report = {{"checkpoint", weights.string()}, {"mode", config.evaluate.mode},
-                                   {"overlap", config.evaluate.overlap}, {"mean_iou_per_class", mean_iou},
-                                   {"mean_iou", overall}, {"items", items}};
   RETURN_IF_ERROR(CreateDirectories(layout.JobDir(o.job_id)));
-  RETURN_IF_ERROR(WriteFileAtomic(layout.JobDir(o.job_id) / "eval.json", report.dump(2) + "\n"));
-  const nlohmann::ordered_json event = {{"event", "eval"}, {"iou", overall}, {"iou_per_class", mean_iou}};
+  RETURN_IF_ERROR(WriteFileAtomic(layout.EvalReportPath(o.job_id), EncodeEvalReport(report)));
+  EvalEvent event;
+  event.iou = report.mean_iou;
+  event.iou_per_class = report.mean_iou_per_class;
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   absl::StatusOr<std::string> previous = ReadFile(layout.EventsPath(o.job_id));
-  RETURN_IF_ERROR(WriteFileAtomic(layout.EventsPath(o.job_id),
-                                  (previous.ok() ? *previous : std::string()) + event.dump() + "\n" +
-                                      nlohmann::ordered_json{{"event", "done"}}.dump() + "\n"));
-  std::printf("mean IoU %.4f over %zu item(s) -> %s\n", overall, items.size(), (layout.JobDir(o.job_id) / "eval.json").c_str());
+  RETURN_IF_ERROR(WriteFileAtomic(layout.EventsPath(o.job_id), (previous.ok() ? *previous : std::string()) +
+                                                                   EncodeEvent(event, now) + "\n" +
+                                                                   EncodeEvent(DoneEvent{}, now) + "\n"));
+  std::printf("mean IoU %.4f over %zu item(s) -> %s\n", report.mean_iou, report.items.size(),
+              layout.EvalReportPath(o.job_id).c_str());
   return RunOutcome::kCompleted;
 }
 

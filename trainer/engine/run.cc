@@ -10,8 +10,6 @@
 #include <cstring>
 #include <sstream>
 
-#include <nlohmann/json.hpp>
-
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -24,6 +22,7 @@
 #include "common/logging.h"
 #include "common/metrics_csv.h"
 #include "common/progress.h"
+#include "common/records.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "trainer/data/augment.h"
@@ -102,9 +101,10 @@ class EventLog {
     if (store_fd_ >= 0) ::close(store_fd_);
     if (extra_fd_ >= 0 && own_extra_) ::close(extra_fd_);
   }
-  void Write(nlohmann::json event) {
-    event["time"] = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    const std::string line = event.dump() + "\n";
+  void Write(const Event& event) {
+    const std::string line =
+        EncodeEvent(event, std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()) +
+        "\n";
     for (int fd : {store_fd_, extra_fd_}) {
       if (fd >= 0) {
         ssize_t ignored = ::write(fd, line.data(), line.size());
@@ -138,24 +138,24 @@ absl::Status SaveCheckpoint(const fs::path& dir, const StepState& st, torch::nn:
   RETURN_IF_ERROR(w.WriteFile("model.pt", absl::string_view(weights.data(), weights.size())));
   const std::vector<char> optimizer = SerializeSgdState(opt, model.parameters());
   RETURN_IF_ERROR(w.WriteFile("optimizer.pt", absl::string_view(optimizer.data(), optimizer.size())));
-  nlohmann::json s;
-  s["step"] = st.step;
-  s["epoch"] = st.sampler.epoch;
-  s["sampler_offset"] = st.sampler.offset;
-  s["seed"] = config.seed;
-  s["world_size"] = world;
-  s["kind"] = config.kind;
-  s["config_sha256"] = Sha256Hex(o.config_text);
-  s["model"] = config.model.name;  // what inference needs to rebuild and normalise
-  s["image_size"] = config.model.image_size;
-  s["classes"] = config.kind == "pretrain" ? 1 : config.model.classes;
-  s["mean"] = mean;
-  s["std"] = std;
-  RETURN_IF_ERROR(w.WriteFile("state.json", s.dump(2) + "\n"));
+  CheckpointState s;
+  s.step = st.step;
+  s.epoch = st.sampler.epoch;
+  s.sampler_offset = st.sampler.offset;
+  s.seed = config.seed;
+  s.world_size = world;
+  s.kind = config.kind;
+  s.config_sha256 = Sha256Hex(o.config_text);
+  s.model = config.model.name;  // what inference needs to rebuild and normalise
+  s.image_size = config.model.image_size;
+  s.classes = config.kind == "pretrain" ? 1 : config.model.classes;
+  s.mean = mean;
+  s.std = std;
+  RETURN_IF_ERROR(w.WriteFile(StoreLayout::kCheckpointState, EncodeCheckpointState(s)));
   if (score) w.SetScore(*score);
   ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
   ASSIGN_OR_RETURN(auto removed, CheckpointStore(dir).ApplyRetention(config.checkpoint.keep_last, config.checkpoint.keep_best));
-  events->Write({{"event", "checkpoint"}, {"step", st.step}, {"path", info.dir.string()}, {"removed", removed}});
+  events->Write(CheckpointEvent{st.step, info.dir.string(), removed});
   return absl::OkStatus();
 }
 
@@ -165,20 +165,17 @@ absl::StatusOr<StepState> LoadCheckpoint(const fs::path& dir, torch::nn::Module&
   ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(info.dir / "model.pt"));
   RETURN_IF_ERROR(LoadStateDict(model, std::move(weights)).status(), "resuming from " + info.dir.string());
   RETURN_IF_ERROR(LoadSgdState(opt, model.parameters(), info.dir / "optimizer.pt"));
-  ASSIGN_OR_RETURN(std::string text, ReadFile(info.dir / "state.json"));
-  StepState st;
-  try {
-    const nlohmann::json s = nlohmann::json::parse(text);
-    st.step = s.at("step");
-    st.sampler.epoch = s.at("epoch");
-    st.sampler.offset = s.at("sampler_offset");
-    if (s.at("kind") != config.kind) {
-      return absl::FailedPreconditionError(absl::StrCat(info.dir.string(), " is a ", s.at("kind").get<std::string>(),
-                                                        " checkpoint; this job is ", config.kind));
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return absl::DataLossError(absl::StrCat((info.dir / "state.json").string(), ": ", e.what()));
+  const fs::path state_path = info.dir / StoreLayout::kCheckpointState;
+  ASSIGN_OR_RETURN(std::string text, ReadFile(state_path));
+  ASSIGN_OR_RETURN(CheckpointState s, DecodeCheckpointState(text, state_path.string()));
+  if (s.kind != config.kind) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(info.dir.string(), " is a ", s.kind, " checkpoint; this job is ", config.kind));
   }
+  StepState st;
+  st.step = s.step;
+  st.sampler.epoch = s.epoch;
+  st.sampler.offset = s.sampler_offset;
   return st;
 }
 
@@ -310,7 +307,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
     RETURN_IF_ERROR(TruncateMetricsCsv(layout.MetricsCsvPath(o.job_id), st.step));
     RETURN_IF_ERROR(TruncateEventLog(layout.EventsPath(o.job_id), st.step));
     ASSIGN_OR_RETURN(events, EventLog::Open(layout.EventsPath(o.job_id), o.events));
-    if (st.step > 0) events->Write({{"event", "resumed"}, {"step", st.step}});
+    if (st.step > 0) events->Write(ResumedEvent{st.step});
   }
   if (config.checkpoint.save_initial && from.empty() && events) {
     // Step 0: the weights every later step starts from (after transfer).
@@ -329,9 +326,15 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
   // Rate and ETA from the steps this process runs (not those it resumed past).
   ProgressBar bar(absl::StrCat(config.kind, " ", o.job_id), total, "steps", st.step);
   if (events) {
-    events->Write({{"event", "start"}, {"step", st.step}, {"total_steps", total}, {"world_size", launch.world_size},
-                   {"device", device.describe},
-                   {"backend", cm->backend()}, {"threads", threads.threads}, {"global_batch", global_batch}});
+    StartEvent start;
+    start.step = st.step;
+    start.total_steps = total;
+    start.world_size = launch.world_size;
+    start.device = device.describe;
+    start.backend = cm->backend();
+    start.threads = threads.threads;
+    start.global_batch = global_batch;
+    events->Write(start);
   }
   const bool new_metrics = launch.rank == 0 && !fs::exists(layout.MetricsCsvPath(o.job_id));
   std::FILE* metrics = launch.rank == 0 ? std::fopen(layout.MetricsCsvPath(o.job_id).c_str(), "a") : nullptr;
@@ -448,20 +451,19 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
       mo.distances = false;
       ASSIGN_OR_RETURN(std::vector<ClassMetrics> metrics, ComputeMetrics(preds, truth, mo), "validation");
       model->train();
-      std::vector<double> per_class;
-      double m = 0;
-      for (const ClassMetrics& cm : metrics) {
-        per_class.push_back(cm.iou);
-        m += cm.iou / metrics.size();
+      EvalEvent eval;
+      eval.step = st.step;
+      for (const ClassMetrics& c : metrics) {
+        eval.iou_per_class[c.cls] = c.iou;
+        eval.iou += c.iou / metrics.size();
       }
-      val_iou = m;
-      events->Write({{"event", "eval"}, {"step", st.step}, {"iou", m}, {"iou_per_class", per_class}});
+      val_iou = eval.iou;
+      events->Write(eval);
     }
     if (launch.rank == 0) {
       const double ips = dt > 0 ? global_batch / dt : 0;
-      events->Write({{"event", "step"}, {"step", st.step}, {"epoch", st.sampler.epoch}, {"loss", mean_loss}, {"lr", lr},
-                     {"images_per_s", ips}, {"data_wait_s", loader->last_wait_seconds()},
-                     {"allreduce_s", reducer.exposed_seconds()}});
+      events->Write(StepEvent{st.step, st.sampler.epoch, mean_loss, lr, ips, loader->last_wait_seconds(),
+                              reducer.exposed_seconds()});
       MetricsRow row;
       row.step = st.step;
       row.epoch = st.sampler.epoch;
@@ -490,13 +492,13 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
     }
     if (stop) {
       RETURN_IF_ERROR(cm->Barrier("checkpoint before stopping"));
-      if (events) events->Write({{"event", "preempted"}, {"step", st.step}});
+      if (events) events->Write(PreemptedEvent{st.step});
       bar.Finish();
       return RunOutcome::kPreempted;
     }
   }
   bar.Finish();
-  if (events) events->Write({{"event", "done"}, {"step", st.step}});
+  if (events) events->Write(DoneEvent{st.step});
   return RunOutcome::kCompleted;
 }
 

@@ -41,9 +41,8 @@ struct RunOptions {
 
 enum class RunOutcome { kCompleted, kPreempted };
 
-// The exit code for a preempted run (BSD EX_TEMPFAIL): checkpoint written,
-// run again with --resume auto.
-inline constexpr int kExitPreempted = 75;
+// retina-train exits kExitPreempted (common/records.h, BSD EX_TEMPFAIL) for
+// kPreempted: checkpoint written, run again with --resume auto.
 
 absl::StatusOr<RunOutcome> RunJob(const JobConfig& config, const RunOptions& options);
 
