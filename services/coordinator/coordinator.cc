@@ -1098,17 +1098,23 @@ void Coordinator::Tick() {
 }
 
 void Coordinator::Schedule(int64_t now) {
-  // Queued jobs by priority (desc) then submission; the first that does not
-  // fit stops the pass.
-  std::vector<JobEntry*> queued;
+  std::vector<QueuedJob> queue;
   for (auto& [seq, e] : by_seq_) {
-    if (e->job.state() == v1::QUEUED) queued.push_back(e);
+    if (e->job.state() != v1::QUEUED) continue;
+    const v1::JobSpec& spec = e->job.spec();
+    queue.push_back({e->job.id(), spec.priority(), seq,
+                     NormalType(spec.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu, spec.world_size(),
+                     spec.slots_per_rank()});
   }
-  if (queued.empty()) return;
-  std::stable_sort(queued.begin(), queued.end(),
-                   [](JobEntry* a, JobEntry* b) { return a->job.spec().priority() > b->job.spec().priority(); });
-  for (JobEntry* e : queued) {
-    if (!TryPlace(e, now)) break;
+  if (queue.empty()) return;
+  std::vector<FreeWorker> free;
+  for (auto& [id, w] : workers_) {
+    if (w.info.state() != v1::WorkerInfo::READY) continue;
+    free.push_back({id, NormalType(w.info.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
+                    static_cast<int>(w.slot_ids.size() - w.used.size())});
+  }
+  for (const GangPlan& plan : PlanPass(std::move(queue), std::move(free))) {
+    if (!Place(jobs_.at(plan.job_id).get(), plan, now)) break;  // a later pass places it
   }
 }
 
@@ -1127,48 +1133,11 @@ int Coordinator::PickPort(const std::string& host) {
   return 0;
 }
 
-bool Coordinator::TryPlace(JobEntry* e, int64_t now) {
+bool Coordinator::Place(JobEntry* e, const GangPlan& plan, int64_t now) {
   const v1::JobSpec& spec = e->job.spec();
   const int per_rank = std::max(1, spec.slots_per_rank());
-  struct Free {
-    WorkerEntry* w;
-    int ranks;  // ranks that fit
-  };
-  std::vector<Free> candidates;
-  int capacity = 0;
-  for (auto& [id, w] : workers_) {
-    if (w.info.state() != v1::WorkerInfo::READY || NormalType(w.info.slot_type()) != NormalType(spec.slot_type())) {
-      continue;
-    }
-    const int fit = static_cast<int>(w.slot_ids.size() - w.used.size()) / per_rank;
-    if (fit > 0) {
-      candidates.push_back({&w, fit});
-      capacity += fit;
-    }
-  }
-  int remaining = spec.world_size();
-  if (capacity < remaining) return false;
-  // Fewest workers: take the largest while the rest does not fit in one;
-  // the last one is the best fit (fewest free that suffice).
-  std::sort(candidates.begin(), candidates.end(), [](const Free& a, const Free& b) {
-    return a.ranks != b.ranks ? a.ranks > b.ranks : a.w->info.id() < b.w->info.id();
-  });
   std::vector<std::pair<WorkerEntry*, int>> chosen;
-  size_t i = 0;
-  while (remaining > 0) {
-    const Free* best = nullptr;
-    for (size_t k = i; k < candidates.size(); ++k) {
-      if (candidates[k].ranks >= remaining && (best == nullptr || candidates[k].ranks < best->ranks)) best = &candidates[k];
-    }
-    if (best != nullptr) {
-      chosen.emplace_back(best->w, remaining);
-      remaining = 0;
-    } else {
-      chosen.emplace_back(candidates[i].w, candidates[i].ranks);
-      remaining -= candidates[i].ranks;
-      ++i;
-    }
-  }
+  for (const auto& [id, n] : plan.ranks_per_worker) chosen.emplace_back(&workers_.at(id), n);
   v1::Job job = e->job;  // committed below, then applied
   const int attempt = job.attempt() + 1;
   job.set_attempt(attempt);

@@ -52,6 +52,7 @@
 #include "retina/v1/worker_service.pb.h"
 #include "services/coordinator/coordinator_metrics.h"
 #include "services/coordinator/job_store.h"
+#include "services/coordinator/placement.h"
 
 namespace retina::coordinator {
 
@@ -157,7 +158,9 @@ class Coordinator {
   void Publish(JobEntry* entry, retina::v1::JobEvent::Type type, const std::string& event_json)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Schedule(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  bool TryPlace(JobEntry* entry, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies a plan of PlanPass (placement.h): assignments, slots, the
+  // commit. False (nothing changed) when the commit fails.
+  bool Place(JobEntry* entry, const GangPlan& plan, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int PickPort(const std::string& host) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FailPart(JobEntry* entry, const std::string& worker, const std::string& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StopAttempt(JobEntry* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

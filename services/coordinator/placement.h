@@ -1,0 +1,57 @@
+// The gang scheduler's decision, as a pure function: a queue and the free
+// slots in, a plan out. No protos, no locks, no clock; the coordinator
+// applies the plan (assignments, slot bookkeeping, the commit) and stops at
+// the first plan it cannot commit.
+//
+// Policy (docs/service.md, "Scheduling"):
+// - Order: priority (higher first), then submission (seq, lower first).
+// - Gang: a job is placed whole (all world_size ranks at once) or not at all.
+// - No starvation: the first job in that order that does not fit ends the
+//   pass, so smaller jobs behind it cannot overtake it forever (no backfill).
+// - Fewest workers, then least fragmentation: while the remaining ranks fit
+//   on no single worker, take the worker with the most free ranks; the last
+//   share goes to the worker with the fewest free ranks that suffice (best
+//   fit). Ties by worker id, so a plan is deterministic.
+// - slots_per_rank: a worker with F free slots holds floor(F / slots_per_rank)
+//   ranks; workers only serve jobs of their slot type.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace retina::coordinator {
+
+enum class SlotKind { kCpu, kGpu };
+
+struct FreeWorker {
+  std::string id;
+  SlotKind kind = SlotKind::kCpu;
+  int free_slots = 0;
+};
+
+struct QueuedJob {
+  std::string id;
+  int priority = 0;
+  int64_t seq = 0;  // submission order
+  SlotKind kind = SlotKind::kCpu;
+  int world_size = 1;
+  int slots_per_rank = 1;  // < 1 counts as 1
+};
+
+struct GangPlan {
+  std::string job_id;
+  // (worker id, ranks there) in rank order: ranks 0..n0-1 on the first
+  // worker (the rendezvous host), and so on.
+  std::vector<std::pair<std::string, int>> ranks_per_worker;
+};
+
+// The placement of one job on `free`, or an empty plan when it does not fit.
+GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free);
+
+// One scheduling pass: plans in the order they are to be applied (each
+// accounted against the free slots before the next is planned).
+std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWorker> free);
+
+}  // namespace retina::coordinator

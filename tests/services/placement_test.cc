@@ -1,0 +1,94 @@
+// The gang scheduler's policy (services/coordinator/placement.h), table by
+// table, with no coordinator, network or clock.
+#include "services/coordinator/placement.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace retina::coordinator {
+namespace {
+
+using Plan = std::vector<std::pair<std::string, int>>;
+
+FreeWorker Cpu(const std::string& id, int free) { return {id, SlotKind::kCpu, free}; }
+FreeWorker Gpu(const std::string& id, int free) { return {id, SlotKind::kGpu, free}; }
+QueuedJob Job(const std::string& id, int world, int priority = 0, int64_t seq = 0, int per_rank = 1,
+              SlotKind kind = SlotKind::kCpu) {
+  return {id, priority, seq, kind, world, per_rank};
+}
+
+struct GangCase {
+  const char* what;
+  QueuedJob job;
+  std::vector<FreeWorker> free;
+  Plan expected;  // empty: does not fit
+};
+
+TEST(Placement, OneGangTableOfFitsAndMisfits) {
+  const std::vector<GangCase> cases = {
+      {"fits on one worker", Job("a", 2), {Cpu("w1", 4)}, {{"w1", 2}}},
+      {"best fit: the fullest worker that suffices, not the emptiest",
+       Job("a", 2), {Cpu("w1", 8), Cpu("w2", 2), Cpu("w3", 3)}, {{"w2", 2}}},
+      {"fewest workers: largest first, then the best fit for the rest",
+       Job("a", 7), {Cpu("w1", 2), Cpu("w2", 5), Cpu("w3", 3), Cpu("w4", 2)}, {{"w2", 5}, {"w1", 2}}},
+      {"gang: all ranks or none", Job("a", 5), {Cpu("w1", 2), Cpu("w2", 2)}, {}},
+      {"exactly the capacity", Job("a", 4), {Cpu("w1", 2), Cpu("w2", 2)}, {{"w1", 2}, {"w2", 2}}},
+      {"slots_per_rank: 3 free slots hold one 2-slot rank", Job("a", 2, 0, 0, 2), {Cpu("w1", 3), Cpu("w2", 3)},
+       {{"w1", 1}, {"w2", 1}}},
+      {"slots_per_rank: too few whole ranks", Job("a", 3, 0, 0, 2), {Cpu("w1", 3), Cpu("w2", 3)}, {}},
+      {"slot type: GPU jobs only on GPU workers", Job("g", 2, 0, 0, 1, SlotKind::kGpu), {Cpu("c1", 8), Gpu("g1", 2)},
+       {{"g1", 2}}},
+      {"slot type: no GPU worker", Job("g", 1, 0, 0, 1, SlotKind::kGpu), {Cpu("c1", 8)}, {}},
+      {"ties broken by worker id", Job("a", 1), {Cpu("w2", 1), Cpu("w1", 1)}, {{"w1", 1}}},
+      {"no workers", Job("a", 1), {}, {}},
+  };
+  for (const GangCase& c : cases) {
+    EXPECT_EQ(PlanGang(c.job, c.free).ranks_per_worker, c.expected) << c.what;
+  }
+}
+
+TEST(Placement, APassOrdersByPriorityThenSubmissionAndAccountsEachPlan) {
+  // b (priority 5) first, then a and c in submission order; each takes its share.
+  const std::vector<GangPlan> plans =
+      PlanPass({Job("a", 2, 0, 1), Job("b", 2, 5, 3), Job("c", 2, 0, 2)}, {Cpu("w1", 4), Cpu("w2", 2)});
+  ASSERT_EQ(plans.size(), 3u);
+  EXPECT_EQ(plans[0].job_id, "b");
+  EXPECT_EQ(plans[0].ranks_per_worker, (Plan{{"w2", 2}}));  // best fit leaves w1 whole
+  EXPECT_EQ(plans[1].job_id, "a");
+  EXPECT_EQ(plans[1].ranks_per_worker, (Plan{{"w1", 2}}));
+  EXPECT_EQ(plans[2].job_id, "c");
+  EXPECT_EQ(plans[2].ranks_per_worker, (Plan{{"w1", 2}}));
+}
+
+TEST(Placement, AJobThatDoesNotFitIsNotOvertakenBySmallerOnes) {
+  // big (first in order) needs 6 of 4 free: the pass ends, small waits behind it.
+  std::vector<GangPlan> plans = PlanPass({Job("big", 6, 0, 1), Job("small", 1, 0, 2)}, {Cpu("w1", 4)});
+  EXPECT_TRUE(plans.empty());
+  // A higher priority still goes first; then the same rule holds.
+  plans = PlanPass({Job("big", 6, 0, 1), Job("small", 1, 0, 2), Job("urgent", 2, 9, 3)}, {Cpu("w1", 4)});
+  ASSERT_EQ(plans.size(), 1u);
+  EXPECT_EQ(plans[0].job_id, "urgent");
+  // Once slots free up, big goes before small.
+  plans = PlanPass({Job("big", 6, 0, 1), Job("small", 1, 0, 2)}, {Cpu("w1", 4), Cpu("w2", 3)});
+  ASSERT_EQ(plans.size(), 2u);
+  EXPECT_EQ(plans[0].job_id, "big");
+  EXPECT_EQ(plans[0].ranks_per_worker, (Plan{{"w1", 4}, {"w2", 2}}));
+  EXPECT_EQ(plans[1].job_id, "small");
+  EXPECT_EQ(plans[1].ranks_per_worker, (Plan{{"w2", 1}}));
+}
+
+TEST(Placement, FragmentationIsKeptLowSoALargeGangStillFitsLater) {
+  // Two 1-rank jobs on {4, 1, 1}: best fit puts them on the 1-slot workers,
+  // leaving the 4-slot worker whole for the 4-rank job behind them.
+  const std::vector<GangPlan> plans =
+      PlanPass({Job("s1", 1, 0, 1), Job("s2", 1, 0, 2), Job("big", 4, 0, 3)}, {Cpu("w1", 4), Cpu("w2", 1), Cpu("w3", 1)});
+  ASSERT_EQ(plans.size(), 3u);
+  EXPECT_EQ(plans[0].ranks_per_worker, (Plan{{"w2", 1}}));
+  EXPECT_EQ(plans[1].ranks_per_worker, (Plan{{"w3", 1}}));
+  EXPECT_EQ(plans[2].ranks_per_worker, (Plan{{"w1", 4}}));
+}
+
+}  // namespace
+}  // namespace retina::coordinator
