@@ -1,0 +1,488 @@
+#include "trainer/engine/trainer.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/checkpoint_store.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/metrics_csv.h"
+#include "common/records.h"
+#include "common/status_macros.h"
+#include "trainer/engine/losses.h"
+#include "trainer/engine/optimizer_state.h"
+#include "trainer/eval/inference.h"
+#include "trainer/eval/metrics.h"
+#include "trainer/model/batch_norm.h"
+#include "trainer/model/state_dict.h"
+#include "trainer/model/transfer.h"
+#include "trainer/model/weight_source.h"
+#include "trainer/runtime/threads.h"
+
+namespace retina::trainer {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<int> g_stop_signal{0};
+extern "C" void OnStopSignal(int sig) { g_stop_signal.store(sig); }
+
+// Installs SIGTERM/SIGUSR1 handlers for the run; restores the old ones.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    struct sigaction sa {};
+    sa.sa_handler = OnStopSignal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, &old_term_);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+  }
+  ~StopSignals() {
+    sigaction(SIGTERM, &old_term_, nullptr);
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_term_ {}, old_usr1_ {};
+};
+
+uint64_t Mix(uint64_t a, uint64_t b, uint64_t c) {
+  uint64_t x = a * 0x9e3779b97f4a7c15ull ^ (b + 0x632be59bd9b4e019ull) * 0xbf58476d1ce4e5b9ull ^ c * 0x94d049bb133111ebull;
+  x ^= x >> 31;
+  x *= 0xd6e8feb86659fd93ull;
+  return x ^ (x >> 32);
+}
+
+double NowUnixSeconds() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path& store, const std::string& key) {
+  if (name.find('/') != std::string::npos) return fs::path(name);
+  RETURN_IF_ERROR(StoreLayout::ValidateName(name, key));
+  return StoreLayout(store).DatasetDir(name);
+}
+
+}  // namespace
+
+// Event records (rank 0): to the store's events.jsonl and, optionally, to a
+// file or an inherited descriptor (the worker's pipe).
+class EventLog {
+ public:
+  static absl::StatusOr<std::unique_ptr<EventLog>> Open(const fs::path& store_events, const std::string& extra) {
+    auto log = std::unique_ptr<EventLog>(new EventLog());
+    log->store_fd_ = ::open(store_events.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (log->store_fd_ < 0) return ErrnoStatus(errno, "open", store_events);
+    if (absl::StartsWith(extra, "fd:")) {
+      if (!absl::SimpleAtoi(extra.substr(3), &log->extra_fd_)) {
+        return absl::InvalidArgumentError("--events: 'fd:N' needs a descriptor number, got '" + extra + "'");
+      }
+      log->own_extra_ = false;
+    } else if (!extra.empty()) {
+      log->extra_fd_ = ::open(extra.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      if (log->extra_fd_ < 0) return ErrnoStatus(errno, "open --events", extra);
+    }
+    return log;
+  }
+  ~EventLog() {
+    if (store_fd_ >= 0) ::close(store_fd_);
+    if (extra_fd_ >= 0 && own_extra_) ::close(extra_fd_);
+  }
+  EventLog(const EventLog&) = delete;
+  EventLog& operator=(const EventLog&) = delete;
+
+  void Write(const Event& event) {
+    const std::string line = EncodeEvent(event, NowUnixSeconds()) + "\n";
+    for (int fd : {store_fd_, extra_fd_}) {
+      if (fd >= 0 && ::write(fd, line.data(), line.size()) < 0) {
+        RETINA_LOG(Warning) << "event log: write failed: " << std::strerror(errno);
+      }
+    }
+  }
+
+ private:
+  EventLog() = default;
+  int store_fd_ = -1, extra_fd_ = -1;
+  bool own_extra_ = true;
+};
+
+Trainer::Trainer(const JobConfig& config, const RunOptions& options)
+    : config_(config), options_(options), pretrain_(config.kind == "pretrain"), layout_(options.store) {}
+
+Trainer::~Trainer() = default;
+
+absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const JobConfig& config, const RunOptions& o) {
+  std::unique_ptr<Trainer> t(new Trainer(config, o));
+  ASSIGN_OR_RETURN(t->launch_, DiscoverLaunch(o.launch));
+  SetLogRank(t->launch_.world_size > 1 ? t->launch_.rank : -1);
+  t->threads_ = ConfigureTorchThreads(t->launch_.local_world_size, config.runtime.threads);
+  ASSIGN_OR_RETURN(t->device_, PlanDevice(config.runtime.device, config.runtime.precision, t->launch_.local_rank));
+  t->global_batch_ = t->pretrain_ ? config.pretrain.global_batch : config.finetune.global_batch;
+  if (t->global_batch_ % t->launch_.world_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(t->pretrain_ ? "pretrain" : "finetune", ".global_batch: ",
+                                                   t->global_batch_, " does not divide by the world size ",
+                                                   t->launch_.world_size));
+  }
+  t->batch_ = t->global_batch_ / t->launch_.world_size;
+  RETURN_IF_ERROR(t->SetUpData());
+  RETURN_IF_ERROR(t->SetUpModel());
+  RETURN_IF_ERROR(t->SetUpStore());
+  return t;
+}
+
+// Data, checked before anything trains.
+absl::Status Trainer::SetUpData() {
+  ASSIGN_OR_RETURN(fs::path data_dir, ResolveDataset(config_.data.dataset, options_.store, "data.dataset"));
+  ASSIGN_OR_RETURN(data_, ShardedDataset::Open(data_dir, /*verify=*/false), "data.dataset");
+  if (!pretrain_ && !data_->labelled()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data.dataset: ", data_dir.string(), " has no masks (fine-tuning needs labelled data)"));
+  }
+  if (!pretrain_ && !config_.data.val_dataset.empty()) {
+    ASSIGN_OR_RETURN(fs::path val_dir, ResolveDataset(config_.data.val_dataset, options_.store, "data.val_dataset"));
+    ASSIGN_OR_RETURN(val_, ShardedDataset::Open(val_dir, false), "data.val_dataset");
+  }
+  // Unset data.mean/std: the training dataset's own (its manifest). The
+  // paper's CEM500K constants are stated in configs/pretrain-cem500k.yaml.
+  mean_ = config_.data.mean.value_or(data_->manifest().mean);
+  std_ = config_.data.std.value_or(data_->manifest().std);
+  RETINA_LOG(Info) << "normalisation: mean " << mean_ << ", std " << std_
+                   << (config_.data.mean ? " (data.mean/std)" : " (the dataset manifest's)");
+  if (data_->size() < global_batch_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("data.dataset: ", data_->size(), " samples, fewer than one global batch of ", global_batch_));
+  }
+  return absl::OkStatus();
+}
+
+// Communicator, model (and transfer), reducer, optimiser.
+absl::Status Trainer::SetUpModel() {
+  CommunicatorOptions co;
+  co.backend = config_.runtime.dist_backend;
+  co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config_.runtime.collective_timeout_s * 1000));
+  co.cuda = device_.device.is_cuda();
+  ASSIGN_OR_RETURN(comm_, CreateCommunicator(launch_, co));
+  // Every rank says who it is first (the HPC guide's first check for hangs).
+  RETINA_LOG(Info) << "rank " << launch_.rank << " of " << launch_.world_size << " (local " << launch_.local_rank
+                   << " of " << launch_.local_world_size << ", from " << launch_.source << "), backend "
+                   << comm_->backend() << ", rendezvous " << launch_.master_addr << ":" << launch_.master_port << " ("
+                   << launch_.rendezvous_from << (launch_.agent_store ? ", torchrun agent store" : "") << "), "
+                   << device_.describe << ", " << threads_.threads << " thread(s)";
+  ASSIGN_OR_RETURN(model_config_,
+                   NamedModelConfig(config_.model.name, config_.model.image_size, config_.model.classes,
+                                    pretrain_ ? ModelHead::kReconstruction : ModelHead::kSegmentation));
+  model_config_.dropout_rate = config_.model.dropout;
+  torch::manual_seed(config_.seed);
+  model_ = VisionTransformer(model_config_);
+  model_->to(device_.dtype);  // before the transfer, so fp64 keeps the checkpoint's float64 values
+  const FinetuneConfig& f = config_.finetune;
+  if (!pretrain_ && f.init != "random") {
+    ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(f.init, options_.store, "finetune.init"));
+    ASSIGN_OR_RETURN(StateDict weights, ReadWeights(source, model_config_), "finetune.init");
+    ASSIGN_OR_RETURN(LoadReport report, TransferPretrained(*model_, std::move(weights), f.freeze_encoder),
+                     "finetune.init " + f.init);
+    RETINA_LOG(Info) << "transferred " << report.loaded.size() << " tensors from " << f.init
+                     << (f.freeze_encoder ? "; transformer.encoder frozen" : "");
+  }
+  if (comm_->size() > 1) {
+    Communicator* comm = comm_.get();
+    SetBatchNormAllReduce(*model_, std::make_shared<SumAllReduce>([comm](torch::Tensor& t) {
+                            const absl::Status s = comm->AllReduceSum(t, "batch-norm statistics");
+                            TORCH_CHECK(s.ok(), std::string(s.message()));
+                          }));
+  }
+  model_->to(device_.device, device_.dtype);
+  model_->SetChannelsLast(true);
+  RETURN_IF_ERROR(BroadcastModuleState(*model_, *comm_));
+  reducer_ = std::make_unique<GradientReducer>(*model_, comm_.get());
+  optimizer_ = std::make_unique<torch::optim::SGD>(
+      model_->parameters(), torch::optim::SGDOptions(config_.optimizer.lr)
+                                .momentum(config_.optimizer.momentum)
+                                .weight_decay(config_.optimizer.weight_decay));
+  pretrain_augment_ =
+      std::make_unique<PretrainAugmenter>(config_.pretrain.augment, mean_, std_, model_config_.image_size, device_.dtype);
+  finetune_augment_ = std::make_unique<FinetuneAugmenter>(f, mean_, std_, model_config_.image_size, device_.dtype);
+  return absl::OkStatus();
+}
+
+// The job directory, resume, the store's records and the sampler.
+absl::Status Trainer::SetUpStore() {
+  const std::string& job = options_.job_id;
+  const fs::path ckpt_dir = layout_.CheckpointsDir(job);
+  if (launch_.rank == 0) {
+    RETURN_IF_ERROR(CreateDirectories(layout_.JobDir(job)));
+    RETURN_IF_ERROR(WriteFileAtomic(layout_.SpecPath(job), JobConfigToYaml(config_)));
+  }
+  SamplerState sampler_state;
+  fs::path from;
+  if (options_.resume == "auto") {
+    absl::StatusOr<CheckpointInfo> latest = CheckpointStore(ckpt_dir).Latest();
+    if (latest.ok()) from = latest->dir;
+    else if (!absl::IsNotFound(latest.status())) return latest.status();
+  } else if (options_.resume != "never") {
+    from = options_.resume;
+  }
+  if (!from.empty()) {
+    ASSIGN_OR_RETURN(CheckpointInfo info, CheckpointStore::Verify(from));
+    ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(info.dir / "model.pt"));
+    RETURN_IF_ERROR(LoadStateDict(*model_, std::move(weights)).status(), "resuming from " + info.dir.string());
+    RETURN_IF_ERROR(LoadSgdState(*optimizer_, model_->parameters(), info.dir / "optimizer.pt"));
+    const fs::path state_path = info.dir / StoreLayout::kCheckpointState;
+    ASSIGN_OR_RETURN(std::string text, ReadFile(state_path));
+    ASSIGN_OR_RETURN(CheckpointState s, DecodeCheckpointState(text, state_path.string()));
+    if (s.kind != config_.kind) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(info.dir.string(), " is a ", s.kind, " checkpoint; this job is ", config_.kind));
+    }
+    step_ = s.step;
+    sampler_state = {s.epoch, s.sampler_offset};
+    RETINA_LOG(Info) << "resumed from " << from.string() << " at step " << step_ << " (epoch " << s.epoch
+                     << ", offset " << s.sampler_offset << ")";
+  }
+  steps_per_epoch_ = data_->size() / global_batch_;
+  total_ = pretrain_ ? config_.pretrain.epochs * steps_per_epoch_ : config_.finetune.iters;
+  horizon_ = config_.schedule.horizon_iters > 0 ? config_.schedule.horizon_iters : total_;
+  ASSIGN_OR_RETURN(DistributedSampler sampler,
+                   DistributedSampler::Create(data_->size(), config_.seed, launch_.world_size, launch_.rank));
+  RETURN_IF_ERROR(sampler.Restore(sampler_state));
+  sampler_ = std::move(sampler);
+  if (launch_.rank != 0) return absl::OkStatus();
+  // The store's records continue from the checkpoint: steps past it (done
+  // by a killed attempt) are dropped, so each step appears once.
+  RETURN_IF_ERROR(TruncateMetricsCsv(layout_.MetricsCsvPath(job), step_));
+  RETURN_IF_ERROR(TruncateEventLog(layout_.EventsPath(job), step_));
+  ASSIGN_OR_RETURN(events_, EventLog::Open(layout_.EventsPath(job), options_.events));
+  if (step_ > 0) events_->Write(ResumedEvent{step_});
+  if (config_.checkpoint.save_initial && from.empty()) {
+    RETURN_IF_ERROR(Save(std::nullopt));  // step 0: the weights every later step starts from
+  }
+  const bool new_csv = !fs::exists(layout_.MetricsCsvPath(job));
+  metrics_csv_.reset(std::fopen(layout_.MetricsCsvPath(job).c_str(), "a"));
+  if (!metrics_csv_) return ErrnoStatus(errno, "open", layout_.MetricsCsvPath(job));
+  if (new_csv) std::fprintf(metrics_csv_.get(), "%s\n", kMetricsCsvHeader);
+  return absl::OkStatus();
+}
+
+// A loader over the rest of the current epoch.
+absl::Status Trainer::StartEpochLoader() {
+  std::vector<std::vector<int64_t>> batches;
+  DistributedSampler copy = *sampler_;
+  while (copy.per_rank() >= batch_) batches.push_back(copy.Next(batch_));
+  LoaderOptions lo;
+  lo.threads = std::max(1, config_.data.loader_threads);
+  lo.prefetch = config_.data.prefetch_batches;
+  lo.with_masks = !pretrain_;
+  lo.pin_memory = device_.device.is_cuda();
+  ASSIGN_OR_RETURN(loader_, Loader::Create(data_.get(), std::move(batches), lo));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
+  const uint64_t step_seed = Mix(config_.seed, launch_.rank, step_);
+  torch::manual_seed(step_seed);
+  torch::Generator gen = at::detail::createCPUGenerator(step_seed ^ 0x5bd1e995u);
+  StepResult r;
+  r.lr = config_.schedule.policy == "poly" ? PolyLearningRate(config_.optimizer.lr, step_, horizon_, config_.schedule.power)
+                                           : config_.optimizer.lr;
+  for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(r.lr);
+
+  optimizer_->zero_grad();
+  reducer_->PrepareForBackward();
+  torch::Tensor loss;
+  const torch::Tensor images = batch.images.to(device_.device, /*non_blocking=*/true);
+  try {
+    CudaAutocast autocast(device_.bf16);
+    if (pretrain_) {
+      const PretrainBatch pb = (*pretrain_augment_)(images, gen);
+      loss = torch::mse_loss(model_(pb.input), pb.target);
+    } else {
+      const torch::Tensor masks = batch.masks.to(device_.device, /*non_blocking=*/true);
+      const FinetuneBatch fb = (*finetune_augment_)(images, masks, gen);
+      const torch::Tensor logits = model_(fb.image);
+      const std::string& kind = config_.finetune.loss;
+      const bool binary = kind == "bce_dice" || (kind == "auto" && model_config_.num_classes == 1);
+      // Losses in fp32 under autocast (in float64 at fp64).
+      const torch::Tensor l = logits.to(device_.dtype);
+      loss = binary ? BceDiceLoss(l, fb.mask) : CeDiceLoss(l, fb.mask, config_.finetune.class_weights);
+    }
+    loss = loss.to(device_.dtype);
+    loss.backward();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("rank ", launch_.rank, ": step ", step_, ": ", e.what_without_backtrace()));
+  }
+  RETURN_IF_ERROR(reducer_->FinishBackward());
+  optimizer_->step();
+  ++step_;
+  // Mean loss and any rank's stop request, in one collective.
+  torch::Tensor shared =
+      torch::tensor({loss.item<double>(), g_stop_signal.load() != 0 ? 1.0 : 0.0}, torch::kDouble).to(device_.device);
+  RETURN_IF_ERROR(comm_->AllReduceSum(shared, "loss and stop flag"));
+  shared = shared.to(torch::kCPU);
+  r.mean_loss = shared[0].item<double>() / comm_->size();
+  r.stop = shared[1].item<double>() > 0;
+  return r;
+}
+
+// The evaluation module's protocol: sliding windows over each validation
+// image, the paper's per-image IoU (1e-5 smoothing), averaged per class.
+absl::StatusOr<double> Trainer::Validate() {
+  torch::NoGradGuard no_grad;
+  model_->eval();
+  SlidingWindowOptions so;
+  so.window = model_config_.image_size;
+  so.overlap = config_.finetune.val_overlap;
+  so.device = device_.device;
+  Volume preds, truth;
+  preds.shape = truth.shape = {val_->size(), val_->height(), val_->width()};
+  preds.data.resize(val_->size() * val_->height() * val_->width());
+  truth.data.resize(preds.data.size());
+  const int64_t plane = val_->height() * val_->width();
+  for (int64_t i = 0; i < val_->size(); ++i) {
+    RETURN_IF_ERROR(val_->CheckSample(i), "data.val_dataset");
+    const torch::Tensor img =
+        torch::from_blob(const_cast<uint8_t*>(val_->image(i)), {val_->height(), val_->width()}, torch::kByte);
+    const torch::Tensor logits =
+        SlidingWindowLogits(ModelForward(model_), (img.to(device_.dtype) / 255 - mean_) / std_, so);
+    const torch::Tensor lab = logits.size(0) == 1 ? (logits[0] > 0).to(torch::kByte) : logits.argmax(0).to(torch::kByte);
+    std::memcpy(preds.data.data() + i * plane, lab.contiguous().data_ptr<uint8_t>(), plane);
+    std::memcpy(truth.data.data() + i * plane, val_->mask(i), plane);
+  }
+  MetricOptions mo;
+  for (int c = 1; c < std::max(2, model_config_.num_classes); ++c) mo.classes.push_back(c);
+  mo.per_plane_iou = true;
+  mo.distances = false;
+  ASSIGN_OR_RETURN(std::vector<ClassMetrics> per_class, ComputeMetrics(preds, truth, mo), "validation");
+  model_->train();
+  EvalEvent eval;
+  eval.step = step_;
+  for (const ClassMetrics& c : per_class) {
+    eval.iou_per_class[c.cls] = c.iou;
+    eval.iou += c.iou / per_class.size();
+  }
+  events_->Write(eval);
+  return eval.iou;
+}
+
+absl::Status Trainer::Save(std::optional<double> score) {
+  const fs::path dir = layout_.CheckpointsDir(options_.job_id);
+  ASSIGN_OR_RETURN(CheckpointWriter w, CheckpointWriter::Begin(dir, step_));
+  const std::vector<char> weights = SerializeStateDict(GetStateDict(*model_));
+  RETURN_IF_ERROR(w.WriteFile("model.pt", absl::string_view(weights.data(), weights.size())));
+  const std::vector<char> optimizer = SerializeSgdState(*optimizer_, model_->parameters());
+  RETURN_IF_ERROR(w.WriteFile("optimizer.pt", absl::string_view(optimizer.data(), optimizer.size())));
+  CheckpointState s;
+  s.step = step_;
+  s.epoch = sampler_->state().epoch;
+  s.sampler_offset = sampler_->state().offset;
+  s.seed = config_.seed;
+  s.world_size = launch_.world_size;
+  s.kind = config_.kind;
+  s.config_sha256 = Sha256Hex(options_.config_text);
+  s.model = config_.model.name;  // what inference needs to rebuild and normalise
+  s.image_size = config_.model.image_size;
+  s.classes = pretrain_ ? 1 : config_.model.classes;
+  s.mean = mean_;
+  s.std = std_;
+  RETURN_IF_ERROR(w.WriteFile(StoreLayout::kCheckpointState, EncodeCheckpointState(s)));
+  if (score) w.SetScore(*score);
+  ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
+  ASSIGN_OR_RETURN(auto removed,
+                   CheckpointStore(dir).ApplyRetention(config_.checkpoint.keep_last, config_.checkpoint.keep_best));
+  events_->Write(CheckpointEvent{step_, info.dir.string(), removed});
+  return absl::OkStatus();
+}
+
+void Trainer::Record(const StepResult& r, double seconds, std::optional<double> val_iou) {
+  const double ips = seconds > 0 ? global_batch_ / seconds : 0;
+  const int64_t epoch = sampler_->state().epoch;
+  events_->Write(
+      StepEvent{step_, epoch, r.mean_loss, r.lr, ips, loader_->last_wait_seconds(), reducer_->exposed_seconds()});
+  MetricsRow row;
+  row.step = step_;
+  row.epoch = epoch;
+  row.loss = r.mean_loss;
+  row.lr = r.lr;
+  row.images_per_s = ips;
+  row.data_wait_s = loader_->last_wait_seconds();
+  row.allreduce_exposed_s = reducer_->exposed_seconds();
+  row.val_iou = val_iou;
+  row.time = NowUnixSeconds();
+  const std::string line = FormatMetricsRow(row);
+  if (std::fputs(line.c_str(), metrics_csv_.get()) < 0 || std::fflush(metrics_csv_.get()) != 0) {
+    RETINA_LOG(Warning) << layout_.MetricsCsvPath(options_.job_id).string() << ": write failed: " << std::strerror(errno);
+  }
+  if (val_iou) bar_->Note(absl::StrFormat("step %d: validation IoU %.4f", step_, *val_iou));
+  bar_->Update(step_, absl::StrFormat("loss %.4g, lr %.3g, %.1f img/s", r.mean_loss, r.lr, ips));
+}
+
+absl::StatusOr<RunOutcome> Trainer::Run() {
+  StopSignals signals;
+  // Rate and ETA from the steps this process runs (not those it resumed past).
+  bar_ = std::make_unique<ProgressBar>(absl::StrCat(config_.kind, " ", options_.job_id), total_, "steps", step_);
+  if (events_) {
+    StartEvent start;
+    start.step = step_;
+    start.total_steps = total_;
+    start.world_size = launch_.world_size;
+    start.device = device_.describe;
+    start.backend = comm_->backend();
+    start.threads = threads_.threads;
+    start.global_batch = global_batch_;
+    events_->Write(start);
+  }
+  RETURN_IF_ERROR(StartEpochLoader());
+  model_->train();
+  auto last = std::chrono::steady_clock::now();
+  while (step_ < total_) {
+    std::optional<RawBatch> batch = loader_->Next();
+    if (!batch) {  // epoch done (drop last)
+      sampler_->NextEpoch();
+      RETURN_IF_ERROR(StartEpochLoader());
+      continue;
+    }
+    RETURN_IF_ERROR(batch->status);  // a damaged sample: stop before it reaches the model
+    (void)sampler_->Next(batch_);     // advance in lock step with the loader's batch list
+    ASSIGN_OR_RETURN(StepResult r, Step(*batch));
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - last).count();
+    last = now;
+    const FinetuneConfig& f = config_.finetune;
+    std::optional<double> val_iou;
+    if (launch_.rank == 0 && !pretrain_ && val_ && f.eval_every_iters > 0 &&
+        (step_ % f.eval_every_iters == 0 || step_ == total_)) {
+      ASSIGN_OR_RETURN(val_iou, Validate());
+    }
+    if (launch_.rank == 0) Record(r, seconds, val_iou);
+    const bool epoch_end = pretrain_ && step_ % steps_per_epoch_ == 0;
+    const bool due = r.stop || step_ == total_ ||
+                     (pretrain_ ? epoch_end && (step_ / steps_per_epoch_) % config_.pretrain.checkpoint_every_epochs == 0
+                                : step_ % f.save_every_iters == 0);
+    if (due && launch_.rank == 0) {
+      RETURN_IF_ERROR(Save(val_iou));
+      bar_->Note(absl::StrFormat("step %d: checkpoint written", step_));
+    }
+    if (r.stop) {
+      RETURN_IF_ERROR(comm_->Barrier("checkpoint before stopping"));
+      if (events_) events_->Write(PreemptedEvent{step_});
+      bar_->Finish();
+      return RunOutcome::kPreempted;
+    }
+  }
+  bar_->Finish();
+  if (events_) events_->Write(DoneEvent{step_});
+  return RunOutcome::kCompleted;
+}
+
+}  // namespace retina::trainer
