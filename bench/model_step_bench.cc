@@ -10,15 +10,27 @@
 //
 //   model_step_bench [--model r50-vit-b16] [--batch 4] [--steps 3] [--image-size 224] [--no-python]
 //                    [--compare-layouts]   (also time contiguous vs channels_last, interleaved)
+//                    [--device cpu|cuda] [--precision fp32|bf16] [--batches 16,32,64] [--json FILE]
+// On CUDA (the GPU kit, bench/gpu_check.sh): every batch size of --batches,
+// images/s and MFU against a bf16 GEMM measured in the same run and against
+// the H100/H200 dense bf16 peak (989 TFLOP/s); --json writes the figures.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
 
+#include <fstream>
+#include <optional>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/model/transunet.h"
+#include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
 namespace {
@@ -29,17 +41,97 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Achieved GFLOP/s of an n x n x n fp32 matmul (best of `reps`).
-double GemmGflops(int n, int reps) {
-  torch::Tensor a = torch::randn({n, n}), b = torch::randn({n, n});
+void Sync(const torch::Device& d) {
+  if (d.is_cuda()) torch::cuda::synchronize();
+}
+
+// Achieved GFLOP/s of an n x n x n matmul in `dtype` on `device` (best of `reps`).
+double GemmGflops(int n, int reps, torch::Device device = torch::kCPU, torch::Dtype dtype = torch::kFloat) {
+  const auto o = torch::TensorOptions().device(device).dtype(dtype);
+  torch::Tensor a = torch::randn({n, n}, o), b = torch::randn({n, n}, o);
   torch::Tensor c = torch::matmul(a, b);  // warm-up
+  Sync(device);
   double best = 1e30;
   for (int i = 0; i < reps; ++i) {
     const auto t0 = Clock::now();
     c = torch::matmul(a, b);
+    Sync(device);
     best = std::min(best, Seconds(t0, Clock::now()));
   }
   return 2.0 * n * n * static_cast<double>(n) / best / 1e9;
+}
+
+// The pre-training model, seed 0; nullopt (reason on stderr) for a bad name or size.
+std::optional<retina::trainer::VisionTransformer> PretrainModel(const std::string& name, int size) {
+  using namespace retina::trainer;
+  absl::StatusOr<TransUNetConfig> config = NamedModelConfig(name, size, 1, ModelHead::kReconstruction);
+  if (!config.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
+    return std::nullopt;
+  }
+  torch::manual_seed(0);
+  return VisionTransformer(*config);
+}
+
+constexpr double kPeakBf16Tflops = 989.0;  // H100/H200 SXM dense bf16
+
+// Steps at each batch size on `device_name` in `precision`; figures to stdout
+// (as they come, so a cut-off run still reports) and to `json_path`.
+int DeviceSteps(const std::string& model_name, int size, int steps, const std::string& device_name,
+                const std::string& precision, const std::vector<int>& batches, const std::string& json_path) {
+  using namespace retina::trainer;
+  absl::StatusOr<DevicePlan> plan = PlanDevice(device_name, precision, 0);
+  if (!plan.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(plan.status().message()).c_str());
+    return 3;
+  }
+  const torch::Device device = plan->device;
+  nlohmann::json out = {{"model", model_name}, {"image_size", size}, {"device", plan->describe},
+                        {"precision", precision}, {"steps", steps}};
+  const double gemm = GemmGflops(device.is_cuda() ? 8192 : 2048, 5, device,
+                                 device.is_cuda() ? torch::kBFloat16 : torch::kFloat);
+  out["gemm_tflops"] = gemm / 1e3;
+  std::printf("%s GEMM: %.1f TFLOP/s (measured ceiling)\n", device.is_cuda() ? "bf16 8192^3" : "fp32 2048^3",
+              gemm / 1e3);
+  std::fflush(stdout);
+  std::optional<retina::trainer::VisionTransformer> built = PretrainModel(model_name, size);
+  if (!built) return 2;
+  retina::trainer::VisionTransformer model = *built;
+  model->to(device);
+  model->SetChannelsLast(true);
+  model->train();
+  torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.003).momentum(0.9).weight_decay(1e-4));
+  const double gflop_per_image = 175.0 * (size / 224.0) * (size / 224.0);
+  if (model_name != "r50-vit-b16") std::printf("(FLOP counted as r50-vit-b16's: ratios mean little for %s)\n", model_name.c_str());
+  for (int batch : batches) {
+    const auto o = torch::TensorOptions().device(device);
+    const torch::Tensor x = torch::randn({batch, 1, size, size}, o), target = torch::randn({batch, 1, size, size}, o);
+    auto step = [&] {
+      opt.zero_grad();
+      torch::Tensor loss;
+      {
+        CudaAutocast autocast(plan->bf16);
+        loss = torch::mse_loss(model(x), target).to(torch::kFloat);
+      }
+      loss.backward();
+      opt.step();
+    };
+    step();  // warm-up (cuDNN autotuning)
+    Sync(device);
+    const auto t0 = Clock::now();
+    for (int i = 0; i < steps; ++i) step();
+    Sync(device);
+    const double per_step = Seconds(t0, Clock::now()) / steps;
+    const double ips = batch / per_step, tflops = ips * gflop_per_image / 1e3;
+    out["batches"].push_back({{"batch", batch}, {"seconds_per_step", per_step}, {"images_per_s", ips},
+                              {"tflops", tflops}, {"of_gemm", tflops / (gemm / 1e3)},
+                              {"mfu_vs_989", tflops / kPeakBf16Tflops}});
+    std::printf("batch %d: %.4f s/step, %.1f images/s, %.1f TFLOP/s = %.3f of the GEMM, MFU %.3f of %.0f TFLOP/s\n",
+                batch, per_step, ips, tflops, tflops / (gemm / 1e3), tflops / kPeakBf16Tflops, kPeakBf16Tflops);
+    std::fflush(stdout);
+  }
+  if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
+  return 0;
 }
 
 }  // namespace
@@ -50,6 +142,8 @@ int main(int argc, char** argv) {
   int batch = 4, steps = 3, size = 224;
   bool python = true;
   bool compare_layouts = false;
+  std::string device_name = "cpu", precision = "fp32", json_path;
+  std::vector<int> batches;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next_int = [&](int* out) {
@@ -64,24 +158,36 @@ int main(int argc, char** argv) {
     else if (a == "--image-size") next_int(&size);
     else if (a == "--no-python") python = false;
     else if (a == "--compare-layouts") compare_layouts = true;
-    else {
+    else if (a == "--device" && i + 1 < argc) device_name = argv[++i];
+    else if (a == "--precision" && i + 1 < argc) precision = argv[++i];
+    else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+    else if (a == "--batches" && i + 1 < argc) {
+      for (absl::string_view b : absl::StrSplit(argv[++i], ',')) {
+        int v = 0;
+        if (!absl::SimpleAtoi(b, &v) || v < 1) {
+          std::fprintf(stderr, "--batches: '%s' is not a list of positive integers\n", argv[i]);
+          return 2;
+        }
+        batches.push_back(v);
+      }
+    } else {
       std::fprintf(stderr, "usage: %s [--model M] [--batch B] [--steps N] [--image-size S] [--no-python]\n", argv[0]);
       return 2;
     }
   }
   const retina::ThreadPlan threads = ConfigureTorchThreads(1);
   std::printf("threads: %d (%s)\n", threads.threads, threads.reason.c_str());
+  if (device_name != "cpu" || precision != "fp32" || !batches.empty()) {
+    return DeviceSteps(model_name, size, steps, device_name, precision, batches.empty() ? std::vector<int>{batch} : batches,
+                       json_path);
+  }
 
   const double gemm = GemmGflops(2048, 5);
   std::printf("fp32 GEMM 2048^3: %.1f GFLOP/s (ceiling)\n", gemm);
 
-  absl::StatusOr<TransUNetConfig> config = NamedModelConfig(model_name, size, 1, ModelHead::kReconstruction);
-  if (!config.ok()) {
-    std::fprintf(stderr, "%s\n", std::string(config.status().message()).c_str());
-    return 2;
-  }
-  torch::manual_seed(0);
-  VisionTransformer model(*config);
+  std::optional<retina::trainer::VisionTransformer> built = PretrainModel(model_name, size);
+  if (!built) return 2;
+  retina::trainer::VisionTransformer model = *built;
   model->train();
   torch::optim::SGD opt(model->parameters(), torch::optim::SGDOptions(0.003).momentum(0.9).weight_decay(1e-4));
   const torch::Tensor x = torch::randn({batch, 1, size, size});
