@@ -14,13 +14,15 @@
 #include "common/job_config.h"
 #include "common/job_identity.h"
 #include "common/path_policy.h"
-#include "services/coordinator/limits.h"
 #include "common/logging.h"
 #include "common/metrics_csv.h"
 #include "common/status_macros.h"
 #include "common/records.h"
 #include "common/store_layout.h"
 #include "nlohmann/json.hpp"
+#include "services/coordinator/job_query.h"
+#include "services/coordinator/job_spec.h"
+#include "services/coordinator/limits.h"
 
 namespace retina::coordinator {
 namespace v1 = retina::v1;
@@ -31,154 +33,6 @@ int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
 using TaskKey = std::pair<std::string, int>;
 
 v1::SlotType NormalType(v1::SlotType t) { return t == v1::SLOT_GPU ? v1::SLOT_GPU : v1::SLOT_CPU; }
-
-std::string KindOfConfig(v1::JobKind kind) {
-  switch (kind) {
-    case v1::PRETRAIN: return "pretrain";
-    case v1::FINETUNE: return "finetune";
-    case v1::EVALUATE: return "evaluate";
-    case v1::INFER: return "infer";
-    default: return "";
-  }
-}
-
-v1::JobKind KindFromConfig(const std::string& kind) {
-  if (kind == "pretrain") return v1::PRETRAIN;
-  if (kind == "finetune") return v1::FINETUNE;
-  if (kind == "evaluate") return v1::EVALUATE;
-  return v1::JOB_KIND_UNSPECIFIED;
-}
-
-// Validates the spec in place (defaults filled in). INVALID_ARGUMENT names the field.
-absl::Status ValidateSpec(v1::JobSpec* spec, const std::filesystem::path& store,
-                          const std::vector<std::filesystem::path>& allowed_roots) {
-  // Sizes and enums first: nothing else is looked at in an oversized request.
-  if (spec->config_yaml().size() > limits::kConfigYamlBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.config_yaml: ", spec->config_yaml().size(),
-                                                   " bytes; the limit is ", limits::kConfigYamlBytes));
-  }
-  if (spec->name().size() > limits::kNameChars) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.name: ", spec->name().size(), " characters; the limit is ", limits::kNameChars));
-  }
-  if (spec->labels_size() > limits::kLabels) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.labels: ", spec->labels_size(), " labels; the limit is ", limits::kLabels));
-  }
-  for (const auto& [key, value] : spec->labels()) {
-    if (key.empty() || key.size() > limits::kLabelKeyChars || value.size() > limits::kLabelValueChars) {
-      return absl::InvalidArgumentError(absl::StrCat("spec.labels: key '", limits::Echo(key), "': keys must be 1-",
-                                                     limits::kLabelKeyChars, " characters, values at most ",
-                                                     limits::kLabelValueChars));
-    }
-  }
-  if (!v1::JobKind_IsValid(spec->kind())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE)"));
-  }
-  if (!v1::SlotType_IsValid(spec->slot_type())) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.slot_type: unknown value ", static_cast<int>(spec->slot_type()), " (SLOT_CPU, SLOT_GPU)"));
-  }
-  if (spec->priority() < -limits::kPriority || spec->priority() > limits::kPriority) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.priority: must be between ", -limits::kPriority, " and ",
-                                                   limits::kPriority, ", got ", spec->priority()));
-  }
-  if (spec->world_size() < 1 || spec->world_size() > limits::kWorldSize) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
-  }
-  if (spec->slots_per_rank() == 0) spec->set_slots_per_rank(1);
-  if (spec->slots_per_rank() < 1 || spec->slots_per_rank() > 1024) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.slots_per_rank: must be between 1 and 1024, got ", spec->slots_per_rank()));
-  }
-  if (spec->max_restarts() < 0 || spec->max_restarts() > 1000) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("spec.max_restarts: must be between 0 and 1000, got ", spec->max_restarts()));
-  }
-  if (spec->kind() == v1::INFER) {
-    return absl::InvalidArgumentError(
-        "spec.kind: INFER jobs are not run by this version's trainer; use retina-infer on a checkpoint");
-  }
-  if (spec->config_yaml().empty()) return absl::InvalidArgumentError("spec.config_yaml: empty; give the job YAML");
-  absl::StatusOr<JobConfig> config = ParseJobConfig(spec->config_yaml(), "spec.config_yaml");
-  if (!config.ok()) return absl::InvalidArgumentError(config.status().message());
-  const v1::JobKind from_config = KindFromConfig(config->kind);
-  if (spec->kind() == v1::JOB_KIND_UNSPECIFIED) {
-    spec->set_kind(from_config);
-  } else if (spec->kind() != from_config) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.kind: ", v1::JobKind_Name(spec->kind()),
-                                                   " does not match the config's kind '", config->kind, "'"));
-  }
-  const int64_t batch = config->kind == "pretrain"   ? config->pretrain.global_batch
-                        : config->kind == "finetune" ? config->finetune.global_batch
-                                                     : 0;
-  if (batch > 0 && batch % spec->world_size() != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", config->kind, ".global_batch ", batch,
-                                                   " does not divide by ", spec->world_size(), " ranks"));
-  }
-  const PathPolicy policy(store, allowed_roots);
-  RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");
-  for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
-                                    {"data.val_dataset", config->data.val_dataset}}) {
-    if (name.empty()) continue;
-    // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
-    const std::filesystem::path dir = policy.DatasetPath(name);
-    if (!std::filesystem::exists(dir / "manifest.json") && !std::filesystem::exists(dir / "test.json")) {
-      return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name, "' (",
-                                                        dir.string(), "); pack it with retina-shard first"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-struct Filter {
-  std::vector<std::pair<std::string, std::string>> terms;
-  bool Matches(const v1::Job& job) const {
-    for (const auto& [key, value] : terms) {
-      if (key == "state" && JobStateName(job.state()) != value) return false;
-      if (key == "kind" && v1::JobKind_Name(job.spec().kind()) != value) return false;
-      if (key == "user" && job.user() != value) return false;
-      if (key == "name" && job.spec().name() != value) return false;
-      if (absl::StartsWith(key, "label.")) {
-        auto it = job.spec().labels().find(key.substr(6));
-        if (it == job.spec().labels().end() || it->second != value) return false;
-      }
-    }
-    return true;
-  }
-};
-
-absl::StatusOr<Filter> ParseFilter(const std::string& text) {
-  Filter f;
-  if (text.size() > limits::kFilterChars) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("filter: ", text.size(), " characters; the limit is ", limits::kFilterChars));
-  }
-  for (absl::string_view term : absl::StrSplit(text, absl::ByAnyChar(" ,"), absl::SkipEmpty())) {
-    std::vector<std::string> kv = absl::StrSplit(term, absl::MaxSplits('=', 1));
-    if (kv.size() != 2 || kv[1].empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("filter: '", limits::Echo(term), "' is not key=value"));
-    }
-    if (kv[0] == "state") {
-      v1::JobState s;
-      if (!v1::JobState_Parse(kv[1], &s) || s == v1::JOB_STATE_UNSPECIFIED) {
-        return absl::InvalidArgumentError(absl::StrCat("filter: unknown state '", limits::Echo(kv[1]), "'"));
-      }
-    } else if (kv[0] == "kind") {
-      v1::JobKind k;
-      if (!v1::JobKind_Parse(kv[1], &k)) {
-        return absl::InvalidArgumentError(absl::StrCat("filter: unknown kind '", limits::Echo(kv[1]), "'"));
-      }
-    } else if (kv[0] != "user" && kv[0] != "name" && !absl::StartsWith(kv[0], "label.")) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("filter: unknown key '", limits::Echo(kv[0]), "' (state, kind, user, name, label.<key>)"));
-    }
-    f.terms.emplace_back(kv[0], kv[1]);
-  }
-  return f;
-}
 
 // The database and the store must belong together (common/job_identity.h):
 // a new (or emptied) database over a store another database used would hand
@@ -434,7 +288,7 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
     }
   }
   v1::JobSpec spec = request.spec();
-  RETURN_IF_ERROR(ValidateSpec(&spec, options_.store, options_.allowed_roots));
+  RETURN_IF_ERROR(ValidateJobSpec(&spec, options_.store, options_.allowed_roots));
 
   absl::MutexLock lock(&mu_);
   if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
@@ -506,14 +360,8 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest
         absl::StrCat("page_size: must be 0-", limits::kPageSize, ", got ", request.page_size()));
   }
   const int page_size = request.page_size() == 0 ? 100 : request.page_size();
-  ASSIGN_OR_RETURN(Filter filter, ParseFilter(request.filter()));
-  int64_t before = INT64_MAX;
-  if (!request.page_token().empty()) {
-    if (request.page_token().size() < 2 || request.page_token()[0] != 's' ||
-        !absl::SimpleAtoi(request.page_token().substr(1), &before) || before < 1) {
-      return absl::InvalidArgumentError("page_token: not a token from ListJobs");
-    }
-  }
+  ASSIGN_OR_RETURN(JobFilter filter, ParseJobFilter(request.filter()));
+  ASSIGN_OR_RETURN(int64_t before, ParsePageToken(request.page_token()));
   absl::MutexLock lock(&mu_);
   v1::ListJobsResponse out;
   int64_t last_seq = 0;
@@ -524,7 +372,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest
     // ends before its message would pass kListResponseBytes (one job at least).
     const size_t job_bytes = it->second->job.ByteSizeLong() + 8;
     if (out.jobs_size() == page_size || (out.jobs_size() > 0 && bytes + job_bytes > limits::kListResponseBytes)) {
-      out.set_next_page_token(absl::StrCat("s", last_seq));
+      out.set_next_page_token(PageToken(last_seq));
       break;
     }
     *out.add_jobs() = it->second->job;

@@ -1,0 +1,115 @@
+#include "services/coordinator/job_spec.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "common/job_config.h"
+#include "common/path_policy.h"
+#include "common/status_macros.h"
+#include "services/coordinator/limits.h"
+
+namespace retina::coordinator {
+namespace v1 = retina::v1;
+
+std::string KindOfConfig(v1::JobKind kind) {
+  switch (kind) {
+    case v1::PRETRAIN: return "pretrain";
+    case v1::FINETUNE: return "finetune";
+    case v1::EVALUATE: return "evaluate";
+    case v1::INFER: return "infer";
+    default: return "";
+  }
+}
+
+v1::JobKind KindFromConfig(const std::string& kind) {
+  if (kind == "pretrain") return v1::PRETRAIN;
+  if (kind == "finetune") return v1::FINETUNE;
+  if (kind == "evaluate") return v1::EVALUATE;
+  return v1::JOB_KIND_UNSPECIFIED;
+}
+
+// Validates the spec in place (defaults filled in). INVALID_ARGUMENT names the field.
+absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& store,
+                          const std::vector<std::filesystem::path>& allowed_roots) {
+  // Sizes and enums first: nothing else is looked at in an oversized request.
+  if (spec->config_yaml().size() > limits::kConfigYamlBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.config_yaml: ", spec->config_yaml().size(),
+                                                   " bytes; the limit is ", limits::kConfigYamlBytes));
+  }
+  if (spec->name().size() > limits::kNameChars) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.name: ", spec->name().size(), " characters; the limit is ", limits::kNameChars));
+  }
+  if (spec->labels_size() > limits::kLabels) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.labels: ", spec->labels_size(), " labels; the limit is ", limits::kLabels));
+  }
+  for (const auto& [key, value] : spec->labels()) {
+    if (key.empty() || key.size() > limits::kLabelKeyChars || value.size() > limits::kLabelValueChars) {
+      return absl::InvalidArgumentError(absl::StrCat("spec.labels: key '", limits::Echo(key), "': keys must be 1-",
+                                                     limits::kLabelKeyChars, " characters, values at most ",
+                                                     limits::kLabelValueChars));
+    }
+  }
+  if (!v1::JobKind_IsValid(spec->kind())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE)"));
+  }
+  if (!v1::SlotType_IsValid(spec->slot_type())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.slot_type: unknown value ", static_cast<int>(spec->slot_type()), " (SLOT_CPU, SLOT_GPU)"));
+  }
+  if (spec->priority() < -limits::kPriority || spec->priority() > limits::kPriority) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.priority: must be between ", -limits::kPriority, " and ",
+                                                   limits::kPriority, ", got ", spec->priority()));
+  }
+  if (spec->world_size() < 1 || spec->world_size() > limits::kWorldSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
+  }
+  if (spec->slots_per_rank() == 0) spec->set_slots_per_rank(1);
+  if (spec->slots_per_rank() < 1 || spec->slots_per_rank() > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.slots_per_rank: must be between 1 and 1024, got ", spec->slots_per_rank()));
+  }
+  if (spec->max_restarts() < 0 || spec->max_restarts() > 1000) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("spec.max_restarts: must be between 0 and 1000, got ", spec->max_restarts()));
+  }
+  if (spec->kind() == v1::INFER) {
+    return absl::InvalidArgumentError(
+        "spec.kind: INFER jobs are not run by this version's trainer; use retina-infer on a checkpoint");
+  }
+  if (spec->config_yaml().empty()) return absl::InvalidArgumentError("spec.config_yaml: empty; give the job YAML");
+  absl::StatusOr<JobConfig> config = ParseJobConfig(spec->config_yaml(), "spec.config_yaml");
+  if (!config.ok()) return absl::InvalidArgumentError(config.status().message());
+  const v1::JobKind from_config = KindFromConfig(config->kind);
+  if (spec->kind() == v1::JOB_KIND_UNSPECIFIED) {
+    spec->set_kind(from_config);
+  } else if (spec->kind() != from_config) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.kind: ", v1::JobKind_Name(spec->kind()),
+                                                   " does not match the config's kind '", config->kind, "'"));
+  }
+  const int64_t batch = config->kind == "pretrain"   ? config->pretrain.global_batch
+                        : config->kind == "finetune" ? config->finetune.global_batch
+                                                     : 0;
+  if (batch > 0 && batch % spec->world_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", config->kind, ".global_batch ", batch,
+                                                   " does not divide by ", spec->world_size(), " ranks"));
+  }
+  const PathPolicy policy(store, allowed_roots);
+  RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");
+  for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
+                                    {"data.val_dataset", config->data.val_dataset}}) {
+    if (name.empty()) continue;
+    // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
+    const std::filesystem::path dir = policy.DatasetPath(name);
+    if (!std::filesystem::exists(dir / "manifest.json") && !std::filesystem::exists(dir / "test.json")) {
+      return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name, "' (",
+                                                        dir.string(), "); pack it with retina-shard first"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace retina::coordinator

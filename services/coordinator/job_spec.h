@@ -1,0 +1,28 @@
+// SubmitJob's spec check: sizes and enums first (nothing else is looked at
+// in an oversized request), then the job YAML (parsed and validated like
+// `retina-train config check`), the kind against the YAML's, the global
+// batch against the world size, the path policy (common/path_policy.h) and
+// that each named dataset exists in the store.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "retina/v1/job_service.pb.h"
+
+namespace retina::coordinator {
+
+// The job YAML's `kind` as the API's enum (JOB_KIND_UNSPECIFIED when unknown), and back.
+retina::v1::JobKind KindFromConfig(const std::string& kind);
+std::string KindOfConfig(retina::v1::JobKind kind);
+
+// Validates `spec` in place (defaults filled in: slots_per_rank 1, kind
+// from the YAML). INVALID_ARGUMENT names the field; FAILED_PRECONDITION
+// for a dataset the store does not have; PERMISSION_DENIED for a path
+// outside the store and `allowed_roots`.
+absl::Status ValidateJobSpec(retina::v1::JobSpec* spec, const std::filesystem::path& store,
+                             const std::vector<std::filesystem::path>& allowed_roots);
+
+}  // namespace retina::coordinator

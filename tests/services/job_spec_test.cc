@@ -1,0 +1,122 @@
+// SubmitJob's spec check and ListJobs' query (services/coordinator/job_spec.h,
+// job_query.h), in process: no server, no clock.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "services/coordinator/job_query.h"
+#include "services/coordinator/job_spec.h"
+
+namespace retina::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+class JobSpecCheck : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    store_ = fs::temp_directory_path() / ("jobspec-" + std::to_string(::getpid()));
+    fs::create_directories(store_ / "datasets/em");
+    ASSERT_TRUE(WriteFileAtomic(store_ / "datasets/em/manifest.json", "{}").ok());
+  }
+  void TearDown() override { fs::remove_all(store_); }
+  v1::JobSpec Spec(const std::string& yaml, int world = 1) {
+    v1::JobSpec s;
+    s.set_config_yaml(yaml);
+    s.set_world_size(world);
+    return s;
+  }
+  fs::path store_;
+};
+
+const char kPretrain[] = "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em}\n"
+                         "pretrain: {epochs: 1, global_batch: 8}\n";
+
+TEST_F(JobSpecCheck, DefaultsAreFilledAndTheKindComesFromTheYaml) {
+  v1::JobSpec s = Spec(kPretrain, 2);
+  ASSERT_TRUE(ValidateJobSpec(&s, store_, {}).ok());
+  EXPECT_EQ(s.kind(), v1::PRETRAIN);
+  EXPECT_EQ(s.slots_per_rank(), 1);
+  EXPECT_EQ(KindFromConfig("finetune"), v1::FINETUNE);
+  EXPECT_EQ(KindOfConfig(v1::EVALUATE), "evaluate");
+}
+
+TEST_F(JobSpecCheck, EveryRefusalNamesItsField) {
+  struct Case {
+    v1::JobSpec spec;
+    const char* expected;
+  };
+  std::vector<Case> cases;
+  cases.push_back({Spec(kPretrain, 3), "spec.world_size: pretrain.global_batch 8 does not divide by 3"});
+  cases.push_back({Spec(kPretrain, 0), "spec.world_size: must be between 1"});
+  cases.push_back({Spec(""), "spec.config_yaml: empty"});
+  cases.push_back({Spec("kind: pretrain\nnot yaml: [\n"), "spec.config_yaml"});
+  v1::JobSpec wrong_kind = Spec(kPretrain);
+  wrong_kind.set_kind(v1::FINETUNE);
+  cases.push_back({wrong_kind, "spec.kind: FINETUNE does not match the config's kind 'pretrain'"});
+  v1::JobSpec priority = Spec(kPretrain);
+  priority.set_priority(1 << 20);
+  cases.push_back({priority, "spec.priority: must be between"});
+  v1::JobSpec infer = Spec(kPretrain);
+  infer.set_kind(v1::INFER);
+  cases.push_back({infer, "spec.kind: INFER"});
+  for (Case& c : cases) {
+    const absl::Status s = ValidateJobSpec(&c.spec, store_, {});
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+    EXPECT_THAT(s.message(), HasSubstr(c.expected));
+  }
+  v1::JobSpec missing = Spec("kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: nope}\n");
+  const absl::Status s = ValidateJobSpec(&missing, store_, {});
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_THAT(s.message(), HasSubstr("data.dataset: no dataset 'nope'"));
+  v1::JobSpec outside = Spec("kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: /etc}\n");
+  EXPECT_TRUE(absl::IsPermissionDenied(ValidateJobSpec(&outside, store_, {})));
+}
+
+TEST(JobQuery, FiltersMatchEveryTermAndBadTermsAreNamed) {
+  v1::Job job;
+  job.set_state(v1::RUNNING);
+  job.set_user("ana");
+  job.mutable_spec()->set_kind(v1::FINETUNE);
+  job.mutable_spec()->set_name("uro");
+  (*job.mutable_spec()->mutable_labels())["study"] = "s1";
+  struct Case {
+    const char* filter;
+    bool matches;
+  };
+  for (const Case& c : std::vector<Case>{{"", true},
+                                         {"state=RUNNING", true},
+                                         {"state=RUNNING,kind=FINETUNE user=ana", true},
+                                         {"name=uro label.study=s1", true},
+                                         {"state=QUEUED", false},
+                                         {"user=bob", false},
+                                         {"label.study=s2", false},
+                                         {"label.other=s1", false}}) {
+    absl::StatusOr<JobFilter> f = ParseJobFilter(c.filter);
+    ASSERT_TRUE(f.ok()) << c.filter << ": " << f.status();
+    EXPECT_EQ(f->Matches(job), c.matches) << c.filter;
+  }
+  for (const auto& [filter, expected] : std::vector<std::pair<std::string, std::string>>{
+           {"state", "'state' is not key=value"},
+           {"state=SLEEPING", "unknown state 'SLEEPING'"},
+           {"kind=TRAIN", "unknown kind 'TRAIN'"},
+           {"colour=red", "unknown key 'colour'"},
+           {std::string(5000, 'x'), "characters; the limit is"}}) {
+    EXPECT_THAT(ParseJobFilter(filter).status().message(), HasSubstr(expected)) << filter.substr(0, 20);
+  }
+}
+
+TEST(JobQuery, PageTokensRoundTripAndForeignOnesAreRefused) {
+  EXPECT_EQ(*ParsePageToken(""), INT64_MAX);
+  EXPECT_EQ(*ParsePageToken(PageToken(42)), 42);
+  for (const char* bad : {"s", "x42", "s-1", "s0", "s12abc"}) {
+    EXPECT_TRUE(absl::IsInvalidArgument(ParsePageToken(bad).status())) << bad;
+  }
+}
+
+}  // namespace
+}  // namespace retina::coordinator
