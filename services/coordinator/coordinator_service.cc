@@ -85,7 +85,7 @@ grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* ctx, const grpc::By
 // are dropped for a slow reader (state changes never are).
 class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
  public:
-  WatchReactor(Coordinator* core) : core_(core) {}
+  explicit WatchReactor(Coordinator* core) : core_(core) {}
 
   void Start(grpc::CallbackServerContext* ctx, const std::string& id, const services::Authenticator* auth,
              CoordinatorMetrics* metrics) {

@@ -135,7 +135,9 @@ TEST_F(GpuData, PinnedNonBlockingLoaderDeliversTheSameBatches) {
     ASSERT_TRUE(loader.ok()) << loader.status();
     while (std::optional<RawBatch> b = (*loader)->Next()) {
       ASSERT_TRUE(b->status.ok()) << b->status;
-      if (pinned) EXPECT_TRUE(b->images.is_pinned());
+      if (pinned) {
+        EXPECT_TRUE(b->images.is_pinned());
+      }
       got[pinned].push_back(b->images.to(kCuda, /*non_blocking=*/true).to(torch::kCPU));
     }
   }

@@ -198,5 +198,15 @@ TEST(DatasetManifest, RejectsInconsistentJson) {
   EXPECT_TRUE(DatasetManifest::FromJson(m.ToJson(), "m.json").ok());
 }
 
+TEST(DatasetNames, ResolveInTheStoreAndNeverEscapeIt) {
+  EXPECT_EQ(*ResolveDataset("em", "/s", "data.dataset"), std::filesystem::path("/s/datasets/em"));
+  EXPECT_EQ(*ResolveDataset("/data/em", "/s", "data.dataset"), std::filesystem::path("/data/em"));
+  for (const char* bad : {"..", ".", "", ".hidden"}) {
+    const absl::Status s = ResolveDataset(bad, "/s", "data.val_dataset").status();
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << bad;
+    EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("data.val_dataset")) << bad;
+  }
+}
+
 }  // namespace
 }  // namespace retina::trainer

@@ -16,6 +16,7 @@
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
+#include "common/store_layout.h"
 #include "trainer/data/hdf5_handle.h"
 
 namespace retina::trainer {
@@ -164,6 +165,12 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const fs::path& pat
 }
 
 MappedFile::~MappedFile() { ::munmap(const_cast<uint8_t*>(data_), size_); }
+
+absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path& store, const std::string& key) {
+  if (name.find('/') != std::string::npos) return fs::path(name);
+  RETURN_IF_ERROR(StoreLayout::ValidateName(name, key));
+  return StoreLayout(store).DatasetDir(name);
+}
 
 absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::path& dir, bool verify) {
   ASSIGN_OR_RETURN(DatasetManifest manifest, DatasetManifest::Load(dir));

@@ -23,6 +23,13 @@
 
 namespace retina::trainer {
 
+// The directory of data.dataset / data.val_dataset `name` (the field `key`,
+// for errors): a path when it holds '/', else a dataset of the store (a safe
+// name: common/store_layout.h). One resolver for training, evaluation and
+// prediction.
+absl::StatusOr<std::filesystem::path> ResolveDataset(const std::string& name, const std::filesystem::path& store,
+                                                     const std::string& key);
+
 struct ShardContents {
   int64_t height = 0;
   int64_t width = 0;

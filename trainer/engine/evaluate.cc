@@ -14,6 +14,7 @@
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "trainer/data/readers.h"
+#include "trainer/data/shards.h"
 #include "trainer/eval/inference.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/state_dict.h"
@@ -28,8 +29,7 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   const StoreLayout layout(o.store);
   // The test split.
-  const fs::path test_dir = config.data.dataset.find('/') != std::string::npos ? fs::path(config.data.dataset)
-                                                                                : layout.DatasetDir(config.data.dataset);
+  ASSIGN_OR_RETURN(const fs::path test_dir, ResolveDataset(config.data.dataset, o.store, "data.dataset"));
   ASSIGN_OR_RETURN(std::string test_text, ReadFile(test_dir / "test.json"),
                    "data.dataset (an imported test split, e.g. <name>-test)");
   nlohmann::json test;

@@ -1,4 +1,4 @@
-// Losses and the learning-rate schedule of RETINA (METHOD.md sections 2-3).
+// Losses of RETINA (METHOD.md sections 2-3); the schedule is in schedule.h.
 #pragma once
 
 #include <torch/torch.h>
@@ -6,9 +6,6 @@
 #include <vector>
 
 namespace retina::trainer {
-
-// lr = base (1 - k/K)^power for iteration k of K (0 at and after K).
-double PolyLearningRate(double base, int64_t k, int64_t horizon, double power);
 
 // Binary: 0.5 BCE-with-logits + 0.5 (1 - (2 sum p t + 1e-5) / (sum p + sum t + 1e-5)).
 // logits [B, 1, H, W] (or [B, H, W]), target [B, H, W] in {0, 1}.

@@ -20,6 +20,7 @@
 #include "common/status_macros.h"
 #include "trainer/engine/losses.h"
 #include "trainer/engine/optimizer_state.h"
+#include "trainer/engine/schedule.h"
 #include "trainer/eval/inference.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/batch_norm.h"
@@ -67,12 +68,6 @@ uint64_t Mix(uint64_t a, uint64_t b, uint64_t c) {
 
 double NowUnixSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path& store, const std::string& key) {
-  if (name.find('/') != std::string::npos) return fs::path(name);
-  RETURN_IF_ERROR(StoreLayout::ValidateName(name, key));
-  return StoreLayout(store).DatasetDir(name);
 }
 
 }  // namespace
