@@ -46,7 +46,7 @@ part() {  # part NAME JSON_TEXT
 }
 refuse() {
   log "REFUSED: $1"
-  printf '{"error": "%s"}\n' "$1" > "$OUT/figures.json"
+  printf '{"error": "%s"}\n' "$(printf '%s' "$1" | tr '"\\\n' "'/ ")" > "$OUT/figures.json"
   exit 3
 }
 

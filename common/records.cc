@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace retina {
 namespace {
@@ -85,12 +86,6 @@ class Reader {
   const Json& j_;
   std::string where_;
 };
-
-#define RETINA_RECORD_TRY(expr)        \
-  do {                                 \
-    absl::Status _s = (expr);          \
-    if (!_s.ok()) return _s;           \
-  } while (0)
 
 Json ClassMap(const std::map<int, double>& m) {
   Json j = Json::object();
@@ -173,41 +168,41 @@ absl::StatusOr<Event> DecodeEvent(absl::string_view line, const std::string& whe
   if (!parsed.ok()) return parsed.status();
   const Reader r(*parsed, where);
   std::string name;
-  RETINA_RECORD_TRY(r.Get("event", &name));
-  RETINA_RECORD_TRY(r.Version());
+  RETURN_IF_ERROR(r.Get("event", &name));
+  RETURN_IF_ERROR(r.Version());
   if (name == "start") {
     StartEvent x;
-    RETINA_RECORD_TRY(r.Get("step", &x.step, false));
-    RETINA_RECORD_TRY(r.Get("total_steps", &x.total_steps));
-    RETINA_RECORD_TRY(r.Get("world_size", &x.world_size, false));
-    RETINA_RECORD_TRY(r.Get("threads", &x.threads, false));
-    RETINA_RECORD_TRY(r.Get("global_batch", &x.global_batch, false));
-    RETINA_RECORD_TRY(r.Get("device", &x.device, false));
-    RETINA_RECORD_TRY(r.Get("backend", &x.backend, false));
+    RETURN_IF_ERROR(r.Get("step", &x.step, false));
+    RETURN_IF_ERROR(r.Get("total_steps", &x.total_steps));
+    RETURN_IF_ERROR(r.Get("world_size", &x.world_size, false));
+    RETURN_IF_ERROR(r.Get("threads", &x.threads, false));
+    RETURN_IF_ERROR(r.Get("global_batch", &x.global_batch, false));
+    RETURN_IF_ERROR(r.Get("device", &x.device, false));
+    RETURN_IF_ERROR(r.Get("backend", &x.backend, false));
     return Event(x);
   }
   if (name == "step") {
     StepEvent x;
-    RETINA_RECORD_TRY(r.Get("step", &x.step));
-    RETINA_RECORD_TRY(r.Get("epoch", &x.epoch, false));
-    RETINA_RECORD_TRY(r.Get("loss", &x.loss, false));
-    RETINA_RECORD_TRY(r.Get("lr", &x.lr, false));
-    RETINA_RECORD_TRY(r.Get("images_per_s", &x.images_per_s, false));
-    RETINA_RECORD_TRY(r.Get("data_wait_s", &x.data_wait_s, false));
-    RETINA_RECORD_TRY(r.Get("allreduce_s", &x.allreduce_s, false));
+    RETURN_IF_ERROR(r.Get("step", &x.step));
+    RETURN_IF_ERROR(r.Get("epoch", &x.epoch, false));
+    RETURN_IF_ERROR(r.Get("loss", &x.loss, false));
+    RETURN_IF_ERROR(r.Get("lr", &x.lr, false));
+    RETURN_IF_ERROR(r.Get("images_per_s", &x.images_per_s, false));
+    RETURN_IF_ERROR(r.Get("data_wait_s", &x.data_wait_s, false));
+    RETURN_IF_ERROR(r.Get("allreduce_s", &x.allreduce_s, false));
     return Event(x);
   }
   if (name == "eval") {
     EvalEvent x;
-    RETINA_RECORD_TRY(r.GetOptional("step", &x.step));
-    RETINA_RECORD_TRY(r.Get("iou", &x.iou));
-    RETINA_RECORD_TRY(r.GetClassMap("iou_per_class", &x.iou_per_class, false));
+    RETURN_IF_ERROR(r.GetOptional("step", &x.step));
+    RETURN_IF_ERROR(r.Get("iou", &x.iou));
+    RETURN_IF_ERROR(r.GetClassMap("iou_per_class", &x.iou_per_class, false));
     return Event(x);
   }
   if (name == "checkpoint") {
     CheckpointEvent x;
-    RETINA_RECORD_TRY(r.Get("step", &x.step));
-    RETINA_RECORD_TRY(r.Get("path", &x.path, false));
+    RETURN_IF_ERROR(r.Get("step", &x.step));
+    RETURN_IF_ERROR(r.Get("path", &x.path, false));
     if (r.json().contains("removed")) {
       const Json& v = r.json()["removed"];
       if (!v.is_array()) return r.Bad("removed", "not a list");
@@ -220,13 +215,13 @@ absl::StatusOr<Event> DecodeEvent(absl::string_view line, const std::string& whe
   }
   if (name == "resumed" || name == "preempted") {
     int64_t step = 0;
-    RETINA_RECORD_TRY(r.Get("step", &step));
+    RETURN_IF_ERROR(r.Get("step", &step));
     if (name == "resumed") return Event(ResumedEvent{step});
     return Event(PreemptedEvent{step});
   }
   if (name == "done") {
     DoneEvent x;
-    RETINA_RECORD_TRY(r.GetOptional("step", &x.step));
+    RETURN_IF_ERROR(r.GetOptional("step", &x.step));
     return Event(x);
   }
   return absl::UnimplementedError(absl::StrCat(where, ": unknown event '", name.substr(0, 32), "'"));
@@ -242,27 +237,35 @@ std::string EncodeCheckpointState(const CheckpointState& s) {
   return j.dump(2) + "\n";
 }
 
+namespace {
+
+// Required: what resuming needs. The rest was added later; defaults stand in.
+absl::Status ReadCheckpointState(const Reader& r, CheckpointState* s) {
+  RETURN_IF_ERROR(r.Version());
+  RETURN_IF_ERROR(r.Get("step", &s->step));
+  RETURN_IF_ERROR(r.Get("epoch", &s->epoch));
+  RETURN_IF_ERROR(r.Get("sampler_offset", &s->sampler_offset));
+  RETURN_IF_ERROR(r.Get("kind", &s->kind));
+  RETURN_IF_ERROR(r.Get("seed", &s->seed, false));
+  RETURN_IF_ERROR(r.Get("world_size", &s->world_size, false));
+  RETURN_IF_ERROR(r.Get("config_sha256", &s->config_sha256, false));
+  RETURN_IF_ERROR(r.Get("model", &s->model, false));
+  RETURN_IF_ERROR(r.Get("image_size", &s->image_size, false));
+  RETURN_IF_ERROR(r.Get("classes", &s->classes, false));
+  RETURN_IF_ERROR(r.GetOptional("mean", &s->mean));
+  return r.GetOptional("std", &s->std);
+}
+
+}  // namespace
+
 absl::StatusOr<CheckpointState> DecodeCheckpointState(absl::string_view text, const std::string& where) {
   absl::StatusOr<Json> parsed = ParseObject(text, where);
   if (!parsed.ok()) return absl::DataLossError(parsed.status().message());
-  const Reader r(*parsed, where);
   CheckpointState s;
-  absl::Status st = r.Version();
-  // Required: what resuming needs. The rest was added later; defaults stand in.
-  if (st.ok()) st = r.Get("step", &s.step);
-  if (st.ok()) st = r.Get("epoch", &s.epoch);
-  if (st.ok()) st = r.Get("sampler_offset", &s.sampler_offset);
-  if (st.ok()) st = r.Get("kind", &s.kind);
-  if (st.ok()) st = r.Get("seed", &s.seed, false);
-  if (st.ok()) st = r.Get("world_size", &s.world_size, false);
-  if (st.ok()) st = r.Get("config_sha256", &s.config_sha256, false);
-  if (st.ok()) st = r.Get("model", &s.model, false);
-  if (st.ok()) st = r.Get("image_size", &s.image_size, false);
-  if (st.ok()) st = r.Get("classes", &s.classes, false);
-  if (st.ok()) st = r.GetOptional("mean", &s.mean);
-  if (st.ok()) st = r.GetOptional("std", &s.std);
-  if (!st.ok() && absl::IsInvalidArgument(st)) return absl::DataLossError(st.message());
-  if (!st.ok()) return st;
+  // A malformed record in a committed checkpoint is damage: DATA_LOSS.
+  if (const absl::Status st = ReadCheckpointState(Reader(*parsed, where), &s); !st.ok()) {
+    return absl::IsInvalidArgument(st) ? absl::DataLossError(st.message()) : st;
+  }
   return s;
 }
 
@@ -289,32 +292,32 @@ absl::StatusOr<EvalReport> DecodeEvalReport(absl::string_view text, const std::s
   if (!parsed.ok()) return parsed.status();
   const Reader r(*parsed, where);
   EvalReport out;
-  RETINA_RECORD_TRY(r.Version());
-  RETINA_RECORD_TRY(r.Get("checkpoint", &out.checkpoint, false));
-  RETINA_RECORD_TRY(r.Get("mode", &out.mode, false));
-  RETINA_RECORD_TRY(r.Get("overlap", &out.overlap, false));
-  RETINA_RECORD_TRY(r.Get("mean_iou", &out.mean_iou));
-  RETINA_RECORD_TRY(r.GetClassMap("mean_iou_per_class", &out.mean_iou_per_class, false));
+  RETURN_IF_ERROR(r.Version());
+  RETURN_IF_ERROR(r.Get("checkpoint", &out.checkpoint, false));
+  RETURN_IF_ERROR(r.Get("mode", &out.mode, false));
+  RETURN_IF_ERROR(r.Get("overlap", &out.overlap, false));
+  RETURN_IF_ERROR(r.Get("mean_iou", &out.mean_iou));
+  RETURN_IF_ERROR(r.GetClassMap("mean_iou_per_class", &out.mean_iou_per_class, false));
   if (!r.json().contains("items") || !r.json()["items"].is_array()) return r.Bad("items", "missing or not a list");
   const Json& items = r.json()["items"];
   for (size_t i = 0; i < items.size(); ++i) {
     if (!items[i].is_object()) return r.Bad(absl::StrCat("items[", i, "]"), "not an object");
     const Reader ir(items[i], absl::StrCat(where, ".items[", i, "]"));
     EvalItem item;
-    RETINA_RECORD_TRY(ir.Get("source", &item.source, false));
+    RETURN_IF_ERROR(ir.Get("source", &item.source, false));
     const Json& classes = items[i].contains("classes") ? items[i]["classes"] : Json::array();
     if (!classes.is_array()) return ir.Bad("classes", "not a list");
     for (size_t k = 0; k < classes.size(); ++k) {
       if (!classes[k].is_object()) return ir.Bad(absl::StrCat("classes[", k, "]"), "not an object");
       const Reader cr(classes[k], absl::StrCat(ir.where(), ".classes[", k, "]"));
       ClassScore c;
-      RETINA_RECORD_TRY(cr.Get("class", &c.cls));
-      RETINA_RECORD_TRY(cr.Get("iou", &c.iou));
-      RETINA_RECORD_TRY(cr.Get("f1", &c.f1, false));
-      RETINA_RECORD_TRY(cr.Get("precision", &c.precision, false));
-      RETINA_RECORD_TRY(cr.Get("recall", &c.recall, false));
-      RETINA_RECORD_TRY(cr.GetOptional("mfd", &c.mfd));
-      RETINA_RECORD_TRY(cr.GetOptional("cremi_score", &c.cremi_score));
+      RETURN_IF_ERROR(cr.Get("class", &c.cls));
+      RETURN_IF_ERROR(cr.Get("iou", &c.iou));
+      RETURN_IF_ERROR(cr.Get("f1", &c.f1, false));
+      RETURN_IF_ERROR(cr.Get("precision", &c.precision, false));
+      RETURN_IF_ERROR(cr.Get("recall", &c.recall, false));
+      RETURN_IF_ERROR(cr.GetOptional("mfd", &c.mfd));
+      RETURN_IF_ERROR(cr.GetOptional("cremi_score", &c.cremi_score));
       item.classes.push_back(c);
     }
     out.items.push_back(std::move(item));
