@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <string>
 
+#include "common/cli.h"
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/reducer.h"
 
@@ -36,9 +37,9 @@ struct Params : torch::nn::Module {
 int main(int argc, char** argv) {
   CommunicatorOptions o;
   o.timeout = std::chrono::milliseconds(120000);
-  for (int i = 1; i + 1 < argc; ++i) {
-    if (std::string(argv[i]) == "--backend") o.backend = argv[i + 1];
-  }
+  retina::Cli cli("allreduce_bench", "All-reduce bus bandwidth from 4 KiB to 64 MiB (run with 2+ ranks).");
+  cli.app().add_option("--backend", o.backend, "auto | nccl | mpi | gloo")->check(CLI::IsMember({"auto", "nccl", "mpi", "gloo"}));
+  if (std::optional<int> rc = cli.Parse(argc, argv)) return *rc;
   at::set_num_threads(1);
   absl::StatusOr<LaunchInfo> launch = DiscoverLaunch({});
   if (!launch.ok() || launch->world_size < 2) {

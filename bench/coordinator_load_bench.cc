@@ -94,17 +94,16 @@ class Watcher : public grpc::ClientReadReactor<v1::JobEvent> {
   std::atomic<bool> ok_{false};
 };
 
-int Run(const retina::CliFlags& f) {
+struct LoadFlags {
   int submits = 5000, clients = 16, watchers = 1000;
-  double floor = 0, ceiling_ms = 0;
-  (void)f.GetInt("--submits", &submits);
-  (void)f.GetInt("--clients", &clients);
-  (void)f.GetInt("--watchers", &watchers);
-  double stream_s = 10;
-  (void)f.GetDouble("--stream-s", &stream_s);
-  (void)f.GetDouble("--floor", &floor);
-  (void)f.GetDouble("--p99-ceiling", &ceiling_ms);
-  const std::string sync = f.Get("--sync", "full");
+  double floor = 0, ceiling_ms = 0, stream_s = 10;
+  std::string sync = "full";
+};
+
+int Run(const LoadFlags& f) {
+  const int submits = f.submits, clients = f.clients, watchers = f.watchers;
+  const double floor = f.floor, ceiling_ms = f.ceiling_ms, stream_s = f.stream_s;
+  const std::string& sync = f.sync;
 
   const fs::path dir = fs::temp_directory_path() / absl::StrCat("retina-load-", ::getpid());
   fs::create_directories(dir / "store" / "datasets" / "em");
@@ -381,9 +380,18 @@ int Run(const retina::CliFlags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<retina::CliFlags> f = retina::ParseCliFlags(
-      std::vector<std::string>(argv + 1, argv + argc),
-      {"--submits", "--clients", "--watchers", "--stream-s", "--sync", "--floor", "--p99-ceiling"});
-  if (!f.ok()) return retina::ReportStatus("coordinator_load_bench", f.status());
-  return Run(*f);
+  retina::Cli cli("coordinator_load_bench",
+                  "Submits, watchers and streams against an in-process coordinator; prints rates and latencies.");
+  LoadFlags f;
+  CLI::App& app = cli.app();
+  app.add_option("--submits", f.submits, "jobs submitted")->check(retina::kPositiveInt);
+  app.add_option("--clients", f.clients, "concurrent submitting clients")->check(retina::kPositiveInt);
+  app.add_option("--watchers", f.watchers, "concurrent WatchJob streams")->check(retina::kNonNegativeInt);
+  app.add_option("--stream-s", f.stream_s, "how long the streams run")->check(retina::kPositiveNumber);
+  app.add_option("--sync", f.sync, "SQLite synchronous mode")->check(CLI::IsMember({"full", "normal"}));
+  app.add_option("--floor", f.floor, "fail below this many submits/s (0: report only)")->check(retina::kNonNegativeNumber);
+  app.add_option("--p99-ceiling", f.ceiling_ms, "fail above this p99 submit latency, ms (0: report only)")
+      ->check(retina::kNonNegativeNumber);
+  cli.Root([&]() -> absl::StatusOr<int> { return Run(f); });
+  return cli.Run(argc, argv);
 }

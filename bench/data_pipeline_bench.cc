@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <string>
 
+#include "common/cli.h"
 #include "absl/strings/numbers.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
@@ -69,21 +70,15 @@ int main(int argc, char** argv) {
   double floor = 1000;
   bool model = true;
   std::string device_name = "cpu";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    bool ok = true;
-    if (a == "--dataset" && i + 1 < argc) dataset = argv[++i];
-    else if (a == "--images" && i + 1 < argc) ok = absl::SimpleAtoi(argv[++i], &images);
-    else if (a == "--batch" && i + 1 < argc) ok = absl::SimpleAtoi(argv[++i], &batch);
-    else if (a == "--floor" && i + 1 < argc) ok = absl::SimpleAtod(argv[++i], &floor);
-    else if (a == "--no-model") model = false;
-    else if (a == "--device" && i + 1 < argc) device_name = argv[++i];
-    else ok = false;
-    if (!ok) {
-      std::fprintf(stderr, "usage: %s [--dataset DIR] [--images N] [--batch B] [--floor F] [--no-model]\n", argv[0]);
-      return 2;
-    }
-  }
+  retina::Cli cli("data_pipeline_bench", "Loader + augmentation throughput against the model step's.");
+  CLI::App& app = cli.app();
+  app.add_option("--dataset", dataset, "a packed dataset (default: a synthetic one)");
+  app.add_option("--images", images, "images to load")->check(retina::kPositiveInt);
+  app.add_option("--batch", batch, "batch size")->check(retina::kPositiveInt);
+  app.add_option("--floor", floor, "fail below this many images/s")->check(retina::kNonNegativeNumber);
+  app.add_flag("!--no-model", model, "skip the model-step reference");
+  app.add_option("--device", device_name, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  if (std::optional<int> rc = cli.Parse(argc, argv)) return *rc;
   const retina::ThreadPlan plan = ConfigureTorchThreads(1);
   absl::StatusOr<DevicePlan> device_plan = PlanDevice(device_name, "auto", 0);
   if (!device_plan.ok()) {

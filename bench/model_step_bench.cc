@@ -25,6 +25,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/cli.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -144,37 +145,19 @@ int main(int argc, char** argv) {
   bool compare_layouts = false;
   std::string device_name = "cpu", precision = "fp32", json_path;
   std::vector<int> batches;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next_int = [&](int* out) {
-      if (i + 1 >= argc || !absl::SimpleAtoi(argv[++i], out)) {
-        std::fprintf(stderr, "%s needs an integer\n", a.c_str());
-        std::exit(2);
-      }
-    };
-    if (a == "--model" && i + 1 < argc) model_name = argv[++i];
-    else if (a == "--batch") next_int(&batch);
-    else if (a == "--steps") next_int(&steps);
-    else if (a == "--image-size") next_int(&size);
-    else if (a == "--no-python") python = false;
-    else if (a == "--compare-layouts") compare_layouts = true;
-    else if (a == "--device" && i + 1 < argc) device_name = argv[++i];
-    else if (a == "--precision" && i + 1 < argc) precision = argv[++i];
-    else if (a == "--json" && i + 1 < argc) json_path = argv[++i];
-    else if (a == "--batches" && i + 1 < argc) {
-      for (absl::string_view b : absl::StrSplit(argv[++i], ',')) {
-        int v = 0;
-        if (!absl::SimpleAtoi(b, &v) || v < 1) {
-          std::fprintf(stderr, "--batches: '%s' is not a list of positive integers\n", argv[i]);
-          return 2;
-        }
-        batches.push_back(v);
-      }
-    } else {
-      std::fprintf(stderr, "usage: %s [--model M] [--batch B] [--steps N] [--image-size S] [--no-python]\n", argv[0]);
-      return 2;
-    }
-  }
+  retina::Cli cli("model_step_bench", "Training-step throughput and MFU against a same-run GEMM (and Python's step).");
+  CLI::App& app = cli.app();
+  app.add_option("--model", model_name, "named model config");
+  app.add_option("--batch", batch, "batch size")->check(retina::kPositiveInt);
+  app.add_option("--steps", steps, "timed steps")->check(retina::kPositiveInt);
+  app.add_option("--image-size", size, "input side")->check(retina::kPositiveInt);
+  app.add_flag("!--no-python", python, "skip the Python (torch) reference step");
+  app.add_flag("--compare-layouts", compare_layouts, "also time channels-last");
+  app.add_option("--device", device_name, "cpu | cuda")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  app.add_option("--precision", precision, "fp32 | bf16 | fp64 | auto")->check(CLI::IsMember({"auto", "fp32", "bf16", "fp64"}));
+  app.add_option("--json", json_path, "also write the figures here");
+  app.add_option("--batches", batches, "batch sizes to sweep, e.g. 16,32,64")->delimiter(',')->check(retina::kPositiveInt);
+  if (std::optional<int> rc = cli.Parse(argc, argv)) return *rc;
   const retina::ThreadPlan threads = ConfigureTorchThreads(1);
   std::printf("threads: %d (%s)\n", threads.threads, threads.reason.c_str());
   if (device_name != "cpu" || precision != "fp32" || !batches.empty()) {

@@ -20,6 +20,7 @@
 #include <random>
 #include <string>
 
+#include "common/cli.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
@@ -97,24 +98,13 @@ double PeakMiB(const Options& o, const std::string& input, const std::string& ou
 
 int main(int argc, char** argv) {
   Options o;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string k = argv[i], v = argv[i + 1];
-    bool ok = true;
-    if (k == "--shape") {
-      std::vector<std::string> parts = absl::StrSplit(v, ',');
-      ok = parts.size() == 3;
-      for (int d = 0; ok && d < 3; ++d) ok = absl::SimpleAtoi(parts[d], &o.shape[d]);
-    } else if (k == "--budget-mb") {
-      ok = absl::SimpleAtoi(v, &o.budget_mb);
-    } else if (k == "--window") {
-      ok = absl::SimpleAtoi(v, &o.window);
-    } else if (k == "--overlap") {
-      ok = absl::SimpleAtod(v, &o.overlap);
-    } else {
-      ok = false;
-    }
-    if (!ok) return std::fprintf(stderr, "bad flag %s %s\n", k.c_str(), v.c_str()), 2;
-  }
+  retina::Cli cli("orthoplane_memory_bench", "Peak memory of streamed orthoplane inference against the whole volume.");
+  CLI::App& app = cli.app();
+  app.add_option("--shape", o.shape, "volume z,y,x")->delimiter(',')->check(retina::kPositiveInt);
+  app.add_option("--budget-mb", o.budget_mb, "slab budget")->check(retina::kPositiveInt);
+  app.add_option("--window", o.window, "window side")->check(retina::kPositiveInt);
+  app.add_option("--overlap", o.overlap, "window overlap")->check(CLI::Range(0.0, 0.95));
+  if (std::optional<int> rc = cli.Parse(argc, argv)) return *rc;
   const fs::path dir = fs::temp_directory_path() / retina::UniqueTempName("retina-ortho-bench-");
   fs::create_directories(dir);
   const std::string input = (dir / "in.h5").string();

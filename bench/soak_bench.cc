@@ -1302,30 +1302,27 @@ int Soak::Run() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::StatusOr<retina::CliFlags> f =
-      retina::ParseCliFlags(std::vector<std::string>(argv + 1, argv + argc),
-                            {"--seconds", "--seed", "--settle-s", "--max-outstanding"}, {"--keep"});
-  if (!f.ok()) return retina::ReportStatus("soak_bench", f.status());
+  retina::Cli cli("soak_bench", "Runs a coordinator, workers and ranks under random submits, cancels and kills, and\n"
+                                "checks the service's invariants throughout.");
   Options o;
-  absl::Status s = f->GetInt("--seconds", &o.seconds);
-  if (s.ok()) s = f->GetInt("--settle-s", &o.settle_s);
-  if (s.ok()) s = f->GetInt("--max-outstanding", &o.max_outstanding);
   int64_t seed = static_cast<int64_t>(std::random_device()() & 0x7fffffff);
-  if (s.ok()) s = f->GetInt64("--seed", &seed);
-  if (s.ok() && (o.seconds < 10 || o.settle_s < 1 || o.max_outstanding < 1)) {
-    s = absl::InvalidArgumentError("--seconds must be >= 10, --settle-s and --max-outstanding >= 1");
-  }
-  if (!s.ok()) return retina::ReportStatus("soak_bench", s);
-  o.seed = static_cast<uint64_t>(seed);
-  o.keep = f->Has("--keep");
-
-  // Orphaned ranks come here (and are reaped) rather than to init.
-  prctl(PR_SET_CHILD_SUBREAPER, 1);
-  signal(SIGPIPE, SIG_IGN);
-  struct sigaction sa {};
-  sa.sa_handler = OnStopSignal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  Soak soak(o);
-  return soak.Run();
+  CLI::App& app = cli.app();
+  app.add_option("--seconds", o.seconds, "chaos duration")->check(CLI::Range(10, 1 << 30));
+  app.add_option("--settle-s", o.settle_s, "then wait this long for every job to end")->check(retina::kPositiveInt);
+  app.add_option("--max-outstanding", o.max_outstanding, "jobs in flight at most")->check(retina::kPositiveInt);
+  app.add_option("--seed", seed, "the chaos schedule's seed (default: random, printed)")->check(retina::kNonNegativeInt);
+  app.add_flag("--keep", o.keep, "keep the run's directory");
+  cli.Root([&]() -> absl::StatusOr<int> {
+    o.seed = static_cast<uint64_t>(seed);
+    // Orphaned ranks come here (and are reaped) rather than to init.
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
+    signal(SIGPIPE, SIG_IGN);
+    struct sigaction sa {};
+    sa.sa_handler = OnStopSignal;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    Soak soak(o);
+    return soak.Run();
+  });
+  return cli.Run(argc, argv);
 }

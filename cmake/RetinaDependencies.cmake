@@ -5,7 +5,7 @@
 
 set(_retina_setup_hint "run scripts/setup (Debian/Ubuntu) to install it")
 
-# --- common/: Abseil, yaml-cpp, OpenSSL, nlohmann-json ----------------------
+# --- common/: Abseil, yaml-cpp, OpenSSL, nlohmann-json, CLI11 ---------------
 find_package(absl CONFIG QUIET)
 if(NOT absl_FOUND)
   message(FATAL_ERROR "Abseil not found: install libabsl-dev (${_retina_setup_hint}) "
@@ -14,6 +14,10 @@ endif()
 find_package(yaml-cpp CONFIG QUIET)
 if(NOT yaml-cpp_FOUND)
   message(FATAL_ERROR "yaml-cpp not found: install libyaml-cpp-dev (${_retina_setup_hint})")
+endif()
+find_package(CLI11 CONFIG QUIET)
+if(NOT CLI11_FOUND)
+  message(FATAL_ERROR "CLI11 not found: install libcli11-dev (${_retina_setup_hint})")
 endif()
 find_package(OpenSSL QUIET)
 if(NOT OpenSSL_FOUND)

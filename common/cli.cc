@@ -1,138 +1,140 @@
 #include "common/cli.h"
 
-#include <cstdlib>
-
-#include <algorithm>
+#include <climits>
 #include <iostream>
 
-#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+
+#ifndef RETINA_VERSION
+#error "RETINA_VERSION must be defined by the build (retina_options)"
+#endif
 
 namespace retina {
+namespace {
 
-std::string CliFlags::Get(const std::string& key, const std::string& fallback) const {
-  auto it = values.find(key);
-  return it == values.end() ? fallback : it->second;
+// c10::Error's what() is the message, then "Exception raised from ..." and a
+// backtrace: the first line is what a user needs.
+std::string FirstLine(const char* what) {
+  std::string s(what);
+  const size_t nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
 }
 
-absl::Status CliFlags::GetInt(const std::string& key, int* out) const {
-  auto it = values.find(key);
-  if (it != values.end() && !absl::SimpleAtoi(it->second, out)) {
-    return absl::InvalidArgumentError(key + ": expected an integer, got '" + it->second + "'");
+}  // namespace
+
+Cli::Cli(std::string program, std::string description, std::string version_extra, bool version_subcommand)
+    : program_(std::move(program)),
+      version_extra_(std::move(version_extra)),
+      app_(std::make_unique<CLI::App>(std::move(description), program_)) {
+  app_->set_version_flag("--version", VersionString(), "Print the version and exit");
+  app_->option_defaults()->always_capture_default();
+  if (version_subcommand) {
+    Command("version", "Print the version", [this]() -> absl::StatusOr<int> {
+      std::cout << VersionString() << "\n";
+      return 0;
+    });
   }
-  return absl::OkStatus();
 }
 
-absl::Status CliFlags::GetInt64(const std::string& key, int64_t* out) const {
-  auto it = values.find(key);
-  if (it != values.end() && !absl::SimpleAtoi(it->second, out)) {
-    return absl::InvalidArgumentError(key + ": expected an integer, got '" + it->second + "'");
-  }
-  return absl::OkStatus();
+std::string Cli::VersionString() const {
+  std::string v = program_ + " " + RETINA_VERSION;
+  if (!version_extra_.empty()) v += " (" + version_extra_ + ")";
+  return v;
 }
 
-absl::Status CliFlags::GetDouble(const std::string& key, double* out) const {
-  auto it = values.find(key);
-  if (it != values.end() && !absl::SimpleAtod(it->second, out)) {
-    return absl::InvalidArgumentError(key + ": expected a number, got '" + it->second + "'");
-  }
-  return absl::OkStatus();
+CLI::App* Cli::AddCommand(const std::string& name, const std::string& description, Action action, CLI::App* parent) {
+  CLI::App* sub = (parent ? parent : app_.get())->add_subcommand(name, description);
+  actions_.emplace_back(sub, std::move(action));
+  return sub;
 }
 
-absl::StatusOr<std::vector<std::string>> TakeRepeatedFlag(std::vector<std::string>* args, const std::string& flag) {
-  std::vector<std::string> values, rest;
-  for (size_t i = 0; i < args->size(); ++i) {
-    const std::string& a = (*args)[i];
-    if (a == flag) {
-      if (i + 1 >= args->size()) return absl::InvalidArgumentError(flag + " needs a value");
-      values.push_back((*args)[++i]);
-    } else if (a.rfind(flag + "=", 0) == 0) {
-      values.push_back(a.substr(flag.size() + 1));
-    } else {
-      rest.push_back(a);
-    }
-  }
-  *args = std::move(rest);
-  return values;
+CLI::App* Cli::Group(const std::string& name, const std::string& description, CLI::App* parent) {
+  CLI::App* sub = (parent ? parent : app_.get())->add_subcommand(name, description);
+  sub->require_subcommand(1);
+  return sub;
 }
 
-std::string CliFlags::Store(const std::string& fallback) const {
-  if (Has("--store")) return Get("--store");
-  const char* env = std::getenv("RETINA_STORE");
-  return env != nullptr && *env != '\0' ? env : fallback;
+int Cli::Report(const absl::Status& status) const { return ReportStatus(program_, status); }
+
+int Cli::Run(const std::vector<std::string>& args) {
+  std::vector<const char*> argv = {program_.c_str()};
+  for (const std::string& a : args) argv.push_back(a.c_str());
+  return Run(static_cast<int>(argv.size()), argv.data());
 }
 
-bool CliFlags::HasStore() const {
-  const char* env = std::getenv("RETINA_STORE");
-  return Has("--store") || (env != nullptr && *env != '\0');
-}
-
-absl::Status CliFlags::Require(const std::vector<std::string>& keys) const {
-  for (const std::string& k : keys) {
-    if (!Has(k)) return absl::InvalidArgumentError(k + " is required");
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<CliFlags> ParseCliFlags(const std::vector<std::string>& args, const std::vector<std::string>& with_value,
-                                       const std::vector<std::string>& switches) {
-  CliFlags f;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (std::find(switches.begin(), switches.end(), a) != switches.end()) {
-      f.values[a] = "1";
-    } else if (std::find(with_value.begin(), with_value.end(), a) != with_value.end()) {
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError(a + " needs a value");
-      f.values[a] = args[++i];
-    } else if (a.rfind("--", 0) == 0) {
-      return absl::InvalidArgumentError("unknown flag " + a);
-    } else {
-      f.positional.push_back(a);
-    }
-  }
-  return f;
-}
-
-bool AsksForHelp(const std::vector<std::string>& args) {
-  return std::any_of(args.begin(), args.end(), [](const std::string& a) { return a == "--help" || a == "-h"; }) ||
-         (!args.empty() && args[0] == "help");
-}
-
-int RunSubcommands(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
-                   const std::map<std::string, Subcommand>& subcommands) {
-  if (AsksForHelp(args)) {
-    std::cout << usage;
+std::optional<int> Cli::Parse(int argc, const char* const* argv) {
+  try {
+    app_->parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app_->exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app_->exit(e);
+  } catch (const CLI::CallForVersion&) {
+    std::cout << VersionString() << "\n";
     return 0;
-  }
-  auto it = args.empty() ? subcommands.end() : subcommands.find(args[0]);
-  if (it == subcommands.end()) {
-    std::cerr << usage;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << program_ << ": " << e.what() << "\n(run " << program_ << " --help for the flags)\n";
     return 2;
   }
-  return ReportStatus(program, it->second({args.begin() + 1, args.end()}));
+  return std::nullopt;
 }
 
-int RunCommand(const std::string& program, const std::string& usage, const std::vector<std::string>& args,
-               const std::function<absl::Status(const std::vector<std::string>&)>& command) {
-  if (AsksForHelp(args)) {
-    std::cout << usage;
-    return 0;
+int Cli::Run(int argc, const char* const* argv) {
+  // Subcommands need one to be chosen unless the root has an action.
+  bool root_acts = false;
+  for (const auto& [app, action] : actions_) root_acts = root_acts || app == app_.get();
+  if (!root_acts && !app_->get_subcommands({}).empty()) app_->require_subcommand(1);
+  if (std::optional<int> rc = Parse(argc, argv)) return *rc;
+  // The deepest selected subcommand with an action runs (subcommands are
+  // registered after their parents), else the root's action.
+  const Action* chosen = nullptr;
+  for (const auto& [app, action] : actions_) {
+    if (app == app_.get()) chosen = &action;
   }
-  if (args.empty()) {
-    std::cerr << usage;
+  for (const auto& [app, action] : actions_) {
+    if (app != app_.get() && app->parsed()) chosen = &action;
+  }
+  if (chosen == nullptr) {
+    std::cerr << app_->help();
     return 2;
   }
   try {
-    return ReportStatus(program, command(args));
+    absl::StatusOr<int> rc = (*chosen)();
+    return rc.ok() ? *rc : Report(rc.status());
   } catch (const std::exception& e) {
-    std::cerr << program << ": " << e.what() << "\n";
+    std::cerr << program_ << ": " << FirstLine(e.what()) << "\n";
     return 1;
   }
+}
+
+CLI::Option* AddStoreOption(CLI::App* app, std::string* store, const std::string& what) {
+  return app->add_option("--store", *store, what + " (else $RETINA_STORE)")->envname("RETINA_STORE");
+}
+
+CLI::Option* AddSetOption(CLI::App* app, std::vector<std::string>* overrides) {
+  return app
+      ->add_option("--set", *overrides, "override a job-file key, e.g. model.name=tiny (repeatable)")
+      ->allow_extra_args(false)
+      ->type_name("KEY=VALUE");
 }
 
 int ReportStatus(const std::string& program, const absl::Status& s) {
   if (s.ok()) return 0;
   std::cerr << program << ": " << s.message() << "\n";
   return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> ParseKeyValues(const std::string& text,
+                                                                               const std::string& flag) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (absl::string_view kv : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
+    if (p.size() != 2 || p[0].empty()) {
+      return absl::InvalidArgumentError(flag + ": k=v,k=v (got '" + std::string(kv) + "')");
+    }
+    out.emplace_back(p[0], p[1]);
+  }
+  return out;
 }
 
 }  // namespace retina

@@ -20,6 +20,9 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <yaml-cpp/yaml.h>
@@ -45,6 +48,36 @@ struct Spec {
   bool required = false;
   std::vector<std::string> choices;  // for strings: the allowed values
 };
+
+// An enum a config names by word. Specialise EnumWords<E> with
+//   static constexpr std::pair<E, const char*> kWords[] = {{E::kA, "a"}, ...};
+// and a field of type E reads, writes and documents those words (an unknown
+// word is an error listing them). A missing table fails to compile.
+template <class E>
+struct EnumWords;
+
+template <class E>
+const char* EnumName(E value) {
+  for (const auto& [e, word] : EnumWords<E>::kWords) {
+    if (e == value) return word;
+  }
+  return "?";
+}
+
+template <class E>
+std::optional<E> EnumFromName(std::string_view word) {
+  for (const auto& [e, w] : EnumWords<E>::kWords) {
+    if (word == w) return e;
+  }
+  return std::nullopt;
+}
+
+template <class E>
+std::vector<std::string> EnumNames() {
+  std::vector<std::string> names;
+  for (const auto& [e, w] : EnumWords<E>::kWords) names.emplace_back(w);
+  return names;
+}
 
 // Levenshtein distance, for "did you mean" suggestions.
 int EditDistance(const std::string& a, const std::string& b);
@@ -92,6 +125,14 @@ class YamlDecoder {
   void Field(const char* key, std::string* value, const Spec& spec);
   void Field(const char* key, std::optional<double>* value, const Spec& spec);
   void Field(const char* key, std::vector<double>* value, const Spec& spec);
+  template <class E, std::enable_if_t<std::is_enum_v<E>, int> = 0>
+  void Field(const char* key, E* value, const Spec& spec) {
+    std::string word = EnumName(*value);
+    Spec with_words = spec;
+    with_words.choices = EnumNames<E>();
+    Field(key, &word, with_words);  // reports a word not in the table
+    if (std::optional<E> e = EnumFromName<E>(word)) *value = *e;
+  }
 
   template <class S>
   void Section(const char* key, S* sub, const char* doc) {
@@ -131,7 +172,13 @@ class YamlEncoder {
     return std::string(out.c_str()) + "\n";
   }
   template <class T>
-  void Field(const char* key, T* value, const Spec&) { Emit(key, *value); }
+  void Field(const char* key, T* value, const Spec&) {
+    if constexpr (std::is_enum_v<T>) {
+      Emit(key, std::string(EnumName(*value)));
+    } else {
+      Emit(key, *value);
+    }
+  }
   template <class S>
   void Section(const char* key, S* sub, const char*) {
     *out_ << YAML::Key << key << YAML::Value << YAML::BeginMap;
@@ -161,7 +208,15 @@ class SchemaDoc {
     return doc.text_;
   }
   template <class T>
-  void Field(const char* key, T* value, const Spec& spec) { Row(key, TypeName(*value), Show(*value), spec); }
+  void Field(const char* key, T* value, const Spec& spec) {
+    if constexpr (std::is_enum_v<T>) {
+      Spec with_words = spec;
+      with_words.choices = EnumNames<T>();
+      Row(key, "string", Show(std::string(EnumName(*value))), with_words);
+    } else {
+      Row(key, TypeName(*value), Show(*value), spec);
+    }
+  }
   template <class S>
   void Section(const char* key, S* sub, const char* doc) {
     text_ += "| `" + Join(key) + "` | section | | | | " + doc + " |\n";

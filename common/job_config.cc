@@ -53,9 +53,10 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
           absl::StrCat("must be a multiple of 16 (the ViT patch grid), got ", c.model.image_size));
   }
   for (const char* section : {"pretrain", "finetune", "evaluate"}) {
-    if (NodeAt(root, section) && c.kind != section && !c.kind.empty()) {
+    // (Without a valid kind the missing or bad `kind` is the error.)
+    if (NodeAt(root, section) && NodeAt(root, "kind") && JobKindName(c.kind) != std::string(section)) {
       AddAt(errors, root, section,
-            absl::StrCat("section is for kind '", section, "' but this job is kind '", c.kind, "'"));
+            absl::StrCat("section is for kind '", section, "' but this job is kind '", JobKindName(c.kind), "'"));
     }
   }
   const PretrainAugmentConfig& a = c.pretrain.augment;
@@ -77,13 +78,13 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
           absl::StrCat("has ", f.class_weights.size(), " weights but model.classes is ",
                        c.model.classes));
   }
-  if (f.loss == "bce_dice" && c.model.classes != 1) {
+  if (f.loss == LossKind::kBceDice && c.model.classes != 1) {
     AddAt(errors, root, "finetune.loss", "bce_dice needs model.classes: 1");
   }
-  if (f.loss == "ce_dice" && c.model.classes < 2) {
+  if (f.loss == LossKind::kCeDice && c.model.classes < 2) {
     AddAt(errors, root, "finetune.loss", "ce_dice needs model.classes >= 2");
   }
-  if (c.kind == "evaluate" && c.evaluate.checkpoint.empty()) {
+  if (c.kind == JobKind::kEvaluate && c.evaluate.checkpoint.empty()) {
     errors->Add(nullptr, "evaluate.checkpoint", "required for kind 'evaluate'");
   }
 }
@@ -162,7 +163,7 @@ std::string JobConfigToYaml(JobConfig config) {
   // Only the job's own kind section, so the result parses back as a job.
   YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));
   for (const char* section : {"pretrain", "finetune", "evaluate"}) {
-    if (config.kind != section) resolved.remove(section);
+    if (JobKindName(config.kind) != std::string(section)) resolved.remove(section);
   }
   YAML::Emitter out;
   out << resolved;

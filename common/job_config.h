@@ -17,6 +17,56 @@
 
 namespace retina {
 
+// The closed vocabularies of the job file (their words: EnumWords below).
+enum class JobKind { kPretrain, kFinetune, kEvaluate };
+// How a volume is predicted: per xy plane (2d; IoU scored per plane), as a
+// stack of xy planes scored as one volume, or xy/xz/yz averaged (orthoplane).
+enum class PredictionMode { k2d, kStack, kOrthoplane };
+enum class LossKind { kAuto, kBceDice, kCeDice };
+enum class SchedulePolicy { kPoly, kConstant };
+enum class CropKind { kResized, kRandom };
+enum class DeviceKind { kAuto, kCpu, kCuda };
+enum class Precision { kAuto, kFp32, kBf16, kFp64 };
+
+template <>
+struct EnumWords<JobKind> {
+  static constexpr std::pair<JobKind, const char*> kWords[] = {
+      {JobKind::kPretrain, "pretrain"}, {JobKind::kFinetune, "finetune"}, {JobKind::kEvaluate, "evaluate"}};
+};
+template <>
+struct EnumWords<PredictionMode> {
+  static constexpr std::pair<PredictionMode, const char*> kWords[] = {
+      {PredictionMode::k2d, "2d"}, {PredictionMode::kStack, "stack"}, {PredictionMode::kOrthoplane, "orthoplane"}};
+};
+template <>
+struct EnumWords<LossKind> {
+  static constexpr std::pair<LossKind, const char*> kWords[] = {
+      {LossKind::kAuto, "auto"}, {LossKind::kBceDice, "bce_dice"}, {LossKind::kCeDice, "ce_dice"}};
+};
+template <>
+struct EnumWords<SchedulePolicy> {
+  static constexpr std::pair<SchedulePolicy, const char*> kWords[] = {{SchedulePolicy::kPoly, "poly"},
+                                                                       {SchedulePolicy::kConstant, "constant"}};
+};
+template <>
+struct EnumWords<CropKind> {
+  static constexpr std::pair<CropKind, const char*> kWords[] = {{CropKind::kResized, "resized"},
+                                                                 {CropKind::kRandom, "random"}};
+};
+template <>
+struct EnumWords<DeviceKind> {
+  static constexpr std::pair<DeviceKind, const char*> kWords[] = {
+      {DeviceKind::kAuto, "auto"}, {DeviceKind::kCpu, "cpu"}, {DeviceKind::kCuda, "cuda"}};
+};
+template <>
+struct EnumWords<Precision> {
+  static constexpr std::pair<Precision, const char*> kWords[] = {
+      {Precision::kAuto, "auto"}, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}, {Precision::kFp64, "fp64"}};
+};
+
+inline const char* JobKindName(JobKind k) { return EnumName(k); }
+inline const char* PredictionModeName(PredictionMode m) { return EnumName(m); }
+
 struct ModelConfig {
   std::string name = "r50-vit-b16";
   int image_size = 224;
@@ -70,13 +120,13 @@ struct OptimizerConfig {
 };
 
 struct ScheduleConfig {
-  std::string policy = "poly";
+  SchedulePolicy policy = SchedulePolicy::kPoly;
   double power = 0.9;
   std::int64_t horizon_iters = 0;
   template <class V>
   void Visit(V& v) {
     v.Field("policy", &policy,
-            Spec("lr schedule: poly = lr (1 - k/K)^power per iteration").OneOf({"poly", "constant"}));
+            Spec("lr schedule: poly = lr (1 - k/K)^power per iteration"));
     v.Field("power", &power, Spec("poly exponent").Above(0).Max(10));
     v.Field("horizon_iters", &horizon_iters,
             Spec("K of the poly schedule; 0 = the run's total iterations").Unit("iterations").Min(0));
@@ -141,14 +191,14 @@ struct FinetuneConfig {
   int global_batch = 16;
   std::string init = "random";
   bool freeze_encoder = true;
-  std::string loss = "auto";
+  LossKind loss = LossKind::kAuto;
   std::vector<double> class_weights;
   std::int64_t eval_every_iters = 500;
   std::int64_t save_every_iters = 500;
   // The augmentation recipe (METHOD.md section 3), every parameter a key;
   // defaults are the paper's.
   int pad_to = 0;
-  std::string crop = "resized";
+  CropKind crop = CropKind::kResized;
   double crop_p = 1.0;
   std::vector<double> crop_scale{0.08, 1.0};
   std::vector<double> crop_ratio{0.5, 1.5};
@@ -176,7 +226,7 @@ struct FinetuneConfig {
     v.Field("freeze_encoder", &freeze_encoder,
             Spec("freeze transformer.encoder.* after transfer (ignored for random init)"));
     v.Field("loss", &loss,
-            Spec("auto = bce_dice for 1 class, ce_dice otherwise").OneOf({"auto", "bce_dice", "ce_dice"}));
+            Spec("auto = bce_dice for 1 class, ce_dice otherwise"));
     v.Field("class_weights", &class_weights,
             Spec("cross-entropy weights, one per class; empty = uniform").Min(0));
     v.Field("eval_every_iters", &eval_every_iters, Spec("validation interval; 0 = never").Unit("iterations").Min(0));
@@ -184,8 +234,7 @@ struct FinetuneConfig {
     v.Field("pad_to", &pad_to,
             Spec("pad images smaller than this (reflect-101, centred) before cropping; 0 = model.image_size").Unit("px").Min(0).Max(65536));
     v.Field("crop", &crop,
-            Spec("resized = random resized crop (with crop_p, else a plain crop); random = plain crops of model.image_size")
-                .OneOf({"resized", "random"}));
+            Spec("resized = random resized crop (with crop_p, else a plain crop); random = plain crops of model.image_size"));
     v.Field("crop_p", &crop_p, Spec("probability of the resized crop (crop: resized)").Min(0).Max(1));
     v.Field("crop_scale", &crop_scale, Spec("resized crop: area fraction range [lo, hi]").Min(0).Max(1));
     v.Field("crop_ratio", &crop_ratio, Spec("resized crop: aspect ratio range [lo, hi] (log-uniform)").Above(0));
@@ -211,13 +260,13 @@ struct FinetuneConfig {
 
 struct EvaluateConfig {
   std::string checkpoint;
-  std::string mode = "2d";
+  PredictionMode mode = PredictionMode::k2d;
   double overlap = 0.5;
   std::vector<double> classes;
   template <class V>
   void Visit(V& v) {
     v.Field("checkpoint", &checkpoint, Spec("model.pt or checkpoint directory to evaluate (service jobs: under the store or an --allowed-root)"));
-    v.Field("mode", &mode, Spec("prediction mode").OneOf({"2d", "stack", "orthoplane"}));
+    v.Field("mode", &mode, Spec("prediction mode: 2d = per xy plane, IoU per plane; stack = xy planes, IoU per volume; orthoplane = xy/xz/yz averaged"));
     v.Field("overlap", &overlap, Spec("sliding-window overlap (0.5 for 2D, 0.7 for 3D)").Min(0).Max(0.95));
     v.Field("classes", &classes, Spec("class indices to score; empty = all but background").Min(0));
   }
@@ -237,17 +286,17 @@ struct CheckpointConfig {
 };
 
 struct RuntimeConfig {
-  std::string device = "auto";
-  std::string precision = "auto";
+  DeviceKind device = DeviceKind::kAuto;
+  Precision precision = Precision::kAuto;
   std::string dist_backend = "auto";
   double collective_timeout_s = 600;
   int threads = 0;
   template <class V>
   void Visit(V& v) {
-    v.Field("device", &device, Spec("auto = cuda when available").OneOf({"auto", "cpu", "cuda"}));
+    v.Field("device", &device, Spec("auto = cuda when available"));
     v.Field("precision", &precision,
             Spec("auto = bf16 autocast on CUDA, fp32 on CPU; fp64 = weights, activations and losses in float64 "
-                 "(for verification: training-step parity)").OneOf({"auto", "fp32", "bf16", "fp64"}));
+                 "(for verification: training-step parity)"));
     v.Field("dist_backend", &dist_backend,
             Spec("auto = nccl on CUDA, mpi under mpirun/srun, else gloo").OneOf({"auto", "nccl", "mpi", "gloo"}));
     v.Field("collective_timeout_s", &collective_timeout_s,
@@ -258,7 +307,7 @@ struct RuntimeConfig {
 };
 
 struct JobConfig {
-  std::string kind;
+  JobKind kind = JobKind::kPretrain;  // required in a job file
   std::int64_t seed = 0;
   ModelConfig model;
   DataConfig data;
@@ -272,7 +321,7 @@ struct JobConfig {
 
   template <class V>
   void Visit(V& v) {
-    v.Field("kind", &kind, Spec("what the job does").Required().OneOf({"pretrain", "finetune", "evaluate"}));
+    v.Field("kind", &kind, Spec("what the job does").Required());
     v.Field("seed", &seed, Spec("seed of sampling, augmentation and initialisation").Min(0));
     v.Section("model", &model, "the network");
     v.Section("data", &data, "datasets and loading");

@@ -56,10 +56,10 @@ absl::Status PathPolicy::Check(const std::string& field, const fs::path& path) c
 absl::Status PathPolicy::CheckConfig(const JobConfig& c) const {
   if (!c.data.dataset.empty()) RETURN_IF_ERROR(Check("data.dataset", DatasetPath(c.data.dataset)));
   if (!c.data.val_dataset.empty()) RETURN_IF_ERROR(Check("data.val_dataset", DatasetPath(c.data.val_dataset)));
-  if (c.kind == "finetune" && c.finetune.init != "random") {
+  if (c.kind == JobKind::kFinetune && c.finetune.init != "random") {
     RETURN_IF_ERROR(Check("finetune.init", WeightsPath(c.finetune.init)));
   }
-  if (c.kind == "evaluate" && !c.evaluate.checkpoint.empty()) {
+  if (c.kind == JobKind::kEvaluate && !c.evaluate.checkpoint.empty()) {
     RETURN_IF_ERROR(Check("evaluate.checkpoint", WeightsPath(c.evaluate.checkpoint)));
   }
   return absl::OkStatus();

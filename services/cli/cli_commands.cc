@@ -30,19 +30,6 @@ namespace retina::cli {
 namespace v1 = retina::v1;
 namespace {
 
-constexpr char kUsage[] =
-    "usage: retina [--address HOST:PORT] [--token-file F] [--ca F] <command> ...\n"
-    "  submit JOB.yaml [--world-size N] [--priority P] [--max-restarts R] [--slots-per-rank K] [--gpu]\n"
-    "                  [--name S] [--label k=v,..] [--request-id ID] [--set KEY=VALUE]... [--watch]\n"
-    "  jobs [--filter 'state=RUNNING kind=PRETRAIN label.k=v'] [--limit N] [--json]\n"
-    "  status ID [--json]\n"
-    "  watch ID                    live progress until the job ends (exit 0 when SUCCEEDED)\n"
-    "  cancel ID\n"
-    "  logs ID [--rank R] [--attempt K] [--follow]\n"
-    "  metrics ID [--csv | --json] [--plot OUT.svg]\n"
-    "  workers [--json]\n"
-    "--json prints the API's message as JSON (protobuf's JSON mapping).\n";
-
 constexpr absl::Duration kTimeout = absl::Seconds(30);
 
 struct Client {
@@ -72,40 +59,35 @@ std::string Env(const char* name) {
   return v ? v : "";
 }
 
-// Splits the global connection flags off the front of `args`.
-absl::StatusOr<Client> Connect(std::vector<std::string>* args) {
+// Where to connect, from the flags; the environment and the config file fill
+// what they leave empty (see cli_commands.h).
+struct ConnectFlags {
   std::string address, token_file, ca;
-  while (!args->empty() && absl::StartsWith(args->front(), "--")) {
-    if (args->size() < 2) return absl::InvalidArgumentError(absl::StrCat(args->front(), ": needs a value"));
-    const std::string key = args->front(), value = (*args)[1];
-    if (key == "--address") address = value;
-    else if (key == "--token-file") token_file = value;
-    else if (key == "--ca") ca = value;
-    else return absl::InvalidArgumentError(absl::StrCat("unknown flag ", key, " before the command"));
-    args->erase(args->begin(), args->begin() + 2);
-  }
+};
+
+absl::StatusOr<Client> Connect(ConnectFlags f) {
   std::string token;
-  if (address.empty()) address = Env("RETINA_ADDRESS");
-  if (token_file.empty()) token = Env("RETINA_TOKEN");
-  if (token_file.empty() && token.empty()) token_file = Env("RETINA_TOKEN_FILE");
-  if (ca.empty()) ca = Env("RETINA_CA");
+  if (f.address.empty()) f.address = Env("RETINA_ADDRESS");
+  if (f.token_file.empty()) token = Env("RETINA_TOKEN");
+  if (f.token_file.empty() && token.empty()) f.token_file = Env("RETINA_TOKEN_FILE");
+  if (f.ca.empty()) f.ca = Env("RETINA_CA");
   std::string config = Env("RETINA_CONFIG");
   if (config.empty() && !Env("HOME").empty()) config = Env("HOME") + "/.config/retina/cli.yaml";
   if (std::filesystem::exists(config)) {
     try {
       YAML::Node c = YAML::LoadFile(config);
-      if (address.empty() && c["address"]) address = c["address"].as<std::string>();
-      if (token_file.empty() && token.empty() && c["token_file"]) token_file = c["token_file"].as<std::string>();
-      if (ca.empty() && c["ca"]) ca = c["ca"].as<std::string>();
+      if (f.address.empty() && c["address"]) f.address = c["address"].as<std::string>();
+      if (f.token_file.empty() && token.empty() && c["token_file"]) f.token_file = c["token_file"].as<std::string>();
+      if (f.ca.empty() && c["ca"]) f.ca = c["ca"].as<std::string>();
     } catch (const YAML::Exception& e) {
       return absl::InvalidArgumentError(absl::StrCat(config, ": ", e.what()));
     }
   }
-  if (address.empty()) address = "127.0.0.1:50051";
-  if (!token_file.empty()) {
-    ASSIGN_OR_RETURN(token, services::ReadTokenFile(token_file));
+  if (f.address.empty()) f.address = "127.0.0.1:50051";
+  if (!f.token_file.empty()) {
+    ASSIGN_OR_RETURN(token, services::ReadTokenFile(f.token_file));
   }
-  ASSIGN_OR_RETURN(auto channel, services::MakeChannel(address, ca));
+  ASSIGN_OR_RETURN(auto channel, services::MakeChannel(f.address, f.ca));
   return Client{v1::JobService::NewStub(channel), token};
 }
 
@@ -127,52 +109,50 @@ std::string StepText(const v1::Job& j) {
   return p.step() > 0 ? absl::StrCat(p.step()) : "-";
 }
 
-absl::Status Submit(const Client& c, std::vector<std::string> args) {
-  ASSIGN_OR_RETURN(std::vector<std::string> overrides, TakeRepeatedFlag(&args, "--set"));
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--world-size", "--priority", "--max-restarts", "--slots-per-rank",
-                                                    "--name", "--label", "--request-id"},
-                                             {"--gpu", "--watch"}));
-  if (f.positional.size() != 1) return absl::InvalidArgumentError("submit: give one job YAML file");
-  ASSIGN_OR_RETURN(std::string file_yaml, ReadFile(f.positional[0]));
-  ASSIGN_OR_RETURN(std::string yaml, ApplyConfigOverrides(file_yaml, overrides), f.positional[0]);
+struct SubmitFlags {
+  std::string file, name, labels, request_id;
+  std::vector<std::string> overrides;
+  int world_size = 1, priority = 0, max_restarts = 2, slots_per_rank = 1;
+  bool gpu = false, watch = false;
+};
+
+// Prints the new job's id on stdout; returns it.
+absl::StatusOr<std::string> Submit(const Client& c, const SubmitFlags& f) {
+  ASSIGN_OR_RETURN(std::string file_yaml, ReadFile(f.file));
+  ASSIGN_OR_RETURN(std::string yaml, ApplyConfigOverrides(file_yaml, f.overrides), f.file);
   v1::SubmitJobRequest req;
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_config_yaml(yaml);
-  int world = 1, priority = 0, restarts = 2, per_rank = 1;
-  RETURN_IF_ERROR(f.GetInt("--world-size", &world));
-  RETURN_IF_ERROR(f.GetInt("--priority", &priority));
-  RETURN_IF_ERROR(f.GetInt("--max-restarts", &restarts));
-  RETURN_IF_ERROR(f.GetInt("--slots-per-rank", &per_rank));
-  spec->set_world_size(world);
-  spec->set_priority(priority);
-  spec->set_max_restarts(restarts);
-  spec->set_slots_per_rank(per_rank);
-  spec->set_slot_type(f.Has("--gpu") ? v1::SLOT_GPU : v1::SLOT_CPU);
-  spec->set_name(f.Get("--name", std::filesystem::path(f.positional[0]).stem().string()));
-  for (absl::string_view kv : absl::StrSplit(f.Get("--label"), ',', absl::SkipEmpty())) {
-    std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-    if (p.size() != 2) return absl::InvalidArgumentError("--label: k=v,k=v");
-    (*spec->mutable_labels())[p[0]] = p[1];
-  }
-  req.set_request_id(f.Get("--request-id"));
+  spec->set_world_size(f.world_size);
+  spec->set_priority(f.priority);
+  spec->set_max_restarts(f.max_restarts);
+  spec->set_slots_per_rank(f.slots_per_rank);
+  spec->set_slot_type(f.gpu ? v1::SLOT_GPU : v1::SLOT_CPU);
+  spec->set_name(f.name.empty() ? std::filesystem::path(f.file).stem().string() : f.name);
+  ASSIGN_OR_RETURN(auto labels, ParseKeyValues(f.labels, "--label"));
+  for (const auto& [k, v] : labels) (*spec->mutable_labels())[k] = v;
+  req.set_request_id(f.request_id);
   v1::Job job;
-  RETURN_IF_ERROR(Call(c.stub->SubmitJob(c.Context().get(), req, &job)), f.positional[0]);
-  std::cout << job.id() << "\n";
-  std::cerr << "submitted " << job.id() << " (" << Short(job.spec().kind()) << ", " << world << " ranks): "
+  RETURN_IF_ERROR(Call(c.stub->SubmitJob(c.Context().get(), req, &job)), f.file);
+  std::cout << job.id() << std::endl;
+  std::cerr << "submitted " << job.id() << " (" << Short(job.spec().kind()) << ", " << f.world_size << " ranks): "
             << v1::JobState_Name(job.state()) << "\n";
-  return absl::OkStatus();
+  return job.id();
 }
 
-absl::Status Jobs(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--filter", "--limit"}, {"--json"}));
+struct JobsFlags {
+  std::string filter;
   int limit = 50;
-  RETURN_IF_ERROR(f.GetInt("--limit", &limit));
+  bool json = false;
+};
+
+absl::Status Jobs(const Client& c, const JobsFlags& f) {
   v1::ListJobsRequest req;
-  req.set_filter(f.Get("--filter"));
-  req.set_page_size(std::min(limit, 1000));
+  req.set_filter(f.filter);
+  req.set_page_size(std::min(f.limit, 1000));
   v1::ListJobsResponse resp;
   RETURN_IF_ERROR(Call(c.stub->ListJobs(c.Context().get(), req, &resp)));
-  if (f.Has("--json")) return PrintJson(resp);
+  if (f.json) return PrintJson(resp);
   std::printf("%-12s %-10s %-9s %4s %5s %-11s %-9s %-7s %-10s %-7s %s\n", "ID", "STATE", "KIND", "TRY", "RANKS", "STEP",
               "LOSS", "IOU", "USER", "AGE", "NAME");
   for (const v1::Job& j : resp.jobs()) {
@@ -208,14 +188,18 @@ void PrintJob(const v1::Job& j) {
   if (!j.message().empty()) std::printf("message:     %s\n", j.message().c_str());
 }
 
-absl::Status Status(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {}, {"--json"}));
-  if (f.positional.size() != 1) return absl::InvalidArgumentError("status: give a job id");
+// A subcommand that names one job, and --json.
+struct JobFlags {
+  std::string id;
+  bool json = false;
+};
+
+absl::Status Status(const Client& c, const JobFlags& f) {
   v1::GetJobRequest req;
-  req.set_id(f.positional[0]);
+  req.set_id(f.id);
   v1::Job job;
   RETURN_IF_ERROR(Call(c.stub->GetJob(c.Context().get(), req, &job)));
-  if (f.Has("--json")) {
+  if (f.json) {
     RETURN_IF_ERROR(PrintJson(job));
   } else {
     PrintJob(job);
@@ -281,10 +265,9 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
   return absl::UnavailableError("lost the coordinator while watching; run `retina watch " + id + "` again");
 }
 
-absl::Status Cancel(const Client& c, const std::vector<std::string>& args) {
-  if (args.size() != 1) return absl::InvalidArgumentError("cancel: give a job id");
+absl::Status Cancel(const Client& c, const JobFlags& f) {
   v1::CancelJobRequest req;
-  req.set_id(args[0]);
+  req.set_id(f.id);
   v1::Job job;
   RETURN_IF_ERROR(Call(c.stub->CancelJob(c.Context().get(), req, &job)));
   std::cout << job.id() << ": " << v1::JobState_Name(job.state()) << (job.cancel_requested() ? " (cancel requested)" : "")
@@ -292,17 +275,18 @@ absl::Status Cancel(const Client& c, const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::Status Logs(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--rank", "--attempt"}, {"--follow"}));
-  if (f.positional.size() != 1) return absl::InvalidArgumentError("logs: give a job id");
+struct LogsFlags {
+  std::string id;
   int rank = 0, attempt = 0;
-  RETURN_IF_ERROR(f.GetInt("--rank", &rank));
-  RETURN_IF_ERROR(f.GetInt("--attempt", &attempt));
+  bool follow = false;
+};
+
+absl::Status Logs(const Client& c, const LogsFlags& f) {
   v1::ReadLogsRequest req;
-  req.set_id(f.positional[0]);
-  req.set_rank(rank);
-  req.set_attempt(attempt);
-  req.set_follow(f.Has("--follow"));
+  req.set_id(f.id);
+  req.set_rank(f.rank);
+  req.set_attempt(f.attempt);
+  req.set_follow(f.follow);
   auto ctx = c.Context(absl::InfiniteDuration());
   auto reader = c.stub->ReadLogs(ctx.get(), req);
   v1::LogChunk chunk;
@@ -333,17 +317,19 @@ void PrintEvaluation(const std::string& text) {
   std::printf("  mean IoU: %s\n", num(e->mean_iou).c_str());
 }
 
-absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--plot"}, {"--csv", "--json"}));
-  if (f.positional.size() != 1) return absl::InvalidArgumentError("metrics: give a job id");
+struct MetricsFlags {
+  std::string id, plot;
+  bool csv = false, json = false;  // CLI11 excludes one with the other
+};
+
+absl::Status Metrics(const Client& c, const MetricsFlags& f) {
   v1::GetJobMetricsRequest req;
-  req.set_id(f.positional[0]);
+  req.set_id(f.id);
   v1::JobMetrics m;
   RETURN_IF_ERROR(Call(c.stub->GetJobMetrics(c.Context().get(), req, &m)));
-  if (f.Has("--csv") && f.Has("--json")) return absl::InvalidArgumentError("metrics: --csv or --json, not both");
-  if (f.Has("--json")) {
+  if (f.json) {
     RETURN_IF_ERROR(PrintJson(m));
-  } else if (f.Has("--csv")) {
+  } else if (f.csv) {
     std::printf("step,epoch,loss,lr,images_per_s,data_wait_s,allreduce_s,val_iou\n");
     for (const auto& p : m.points()) {
       std::printf("%lld,%lld,%.6g,%.6g,%.4g,%.4g,%.4g,%s\n", static_cast<long long>(p.step()),
@@ -363,7 +349,7 @@ absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
     }
     if (!m.eval_json().empty()) PrintEvaluation(m.eval_json());
   }
-  if (f.Has("--plot")) {
+  if (!f.plot.empty()) {
     Series loss{"training loss", {}, "#1f77b4"}, iou{"validation IoU", {}, "#d62728"}, ips{"images/s", {}, "#2ca02c"};
     for (const auto& p : m.points()) {
       loss.xy.emplace_back(p.step(), p.loss());
@@ -371,17 +357,16 @@ absl::Status Metrics(const Client& c, const std::vector<std::string>& args) {
       if (p.has_val_iou()) iou.xy.emplace_back(p.step(), p.val_iou());
     }
     if (m.points_size() == 0) return absl::FailedPreconditionError(absl::StrCat(m.id(), ": no steps logged to plot"));
-    RETURN_IF_ERROR(WriteFileAtomic(f.Get("--plot"), PlotSvg(m.id(), {loss, iou, ips}, "step")));
-    std::fprintf(stderr, "plot written to %s\n", f.Get("--plot").c_str());
+    RETURN_IF_ERROR(WriteFileAtomic(f.plot, PlotSvg(m.id(), {loss, iou, ips}, "step")));
+    std::fprintf(stderr, "plot written to %s\n", f.plot.c_str());
   }
   return absl::OkStatus();
 }
 
-absl::Status Workers(const Client& c, const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {}, {"--json"}));
+absl::Status Workers(const Client& c, bool json) {
   v1::ListWorkersResponse resp;
   RETURN_IF_ERROR(Call(c.stub->ListWorkers(c.Context().get(), v1::ListWorkersRequest(), &resp)));
-  if (f.Has("--json")) return PrintJson(resp);
+  if (json) return PrintJson(resp);
   std::printf("%-20s %-16s %-6s %-5s %-5s %-9s %-8s %s\n", "ID", "HOST", "STATE", "TYPE", "FREE", "HEARTBEAT",
               "VERSION", "JOBS");
   for (const auto& w : resp.workers()) {
@@ -393,53 +378,108 @@ absl::Status Workers(const Client& c, const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<int> WatchExit(const Client& c, const std::string& id) {
+  ASSIGN_OR_RETURN(v1::JobState state, Watch(c, id));
+  return state == v1::SUCCEEDED ? 0 : 1;
+}
+
+void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f) {
+  cmd->add_option("file", f->file, "the job file (YAML)")->required();
+  cmd->add_option("--world-size", f->world_size, "data-parallel ranks")->check(kPositiveInt);
+  cmd->add_option("--priority", f->priority, "higher runs first");
+  cmd->add_option("--max-restarts", f->max_restarts, "attempts after the first on failure")->check(kNonNegativeInt);
+  cmd->add_option("--slots-per-rank", f->slots_per_rank, "slots (GPUs or CPU slots) each rank takes")->check(kPositiveInt);
+  cmd->add_flag("--gpu", f->gpu, "GPU slots (default CPU)");
+  cmd->add_option("--name", f->name, "display name (default: the file's stem)");
+  cmd->add_option("--label", f->labels, "k=v,k=v labels (filter with jobs --filter label.k=v)");
+  cmd->add_option("--request-id", f->request_id, "idempotency key: the same id returns the same job");
+  AddSetOption(cmd, &f->overrides);
+  cmd->add_flag("--watch", f->watch, "then watch it (exit 0 only when it SUCCEEDED)");
+}
+
 }  // namespace
 
-int RunCli(const std::vector<std::string>& all_args) {
-  std::vector<std::string> args = all_args;
-  if (AsksForHelp(args)) {
-    std::cout << kUsage;
-    return 0;
-  }
-  absl::StatusOr<Client> client = Connect(&args);
-  if (!client.ok()) return ReportStatus("retina", client.status());
-  if (args.empty()) {
-    std::cerr << kUsage;
-    return 2;
-  }
-  const std::string cmd = args[0];
-  const std::vector<std::string> rest(args.begin() + 1, args.end());
-  const Client& c = *client;
-  if (cmd == "watch") {
-    if (rest.size() != 1) return ReportStatus("retina", absl::InvalidArgumentError("watch: give a job id"));
-    absl::StatusOr<v1::JobState> s = Watch(c, rest[0]);
-    if (!s.ok()) return ReportStatus("retina", s.status());
-    return *s == v1::SUCCEEDED ? 0 : 1;
-  }
-  if (cmd == "submit" && std::find(rest.begin(), rest.end(), "--watch") != rest.end()) {
-    // submit, then watch the new job
-    std::stringstream out;
-    std::streambuf* old = std::cout.rdbuf(out.rdbuf());
-    const absl::Status s = Submit(c, rest);
-    std::cout.rdbuf(old);
-    if (!s.ok()) return ReportStatus("retina", s);
-    std::string id = out.str();
-    id.erase(id.find_last_not_of("\n") + 1);
-    std::cout << id << "\n";
-    absl::StatusOr<v1::JobState> w = Watch(c, id);
-    if (!w.ok()) return ReportStatus("retina", w.status());
-    return *w == v1::SUCCEEDED ? 0 : 1;
-  }
-  const std::map<std::string, Subcommand> commands = {
-      {"submit", [&](const std::vector<std::string>& a) { return Submit(c, a); }},
-      {"jobs", [&](const std::vector<std::string>& a) { return Jobs(c, a); }},
-      {"status", [&](const std::vector<std::string>& a) { return Status(c, a); }},
-      {"cancel", [&](const std::vector<std::string>& a) { return Cancel(c, a); }},
-      {"logs", [&](const std::vector<std::string>& a) { return Logs(c, a); }},
-      {"metrics", [&](const std::vector<std::string>& a) { return Metrics(c, a); }},
-      {"workers", [&](const std::vector<std::string>& a) { return Workers(c, a); }},
+int RunCli(const std::vector<std::string>& args) {
+  Cli cli("retina",
+          "Drives the RETINA job service. --json prints the API's message as JSON (protobuf's JSON mapping).\n"
+          "Connection: flags, else RETINA_ADDRESS / RETINA_TOKEN or RETINA_TOKEN_FILE / RETINA_CA, else\n"
+          "$RETINA_CONFIG or ~/.config/retina/cli.yaml (address, token_file, ca), else 127.0.0.1:50051.");
+  ConnectFlags conn;
+  CLI::App& app = cli.app();
+  app.add_option("--address", conn.address, "the coordinator, HOST:PORT");
+  app.add_option("--token-file", conn.token_file, "bearer token file");
+  app.add_option("--ca", conn.ca, "TLS: the coordinator's CA (PEM)");
+  app.fallthrough();  // connection flags also after the command
+  // Each command connects first, then runs with the client.
+  auto connected = [&conn](auto command) {
+    return [&conn, command]() -> absl::StatusOr<int> {
+      ASSIGN_OR_RETURN(Client c, Connect(conn));
+      return command(c);
+    };
   };
-  return RunSubcommands("retina", kUsage, args, commands);
+
+  SubmitFlags submit;
+  AddSubmitFlags(cli.Command("submit", "Submit a job", connected([&](const Client& c) -> absl::StatusOr<int> {
+                               ASSIGN_OR_RETURN(std::string id, Submit(c, submit));
+                               if (!submit.watch) return 0;
+                               return WatchExit(c, id);
+                             })),
+                 &submit);
+  JobsFlags jobs;
+  CLI::App* jobs_cmd = cli.Command("jobs", "List jobs, newest first", connected([&](const Client& c) -> absl::StatusOr<int> {
+    RETURN_IF_ERROR(Jobs(c, jobs));
+    return 0;
+  }));
+  jobs_cmd->add_option("--filter", jobs.filter, "e.g. 'state=RUNNING kind=PRETRAIN label.k=v user=u'");
+  jobs_cmd->add_option("--limit", jobs.limit, "at most this many")->check(kPositiveInt);
+  jobs_cmd->add_flag("--json", jobs.json, "as JSON");
+
+  JobFlags status, cancel, watch;
+  CLI::App* status_cmd = cli.Command("status", "One job in detail", connected([&](const Client& c) -> absl::StatusOr<int> {
+    RETURN_IF_ERROR(Status(c, status));
+    return 0;
+  }));
+  status_cmd->add_option("id", status.id, "job id")->required();
+  status_cmd->add_flag("--json", status.json, "as JSON");
+  cli.Command("watch", "Live progress until the job ends (exit 0 when it SUCCEEDED)",
+              connected([&](const Client& c) { return WatchExit(c, watch.id); }))
+      ->add_option("id", watch.id, "job id")
+      ->required();
+  cli.Command("cancel", "Cancel a job (its ranks checkpoint and stop)", connected([&](const Client& c) -> absl::StatusOr<int> {
+        RETURN_IF_ERROR(Cancel(c, cancel));
+        return 0;
+      }))
+      ->add_option("id", cancel.id, "job id")
+      ->required();
+
+  LogsFlags logs;
+  CLI::App* logs_cmd = cli.Command("logs", "A rank's log", connected([&](const Client& c) -> absl::StatusOr<int> {
+    RETURN_IF_ERROR(Logs(c, logs));
+    return 0;
+  }));
+  logs_cmd->add_option("id", logs.id, "job id")->required();
+  logs_cmd->add_option("--rank", logs.rank, "rank")->check(kNonNegativeInt);
+  logs_cmd->add_option("--attempt", logs.attempt, "attempt (0 = the current one)")->check(kNonNegativeInt);
+  logs_cmd->add_flag("--follow", logs.follow, "keep reading until the job ends");
+
+  MetricsFlags metrics;
+  CLI::App* metrics_cmd = cli.Command("metrics", "Loss, learning rate, throughput and IoU by step; an evaluation's scores",
+                                      connected([&](const Client& c) -> absl::StatusOr<int> {
+                                        RETURN_IF_ERROR(Metrics(c, metrics));
+                                        return 0;
+                                      }));
+  metrics_cmd->add_option("id", metrics.id, "job id")->required();
+  CLI::Option* csv = metrics_cmd->add_flag("--csv", metrics.csv, "as CSV");
+  metrics_cmd->add_flag("--json", metrics.json, "as JSON")->excludes(csv);
+  metrics_cmd->add_option("--plot", metrics.plot, "also plot loss, IoU and images/s to this SVG");
+
+  bool workers_json = false;
+  cli.Command("workers", "The workers, their slots and jobs", connected([&](const Client& c) -> absl::StatusOr<int> {
+        RETURN_IF_ERROR(Workers(c, workers_json));
+        return 0;
+      }))
+      ->add_flag("--json", workers_json, "as JSON");
+  return cli.Run(args);
 }
 
 }  // namespace retina::cli

@@ -28,8 +28,6 @@ namespace retina::coordinator {
 namespace v1 = retina::v1;
 namespace {
 
-int64_t NowMs() { return absl::ToUnixMillis(absl::Now()); }
-
 using TaskKey = std::pair<std::string, int>;
 
 v1::SlotType NormalType(v1::SlotType t) { return t == v1::SLOT_GPU ? v1::SLOT_GPU : v1::SLOT_CPU; }
@@ -118,6 +116,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
     c->next_port_ = static_cast<int>(absl::ToUnixNanos(absl::Now()) % 100003);
     RETURN_IF_ERROR(c->Recover());
   }
+  if (!c->options_.background_tick) return c;
   c->ticker_ = std::thread([p = c.get()] {
     while (!p->stop_.load()) {
       absl::SleepFor(p->options_.tick);
@@ -125,6 +124,10 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
     }
   });
   return c;
+}
+
+int64_t Coordinator::NowMs() const {
+  return options_.clock_ms ? options_.clock_ms() : absl::ToUnixMillis(absl::Now());
 }
 
 Coordinator::~Coordinator() {

@@ -69,6 +69,11 @@ struct CoordinatorOptions {
   // Besides the store, where service jobs may read datasets and weights
   // (common/path_policy.h).
   std::vector<std::filesystem::path> allowed_roots;
+  // For tests: the clock every lease, deadline and timestamp reads (Unix ms;
+  // null = the wall clock), and whether a background thread calls Tick()
+  // every `tick` (false: the caller ticks).
+  std::function<int64_t()> clock_ms;
+  bool background_tick = true;
 };
 
 class Coordinator {
@@ -169,6 +174,7 @@ class Coordinator {
   void LoseWorker(WorkerEntry* worker, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int TotalSlots(retina::v1::SlotType type) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int64_t NowMs() const;  // options_.clock_ms, else the wall clock
 
   const CoordinatorOptions options_;
   CoordinatorMetrics* const metrics_;

@@ -23,59 +23,76 @@
 namespace retina::coordinator {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: retina-coordinator [--listen HOST:PORT] [--metrics-listen HOST:PORT] [--db FILE] [--store DIR]\n"
-    "          [--lease-s S] [--heartbeat-s S] [--ports MIN-MAX] [--sqlite-sync full|normal]\n"
-    "          [--tls-cert F --tls-key F [--tls-client-ca F]] [--client-tokens FILE] [--worker-token FILE]\n"
-    "          [--ready-file PATH] [--adopt-store] [--allowed-root DIR]...\n"
-    "  --allowed-root: besides --store, a directory service jobs may read datasets and weights from\n"
-    "  --adopt-store: a new job database takes over a store another database used\n"
-    "                 (refused otherwise: the store's STORE_ID and the database disagree)\n";
+// What the command line sets besides CoordinatorOptions (whose member
+// initialisers hold the core's defaults, the only copy).
+struct ServeFlags {
+  CoordinatorOptions core;
+  std::string store = ".";
+  std::string listen = "0.0.0.0:50051", metrics_listen = "0.0.0.0:9464";
+  double lease_s = absl::ToDoubleSeconds(CoordinatorOptions().lease);
+  double heartbeat_s = absl::ToDoubleSeconds(CoordinatorOptions().heartbeat);
+  std::string ports;
+  std::string database = CoordinatorOptions().database.string();
+  std::string tls_cert, tls_key, tls_client_ca, client_tokens, worker_token, ready_file;
+  std::vector<std::string> allowed_roots;
+};
 
-absl::Status Serve(std::vector<std::string> args) {
-  ASSIGN_OR_RETURN(std::vector<std::string> roots, TakeRepeatedFlag(&args, "--allowed-root"));
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--listen", "--metrics-listen", "--db", "--store", "--lease-s",
-                                                    "--heartbeat-s", "--ports", "--sqlite-sync", "--tls-cert",
-                                                    "--tls-key", "--tls-client-ca", "--client-tokens",
-                                                    "--worker-token", "--ready-file"},
-                                                   {"--adopt-store"}));
-  CoordinatorOptions o;
-  o.database = f.Get("--db", "retina.db");
-  o.store = f.Store();
-  o.sqlite_synchronous = f.Get("--sqlite-sync", "full");
-  o.adopt_store = f.Has("--adopt-store");
-  for (const std::string& r : roots) {
-    std::error_code ec;
-    if (!std::filesystem::is_directory(r, ec)) {
-      return absl::InvalidArgumentError(absl::StrCat("--allowed-root ", r, ": not a directory"));
-    }
-    o.allowed_roots.emplace_back(r);
-  }
-  double lease_s = 10, heartbeat_s = 1;
-  RETURN_IF_ERROR(f.GetDouble("--lease-s", &lease_s));
-  RETURN_IF_ERROR(f.GetDouble("--heartbeat-s", &heartbeat_s));
-  if (heartbeat_s <= 0 || lease_s < 2 * heartbeat_s) {
-    return absl::InvalidArgumentError("--lease-s must be at least twice --heartbeat-s (> 0)");
-  }
-  o.lease = absl::Seconds(lease_s);
-  o.heartbeat = absl::Seconds(heartbeat_s);
-  if (f.Has("--ports")) {
-    std::vector<std::string> p = absl::StrSplit(f.Get("--ports"), '-');
-    if (p.size() != 2 || !absl::SimpleAtoi(p[0], &o.port_min) || !absl::SimpleAtoi(p[1], &o.port_max)) {
+void AddServeFlags(CLI::App& app, ServeFlags* f) {
+  app.add_option("--listen", f->listen, "gRPC address (JobService, WorkerService, health)");
+  app.add_option("--metrics-listen", f->metrics_listen, "Prometheus /metrics address");
+  app.add_option("--db", f->database, "the SQLite job database");
+  AddStoreOption(&app, &f->store, "the shared store (checkpoints, metrics, logs)");
+  app.add_option("--lease-s", f->lease_s, "a worker silent this long is lost (at least twice --heartbeat-s)")
+      ->check(kPositiveNumber);
+  app.add_option("--heartbeat-s", f->heartbeat_s, "heartbeat period asked of workers")->check(kPositiveNumber);
+  app.add_option("--ports", f->ports, "rendezvous ports MIN-MAX (MASTER_PORT), default 29500-29999");
+  app.add_option("--sqlite-sync", f->core.sqlite_synchronous, "SQLite synchronous mode")
+      ->check(CLI::IsMember({"full", "normal"}));
+  app.add_option("--tls-cert", f->tls_cert, "serve TLS with this certificate (PEM; with --tls-key)");
+  app.add_option("--tls-key", f->tls_key, "the certificate's key");
+  app.add_option("--tls-client-ca", f->tls_client_ca, "require client certificates signed by this CA (mutual TLS)");
+  app.add_option("--client-tokens", f->client_tokens, "bearer tokens of users (one 'token user' per line)");
+  app.add_option("--worker-token", f->worker_token, "the bearer token workers present");
+  app.add_option("--ready-file", f->ready_file, "write {grpc_port, metrics_port} here once serving");
+  app.add_flag("--adopt-store", f->core.adopt_store,
+               "a new job database takes over a store another database used (refused otherwise: the store's "
+               "STORE_ID and the database disagree)");
+  app.add_option("--allowed-root", f->allowed_roots,
+                 "besides --store, a directory service jobs may read datasets and weights from (repeatable)")
+      ->allow_extra_args(false)
+      ->check(CLI::ExistingDirectory);
+}
+
+// Flags into CoordinatorOptions; INVALID_ARGUMENT naming the flag.
+absl::StatusOr<CoordinatorOptions> CoreOptions(const ServeFlags& f) {
+  CoordinatorOptions o = f.core;
+  o.database = f.database;
+  o.store = f.store;
+  o.allowed_roots.assign(f.allowed_roots.begin(), f.allowed_roots.end());
+  if (f.lease_s < 2 * f.heartbeat_s) return absl::InvalidArgumentError("--lease-s must be at least twice --heartbeat-s");
+  o.lease = absl::Seconds(f.lease_s);
+  o.heartbeat = absl::Seconds(f.heartbeat_s);
+  if (!f.ports.empty()) {
+    std::vector<std::string> p = absl::StrSplit(f.ports, '-');
+    if (p.size() != 2 || !absl::SimpleAtoi(p[0], &o.port_min) || !absl::SimpleAtoi(p[1], &o.port_max) ||
+        o.port_min < 1 || o.port_min > o.port_max || o.port_max > 65535) {
       return absl::InvalidArgumentError("--ports: MIN-MAX, e.g. 29500-29999");
     }
   }
-  ASSIGN_OR_RETURN(auto auth, services::Authenticator::Create(f.Get("--client-tokens"), f.Get("--worker-token")));
+  return o;
+}
+
+absl::Status Serve(const ServeFlags& f) {
+  ASSIGN_OR_RETURN(CoordinatorOptions o, CoreOptions(f));
+  ASSIGN_OR_RETURN(auto auth, services::Authenticator::Create(f.client_tokens, f.worker_token));
   if (!auth->enabled()) {
     RETINA_LOG(Warning) << "no --client-tokens/--worker-token: anyone who reaches the port can submit jobs";
   }
-  ASSIGN_OR_RETURN(auto creds, services::MakeServerCredentials(f.Get("--tls-cert"), f.Get("--tls-key"),
-                                                               f.Get("--tls-client-ca")));
+  ASSIGN_OR_RETURN(auto creds, services::MakeServerCredentials(f.tls_cert, f.tls_key, f.tls_client_ca));
 
   CoordinatorMetrics metrics(RETINA_VERSION);
   int metrics_port = 0;
-  ASSIGN_OR_RETURN(auto exposer,
-                   services::StartExposer(f.Get("--metrics-listen", "0.0.0.0:9464"), metrics.registry(), &metrics_port));
+  ASSIGN_OR_RETURN(auto exposer, services::StartExposer(f.metrics_listen, metrics.registry(), &metrics_port));
   ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> core, Coordinator::Create(o, &metrics));
   JobServiceImpl jobs(core.get(), auth.get(), &metrics);
   WorkerServiceImpl workers(core.get(), auth.get(), &metrics);
@@ -83,22 +100,21 @@ absl::Status Serve(std::vector<std::string> args) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  const std::string listen = f.Get("--listen", "0.0.0.0:50051");
-  builder.AddListeningPort(listen, creds, &grpc_port);
+  builder.AddListeningPort(f.listen, creds, &grpc_port);
   builder.RegisterService(&jobs);
   builder.RegisterService(&workers);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
-    return absl::UnavailableError(absl::StrCat("--listen ", listen, ": cannot serve gRPC (address in use?)"));
+    return absl::UnavailableError(absl::StrCat("--listen ", f.listen, ": cannot serve gRPC (address in use?)"));
   }
   // Health follows the job database: NOT_SERVING while it cannot commit.
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   core->SetHealthListener([health](bool ok) { health->SetServingStatus(ok); });
   RETINA_LOG(Info) << "retina-coordinator " << RETINA_VERSION << ": gRPC on port " << grpc_port
-                   << (f.Has("--tls-cert") ? " (TLS)" : " (plaintext)") << ", /metrics on port " << metrics_port
+                   << (f.tls_cert.empty() ? " (plaintext)" : " (TLS)") << ", /metrics on port " << metrics_port
                    << ", jobs in " << o.database.string() << ", store " << o.store.string();
   RETURN_IF_ERROR(services::WriteReadyFile(
-      f.Get("--ready-file"), absl::StrCat("{\"grpc_port\": ", grpc_port, ", \"metrics_port\": ", metrics_port, "}")));
+      f.ready_file, absl::StrCat("{\"grpc_port\": ", grpc_port, ", \"metrics_port\": ", metrics_port, "}")));
 
   const int sig = services::WaitForStopSignal();
   RETINA_LOG(Info) << "signal " << sig << ": shutting down (in-flight calls get 5 s)";
@@ -114,10 +130,11 @@ absl::Status Serve(std::vector<std::string> args) {
 
 int main(int argc, char** argv) {
   retina::services::BlockStopSignals();
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.size() == 1 && (args[0] == "--help" || args[0] == "-h")) {
-    std::cout << retina::coordinator::kUsage;
-    return 0;
-  }
-  return retina::ReportStatus("retina-coordinator", retina::coordinator::Serve(args));
+  retina::Cli cli("retina-coordinator",
+                  "The job service: JobService for users, WorkerService for retina-worker agents, a SQLite job\n"
+                  "store, Prometheus /metrics, gRPC health checking. SIGTERM/SIGINT shut it down gracefully.");
+  retina::coordinator::ServeFlags flags;
+  retina::coordinator::AddServeFlags(cli.app(), &flags);
+  cli.Root([&] { return retina::coordinator::Serve(flags); });
+  return cli.Run(argc, argv);
 }

@@ -11,20 +11,12 @@
 namespace retina::coordinator {
 namespace v1 = retina::v1;
 
-std::string KindOfConfig(v1::JobKind kind) {
+v1::JobKind KindFromConfig(JobKind kind) {
   switch (kind) {
-    case v1::PRETRAIN: return "pretrain";
-    case v1::FINETUNE: return "finetune";
-    case v1::EVALUATE: return "evaluate";
-    case v1::INFER: return "infer";
-    default: return "";
+    case JobKind::kPretrain: return v1::PRETRAIN;
+    case JobKind::kFinetune: return v1::FINETUNE;
+    case JobKind::kEvaluate: return v1::EVALUATE;
   }
-}
-
-v1::JobKind KindFromConfig(const std::string& kind) {
-  if (kind == "pretrain") return v1::PRETRAIN;
-  if (kind == "finetune") return v1::FINETUNE;
-  if (kind == "evaluate") return v1::EVALUATE;
   return v1::JOB_KIND_UNSPECIFIED;
 }
 
@@ -88,13 +80,13 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     spec->set_kind(from_config);
   } else if (spec->kind() != from_config) {
     return absl::InvalidArgumentError(absl::StrCat("spec.kind: ", v1::JobKind_Name(spec->kind()),
-                                                   " does not match the config's kind '", config->kind, "'"));
+                                                   " does not match the config's kind '", JobKindName(config->kind), "'"));
   }
-  const int64_t batch = config->kind == "pretrain"   ? config->pretrain.global_batch
-                        : config->kind == "finetune" ? config->finetune.global_batch
+  const int64_t batch = config->kind == JobKind::kPretrain   ? config->pretrain.global_batch
+                        : config->kind == JobKind::kFinetune ? config->finetune.global_batch
                                                      : 0;
   if (batch > 0 && batch % spec->world_size() != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", config->kind, ".global_batch ", batch,
+    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", JobKindName(config->kind), ".global_batch ", batch,
                                                    " does not divide by ", spec->world_size(), " ranks"));
   }
   const PathPolicy policy(store, allowed_roots);

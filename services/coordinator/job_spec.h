@@ -10,13 +10,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/job_config.h"
 #include "retina/v1/job_service.pb.h"
 
 namespace retina::coordinator {
 
-// The job YAML's `kind` as the API's enum (JOB_KIND_UNSPECIFIED when unknown), and back.
-retina::v1::JobKind KindFromConfig(const std::string& kind);
-std::string KindOfConfig(retina::v1::JobKind kind);
+// The job YAML's `kind` as the API's enum.
+retina::v1::JobKind KindFromConfig(JobKind kind);
 
 // Validates `spec` in place (defaults filled in: slots_per_rank 1, kind
 // from the YAML). INVALID_ARGUMENT names the field; FAILED_PRECONDITION

@@ -25,11 +25,6 @@
 namespace retina::worker {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: retina-worker --coordinator HOST:PORT [--ca F] [--token-file F] [--id ID] [--host ADDR]\n"
-    "          [--cpu-slots N] [--gpus auto|none|0,1,..] [--labels k=v,..] [--store DIR] [--trainer PATH]\n"
-    "          [--grace-s S] [--metrics-listen HOST:PORT] [--ready-file PATH]\n";
-
 // GPUs the driver exposes (/proc/driver/nvidia/gpus), limited by CUDA_VISIBLE_DEVICES.
 std::vector<int> DetectGpus() {
   std::vector<int> ids;
@@ -70,52 +65,67 @@ std::filesystem::path DefaultTrainer() {
   return {};
 }
 
-absl::Status Serve(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--coordinator", "--ca", "--token-file", "--id", "--host",
-                                                    "--cpu-slots", "--gpus", "--labels", "--store", "--trainer",
-                                                    "--grace-s", "--metrics-listen", "--ready-file"}));
-  RETURN_IF_ERROR(f.Require({"--coordinator"}));
-  WorkerOptions o;
-  o.coordinator = f.Get("--coordinator");
-  o.ca = f.Get("--ca");
-  if (f.Has("--token-file")) {
-    ASSIGN_OR_RETURN(o.token, services::ReadTokenFile(f.Get("--token-file")));
+struct ServeFlags {
+  WorkerOptions worker;
+  std::string ca, token_file, id, host, gpus = "auto", labels, trainer, metrics_listen = "0.0.0.0:9465", ready_file;
+  std::string store = ".";
+  double grace_s = absl::ToDoubleSeconds(WorkerOptions().grace);
+};
+
+void AddServeFlags(CLI::App& app, ServeFlags* f) {
+  f->worker.cpu_slots = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  app.add_option("--coordinator", f->worker.coordinator, "the coordinator's gRPC address")->required();
+  app.add_option("--ca", f->ca, "TLS: the coordinator's CA (PEM); default plaintext");
+  app.add_option("--token-file", f->token_file, "the worker token's file");
+  app.add_option("--id", f->id, "this worker's id (default: --host)");
+  app.add_option("--host", f->host, "the address other nodes reach this one at, MASTER_ADDR (default: the hostname)");
+  app.add_option("--cpu-slots", f->worker.cpu_slots, "slots without GPUs (default: the cores)")->check(kPositiveInt);
+  app.add_option("--gpus", f->gpus, "auto (the driver's, within CUDA_VISIBLE_DEVICES) | none | ids like 0,1");
+  app.add_option("--labels", f->labels, "k=v,k=v labels for placement");
+  AddStoreOption(&app, &f->store);
+  app.add_option("--trainer", f->trainer, "retina-train to run (default: beside this program, the build tree, PATH)");
+  app.add_option("--grace-s", f->grace_s, "SIGTERM to SIGKILL of a stopped rank")->check(kNonNegativeNumber);
+  app.add_option("--metrics-listen", f->metrics_listen, "Prometheus /metrics address");
+  app.add_option("--ready-file", f->ready_file, "write {metrics_port} here once registered");
+}
+
+// Flags into WorkerOptions; INVALID_ARGUMENT naming the flag.
+absl::StatusOr<WorkerOptions> WorkerOptionsOf(const ServeFlags& f) {
+  WorkerOptions o = f.worker;
+  o.ca = f.ca;
+  if (!f.token_file.empty()) {
+    ASSIGN_OR_RETURN(o.token, services::ReadTokenFile(f.token_file));
   }
   char hostname[256] = {0};
   ::gethostname(hostname, sizeof hostname - 1);
-  o.host = f.Get("--host", hostname);
-  o.worker_id = f.Get("--id", o.host);
-  o.cpu_slots = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  RETURN_IF_ERROR(f.GetInt("--cpu-slots", &o.cpu_slots));
-  const std::string gpus = f.Get("--gpus", "auto");
-  if (gpus == "auto") {
+  o.host = f.host.empty() ? hostname : f.host;
+  o.worker_id = f.id.empty() ? o.host : f.id;
+  if (f.gpus == "auto") {
     o.gpu_ids = DetectGpus();
-  } else if (gpus != "none") {
-    for (absl::string_view s : absl::StrSplit(gpus, ',', absl::SkipEmpty())) {
+  } else if (f.gpus != "none") {
+    for (absl::string_view s : absl::StrSplit(f.gpus, ',', absl::SkipEmpty())) {
       int id;
       if (!absl::SimpleAtoi(s, &id) || id < 0) return absl::InvalidArgumentError("--gpus: auto, none or ids like 0,1");
       o.gpu_ids.push_back(id);
     }
   }
-  for (absl::string_view kv : absl::StrSplit(f.Get("--labels"), ',', absl::SkipEmpty())) {
-    std::vector<std::string> p = absl::StrSplit(kv, absl::MaxSplits('=', 1));
-    if (p.size() != 2 || p[0].empty()) return absl::InvalidArgumentError("--labels: k=v,k=v");
-    o.labels[p[0]] = p[1];
-  }
-  o.store = f.Store();
-  o.trainer = f.Has("--trainer") ? std::filesystem::path(f.Get("--trainer")) : DefaultTrainer();
+  ASSIGN_OR_RETURN(auto labels, ParseKeyValues(f.labels, "--labels"));
+  o.labels.insert(labels.begin(), labels.end());
+  o.store = f.store;
+  o.trainer = f.trainer.empty() ? DefaultTrainer() : std::filesystem::path(f.trainer);
   if (o.trainer.empty()) {
     return absl::FailedPreconditionError(
         "retina-train not found next to retina-worker, in the build tree (../trainer/) or on PATH; pass --trainer PATH");
   }
-  double grace_s = 30;
-  RETURN_IF_ERROR(f.GetDouble("--grace-s", &grace_s));
-  o.grace = absl::Seconds(grace_s);
+  o.grace = absl::Seconds(f.grace_s);
+  return o;
+}
 
+absl::Status Serve(const ServeFlags& f) {
+  ASSIGN_OR_RETURN(WorkerOptions o, WorkerOptionsOf(f));
   WorkerMetrics metrics(RETINA_VERSION);
   int metrics_port = 0;
-  ASSIGN_OR_RETURN(auto exposer,
-                   services::StartExposer(f.Get("--metrics-listen", "0.0.0.0:9465"), metrics.registry(), &metrics_port));
+  ASSIGN_OR_RETURN(auto exposer, services::StartExposer(f.metrics_listen, metrics.registry(), &metrics_port));
   o.metrics_address = absl::StrCat(o.host, ":", metrics_port);
   ASSIGN_OR_RETURN(std::unique_ptr<Worker> worker, Worker::Create(o, &metrics));
   RETINA_LOG(Info) << "retina-worker " << RETINA_VERSION << " " << o.worker_id << ": "
@@ -123,7 +133,7 @@ absl::Status Serve(const std::vector<std::string>& args) {
                                          : absl::StrCat(o.gpu_ids.size(), " GPU slots"))
                    << ", trainer " << o.trainer.string() << ", store " << o.store.string() << ", /metrics on port "
                    << metrics_port;
-  RETURN_IF_ERROR(services::WriteReadyFile(f.Get("--ready-file"), absl::StrCat("{\"metrics_port\": ", metrics_port, "}")));
+  RETURN_IF_ERROR(services::WriteReadyFile(f.ready_file, absl::StrCat("{\"metrics_port\": ", metrics_port, "}")));
 
   std::atomic<bool> stop{false};
   // The agent loop forks the ranks, so it runs on the main thread (which
@@ -143,10 +153,12 @@ absl::Status Serve(const std::vector<std::string>& args) {
 
 int main(int argc, char** argv) {
   retina::services::BlockStopSignals();
-  std::vector<std::string> args(argv + 1, argv + argc);
-  if (args.empty() || args[0] == "--help" || args[0] == "-h") {
-    std::cout << retina::worker::kUsage;
-    return args.empty() ? 2 : 0;
-  }
-  return retina::ReportStatus("retina-worker", retina::worker::Serve(args));
+  retina::Cli cli("retina-worker",
+                  "The node agent: registers this node's slots (CUDA devices when present, else --cpu-slots) with\n"
+                  "the coordinator, runs the trainer ranks it is assigned, serves its own /metrics. SIGTERM/SIGINT:\n"
+                  "stop the ranks (they checkpoint), report, exit.");
+  retina::worker::ServeFlags flags;
+  retina::worker::AddServeFlags(cli.app(), &flags);
+  cli.Root([&] { return retina::worker::Serve(flags); });
+  return cli.Run(argc, argv);
 }

@@ -27,7 +27,7 @@ finetune:
 TEST(JobConfig, ValidFileLoadsWithDefaults) {
   absl::StatusOr<JobConfig> c = ParseJobConfig(kValid, "job.yaml");
   ASSERT_TRUE(c.ok()) << c.status();
-  EXPECT_EQ(c->kind, "finetune");
+  EXPECT_EQ(c->kind, JobKind::kFinetune);
   EXPECT_EQ(c->seed, 7);
   EXPECT_EQ(c->model.classes, 3);
   EXPECT_EQ(c->model.image_size, 224);            // default

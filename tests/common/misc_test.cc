@@ -10,24 +10,91 @@
 namespace retina {
 namespace {
 
-TEST(Cli, HelpPrintsUsageToStdoutAndSucceeds) {
-  EXPECT_TRUE(AsksForHelp({"--help"}));
-  EXPECT_TRUE(AsksForHelp({"run", "-h"}));
-  EXPECT_TRUE(AsksForHelp({"help"}));
-  EXPECT_FALSE(AsksForHelp({"run", "--config", "help"}));
-  EXPECT_FALSE(AsksForHelp({}));
-  int calls = 0;
+// A program with a root flag, a group and two subcommands, as the mains build them.
+struct Program {
+  Cli cli{"prog", "A test program.", "extra 1"};
+  int n = 1;
+  std::string word;
+  std::vector<std::string> sets;
+  std::vector<std::string> ran;
+  absl::Status result = absl::OkStatus();
+  Program() {
+    CLI::App* group = cli.Group("model", "model tools");
+    CLI::App* info = cli.Command("info", "info", [this] {
+      ran.push_back("info");
+      return result;
+    }, group);
+    info->add_option("--n", n, "a count")->check(kPositiveInt);
+    AddSetOption(info, &sets);
+    cli.Command("exit", "own exit code", [this]() -> absl::StatusOr<int> {
+      ran.push_back("exit");
+      return 75;
+    });
+    cli.Command("throw", "a library throws", []() -> absl::Status {
+      throw std::runtime_error("c10 says no\nException raised from somewhere");
+    });
+  }
+  int Run(std::vector<std::string> args) { return cli.Run(args); }
+};
+
+TEST(Cli, HelpAndVersionPrintToStdoutAndSucceedWithoutRunning) {
+  Program p;
   ::testing::internal::CaptureStdout();
-  const int rc = RunCommand("prog", "usage: prog\n", {"--x", "1", "--help"}, [&](const std::vector<std::string>&) {
-    ++calls;
-    return absl::OkStatus();
-  });
-  EXPECT_EQ(::testing::internal::GetCapturedStdout(), "usage: prog\n");
-  EXPECT_EQ(rc, 0);
-  EXPECT_EQ(calls, 0);
-  EXPECT_EQ(RunCommand("prog", "usage\n", {"--x"}, [](const std::vector<std::string>&) {
-              return absl::InvalidArgumentError("--x: needs a value");
-            }), 2);
+  EXPECT_EQ(p.Run({"model", "info", "--help"}), 0);
+  const std::string help = ::testing::internal::GetCapturedStdout();
+  EXPECT_THAT(help, ::testing::HasSubstr("--n"));
+  EXPECT_THAT(help, ::testing::HasSubstr("a count"));
+  Program q;
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(q.Run({"--version"}), 0);
+  EXPECT_EQ(::testing::internal::GetCapturedStdout(), std::string("prog ") + RETINA_VERSION + " (extra 1)\n");
+  EXPECT_TRUE(p.ran.empty());
+  EXPECT_TRUE(q.ran.empty());
+}
+
+TEST(Cli, FlagsTakeBothSpellingsAndRepeat) {
+  Program p;
+  EXPECT_EQ(p.Run({"model", "info", "--n=3", "--set", "a=1", "--set=b=2"}), 0);
+  EXPECT_EQ(p.n, 3);
+  EXPECT_THAT(p.sets, ::testing::ElementsAre("a=1", "b=2"));
+  EXPECT_THAT(p.ran, ::testing::ElementsAre("info"));
+}
+
+TEST(Cli, ExitCodesFollowTheTable) {
+  auto rc = [](std::vector<std::string> args, absl::Status result = absl::OkStatus()) {
+    Program p;
+    p.result = result;
+    ::testing::internal::CaptureStderr();
+    const int code = p.Run(args);
+    ::testing::internal::GetCapturedStderr();
+    return code;
+  };
+  EXPECT_EQ(rc({"model", "info", "--bogus"}), 2);      // unknown flag
+  EXPECT_EQ(rc({"model", "info", "--n", "0"}), 2);     // fails its check
+  EXPECT_EQ(rc({"model", "info", "--n", "x"}), 2);     // not an integer
+  EXPECT_EQ(rc({}), 2);                                // a subcommand is required
+  EXPECT_EQ(rc({"model"}), 2);                         // so is one of the group's
+  EXPECT_EQ(rc({"model", "info"}, absl::InvalidArgumentError("bad")), 2);
+  EXPECT_EQ(rc({"model", "info"}, absl::NotFoundError("gone")), 1);
+  EXPECT_EQ(rc({"exit"}), 75);                         // an action's own code
+  EXPECT_EQ(rc({"throw"}), 1);
+}
+
+TEST(Cli, ErrorsNameTheProgramAndOnlyALibraryMessagesFirstLine) {
+  Program p;
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(p.Run({"throw"}), 1);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "prog: c10 says no\n");
+  Program q;
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(q.Run({"model", "info", "--n", "0"}), 2);
+  EXPECT_THAT(::testing::internal::GetCapturedStderr(), ::testing::StartsWith("prog: --n: Value 0 not in range 1 to"));
+}
+
+TEST(Cli, KeyValuesNameTheFlag) {
+  using KV = std::pair<std::string, std::string>;
+  EXPECT_THAT(*ParseKeyValues("a=1,b=x=y", "--labels"), ::testing::ElementsAre(KV{"a", "1"}, KV{"b", "x=y"}));
+  EXPECT_THAT(std::string(ParseKeyValues("a=1,b", "--labels").status().message()), ::testing::HasSubstr("--labels"));
 }
 
 TEST(ThreadPlan, Precedence) {
@@ -89,7 +156,7 @@ TEST(PathPolicy, ConfinesDatasetsAndWeightsToTheStoreAndAllowedRoots) {
     EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("outside the store")) << value;
   }
   JobConfig config;
-  config.kind = "finetune";
+  config.kind = JobKind::kFinetune;
   config.data.dataset = "em";
   config.finetune.init = "/etc/shadow";
   EXPECT_THAT(std::string(policy.CheckConfig(config).message()), ::testing::HasSubstr("finetune.init: /etc/shadow"));

@@ -83,15 +83,20 @@ TEST(Progress, RateAndEtaCountOnlyTheWorkOfThisProcess) {
 }
 
 TEST(Cli, StoreComesFromTheFlagThenRetinaStoreThenTheDefault) {
-  CliFlags f;
+  auto store_of = [](std::vector<std::string> args) {
+    Cli cli("prog", "");
+    std::string store = ".";
+    AddStoreOption(&cli.app(), &store);
+    cli.Root([] { return absl::OkStatus(); });
+    EXPECT_EQ(cli.Run(args), 0);
+    return store;
+  };
   ::unsetenv("RETINA_STORE");
-  EXPECT_EQ(f.Store(), ".");
-  EXPECT_FALSE(f.HasStore());
+  EXPECT_EQ(store_of({}), ".");
   ::setenv("RETINA_STORE", "/lustre/me/retina", 1);
-  EXPECT_EQ(f.Store(), "/lustre/me/retina");
-  EXPECT_TRUE(f.HasStore());
-  f.values["--store"] = "/scratch/s";
-  EXPECT_EQ(f.Store(), "/scratch/s");
+  EXPECT_EQ(store_of({}), "/lustre/me/retina");
+  EXPECT_EQ(store_of({"--store", "/scratch/s"}), "/scratch/s");
+  EXPECT_EQ(store_of({"--store=/scratch/t"}), "/scratch/t");
   ::unsetenv("RETINA_STORE");
 }
 

@@ -41,8 +41,8 @@ TEST_F(JobSpecCheck, DefaultsAreFilledAndTheKindComesFromTheYaml) {
   ASSERT_TRUE(ValidateJobSpec(&s, store_, {}).ok());
   EXPECT_EQ(s.kind(), v1::PRETRAIN);
   EXPECT_EQ(s.slots_per_rank(), 1);
-  EXPECT_EQ(KindFromConfig("finetune"), v1::FINETUNE);
-  EXPECT_EQ(KindOfConfig(v1::EVALUATE), "evaluate");
+  EXPECT_EQ(KindFromConfig(JobKind::kFinetune), v1::FINETUNE);
+  EXPECT_EQ(KindFromConfig(JobKind::kEvaluate), v1::EVALUATE);
 }
 
 TEST_F(JobSpecCheck, EveryRefusalNamesItsField) {

@@ -227,7 +227,7 @@ TEST(Finetune, PlainCropsRot90FlipsAndBlurFollowTheirKeys) {
   const torch::Tensor image = ramp.repeat({16, 1, 1});
   const torch::Tensor mask = image.clone();
   FinetuneConfig c = Plain();
-  c.crop = "random";
+  c.crop = CropKind::kRandom;
   c.rotate_p = 0;
   c.hflip_p = c.vflip_p = 0;
   FinetuneAugmenter plain(c, 0.0, 1.0, 64);
@@ -292,7 +292,7 @@ TEST(Finetune, PlainCropsRot90FlipsAndBlurFollowTheirKeys) {
 TEST(Finetune, RecipeKeysParseWithThePapersDefaultsAndAreChecked) {
   absl::StatusOr<JobConfig> d = ParseJobConfig("kind: finetune\ndata: {dataset: x}\n", "t.yaml");
   ASSERT_TRUE(d.ok()) << d.status();
-  EXPECT_EQ(d->finetune.crop, "resized");
+  EXPECT_EQ(d->finetune.crop, CropKind::kResized);
   EXPECT_EQ(d->finetune.crop_scale, (std::vector<double>{0.08, 1.0}));
   EXPECT_EQ(d->finetune.crop_ratio, (std::vector<double>{0.5, 1.5}));
   EXPECT_EQ(d->finetune.hflip_p, 0.5);

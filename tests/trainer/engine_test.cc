@@ -474,7 +474,7 @@ TEST_F(Engine, RetinaEvalScoresFilesAndRejectsBadInput) {
   fails("--pred " + pa.string() + " --gt " + small.string(), "but ground truth is 4x40x48");
   fails("--pred " + pa.string() + " --gt " + pb.string() + " --num-classes 2", "holds class 2 but --num-classes is 2");
   fails("--pred " + (tmp_->path() / "absent.tif").string() + " --gt " + pb.string(), "absent.tif: no such file");
-  fails("--pred " + pa.string() + " --gt " + pb.string() + " --classes 1,x", "--classes: 'x'");
+  fails("--pred " + pa.string() + " --gt " + pb.string() + " --classes 1,x", "--classes: Value x");
 }
 
 }  // namespace

@@ -1,16 +1,16 @@
 // retina-shard: pack EM images into sharded datasets and check them.
 //
-//   retina-shard pack --input DIR_OR_GLOB --out STORE/datasets/NAME [--size 224]
-//                     [--shard-images 4096] [--threads T] [--scale minmax] [--skip-bad]
-//   retina-shard verify DIR_OR_NAME [--store STORE]
-//   retina-shard info DIR_OR_NAME [--store STORE]
+//   retina-shard pack --input DIR_OR_GLOB --out STORE/datasets/NAME [--size 224] ...
+//   retina-shard import --kind cremi|guay|kasthuri|perez|urocell|folder --input DIR --out ...
+//   retina-shard verify|info DIR_OR_NAME [--store STORE]
+// (`retina-shard CMD --help` lists every flag.)
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/dataset_manifest.h"
@@ -24,35 +24,21 @@
 namespace retina::trainer {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: retina-shard pack --input DIR_OR_GLOB --out STORE/datasets/NAME [--size 224]\n"
-    "                         [--shard-images 4096] [--threads T] [--scale minmax] [--skip-bad]\n"
-    "       retina-shard import --kind cremi|guay|kasthuri|perez|urocell|folder --input DIR\n"
-    "                           --out STORE/datasets/NAME [--size 256] [--shard-images 1024] [--scale minmax]\n"
-    "                           [--val-fraction F | --val-items N]   (validation slices -> NAME-val)\n"
-    "                           [--labels binary|index --classes N --isotropic]   (folder only)\n"
-    "       retina-shard verify DATASET [--store STORE]   (DATASET: a directory, or a name in STORE/datasets)\n"
-    "       retina-shard info DATASET [--store STORE]\n";
+struct PackFlags {
+  PackOptions pack;
+  std::string out;
+  std::string scale;  // "" or minmax
+};
 
-absl::Status Pack(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--input", "--out", "--size", "--shard-images", "--threads", "--scale"},
-                                  {"--skip-bad"}));
-  PackOptions o;
-  if (!f.values.count("--input") || !f.values.count("--out")) {
-    return absl::InvalidArgumentError("--input and --out are required");
-  }
-  o.input = f.values["--input"];
-  o.out = f.values["--out"];
+IntensityScaling ScalingOf(const std::string& scale) {
+  return scale.empty() ? IntensityScaling::kRequireUInt8 : IntensityScaling::kMinMax;  // CLI11 checked the name
+}
+
+absl::Status Pack(PackFlags f) {
+  PackOptions& o = f.pack;
+  o.out = f.out;
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.out.filename().string(), "--out (dataset name)"));
-  o.threads = AvailableCores();
-  RETURN_IF_ERROR(f.GetInt("--size", &o.size));
-  RETURN_IF_ERROR(f.GetInt("--shard-images", &o.shard_images));
-  RETURN_IF_ERROR(f.GetInt("--threads", &o.threads));
-  if (f.values.count("--scale")) {
-    if (f.values["--scale"] != "minmax") return absl::InvalidArgumentError("--scale: only 'minmax' is known");
-    o.scaling = IntensityScaling::kMinMax;
-  }
-  o.skip_bad = f.values.count("--skip-bad") > 0;
+  o.scaling = ScalingOf(f.scale);
   ASSIGN_OR_RETURN(PackResult r, PackImages(o));
   std::printf("packed %lld images from %lld files (%lld skipped) into %zu shards in %.1f s (%.0f images/s)%s\n"
               "mean %.6f std %.6f -> %s\n",
@@ -64,34 +50,41 @@ absl::Status Pack(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::Status Import(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--kind", "--input", "--out", "--size", "--shard-images", "--scale", "--labels",
-                                         "--classes", "--val-fraction", "--val-items"},
-                                  {"--isotropic"}));
-  for (const char* required : {"--kind", "--input", "--out"}) {
-    if (!f.values.count(required)) return absl::InvalidArgumentError(std::string(required) + " is required");
-  }
-  ImportOptions o;
-  ASSIGN_OR_RETURN(o.kind, LookupImportKind(f.values["--kind"]));
+void AddPackFlags(CLI::App* cmd, PackFlags* f) {
+  f->pack.threads = AvailableCores();
+  cmd->add_option("--input", f->pack.input, "a directory or a glob of images (TIFF, PNG, HDF5, MRC, NIfTI, NRRD)")
+      ->required();
+  cmd->add_option("--out", f->out, "the dataset directory, STORE/datasets/NAME")->required();
+  cmd->add_option("--size", f->pack.size, "patch side, pixels")->check(kPositiveInt);
+  cmd->add_option("--shard-images", f->pack.shard_images, "patches per shard (at least)")->check(kPositiveInt);
+  cmd->add_option("--threads", f->pack.threads, "decoding threads (default: the cores this process may use)")
+      ->check(kPositiveInt);
+  cmd->add_option("--scale", f->scale, "minmax: rescale non-8-bit images (else they are refused)")
+      ->check(CLI::IsMember({"minmax"}));
+  cmd->add_flag("--skip-bad", f->pack.skip_bad, "skip unreadable or too-small files (logged) instead of failing");
+}
+
+struct ImportFlags {
+  ImportOptions import;
+  std::string kind, input, out, scale, labels;
+  std::optional<int> classes;
+  bool isotropic = false;
+};
+
+absl::Status Import(ImportFlags f) {
+  ImportOptions& o = f.import;
+  ASSIGN_OR_RETURN(o.kind, LookupImportKind(f.kind));
   const bool folder = o.kind.name == "folder";
-  for (const char* only : {"--labels", "--classes", "--isotropic"}) {
-    if (f.values.count(only) && !folder) return absl::InvalidArgumentError(std::string(only) + " is for --kind folder only");
+  if (!folder && (!f.labels.empty() || f.classes || f.isotropic)) {
+    return absl::InvalidArgumentError("--labels, --classes and --isotropic are for --kind folder only");
   }
-  if (f.values.count("--labels")) {
-    const std::string& l = f.values["--labels"];
-    if (l == "index") o.kind.labels = MaskConvention::kClassIndex;
-    else if (l != "binary") return absl::InvalidArgumentError("--labels: binary or index, got '" + l + "'");
-  }
-  RETURN_IF_ERROR(f.GetInt("--classes", &o.kind.classes));
-  o.kind.isotropic = o.kind.isotropic || f.values.count("--isotropic") > 0;
-  o.input = f.values["--input"];
-  o.out = f.values["--out"];
+  if (f.labels == "index") o.kind.labels = MaskConvention::kClassIndex;
+  if (f.classes) o.kind.classes = *f.classes;
+  o.kind.isotropic = o.kind.isotropic || f.isotropic;
+  o.input = f.input;
+  o.out = f.out;
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.out.filename().string(), "--out (dataset name)"));
-  RETURN_IF_ERROR(f.GetInt("--size", &o.size));
-  RETURN_IF_ERROR(f.GetInt("--shard-images", &o.shard_images));
-  if (f.values.count("--scale")) o.scaling = IntensityScaling::kMinMax;
-  RETURN_IF_ERROR(f.GetDouble("--val-fraction", &o.val_fraction));
-  RETURN_IF_ERROR(f.GetInt64("--val-items", &o.val_items));
+  o.scaling = ScalingOf(f.scale);
   ASSIGN_OR_RETURN(ImportResult r, ImportBenchmark(o));
   std::printf("imported %s: %lld training slices -> %lld tiles of %dx%d in %zu shards (mean %.4f std %.4f); "
               "%lld test items in %s-test\n",
@@ -105,18 +98,45 @@ absl::Status Import(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::filesystem::path> DatasetDir(const CliFlags& f) {
-  if (f.positional.size() != 1) return absl::InvalidArgumentError("name one dataset");
-  const std::string& d = f.positional[0];
-  if (f.HasStore() && d.find('/') == std::string::npos) {
-    RETURN_IF_ERROR(StoreLayout::ValidateName(d, "dataset name"));
-    return StoreLayout(f.Store()).DatasetDir(d);
-  }
-  return std::filesystem::path(d);
+void AddImportFlags(CLI::App* cmd, ImportFlags* f) {
+  cmd->add_option("--kind", f->kind, "the benchmark's layout")
+      ->check(CLI::IsMember({"cremi", "guay", "kasthuri", "perez", "urocell", "folder"}))
+      ->required();
+  cmd->add_option("--input", f->input, "the benchmark's directory")->required();
+  cmd->add_option("--out", f->out, "STORE/datasets/NAME (also NAME-test, and NAME-val with a validation split)")
+      ->required();
+  cmd->add_option("--size", f->import.size, "tile side, pixels")->check(kPositiveInt);
+  cmd->add_option("--shard-images", f->import.shard_images, "tiles per shard (at least)")->check(kPositiveInt);
+  cmd->add_option("--scale", f->scale, "minmax: rescale non-8-bit images")->check(CLI::IsMember({"minmax"}));
+  cmd->add_option("--val-fraction", f->import.val_fraction, "of the training xy slices, held out as NAME-val")
+      ->check(CLI::Range(0.0, 0.999999));
+  cmd->add_option("--val-items", f->import.val_items, "or this many xy slices (not both)")->check(kNonNegativeInt);
+  cmd->add_option("--labels", f->labels, "folder only: binary masks, or class indices")
+      ->check(CLI::IsMember({"binary", "index"}));
+  cmd->add_option("--classes", f->classes, "folder only: classes incl. background")->check(CLI::Range(2, 255));
+  cmd->add_flag("--isotropic", f->isotropic, "folder only: slice training volumes along all three axes");
 }
 
-absl::Status Verify(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--store"}, {}));
+struct DatasetFlags {
+  std::string dataset;
+  std::optional<std::string> store;  // --store or $RETINA_STORE
+};
+
+// A dataset named by a directory, or by a name in STORE/datasets.
+absl::StatusOr<std::filesystem::path> DatasetDir(const DatasetFlags& f) {
+  if (f.store && f.dataset.find('/') == std::string::npos) {
+    RETURN_IF_ERROR(StoreLayout::ValidateName(f.dataset, "dataset name"));
+    return StoreLayout(*f.store).DatasetDir(f.dataset);
+  }
+  return std::filesystem::path(f.dataset);
+}
+
+void AddDatasetFlags(CLI::App* cmd, DatasetFlags* f) {
+  cmd->add_option("dataset", f->dataset, "a dataset directory, or a name in STORE/datasets")->required();
+  cmd->add_option("--store", f->store, "the shared store (else $RETINA_STORE)")->envname("RETINA_STORE");
+}
+
+absl::Status Verify(const DatasetFlags& f) {
   ASSIGN_OR_RETURN(std::filesystem::path dir, DatasetDir(f));
   ASSIGN_OR_RETURN(DatasetManifest m, DatasetManifest::Load(dir));
   RETURN_IF_ERROR(VerifyDatasetChecksums(dir, m));
@@ -126,19 +146,30 @@ absl::Status Verify(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::Status Info(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(CliFlags f, ParseCliFlags(args, {"--store"}, {}));
+absl::Status Info(const DatasetFlags& f) {
   ASSIGN_OR_RETURN(std::filesystem::path dir, DatasetDir(f));
   ASSIGN_OR_RETURN(DatasetManifest m, DatasetManifest::Load(dir));
   std::cout << m.ToJson();
   return absl::OkStatus();
 }
 
-int Main(const std::vector<std::string>& args) {
-  return RunSubcommands("retina-shard", kUsage, args, {{"pack", Pack}, {"import", Import}, {"verify", Verify}, {"info", Info}});
+int Main(int argc, char** argv) {
+  Cli cli("retina-shard", "Packs EM images and labelled benchmarks into sharded datasets, and checks them.");
+  PackFlags pack;
+  AddPackFlags(cli.Command("pack", "Pack unlabelled images into 224x224 patches (pre-training)", [&] { return Pack(pack); }),
+               &pack);
+  ImportFlags import;
+  AddImportFlags(cli.Command("import", "Import a labelled benchmark (train, test, validation splits)",
+                             [&] { return Import(import); }),
+                 &import);
+  DatasetFlags verify, info;
+  AddDatasetFlags(cli.Command("verify", "Check a dataset's checksums and structure", [&] { return Verify(verify); }),
+                  &verify);
+  AddDatasetFlags(cli.Command("info", "Print a dataset's manifest", [&] { return Info(info); }), &info);
+  return cli.Run(argc, argv);
 }
 
 }  // namespace
 }  // namespace retina::trainer
 
-int main(int argc, char** argv) { return retina::trainer::Main({argv + 1, argv + argc}); }
+int main(int argc, char** argv) { return retina::trainer::Main(argc, argv); }

@@ -1,18 +1,18 @@
 // retina-train: the trainer's command line. Parses flags into options and
 // calls the library; no logic of its own.
 //
-//   retina-train config schema
-//   retina-train config check FILE...
-//   retina-train model info --model CONFIG [--head segmentation|reconstruction] [--classes N] [--image-size S]
-//   retina-train model init --model CONFIG [--head ...] [--classes N] [--image-size S] --seed S --out FILE.pt
-//   retina-train version
+//   retina-train run --config JOB.yaml [--store DIR] [--set KEY=VALUE]... (--help for all flags)
+//   retina-train config schema | config check FILE... [--set KEY=VALUE]...
+//   retina-train model info|init --model CONFIG ...
+//   retina-train version | --version
 #include <cstdio>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/job_config.h"
 #include "common/status_macros.h"
@@ -28,56 +28,42 @@
 namespace retina::trainer {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: retina-train run --config JOB.yaml [--store DIR] [--job ID] [--job-uid UID] [--events PATH|fd:N] [--set KEY=VALUE]...\n"
-    "                        [--resume auto|never|CHECKPOINT_DIR] [--rank R --world-size W --local-rank L]\n"
-    "                        [--confine [--allowed-root DIR]...]   (as the worker runs ranks: paths only under\n"
-    "                        the store and the allowed roots, relative paths from the store)\n"
-    "       retina-train config schema\n"
-    "       retina-train config check FILE... [--set KEY=VALUE]...\n"
-    "--set overrides a job-file key (model.name=tiny, finetune.iters=20); --store defaults to $RETINA_STORE, else .\n"
-    "exit: 0 done, 75 preempted (checkpoint written), 2 bad arguments or config, 1 any other failure\n"
-    "       retina-train model info --model CONFIG [--head segmentation|reconstruction]\n"
-    "                               [--classes N] [--image-size S]\n"
-    "       retina-train model init --model CONFIG [--head ...] [--classes N] [--image-size S]\n"
-    "                               --seed S --out FILE.pt\n"
-    "       retina-train version\n";
-
 struct ModelOptions {
-  TransUNetConfig config;
+  std::string model;
+  std::string head = "segmentation";
+  int classes = 1;
+  std::optional<int> image_size;  // 64 for tiny, else 224
   int64_t seed = 0;
   std::string out;
 };
 
-absl::StatusOr<ModelOptions> ParseModelOptions(const std::vector<std::string>& args, bool init) {
-  std::vector<std::string> known = {"--model", "--head", "--classes", "--image-size"};
-  if (init) known.insert(known.end(), {"--seed", "--out"});
-  ASSIGN_OR_RETURN(CliFlags flags, ParseCliFlags(args, known));
-  RETURN_IF_ERROR(flags.Require(init ? std::vector<std::string>{"--model", "--seed", "--out"}
-                                     : std::vector<std::string>{"--model"}));
-  if (!flags.positional.empty()) return absl::InvalidArgumentError("unexpected argument " + flags.positional[0]);
-  ASSIGN_OR_RETURN(ModelHead head, ParseModelHead(flags.Get("--head", "segmentation")));
-  int classes = 1, image_size = flags.Get("--model") == "tiny" ? 64 : 224;
-  RETURN_IF_ERROR(flags.GetInt("--classes", &classes));
-  RETURN_IF_ERROR(flags.GetInt("--image-size", &image_size));
-  ModelOptions o;
-  ASSIGN_OR_RETURN(o.config, NamedModelConfig(flags.Get("--model"), image_size, classes, head));
-  RETURN_IF_ERROR(flags.GetInt64("--seed", &o.seed));
-  o.out = flags.Get("--out");
-  return o;
+void AddModelFlags(CLI::App* cmd, ModelOptions* o, bool init) {
+  cmd->add_option("--model", o->model, "model config: tiny | r50-vit-b16")->required();
+  cmd->add_option("--head", o->head, "output head")->check(CLI::IsMember({"segmentation", "reconstruction"}));
+  cmd->add_option("--classes", o->classes, "segmentation classes (1 = binary)")->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--image-size", o->image_size, "input size in pixels (default 64 for tiny, else 224)")
+      ->check(CLI::Range(16, 1 << 16));
+  if (init) {
+    cmd->add_option("--seed", o->seed, "torch::manual_seed before initialising")->required();
+    cmd->add_option("--out", o->out, "the state dict to write (model.pt, loadable by torch.load)")->required();
+  }
 }
 
-absl::Status ModelInfo(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(ModelOptions o, ParseModelOptions(args, /*init=*/false));
-  VisionTransformer model(o.config);
+absl::StatusOr<TransUNetConfig> ModelConfigOf(const ModelOptions& o) {
+  ASSIGN_OR_RETURN(ModelHead head, ParseModelHead(o.head));
+  return NamedModelConfig(o.model, o.image_size.value_or(o.model == "tiny" ? 64 : 224), o.classes, head);
+}
+
+absl::Status ModelInfo(const ModelOptions& o) {
+  ASSIGN_OR_RETURN(TransUNetConfig config, ModelConfigOf(o));
+  VisionTransformer model(config);
   const ParameterCounts all = CountParameters(*model);
   // Trainable/frozen as after fine-tuning transfer (encoder frozen).
   FreezeEncoder(*model);
   const ParameterCounts after = CountParameters(*model);
   const StateDict dict = GetStateDict(*model);
-  std::printf("model %s, image %d, head %s, classes %d\n", o.config.name.c_str(), o.config.image_size,
-              o.config.head == ModelHead::kReconstruction ? "reconstruction" : "segmentation",
-              o.config.num_classes);
+  std::printf("model %s, image %d, head %s, classes %d\n", config.name.c_str(), config.image_size,
+              config.head == ModelHead::kReconstruction ? "reconstruction" : "segmentation", config.num_classes);
   std::printf("parameters: total %lld, trainable after freeze %lld, frozen %lld\n",
               static_cast<long long>(all.total), static_cast<long long>(after.trainable),
               static_cast<long long>(after.frozen));
@@ -86,68 +72,49 @@ absl::Status ModelInfo(const std::vector<std::string>& args) {
   return absl::OkStatus();
 }
 
-absl::Status ModelInit(const std::vector<std::string>& args) {
-  ASSIGN_OR_RETURN(ModelOptions o, ParseModelOptions(args, /*init=*/true));
+absl::Status ModelInit(const ModelOptions& o) {
+  ASSIGN_OR_RETURN(TransUNetConfig config, ModelConfigOf(o));
   torch::manual_seed(static_cast<uint64_t>(o.seed));
-  VisionTransformer model(o.config);
+  VisionTransformer model(config);
   RETURN_IF_ERROR(SaveStateDictFile(GetStateDict(*model), o.out));
-  std::printf("wrote %s (%lld parameters)\n", o.out.c_str(),
-              static_cast<long long>(CountParameters(*model).total));
+  std::printf("wrote %s (%lld parameters)\n", o.out.c_str(), static_cast<long long>(CountParameters(*model).total));
   return absl::OkStatus();
+}
+
+struct RunFlags {
+  std::string config;
+  std::string store = ".";
+  std::string job;  // default: the config file's stem
+  std::vector<std::string> overrides, allowed_roots;
+  std::optional<int> rank, world_size, local_rank;
+  RunOptions run;
+};
+
+// The job file with --set applied; INVALID_ARGUMENT naming the file.
+absl::StatusOr<std::pair<std::string, JobConfig>> LoadJobFile(const std::string& path,
+                                                              const std::vector<std::string>& overrides) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(path), path);
+  absl::StatusOr<std::string> applied = ApplyConfigOverrides(text, overrides);
+  if (!applied.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", applied.status().message()));
+  ASSIGN_OR_RETURN(JobConfig config, ParseJobConfig(*applied, path));
+  return std::make_pair(*applied, config);
 }
 
 // Exit status: 0 done, 75 preempted (checkpoint written; rerun with --resume
 // auto), 2 bad arguments or config, 1 any other failure.
-int Run(std::vector<std::string> args) {
-  absl::StatusOr<std::vector<std::string>> overrides = TakeRepeatedFlag(&args, "--set");
-  if (!overrides.ok()) {
-    std::cerr << "retina-train: " << overrides.status().message() << "\n" << kUsage;
-    return 2;
+absl::StatusOr<int> Run(RunFlags f) {
+  absl::StatusOr<std::pair<std::string, JobConfig>> job = LoadJobFile(f.config, f.overrides);
+  if (!job.ok()) {
+    std::cerr << job.status().message() << "\n";
+    return kExitUsage;
   }
-  absl::StatusOr<std::vector<std::string>> roots = TakeRepeatedFlag(&args, "--allowed-root");
-  if (!roots.ok()) {
-    std::cerr << "retina-train: " << roots.status().message() << "\n" << kUsage;
-    return 2;
-  }
-  absl::StatusOr<CliFlags> flags = ParseCliFlags(
-      args, {"--config", "--store", "--job", "--job-uid", "--events", "--resume", "--rank", "--world-size", "--local-rank"},
-      {"--confine"});
-  absl::Status status = flags.ok() ? flags->Require({"--config"}) : flags.status();
-  RunOptions o;
-  int rank = 0, world = 0, local = 0;
-  if (status.ok()) {
-    for (auto [key, out] : {std::pair<const char*, int*>{"--rank", &rank}, {"--world-size", &world}, {"--local-rank", &local}}) {
-      if (status.ok()) status = flags->GetInt(key, out);
-    }
-  }
-  if (!status.ok()) {
-    std::cerr << "retina-train: " << status.message() << "\n" << kUsage;
-    return 2;
-  }
-  const std::string config_path = flags->Get("--config");
-  absl::StatusOr<std::string> text = ReadFile(config_path);
-  if (text.ok()) text = ApplyConfigOverrides(*text, *overrides);
-  if (!text.ok()) {
-    std::cerr << "retina-train: " << config_path << ": " << text.status().message() << "\n";
-    return 2;
-  }
-  absl::StatusOr<JobConfig> config = ParseJobConfig(*text, config_path);
-  if (!config.ok()) {
-    std::cerr << config.status().message() << "\n";
-    return 2;
-  }
-  o.config_text = *text;
-  o.store = flags->Store();
-  o.job_id = flags->Get("--job", std::filesystem::path(config_path).stem().string());
-  o.events = flags->Get("--events");
-  o.job_uid = flags->Get("--job-uid");
-  o.confine = flags->Has("--confine");
-  o.allowed_roots.assign(roots->begin(), roots->end());
-  o.resume = flags->Get("--resume", "auto");
-  if (flags->Has("--rank")) o.launch.rank = rank;
-  if (flags->Has("--world-size")) o.launch.world_size = world;
-  if (flags->Has("--local-rank")) o.launch.local_rank = local;
-  absl::StatusOr<RunOutcome> outcome = RunJob(*config, o);
+  RunOptions& o = f.run;
+  o.config_text = job->first;
+  o.store = f.store;
+  o.job_id = f.job.empty() ? std::filesystem::path(f.config).stem().string() : f.job;
+  o.allowed_roots.assign(f.allowed_roots.begin(), f.allowed_roots.end());
+  o.launch = LaunchOverrides{f.rank, f.world_size, f.local_rank};
+  absl::StatusOr<RunOutcome> outcome = RunJob(job->second, o);
   if (!outcome.ok()) {
     RETINA_LOG(Error) << outcome.status().message();
     return outcome.status().code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailed;
@@ -155,66 +122,69 @@ int Run(std::vector<std::string> args) {
   return *outcome == RunOutcome::kPreempted ? kExitPreempted : kExitOk;
 }
 
+void AddRunFlags(CLI::App* run, RunFlags* f) {
+  run->add_option("--config", f->config, "the job file (YAML; docs/config.md)")->required();
+  AddStoreOption(run, &f->store);
+  run->add_option("--job", f->job, "job id: names jobs/<id>/ in the store (default: the config file's stem)");
+  run->add_option("--job-uid", f->run.job_uid, "when set, jobs/<id>/JOB_UID must match (a service job)");
+  run->add_option("--events", f->run.events, "event stream: a file path or fd:N (default: the store only)");
+  run->add_option("--resume", f->run.resume, "auto (LATEST when there is one) | never | a checkpoint directory");
+  AddSetOption(run, &f->overrides);
+  run->add_option("--rank", f->rank, "this rank (else RANK, OMPI_COMM_WORLD_RANK, SLURM_PROCID)")->check(kNonNegativeInt);
+  run->add_option("--world-size", f->world_size, "ranks in the job (else WORLD_SIZE, ...)")->check(CLI::Range(1, 1 << 20));
+  run->add_option("--local-rank", f->local_rank, "rank on this node (else LOCAL_RANK, ...)")->check(kNonNegativeInt);
+  run->add_flag("--confine", f->run.confine,
+                "as the worker runs ranks: paths only under the store and the allowed roots, relative from the store");
+  run->add_option("--allowed-root", f->allowed_roots, "with --confine: a directory datasets/weights may come from (repeatable)")
+      ->allow_extra_args(false);
+}
+
 // Exit status: 0 every file valid, 2 any invalid or unreadable (as `run`).
-int ConfigCheck(std::vector<std::string> files) {
-  absl::StatusOr<std::vector<std::string>> overrides = TakeRepeatedFlag(&files, "--set");
-  if (!overrides.ok() || files.empty()) {
-    std::cerr << "retina-train: " << (overrides.ok() ? "config check: name a file" : overrides.status().message()) << "\n";
-    return 2;
-  }
+int ConfigCheck(const std::vector<std::string>& files, const std::vector<std::string>& overrides) {
   int failures = 0;
   for (const std::string& file : files) {
-    absl::StatusOr<std::string> text = ReadFile(file);
-    if (text.ok()) text = ApplyConfigOverrides(*text, *overrides);
-    absl::StatusOr<JobConfig> config = text.ok() ? ParseJobConfig(*text, file) : absl::StatusOr<JobConfig>(text.status());
-    if (!config.ok()) {
-      std::cerr << config.status().message() << "\n";
+    absl::StatusOr<std::pair<std::string, JobConfig>> job = LoadJobFile(file, overrides);
+    if (!job.ok()) {
+      std::cerr << job.status().message() << "\n";
       ++failures;
       continue;
     }
-    std::cout << "# " << file << ": OK (kind " << config->kind << ")\n" << JobConfigToYaml(*config);
+    std::cout << "# " << file << ": OK (kind " << JobKindName(job->second.kind) << ")\n" << JobConfigToYaml(job->second);
   }
-  return failures == 0 ? 0 : 2;
+  return failures == 0 ? kExitOk : kExitUsage;
 }
 
-int Report(const absl::Status& status) { return ReportStatus("retina-train", status); }
+int Main(int argc, char** argv) {
+  Cli cli("retina-train",
+          "One rank of a RETINA job (pre-training, fine-tuning, evaluation), and the job file and model tools.\n"
+          "exit: 0 done, 75 preempted (checkpoint written; run again with --resume auto), 2 bad arguments or\n"
+          "config, 1 any other failure",
+          "libtorch " + TorchVersionString(), /*version_subcommand=*/true);
+  RunFlags run_flags;
+  AddRunFlags(cli.Command("run", "Run one rank of the job in --config", [&] { return Run(run_flags); }), &run_flags);
 
-int Main(const std::vector<std::string>& args) {
-  auto is = [&](std::initializer_list<const char*> words) {
-    if (args.size() < words.size()) return false;
-    size_t i = 0;
-    for (const char* w : words) if (args[i++] != w) return false;
-    return true;
-  };
-  const auto rest = [&](size_t n) { return std::vector<std::string>(args.begin() + n, args.end()); };
-  if (AsksForHelp(args)) {
-    std::cout << kUsage;
-    return 0;
-  }
-  if (is({"run"})) return Run(rest(1));
-  if (args.size() == 2 && is({"config", "schema"})) {
+  CLI::App* config = cli.Group("config", "The job file: its schema, validation");
+  cli.Command("schema", "Print the config reference (docs/config.md)", [] {
     std::cout << JobConfigSchemaMarkdown();
-    return 0;
-  }
-  if (args.size() >= 3 && is({"config", "check"})) return ConfigCheck(rest(2));
-  try {
-    if (is({"model", "info"})) return Report(ModelInfo(rest(2)));
-    if (is({"model", "init"})) return Report(ModelInit(rest(2)));
-  } catch (const c10::Error& e) {
-    std::cerr << "retina-train: " << e.what_without_backtrace() << "\n";
-    return 1;
-  }
-  if (args.size() == 1 && args[0] == "version") {
-    std::cout << "retina-train " << RETINA_VERSION << " (libtorch " << TorchVersionString() << ")\n";
-    return 0;
-  }
-  std::cerr << kUsage;
-  return 2;
+    return absl::OkStatus();
+  }, config);
+  std::vector<std::string> files, overrides;
+  CLI::App* check = cli.Command("check", "Validate job files; print each resolved config",
+                                [&]() -> absl::StatusOr<int> { return ConfigCheck(files, overrides); }, config);
+  check->add_option("files", files, "job files")->required();
+  AddSetOption(check, &overrides);
+
+  CLI::App* model = cli.Group("model", "Model configs: parameter counts, fresh weights");
+  ModelOptions info_options, init_options;
+  AddModelFlags(cli.Command("info", "Parameter counts and state-dict names and shapes",
+                            [&] { return ModelInfo(info_options); }, model),
+                &info_options, /*init=*/false);
+  AddModelFlags(cli.Command("init", "Write freshly initialised weights", [&] { return ModelInit(init_options); }, model),
+                &init_options, /*init=*/true);
+  return cli.Run(argc, argv);
 }
 
 }  // namespace
 }  // namespace retina::trainer
 
-int main(int argc, char** argv) {
-  return retina::trainer::Main(std::vector<std::string>(argv + 1, argv + argc));
-}
+int main(int argc, char** argv) { return retina::trainer::Main(argc, argv); }

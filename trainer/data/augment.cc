@@ -291,7 +291,7 @@ GeometryParams FinetuneAugmenter::SampleGeometry(const torch::Tensor& masks_u8, 
     // METHOD.md section 3: "random resized crop 224 (as above)"; crop: random
     // (or the crop_p miss) is a plain crop of the output size at a random place.
     std::array<double, 4> crop;
-    if (c_.crop == "resized" && (c_.crop_p >= 1.0 || u.Chance(c_.crop_p))) {  // p 1 draws nothing: the stream stays as before
+    if (c_.crop == CropKind::kResized && (c_.crop_p >= 1.0 || u.Chance(c_.crop_p))) {  // p 1 draws nothing: the stream stays as before
       crop = SampleResizedCrop(h, w, c_.crop_scale, c_.crop_ratio, gen);
     } else {
       const double cw = std::min<double>(side, w), ch = std::min<double>(side, h);

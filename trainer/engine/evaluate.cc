@@ -44,7 +44,7 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   const fs::path weights = source.file;
   ASSIGN_OR_RETURN(StateDict dict, ReadWeights(source, mc), "evaluate.checkpoint");
   ConfigureTorchThreads(1, config.runtime.threads);
-  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, "fp32", 0));
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, Precision::kFp32, 0));
   VisionTransformer model(mc);
   RETURN_IF_ERROR(LoadStateDict(*model, std::move(dict)).status(), "evaluate.checkpoint " + weights.string());
   model->to(device.device);
@@ -55,18 +55,18 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   MetricOptions mo;
   for (double c : config.evaluate.classes) mo.classes.push_back(static_cast<int>(c));
   if (mo.classes.empty()) for (int c = 1; c < std::max(2, mc.num_classes); ++c) mo.classes.push_back(c);
-  mo.per_plane_iou = config.evaluate.mode == "2d";
+  mo.per_plane_iou = config.evaluate.mode == PredictionMode::k2d;
   mo.cremi = test.value("kind", "") == "cremi";
   mo.touching_only = test.value("kind", "") == "perez";  // partially labelled: METHOD.md section 3
   SlidingWindowOptions so;
   so.window = mc.image_size;
   so.overlap = config.evaluate.overlap;
   so.device = device.device;
-  const VolumeMode mode = config.evaluate.mode == "orthoplane" ? VolumeMode::kOrthoplane : VolumeMode::kStack;
+  const VolumeMode mode = config.evaluate.mode == PredictionMode::kOrthoplane ? VolumeMode::kOrthoplane : VolumeMode::kStack;
 
   EvalReport report;
   report.checkpoint = weights.string();
-  report.mode = config.evaluate.mode;
+  report.mode = PredictionModeName(config.evaluate.mode);
   report.overlap = config.evaluate.overlap;
   std::map<int, std::vector<double>> iou_by_class;
   for (const auto& item : test.at("items")) {

@@ -27,7 +27,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
   // Never adopt a job directory this job did not create (its checkpoints,
   // spec and metrics would be another job's).
   RETURN_IF_ERROR(CheckJobOwner(StoreLayout(o.store), o.job_id, o.job_uid, /*claim=*/true));
-  if (config.kind == "evaluate") return RunEvaluation(config, o);
+  if (config.kind == JobKind::kEvaluate) return RunEvaluation(config, o);
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, o));
   return trainer->Run();
 }

@@ -114,7 +114,7 @@ class EventLog {
 };
 
 Trainer::Trainer(const JobConfig& config, const RunOptions& options)
-    : config_(config), options_(options), pretrain_(config.kind == "pretrain"), layout_(options.store) {}
+    : config_(config), options_(options), pretrain_(config.kind == JobKind::kPretrain), layout_(options.store) {}
 
 Trainer::~Trainer() = default;
 
@@ -237,9 +237,9 @@ absl::Status Trainer::SetUpStore() {
     const fs::path state_path = info.dir / StoreLayout::kCheckpointState;
     ASSIGN_OR_RETURN(std::string text, ReadFile(state_path));
     ASSIGN_OR_RETURN(CheckpointState s, DecodeCheckpointState(text, state_path.string()));
-    if (s.kind != config_.kind) {
+    if (s.kind != JobKindName(config_.kind)) {
       return absl::FailedPreconditionError(
-          absl::StrCat(info.dir.string(), " is a ", s.kind, " checkpoint; this job is ", config_.kind));
+          absl::StrCat(info.dir.string(), " is a ", s.kind, " checkpoint; this job is ", JobKindName(config_.kind)));
     }
     step_ = s.step;
     sampler_state = {s.epoch, s.sampler_offset};
@@ -289,8 +289,9 @@ absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
   torch::manual_seed(step_seed);
   torch::Generator gen = at::detail::createCPUGenerator(step_seed ^ 0x5bd1e995u);
   StepResult r;
-  r.lr = config_.schedule.policy == "poly" ? PolyLearningRate(config_.optimizer.lr, step_, horizon_, config_.schedule.power)
-                                           : config_.optimizer.lr;
+  r.lr = config_.schedule.policy == SchedulePolicy::kPoly
+             ? PolyLearningRate(config_.optimizer.lr, step_, horizon_, config_.schedule.power)
+             : config_.optimizer.lr;
   for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(r.lr);
 
   optimizer_->zero_grad();
@@ -306,8 +307,9 @@ absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
       const torch::Tensor masks = batch.masks.to(device_.device, /*non_blocking=*/true);
       const FinetuneBatch fb = (*finetune_augment_)(images, masks, gen);
       const torch::Tensor logits = model_(fb.image);
-      const std::string& kind = config_.finetune.loss;
-      const bool binary = kind == "bce_dice" || (kind == "auto" && model_config_.num_classes == 1);
+      const LossKind loss_kind = config_.finetune.loss;
+      const bool binary =
+          loss_kind == LossKind::kBceDice || (loss_kind == LossKind::kAuto && model_config_.num_classes == 1);
       // Losses in fp32 under autocast (in float64 at fp64).
       const torch::Tensor l = logits.to(device_.dtype);
       loss = binary ? BceDiceLoss(l, fb.mask) : CeDiceLoss(l, fb.mask, config_.finetune.class_weights);
@@ -383,7 +385,7 @@ absl::Status Trainer::Save(std::optional<double> score) {
   s.sampler_offset = sampler_->state().offset;
   s.seed = config_.seed;
   s.world_size = launch_.world_size;
-  s.kind = config_.kind;
+  s.kind = JobKindName(config_.kind);
   s.config_sha256 = Sha256Hex(options_.config_text);
   s.model = config_.model.name;  // what inference needs to rebuild and normalise
   s.image_size = config_.model.image_size;
@@ -425,7 +427,7 @@ void Trainer::Record(const StepResult& r, double seconds, std::optional<double> 
 absl::StatusOr<RunOutcome> Trainer::Run() {
   StopSignals signals;
   // Rate and ETA from the steps this process runs (not those it resumed past).
-  bar_ = std::make_unique<ProgressBar>(absl::StrCat(config_.kind, " ", options_.job_id), total_, "steps", step_);
+  bar_ = std::make_unique<ProgressBar>(absl::StrCat(JobKindName(config_.kind), " ", options_.job_id), total_, "steps", step_);
   if (events_) {
     StartEvent start;
     start.step = step_;

@@ -23,6 +23,7 @@
 #include <functional>
 
 #include "absl/status/statusor.h"
+#include "common/job_config.h"
 #include "trainer/data/array.h"
 #include "trainer/data/readers.h"
 #include "trainer/data/writers.h"
@@ -63,7 +64,9 @@ std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, 
 // Sigmoid for one channel, softmax otherwise.
 torch::Tensor LogitsToProbabilities(const torch::Tensor& logits);
 
-enum class VolumeMode { kStack, kOrthoplane };
+// The job file's prediction mode (common/job_config.h). 2d predicts as a
+// stack, plane by plane; only its scoring differs (IoU per plane).
+using VolumeMode = PredictionMode;
 
 struct VolumePrediction {
   Volume labels;                 // class indices (binary: probability > 0.5)

@@ -7,10 +7,10 @@
 
 namespace retina::trainer {
 
-absl::StatusOr<DevicePlan> PlanDevice(const std::string& device, const std::string& precision, int local_rank) {
+absl::StatusOr<DevicePlan> PlanDevice(DeviceKind device, Precision precision, int local_rank) {
   DevicePlan plan;
   const bool cuda_available = torch::cuda::is_available();
-  const bool cuda = device == "cuda" || (device == "auto" && cuda_available);
+  const bool cuda = device == DeviceKind::kCuda || (device == DeviceKind::kAuto && cuda_available);
   if (cuda && !cuda_available) {
     return absl::FailedPreconditionError("runtime.device: cuda requested but no CUDA device is available "
                                          "(this libtorch: " + TorchVersionString() + ")");
@@ -20,13 +20,21 @@ absl::StatusOr<DevicePlan> PlanDevice(const std::string& device, const std::stri
     plan.device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % count));
     at::globalContext().setBenchmarkCuDNN(true);
   }
-  plan.bf16 = precision == "bf16" || (precision == "auto" && cuda);
+  plan.bf16 = precision == Precision::kBf16 || (precision == Precision::kAuto && cuda);
   if (plan.bf16 && !cuda) {
     return absl::FailedPreconditionError("runtime.precision: bf16 autocast is for CUDA; use fp32 (or auto) on CPU");
   }
-  if (precision == "fp64") plan.dtype = torch::kDouble;
-  plan.describe = absl::StrCat(plan.device.str(), plan.bf16 ? " bf16 autocast" : precision == "fp64" ? " fp64" : " fp32");
+  if (precision == Precision::kFp64) plan.dtype = torch::kDouble;
+  plan.describe = absl::StrCat(plan.device.str(), plan.bf16 ? " bf16 autocast" : precision == Precision::kFp64 ? " fp64" : " fp32");
   return plan;
+}
+
+absl::StatusOr<DevicePlan> PlanDevice(const std::string& device, const std::string& precision, int local_rank) {
+  const std::optional<DeviceKind> d = EnumFromName<DeviceKind>(device);
+  if (!d) return absl::InvalidArgumentError(absl::StrCat("--device: auto, cpu or cuda, got '", device, "'"));
+  const std::optional<Precision> p = EnumFromName<Precision>(precision);
+  if (!p) return absl::InvalidArgumentError(absl::StrCat("--precision: auto, fp32, bf16 or fp64, got '", precision, "'"));
+  return PlanDevice(*d, *p, local_rank);
 }
 
 CudaAutocast::CudaAutocast(bool enabled) : enabled_(enabled) {

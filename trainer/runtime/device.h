@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "common/job_config.h"
 
 namespace retina::trainer {
 
@@ -22,6 +23,9 @@ struct DevicePlan {
 // fp64 = float64 weights, inputs and losses (verification runs).
 // Enables cuDNN autotuning on CUDA. FAILED_PRECONDITION when CUDA is asked
 // for and absent, or bf16 on CPU.
+absl::StatusOr<DevicePlan> PlanDevice(DeviceKind device, Precision precision, int local_rank);
+// The same from the words (a command line's --device/--precision);
+// INVALID_ARGUMENT naming the flag and the words for an unknown one.
 absl::StatusOr<DevicePlan> PlanDevice(const std::string& device, const std::string& precision, int local_rank);
 
 // bf16 autocast for CUDA ops within its scope (no-op when disabled).

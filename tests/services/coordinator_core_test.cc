@@ -1,0 +1,295 @@
+// The coordinator's core (services/coordinator/coordinator.h) in process, on
+// a fake clock: no server, no worker processes, no sleeps. Each test drives
+// the state machine the way workers do (RegisterWorker, Heartbeat,
+// CompleteTask) and moves time itself, so leases and recovery deadlines are
+// exact: a lease is kept at `lease` and lost one millisecond after.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/records.h"
+#include "services/coordinator/coordinator.h"
+
+namespace retina::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+constexpr char kPretrain[] = "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em}\n"
+                             "pretrain: {epochs: 1, global_batch: 12}\n";
+
+class CoordinatorCore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("coordinator-core-" + std::to_string(::getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    Fresh();
+  }
+  // An empty database and store (with the dataset the jobs name).
+  void Fresh() {
+    core_.reset();
+    fs::remove_all(dir_);
+    fs::create_directories(dir_ / "store/datasets/em");
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "store/datasets/em/manifest.json", "{}").ok());
+  }
+  void TearDown() override {
+    core_.reset();
+    fs::remove_all(dir_);
+  }
+
+  // A coordinator over this test's database and store, ticked by the test.
+  Coordinator& Start() {
+    core_.reset();
+    CoordinatorOptions o;
+    o.database = dir_ / "retina.db";
+    o.store = dir_ / "store";
+    o.lease = kLease;
+    o.heartbeat = absl::Seconds(1);
+    o.clock_ms = [this] { return now_ms_.load(); };
+    o.background_tick = false;
+    absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o, nullptr);
+    EXPECT_TRUE(c.ok()) << c.status();
+    core_ = std::move(*c);
+    return *core_;
+  }
+  void Advance(absl::Duration d) { now_ms_ += absl::ToInt64Milliseconds(d); }
+
+  std::string Submit(int world, int max_restarts) {
+    v1::SubmitJobRequest r;
+    r.mutable_spec()->set_config_yaml(kPretrain);
+    r.mutable_spec()->set_world_size(world);
+    r.mutable_spec()->set_max_restarts(max_restarts);
+    absl::StatusOr<v1::Job> job = core_->Submit(r, "alice");
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? job->id() : "";
+  }
+  v1::Job Get(const std::string& id) { return *core_->Get(id); }
+
+  v1::RegisterWorkerResponse Register(const std::string& worker, int slots, std::vector<v1::TaskRef> running = {}) {
+    v1::RegisterWorkerRequest r;
+    r.set_worker_id(worker);
+    r.set_host(worker + ".cluster");
+    r.set_slot_type(v1::SLOT_CPU);
+    r.set_slots(slots);
+    for (const v1::TaskRef& t : running) *r.add_running() = t;
+    absl::StatusOr<v1::RegisterWorkerResponse> out = core_->RegisterWorker(r);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return *out;
+  }
+  v1::HeartbeatResponse Beat(const std::string& worker, std::vector<v1::TaskRef> running = {}) {
+    v1::HeartbeatRequest r;
+    r.set_worker_id(worker);
+    for (const v1::TaskRef& t : running) *r.add_running() = t;
+    absl::StatusOr<v1::HeartbeatResponse> out = core_->Heartbeat(r);
+    EXPECT_TRUE(out.ok()) << out.status();
+    return *out;
+  }
+  static v1::TaskRef Running(const v1::Assignment& a) {
+    v1::TaskRef t;
+    t.set_job_id(a.job_id());
+    t.set_attempt(a.attempt());
+    *t.mutable_ranks() = a.ranks();
+    *t.mutable_slot_ids() = a.slot_ids();
+    return t;
+  }
+  // The worker's side of an assignment: it starts the ranks and says so.
+  v1::TaskRef StartAssigned(const std::string& worker) {
+    core_->Tick();  // the scheduler's pass (every 100 ms in service)
+    const v1::HeartbeatResponse hb = Beat(worker);
+    EXPECT_EQ(hb.assignments_size(), 1) << worker;
+    if (hb.assignments_size() != 1) return {};
+    const v1::TaskRef t = Running(hb.assignments(0));
+    Beat(worker, {t});
+    return t;
+  }
+  void Exit(const std::string& worker, const v1::TaskRef& t, int code, bool stopped = false) {
+    v1::CompleteTaskRequest r;
+    r.set_worker_id(worker);
+    r.set_job_id(t.job_id());
+    r.set_attempt(t.attempt());
+    r.set_stopped(stopped);
+    for (int rank : t.ranks()) {
+      v1::RankExit* x = r.add_exits();
+      x->set_rank(rank);
+      x->set_exit_code(code);
+    }
+    EXPECT_TRUE(core_->CompleteTask(r).ok());
+  }
+
+  static constexpr absl::Duration kLease = absl::Seconds(10);
+  fs::path dir_;
+  std::atomic<int64_t> now_ms_{1'700'000'000'000};
+  std::unique_ptr<Coordinator> core_;
+};
+
+TEST_F(CoordinatorCore, AJobGoesQueuedScheduledRunningSucceeded) {
+  Start();
+  const std::string id = Submit(2, 0);
+  EXPECT_EQ(Get(id).state(), v1::QUEUED);
+  core_->Tick();
+  EXPECT_EQ(Get(id).state(), v1::QUEUED);  // no workers yet
+  Register("w1", 2);
+  EXPECT_EQ(Get(id).state(), v1::SCHEDULED);
+  EXPECT_EQ(Get(id).attempt(), 1);
+  EXPECT_EQ(Get(id).master_addr(), "w1.cluster");
+  const v1::TaskRef t = StartAssigned("w1");
+  EXPECT_THAT(t.ranks(), ::testing::ElementsAre(0, 1));
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);
+  EXPECT_EQ(Beat("w1", {t}).assignments_size(), 0);  // confirmed: not handed out again
+  Exit("w1", t, kExitOk);
+  EXPECT_EQ(Get(id).state(), v1::SUCCEEDED);
+  EXPECT_GT(Get(id).end_unix_ms(), 0);
+}
+
+TEST_F(CoordinatorCore, AnUnconfirmedAssignmentRidesOnEveryHeartbeat) {
+  Start();
+  const std::string id = Submit(1, 0);
+  Register("w1", 1);
+  const v1::HeartbeatResponse first = Beat("w1");  // "lost" by the worker
+  const v1::HeartbeatResponse again = Beat("w1");
+  ASSERT_EQ(again.assignments_size(), 1);
+  EXPECT_EQ(again.assignments(0).job_id(), id);
+  EXPECT_EQ(again.assignments(0).master_port(), first.assignments(0).master_port());
+  EXPECT_EQ(Get(id).state(), v1::SCHEDULED);
+}
+
+TEST_F(CoordinatorCore, ALeaseIsKeptForItsLengthAndLostOneMillisecondAfter) {
+  Start();
+  const std::string id = Submit(1, 1);
+  Register("w1", 1);
+  const v1::TaskRef t = StartAssigned("w1");
+  Advance(kLease);
+  core_->Tick();
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::READY);
+  Advance(absl::Milliseconds(1));
+  core_->Tick();
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::LOST);
+  const v1::Job requeued = Get(id);
+  EXPECT_EQ(requeued.state(), v1::QUEUED);
+  EXPECT_THAT(requeued.message(), HasSubstr("worker w1 lost"));
+  // A heartbeat from the lost worker is told to register again; its late
+  // exit report of the old attempt changes nothing.
+  EXPECT_TRUE(Beat("w1", {t}).reregister());
+  Exit("w1", t, kExitOk);
+  EXPECT_EQ(Get(id).state(), v1::QUEUED);
+  Register("w2", 1);
+  const v1::TaskRef t2 = StartAssigned("w2");
+  EXPECT_EQ(t2.attempt(), 2);
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);
+}
+
+TEST_F(CoordinatorCore, HeartbeatsRenewTheLease) {
+  Start();
+  const std::string id = Submit(1, 0);
+  Register("w1", 1);
+  const v1::TaskRef t = StartAssigned("w1");
+  for (int i = 0; i < 5; ++i) {  // 5 x 8 s = 40 s, four leases, never 10 s silent
+    Advance(absl::Seconds(8));
+    Beat("w1", {t});
+    core_->Tick();
+  }
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);
+}
+
+TEST_F(CoordinatorCore, RestartsAreCountedThenTheJobFails) {
+  struct Case {
+    int max_restarts;
+    int exit_code;
+    std::vector<v1::JobState> after_each_exit;
+    const char* last_message;
+  };
+  const std::vector<Case> cases = {
+      {0, 1, {v1::FAILED}, "exited with code 1"},
+      {1, 1, {v1::QUEUED, v1::FAILED}, "no restarts left"},
+      {2, kExitPreempted, {v1::QUEUED, v1::QUEUED, v1::FAILED}, "preempted"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "max_restarts " << c.max_restarts << ", exit " << c.exit_code);
+    Fresh();
+    Start();
+    const std::string id = Submit(1, c.max_restarts);
+    Register("w1", 1);
+    for (size_t k = 0; k < c.after_each_exit.size(); ++k) {
+      const v1::TaskRef t = StartAssigned("w1");
+      EXPECT_EQ(t.attempt(), static_cast<int>(k) + 1);
+      Exit("w1", t, c.exit_code);
+      EXPECT_EQ(Get(id).state(), c.after_each_exit[k]) << "after attempt " << k + 1;
+    }
+    EXPECT_THAT(Get(id).message(), HasSubstr(c.last_message));
+  }
+}
+
+TEST_F(CoordinatorCore, CancelStopsRunningRanksThroughHeartbeats) {
+  Start();
+  const std::string id = Submit(2, 3);
+  Register("w1", 2);
+  const v1::TaskRef t = StartAssigned("w1");
+  absl::StatusOr<v1::Job> cancelled = core_->Cancel(id);
+  ASSERT_TRUE(cancelled.ok());
+  EXPECT_TRUE(cancelled->cancel_requested());
+  EXPECT_EQ(cancelled->state(), v1::RUNNING);  // until the ranks have stopped
+  const v1::HeartbeatResponse hb = Beat("w1", {t});
+  ASSERT_EQ(hb.stop_size(), 1);
+  EXPECT_EQ(hb.stop(0).job_id(), id);
+  // A job queued behind it (the slots are busy) is cancelled at once.
+  const std::string queued = Submit(2, 0);
+  EXPECT_EQ(Get(queued).state(), v1::QUEUED);
+  EXPECT_EQ(core_->Cancel(queued)->state(), v1::CANCELLED);
+  Exit("w1", t, kExitPreempted, /*stopped=*/true);
+  EXPECT_EQ(Get(id).state(), v1::CANCELLED);  // not requeued, whatever max_restarts says
+  core_->Tick();
+  EXPECT_EQ(Get(queued).state(), v1::CANCELLED);  // and stays so when slots free up
+}
+
+TEST_F(CoordinatorCore, AGangWaitsForEverySlotThenSpansWorkers) {
+  Start();
+  const std::string id = Submit(3, 0);  // (with 2 slots ready it would be refused: it could never run)
+  Register("w1", 2);
+  core_->Tick();
+  EXPECT_EQ(Get(id).state(), v1::QUEUED);  // 2 of 3 slots: nothing is placed
+  EXPECT_EQ(Beat("w1").assignments_size(), 0);
+  Register("w2", 1);
+  EXPECT_EQ(Get(id).state(), v1::SCHEDULED);
+  const v1::TaskRef a = StartAssigned("w1"), b = StartAssigned("w2");
+  EXPECT_EQ(a.ranks_size() + b.ranks_size(), 3);
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);  // both parts confirmed
+  Exit("w1", a, kExitOk);
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);  // w2's rank still runs
+  Exit("w2", b, kExitOk);
+  EXPECT_EQ(Get(id).state(), v1::SUCCEEDED);
+}
+
+TEST_F(CoordinatorCore, AfterARestartRanksThatReattachGoOnAndAJobWithoutThemIsRequeued) {
+  Start();
+  const std::string kept = Submit(1, 1), lost = Submit(1, 1);
+  Register("w1", 1);
+  Register("w2", 1);
+  const v1::TaskRef tk = StartAssigned("w1");
+  const v1::TaskRef tl = StartAssigned("w2");
+  ASSERT_EQ(tk.job_id(), kept);
+  ASSERT_EQ(tl.job_id(), lost);
+  Start();  // the coordinator restarts over the same database
+  EXPECT_EQ(Get(kept).state(), v1::RUNNING);
+  EXPECT_EQ(Get(lost).state(), v1::RUNNING);
+  Register("w1", 1, {tk});  // w1 comes back with its rank; w2 never does
+  Advance(2 * kLease - absl::Milliseconds(1));
+  Beat("w1", {tk});
+  core_->Tick();
+  EXPECT_EQ(Get(lost).state(), v1::RUNNING);  // still within the two leases
+  Advance(absl::Milliseconds(1));
+  core_->Tick();
+  EXPECT_EQ(Get(kept).state(), v1::RUNNING);
+  EXPECT_EQ(Get(lost).state(), v1::QUEUED);
+  EXPECT_THAT(Get(lost).message(), HasSubstr("re-attached after a coordinator restart"));
+  Exit("w1", tk, kExitOk);
+  EXPECT_EQ(Get(kept).state(), v1::SUCCEEDED);
+}
+
+}  // namespace
+}  // namespace retina::coordinator

@@ -1,0 +1,161 @@
+#include "trainer/eval/predict.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <map>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/progress.h"
+#include "common/status_macros.h"
+#include "common/store_layout.h"
+#include "trainer/data/readers.h"
+#include "trainer/data/writers.h"
+#include "trainer/model/state_dict.h"
+#include "trainer/model/weight_source.h"
+#include "trainer/runtime/device.h"
+#include "trainer/runtime/threads.h"
+
+namespace retina::trainer {
+namespace {
+
+// The tensor `name`, saved with or without DataParallel's "module." prefix.
+const torch::Tensor* Find(const std::map<std::string, torch::Tensor>& byname, const std::string& name) {
+  for (const std::string& key : {name, "module." + name}) {
+    if (auto it = byname.find(key); it != byname.end()) return &it->second;
+  }
+  return nullptr;
+}
+
+// The model config: state.json's where it records it, else the tensors'
+// shapes; the selection's overrides win.
+absl::StatusOr<TransUNetConfig> ConfigFor(const std::map<std::string, torch::Tensor>& byname,
+                                          const std::optional<CheckpointState>& state, const ModelSelection& s) {
+  const torch::Tensor& pos = *Find(byname, "transformer.embeddings.position_embeddings");
+  const int64_t hidden = pos.size(2);
+  std::string name = hidden == 768 ? "r50-vit-b16" : hidden == 192 ? "r50-vit-b16-192" : "tiny";
+  if (state && !state->model.empty()) name = state->model;
+  int image_size = static_cast<int>(16 * std::lround(std::sqrt(static_cast<double>(pos.size(1)))));
+  if (state && state->image_size > 0) image_size = state->image_size;
+  int classes = static_cast<int>(Find(byname, "segmentation_head.0.weight")->size(0));
+  return NamedModelConfig(s.model.value_or(name), s.image_size.value_or(image_size), s.classes.value_or(classes),
+                          ModelHead::kSegmentation);
+}
+
+int DefaultMemoryMb() {
+  const int64_t half = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / 2;
+  return static_cast<int>(std::min<int64_t>(int64_t{1} << 30, half >> 20));
+}
+
+}  // namespace
+
+absl::StatusOr<SegmentationModel> LoadSegmentationModel(const ModelSelection& s, const torch::Device& device) {
+  if (s.mean.has_value() != s.std.has_value()) return absl::InvalidArgumentError("give both --mean and --std, or neither");
+  ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(s.weights, s.store, "--weights"));
+  SegmentationModel m;
+  m.weights_file = source.file;
+  ASSIGN_OR_RETURN(StateDict weights, ReadStateDictFile(m.weights_file));
+  const std::map<std::string, torch::Tensor> byname(weights.begin(), weights.end());
+  for (const char* required : {"transformer.embeddings.position_embeddings", "segmentation_head.0.weight"}) {
+    if (Find(byname, required) == nullptr) {
+      return absl::FailedPreconditionError(m.weights_file.string() + ": not a TransUNet state dict (no " + required + ")");
+    }
+  }
+  if (Find(byname, "FinalDecoder.conv1.weight") != nullptr) {
+    return absl::FailedPreconditionError(m.weights_file.string() +
+                                         ": a pre-training (reconstruction) checkpoint; fine-tune it before segmenting");
+  }
+  // The checkpoint's CheckpointState (or one beside a bare model.pt), when there is one.
+  const std::filesystem::path state_path =
+      (source.checkpoint_dir.empty() ? m.weights_file.parent_path() : source.checkpoint_dir) /
+      StoreLayout::kCheckpointState;
+  if (absl::StatusOr<std::string> text = ReadFile(state_path); text.ok()) {
+    ASSIGN_OR_RETURN(m.state, DecodeCheckpointState(*text, state_path.string()));
+  }
+  ASSIGN_OR_RETURN(m.config, ConfigFor(byname, m.state, s));
+  if (s.mean) {
+    m.mean = *s.mean;
+    m.std = *s.std;
+  } else if (m.state && m.state->mean && m.state->std) {
+    m.mean = *m.state->mean;
+    m.std = *m.state->std;
+  } else {
+    return absl::FailedPreconditionError("no --mean/--std and no normalisation recorded in " + state_path.string() +
+                                         "; pass --mean and --std");
+  }
+  if (!(m.std > 0)) return absl::InvalidArgumentError("--std must be > 0");
+  m.model = VisionTransformer(m.config);
+  RETURN_IF_ERROR(LoadStateDict(*m.model, std::move(weights)).status(), m.weights_file.string());
+  m.model->to(device);
+  m.model->eval();
+  return m;
+}
+
+absl::StatusOr<PredictFileReport> PredictFile(const PredictFileOptions& o) {
+  const bool h5 = absl::EndsWith(o.out, ".h5") || absl::EndsWith(o.out, ".hdf5");
+  if (!h5 && !absl::EndsWith(o.out, ".tif") && !absl::EndsWith(o.out, ".tiff")) {
+    return absl::InvalidArgumentError("--out: write .tif/.tiff or .h5, got '" + o.out + "'");
+  }
+  if (o.probabilities && !h5) return absl::InvalidArgumentError("--probabilities needs an .h5 --out");
+  const int memory_mb = o.memory_mb.value_or(DefaultMemoryMb());
+  if (memory_mb < 1) return absl::InvalidArgumentError("--memory-mb must be >= 1");
+  if (o.overlap && (*o.overlap < 0 || *o.overlap >= 1)) return absl::InvalidArgumentError("--overlap must be in [0, 1)");
+
+  ConfigureTorchThreads(1);
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(o.device, Precision::kFp32, 0));
+  ASSIGN_OR_RETURN(SegmentationModel m, LoadSegmentationModel(o.model, device.device));
+  ASSIGN_OR_RETURN(std::unique_ptr<PlaneReader> in, OpenPlaneReader(o.input, o.scaling));
+  const auto shape = in->shape();
+  SlidingWindowOptions so;
+  so.window = m.config.image_size;
+  so.overlap = o.overlap.value_or(shape[0] > 1 ? 0.7 : 0.5);  // METHOD.md: 0.7 for 3D test, 0.5 for 2D
+  so.device = device.device;
+  const int classes = m.config.num_classes;
+  const int64_t slab = SlabPlanesForBudget(shape, classes, o.mode, so, int64_t{memory_mb} << 20);
+  if (o.mode == VolumeMode::kOrthoplane && slab < shape[0] && slab < so.window) {
+    // Every slab re-runs the xz/yz windows that reach into it (up to a window's height).
+    RETINA_LOG(Warning) << "--memory-mb " << memory_mb << " allows slabs of " << slab << " planes, thinner than the "
+                        << so.window << "-pixel window: the xz/yz passes repeat up to "
+                        << (slab + so.window - 1) / slab << "x; give more memory if you can";
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<PlaneWriter> writer,
+                   OpenPlaneWriter(o.out, shape, in->spacing(), in->has_spacing(), o.probabilities ? classes : 0));
+  std::unique_ptr<ProgressBar> bar;
+  const auto t0 = std::chrono::steady_clock::now();
+  PredictFileReport r;
+  ASSIGN_OR_RETURN(r.stats, PredictVolumeStreaming(ModelForward(m.model), *in, m.mean, m.std, o.mode, so, slab,
+                                                   o.probabilities, *writer, [&](int64_t done, int64_t total) {
+                                                     if (!o.progress) return;
+                                                     if (!bar) bar = std::make_unique<ProgressBar>("infer", total, "planes");
+                                                     bar->Update(done);
+                                                   }));
+  if (bar) bar->Finish();
+  RETURN_IF_ERROR(writer->Finish());
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  r.peak_rss_mib = usage.ru_maxrss / 1024.0;
+  r.model = m.config.name;
+  r.device = device.describe;
+  r.shape = {shape[0], shape[1], shape[2]};
+  r.streamed = in->streaming();
+  return r;
+}
+
+std::string PredictFileReport::Summary(const PredictFileOptions& o) const {
+  const double voxels = static_cast<double>(shape[0]) * shape[1] * shape[2];
+  return absl::StrFormat(
+      "%s: %dx%dx%d voxels, %s, %s, %.1f s (%.0f voxels/s), %d slab(s) of %d planes (%s input), %d windows, "
+      "peak memory %.0f MiB -> %s",
+      model, shape[0], shape[1], shape[2], PredictionModeName(o.mode), device, seconds,
+      voxels / std::max(seconds, 1e-9), stats.slabs, stats.slab_planes, streamed ? "streamed" : "held", stats.windows,
+      peak_rss_mib, o.out);
+}
+
+}  // namespace retina::trainer
