@@ -25,8 +25,8 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "trainer/data/readers.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/formats/readers.h"
+#include "trainer/data/formats/writers.h"
 #include "trainer/eval/inference.h"
 #include "trainer/runtime/threads.h"
 

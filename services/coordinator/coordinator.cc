@@ -505,7 +505,10 @@ absl::StatusOr<std::pair<std::filesystem::path, bool>> Coordinator::LogFile(cons
 
 // ---- workers ----
 
-absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1::RegisterWorkerRequest& r) {
+namespace {
+
+// RegisterWorker's request within limits (coordinator/limits.h), naming the field.
+absl::Status ValidateRegistration(const v1::RegisterWorkerRequest& r) {
   if (r.worker_id().empty() || r.worker_id().size() > 128) {
     return absl::InvalidArgumentError("worker_id: 1-128 characters");
   }
@@ -538,6 +541,13 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
   if (r.slot_type() == v1::SLOT_GPU && r.gpu_ids_size() != r.slots()) {
     return absl::InvalidArgumentError("gpu_ids: one per GPU slot");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1::RegisterWorkerRequest& r) {
+  RETURN_IF_ERROR(ValidateRegistration(r));
   absl::MutexLock lock(&mu_);
   const int64_t now = NowMs();
   auto old = workers_.find(r.worker_id());
@@ -695,28 +705,28 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
       continue;
     }
     const Event& ev = *events[i];
-    if (const auto* x = std::get_if<StartEvent>(&ev)) {
-      p->set_total_steps(x->total_steps);
-      p->set_step(x->step);
+    if (const auto* start = std::get_if<StartEvent>(&ev)) {
+      p->set_total_steps(start->total_steps);
+      p->set_step(start->step);
       Publish(e, v1::JobEvent::PROGRESS, line);
-    } else if (const auto* x = std::get_if<StepEvent>(&ev)) {
-      p->set_step(x->step);
-      p->set_loss(x->loss);
-      p->set_lr(x->lr);
-      p->set_images_per_s(x->images_per_s);
-      p->set_data_wait_s(x->data_wait_s);
-      p->set_allreduce_s(x->allreduce_s);
+    } else if (const auto* step = std::get_if<StepEvent>(&ev)) {
+      p->set_step(step->step);
+      p->set_loss(step->loss);
+      p->set_lr(step->lr);
+      p->set_images_per_s(step->images_per_s);
+      p->set_data_wait_s(step->data_wait_s);
+      p->set_allreduce_s(step->allreduce_s);
       if (metrics_) {
         metrics_->TrainStep(e->job.id(), p->step(), p->loss(), p->images_per_s(), p->allreduce_s(), p->data_wait_s());
       }
       Publish(e, v1::JobEvent::PROGRESS, line);
-    } else if (const auto* x = std::get_if<EvalEvent>(&ev)) {
-      p->set_last_iou(x->iou);
+    } else if (const auto* eval = std::get_if<EvalEvent>(&ev)) {
+      p->set_last_iou(eval->iou);
       p->set_has_iou(true);
-      if (metrics_) metrics_->EvalIou(e->job.id(), x->iou_per_class);
+      if (metrics_) metrics_->EvalIou(e->job.id(), eval->iou_per_class);
       Publish(e, v1::JobEvent::EVAL, line);
-    } else if (const auto* x = std::get_if<CheckpointEvent>(&ev)) {
-      p->set_last_checkpoint_step(x->step);
+    } else if (const auto* checkpoint = std::get_if<CheckpointEvent>(&ev)) {
+      p->set_last_checkpoint_step(checkpoint->step);
       p->set_last_checkpoint_unix_ms(NowMs());
       if (metrics_) metrics_->CheckpointWritten(e->job.id(), NowMs() / 1000.0);
       Publish(e, v1::JobEvent::CHECKPOINT, line);

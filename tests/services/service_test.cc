@@ -159,7 +159,9 @@ TEST(Service, CoordinatorSigkillDuringConcurrentSubmissionsLosesNoAcknowledgedJo
     v1::Job job;
     ASSERT_TRUE(c.Jobs()->SubmitJob(c.Ctx().get(), req, &job).ok());
     auto it = acked.find(req.request_id());
-    if (it != acked.end()) EXPECT_EQ(job.id(), it->second);
+    if (it != acked.end()) {
+      EXPECT_EQ(job.id(), it->second);
+    }
     ids.insert(job.id());
   }
   EXPECT_EQ(ids.size(), 200u);

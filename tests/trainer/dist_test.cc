@@ -20,7 +20,7 @@
 #include "tests/trainer/python_peer.h"
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/launch_env.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 
 namespace retina::trainer {
 namespace {

@@ -22,7 +22,7 @@
 #include "trainer/dist/communicator.h"
 #include "trainer/dist/reducer.h"
 #include "trainer/model/batch_norm.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 #include "trainer/model/transunet.h"
 
 using namespace retina::trainer;

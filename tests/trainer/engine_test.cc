@@ -21,14 +21,14 @@
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
-#include "trainer/data/import.h"
-#include "trainer/data/pack.h"
-#include "trainer/data/readers.h"
-#include "trainer/data/synth.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/tools/import.h"
+#include "trainer/data/tools/pack.h"
+#include "trainer/data/formats/readers.h"
+#include "trainer/data/tools/synth.h"
+#include "trainer/data/formats/writers.h"
 #include "trainer/eval/metrics.h"
-#include "trainer/model/state_dict.h"
-#include "trainer/model/weight_source.h"
+#include "trainer/model/weights/state_dict.h"
+#include "trainer/model/weights/weight_source.h"
 
 namespace retina::trainer {
 namespace {

@@ -227,9 +227,9 @@ TEST(Orthoplane, AveragesThePerAxisProbabilities) {
 // Keeps what a PlaneWriter is given, in memory.
 class CapturingWriter : public PlaneWriter {
  public:
-  absl::Status Append(int64_t n, const uint8_t* labels, const float* probabilities, int64_t channels) override {
+  absl::Status Append(int64_t n, const uint8_t* plane_labels, const float* probabilities, int64_t channels) override {
     appends.push_back(n);
-    this->labels.insert(this->labels.end(), labels, labels + n * plane);
+    labels.insert(labels.end(), plane_labels, plane_labels + n * plane);
     if (probabilities != nullptr) {
       chunks.push_back(torch::from_blob(const_cast<float*>(probabilities), {channels, n, plane}).clone());
     }

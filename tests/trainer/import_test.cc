@@ -6,9 +6,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
-#include "trainer/data/import.h"
-#include "trainer/data/pack.h"
-#include "trainer/data/readers.h"
+#include "trainer/data/tools/import.h"
+#include "trainer/data/tools/pack.h"
+#include "trainer/data/formats/readers.h"
 #include "trainer/data/shards.h"
 
 namespace retina::trainer {

@@ -11,7 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {
@@ -104,9 +104,9 @@ INSTANTIATE_TEST_SUITE_P(Configs, ModelInterop,
                          ::testing::Values(Case{"tiny", 64, 3, false}, Case{"tiny", 32, 1, true},
                                            // The full-width RETINA model (768, 12 heads) at a small image.
                                            Case{"r50-vit-b16", 32, 1, true}),
-                         [](const auto& info) {
-                           return absl::StrCat(info.param.name[0] == 't' ? "tiny" : "r50vitb16", "_",
-                                               info.param.size, info.param.reconstruction ? "_recon" : "_seg");
+                         [](const ::testing::TestParamInfo<Case>& p) {
+                           return absl::StrCat(p.param.name[0] == 't' ? "tiny" : "r50vitb16", "_",
+                                               p.param.size, p.param.reconstruction ? "_recon" : "_seg");
                          });
 
 TEST(ReadStateDictFile, BadFilesNameTheFile) {

@@ -7,8 +7,8 @@
 #include "trainer/model/decoder.h"
 #include "trainer/model/dropout.h"
 #include "trainer/model/resnet_v2.h"
-#include "trainer/model/state_dict.h"
-#include "trainer/model/transfer.h"
+#include "trainer/model/weights/state_dict.h"
+#include "trainer/model/weights/transfer.h"
 #include "trainer/model/transunet.h"
 #include "trainer/model/vit.h"
 

@@ -8,10 +8,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
-#include "trainer/model/npz.h"
-#include "trainer/model/transfer.h"
+#include "trainer/model/weights/npz.h"
+#include "trainer/model/weights/transfer.h"
 #include "trainer/model/transunet.h"
-#include "trainer/model/vit_npz_import.h"
+#include "trainer/model/weights/vit_npz_import.h"
 
 namespace retina::trainer {
 namespace {

@@ -10,9 +10,9 @@
 #include "absl/strings/str_replace.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
-#include "trainer/data/readers.h"
-#include "trainer/data/writers.h"
-#include "trainer/model/npz.h"
+#include "trainer/data/formats/readers.h"
+#include "trainer/data/formats/writers.h"
+#include "trainer/model/weights/npz.h"
 
 namespace retina::trainer {
 namespace {
@@ -112,7 +112,7 @@ TEST_F(Readers, ConversionsToImagesAndMasks) {
 TEST_F(Readers, PlaneReadersStreamUInt8FilesInAnyOrderAndHoldTheRest) {
   // uint8 TIFF stacks and HDF5 datasets are read plane-wise from the file; the
   // planes equal the whole-file read whatever order they are asked in.
-  for (const std::string& name : {"stack.tif", "tiled.tif", "cremi.h5:/volumes/raw", "vol.nii.gz"}) {
+  for (const char* name : {"stack.tif", "tiled.tif", "cremi.h5:/volumes/raw", "vol.nii.gz"}) {
     SCOPED_TRACE(name);
     absl::StatusOr<RawArray> whole = ReadArray(Path(name));
     ASSERT_TRUE(whole.ok()) << whole.status();
@@ -120,7 +120,7 @@ TEST_F(Readers, PlaneReadersStreamUInt8FilesInAnyOrderAndHoldTheRest) {
     ASSERT_TRUE(image.ok());
     absl::StatusOr<std::unique_ptr<PlaneReader>> r = OpenPlaneReader(Path(name), IntensityScaling::kMinMax);
     ASSERT_TRUE(r.ok()) << r.status();
-    EXPECT_EQ((*r)->streaming(), name != "vol.nii.gz");
+    EXPECT_EQ((*r)->streaming(), std::string(name) != "vol.nii.gz");
     EXPECT_EQ((*r)->shape(), whole->shape);
     EXPECT_EQ((*r)->spacing(), whole->spacing);
     EXPECT_EQ((*r)->has_spacing(), whole->has_spacing);

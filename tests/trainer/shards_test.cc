@@ -9,7 +9,7 @@
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/data/loader.h"
-#include "trainer/data/pack.h"
+#include "trainer/data/tools/pack.h"
 #include "trainer/data/shards.h"
 
 namespace retina::trainer {

@@ -7,12 +7,12 @@
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/data/augment.h"
-#include "trainer/data/import.h"
+#include "trainer/data/tools/import.h"
 #include "trainer/data/loader.h"
-#include "trainer/data/readers.h"
+#include "trainer/data/formats/readers.h"
 #include "trainer/data/sampler.h"
-#include "trainer/data/synth.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/tools/synth.h"
+#include "trainer/data/formats/writers.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {

@@ -1,10 +1,10 @@
-#include "trainer/data/synth.h"
+#include "trainer/data/tools/synth.h"
 
 #include <gtest/gtest.h>
 
 #include "tests/trainer/python_peer.h"
-#include "trainer/data/readers.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/formats/readers.h"
+#include "trainer/data/formats/writers.h"
 
 namespace retina::trainer {
 namespace {

@@ -25,13 +25,13 @@
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
-#include "trainer/data/import.h"
-#include "trainer/data/pack.h"
+#include "trainer/data/tools/import.h"
+#include "trainer/data/tools/pack.h"
 #include "trainer/data/shards.h"
-#include "trainer/data/synth.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/tools/synth.h"
+#include "trainer/data/formats/writers.h"
 #include "trainer/model/model_config.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {

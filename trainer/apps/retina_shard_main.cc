@@ -17,8 +17,8 @@
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
-#include "trainer/data/import.h"
-#include "trainer/data/pack.h"
+#include "trainer/data/tools/import.h"
+#include "trainer/data/tools/pack.h"
 #include "trainer/data/shards.h"
 
 namespace retina::trainer {

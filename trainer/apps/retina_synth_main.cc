@@ -17,8 +17,8 @@
 #include "common/cli.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "trainer/data/synth.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/tools/synth.h"
+#include "trainer/data/formats/writers.h"
 
 namespace retina::trainer {
 namespace {

@@ -20,8 +20,8 @@
 #include "common/logging.h"
 #include "common/records.h"
 #include "trainer/engine/run.h"
-#include "trainer/model/state_dict.h"
-#include "trainer/model/transfer.h"
+#include "trainer/model/weights/state_dict.h"
+#include "trainer/model/weights/transfer.h"
 #include "trainer/model/transunet.h"
 #include "trainer/torch_compat.h"
 

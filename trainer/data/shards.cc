@@ -17,7 +17,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
-#include "trainer/data/hdf5_handle.h"
+#include "trainer/data/formats/hdf5_handle.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;

@@ -13,31 +13,73 @@
 #include "common/records.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
-#include "trainer/data/readers.h"
+#include "trainer/data/formats/readers.h"
 #include "trainer/data/shards.h"
 #include "trainer/eval/inference.h"
 #include "trainer/eval/metrics.h"
-#include "trainer/model/state_dict.h"
-#include "trainer/model/weight_source.h"
+#include "trainer/model/weights/state_dict.h"
+#include "trainer/model/weights/weight_source.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;
 
+namespace {
+
+// An imported test split's test.json (retina-shard import).
+absl::StatusOr<nlohmann::json> ReadTestSplit(const fs::path& dir) {
+  ASSIGN_OR_RETURN(std::string text, ReadFile(dir / "test.json"), "data.dataset (an imported test split, e.g. <name>-test)");
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return absl::DataLossError(absl::StrCat((dir / "test.json").string(), ": ", e.what()));
+  }
+}
+
+// One test item predicted and scored: its volume and mask from `file`.
+absl::StatusOr<EvalItem> ScoreItem(VisionTransformer& model, const std::string& file, const nlohmann::json& item,
+                                   double mean, double std, PredictionMode mode, const SlidingWindowOptions& so,
+                                   const MetricOptions& mo) {
+  ASSIGN_OR_RETURN(RawArray raw_image, ReadHdf5(file, "/image"));
+  ASSIGN_OR_RETURN(RawArray raw_mask, ReadHdf5(file, "/mask"));
+  ASSIGN_OR_RETURN(Volume image, ToImage(raw_image, IntensityScaling::kRequireUInt8));
+  ASSIGN_OR_RETURN(Volume truth, ToMask(raw_mask, MaskConvention::kClassIndex));
+  const std::vector<double> spacing = item.value("spacing", std::vector<double>{1, 1, 1});
+  truth.spacing = {spacing[0], spacing[1], spacing[2]};
+  ASSIGN_OR_RETURN(VolumePrediction pred, PredictVolume(ModelForward(model), image, mean, std, mode, so, false, nullptr));
+  ASSIGN_OR_RETURN(std::vector<ClassMetrics> metrics, ComputeMetrics(pred.labels, truth, mo), file);
+  EvalItem scored;
+  scored.source = item.value("source", "");
+  for (const ClassMetrics& m : metrics) {
+    ClassScore c{m.cls, m.iou, m.f1, m.precision, m.recall, std::nullopt, std::nullopt};
+    if (!std::isnan(m.mfd)) c.mfd = m.mfd;
+    if (mo.cremi) c.cremi_score = m.cremi_score;
+    scored.classes.push_back(c);
+  }
+  return scored;
+}
+
+// eval.json, then the eval and done events appended to events.jsonl.
+absl::Status WriteEvalRecords(const StoreLayout& layout, const std::string& job, const EvalReport& report) {
+  RETURN_IF_ERROR(CreateDirectories(layout.JobDir(job)));
+  RETURN_IF_ERROR(WriteFileAtomic(layout.EvalReportPath(job), EncodeEvalReport(report)));
+  EvalEvent event;
+  event.iou = report.mean_iou;
+  event.iou_per_class = report.mean_iou_per_class;
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  absl::StatusOr<std::string> previous = ReadFile(layout.EventsPath(job));
+  return WriteFileAtomic(layout.EventsPath(job), (previous.ok() ? *previous : std::string()) + EncodeEvent(event, now) +
+                                                     "\n" + EncodeEvent(DoneEvent{}, now) + "\n");
+}
+
+}  // namespace
+
 absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptions& o) {
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   const StoreLayout layout(o.store);
-  // The test split.
   ASSIGN_OR_RETURN(const fs::path test_dir, ResolveDataset(config.data.dataset, o.store, "data.dataset"));
-  ASSIGN_OR_RETURN(std::string test_text, ReadFile(test_dir / "test.json"),
-                   "data.dataset (an imported test split, e.g. <name>-test)");
-  nlohmann::json test;
-  try {
-    test = nlohmann::json::parse(test_text);
-  } catch (const nlohmann::json::exception& e) {
-    return absl::DataLossError(absl::StrCat((test_dir / "test.json").string(), ": ", e.what()));
-  }
+  ASSIGN_OR_RETURN(const nlohmann::json test, ReadTestSplit(test_dir));
   ASSIGN_OR_RETURN(TransUNetConfig mc, NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
                                                         ModelHead::kSegmentation));
   ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(config.evaluate.checkpoint, o.store, "evaluate.checkpoint"));
@@ -62,7 +104,6 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   so.window = mc.image_size;
   so.overlap = config.evaluate.overlap;
   so.device = device.device;
-  const VolumeMode mode = config.evaluate.mode == PredictionMode::kOrthoplane ? VolumeMode::kOrthoplane : VolumeMode::kStack;
 
   EvalReport report;
   report.checkpoint = weights.string();
@@ -71,23 +112,8 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   std::map<int, std::vector<double>> iou_by_class;
   for (const auto& item : test.at("items")) {
     const std::string file = (test_dir / item.at("file").get<std::string>()).string();
-    ASSIGN_OR_RETURN(RawArray raw_image, ReadHdf5(file, "/image"));
-    ASSIGN_OR_RETURN(RawArray raw_mask, ReadHdf5(file, "/mask"));
-    ASSIGN_OR_RETURN(Volume image, ToImage(raw_image, IntensityScaling::kRequireUInt8));
-    ASSIGN_OR_RETURN(Volume truth, ToMask(raw_mask, MaskConvention::kClassIndex));
-    const std::vector<double> spacing = item.value("spacing", std::vector<double>{1, 1, 1});
-    truth.spacing = {spacing[0], spacing[1], spacing[2]};
-    ASSIGN_OR_RETURN(VolumePrediction pred, PredictVolume(ModelForward(model), image, mean, std, mode, so, false, nullptr));
-    ASSIGN_OR_RETURN(std::vector<ClassMetrics> metrics, ComputeMetrics(pred.labels, truth, mo), file);
-    EvalItem scored;
-    scored.source = item.value("source", "");
-    for (const ClassMetrics& m : metrics) {
-      iou_by_class[m.cls].push_back(m.iou);
-      ClassScore c{m.cls, m.iou, m.f1, m.precision, m.recall, std::nullopt, std::nullopt};
-      if (!std::isnan(m.mfd)) c.mfd = m.mfd;
-      if (mo.cremi) c.cremi_score = m.cremi_score;
-      scored.classes.push_back(c);
-    }
+    ASSIGN_OR_RETURN(EvalItem scored, ScoreItem(model, file, item, mean, std, config.evaluate.mode, so, mo));
+    for (const ClassScore& c : scored.classes) iou_by_class[c.cls].push_back(c.iou);
     report.items.push_back(std::move(scored));
     RETINA_LOG(Info) << "evaluated " << item.value("source", file);
   }
@@ -97,16 +123,7 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
     report.mean_iou_per_class[cls] = m;
     report.mean_iou += m / iou_by_class.size();
   }
-  RETURN_IF_ERROR(CreateDirectories(layout.JobDir(o.job_id)));
-  RETURN_IF_ERROR(WriteFileAtomic(layout.EvalReportPath(o.job_id), EncodeEvalReport(report)));
-  EvalEvent event;
-  event.iou = report.mean_iou;
-  event.iou_per_class = report.mean_iou_per_class;
-  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-  absl::StatusOr<std::string> previous = ReadFile(layout.EventsPath(o.job_id));
-  RETURN_IF_ERROR(WriteFileAtomic(layout.EventsPath(o.job_id), (previous.ok() ? *previous : std::string()) +
-                                                                   EncodeEvent(event, now) + "\n" +
-                                                                   EncodeEvent(DoneEvent{}, now) + "\n"));
+  RETURN_IF_ERROR(WriteEvalRecords(layout, o.job_id, report));
   std::printf("mean IoU %.4f over %zu item(s) -> %s\n", report.mean_iou, report.items.size(),
               layout.EvalReportPath(o.job_id).c_str());
   return RunOutcome::kCompleted;

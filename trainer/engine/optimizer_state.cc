@@ -6,8 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "trainer/model/pickle_writer.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/pickle_writer.h"
+#include "trainer/model/weights/state_dict.h"
 
 namespace retina::trainer {
 namespace {

@@ -24,9 +24,9 @@
 #include "trainer/eval/inference.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/batch_norm.h"
-#include "trainer/model/state_dict.h"
-#include "trainer/model/transfer.h"
-#include "trainer/model/weight_source.h"
+#include "trainer/model/weights/state_dict.h"
+#include "trainer/model/weights/transfer.h"
+#include "trainer/model/weights/weight_source.h"
 #include "trainer/runtime/threads.h"
 
 namespace retina::trainer {

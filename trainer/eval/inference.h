@@ -24,9 +24,9 @@
 
 #include "absl/status/statusor.h"
 #include "common/job_config.h"
-#include "trainer/data/array.h"
-#include "trainer/data/readers.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/formats/array.h"
+#include "trainer/data/formats/readers.h"
+#include "trainer/data/formats/writers.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {

@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 
 namespace retina::trainer {
 

@@ -2,7 +2,7 @@
 // library (the program parses flags into PredictFileOptions and prints the
 // summary).
 //
-// Weights are anything trainer/model/weight_source.h resolves (a model.pt, a
+// Weights are anything trainer/model/weights/weight_source.h resolves (a model.pt, a
 // checkpoint directory, a job's checkpoints/ or its LATEST, a PyTorch .pt;
 // relative names also from the store), verified against its MANIFEST. The
 // model config, image size and classes come from the checkpoint's state.json
@@ -25,7 +25,7 @@
 #include "absl/status/statusor.h"
 #include "common/job_config.h"
 #include "common/records.h"
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 #include "trainer/eval/inference.h"
 #include "trainer/model/transunet.h"
 

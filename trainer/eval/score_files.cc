@@ -7,7 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
-#include "trainer/data/readers.h"
+#include "trainer/data/formats/readers.h"
 
 namespace retina::trainer {
 

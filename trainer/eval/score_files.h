@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/job_config.h"
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 #include "trainer/eval/metrics.h"
 
 namespace retina::trainer {

@@ -1,11 +1,11 @@
-#include "trainer/model/vit_npz_import.h"
+#include "trainer/model/weights/vit_npz_import.h"
 
 #include <cmath>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "trainer/model/npz.h"
+#include "trainer/model/weights/npz.h"
 
 namespace retina::trainer {
 namespace {

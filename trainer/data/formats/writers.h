@@ -9,7 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 
 namespace retina::trainer {
 

@@ -20,7 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/dataset_manifest.h"
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 
 namespace retina::trainer {
 

@@ -1,4 +1,4 @@
-#include "trainer/model/transfer.h"
+#include "trainer/model/weights/transfer.h"
 
 #include "absl/strings/match.h"
 #include "common/status_macros.h"

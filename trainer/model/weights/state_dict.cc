@@ -1,4 +1,4 @@
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 
 #include <caffe2/serialize/inline_container.h>
 
@@ -10,8 +10,8 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "trainer/model/pickle_reader.h"
-#include "trainer/model/pickle_writer.h"
+#include "trainer/model/weights/pickle_reader.h"
+#include "trainer/model/weights/pickle_writer.h"
 
 namespace retina::trainer {
 namespace {

@@ -1,4 +1,4 @@
-#include "trainer/data/import.h"
+#include "trainer/data/tools/import.h"
 
 #include <hdf5.h>
 
@@ -11,10 +11,10 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "trainer/data/pack.h"
-#include "trainer/data/readers.h"
+#include "trainer/data/tools/pack.h"
+#include "trainer/data/formats/readers.h"
 #include "trainer/data/shards.h"
-#include "trainer/data/writers.h"
+#include "trainer/data/formats/writers.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;

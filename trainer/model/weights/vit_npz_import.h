@@ -15,7 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "trainer/model/model_config.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 
 namespace retina::trainer {
 

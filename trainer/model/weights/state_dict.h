@@ -5,11 +5,11 @@
 // ("decoder.blocks.0.conv1.1.running_mean").
 //
 // Files: SaveStateDictFile writes the zip format of torch.save holding a
-// plain dict[str, Tensor] (trainer/model/pickle_writer.h); Python loads it
+// plain dict[str, Tensor] (trainer/model/weights/pickle_writer.h); Python loads it
 // with torch.load(path, weights_only=True). ReadStateDictFile reads files written by Python's
 // torch.save(model.state_dict()): an OrderedDict with a _metadata attribute,
 // which libtorch's own unpickler cannot read (it turns OrderedDict into None),
-// so trainer/model/pickle_reader.h handles those opcodes itself.
+// so trainer/model/weights/pickle_reader.h handles those opcodes itself.
 #pragma once
 
 #include <torch/torch.h>
@@ -21,7 +21,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "trainer/model/pickle_reader.h"
+#include "trainer/model/weights/pickle_reader.h"
 
 namespace retina::trainer {
 

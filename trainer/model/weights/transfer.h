@@ -7,7 +7,7 @@
 #include <torch/torch.h>
 
 #include "absl/status/statusor.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 
 namespace retina::trainer {
 

@@ -17,7 +17,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 
 namespace retina::trainer {
 
@@ -53,6 +53,12 @@ class PlaneReader {
 absl::StatusOr<std::unique_ptr<PlaneReader>> OpenPlaneReader(const std::string& spec, IntensityScaling scaling);
 // Reads from `volume`, which must outlive the reader.
 std::unique_ptr<PlaneReader> VolumePlaneReader(const Volume& volume);
+
+// The streaming readers of the formats that have one (tiff.cc, hdf5.cc): null
+// when the file holds another dtype than uint8 (OpenPlaneReader then reads it
+// whole and converts it).
+absl::StatusOr<std::unique_ptr<PlaneReader>> OpenTiffPlaneReader(const std::string& path);
+absl::StatusOr<std::unique_ptr<PlaneReader>> OpenHdf5PlaneReader(const std::string& path, const std::string& dataset);
 
 // True when the file name has an extension ReadArray knows (for folder scans).
 bool IsReadableImageName(const std::string& name);

@@ -1,4 +1,4 @@
-#include "trainer/data/pack.h"
+#include "trainer/data/tools/pack.h"
 
 #include <glob.h>
 
@@ -15,7 +15,7 @@
 #include "common/logging.h"
 #include "common/progress.h"
 #include "common/status_macros.h"
-#include "trainer/data/readers.h"
+#include "trainer/data/formats/readers.h"
 #include "trainer/data/shards.h"
 
 namespace retina::trainer {
@@ -108,6 +108,60 @@ struct PackState {
   }
 };
 
+// Takes over an interrupted pack of the same inputs and options (its state
+// file and shards) into `state`; FAILED_PRECONDITION for another run's,
+// DATA_LOSS for a damaged shard.
+absl::Status ResumeInterrupted(const PackOptions& o, size_t files, PackState* state, PackResult* result) {
+  const absl::StatusOr<std::string> saved = ReadFile(o.out / kStateFile);
+  if (!saved.ok()) return absl::OkStatus();  // a fresh pack
+  ASSIGN_OR_RETURN(PackState previous, PackState::FromJson(*saved), (o.out / kStateFile).string());
+  if (previous.key != state->key) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        o.out.string(), ": holds an interrupted pack of different inputs or options; remove the folder "
+                        "or rerun with the original ones"));
+  }
+  for (const ShardInfo& s : previous.shards) {  // cheap check; `verify` does the full one
+    std::error_code ec;
+    if (fs::file_size(o.out / s.file, ec) != s.bytes) {
+      return absl::DataLossError(absl::StrCat((o.out / s.file).string(), ": shard of the interrupted pack is missing "
+                                              "or damaged; remove the folder and pack again"));
+    }
+  }
+  *state = previous;
+  result->resumed_shards = static_cast<int64_t>(state->shards.size());
+  RETINA_LOG(Info) << "resuming pack at file " << state->next_file << " of " << files << " (" << state->shards.size()
+                   << " shards done)";
+  return absl::OkStatus();
+}
+
+// Decodes files [begin, end) on `threads` threads.
+std::vector<Decoded> DecodeFiles(const std::vector<std::string>& files, int64_t begin, int64_t end, const PackOptions& o) {
+  std::vector<Decoded> decoded(end - begin);
+  std::atomic<int64_t> next{begin};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < o.threads; ++t) {
+    workers.emplace_back([&] {
+      for (int64_t i = next++; i < end; i = next++) decoded[i - begin] = DecodeFile(files[i], o);
+    });
+  }
+  for (auto& w : workers) w.join();
+  return decoded;
+}
+
+// The manifest of the finished pack: shards, count, mean and std of v/255.
+DatasetManifest FinalManifest(const PackOptions& o, const PackState& state) {
+  DatasetManifest m;
+  m.name = o.out.filename().string();
+  m.height = m.width = o.size;
+  m.shards = state.shards;
+  for (const ShardInfo& s : m.shards) m.count += s.count;
+  const double n = static_cast<double>(state.pixels);
+  m.mean = static_cast<double>(state.sum) / n / 255.0;
+  m.std = std::sqrt(std::max(0.0, static_cast<double>(state.sum_sq) / n / (255.0 * 255.0) - m.mean * m.mean));
+  m.source = o.input;
+  return m;
+}
+
 }  // namespace
 
 std::vector<int64_t> PatchOrigins(int64_t extent, int64_t size) {
@@ -155,25 +209,7 @@ absl::StatusOr<PackResult> PackImages(const PackOptions& o) {
   PackState state;
   state.key = RunKey(files, o);
   PackResult result;
-  if (absl::StatusOr<std::string> saved = ReadFile(o.out / kStateFile); saved.ok()) {
-    ASSIGN_OR_RETURN(PackState previous, PackState::FromJson(*saved), (o.out / kStateFile).string());
-    if (previous.key != state.key) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          o.out.string(), ": holds an interrupted pack of different inputs or options; remove the folder "
-                          "or rerun with the original ones"));
-    }
-    for (const ShardInfo& s : previous.shards) {  // cheap check; `verify` does the full one
-      std::error_code ec;
-      if (fs::file_size(o.out / s.file, ec) != s.bytes) {
-        return absl::DataLossError(absl::StrCat((o.out / s.file).string(), ": shard of the interrupted pack is missing "
-                                                "or damaged; remove the folder and pack again"));
-      }
-    }
-    state = previous;
-    result.resumed_shards = static_cast<int64_t>(state.shards.size());
-    RETINA_LOG(Info) << "resuming pack at file " << state.next_file << " of " << files.size() << " ("
-                     << state.shards.size() << " shards done)";
-  }
+  RETURN_IF_ERROR(ResumeInterrupted(o, files.size(), &state, &result));
   // Temporaries of a killed run.
   for (const auto& e : fs::directory_iterator(o.out)) {
     if (e.path().filename().string().rfind(".shard-", 0) == 0) fs::remove(e.path());
@@ -186,15 +222,7 @@ absl::StatusOr<PackResult> PackImages(const PackOptions& o) {
   const int64_t batch = std::max(8, o.threads * 8);
   while (file < static_cast<int64_t>(files.size())) {
     const int64_t end = std::min<int64_t>(files.size(), file + batch);
-    std::vector<Decoded> decoded(end - file);
-    std::atomic<int64_t> next{file};
-    std::vector<std::thread> workers;
-    for (int t = 0; t < o.threads; ++t) {
-      workers.emplace_back([&] {
-        for (int64_t i = next++; i < end; i = next++) decoded[i - file] = DecodeFile(files[i], o);
-      });
-    }
-    for (auto& w : workers) w.join();
+    std::vector<Decoded> decoded = DecodeFiles(files, file, end, o);
     for (int64_t i = file; i < end; ++i) {
       Decoded& d = decoded[i - file];
       if (!d.status.ok()) {
@@ -231,16 +259,8 @@ absl::StatusOr<PackResult> PackImages(const PackOptions& o) {
   bar.Finish();
   if (state.pixels == 0) return absl::FailedPreconditionError(absl::StrCat(o.input, ": no usable image (all skipped)"));
 
-  DatasetManifest& m = result.manifest;
-  m.name = o.out.filename().string();
-  m.height = m.width = o.size;
-  m.shards = state.shards;
-  for (const ShardInfo& s : m.shards) m.count += s.count;
-  const double n = static_cast<double>(state.pixels);
-  m.mean = static_cast<double>(state.sum) / n / 255.0;
-  m.std = std::sqrt(std::max(0.0, static_cast<double>(state.sum_sq) / n / (255.0 * 255.0) - m.mean * m.mean));
-  m.source = o.input;
-  RETURN_IF_ERROR(WriteFileAtomic(o.out / DatasetManifest::kFileName, m.ToJson()));
+  result.manifest = FinalManifest(o, state);
+  RETURN_IF_ERROR(WriteFileAtomic(o.out / DatasetManifest::kFileName, result.manifest.ToJson()));
   fs::remove(o.out / kStateFile);
   result.files = static_cast<int64_t>(files.size());
   result.skipped = state.skipped;

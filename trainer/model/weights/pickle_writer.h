@@ -16,7 +16,7 @@
 
 #include <vector>
 
-#include "trainer/model/pickle_reader.h"
+#include "trainer/model/weights/pickle_reader.h"
 
 namespace retina::trainer {
 

@@ -16,7 +16,7 @@
 #include <array>
 #include <cstdint>
 
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 
 namespace retina::trainer {
 

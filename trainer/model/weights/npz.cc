@@ -1,4 +1,4 @@
-#include "trainer/model/npz.h"
+#include "trainer/model/weights/npz.h"
 
 #include <zip.h>
 

@@ -18,7 +18,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "trainer/model/state_dict.h"
+#include "trainer/model/weights/state_dict.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {

@@ -1,10 +1,10 @@
-#include "trainer/model/weight_source.h"
+#include "trainer/model/weights/weight_source.h"
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint_store.h"
 #include "common/status_macros.h"
-#include "trainer/model/vit_npz_import.h"
+#include "trainer/model/weights/vit_npz_import.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;

@@ -1,4 +1,4 @@
-#include "trainer/model/pickle_writer.h"
+#include "trainer/model/weights/pickle_writer.h"
 
 #include <caffe2/serialize/inline_container.h>
 

@@ -1,4 +1,4 @@
-#include "trainer/data/writers.h"
+#include "trainer/data/formats/writers.h"
 
 #include <hdf5.h>
 #include <tiffio.h>
@@ -13,7 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "trainer/data/hdf5_handle.h"
+#include "trainer/data/formats/hdf5_handle.h"
 
 namespace retina::trainer {
 

@@ -1,4 +1,4 @@
-#include "trainer/model/pickle_reader.h"
+#include "trainer/model/weights/pickle_reader.h"
 
 #include <cstring>
 #include <map>

@@ -1,4 +1,4 @@
-#include "trainer/data/array.h"
+#include "trainer/data/formats/array.h"
 
 #include <algorithm>
 #include <cmath>

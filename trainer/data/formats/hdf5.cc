@@ -1,0 +1,137 @@
+// HDF5 datasets "file.h5:/path" of rank 2 (y, x) or 3 (z, y, x); spacing
+// from the attributes "resolution" or "element_size_um" (z, y, x). uint8
+// datasets stream by hyperslabs (OpenHdf5PlaneReader).
+#include <hdf5.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "trainer/data/formats/format_util.h"
+#include "trainer/data/formats/readers.h"
+#include "trainer/data/formats/hdf5_handle.h"
+
+namespace retina::trainer {
+namespace {
+
+void SilenceHdf5() {
+  static std::once_flag once;
+  std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+// Reads a float attribute of 2 or 3 values into spacing (z, y, x).
+bool ReadSpacingAttribute(hid_t dataset, const char* name, RawArray* out) {
+  if (H5Aexists(dataset, name) <= 0) return false;
+  Hid attr(H5Aopen(dataset, name, H5P_DEFAULT), H5Aclose);
+  if (!attr.ok()) return false;
+  Hid space(H5Aget_space(attr.get()), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  if (n != 2 && n != 3) return false;
+  double v[3];
+  if (H5Aread(attr.get(), H5T_NATIVE_DOUBLE, v) < 0) return false;
+  if (n == 3) out->spacing = {v[0], v[1], v[2]};
+  else out->spacing = {1.0, v[0], v[1]};
+  out->has_spacing = true;
+  return true;
+}
+
+
+// An open HDF5 dataset of rank 2 (y, x) or 3 (z, y, x) and what it holds.
+struct Hdf5Dataset {
+  std::unique_ptr<Hid> file, ds;
+  hid_t native = -1;  // the memory type matching header.dtype
+  int rank = 0;
+  RawArray header;    // dtype, shape, spacing, source; no bytes
+};
+
+absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset, Hdf5Dataset* out) {
+  if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
+  SilenceHdf5();
+  const std::string where = absl::StrCat(path, ":", dataset);
+  if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(path, ": not an HDF5 file"));
+  out->file = std::make_unique<Hid>(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  if (!out->file->ok()) return absl::DataLossError(absl::StrCat(path, ": cannot open HDF5 file"));
+  if (H5Lexists(out->file->get(), dataset.c_str(), H5P_DEFAULT) <= 0) {
+    return absl::NotFoundError(absl::StrCat(where, ": no such dataset in the file"));
+  }
+  out->ds = std::make_unique<Hid>(H5Dopen2(out->file->get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
+  if (!out->ds->ok()) return absl::NotFoundError(absl::StrCat(where, ": not a dataset"));
+  const hid_t ds = out->ds->get();
+  Hid space(H5Dget_space(ds), H5Sclose);
+  out->rank = H5Sget_simple_extent_ndims(space.get());
+  if (out->rank != 2 && out->rank != 3) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": dataset has rank ", out->rank, ", expected 2 (y, x) or 3 (z, y, x)"));
+  }
+  hsize_t dims[3] = {1, 1, 1};
+  H5Sget_simple_extent_dims(space.get(), dims + (3 - out->rank), nullptr);
+  Hid type(H5Dget_type(ds), H5Tclose);
+  const H5T_class_t cls = H5Tget_class(type.get());
+  const size_t size = H5Tget_size(type.get());
+  const bool is_signed = cls == H5T_INTEGER && H5Tget_sign(type.get()) == H5T_SGN_2;
+  RawArray& h = out->header;
+  h.source = where;
+  hid_t& native = out->native;
+  if (cls == H5T_FLOAT && size == 4) { h.dtype = DType::kFloat32; native = H5T_NATIVE_FLOAT; }
+  else if (cls == H5T_FLOAT && size == 8) { h.dtype = DType::kFloat64; native = H5T_NATIVE_DOUBLE; }
+  else if (cls == H5T_INTEGER && size == 1) { h.dtype = is_signed ? DType::kInt8 : DType::kUInt8; native = is_signed ? H5T_NATIVE_INT8 : H5T_NATIVE_UINT8; }
+  else if (cls == H5T_INTEGER && size == 2) { h.dtype = is_signed ? DType::kInt16 : DType::kUInt16; native = is_signed ? H5T_NATIVE_INT16 : H5T_NATIVE_UINT16; }
+  else if (cls == H5T_INTEGER && size == 4) { h.dtype = is_signed ? DType::kInt32 : DType::kUInt32; native = is_signed ? H5T_NATIVE_INT32 : H5T_NATIVE_UINT32; }
+  else if (cls == H5T_INTEGER && size == 8) { h.dtype = is_signed ? DType::kInt64 : DType::kUInt64; native = is_signed ? H5T_NATIVE_INT64 : H5T_NATIVE_UINT64; }
+  else return absl::UnimplementedError(absl::StrCat(where, ": unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
+  h.shape = {static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1]), static_cast<int64_t>(dims[2])};
+  if (!ReadSpacingAttribute(ds, "resolution", &h)) ReadSpacingAttribute(ds, "element_size_um", &h);
+  return absl::OkStatus();
+}
+
+// Reads planes [z0, z1) of an open dataset into dst (native type of header.dtype).
+absl::Status ReadHdf5Planes(const Hdf5Dataset& d, int64_t z0, int64_t z1, uint8_t* dst) {
+  Hid file_space(H5Dget_space(d.ds->get()), H5Sclose);
+  const hsize_t start3[3] = {static_cast<hsize_t>(z0), 0, 0};
+  const hsize_t count3[3] = {static_cast<hsize_t>(z1 - z0), static_cast<hsize_t>(d.header.shape[1]),
+                             static_cast<hsize_t>(d.header.shape[2])};
+  const hsize_t* start = d.rank == 3 ? start3 : start3 + 1;
+  const hsize_t* count = d.rank == 3 ? count3 : count3 + 1;
+  Hid mem_space(H5Screate_simple(d.rank, count, nullptr), H5Sclose);
+  if (H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start, nullptr, count, nullptr) < 0 ||
+      H5Dread(d.ds->get(), d.native, mem_space.get(), file_space.get(), H5P_DEFAULT, dst) < 0) {
+    return absl::DataLossError(
+        absl::StrCat(d.header.source, ": reading planes ", z0, "..", z1 - 1, " failed (damaged or truncated file?)"));
+  }
+  return absl::OkStatus();
+}
+
+
+class Hdf5PlaneReader : public PlaneReader {
+ public:
+  explicit Hdf5PlaneReader(Hdf5Dataset d) : d_(std::move(d)) { header_ = d_.header; }
+  bool streaming() const override { return true; }
+  absl::Status Read(int64_t z0, int64_t z1, uint8_t* dst) override { return ReadHdf5Planes(d_, z0, z1, dst); }
+
+ private:
+  Hdf5Dataset d_;
+};
+
+}  // namespace
+
+absl::StatusOr<RawArray> ReadHdf5(const std::string& path, const std::string& dataset) {
+  Hdf5Dataset d;
+  RETURN_IF_ERROR(OpenHdf5Dataset(path, dataset, &d));
+  RawArray out = d.header;
+  out.bytes.resize(static_cast<size_t>(out.numel()) * DTypeSize(out.dtype));
+  if (H5Dread(d.ds->get(), d.native, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.bytes.data()) < 0) {
+    return absl::DataLossError(absl::StrCat(out.source, ": read failed (damaged or truncated file?)"));
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<PlaneReader>> OpenHdf5PlaneReader(const std::string& path, const std::string& dataset) {
+  Hdf5Dataset d;
+  RETURN_IF_ERROR(OpenHdf5Dataset(path, dataset, &d));
+  if (d.header.dtype != DType::kUInt8) return std::unique_ptr<PlaneReader>();
+  return std::unique_ptr<PlaneReader>(new Hdf5PlaneReader(std::move(d)));
+}
+
+}  // namespace retina::trainer
