@@ -34,26 +34,18 @@ absl::Status ErrnoStatus(int err, absl::string_view op, const fs::path& path) {
   }
 }
 
+void UniqueFd::reset(int fd) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = fd;
+}
+
+int UniqueFd::Close() {
+  const int rc = fd_ >= 0 ? ::close(fd_) : 0;
+  fd_ = -1;
+  return rc;
+}
+
 namespace {
-
-// An open file descriptor, closed on destruction.
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { if (fd_ >= 0) ::close(fd_); }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-  // Closes now, reporting the error (close can report deferred write errors on NFS).
-  int Close() {
-    const int rc = ::close(fd_);
-    fd_ = -1;
-    return rc;
-  }
-
- private:
-  int fd_;
-};
 
 absl::Status WriteAll(int fd, absl::string_view data, const fs::path& path) {
   size_t done = 0;
@@ -82,14 +74,14 @@ std::string UniqueTempName(absl::string_view prefix) {
 }
 
 absl::Status FsyncPath(const fs::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, "open", path);
   if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, "fsync", path);
   return absl::OkStatus();
 }
 
 absl::Status WriteFileDurable(const fs::path& path, absl::string_view contents) {
-  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (fd.get() < 0) return ErrnoStatus(errno, "open", path);
   RETURN_IF_ERROR(WriteAll(fd.get(), contents, path));
   if (::fsync(fd.get()) != 0) return ErrnoStatus(errno, "fsync", path);
@@ -108,7 +100,7 @@ absl::Status WriteFileAtomic(const fs::path& path, absl::string_view contents) {
 }
 
 absl::StatusOr<std::string> ReadFile(const fs::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, "open", path);
   std::string out;
   char buf[1 << 16];
@@ -173,7 +165,7 @@ std::string Sha256Hex(absl::string_view data) {
 }
 
 absl::StatusOr<FileDigest> Sha256File(const fs::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return ErrnoStatus(errno, "open", path);
   EvpCtx ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {

@@ -18,6 +18,38 @@
 
 namespace retina {
 
+// An owned file descriptor (-1: none), closed on destruction; movable, not
+// copyable, so whatever holds one is too.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  ~UniqueFd() { reset(); }
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = other.release();
+    }
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  int get() const { return fd_; }
+  bool ok() const { return fd_ >= 0; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1);
+  // Closes now, reporting close(2)'s result (deferred write errors on NFS).
+  int Close();
+
+ private:
+  int fd_ = -1;
+};
+
 // Writes `contents` to `path` atomically and durably (see above).
 absl::Status WriteFileAtomic(const std::filesystem::path& path, absl::string_view contents);
 

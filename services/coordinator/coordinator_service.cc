@@ -240,9 +240,19 @@ class LogReactor final : public grpc::ServerWriteReactor<v1::LogChunk> {
     std::string data;
     if (std::FILE* f = std::fopen(file->first.c_str(), "rb")) {
       data.resize(64 << 10);
-      // Only what exists past the offset: a failed seek reads nothing.
-      data.resize(std::fseek(f, offset_, SEEK_SET) == 0 ? std::fread(data.data(), 1, data.size(), f) : 0);
+      // Only what exists past the offset (a log not yet that long reads nothing).
+      size_t n = 0;
+      bool failed = false;
+      if (std::fseek(f, offset_, SEEK_SET) == 0) {
+        n = std::fread(data.data(), 1, data.size(), f);
+        failed = std::ferror(f) != 0;
+      }
       std::fclose(f);
+      if (failed) {
+        Finish(grpc::Status(grpc::StatusCode::DATA_LOSS, file->first.string() + ": read failed"));
+        return;
+      }
+      data.resize(n);
     }
     if (!data.empty()) {
       offset_ += static_cast<int64_t>(data.size());

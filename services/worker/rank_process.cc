@@ -106,20 +106,14 @@ absl::StatusOr<std::unique_ptr<EventPipe>> EventPipe::Create() {
   return std::unique_ptr<EventPipe>(new EventPipe(fds[0], fds[1]));
 }
 
-EventPipe::~EventPipe() {
-  ::close(read_fd_);
-  CloseWriteEnd();
-}
+EventPipe::~EventPipe() = default;
 
-void EventPipe::CloseWriteEnd() {
-  if (write_fd_ >= 0) ::close(write_fd_);
-  write_fd_ = -1;
-}
+void EventPipe::CloseWriteEnd() { write_fd_.reset(); }
 
 void EventPipe::ReadLines(std::vector<std::string>* lines) {
   char buf[65536];
   for (;;) {
-    const ssize_t n = ::read(read_fd_, buf, sizeof buf);
+    const ssize_t n = ::read(read_fd_.get(), buf, sizeof buf);
     if (n <= 0) break;
     partial_.append(buf, static_cast<size_t>(n));
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/file_util.h"
 
 namespace retina::worker {
 
@@ -51,15 +52,15 @@ class EventPipe {
  public:
   static absl::StatusOr<std::unique_ptr<EventPipe>> Create();
   ~EventPipe();
-  int write_fd() const { return write_fd_; }
+  int write_fd() const { return write_fd_.get(); }
   void CloseWriteEnd();
   // Appends complete lines read so far to `lines`; keeps a partial tail.
   void ReadLines(std::vector<std::string>* lines);
 
  private:
   EventPipe(int r, int w) : read_fd_(r), write_fd_(w) {}
-  int read_fd_;
-  int write_fd_;
+  UniqueFd read_fd_;
+  UniqueFd write_fd_;
   std::string partial_;
 };
 

@@ -108,16 +108,11 @@ bool Worker::Register() {
   v1::RegisterWorkerResponse resp;
   auto ctx = services::NewCallContext(options_.token, kRpcTimeout);
   const grpc::Status s = stub_->RegisterWorker(ctx.get(), req, &resp);
-  if (!s.ok()) {
-    if (metrics_) {
-      metrics_->rpc_failures->Increment();
-      metrics_->coordinator_up->Set(0);
-    }
+  if (!NoteRpc(s, /*liveness=*/true)) {
     RETINA_LOG(Warning) << "cannot register with " << options_.coordinator << ": "
                         << services::FromGrpcStatus(s) << " (retrying)";
     return false;
   }
-  if (metrics_) metrics_->coordinator_up->Set(1);
   registered_ = true;
   heartbeat_ = absl::Milliseconds(std::max<int64_t>(50, resp.heartbeat_ms()));
   RETINA_LOG(Info) << "registered with " << options_.coordinator << " as " << options_.worker_id << " ("
@@ -137,17 +132,12 @@ void Worker::Heartbeat() {
   v1::HeartbeatResponse resp;
   auto ctx = services::NewCallContext(options_.token, kRpcTimeout);
   const grpc::Status s = stub_->Heartbeat(ctx.get(), req, &resp);
-  if (!s.ok()) {
-    if (metrics_) {
-      metrics_->rpc_failures->Increment();
-      metrics_->coordinator_up->Set(0);
-    }
+  if (!NoteRpc(s, /*liveness=*/true)) {
     if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED || s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
       RETINA_LOG(Error) << "heartbeat rejected: " << services::FromGrpcStatus(s) << "; check --token-file";
     }
     return;  // ranks keep running; the next heartbeat retries
   }
-  if (metrics_) metrics_->coordinator_up->Set(1);
   if (resp.reregister()) {
     RETINA_LOG(Warning) << "the coordinator does not know this worker (restarted?): registering again";
     registered_ = false;
@@ -289,7 +279,7 @@ void Worker::ForwardEvents(const Key& key, Task* t) {
   auto ctx = services::NewCallContext(options_.token, kRpcTimeout);
   // Events are also in the store's events.jsonl: a failed forward only
   // delays live progress, so it is not retried.
-  if (!stub_->ReportEvents(ctx.get(), req, &resp).ok() && metrics_) metrics_->rpc_failures->Increment();
+  NoteRpc(stub_->ReportEvents(ctx.get(), req, &resp));
 }
 
 void Worker::Supervise() {
@@ -343,15 +333,20 @@ void Worker::Supervise() {
   UpdateGauges();
 }
 
+bool Worker::NoteRpc(const grpc::Status& s, bool liveness) {
+  if (metrics_ && !s.ok()) metrics_->rpc_failures->Increment();
+  if (metrics_ && liveness) metrics_->coordinator_up->Set(s.ok() ? 1 : 0);
+  return s.ok();
+}
+
 void Worker::FlushCompletions() {
   for (auto it = completions_.begin(); it != completions_.end();) {
     v1::CompleteTaskResponse resp;
     auto ctx = services::NewCallContext(options_.token, kRpcTimeout);
     const grpc::Status s = stub_->CompleteTask(ctx.get(), *it, &resp);
-    if (s.ok() || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+    if (NoteRpc(s) || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
       it = completions_.erase(it);
     } else {
-      if (metrics_) metrics_->rpc_failures->Increment();
       break;  // the coordinator is unreachable: retry on the next round
     }
   }

@@ -92,6 +92,9 @@ class Worker {
   void Supervise();
   void ForwardEvents(const Key& key, Task* t);
   void FlushCompletions();
+  // Counts a failed RPC; `liveness` (register, heartbeat) also sets
+  // coordinator_up. Returns s.ok().
+  bool NoteRpc(const grpc::Status& s, bool liveness = false);
   std::vector<retina::v1::TaskRef> RunningRefs() const;
   void UpdateGauges();
 

@@ -80,9 +80,8 @@ class GlooCommunicator final : public Communicator {
     ASSIGN_OR_RETURN(comm->store_, ConnectRendezvous(launch, o.timeout));
     try {
       auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
-      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-      if (ifname != nullptr && *ifname != '\0') {
-        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      if (!launch.gloo_ifname.empty()) {
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(launch.gloo_ifname));
       } else if (launch.master_addr == "127.0.0.1" || launch.master_addr == "localhost") {
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
       } else {

@@ -153,6 +153,7 @@ absl::StatusOr<LaunchInfo> DiscoverLaunch(const LaunchOverrides& o, const Env& e
   info.agent_store = Truthy(env("TORCHELASTIC_USE_AGENT_STORE"));
   ASSIGN_OR_RETURN(std::optional<int> restart, Int(env, "TORCHELASTIC_RESTART_COUNT"));
   info.agent_restart = restart.value_or(0);
+  if (const char* ifname = env("GLOO_SOCKET_IFNAME")) info.gloo_ifname = ifname;
   if (info.world_size < 1 || info.rank >= info.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", info.rank, " is outside world size ", info.world_size,
                                                    " (from ", info.source, ")"));

@@ -37,6 +37,7 @@ struct LaunchInfo {
   std::string rendezvous_from = "default";  // MASTER_ADDR | SLURM_STEP_NODELIST | ... | default
   bool agent_store = false;       // a torchrun agent serves the rendezvous store
   int agent_restart = 0;          // TORCHELASTIC_RESTART_COUNT
+  std::string gloo_ifname;        // GLOO_SOCKET_IFNAME: the interface Gloo binds (empty: chosen from master_addr)
 };
 
 // Expands a Slurm hostlist ("node[01-03,7],gpu5,rack[1-2]-n[1-2]") in

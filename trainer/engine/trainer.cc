@@ -78,29 +78,27 @@ class EventLog {
  public:
   static absl::StatusOr<std::unique_ptr<EventLog>> Open(const fs::path& store_events, const std::string& extra) {
     auto log = std::unique_ptr<EventLog>(new EventLog());
-    log->store_fd_ = ::open(store_events.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log->store_fd_ < 0) return ErrnoStatus(errno, "open", store_events);
+    log->store_fd_.reset(::open(store_events.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+    if (!log->store_fd_.ok()) return ErrnoStatus(errno, "open", store_events);
     if (absl::StartsWith(extra, "fd:")) {
       if (!absl::SimpleAtoi(extra.substr(3), &log->extra_fd_)) {
         return absl::InvalidArgumentError("--events: 'fd:N' needs a descriptor number, got '" + extra + "'");
       }
-      log->own_extra_ = false;
     } else if (!extra.empty()) {
-      log->extra_fd_ = ::open(extra.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-      if (log->extra_fd_ < 0) return ErrnoStatus(errno, "open --events", extra);
+      log->owned_extra_.reset(::open(extra.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+      if (!log->owned_extra_.ok()) return ErrnoStatus(errno, "open --events", extra);
+      log->extra_fd_ = log->owned_extra_.get();
     }
     return log;
   }
   ~EventLog() {
-    if (store_fd_ >= 0) ::close(store_fd_);
-    if (extra_fd_ >= 0 && own_extra_) ::close(extra_fd_);
   }
   EventLog(const EventLog&) = delete;
   EventLog& operator=(const EventLog&) = delete;
 
   void Write(const Event& event) {
     const std::string line = EncodeEvent(event, NowUnixSeconds()) + "\n";
-    for (int fd : {store_fd_, extra_fd_}) {
+    for (int fd : {store_fd_.get(), extra_fd_}) {
       if (fd >= 0 && ::write(fd, line.data(), line.size()) < 0) {
         RETINA_LOG(Warning) << "event log: write failed: " << std::strerror(errno);
       }
@@ -109,8 +107,9 @@ class EventLog {
 
  private:
   EventLog() = default;
-  int store_fd_ = -1, extra_fd_ = -1;
-  bool own_extra_ = true;
+  UniqueFd store_fd_;
+  UniqueFd owned_extra_;  // --events PATH; fd:N belongs to the parent
+  int extra_fd_ = -1;
 };
 
 Trainer::Trainer(const JobConfig& config, const RunOptions& options)
@@ -266,7 +265,9 @@ absl::Status Trainer::SetUpStore() {
   const bool new_csv = !fs::exists(layout_.MetricsCsvPath(job));
   metrics_csv_.reset(std::fopen(layout_.MetricsCsvPath(job).c_str(), "a"));
   if (!metrics_csv_) return ErrnoStatus(errno, "open", layout_.MetricsCsvPath(job));
-  if (new_csv) std::fprintf(metrics_csv_.get(), "%s\n", kMetricsCsvHeader);
+  if (new_csv && (std::fprintf(metrics_csv_.get(), "%s\n", kMetricsCsvHeader) < 0 || std::fflush(metrics_csv_.get()) != 0)) {
+    return ErrnoStatus(errno, "write", layout_.MetricsCsvPath(job));
+  }
   return absl::OkStatus();
 }
 
