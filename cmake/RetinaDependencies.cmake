@@ -64,6 +64,8 @@ find_library(RETINA_NIFTI_LIBRARY nifti2)
 find_library(RETINA_ZNZ_LIBRARY znz)
 find_path(RETINA_TEEM_INCLUDE_DIR teem/nrrd.h)
 find_library(RETINA_TEEM_LIBRARY teem)
+find_path(RETINA_BLOSC_INCLUDE_DIR blosc.h)
+find_library(RETINA_BLOSC_LIBRARY blosc)
 foreach(_dep PNG TIFF HDF5 ZLIB)
   if(NOT ${_dep}_FOUND)
     message(FATAL_ERROR "${_dep} not found: install libpng-dev libtiff-dev libhdf5-dev zlib1g-dev "
@@ -76,11 +78,14 @@ endif()
 if(NOT RETINA_TEEM_INCLUDE_DIR OR NOT RETINA_TEEM_LIBRARY)
   message(FATAL_ERROR "teem (NRRD) not found: install libteem-dev (${_retina_setup_hint})")
 endif()
+if(NOT RETINA_BLOSC_INCLUDE_DIR OR NOT RETINA_BLOSC_LIBRARY)
+  message(FATAL_ERROR "blosc (Zarr chunks) not found: install libblosc-dev (${_retina_setup_hint})")
+endif()
 add_library(retina_formats INTERFACE)
 target_include_directories(retina_formats SYSTEM INTERFACE
-  ${RETINA_NIFTI_INCLUDE_DIR}/nifti ${RETINA_TEEM_INCLUDE_DIR} ${HDF5_INCLUDE_DIRS})
+  ${RETINA_NIFTI_INCLUDE_DIR}/nifti ${RETINA_TEEM_INCLUDE_DIR} ${RETINA_BLOSC_INCLUDE_DIR} ${HDF5_INCLUDE_DIRS})
 target_link_libraries(retina_formats INTERFACE PNG::PNG TIFF::TIFF ${HDF5_C_LIBRARIES}
-  ${RETINA_NIFTI_LIBRARY} ${RETINA_ZNZ_LIBRARY} ${RETINA_TEEM_LIBRARY} ZLIB::ZLIB)
+  ${RETINA_NIFTI_LIBRARY} ${RETINA_ZNZ_LIBRARY} ${RETINA_TEEM_LIBRARY} ${RETINA_BLOSC_LIBRARY} ZLIB::ZLIB)
 
 # --- CUDA: follows the libtorch we build against ---------------------------
 set(RETINA_HAVE_CUDA OFF)

@@ -22,6 +22,7 @@ struct RawArray {
   std::array<int64_t, 3> shape{0, 0, 0};    // z, y, x
   std::array<double, 3> spacing{1, 1, 1};   // z, y, x, in the file's unit
   bool has_spacing = false;
+  std::string unit;                         // the spacing's unit as the file names it ("nm"); "" = unknown
   std::string source;                       // file (and dataset) for errors
   std::vector<uint8_t> bytes;               // native-endian, C order
 

@@ -37,6 +37,26 @@ bool ReadSpacingAttribute(hid_t dataset, const char* name, RawArray* out) {
   return true;
 }
 
+// A scalar string attribute (fixed or variable length); "" when absent.
+std::string ReadStringAttribute(hid_t dataset, const char* name) {
+  if (H5Aexists(dataset, name) <= 0) return "";
+  Hid attr(H5Aopen(dataset, name, H5P_DEFAULT), H5Aclose);
+  Hid type(H5Aget_type(attr.get()), H5Tclose);
+  if (!attr.ok() || !type.ok() || H5Tget_class(type.get()) != H5T_STRING) return "";
+  if (H5Tis_variable_str(type.get()) > 0) {
+    char* value = nullptr;
+    Hid mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mem.get(), H5T_VARIABLE);
+    if (H5Aread(attr.get(), mem.get(), &value) < 0 || value == nullptr) return "";
+    std::string out(value);
+    H5free_memory(value);
+    return out;
+  }
+  const size_t n = H5Tget_size(type.get());
+  std::string out(n, '\0');
+  if (H5Aread(attr.get(), type.get(), out.data()) < 0) return "";
+  return out.substr(0, out.find('\0'));
+}
 
 // An open HDF5 dataset of rank 2 (y, x) or 3 (z, y, x) and what it holds.
 struct Hdf5Dataset {
@@ -82,7 +102,11 @@ absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset
   else if (cls == H5T_INTEGER && size == 8) { h.dtype = is_signed ? DType::kInt64 : DType::kUInt64; native = is_signed ? H5T_NATIVE_INT64 : H5T_NATIVE_UINT64; }
   else return absl::UnimplementedError(absl::StrCat(where, ": unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
   h.shape = {static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1]), static_cast<int64_t>(dims[2])};
-  if (!ReadSpacingAttribute(ds, "resolution", &h)) ReadSpacingAttribute(ds, "element_size_um", &h);
+  if (ReadSpacingAttribute(ds, "resolution", &h)) {
+    h.unit = ReadStringAttribute(ds, "unit");  // ours; CREMI's resolution (nm) says nothing
+  } else if (ReadSpacingAttribute(ds, "element_size_um", &h)) {
+    h.unit = "um";  // the Fiji/ilastik convention
+  }
   return absl::OkStatus();
 }
 

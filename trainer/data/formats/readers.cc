@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
 #include "trainer/data/formats/readers.h"
+#include "trainer/data/formats/zarr.h"
 
 namespace retina::trainer {
 
@@ -46,6 +47,7 @@ class HeldPlaneReader : public PlaneReader {
     header_.source = source;
   }
   void set_has_spacing(bool b) { header_.has_spacing = b; }
+  void set_unit(const std::string& unit) { header_.unit = unit; }
   bool streaming() const override { return false; }
   absl::Status Read(int64_t z0, int64_t z1, uint8_t* dst) override {
     std::memcpy(dst, v_->plane(z0), static_cast<size_t>((z1 - z0) * v_->shape[1] * v_->shape[2]));
@@ -69,12 +71,15 @@ absl::StatusOr<std::unique_ptr<PlaneReader>> OpenPlaneReader(const std::string& 
     ASSIGN_OR_RETURN(streaming, OpenHdf5PlaneReader(h5->first, h5->second));
   } else if (absl::EndsWith(Lower(spec), ".tif") || absl::EndsWith(Lower(spec), ".tiff")) {
     ASSIGN_OR_RETURN(streaming, OpenTiffPlaneReader(spec));
+  } else if (IsZarrPath(spec)) {
+    return OpenZarrPlaneReader(spec);
   }
   if (streaming) return streaming;  // else not uint8: read whole and converted
   ASSIGN_OR_RETURN(RawArray raw, ReadArray(spec));
   ASSIGN_OR_RETURN(Volume v, ToImage(raw, scaling));
   auto reader = std::make_unique<HeldPlaneReader>(nullptr, std::move(v), raw.source);
   reader->set_has_spacing(raw.has_spacing);
+  reader->set_unit(raw.unit);
   return std::unique_ptr<PlaneReader>(std::move(reader));
 }
 

@@ -40,6 +40,7 @@ class PlaneReader {
   const std::array<int64_t, 3>& shape() const { return header_.shape; }
   const std::array<double, 3>& spacing() const { return header_.spacing; }
   bool has_spacing() const { return header_.has_spacing; }
+  const std::string& unit() const { return header_.unit; }
   const std::string& source() const { return header_.source; }
   virtual bool streaming() const = 0;
   // Copies planes [z0, z1) (0 <= z0 < z1 <= shape[0]) into dst, which holds

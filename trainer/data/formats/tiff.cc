@@ -117,6 +117,11 @@ absl::StatusOr<RawArray> ScanTiff(const std::string& path, std::unique_ptr<TIFF,
         const char* sp = std::strstr(description, "spacing=");
         if (sp != nullptr) out.spacing[0] = std::atof(sp + 8);
         imagej_unit = std::strstr(description, "ImageJ=") != nullptr && std::strstr(description, "unit=") != nullptr;
+        if (imagej_unit) {
+          const char* u = std::strstr(description, "unit=") + 5;
+          const std::string word(u, std::strcspn(u, "\n"));
+          if (word != "unit" && word != "pixel") out.unit = word == "micron" ? "um" : word;
+        }
         const char* images = std::strstr(description, "images=");
         if (images != nullptr && std::strstr(description, "ImageJ=") != nullptr) {
           imagej_pages = std::atoll(images + 7);
@@ -130,6 +135,8 @@ absl::StatusOr<RawArray> ScanTiff(const std::string& path, std::unique_ptr<TIFF,
           xres > 0 && yres > 0 && (unit != RESUNIT_NONE || imagej_unit)) {
         out.spacing = {out.spacing[0], 1.0 / yres, 1.0 / xres};
         out.has_spacing = true;
+        if (out.unit.empty() && unit == RESUNIT_CENTIMETER) out.unit = "cm";
+        if (out.unit.empty() && unit == RESUNIT_INCH) out.unit = "inch";
       }
     } else if (*dtype != out.dtype || height != out.shape[1] || width != out.shape[2]) {
       return absl::InvalidArgumentError(absl::StrCat(where, ": page is ", width, "x", height, " ", DTypeName(*dtype),

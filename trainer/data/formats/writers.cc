@@ -54,8 +54,9 @@ absl::Status CheckAppend(const std::string& where, int64_t done, int64_t n, int6
 
 class TiffPlaneWriter : public PlaneWriter {
  public:
-  TiffPlaneWriter(const std::string& path, std::array<int64_t, 3> shape, std::array<double, 3> spacing, bool write_spacing)
-      : target_(path), shape_(shape), spacing_(spacing), write_spacing_(write_spacing) {}
+  TiffPlaneWriter(const std::string& path, std::array<int64_t, 3> shape, std::array<double, 3> spacing, bool write_spacing,
+                  std::string unit = "")
+      : target_(path), shape_(shape), spacing_(spacing), write_spacing_(write_spacing), unit_(std::move(unit)) {}
   absl::Status Open() {
     const bool big = static_cast<double>(shape_[0]) * shape_[1] * shape_[2] > 3.5 * (1ull << 30);
     tif_.reset(TIFFOpen(target_.tmp().c_str(), big ? "w8" : "w"));
@@ -65,7 +66,7 @@ class TiffPlaneWriter : public PlaneWriter {
   absl::Status Append(int64_t n, const uint8_t* labels, const float*, int64_t channels) override {
     RETURN_IF_ERROR(CheckAppend(target_.tmp().string(), done_, n, shape_[0], channels, 0));
     const std::string description = absl::StrCat("ImageJ=1.11a\nimages=", shape_[0], "\nslices=", shape_[0],
-                                                 "\nunit=unit\nspacing=", spacing_[0], "\n");
+                                                 "\nunit=", ImageJUnit(unit_), "\nspacing=", spacing_[0], "\n");
     TIFF* tif = tif_.get();
     for (int64_t k = 0; k < n; ++k, ++done_) {
       TIFFSetField(tif, TIFFTAG_IMAGEWIDTH, static_cast<uint32_t>(shape_[2]));
@@ -102,18 +103,44 @@ class TiffPlaneWriter : public PlaneWriter {
  private:
   TempTarget target_;
   std::array<int64_t, 3> shape_;
+  // ImageJ's spelling of a unit ("micron" for micrometres); "unit" when unknown.
+  static std::string ImageJUnit(const std::string& unit) {
+    if (unit.empty()) return "unit";
+    const std::optional<double> um = MicrometresPer(unit);
+    if (um && *um == 1.0) return "micron";
+    if (um && *um == 1e-3) return "nm";
+    return unit;
+  }
   std::array<double, 3> spacing_;
   bool write_spacing_;
+  std::string unit_;
   std::unique_ptr<TIFF, void (*)(TIFF*)> tif_{nullptr, &TIFFClose};
   int64_t done_ = 0;
 };
 
-absl::Status WriteSpacingAttribute(hid_t ds, const std::array<double, 3>& spacing) {
+absl::Status WriteDoublesAttribute(hid_t ds, const char* name, const std::array<double, 3>& values) {
   const hsize_t three = 3;
   Hid aspace(H5Screate_simple(1, &three, nullptr), H5Sclose);
-  Hid attr(H5Acreate2(ds, "resolution", H5T_NATIVE_DOUBLE, aspace.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
-  if (!attr.ok() || H5Awrite(attr.get(), H5T_NATIVE_DOUBLE, spacing.data()) < 0) {
-    return absl::InternalError("writing the resolution attribute failed");
+  Hid attr(H5Acreate2(ds, name, H5T_NATIVE_DOUBLE, aspace.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (!attr.ok() || H5Awrite(attr.get(), H5T_NATIVE_DOUBLE, values.data()) < 0) {
+    return absl::InternalError(absl::StrCat("writing the ", name, " attribute failed"));
+  }
+  return absl::OkStatus();
+}
+
+// "resolution" (and, with a known unit, "unit" and "element_size_um").
+absl::Status WriteSpacingAttribute(hid_t ds, const std::array<double, 3>& spacing, const std::string& unit = "") {
+  RETURN_IF_ERROR(WriteDoublesAttribute(ds, "resolution", spacing));
+  if (unit.empty()) return absl::OkStatus();
+  Hid type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), unit.size());
+  Hid scalar(H5Screate(H5S_SCALAR), H5Sclose);
+  Hid attr(H5Acreate2(ds, "unit", type.get(), scalar.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  if (!attr.ok() || H5Awrite(attr.get(), type.get(), unit.data()) < 0) {
+    return absl::InternalError("writing the unit attribute failed");
+  }
+  if (const std::optional<double> um = MicrometresPer(unit)) {
+    RETURN_IF_ERROR(WriteDoublesAttribute(ds, "element_size_um", {spacing[0] * *um, spacing[1] * *um, spacing[2] * *um}));
   }
   return absl::OkStatus();
 }
@@ -122,7 +149,7 @@ class Hdf5PlaneWriter : public PlaneWriter {
  public:
   Hdf5PlaneWriter(const std::string& path, std::array<int64_t, 3> shape, int64_t channels)
       : target_(path), shape_(shape), channels_(channels) {}
-  absl::Status Open(const std::array<double, 3>& spacing) {
+  absl::Status Open(const std::array<double, 3>& spacing, const std::string& unit) {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     file_ = std::make_unique<Hid>(H5Fcreate(target_.tmp().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
     if (!file_->ok()) return absl::InternalError(absl::StrCat(target_.tmp().string(), ": cannot create HDF5 file"));
@@ -130,12 +157,13 @@ class Hdf5PlaneWriter : public PlaneWriter {
                              static_cast<hsize_t>(shape_[1]), static_cast<hsize_t>(shape_[2])};
     labels_ = CreateChunked("labels", H5T_NATIVE_UINT8, 3, dims + 1);
     if (!labels_->ok()) return absl::InternalError(absl::StrCat(target_.tmp().string(), ": cannot create labels"));
-    RETURN_IF_ERROR(WriteSpacingAttribute(labels_->get(), spacing), target_.tmp().string());
+    RETURN_IF_ERROR(WriteSpacingAttribute(labels_->get(), spacing, unit), target_.tmp().string());
     if (channels_ > 0) {
       probabilities_ = CreateChunked("probabilities", H5T_NATIVE_FLOAT, 4, dims);
       if (!probabilities_->ok()) {
         return absl::InternalError(absl::StrCat(target_.tmp().string(), ": cannot create probabilities"));
       }
+      RETURN_IF_ERROR(WriteSpacingAttribute(probabilities_->get(), spacing, unit), target_.tmp().string());
     }
     return absl::OkStatus();
   }
@@ -173,6 +201,7 @@ class Hdf5PlaneWriter : public PlaneWriter {
     Hid space(H5Screate_simple(rank, dims, nullptr), H5Sclose);
     Hid props(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
     H5Pset_chunk(props.get(), rank, chunk);
+    H5Pset_deflate(props.get(), 1);  // gzip: h5py's compression="gzip"
     return std::make_unique<Hid>(H5Dcreate2(file_->get(), name, type, space.get(), H5P_DEFAULT, props.get(), H5P_DEFAULT),
                                  H5Dclose);
   }
@@ -194,18 +223,18 @@ class Hdf5PlaneWriter : public PlaneWriter {
 
 absl::StatusOr<std::unique_ptr<PlaneWriter>> OpenPlaneWriter(const std::string& path, std::array<int64_t, 3> shape,
                                                              std::array<double, 3> spacing, bool write_spacing,
-                                                             int64_t channels) {
+                                                             int64_t channels, const std::string& unit) {
   const bool h5 = absl::EndsWith(path, ".h5") || absl::EndsWith(path, ".hdf5");
   if (h5) {
     auto w = std::make_unique<Hdf5PlaneWriter>(path, shape, channels);
-    RETURN_IF_ERROR(w->Open(spacing));
+    RETURN_IF_ERROR(w->Open(spacing, write_spacing ? unit : ""));
     return std::unique_ptr<PlaneWriter>(std::move(w));
   }
   if (!absl::EndsWith(path, ".tif") && !absl::EndsWith(path, ".tiff")) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": write .tif/.tiff or .h5/.hdf5"));
   }
   if (channels > 0) return absl::InvalidArgumentError(absl::StrCat(path, ": probabilities need an .h5 output"));
-  auto w = std::make_unique<TiffPlaneWriter>(path, shape, spacing, write_spacing);
+  auto w = std::make_unique<TiffPlaneWriter>(path, shape, spacing, write_spacing, unit);
   RETURN_IF_ERROR(w->Open());
   return std::unique_ptr<PlaneWriter>(std::move(w));
 }
@@ -259,6 +288,17 @@ absl::Status WriteHdf5Volumes(const std::string& path,
   RETURN_IF_ERROR(RenameDurable(tmp, target));
   std::move(remove_tmp).Cancel();
   return absl::OkStatus();
+}
+
+std::optional<double> MicrometresPer(const std::string& unit) {
+  static const std::pair<const char*, double> kUnits[] = {
+      {"nm", 1e-3},        {"nanometer", 1e-3},  {"um", 1},    {"micron", 1},  {"microns", 1}, {"micrometer", 1},
+      {"\\u00B5m", 1},     {"\xC2\xB5m", 1},      {"mm", 1e3},  {"millimeter", 1e3}, {"cm", 1e4}, {"centimeter", 1e4},
+      {"A", 1e-4},         {"angstrom", 1e-4},   {"pm", 1e-6}, {"picometer", 1e-6}, {"inch", 25400}};
+  for (const auto& [name, um] : kUnits) {
+    if (unit == name) return um;
+  }
+  return std::nullopt;
 }
 
 }  // namespace retina::trainer

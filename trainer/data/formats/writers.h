@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,8 +41,17 @@ class PlaneWriter {
   virtual absl::Status Finish() = 0;
 };
 
+// Units: `unit` is the spacing's ("nm", "um"; "" = unknown). TIFF keeps it as
+// ImageJ's "unit=" (so Fiji shows calibrated sizes); HDF5 writes it as the
+// string attribute "unit" beside "resolution", and "element_size_um" (the
+// Fiji/ilastik convention) when the unit converts to micrometres; the
+// probabilities carry the same attributes. HDF5 datasets are gzip-compressed
+// (level 1; h5py and every HDF5 build read it).
 absl::StatusOr<std::unique_ptr<PlaneWriter>> OpenPlaneWriter(const std::string& path, std::array<int64_t, 3> shape,
                                                              std::array<double, 3> spacing, bool write_spacing,
-                                                             int64_t channels);
+                                                             int64_t channels, const std::string& unit = "");
+
+// Micrometres per `unit` ("nm" 1e-3, "um" 1, ...); nullopt when unknown.
+std::optional<double> MicrometresPer(const std::string& unit);
 
 }  // namespace retina::trainer
