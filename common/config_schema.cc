@@ -198,6 +198,30 @@ void YamlDecoder::Field(const char* key, std::vector<double>* value, const Spec&
   *value = std::move(out);
 }
 
+void YamlDecoder::Field(const char* key, std::vector<std::string>* value, const Spec& spec) {
+  YAML::Node n;
+  if (!Present(key, spec, &n)) return;
+  const YAML::Mark mark = n.Mark();
+  if (n.IsScalar()) {
+    *value = {n.Scalar()};
+    return;
+  }
+  if (!n.IsSequence()) {
+    errors_->Add(&mark, Join(key), "expected a string or a list of strings");
+    return;
+  }
+  std::vector<std::string> out;
+  for (size_t i = 0; i < n.size(); ++i) {
+    if (!n[i].IsScalar()) {
+      const YAML::Mark item = n[i].Mark();
+      errors_->Add(&item, absl::StrCat(Join(key), "[", i, "]"), "expected a string");
+      return;
+    }
+    out.push_back(n[i].Scalar());
+  }
+  *value = std::move(out);
+}
+
 void YamlDecoder::ReportUnknownKeys() {
   if (!node_ || !node_.IsMap()) return;
   std::map<std::string, int> first_line;  // yaml-cpp keeps duplicate keys; the lookup takes the first
@@ -266,6 +290,12 @@ void YamlEncoder::Emit(const char* key, const std::vector<double>& v) {
   *out_ << YAML::EndSeq;
 }
 
+void YamlEncoder::Emit(const char* key, const std::vector<std::string>& v) {
+  *out_ << YAML::Key << key << YAML::Value << YAML::Flow << YAML::BeginSeq;
+  for (const std::string& x : v) *out_ << YAML::DoubleQuoted << x;
+  *out_ << YAML::EndSeq;
+}
+
 // --- SchemaDoc ----------------------------------------------------------------
 
 namespace {
@@ -286,6 +316,10 @@ std::string SchemaDoc::Show(const std::vector<double>& v) {
   std::vector<std::string> parts;
   for (double x : v) parts.push_back(Num(x));
   return absl::StrCat("[", absl::StrJoin(parts, ", "), "]");
+}
+
+std::string SchemaDoc::Show(const std::vector<std::string>& v) {
+  return v.empty() ? "[]" : absl::StrCat("[", absl::StrJoin(v, ", "), "]");
 }
 
 void SchemaDoc::Row(const char* key, const char* type, const std::string& def, const Spec& spec) {

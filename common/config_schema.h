@@ -125,6 +125,8 @@ class YamlDecoder {
   void Field(const char* key, std::string* value, const Spec& spec);
   void Field(const char* key, std::optional<double>* value, const Spec& spec);
   void Field(const char* key, std::vector<double>* value, const Spec& spec);
+  // A list of strings; a single string is taken as a list of one.
+  void Field(const char* key, std::vector<std::string>* value, const Spec& spec);
   template <class E, std::enable_if_t<std::is_enum_v<E>, int> = 0>
   void Field(const char* key, E* value, const Spec& spec) {
     std::string word = EnumName(*value);
@@ -195,6 +197,7 @@ class YamlEncoder {
   void Emit(const char* key, const std::string& v);
   void Emit(const char* key, const std::optional<double>& v);
   void Emit(const char* key, const std::vector<double>& v);
+  void Emit(const char* key, const std::vector<std::string>& v);
   YAML::Emitter* out_;
 };
 
@@ -237,6 +240,7 @@ class SchemaDoc {
   static const char* TypeName(const std::string&) { return "string"; }
   static const char* TypeName(const std::optional<double>&) { return "number (optional)"; }
   static const char* TypeName(const std::vector<double>&) { return "list of numbers"; }
+  static const char* TypeName(const std::vector<std::string>&) { return "list of strings"; }
   static std::string Show(bool v);
   static std::string Show(int v);
   static std::string Show(std::int64_t v);
@@ -244,6 +248,7 @@ class SchemaDoc {
   static std::string Show(const std::string& v);
   static std::string Show(const std::optional<double>& v);
   static std::string Show(const std::vector<double>& v);
+  static std::string Show(const std::vector<std::string>& v);
   std::string prefix_;
   std::string text_;
 };

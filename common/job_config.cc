@@ -52,7 +52,10 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     AddAt(errors, root, "model.image_size",
           absl::StrCat("must be a multiple of 16 (the ViT patch grid), got ", c.model.image_size));
   }
-  for (const char* section : {"pretrain", "finetune", "evaluate"}) {
+  if (c.kind != JobKind::kInfer && c.data.dataset.empty()) {
+    errors->Add(nullptr, "data.dataset", absl::StrCat("required key missing (for kind '", JobKindName(c.kind), "')"));
+  }
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer"}) {
     // (Without a valid kind the missing or bad `kind` is the error.)
     if (NodeAt(root, section) && NodeAt(root, "kind") && JobKindName(c.kind) != std::string(section)) {
       AddAt(errors, root, section,
@@ -86,6 +89,24 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
   }
   if (c.kind == JobKind::kEvaluate && c.evaluate.checkpoint.empty()) {
     errors->Add(nullptr, "evaluate.checkpoint", "required for kind 'evaluate'");
+  }
+  if (c.kind == JobKind::kInfer) {
+    const InferConfig& i = c.infer;
+    if (i.weights.empty()) errors->Add(nullptr, "infer.weights", "required for kind 'infer'");
+    if (i.inputs.empty()) errors->Add(nullptr, "infer.inputs", "required for kind 'infer' (a file, folder or glob)");
+    if (i.chunks.size() != 3) {
+      AddAt(errors, root, "infer.chunks", absl::StrCat("expected [z, y, x], got ", i.chunks.size(), " values"));
+    }
+    for (double v : i.chunks) {
+      if (v != static_cast<int64_t>(v)) AddAt(errors, root, "infer.chunks", "chunk sizes are whole numbers");
+    }
+    if (i.probabilities != ProbabilityOutput::kNone && i.format == InferFormat::kTiff) {
+      AddAt(errors, root, "infer.probabilities", "needs format ome-zarr or hdf5 (a TIFF holds the labels only)");
+    }
+    if (i.format == InferFormat::kHdf5 && i.probabilities != ProbabilityOutput::kNone &&
+        i.probabilities != ProbabilityOutput::kFloat32) {
+      AddAt(errors, root, "infer.probabilities", "HDF5 output writes float32 probabilities; say float32");
+    }
   }
 }
 
@@ -162,7 +183,7 @@ absl::StatusOr<std::string> ApplyConfigOverrides(const std::string& yaml_text, c
 std::string JobConfigToYaml(JobConfig config) {
   // Only the job's own kind section, so the result parses back as a job.
   YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));
-  for (const char* section : {"pretrain", "finetune", "evaluate"}) {
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer"}) {
     if (JobKindName(config.kind) != std::string(section)) resolved.remove(section);
   }
   YAML::Emitter out;

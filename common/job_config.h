@@ -18,7 +18,7 @@
 namespace retina {
 
 // The closed vocabularies of the job file (their words: EnumWords below).
-enum class JobKind { kPretrain, kFinetune, kEvaluate };
+enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer };
 // How a volume is predicted: per xy plane (2d; IoU scored per plane), as a
 // stack of xy planes scored as one volume, or xy/xz/yz averaged (orthoplane).
 enum class PredictionMode { k2d, kStack, kOrthoplane };
@@ -27,11 +27,17 @@ enum class SchedulePolicy { kPoly, kConstant };
 enum class CropKind { kResized, kRandom };
 enum class DeviceKind { kAuto, kCpu, kCuda };
 enum class Precision { kAuto, kFp32, kBf16, kFp64 };
+// What an infer job writes: OME-Zarr (chunked, written by all ranks), or one
+// TIFF/HDF5 file per input (inputs spread over the ranks).
+enum class InferFormat { kOmeZarr, kTiff, kHdf5 };
+// Per-class probabilities beside the labels, and their type.
+enum class ProbabilityOutput { kNone, kUInt8, kFloat16, kFloat32 };
 
 template <>
 struct EnumWords<JobKind> {
   static constexpr std::pair<JobKind, const char*> kWords[] = {
-      {JobKind::kPretrain, "pretrain"}, {JobKind::kFinetune, "finetune"}, {JobKind::kEvaluate, "evaluate"}};
+      {JobKind::kPretrain, "pretrain"}, {JobKind::kFinetune, "finetune"}, {JobKind::kEvaluate, "evaluate"},
+      {JobKind::kInfer, "infer"}};
 };
 template <>
 struct EnumWords<PredictionMode> {
@@ -52,6 +58,18 @@ template <>
 struct EnumWords<CropKind> {
   static constexpr std::pair<CropKind, const char*> kWords[] = {{CropKind::kResized, "resized"},
                                                                  {CropKind::kRandom, "random"}};
+};
+template <>
+struct EnumWords<InferFormat> {
+  static constexpr std::pair<InferFormat, const char*> kWords[] = {
+      {InferFormat::kOmeZarr, "ome-zarr"}, {InferFormat::kTiff, "tiff"}, {InferFormat::kHdf5, "hdf5"}};
+};
+template <>
+struct EnumWords<ProbabilityOutput> {
+  static constexpr std::pair<ProbabilityOutput, const char*> kWords[] = {{ProbabilityOutput::kNone, "none"},
+                                                                         {ProbabilityOutput::kUInt8, "uint8"},
+                                                                         {ProbabilityOutput::kFloat16, "float16"},
+                                                                         {ProbabilityOutput::kFloat32, "float32"}};
 };
 template <>
 struct EnumWords<DeviceKind> {
@@ -95,7 +113,7 @@ struct DataConfig {
   template <class V>
   void Visit(V& v) {
     v.Field("dataset", &dataset,
-            Spec("training dataset: a name under <store>/datasets or a directory path (service jobs: under the store or an --allowed-root)").Required());
+            Spec("training dataset: a name under <store>/datasets or a directory path (service jobs: under the store or an --allowed-root); required except for kind infer"));
     v.Field("val_dataset", &val_dataset, Spec("validation dataset (fine-tuning); empty = none"));
     v.Field("mean", &mean,
             Spec("normalisation mean of v/255; unset = the dataset manifest's value").Min(0).Max(1));
@@ -272,6 +290,51 @@ struct EvaluateConfig {
   }
 };
 
+// Prediction as a job (docs/evaluation.md "Infer jobs"): every rank predicts
+// its share of the inputs' chunks; a killed attempt resumes past the chunks
+// already written.
+struct InferConfig {
+  std::vector<std::string> inputs;
+  std::string weights;
+  PredictionMode mode = PredictionMode::kStack;
+  std::optional<double> overlap;
+  std::string output;
+  InferFormat format = InferFormat::kOmeZarr;
+  ProbabilityOutput probabilities = ProbabilityOutput::kNone;
+  int classes = 0;
+  std::vector<double> chunks{64, 256, 256};
+  std::string compressor = "zlib";
+  int levels = 0;
+  std::string intensity = "uint8";
+  int memory_mb = 0;
+  int batch = 4;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("inputs", &inputs,
+            Spec("volumes or images to segment: files, folders, globs; TIFF stacks, 'file.h5:/dataset', OME-Zarr, PNG (service jobs: under the store or an --allowed-root)"));
+    v.Field("weights", &weights,
+            Spec("trained segmentation weights: model.pt, a checkpoint directory, a job's checkpoints or LATEST, jobs/<id> (relative: from the store)"));
+    v.Field("mode", &mode, Spec("2d and stack = xy planes; orthoplane = xy/xz/yz averaged (isotropic volumes)"));
+    v.Field("overlap", &overlap,
+            Spec("sliding-window overlap; unset = 0.7 for volumes, 0.5 for 2D images (METHOD.md section 4)").Min(0).Max(0.95));
+    v.Field("output", &output,
+            Spec("output directory; empty = jobs/<id>/predictions in the store (service jobs: under the store)"));
+    v.Field("format", &format, Spec("ome-zarr = one <input>.ome.zarr per input, chunks written by all ranks; tiff/hdf5 = one file per input"));
+    v.Field("probabilities", &probabilities,
+            Spec("also write per-class probabilities (uint8 = round(255 p)); ome-zarr: <input>.probabilities.ome.zarr, hdf5: dataset probabilities"));
+    v.Field("classes", &classes, Spec("classes the model must have; 0 = what the weights say").Min(0).Max(1024));
+    v.Field("chunks", &chunks, Spec("OME-Zarr chunk shape (z, y, x); z is also the unit of work and of resume").Unit("voxels").Min(1).Max(65536));
+    v.Field("compressor", &compressor, Spec("OME-Zarr chunk compression").OneOf({"zlib", "blosc", "none"}));
+    v.Field("levels", &levels,
+            Spec("OME-Zarr pyramid levels incl. full resolution (2x steps, labels by mode); 0 = until y and x fit one chunk").Min(0).Max(16));
+    v.Field("intensity", &intensity,
+            Spec("uint8 = inputs must be 8-bit; minmax = other types scaled from their [min, max] (read whole)").OneOf({"uint8", "minmax"}));
+    v.Field("memory_mb", &memory_mb,
+            Spec("per-rank budget for slab buffers (the model comes on top); 0 = 1024 or half the RAM / local ranks").Unit("MiB").Min(0));
+    v.Field("batch", &batch, Spec("windows per forward pass").Min(1).Max(4096));
+  }
+};
+
 struct CheckpointConfig {
   int keep_last = 3;
   bool keep_best = true;
@@ -316,6 +379,7 @@ struct JobConfig {
   PretrainConfig pretrain;
   FinetuneConfig finetune;
   EvaluateConfig evaluate;
+  InferConfig infer;
   CheckpointConfig checkpoint;
   RuntimeConfig runtime;
 
@@ -330,6 +394,7 @@ struct JobConfig {
     v.Section("pretrain", &pretrain, "reconstruction pre-training (kind: pretrain)");
     v.Section("finetune", &finetune, "supervised fine-tuning (kind: finetune)");
     v.Section("evaluate", &evaluate, "evaluation (kind: evaluate)");
+    v.Section("infer", &infer, "prediction (kind: infer)");
     v.Section("checkpoint", &checkpoint, "checkpoint retention");
     v.Section("runtime", &runtime, "device, precision and distribution");
   }

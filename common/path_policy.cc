@@ -62,7 +62,28 @@ absl::Status PathPolicy::CheckConfig(const JobConfig& c) const {
   if (c.kind == JobKind::kEvaluate && !c.evaluate.checkpoint.empty()) {
     RETURN_IF_ERROR(Check("evaluate.checkpoint", WeightsPath(c.evaluate.checkpoint)));
   }
+  if (c.kind == JobKind::kInfer) {
+    if (!c.infer.weights.empty()) RETURN_IF_ERROR(Check("infer.weights", WeightsPath(c.infer.weights)));
+    for (size_t i = 0; i < c.infer.inputs.size(); ++i) {
+      // A glob is checked by the directory before its first wildcard (and
+      // every match again when the rank expands it).
+      std::string input = c.infer.inputs[i];
+      if (const size_t wild = input.find_first_of("*?["); wild != std::string::npos) {
+        const size_t slash = input.rfind('/', wild);
+        input = slash == std::string::npos ? "." : input.substr(0, slash + 1);
+      }
+      RETURN_IF_ERROR(Check(absl::StrCat("infer.inputs[", i, "]"), WeightsPath(input)));
+    }
+    if (!c.infer.output.empty()) RETURN_IF_ERROR(CheckWritable("infer.output", WeightsPath(c.infer.output)));
+  }
   return absl::OkStatus();
+}
+
+absl::Status PathPolicy::CheckWritable(const std::string& field, const fs::path& path) const {
+  const fs::path resolved = Canonical(path);
+  if (Under(resolved, roots_.front())) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat(field, ": ", path.string(), " is outside the store (",
+                                                  roots_.front().string(), "): service jobs write only there"));
 }
 
 }  // namespace retina

@@ -29,8 +29,11 @@ class PathPolicy {
   // OK when `path` resolves under the store or an allowed root;
   // PERMISSION_DENIED naming `field` and the roots otherwise.
   absl::Status Check(const std::string& field, const std::filesystem::path& path) const;
+  // OK when `path` resolves under the store (where service jobs write).
+  absl::Status CheckWritable(const std::string& field, const std::filesystem::path& path) const;
   // Every path field of a job: data.dataset, data.val_dataset, finetune.init
-  // (unless random), evaluate.checkpoint.
+  // (unless random), evaluate.checkpoint, infer.weights, infer.inputs (a
+  // glob by its directory) and infer.output (writable: under the store).
   absl::Status CheckConfig(const JobConfig& config) const;
 
  private:

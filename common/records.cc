@@ -120,13 +120,15 @@ const char* ExitResult(int code) {
 }
 
 const char* EventName(const Event& e) {
-  static constexpr const char* kNames[] = {"start", "step", "eval", "checkpoint", "resumed", "preempted", "done"};
+  static constexpr const char* kNames[] = {"start", "step",      "eval", "checkpoint",
+                                           "resumed", "preempted", "done", "predict"};
   return kNames[e.index()];
 }
 
 std::optional<int64_t> EventStep(const Event& e) {
   return std::visit(Overloaded{[](const EvalEvent& x) { return x.step; },
                                [](const DoneEvent& x) { return x.step; },
+                               [](const PredictEvent& x) -> std::optional<int64_t> { return x.chunks_done; },
                                [](const auto& x) -> std::optional<int64_t> { return x.step; }},
                     e);
 }
@@ -156,6 +158,11 @@ std::string EncodeEvent(const Event& e, double time_unix_s) {
                  [&](const PreemptedEvent& x) { j["step"] = x.step; },
                  [&](const DoneEvent& x) {
                    if (x.step) j["step"] = *x.step;
+                 },
+                 [&](const PredictEvent& x) {
+                   j.update({{"chunks_done", x.chunks_done}, {"chunks_total", x.chunks_total},
+                             {"chunks_skipped", x.chunks_skipped}, {"voxels_done", x.voxels_done},
+                             {"voxels_total", x.voxels_total}, {"voxels_per_s", x.voxels_per_s}});
                  },
              },
              e);
@@ -222,6 +229,16 @@ absl::StatusOr<Event> DecodeEvent(absl::string_view line, const std::string& whe
   if (name == "done") {
     DoneEvent x;
     RETURN_IF_ERROR(r.GetOptional("step", &x.step));
+    return Event(x);
+  }
+  if (name == "predict") {
+    PredictEvent x;
+    RETURN_IF_ERROR(r.Get("chunks_done", &x.chunks_done));
+    RETURN_IF_ERROR(r.Get("chunks_total", &x.chunks_total));
+    RETURN_IF_ERROR(r.Get("chunks_skipped", &x.chunks_skipped, false));
+    RETURN_IF_ERROR(r.Get("voxels_done", &x.voxels_done, false));
+    RETURN_IF_ERROR(r.Get("voxels_total", &x.voxels_total, false));
+    RETURN_IF_ERROR(r.Get("voxels_per_s", &x.voxels_per_s, false));
     return Event(x);
   }
   return absl::UnimplementedError(absl::StrCat(where, ": unknown event '", name.substr(0, 32), "'"));

@@ -63,10 +63,19 @@ struct CheckpointEvent {
 struct ResumedEvent { int64_t step = 0; };
 struct PreemptedEvent { int64_t step = 0; };
 struct DoneEvent { std::optional<int64_t> step; };
+// An infer job's progress over all its ranks (rank 0 counts the chunk rows'
+// completion markers in the store): chunk rows of every input's full
+// resolution, and their voxels. `skipped` rows were done by an earlier attempt.
+struct PredictEvent {
+  int64_t chunks_done = 0, chunks_total = 0, chunks_skipped = 0;
+  int64_t voxels_done = 0, voxels_total = 0;
+  double voxels_per_s = 0;  // this attempt's, over all ranks
+};
 
-using Event = std::variant<StartEvent, StepEvent, EvalEvent, CheckpointEvent, ResumedEvent, PreemptedEvent, DoneEvent>;
+using Event = std::variant<StartEvent, StepEvent, EvalEvent, CheckpointEvent, ResumedEvent, PreemptedEvent, DoneEvent,
+                           PredictEvent>;
 
-// "start", "step", "eval", "checkpoint", "resumed", "preempted", "done".
+// "start", "step", "eval", "checkpoint", "resumed", "preempted", "done", "predict".
 const char* EventName(const Event& e);
 std::optional<int64_t> EventStep(const Event& e);
 // One line (no newline) with "event", "v", "time" (unix seconds) and the fields.

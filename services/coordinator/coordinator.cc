@@ -725,6 +725,11 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
       p->set_has_iou(true);
       if (metrics_) metrics_->EvalIou(e->job.id(), eval->iou_per_class);
       Publish(e, v1::JobEvent::EVAL, line);
+    } else if (const auto* predict = std::get_if<PredictEvent>(&ev)) {
+      // An infer job's steps are chunk rows (retina watch shows voxels from the line).
+      p->set_total_steps(predict->chunks_total);
+      p->set_step(predict->chunks_done);
+      Publish(e, v1::JobEvent::PROGRESS, line);
     } else if (const auto* checkpoint = std::get_if<CheckpointEvent>(&ev)) {
       p->set_last_checkpoint_step(checkpoint->step);
       p->set_last_checkpoint_unix_ms(NowMs());

@@ -16,6 +16,7 @@ v1::JobKind KindFromConfig(JobKind kind) {
     case JobKind::kPretrain: return v1::PRETRAIN;
     case JobKind::kFinetune: return v1::FINETUNE;
     case JobKind::kEvaluate: return v1::EVALUATE;
+    case JobKind::kInfer: return v1::INFER;
   }
   return v1::JOB_KIND_UNSPECIFIED;
 }
@@ -45,7 +46,7 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   }
   if (!v1::JobKind_IsValid(spec->kind())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE)"));
+        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER)"));
   }
   if (!v1::SlotType_IsValid(spec->slot_type())) {
     return absl::InvalidArgumentError(
@@ -67,10 +68,6 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   if (spec->max_restarts() < 0 || spec->max_restarts() > 1000) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.max_restarts: must be between 0 and 1000, got ", spec->max_restarts()));
-  }
-  if (spec->kind() == v1::INFER) {
-    return absl::InvalidArgumentError(
-        "spec.kind: INFER jobs are not run by this version's trainer; use retina-infer on a checkpoint");
   }
   if (spec->config_yaml().empty()) return absl::InvalidArgumentError("spec.config_yaml: empty; give the job YAML");
   absl::StatusOr<JobConfig> config = ParseJobConfig(spec->config_yaml(), "spec.config_yaml");

@@ -63,7 +63,7 @@ TEST_F(JobSpecCheck, EveryRefusalNamesItsField) {
   cases.push_back({priority, "spec.priority: must be between"});
   v1::JobSpec infer = Spec(kPretrain);
   infer.set_kind(v1::INFER);
-  cases.push_back({infer, "spec.kind: INFER"});
+  cases.push_back({infer, "spec.kind: INFER does not match the config's kind 'pretrain'"});
   for (Case& c : cases) {
     const absl::Status s = ValidateJobSpec(&c.spec, store_, {});
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
@@ -75,6 +75,20 @@ TEST_F(JobSpecCheck, EveryRefusalNamesItsField) {
   EXPECT_THAT(s.message(), HasSubstr("data.dataset: no dataset 'nope'"));
   v1::JobSpec outside = Spec("kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: /etc}\n");
   EXPECT_TRUE(absl::IsPermissionDenied(ValidateJobSpec(&outside, store_, {})));
+  // Infer jobs: inputs (a glob by its directory) and weights are read paths,
+  // the output must be in the store.
+  for (const auto& [yaml, field] : std::vector<std::pair<std::string, std::string>>{
+           {"kind: infer\ninfer: {weights: m.pt, inputs: [/etc/*.tif]}\n", "infer.inputs[0]: /etc/"},
+           {"kind: infer\ninfer: {weights: /etc/m.pt, inputs: [a.tif]}\n", "infer.weights: /etc/m.pt"},
+           {"kind: infer\ninfer: {weights: m.pt, inputs: [a.tif], output: /tmp/out}\n", "infer.output: /tmp/out"}}) {
+    v1::JobSpec spec = Spec(yaml);
+    const absl::Status denied = ValidateJobSpec(&spec, store_, {});
+    EXPECT_TRUE(absl::IsPermissionDenied(denied)) << denied;
+    EXPECT_THAT(denied.message(), HasSubstr(field));
+  }
+  v1::JobSpec infer_ok = Spec("kind: infer\ninfer: {weights: m.pt, inputs: [volumes/*.tif]}\n");
+  EXPECT_TRUE(ValidateJobSpec(&infer_ok, store_, {}).ok());
+  EXPECT_EQ(infer_ok.kind(), v1::INFER);
 }
 
 TEST(JobQuery, FiltersMatchEveryTermAndBadTermsAreNamed) {

@@ -5,6 +5,7 @@
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "trainer/engine/evaluate.h"
+#include "trainer/engine/infer.h"
 #include "trainer/engine/trainer.h"
 
 namespace retina::trainer {
@@ -22,12 +23,14 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
     if (!config.evaluate.checkpoint.empty()) {
       config.evaluate.checkpoint = policy.WeightsPath(config.evaluate.checkpoint).string();
     }
+    if (!config.infer.weights.empty()) config.infer.weights = policy.WeightsPath(config.infer.weights).string();
   }
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   // Never adopt a job directory this job did not create (its checkpoints,
   // spec and metrics would be another job's).
   RETURN_IF_ERROR(CheckJobOwner(StoreLayout(o.store), o.job_id, o.job_uid, /*claim=*/true));
   if (config.kind == JobKind::kEvaluate) return RunEvaluation(config, o);
+  if (config.kind == JobKind::kInfer) return RunInfer(config, o);
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, o));
   return trainer->Run();
 }

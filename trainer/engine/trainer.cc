@@ -18,6 +18,7 @@
 #include "common/metrics_csv.h"
 #include "common/records.h"
 #include "common/status_macros.h"
+#include "trainer/engine/event_log.h"
 #include "trainer/engine/losses.h"
 #include "trainer/engine/optimizer_state.h"
 #include "trainer/engine/schedule.h"
@@ -72,45 +73,6 @@ double NowUnixSeconds() {
 
 }  // namespace
 
-// Event records (rank 0): to the store's events.jsonl and, optionally, to a
-// file or an inherited descriptor (the worker's pipe).
-class EventLog {
- public:
-  static absl::StatusOr<std::unique_ptr<EventLog>> Open(const fs::path& store_events, const std::string& extra) {
-    auto log = std::unique_ptr<EventLog>(new EventLog());
-    log->store_fd_.reset(::open(store_events.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
-    if (!log->store_fd_.ok()) return ErrnoStatus(errno, "open", store_events);
-    if (absl::StartsWith(extra, "fd:")) {
-      if (!absl::SimpleAtoi(extra.substr(3), &log->extra_fd_)) {
-        return absl::InvalidArgumentError("--events: 'fd:N' needs a descriptor number, got '" + extra + "'");
-      }
-    } else if (!extra.empty()) {
-      log->owned_extra_.reset(::open(extra.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
-      if (!log->owned_extra_.ok()) return ErrnoStatus(errno, "open --events", extra);
-      log->extra_fd_ = log->owned_extra_.get();
-    }
-    return log;
-  }
-  ~EventLog() {
-  }
-  EventLog(const EventLog&) = delete;
-  EventLog& operator=(const EventLog&) = delete;
-
-  void Write(const Event& event) {
-    const std::string line = EncodeEvent(event, NowUnixSeconds()) + "\n";
-    for (int fd : {store_fd_.get(), extra_fd_}) {
-      if (fd >= 0 && ::write(fd, line.data(), line.size()) < 0) {
-        RETINA_LOG(Warning) << "event log: write failed: " << std::strerror(errno);
-      }
-    }
-  }
-
- private:
-  EventLog() = default;
-  UniqueFd store_fd_;
-  UniqueFd owned_extra_;  // --events PATH; fd:N belongs to the parent
-  int extra_fd_ = -1;
-};
 
 Trainer::Trainer(const JobConfig& config, const RunOptions& options)
     : config_(config), options_(options), pretrain_(config.kind == JobKind::kPretrain), layout_(options.store) {}

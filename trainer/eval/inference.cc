@@ -118,20 +118,25 @@ int64_t SlabPlanesForBudget(const std::array<int64_t, 3>& shape, int64_t classes
 absl::StatusOr<VolumeStreamStats> PredictVolumeStreaming(const WindowForward& forward, PlaneReader& in, double mean,
                                                          double std, VolumeMode mode, const SlidingWindowOptions& o,
                                                          int64_t slab_planes, bool keep_probabilities, PlaneWriter& out,
-                                                         const std::function<void(int64_t, int64_t)>& progress) {
+                                                         const std::function<void(int64_t, int64_t)>& progress,
+                                                         std::pair<int64_t, int64_t> z_range) {
   const auto [Z, Y, X] = in.shape();
   if (Z * Y * X == 0) return absl::InvalidArgumentError(in.source() + ": empty input volume");
+  const int64_t zb = z_range.first, ze = z_range.second < 0 ? Z : z_range.second;
+  if (zb < 0 || zb >= ze || ze > Z) {
+    return absl::InvalidArgumentError(absl::StrCat(in.source(), ": planes [", zb, ", ", ze, ") outside 0..", Z));
+  }
   const bool ortho = mode == VolumeMode::kOrthoplane;
   // A volume thinner than the window is padded along z: its xz/yz planes need all of it.
-  const int64_t S = ortho && Z < o.window ? Z : std::clamp<int64_t>(slab_planes, 1, Z);
+  const int64_t S = ortho && Z < o.window ? ze - zb : std::clamp<int64_t>(slab_planes, 1, ze - zb);
   VolumeStreamStats stats;
   stats.slab_planes = S;
-  stats.slabs = (Z + S - 1) / S;
-  const int64_t total = ortho ? Z + stats.slabs * (Y + X) : Z;
+  stats.slabs = (ze - zb + S - 1) / S;
+  const int64_t total = ortho ? (ze - zb) + stats.slabs * (Y + X) : ze - zb;
   const auto normalise = [&](const torch::Tensor& u8) { return (u8.to(torch::kFloat) / 255.0 - mean) / std; };
   std::vector<uint8_t> block;
-  for (int64_t z0 = 0; z0 < Z; z0 += S) {
-    const int64_t z1 = std::min(Z, z0 + S), n = z1 - z0;
+  for (int64_t z0 = zb; z0 < ze; z0 += S) {
+    const int64_t z1 = std::min(ze, z0 + S), n = z1 - z0;
     const auto [lo, hi] = ortho ? SlidingWindowRowsNeeded(Z, z0, z1, o) : std::pair<int64_t, int64_t>{z0, z1};
     block.resize(static_cast<size_t>((hi - lo) * Y * X));
     RETURN_IF_ERROR(in.Read(lo, hi, block.data()), in.source());

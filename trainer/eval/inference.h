@@ -87,11 +87,14 @@ int64_t SlabPlanesForBudget(const std::array<int64_t, 3>& shape, int64_t classes
 
 // Predicts `in` slab by slab and appends labels (and, when `keep_probabilities`,
 // [C, n, Y, X] probabilities) to `out` in z order; `progress(done, total)`
-// counts planes predicted. `out` is not finished here.
+// counts planes predicted. `out` is not finished here. `z_range` [z0, z1)
+// (z1 = -1: to the end) predicts only those planes, exactly as a whole-volume
+// pass would (what a rank of an infer job runs for its chunks).
 absl::StatusOr<VolumeStreamStats> PredictVolumeStreaming(const WindowForward& forward, PlaneReader& in, double mean,
                                                          double std, VolumeMode mode, const SlidingWindowOptions& o,
                                                          int64_t slab_planes, bool keep_probabilities, PlaneWriter& out,
-                                                         const std::function<void(int64_t, int64_t)>& progress);
+                                                         const std::function<void(int64_t, int64_t)>& progress,
+                                                         std::pair<int64_t, int64_t> z_range = {0, -1});
 
 // In memory, one slab. raw: uint8 z, y, x; normalisation (v/255 - mean) / std. `progress(done,
 // total)` is called after each plane.
