@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include <google/protobuf/util/json_util.h>
@@ -116,10 +117,11 @@ struct SubmitFlags {
   bool gpu = false, watch = false;
 };
 
-// Prints the new job's id on stdout; returns it.
-absl::StatusOr<std::string> Submit(const Client& c, const SubmitFlags& f) {
-  ASSIGN_OR_RETURN(std::string file_yaml, ReadFile(f.file));
-  ASSIGN_OR_RETURN(std::string yaml, ApplyConfigOverrides(file_yaml, f.overrides), f.file);
+// Submits `base_yaml` (with f.overrides applied); prints the new job's id on
+// stdout and returns it. `what` names the job file in errors.
+absl::StatusOr<std::string> SubmitYaml(const Client& c, const SubmitFlags& f, const std::string& base_yaml,
+                                       const std::string& what, const std::string& default_name) {
+  ASSIGN_OR_RETURN(std::string yaml, ApplyConfigOverrides(base_yaml, f.overrides), what);
   v1::SubmitJobRequest req;
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_config_yaml(yaml);
@@ -128,16 +130,41 @@ absl::StatusOr<std::string> Submit(const Client& c, const SubmitFlags& f) {
   spec->set_max_restarts(f.max_restarts);
   spec->set_slots_per_rank(f.slots_per_rank);
   spec->set_slot_type(f.gpu ? v1::SLOT_GPU : v1::SLOT_CPU);
-  spec->set_name(f.name.empty() ? std::filesystem::path(f.file).stem().string() : f.name);
+  spec->set_name(f.name.empty() ? default_name : f.name);
   ASSIGN_OR_RETURN(auto labels, ParseKeyValues(f.labels, "--label"));
   for (const auto& [k, v] : labels) (*spec->mutable_labels())[k] = v;
   req.set_request_id(f.request_id);
   v1::Job job;
-  RETURN_IF_ERROR(Call(c.stub->SubmitJob(c.Context().get(), req, &job)), f.file);
+  RETURN_IF_ERROR(Call(c.stub->SubmitJob(c.Context().get(), req, &job)), what);
   std::cout << job.id() << std::endl;
   std::cerr << "submitted " << job.id() << " (" << Short(job.spec().kind()) << ", " << f.world_size << " ranks): "
             << v1::JobState_Name(job.state()) << "\n";
   return job.id();
+}
+
+absl::StatusOr<std::string> Submit(const Client& c, const SubmitFlags& f) {
+  ASSIGN_OR_RETURN(std::string file_yaml, ReadFile(f.file));
+  return SubmitYaml(c, f, file_yaml, f.file, std::filesystem::path(f.file).stem().string());
+}
+
+// `retina predict`: an infer job from flags (job-file keys by --set).
+struct PredictFlags {
+  SubmitFlags submit;
+  std::string weights, output, mode = "stack", format = "ome-zarr", probabilities = "none";
+  std::vector<std::string> inputs;
+  std::vector<int> chunks;
+  std::optional<double> overlap;
+  bool no_watch = false;
+};
+
+// The infer job's YAML (strings as JSON, which YAML reads).
+std::string PredictYaml(const PredictFlags& f) {
+  nlohmann::json infer = {{"weights", f.weights}, {"inputs", f.inputs}, {"mode", f.mode}, {"format", f.format},
+                          {"probabilities", f.probabilities}};
+  if (!f.output.empty()) infer["output"] = f.output;
+  if (f.overlap) infer["overlap"] = *f.overlap;
+  if (!f.chunks.empty()) infer["chunks"] = f.chunks;
+  return "kind: infer\ninfer: " + infer.dump() + "\n";
 }
 
 struct JobsFlags {
@@ -229,7 +256,21 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
         last_state = j.state();
         last_attempt = j.attempt();
       }
-      if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0 && j.progress().step() > 0) {
+      const nlohmann::json line = ev.type() == v1::JobEvent::PROGRESS
+                                      ? nlohmann::json::parse(ev.event_json(), nullptr, false)
+                                      : nlohmann::json();
+      if (line.is_object() && line.value("event", "") == "predict") {
+        // An infer job: voxels over all ranks, the rate and ETA of this watch.
+        const int64_t total = line.value("voxels_total", int64_t{0}), done = line.value("voxels_done", int64_t{0});
+        if (!owned && total > 0) {
+          owned = std::make_unique<ProgressBar>(id, total, "voxels", done);
+          bar = owned.get();
+        }
+        if (bar) {
+          bar->Update(done, absl::StrFormat("chunk rows %d/%d (%d resumed)", line.value("chunks_done", 0),
+                                            line.value("chunks_total", 0), line.value("chunks_skipped", 0)));
+        }
+      } else if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0 && j.progress().step() > 0) {
         if (!owned) {
           // Rate and ETA from the steps seen by this watch, not since the job began.
           owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "steps", j.progress().step());
@@ -425,6 +466,38 @@ int RunCli(const std::vector<std::string>& args) {
                                return WatchExit(c, id);
                              })),
                  &submit);
+  PredictFlags predict;
+  CLI::App* predict_cmd = cli.Command(
+      "predict", "Segment volumes or images as an infer job over the service's ranks, and watch it",
+      connected([&](const Client& c) -> absl::StatusOr<int> {
+        ASSIGN_OR_RETURN(std::string id, SubmitYaml(c, predict.submit, PredictYaml(predict), "retina predict", "predict"));
+        if (predict.no_watch) return 0;
+        return WatchExit(c, id);
+      }));
+  predict_cmd->add_option("--weights", predict.weights,
+                          "segmentation weights: model.pt, a checkpoint dir, jobs/<id> (relative: from the store)")
+      ->required();
+  predict_cmd->add_option("-i,--input", predict.inputs, "a volume, image, folder or glob (repeatable)")->required();
+  predict_cmd->add_option("-o,--output", predict.output, "output directory in the store (default jobs/<id>/predictions)");
+  predict_cmd->add_option("--mode", predict.mode, "2d | stack | orthoplane")->check(CLI::IsMember(EnumNames<PredictionMode>()));
+  predict_cmd->add_option("--overlap", predict.overlap, "sliding-window overlap (default 0.7 volumes, 0.5 images)")
+      ->check(CLI::Range(0.0, 0.95));
+  predict_cmd->add_option("--format", predict.format, "ome-zarr | tiff | hdf5")
+      ->check(CLI::IsMember(EnumNames<InferFormat>()));
+  predict_cmd->add_option("--probabilities", predict.probabilities, "none | uint8 | float16 | float32")
+      ->check(CLI::IsMember(EnumNames<ProbabilityOutput>()));
+  predict_cmd->add_option("--chunks", predict.chunks, "OME-Zarr chunk shape z,y,x (z: the unit of work)")
+      ->delimiter(',')
+      ->expected(3);
+  predict_cmd->add_option("--world-size", predict.submit.world_size, "ranks")->check(kPositiveInt);
+  predict_cmd->add_flag("--gpu", predict.submit.gpu, "GPU slots (one per rank)");
+  predict_cmd->add_option("--priority", predict.submit.priority, "higher runs first");
+  predict_cmd->add_option("--max-restarts", predict.submit.max_restarts, "attempts after the first (each resumes)")
+      ->check(kNonNegativeInt);
+  predict_cmd->add_option("--name", predict.submit.name, "job name");
+  AddSetOption(predict_cmd, &predict.submit.overrides);
+  predict_cmd->add_flag("--no-watch", predict.no_watch, "print the job id and return");
+
   JobsFlags jobs;
   CLI::App* jobs_cmd = cli.Command("jobs", "List jobs, newest first", connected([&](const Client& c) -> absl::StatusOr<int> {
     RETURN_IF_ERROR(Jobs(c, jobs));

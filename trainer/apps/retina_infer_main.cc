@@ -2,13 +2,17 @@
 // PredictFileOptions, then trainer/eval/predict.h (which documents weights,
 // normalisation, slabs and outputs).
 //
-//   retina-infer --weights WEIGHTS --input FILE --out FILE.tif|FILE.h5 [--mode 2d|stack|orthoplane]
+//   retina-infer --weights WEIGHTS -i FILE|DIR|GLOB -o FILE.tif|FILE.h5|FILE.ome.zarr|DIR [--mode 2d|stack|orthoplane]
 //                [--store STORE] [--overlap F] [--mean M --std S] [--probabilities] [--device auto|cpu|cuda]
 //                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]
 #include <cstdio>
 
 #include "common/cli.h"
+#include "common/file_util.h"
+#include "common/progress.h"
 #include "common/status_macros.h"
+#include "trainer/data/formats/zarr.h"
+#include "trainer/engine/infer.h"
 #include "trainer/eval/predict.h"
 
 namespace retina::trainer {
@@ -19,12 +23,37 @@ struct InferFlags {
   std::string store = ".", mode = "stack", device = "auto", scale;
 };
 
+// A folder or a glob of inputs: one output per input in the --out directory
+// (the nnU-Net -i DIR -o DIR habit), one progress line over the files.
+absl::Status InferMany(const PredictFileOptions& base) {
+  ASSIGN_OR_RETURN(std::vector<InferInput> inputs, ExpandInferInputs({base.input}, "."), "--input");
+  RETURN_IF_ERROR(CreateDirectories(base.out), "--out");
+  ProgressBar bar("infer", static_cast<int64_t>(inputs.size()), "inputs");
+  int64_t done = 0;
+  for (const InferInput& in : inputs) {
+    PredictFileOptions o = base;
+    o.input = in.spec;
+    o.out = (std::filesystem::path(base.out) / (in.name + (o.probabilities ? ".h5" : ".tif"))).string();
+    o.progress = false;
+    ASSIGN_OR_RETURN(PredictFileReport report, PredictFile(o), in.spec);
+    bar.Note(report.Summary(o));
+    bar.Update(++done);
+  }
+  bar.Finish();
+  return absl::OkStatus();
+}
+
 absl::Status Infer(InferFlags f) {
   PredictFileOptions& o = f.predict;
   o.model.store = f.store;
   o.mode = *EnumFromName<PredictionMode>(f.mode);  // CLI11 checked the words
   o.device = *EnumFromName<DeviceKind>(f.device);
   if (f.scale == "minmax") o.scaling = IntensityScaling::kMinMax;
+  std::error_code ec;
+  if (o.input.find_first_of("*?[") != std::string::npos ||
+      (std::filesystem::is_directory(o.input, ec) && !IsZarrPath(o.input))) {
+    return InferMany(o);
+  }
   ASSIGN_OR_RETURN(PredictFileReport report, PredictFile(o));
   std::printf("%s\n", report.Summary(o).c_str());
   return absl::OkStatus();
@@ -37,9 +66,12 @@ int Main(int argc, char** argv) {
   app.add_option("--weights", f.predict.model.weights,
                  "model.pt, a checkpoint dir, jobs/<id>/checkpoints[/LATEST] (in --store), a PyTorch .pt")
       ->required();
-  app.add_option("--input", f.predict.input, "image or volume (TIFF, PNG, HDF5 file.h5:/path, NIfTI, NRRD, MRC)")
+  app.add_option("-i,--input", f.predict.input,
+                 "image or volume (TIFF, PNG, HDF5 file.h5:/path, OME-Zarr, NIfTI, NRRD), or a folder or glob of them")
       ->required();
-  app.add_option("--out", f.predict.out, "labels as .tif/.tiff, or .h5 (with --probabilities, per-class too)")
+  app.add_option("-o,--out", f.predict.out,
+                 "labels as .tif/.tiff, .h5 (with --probabilities, per-class too) or .ome.zarr; a directory for a "
+                 "folder or glob (one .tif, or .h5, per input)")
       ->required();
   app.add_option("--mode", f.mode, "2d | stack (xy planes) | orthoplane (xy/xz/yz averaged)")
       ->check(CLI::IsMember(EnumNames<PredictionMode>()));

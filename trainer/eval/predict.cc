@@ -21,6 +21,7 @@
 #include "trainer/model/weights/weight_source.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
+#include "trainer/eval/zarr_prediction.h"
 
 namespace retina::trainer {
 namespace {
@@ -51,6 +52,56 @@ absl::StatusOr<TransUNetConfig> ConfigFor(const std::map<std::string, torch::Ten
 int DefaultMemoryMb() {
   const int64_t half = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGE_SIZE) / 2;
   return static_cast<int>(std::min<int64_t>(int64_t{1} << 30, half >> 20));
+}
+
+// TIFF/HDF5: planes appended in z order, the file committed at the end.
+absl::StatusOr<VolumeStreamStats> PredictPlanes(SegmentationModel& m, PlaneReader& in, const PredictFileOptions& o,
+                                                const SlidingWindowOptions& so, int64_t slab, int classes) {
+  ASSIGN_OR_RETURN(std::unique_ptr<PlaneWriter> writer,
+                   OpenPlaneWriter(o.out, in.shape(), in.spacing(), in.has_spacing(), o.probabilities ? classes : 0,
+                                   in.unit()));
+  std::unique_ptr<ProgressBar> bar;
+  ASSIGN_OR_RETURN(VolumeStreamStats stats,
+                   PredictVolumeStreaming(ModelForward(m.model), in, m.mean, m.std, o.mode, so, slab, o.probabilities,
+                                          *writer, [&](int64_t done, int64_t total) {
+                                            if (!o.progress) return;
+                                            if (!bar) bar = std::make_unique<ProgressBar>("infer", total, "planes");
+                                            bar->Update(done);
+                                          }));
+  if (bar) bar->Finish();
+  RETURN_IF_ERROR(writer->Finish());
+  return stats;
+}
+
+// OME-Zarr (trainer/eval/zarr_prediction.h) in one process; an unfinished
+// output of the same settings resumes.
+absl::StatusOr<VolumeStreamStats> PredictZarr(SegmentationModel& m, PlaneReader& in, const PredictFileOptions& o,
+                                              const SlidingWindowOptions& so, const std::string& dir,
+                                              int64_t memory_bytes) {
+  ZarrPredictionOptions zo;
+  zo.probabilities = o.probabilities ? ProbabilityOutput::kFloat32 : ProbabilityOutput::kNone;
+  const std::string fingerprint = Sha256Hex(absl::StrCat(m.weights_file.string(), "|", o.input, "|",
+                                                         PredictionModeName(o.mode), "|", so.overlap, "|", m.mean, "|",
+                                                         m.std, "|", o.probabilities));
+  ASSIGN_OR_RETURN(std::unique_ptr<ZarrPrediction> z,
+                   ZarrPrediction::Plan(dir, in.shape(), in.spacing(), in.has_spacing() ? in.unit() : "",
+                                        m.config.num_classes, zo, "retina-infer", fingerprint));
+  if (z->finished()) return absl::AlreadyExistsError(dir + ": already written; remove it to predict again");
+  RETURN_IF_ERROR(z->Prepare());
+  RowPredictor p{ModelForward(m.model), m.mean, m.std, o.mode, so, memory_bytes};
+  VolumeStreamStats stats;
+  std::unique_ptr<ProgressBar> bar;
+  if (o.progress) bar = std::make_unique<ProgressBar>("infer", z->rows(), "chunk rows");
+  for (int64_t row = 0; row < z->rows(); ++row) {
+    if (!z->RowDone(row)) RETURN_IF_ERROR(z->PredictRow(row, in, p, &stats));
+    if (bar) bar->Update(row + 1);
+  }
+  if (bar) bar->Finish();
+  for (int level = 1; level < z->levels(); ++level) {
+    for (int64_t row = 0; row < z->LevelRows(level); ++row) RETURN_IF_ERROR(z->DownsampleRow(level, row));
+  }
+  RETURN_IF_ERROR(z->Finish());
+  return stats;
 }
 
 }  // namespace
@@ -99,10 +150,13 @@ absl::StatusOr<SegmentationModel> LoadSegmentationModel(const ModelSelection& s,
 
 absl::StatusOr<PredictFileReport> PredictFile(const PredictFileOptions& o) {
   const bool h5 = absl::EndsWith(o.out, ".h5") || absl::EndsWith(o.out, ".hdf5");
-  if (!h5 && !absl::EndsWith(o.out, ".tif") && !absl::EndsWith(o.out, ".tiff")) {
-    return absl::InvalidArgumentError("--out: write .tif/.tiff or .h5, got '" + o.out + "'");
+  std::string out_dir = o.out;
+  while (out_dir.size() > 1 && out_dir.back() == '/') out_dir.pop_back();
+  const bool zarr = absl::EndsWith(out_dir, ".zarr");
+  if (!h5 && !zarr && !absl::EndsWith(o.out, ".tif") && !absl::EndsWith(o.out, ".tiff")) {
+    return absl::InvalidArgumentError("--out: write .tif/.tiff, .h5 or .ome.zarr, got '" + o.out + "'");
   }
-  if (o.probabilities && !h5) return absl::InvalidArgumentError("--probabilities needs an .h5 --out");
+  if (o.probabilities && !h5 && !zarr) return absl::InvalidArgumentError("--probabilities needs an .h5 or .ome.zarr --out");
   const int memory_mb = o.memory_mb.value_or(DefaultMemoryMb());
   if (memory_mb < 1) return absl::InvalidArgumentError("--memory-mb must be >= 1");
   if (o.overlap && (*o.overlap < 0 || *o.overlap >= 1)) return absl::InvalidArgumentError("--overlap must be in [0, 1)");
@@ -124,19 +178,13 @@ absl::StatusOr<PredictFileReport> PredictFile(const PredictFileOptions& o) {
                         << so.window << "-pixel window: the xz/yz passes repeat up to "
                         << (slab + so.window - 1) / slab << "x; give more memory if you can";
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<PlaneWriter> writer,
-                   OpenPlaneWriter(o.out, shape, in->spacing(), in->has_spacing(), o.probabilities ? classes : 0));
-  std::unique_ptr<ProgressBar> bar;
   const auto t0 = std::chrono::steady_clock::now();
   PredictFileReport r;
-  ASSIGN_OR_RETURN(r.stats, PredictVolumeStreaming(ModelForward(m.model), *in, m.mean, m.std, o.mode, so, slab,
-                                                   o.probabilities, *writer, [&](int64_t done, int64_t total) {
-                                                     if (!o.progress) return;
-                                                     if (!bar) bar = std::make_unique<ProgressBar>("infer", total, "planes");
-                                                     bar->Update(done);
-                                                   }));
-  if (bar) bar->Finish();
-  RETURN_IF_ERROR(writer->Finish());
+  if (zarr) {
+    ASSIGN_OR_RETURN(r.stats, PredictZarr(m, *in, o, so, out_dir, int64_t{memory_mb} << 20));
+  } else {
+    ASSIGN_OR_RETURN(r.stats, PredictPlanes(m, *in, o, so, slab, classes));
+  }
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
