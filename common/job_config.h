@@ -311,7 +311,7 @@ struct InferConfig {
   template <class V>
   void Visit(V& v) {
     v.Field("inputs", &inputs,
-            Spec("volumes or images to segment: files, folders, globs; TIFF stacks, 'file.h5:/dataset', OME-Zarr, PNG (service jobs: under the store or an --allowed-root)"));
+            Spec("volumes or images to segment: files, folders, globs; TIFF stacks, 'file.h5:/dataset', OME-Zarr, PNG; relative: from the store (service jobs: under the store or an --allowed-root)"));
     v.Field("weights", &weights,
             Spec("trained segmentation weights: model.pt, a checkpoint directory, a job's checkpoints or LATEST, jobs/<id> (relative: from the store)"));
     v.Field("mode", &mode, Spec("2d and stack = xy planes; orthoplane = xy/xz/yz averaged (isotropic volumes)"));

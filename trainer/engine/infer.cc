@@ -234,7 +234,7 @@ absl::Status InferJob::LoadModel() {
 
 absl::Status InferJob::PlanInputs() {
   const InferConfig& c = config_.infer;
-  ASSIGN_OR_RETURN(std::vector<InferInput> expanded, ExpandInferInputs(c.inputs, o_.confine ? o_.store : fs::path(".")));
+  ASSIGN_OR_RETURN(std::vector<InferInput> expanded, ExpandInferInputs(c.inputs, o_.store));
   if (o_.confine) {  // what the globs and folders matched, after symlinks, and where we write
     const PathPolicy policy(o_.store, o_.allowed_roots);
     for (const InferInput& in : expanded) {
