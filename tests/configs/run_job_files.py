@@ -63,7 +63,10 @@ def main():
                       "--val-items", "4", "--input", f"{tmp}/multi", "--out", f"{ds}/urocell", "--size", "64"])
             else:
                 must([shard, "import", "--kind", "folder", "--input", f"{tmp}/bin", "--out", f"{ds}/{name}", "--size", "64"])
-        order = {"pretrain": 0, "finetune": 1, "evaluate": 2}
+        if any(d.get("kind") == "infer" for _, d in jobs):  # the volumes infer jobs name
+            os.makedirs(os.path.join(store, "volumes", "urocell"), exist_ok=True)
+            shutil.copy(f"{tmp}/multi/test/images/vol0.tif", os.path.join(store, "volumes", "urocell", "vol0.tif"))
+        order = {"pretrain": 0, "finetune": 1, "evaluate": 2, "infer": 3}
         failures = 0
         jobs.sort(key=lambda fd: (order.get(fd[1].get("kind"), 3), "docs" in fd[0], fd[0]))
         for f, doc in jobs:
@@ -72,7 +75,8 @@ def main():
             job = os.path.splitext(os.path.basename(f))[0]
             if "docs/examples" in rel and os.path.exists(os.path.join(store, "jobs", job)):
                 job = "docs-" + job  # the configs/ file of the same name ran already
-            sets = ["model.name=tiny", "model.image_size=64", "data.loader_threads=1"]
+            # (An infer job's model is its weights': nothing to shrink.)
+            sets = [] if kind == "infer" else ["model.name=tiny", "model.image_size=64", "data.loader_threads=1"]
             if kind == "pretrain":
                 sets += ["pretrain.epochs=1", "pretrain.global_batch=8", "pretrain.checkpoint_every_epochs=1"]
             elif kind == "finetune":
