@@ -10,6 +10,8 @@
 
 #include <gmock/gmock.h>
 
+#include "absl/strings/ascii.h"
+#include "common/file_util.h"
 #include "tests/services/cluster.h"
 
 namespace retina::testing {
@@ -523,6 +525,66 @@ TEST(Service, RealPrometheusScrapesBothServicesAndTheDashboardsMetricsExist) {
     EXPECT_TRUE(r.is_object() && r.value("status", "") == "success") << e << " -> " << r.dump();
   }
   server.Kill(SIGTERM);
+}
+
+// Segmentation as a service: fine-tune through the service, then `retina
+// predict` an infer job over a 3-rank gang of 1-slot workers; its OME-Zarr
+// equals a single-process run's at every level (read by python3-zarr), and
+// the watch shows voxels.
+TEST(Service, PredictOverAThreeRankGangEqualsOneProcess) {
+  if (const std::string why = PythonMissing("zarr, numcodecs, numpy"); !why.empty()) GTEST_SKIP() << why;
+  Cluster c("infer");
+  const std::string bin = BinDir() + "/trainer/";
+  const fs::path bench = c.root() / "bench";
+  const std::string setup = bin + "retina-synth benchmark --out " + bench.string() +
+                            " --train 1 --test 1 --shape 9,80,80 --spacing 5,5,5 > /dev/null 2>&1 && " + bin +
+                            "retina-shard import --kind folder --input " + bench.string() + " --out " +
+                            (c.store() / "datasets/mito").string() + " --size 64 > /dev/null 2>&1";
+  ASSERT_EQ(std::system(setup.c_str()), 0) << setup;
+  fs::create_directories(c.store() / "volumes");
+  fs::copy_file(bench / "test/images/vol0.tif", c.store() / "volumes/vol0.tif");
+  c.StartCoordinator();
+  for (const char* w : {"w1", "w2", "w3"}) c.StartWorker(w, 1);
+  absl::StatusOr<v1::Job> ft = c.Submit(
+      "kind: finetune\nmodel: {name: tiny, image_size: 64, classes: 1}\ndata: {dataset: mito, loader_threads: 1}\n"
+      "finetune: {iters: 2, global_batch: 2}\n",
+      1);
+  ASSERT_TRUE(ft.ok()) << ft.status();
+  ASSERT_TRUE(c.WaitState(ft->id(), v1::SUCCEEDED, 120)) << v1::JobState_Name(c.Get(ft->id()).state());
+
+  const std::string weights = "jobs/" + ft->id() + "/checkpoints/LATEST";
+  const fs::path watch = c.root() / "predict.log";
+  const std::string predict = BinDir() + "/services/retina --address " + c.address() + " predict --weights " + weights +
+                              " -i volumes/vol0.tif --world-size 3 --chunks 2,64,64 --probabilities uint8 > " +
+                              (c.root() / "predict.id").string() + " 2> " + watch.string();
+  ASSERT_EQ(std::system(predict.c_str()), 0) << predict << "\n" << *ReadFile(watch);
+  const std::string id = std::string(absl::StripAsciiWhitespace(*ReadFile(c.root() / "predict.id")));
+  const v1::Job done = c.Get(id);
+  EXPECT_EQ(done.state(), v1::SUCCEEDED);
+  EXPECT_EQ(done.spec().kind(), v1::INFER);
+  ASSERT_EQ(done.placement_size(), 3);
+  EXPECT_EQ(done.progress().step(), 5);  // chunk rows: ceil(9 / 2)
+  const std::string watched = *ReadFile(watch);
+  EXPECT_THAT(watched, ::testing::HasSubstr("voxels")) << watched;
+  std::printf("%s", watched.c_str());
+  // The same job in one process, standalone.
+  const fs::path yaml = c.root() / "single.yaml";
+  ASSERT_TRUE(WriteFileAtomic(yaml, "kind: infer\ninfer: {weights: " + weights +
+                                        ", inputs: [volumes/vol0.tif], chunks: [2, 64, 64], probabilities: uint8}\n")
+                  .ok());
+  const std::string single = bin + "retina-train run --config " + yaml.string() + " --store " + c.store().string() +
+                             " --job single > " + (c.root() / "single.log").string() + " 2>&1";
+  ASSERT_EQ(std::system(single.c_str()), 0) << *ReadFile(c.root() / "single.log");
+  const std::string a = (c.store() / "jobs" / id / "predictions").string();
+  const std::string b = (c.store() / "jobs/single/predictions").string();
+  const std::string cmd = Python() + " -c \"import zarr, numpy as np, sys\n"
+                          "for name in ('vol0.ome.zarr', 'vol0.probabilities.ome.zarr'):\n"
+                          "  x, y = zarr.open_group(sys.argv[1] + '/' + name, 'r'), zarr.open_group(sys.argv[2] + '/' + name, 'r')\n"
+                          "  keys = sorted(x.array_keys())\n"
+                          "  assert keys == sorted(y.array_keys()) and keys, keys\n"
+                          "  for k in keys: assert np.array_equal(x[k][:], y[k][:]), (name, k)\n"
+                          "print('equal')\" " + a + " " + b + " > " + (c.root() / "compare.log").string() + " 2>&1";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << *ReadFile(c.root() / "compare.log");
 }
 
 }  // namespace
