@@ -33,6 +33,10 @@ fs::path StoreLayout::JobDir(absl::string_view job_id) const {
 fs::path StoreLayout::SubmittedConfigPath(absl::string_view job_id) const { return JobDir(job_id) / "job.yaml"; }
 fs::path StoreLayout::SpecPath(absl::string_view job_id) const { return JobDir(job_id) / "spec.yaml"; }
 fs::path StoreLayout::EvalReportPath(absl::string_view job_id) const { return JobDir(job_id) / "eval.json"; }
+fs::path StoreLayout::PredictionsDir(absl::string_view job_id) const { return JobDir(job_id) / "predictions"; }
+fs::path StoreLayout::PredictionsReportPath(absl::string_view job_id) const {
+  return JobDir(job_id) / "predictions.json";
+}
 fs::path StoreLayout::EventsPath(absl::string_view job_id) const {
   return JobDir(job_id) / "events.jsonl";
 }

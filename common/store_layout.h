@@ -39,6 +39,9 @@ class StoreLayout {
   std::filesystem::path SubmittedConfigPath(absl::string_view job_id) const;
   std::filesystem::path SpecPath(absl::string_view job_id) const;
   std::filesystem::path EvalReportPath(absl::string_view job_id) const;
+  // An infer job's default output directory, and its report of what it wrote.
+  std::filesystem::path PredictionsDir(absl::string_view job_id) const;
+  std::filesystem::path PredictionsReportPath(absl::string_view job_id) const;
   std::filesystem::path EventsPath(absl::string_view job_id) const;
   std::filesystem::path MetricsCsvPath(absl::string_view job_id) const;
   std::filesystem::path LogDir(absl::string_view job_id, int attempt) const;

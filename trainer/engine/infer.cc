@@ -196,7 +196,7 @@ absl::Status InferJob::SetUp() {
   RETINA_LOG(Info) << "infer: rank " << launch_.rank << " of " << launch_.world_size << ", backend " << comm_->backend()
                    << ", " << device_.describe << ", " << threads.threads << " thread(s)";
   RETURN_IF_ERROR(LoadModel());
-  out_dir_ = config_.infer.output.empty() ? layout_.JobDir(o_.job_id) / "predictions" : fs::path(config_.infer.output);
+  out_dir_ = config_.infer.output.empty() ? layout_.PredictionsDir(o_.job_id) : fs::path(config_.infer.output);
   if (!config_.infer.output.empty() && out_dir_.is_relative()) out_dir_ = o_.store / out_dir_;
   return PlanInputs();
 }
@@ -475,7 +475,7 @@ absl::Status InferJob::WriteSummary(double seconds) const {
                   {"seconds", seconds},
                   {"voxels_per_s", voxels_this_attempt_ / std::max(seconds, 1e-9)},
                   {"outputs", items}};
-  return WriteFileAtomic(layout_.JobDir(o_.job_id) / "predictions.json", j.dump(2) + "\n");
+  return WriteFileAtomic(layout_.PredictionsReportPath(o_.job_id), j.dump(2) + "\n");
 }
 
 absl::StatusOr<RunOutcome> InferJob::Run() {
