@@ -119,7 +119,8 @@ TEST(Records, EveryEventRoundTripsWithItsVersionAndTime) {
                                      ResumedEvent{40},
                                      PreemptedEvent{41},
                                      DoneEvent{100},
-                                     DoneEvent{}};
+                                     DoneEvent{},
+                                     PredictEvent{3, 10, 2, 3000, 10000, 1234.5}};
   for (const Event& e : events) {
     const std::string line = EncodeEvent(e, 1.5e9);
     EXPECT_THAT(line, HasSubstr("\"v\":1"));

@@ -28,6 +28,7 @@
 #include "trainer/data/formats/zarr.h"
 #include "trainer/dist/communicator.h"
 #include "trainer/engine/event_log.h"
+#include "trainer/engine/stop_signals.h"
 #include "trainer/eval/predict.h"
 #include "trainer/eval/zarr_prediction.h"
 #include "trainer/runtime/device.h"
@@ -38,31 +39,6 @@ namespace fs = std::filesystem;
 using Json = nlohmann::json;
 
 namespace {
-
-std::atomic<int> g_infer_stop{0};
-extern "C" void OnInferStop(int sig) { g_infer_stop.store(sig); }
-
-// SIGTERM/SIGUSR1 set a flag the rounds look at; the old handlers come back.
-class InferStopSignals {
- public:
-  InferStopSignals() {
-    g_infer_stop.store(0);
-    struct sigaction sa {};
-    sa.sa_handler = OnInferStop;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term_);
-    sigaction(SIGUSR1, &sa, &old_usr1_);
-  }
-  ~InferStopSignals() {
-    sigaction(SIGTERM, &old_term_, nullptr);
-    sigaction(SIGUSR1, &old_usr1_, nullptr);
-  }
-  InferStopSignals(const InferStopSignals&) = delete;
-  InferStopSignals& operator=(const InferStopSignals&) = delete;
-
- private:
-  struct sigaction old_term_ {}, old_usr1_ {};
-};
 
 // The output stem of an input: its file name without the image extensions;
 // an HDF5 dataset adds its last path component ("vol.h5:/raw" -> "vol").
@@ -329,7 +305,7 @@ absl::StatusOr<bool> InferJob::Rounds(const std::vector<std::pair<size_t, int64_
         ++rows_committed_here_;
       }
     }
-    torch::Tensor t = torch::tensor({g_infer_stop.load() != 0 ? 1.0 : 0.0, voxels}, torch::kDouble);
+    torch::Tensor t = torch::tensor({StopSignals::Requested() != 0 ? 1.0 : 0.0, voxels}, torch::kDouble);
     RETURN_IF_ERROR(comm_->AllReduceSum(t, "infer round"));
     if (predicting) {
       const int64_t done_now = std::min<int64_t>(world, static_cast<int64_t>(work.size()) - k * world);
@@ -479,7 +455,7 @@ absl::Status InferJob::WriteSummary(double seconds) const {
 }
 
 absl::StatusOr<RunOutcome> InferJob::Run() {
-  InferStopSignals signals;
+  StopSignals signals;
   if (comm_->rank() == 0) {
     RETURN_IF_ERROR(CreateDirectories(layout_.JobDir(o_.job_id)));
     RETURN_IF_ERROR(WriteFileAtomic(layout_.SpecPath(o_.job_id), JobConfigToYaml(config_)));

@@ -19,6 +19,7 @@
 #include "common/records.h"
 #include "common/status_macros.h"
 #include "trainer/engine/event_log.h"
+#include "trainer/engine/stop_signals.h"
 #include "trainer/engine/losses.h"
 #include "trainer/engine/optimizer_state.h"
 #include "trainer/engine/schedule.h"
@@ -34,31 +35,6 @@ namespace retina::trainer {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::atomic<int> g_stop_signal{0};
-extern "C" void OnStopSignal(int sig) { g_stop_signal.store(sig); }
-
-// Installs SIGTERM/SIGUSR1 handlers for the run; restores the old ones.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal.store(0);
-    struct sigaction sa {};
-    sa.sa_handler = OnStopSignal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, &old_term_);
-    sigaction(SIGUSR1, &sa, &old_usr1_);
-  }
-  ~StopSignals() {
-    sigaction(SIGTERM, &old_term_, nullptr);
-    sigaction(SIGUSR1, &old_usr1_, nullptr);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-
- private:
-  struct sigaction old_term_ {}, old_usr1_ {};
-};
 
 uint64_t Mix(uint64_t a, uint64_t b, uint64_t c) {
   uint64_t x = a * 0x9e3779b97f4a7c15ull ^ (b + 0x632be59bd9b4e019ull) * 0xbf58476d1ce4e5b9ull ^ c * 0x94d049bb133111ebull;
@@ -287,7 +263,7 @@ absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
   ++step_;
   // Mean loss and any rank's stop request, in one collective.
   torch::Tensor shared =
-      torch::tensor({loss.item<double>(), g_stop_signal.load() != 0 ? 1.0 : 0.0}, torch::kDouble).to(device_.device);
+      torch::tensor({loss.item<double>(), StopSignals::Requested() != 0 ? 1.0 : 0.0}, torch::kDouble).to(device_.device);
   RETURN_IF_ERROR(comm_->AllReduceSum(shared, "loss and stop flag"));
   shared = shared.to(torch::kCPU);
   r.mean_loss = shared[0].item<double>() / comm_->size();
