@@ -456,6 +456,9 @@ absl::Status InferJob::WriteSummary(double seconds) const {
 
 absl::StatusOr<RunOutcome> InferJob::Run() {
   StopSignals signals;
+  // Every rank has checked the inputs and what is at the outputs before any
+  // rank writes (a rank still checking would see rank 0's fresh directories).
+  RETURN_IF_ERROR(comm_->Barrier("infer: inputs and outputs checked"));
   if (comm_->rank() == 0) {
     RETURN_IF_ERROR(CreateDirectories(layout_.JobDir(o_.job_id)));
     RETURN_IF_ERROR(WriteFileAtomic(layout_.SpecPath(o_.job_id), JobConfigToYaml(config_)));
