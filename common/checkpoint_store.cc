@@ -251,8 +251,8 @@ absl::StatusOr<CheckpointInfo> CheckpointStore::Latest() const {
   return absl::NotFoundError(absl::StrCat("no valid checkpoint in ", dir_.string()));
 }
 
-absl::StatusOr<std::vector<std::string>> CheckpointStore::ApplyRetention(int keep_last,
-                                                                          bool keep_best) const {
+absl::StatusOr<std::vector<std::string>> CheckpointStore::ApplyRetention(
+    int keep_last, bool keep_best, const std::set<std::int64_t>& keep_steps) const {
   if (keep_last < 1) return absl::InvalidArgumentError("retention keep_last must be >= 1");
   std::vector<CheckpointInfo> all = List();
   std::vector<bool> keep(all.size(), false);
@@ -270,7 +270,7 @@ absl::StatusOr<std::vector<std::string>> CheckpointStore::ApplyRetention(int kee
   absl::StatusOr<std::string> latest = ReadLatestPointer();
   std::vector<std::string> removed;
   for (size_t i = 0; i < all.size(); ++i) {
-    if (keep[i] || (latest.ok() && *latest == all[i].name)) continue;
+    if (keep[i] || keep_steps.count(all[i].step) || (latest.ok() && *latest == all[i].name)) continue;
     RETURN_IF_ERROR(RemoveDirectoryAtomically(all[i].dir));
     removed.push_back(all[i].name);
   }

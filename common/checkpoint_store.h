@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -119,10 +120,12 @@ class CheckpointStore {
   absl::StatusOr<std::string> ReadLatestPointer() const;
 
   // Deletes every committed checkpoint except: the newest `keep_last`, the
-  // best-scored one when `keep_best`, and LATEST's target. Deletion renames a
+  // best-scored one when `keep_best`, those at `keep_steps` (finetune.eval_at)
+  // and LATEST's target. Deletion renames a
   // directory aside first, so a partly deleted one never looks committed.
   // Returns the names removed.
-  absl::StatusOr<std::vector<std::string>> ApplyRetention(int keep_last, bool keep_best) const;
+  absl::StatusOr<std::vector<std::string>> ApplyRetention(int keep_last, bool keep_best,
+                                                          const std::set<std::int64_t>& keep_steps = {}) const;
 
   // Removes temporaries left by killed writers. Call only when no writer runs.
   absl::Status CleanTemporaries() const;

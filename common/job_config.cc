@@ -52,12 +52,12 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     AddAt(errors, root, "model.image_size",
           absl::StrCat("must be a multiple of 16 (the ViT patch grid), got ", c.model.image_size));
   }
-  if (c.kind != JobKind::kInfer && c.data.dataset.empty()) {
+  if (c.kind != JobKind::kInfer && c.data.dataset.empty() && !(c.kind == JobKind::kStudy && !c.study.datasets.empty())) {
     errors->Add(nullptr, "data.dataset", absl::StrCat("required key missing (for kind '", JobKindName(c.kind), "')"));
   }
-  for (const char* section : {"pretrain", "finetune", "evaluate", "infer"}) {
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study"}) {
     // (Without a valid kind the missing or bad `kind` is the error.)
-    if (NodeAt(root, section) && NodeAt(root, "kind") && JobKindName(c.kind) != std::string(section)) {
+    if (NodeAt(root, section) && NodeAt(root, "kind") && !SectionAllowed(c.kind, section)) {
       AddAt(errors, root, section,
             absl::StrCat("section is for kind '", section, "' but this job is kind '", JobKindName(c.kind), "'"));
     }
@@ -86,6 +86,51 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
   }
   if (f.loss == LossKind::kCeDice && c.model.classes < 2) {
     AddAt(errors, root, "finetune.loss", "ce_dice needs model.classes >= 2");
+  }
+  for (const char* key : {"finetune.eval_at", "study.eval_at", "study.seeds"}) {
+    const std::vector<double>& v = std::string(key) == "finetune.eval_at" ? f.eval_at
+                                   : std::string(key) == "study.eval_at"  ? c.study.eval_at
+                                                                          : c.study.seeds;
+    for (double x : v) {
+      if (x != static_cast<double>(static_cast<int64_t>(x))) AddAt(errors, root, key, "whole numbers only");
+    }
+  }
+  if (!f.eval_at.empty()) {
+    for (size_t i = 0; i < f.eval_at.size(); ++i) {
+      if (f.eval_at[i] > f.iters) {
+        AddAt(errors, root, "finetune.eval_at", absl::StrCat(f.eval_at[i], " is past finetune.iters (", f.iters, ")"));
+      }
+      if (i > 0 && f.eval_at[i] <= f.eval_at[i - 1]) AddAt(errors, root, "finetune.eval_at", "must be increasing");
+    }
+    if (c.kind == JobKind::kFinetune && c.data.test_dataset.empty()) {
+      errors->Add(nullptr, "data.test_dataset", "required with finetune.eval_at (the held-out split scored there)");
+    }
+  }
+  if (c.kind == JobKind::kFinetune && NodeAt(root, "evaluate.checkpoint")) {
+    AddAt(errors, root, "evaluate.checkpoint", "a fine-tune scores its own checkpoints at finetune.eval_at; remove it");
+  }
+  if (c.kind == JobKind::kStudy) {
+    const StudyConfig& st = c.study;
+    if (st.inits.empty()) errors->Add(nullptr, "study.inits", "required for kind 'study' (e.g. [random, jobs/<pretrain>])");
+    if (!st.init_names.empty() && st.init_names.size() != st.inits.size()) {
+      AddAt(errors, root, "study.init_names", absl::StrCat("has ", st.init_names.size(), " names for ", st.inits.size(), " inits"));
+    }
+    if (st.seeds.empty() == (st.seed_count == 0)) {
+      errors->Add(nullptr, "study.seeds", "give either seeds (a list) or seed_count (a number), not both");
+    }
+    if (st.eval_at.empty()) errors->Add(nullptr, "study.eval_at", "required for kind 'study' (e.g. [200, 400, 600])");
+    for (size_t i = 0; i < st.eval_at.size(); ++i) {
+      if (i > 0 && st.eval_at[i] <= st.eval_at[i - 1]) AddAt(errors, root, "study.eval_at", "must be increasing");
+    }
+    if (st.datasets.empty() && c.data.test_dataset.empty()) {
+      errors->Add(nullptr, "data.test_dataset", "required for kind 'study' without study.datasets (the held-out split)");
+    }
+    if (NodeAt(root, "finetune.init")) {
+      AddAt(errors, root, "finetune.init", "a study sets each child's init from study.inits; remove it");
+    }
+    if (NodeAt(root, "finetune.eval_at")) {
+      AddAt(errors, root, "finetune.eval_at", "a study sets each child's eval_at from study.eval_at; remove it");
+    }
   }
   if (c.kind == JobKind::kEvaluate && c.evaluate.checkpoint.empty()) {
     errors->Add(nullptr, "evaluate.checkpoint", "required for kind 'evaluate'");
@@ -180,11 +225,28 @@ absl::StatusOr<std::string> ApplyConfigOverrides(const std::string& yaml_text, c
   return std::string(out.c_str()) + "\n";
 }
 
+std::vector<std::int64_t> WholeNumbers(const std::vector<double>& v) {
+  return std::vector<std::int64_t>(v.begin(), v.end());
+}
+
+bool SectionAllowed(JobKind kind, const std::string& section) {
+  if (section == JobKindName(kind)) return true;
+  if (kind == JobKind::kFinetune) return section == "evaluate";
+  if (kind == JobKind::kStudy) return section == "finetune" || section == "evaluate";
+  return false;
+}
+
 std::string JobConfigToYaml(JobConfig config) {
-  // Only the job's own kind section, so the result parses back as a job.
+  // Only the sections of the job's kind, so the result parses back as a job.
   YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));
-  for (const char* section : {"pretrain", "finetune", "evaluate", "infer"}) {
-    if (JobKindName(config.kind) != std::string(section)) resolved.remove(section);
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study"}) {
+    if (!SectionAllowed(config.kind, section)) resolved.remove(section);
+  }
+  if (config.kind == JobKind::kFinetune) resolved["evaluate"].remove("checkpoint");
+  if (config.kind == JobKind::kStudy) {
+    resolved["finetune"].remove("init");
+    resolved["finetune"].remove("eval_at");
+    resolved["evaluate"].remove("checkpoint");
   }
   YAML::Emitter out;
   out << resolved;
@@ -199,7 +261,9 @@ std::string JobConfigSchemaMarkdown() {
       "file identical to the code. A job YAML needs only `kind` and `data.dataset`; every other\n"
       "key has the default shown (the values of the RETINA paper and reference, see\n"
       "`METHOD.md`). Unknown keys are errors, with the closest valid key suggested.\n"
-      "Only the section of the job's own kind (`pretrain`, `finetune` or `evaluate`) may appear.\n\n"
+      "Only the section of the job's own kind (`pretrain`, `finetune`, `evaluate`, `infer`, `study`) may appear;\n"
+      "a fine-tune may also have `evaluate` (how `finetune.eval_at` scores), a study `finetune` and\n"
+      "`evaluate` (its children's).\n\n"
       "| key | type | default | unit | allowed | meaning |\n"
       "|---|---|---|---|---|---|\n",
       SchemaDoc::Document(defaults));

@@ -18,7 +18,7 @@
 namespace retina {
 
 // The closed vocabularies of the job file (their words: EnumWords below).
-enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer };
+enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer, kStudy };
 // How a volume is predicted: per xy plane (2d; IoU scored per plane), as a
 // stack of xy planes scored as one volume, or xy/xz/yz averaged (orthoplane).
 enum class PredictionMode { k2d, kStack, kOrthoplane };
@@ -37,7 +37,7 @@ template <>
 struct EnumWords<JobKind> {
   static constexpr std::pair<JobKind, const char*> kWords[] = {
       {JobKind::kPretrain, "pretrain"}, {JobKind::kFinetune, "finetune"}, {JobKind::kEvaluate, "evaluate"},
-      {JobKind::kInfer, "infer"}};
+      {JobKind::kInfer, "infer"}, {JobKind::kStudy, "study"}};
 };
 template <>
 struct EnumWords<PredictionMode> {
@@ -106,6 +106,7 @@ struct ModelConfig {
 struct DataConfig {
   std::string dataset;
   std::string val_dataset;
+  std::string test_dataset;
   std::optional<double> mean;
   std::optional<double> std;
   int loader_threads = 4;
@@ -115,6 +116,8 @@ struct DataConfig {
     v.Field("dataset", &dataset,
             Spec("training dataset: a name under <store>/datasets or a directory path (service jobs: under the store or an --allowed-root); required except for kind infer"));
     v.Field("val_dataset", &val_dataset, Spec("validation dataset (fine-tuning); empty = none"));
+    v.Field("test_dataset", &test_dataset,
+            Spec("held-out test split (an imported <name>-test) scored at finetune.eval_at with the evaluate section's mode/overlap/classes"));
     v.Field("mean", &mean,
             Spec("normalisation mean of v/255; unset = the dataset manifest's value").Min(0).Max(1));
     v.Field("std", &std, Spec("normalisation std of v/255; unset = the manifest's value").Above(0));
@@ -235,6 +238,7 @@ struct FinetuneConfig {
   int blur_limit = 7;
   bool noise_blur = false;
   double val_overlap = 0.2;
+  std::vector<double> eval_at;  // whole numbers (checked)
   template <class V>
   void Visit(V& v) {
     v.Field("iters", &iters, Spec("exact number of iterations").Unit("iterations").Min(1));
@@ -273,6 +277,8 @@ struct FinetuneConfig {
             Spec("largest blur kernel: k ~ U{3..limit}, an even k taken as k + 1 (7: 3, 5, 7 with 1/5, 2/5, 2/5)").Min(3).Max(31));
     v.Field("noise_blur", &noise_blur, Spec("shorthand: noise_p and blur_p at least 0.5 (Guay)"));
     v.Field("val_overlap", &val_overlap, Spec("sliding-window overlap for validation").Min(0).Max(0.95));
+    v.Field("eval_at", &eval_at,
+            Spec("iterations whose checkpoints are kept and, after training, scored on data.test_dataset into jobs/<id>/evals/step-N.json (studies)").Unit("iterations").Min(1));
   }
 };
 
@@ -348,6 +354,31 @@ struct CheckpointConfig {
   }
 };
 
+// A study (docs/evaluation.md "Studies"): the grid datasets x inits x seeds of
+// fine-tune jobs built from this file's own sections (model, data, finetune,
+// evaluate, ...), each scored at eval_at; the coordinator runs the children
+// and aggregates their scores (common/study.h).
+struct StudyConfig {
+  std::vector<std::string> inits;
+  std::vector<std::string> init_names;
+  std::vector<double> seeds;    // whole numbers (checked)
+  int seed_count = 0;
+  std::vector<double> eval_at;  // whole numbers (checked)
+  std::vector<std::string> datasets;
+  std::vector<std::string> set;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("inits", &inits, Spec("finetune.init of each arm: 'random' or any weights finetune.init accepts"));
+    v.Field("init_names", &init_names, Spec("a short name per init for tables and plots; empty = the init itself"));
+    v.Field("seeds", &seeds, Spec("the seeds of every cell (give seeds or seed_count)").Min(0));
+    v.Field("seed_count", &seed_count, Spec("seeds seed, seed+1, ..., seed+count-1 (give seeds or seed_count)").Min(0).Max(1000));
+    v.Field("eval_at", &eval_at, Spec("iterations at which every child is scored on its test split").Unit("iterations").Min(1));
+    v.Field("datasets", &datasets,
+            Spec("optional grid axis: each child trains on data.dataset=<d> and is scored on <d>-test; empty = data.dataset/test_dataset"));
+    v.Field("set", &set, Spec("--set-style overrides (key.path=value) applied to every child"));
+  }
+};
+
 struct RuntimeConfig {
   DeviceKind device = DeviceKind::kAuto;
   Precision precision = Precision::kAuto;
@@ -380,6 +411,7 @@ struct JobConfig {
   FinetuneConfig finetune;
   EvaluateConfig evaluate;
   InferConfig infer;
+  StudyConfig study;
   CheckpointConfig checkpoint;
   RuntimeConfig runtime;
 
@@ -395,10 +427,18 @@ struct JobConfig {
     v.Section("finetune", &finetune, "supervised fine-tuning (kind: finetune)");
     v.Section("evaluate", &evaluate, "evaluation (kind: evaluate)");
     v.Section("infer", &infer, "prediction (kind: infer)");
+    v.Section("study", &study, "a grid of fine-tunes with their statistics (kind: study)");
     v.Section("checkpoint", &checkpoint, "checkpoint retention");
     v.Section("runtime", &runtime, "device, precision and distribution");
   }
 };
+
+// Whether a job of `kind` may have `section` (pretrain, finetune, evaluate,
+// infer, study): its own; finetune also evaluate (the scoring at eval_at);
+// study finetune and evaluate (its children's).
+bool SectionAllowed(JobKind kind, const std::string& section);
+// finetune.eval_at, study.eval_at and study.seeds as integers.
+std::vector<std::int64_t> WholeNumbers(const std::vector<double>& v);
 
 // Parses and validates a job YAML. `source` names the file in errors.
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml_text, const std::string& source);

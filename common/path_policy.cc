@@ -56,6 +56,7 @@ absl::Status PathPolicy::Check(const std::string& field, const fs::path& path) c
 absl::Status PathPolicy::CheckConfig(const JobConfig& c) const {
   if (!c.data.dataset.empty()) RETURN_IF_ERROR(Check("data.dataset", DatasetPath(c.data.dataset)));
   if (!c.data.val_dataset.empty()) RETURN_IF_ERROR(Check("data.val_dataset", DatasetPath(c.data.val_dataset)));
+  if (!c.data.test_dataset.empty()) RETURN_IF_ERROR(Check("data.test_dataset", DatasetPath(c.data.test_dataset)));
   if (c.kind == JobKind::kFinetune && c.finetune.init != "random") {
     RETURN_IF_ERROR(Check("finetune.init", WeightsPath(c.finetune.init)));
   }

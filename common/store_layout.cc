@@ -33,6 +33,11 @@ fs::path StoreLayout::JobDir(absl::string_view job_id) const {
 fs::path StoreLayout::SubmittedConfigPath(absl::string_view job_id) const { return JobDir(job_id) / "job.yaml"; }
 fs::path StoreLayout::SpecPath(absl::string_view job_id) const { return JobDir(job_id) / "spec.yaml"; }
 fs::path StoreLayout::EvalReportPath(absl::string_view job_id) const { return JobDir(job_id) / "eval.json"; }
+fs::path StoreLayout::StepEvalPath(absl::string_view job_id, int64_t step) const {
+  return JobDir(job_id) / "evals" / ("step-" + std::to_string(step) + ".json");
+}
+fs::path StoreLayout::StudyReportPath(absl::string_view job_id) const { return JobDir(job_id) / "study.json"; }
+fs::path StoreLayout::StudyCsvPath(absl::string_view job_id) const { return JobDir(job_id) / "study.csv"; }
 fs::path StoreLayout::PredictionsDir(absl::string_view job_id) const { return JobDir(job_id) / "predictions"; }
 fs::path StoreLayout::PredictionsReportPath(absl::string_view job_id) const {
   return JobDir(job_id) / "predictions.json";

@@ -6,6 +6,8 @@
 //   <root>/jobs/<id>/events.jsonl   Event records (common/records.h)
 //   <root>/jobs/<id>/metrics.csv    MetricsRow records (common/metrics_csv.h)
 //   <root>/jobs/<id>/eval.json      an EvalReport (evaluate jobs)
+//   <root>/jobs/<id>/evals/step-N.json   an EvalReport per finetune.eval_at step
+//   <root>/jobs/<id>/study.json, study.csv   a study's aggregate (common/study.h)
 //   <root>/jobs/<id>/logs/attempt-<k>/rank-<r>.log
 //   <root>/jobs/<id>/checkpoints/step-NNNNNNNN/{model.pt, optimizer.pt, state.json, MANIFEST}, LATEST
 //
@@ -14,6 +16,7 @@
 // rejected by ValidateName.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include "absl/strings/string_view.h"
@@ -39,6 +42,11 @@ class StoreLayout {
   std::filesystem::path SubmittedConfigPath(absl::string_view job_id) const;
   std::filesystem::path SpecPath(absl::string_view job_id) const;
   std::filesystem::path EvalReportPath(absl::string_view job_id) const;
+  // A fine-tune's score of its checkpoint at `step` (finetune.eval_at).
+  std::filesystem::path StepEvalPath(absl::string_view job_id, int64_t step) const;
+  // A study's aggregate: the JSON record and its CSV table.
+  std::filesystem::path StudyReportPath(absl::string_view job_id) const;
+  std::filesystem::path StudyCsvPath(absl::string_view job_id) const;
   // An infer job's default output directory, and its report of what it wrote.
   std::filesystem::path PredictionsDir(absl::string_view job_id) const;
   std::filesystem::path PredictionsReportPath(absl::string_view job_id) const;

@@ -6,6 +6,7 @@
 #include "common/job_config.h"
 #include "common/path_policy.h"
 #include "common/status_macros.h"
+#include "common/study.h"
 #include "services/coordinator/limits.h"
 
 namespace retina::coordinator {
@@ -17,6 +18,7 @@ v1::JobKind KindFromConfig(JobKind kind) {
     case JobKind::kFinetune: return v1::FINETUNE;
     case JobKind::kEvaluate: return v1::EVALUATE;
     case JobKind::kInfer: return v1::INFER;
+    case JobKind::kStudy: return v1::STUDY;
   }
   return v1::JOB_KIND_UNSPECIFIED;
 }
@@ -46,7 +48,7 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   }
   if (!v1::JobKind_IsValid(spec->kind())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER)"));
+        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER, STUDY)"));
   }
   if (!v1::SlotType_IsValid(spec->slot_type())) {
     return absl::InvalidArgumentError(
@@ -80,7 +82,8 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
                                                    " does not match the config's kind '", JobKindName(config->kind), "'"));
   }
   const int64_t batch = config->kind == JobKind::kPretrain   ? config->pretrain.global_batch
-                        : config->kind == JobKind::kFinetune ? config->finetune.global_batch
+                        : config->kind == JobKind::kFinetune || config->kind == JobKind::kStudy
+                            ? config->finetune.global_batch
                                                      : 0;
   if (batch > 0 && batch % spec->world_size() != 0) {
     return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", JobKindName(config->kind), ".global_batch ", batch,
@@ -89,7 +92,8 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   const PathPolicy policy(store, allowed_roots);
   RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");
   for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
-                                    {"data.val_dataset", config->data.val_dataset}}) {
+                                    {"data.val_dataset", config->data.val_dataset},
+                                    {"data.test_dataset", config->data.test_dataset}}) {
     if (name.empty()) continue;
     // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
     const std::filesystem::path dir = policy.DatasetPath(name);
@@ -99,6 +103,38 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     }
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<StudyChildSpec>> StudyChildSpecs(const v1::JobSpec& study, const std::string& study_id,
+                                                            const std::filesystem::path& store,
+                                                            const std::vector<std::filesystem::path>& allowed_roots) {
+  absl::StatusOr<StudyPlan> plan = PlanStudy(study.config_yaml(), "spec.config_yaml");
+  if (!plan.ok()) return absl::InvalidArgumentError(plan.status().message());
+  std::vector<StudyChildSpec> out;
+  for (const StudyChild& child : plan->children) {
+    absl::StatusOr<std::string> yaml = StudyChildYaml(study.config_yaml(), *plan, child, "spec.config_yaml");
+    if (!yaml.ok()) return absl::InvalidArgumentError(yaml.status().message());
+    StudyChildSpec c;
+    c.index = child.index;
+    v1::JobSpec& spec = c.spec;
+    spec = study;
+    spec.set_kind(v1::FINETUNE);
+    spec.set_config_yaml(*yaml);
+    const std::string& arm = plan->arms[child.arm].name;
+    spec.set_name(absl::StrCat(study.name().empty() ? study_id : study.name(), ": ", arm, " seed ", child.seed,
+                               child.dataset.empty() ? "" : " " + child.dataset)
+                         .substr(0, limits::kNameChars));
+    auto& labels = *spec.mutable_labels();
+    labels["study"] = study_id;
+    labels["study.index"] = std::to_string(child.index);
+    labels["study.arm"] = arm.substr(0, limits::kLabelValueChars);
+    labels["study.seed"] = std::to_string(child.seed);
+    if (!child.dataset.empty()) labels["study.dataset"] = child.dataset;
+    RETURN_IF_ERROR(ValidateJobSpec(&spec, store, allowed_roots),
+                    absl::StrCat("study child ", child.index, " (init ", arm, ", seed ", child.seed, ")"));
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 }  // namespace retina::coordinator

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/job_config.h"
 #include "retina/v1/job_service.pb.h"
 
@@ -24,5 +25,17 @@ retina::v1::JobKind KindFromConfig(JobKind kind);
 // outside the store and `allowed_roots`.
 absl::Status ValidateJobSpec(retina::v1::JobSpec* spec, const std::filesystem::path& store,
                              const std::vector<std::filesystem::path>& allowed_roots);
+
+struct StudyChildSpec {
+  int index = 0;               // StudyChild::index (common/study.h)
+  retina::v1::JobSpec spec;    // a validated FINETUNE spec
+};
+// The child specs of a STUDY spec (common/study.h): the study's world size,
+// slots, priority, restarts and labels, plus labels study=<study_id>,
+// study.index, study.arm, study.seed (study.dataset), each validated like a
+// submitted job. INVALID_ARGUMENT names the child.
+absl::StatusOr<std::vector<StudyChildSpec>> StudyChildSpecs(const retina::v1::JobSpec& study, const std::string& study_id,
+                                                            const std::filesystem::path& store,
+                                                            const std::vector<std::filesystem::path>& allowed_roots);
 
 }  // namespace retina::coordinator

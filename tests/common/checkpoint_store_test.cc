@@ -127,6 +127,15 @@ TEST_F(CheckpointStoreTest, RetentionKeepsLastKAndBest) {
   EXPECT_EQ(store.ApplyRetention(0, true).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(CheckpointStoreTest, RetentionKeepsTheStepsAStudyScores) {
+  for (int step = 1; step <= 8; ++step) Write(step, 0.1 * step);
+  CheckpointStore store(dir_);
+  ASSERT_TRUE(store.ApplyRetention(2, false, {2, 5}).ok());
+  std::vector<std::int64_t> kept;
+  for (const CheckpointInfo& c : store.List()) kept.push_back(c.step);
+  EXPECT_THAT(kept, ElementsAre(2, 5, 7, 8));
+}
+
 TEST_F(CheckpointStoreTest, RewritingAStepReplacesIt) {
   Write(7, 0.1, 10);
   Write(7, 0.2, 20);

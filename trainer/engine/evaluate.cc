@@ -75,21 +75,22 @@ absl::Status WriteEvalRecords(const StoreLayout& layout, const std::string& job,
 
 }  // namespace
 
-absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptions& o) {
-  RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
-  const StoreLayout layout(o.store);
-  ASSIGN_OR_RETURN(const fs::path test_dir, ResolveDataset(config.data.dataset, o.store, "data.dataset"));
+absl::StatusOr<EvalReport> ScoreTestSplit(const JobConfig& config, const std::string& weights_spec,
+                                          const std::string& field, const std::string& test_dataset,
+                                          const fs::path& store, torch::Device device) {
+  ASSIGN_OR_RETURN(const fs::path test_dir, ResolveDataset(test_dataset, store,
+                                                           config.kind == JobKind::kEvaluate ? "data.dataset" : "data.test_dataset"));
   ASSIGN_OR_RETURN(const nlohmann::json test, ReadTestSplit(test_dir));
   ASSIGN_OR_RETURN(TransUNetConfig mc, NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
                                                         ModelHead::kSegmentation));
-  ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(config.evaluate.checkpoint, o.store, "evaluate.checkpoint"));
+  ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(weights_spec, store, field));
   const fs::path weights = source.file;
-  ASSIGN_OR_RETURN(StateDict dict, ReadWeights(source, mc), "evaluate.checkpoint");
-  ConfigureTorchThreads(1, config.runtime.threads);
-  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, Precision::kFp32, 0));
+  ASSIGN_OR_RETURN(StateDict dict, ReadWeights(source, mc), field);
   VisionTransformer model(mc);
-  RETURN_IF_ERROR(LoadStateDict(*model, std::move(dict)).status(), "evaluate.checkpoint " + weights.string());
-  model->to(device.device);
+  RETURN_IF_ERROR(LoadStateDict(*model, std::move(dict)).status(), field + " " + weights.string());
+  model->to(device);
+  model->eval();
+  torch::NoGradGuard no_grad;
   // Normalisation: the config, else the test split's (the training data's).
   const double mean = config.data.mean.value_or(test.value("mean", 0.5));
   const double std = config.data.std.value_or(test.value("std", 0.25));
@@ -103,7 +104,7 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   SlidingWindowOptions so;
   so.window = mc.image_size;
   so.overlap = config.evaluate.overlap;
-  so.device = device.device;
+  so.device = device;
 
   EvalReport report;
   report.checkpoint = weights.string();
@@ -123,10 +124,41 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
     report.mean_iou_per_class[cls] = m;
     report.mean_iou += m / iou_by_class.size();
   }
+  return report;
+}
+
+absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptions& o) {
+  RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
+  const StoreLayout layout(o.store);
+  ConfigureTorchThreads(1, config.runtime.threads);
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, Precision::kFp32, 0));
+  ASSIGN_OR_RETURN(EvalReport report, ScoreTestSplit(config, config.evaluate.checkpoint, "evaluate.checkpoint",
+                                                     config.data.dataset, o.store, device.device));
   RETURN_IF_ERROR(WriteEvalRecords(layout, o.job_id, report));
   std::printf("mean IoU %.4f over %zu item(s) -> %s\n", report.mean_iou, report.items.size(),
               layout.EvalReportPath(o.job_id).c_str());
   return RunOutcome::kCompleted;
+}
+
+absl::Status ScoreEvalSteps(const JobConfig& config, const fs::path& store, const std::string& job_id,
+                            torch::Device device) {
+  const StoreLayout layout(store);
+  for (int64_t step : WholeNumbers(config.finetune.eval_at)) {
+    const fs::path out = layout.StepEvalPath(job_id, step);
+    if (absl::StatusOr<std::string> done = ReadFile(out); done.ok() && DecodeEvalReport(*done, out.string()).ok()) {
+      RETINA_LOG(Info) << "step " << step << ": already scored (" << out.string() << ")";
+      continue;
+    }
+    const fs::path checkpoint = layout.CheckpointsDir(job_id) / CheckpointDirName(step);
+    ASSIGN_OR_RETURN(EvalReport report,
+                     ScoreTestSplit(config, checkpoint.string(), absl::StrCat("finetune.eval_at ", step),
+                                    config.data.test_dataset, store, device));
+    RETURN_IF_ERROR(CreateDirectories(out.parent_path()));
+    RETURN_IF_ERROR(WriteFileAtomic(out, EncodeEvalReport(report)));
+    RETINA_LOG(Info) << "step " << step << ": test IoU " << report.mean_iou << " over " << report.items.size()
+                     << " item(s) -> " << out.string();
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace retina::trainer

@@ -4,7 +4,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <set>
 #include <chrono>
 #include <cstring>
 
@@ -18,6 +20,7 @@
 #include "common/metrics_csv.h"
 #include "common/records.h"
 #include "common/status_macros.h"
+#include "trainer/engine/evaluate.h"
 #include "trainer/engine/event_log.h"
 #include "trainer/engine/stop_signals.h"
 #include "trainer/engine/losses.h"
@@ -335,7 +338,10 @@ absl::Status Trainer::Save(std::optional<double> score) {
   if (score) w.SetScore(*score);
   ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
   ASSIGN_OR_RETURN(auto removed,
-                   CheckpointStore(dir).ApplyRetention(config_.checkpoint.keep_last, config_.checkpoint.keep_best));
+                   CheckpointStore(dir).ApplyRetention(
+                       config_.checkpoint.keep_last, config_.checkpoint.keep_best,
+                       pretrain_ ? std::set<int64_t>() : std::set<int64_t>(config_.finetune.eval_at.begin(),
+                                                                            config_.finetune.eval_at.end())));
   events_->Write(CheckpointEvent{step_, info.dir.string(), removed});
   return absl::OkStatus();
 }
@@ -402,7 +408,9 @@ absl::StatusOr<RunOutcome> Trainer::Run() {
     }
     if (launch_.rank == 0) Record(r, seconds, val_iou);
     const bool epoch_end = pretrain_ && step_ % steps_per_epoch_ == 0;
-    const bool due = r.stop || step_ == total_ ||
+    const bool eval_step =
+        !pretrain_ && std::find(f.eval_at.begin(), f.eval_at.end(), static_cast<double>(step_)) != f.eval_at.end();
+    const bool due = r.stop || step_ == total_ || eval_step ||
                      (pretrain_ ? epoch_end && (step_ / steps_per_epoch_) % config_.pretrain.checkpoint_every_epochs == 0
                                 : step_ % f.save_every_iters == 0);
     if (due && launch_.rank == 0) {
@@ -417,6 +425,12 @@ absl::StatusOr<RunOutcome> Trainer::Run() {
     }
   }
   bar_->Finish();
+  // A study's scoring of the kept eval_at checkpoints on the test split:
+  // rank 0, after training (the other ranks are done).
+  if (launch_.rank == 0 && !pretrain_ && !config_.finetune.eval_at.empty()) {
+    loader_.reset();
+    RETURN_IF_ERROR(ScoreEvalSteps(config_, options_.store, options_.job_id, device_.device));
+  }
   if (events_) events_->Write(DoneEvent{step_});
   return RunOutcome::kCompleted;
 }
