@@ -23,6 +23,8 @@
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "retina/v1/job_service.grpc.pb.h"
+#include "common/study.h"
+#include "services/cli/study_report.h"
 #include "services/cli/svg_plot.h"
 #include "services/rpc_util.h"
 #include "yaml-cpp/yaml.h"
@@ -168,14 +170,14 @@ std::string PredictYaml(const PredictFlags& f) {
 }
 
 struct JobsFlags {
-  std::string filter;
+  std::string filter, study;
   int limit = 50;
   bool json = false;
 };
 
 absl::Status Jobs(const Client& c, const JobsFlags& f) {
   v1::ListJobsRequest req;
-  req.set_filter(f.filter);
+  req.set_filter(f.study.empty() ? f.filter : absl::StrCat(f.filter, " label.study=", f.study));
   req.set_page_size(std::min(f.limit, 1000));
   v1::ListJobsResponse resp;
   RETURN_IF_ERROR(Call(c.stub->ListJobs(c.Context().get(), req, &resp)));
@@ -270,6 +272,13 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
           bar->Update(done, absl::StrFormat("chunk rows %d/%d (%d resumed)", line.value("chunks_done", 0),
                                             line.value("chunks_total", 0), line.value("chunks_skipped", 0)));
         }
+      } else if (j.spec().kind() == v1::STUDY) {
+        // A study: its children that have ended (the tick's aggregate is behind them).
+        if (!owned && j.progress().total_steps() > 0) {
+          owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "children", j.progress().step());
+          bar = owned.get();
+        }
+        if (bar && ev.type() == v1::JobEvent::PROGRESS) bar->Update(j.progress().step(), "ended");
       } else if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0 && j.progress().step() > 0) {
         if (!owned) {
           // Rate and ETA from the steps seen by this watch, not since the job began.
@@ -424,6 +433,72 @@ absl::StatusOr<int> WatchExit(const Client& c, const std::string& id) {
   return state == v1::SUCCEEDED ? 0 : 1;
 }
 
+// `retina study ...`
+struct StudyFlags {
+  std::string id, out;
+  bool json = false;
+};
+
+// The study's aggregate (jobs/<id>/study.json through GetJobMetrics).
+absl::StatusOr<std::pair<StudyReport, std::string>> FetchStudy(const Client& c, const std::string& id) {
+  v1::GetJobMetricsRequest req;
+  req.set_id(id);
+  v1::JobMetrics m;
+  RETURN_IF_ERROR(Call(c.stub->GetJobMetrics(c.Context().get(), req, &m)));
+  if (m.study_json().empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        id, ": no study aggregate (jobs/", id, "/study.json) yet: not a study, or none of its children has ended"));
+  }
+  ASSIGN_OR_RETURN(StudyReport r, DecodeStudyReport(m.study_json(), "jobs/" + id + "/study.json"));
+  return std::make_pair(std::move(r), m.study_json());
+}
+
+absl::Status StudyStatus(const Client& c, const StudyFlags& f) {
+  ASSIGN_OR_RETURN(auto fetched, FetchStudy(c, f.id));
+  const StudyReport& r = fetched.first;
+  if (f.json) {
+    std::cout << fetched.second;
+    return absl::OkStatus();
+  }
+  std::printf("%s: %d of %d children ended, %d succeeded%s\n", r.study.c_str(), r.children_ended, r.children_total,
+              r.children_succeeded, r.complete ? "" : " (running)");
+  std::printf("%-12s %-10s %-20s %6s  %s\n", "CHILD", "STATE", "INIT", "SEED", "SCORED AT");
+  for (const StudyChildStatus& ch : r.children) {
+    std::printf("%-12s %-10s %-20s %6lld  %s\n", ch.job_id.empty() ? "-" : ch.job_id.c_str(), ch.state.c_str(),
+                r.arms[ch.arm].name.c_str(), static_cast<long long>(ch.seed), absl::StrJoin(ch.steps, ",").c_str());
+  }
+  const int64_t last = r.eval_at.back();
+  for (const std::string& d : r.datasets) {
+    std::printf("\ntest IoU at iteration %lld%s:\n", static_cast<long long>(last), d.empty() ? "" : (" on " + d).c_str());
+    for (size_t a = 0; a < r.arms.size(); ++a) {
+      const StudyCell* cell = FindStudyCell(r, d, static_cast<int>(a), last);
+      const auto m = cell ? cell->metrics.find("iou") : std::map<std::string, std::map<std::string, StudyValues>>::const_iterator();
+      if (cell == nullptr || m == cell->metrics.end() || !m->second.count("mean")) {
+        std::printf("  %-20s - (n=0/%zu)\n", r.arms[a].name.c_str(), r.seeds.size());
+        continue;
+      }
+      const Summary& s = m->second.at("mean").summary;
+      std::printf("  %-20s %.4f ± %.4f (n=%d/%d)\n", r.arms[a].name.c_str(), s.mean, s.std, s.n, cell->expected);
+    }
+    for (const StudyTest& t : r.tests) {
+      if (t.dataset == d && t.metric == "iou" && t.cls == "mean") {
+        std::printf("  %s vs %s: Mann-Whitney U %g, p %.4g %s\n", r.arms[t.a].name.c_str(), r.arms[t.b].name.c_str(),
+                    t.result.u1, t.result.p, SignificanceMark(t.result.p));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StudyReportCommand(const Client& c, const StudyFlags& f) {
+  ASSIGN_OR_RETURN(auto fetched, FetchStudy(c, f.id));
+  const std::filesystem::path out = f.out.empty() ? std::filesystem::path(f.id + "-report") : std::filesystem::path(f.out);
+  RETURN_IF_ERROR(WriteStudyReport(fetched.first, fetched.second, out), "--out " + out.string());
+  std::cerr << "wrote " << (out / "report.md").string() << ", report.html and the SVGs"
+            << (fetched.first.complete ? "" : " (partial: the study is still running)") << "\n";
+  return absl::OkStatus();
+}
+
 void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f) {
   cmd->add_option("file", f->file, "the job file (YAML)")->required();
   cmd->add_option("--world-size", f->world_size, "data-parallel ranks")->check(kPositiveInt);
@@ -498,6 +573,43 @@ int RunCli(const std::vector<std::string>& args) {
   AddSetOption(predict_cmd, &predict.submit.overrides);
   predict_cmd->add_flag("--no-watch", predict.no_watch, "print the job id and return");
 
+  CLI::App* study_cmd = cli.Group("study", "Studies: fine-tunes over inits x seeds, their statistics and report");
+  SubmitFlags study_submit;
+  AddSubmitFlags(cli.Command("submit", "Submit a study job file (kind: study)",
+                             connected([&](const Client& c) -> absl::StatusOr<int> {
+                               ASSIGN_OR_RETURN(std::string file_yaml, ReadFile(study_submit.file));
+                               ASSIGN_OR_RETURN(std::string yaml, ApplyConfigOverrides(file_yaml, study_submit.overrides),
+                                                study_submit.file);
+                               ASSIGN_OR_RETURN(JobConfig config, ParseJobConfig(yaml, study_submit.file));
+                               if (config.kind != JobKind::kStudy) {
+                                 return absl::InvalidArgumentError(absl::StrCat(
+                                     study_submit.file, ": kind: ", JobKindName(config.kind),
+                                     " is not a study (use `retina submit`)"));
+                               }
+                               ASSIGN_OR_RETURN(std::string id, Submit(c, study_submit));
+                               if (!study_submit.watch) return 0;
+                               return WatchExit(c, id);
+                             }),
+                             study_cmd),
+                 &study_submit);
+  StudyFlags study_status, study_report;
+  CLI::App* study_status_cmd = cli.Command("status", "Children, and IoU and p-values at the last eval step",
+                                           connected([&](const Client& c) -> absl::StatusOr<int> {
+                                             RETURN_IF_ERROR(StudyStatus(c, study_status));
+                                             return 0;
+                                           }),
+                                           study_cmd);
+  study_status_cmd->add_option("id", study_status.id, "study job id")->required();
+  study_status_cmd->add_flag("--json", study_status.json, "the aggregate (study.json) as it is");
+  CLI::App* study_report_cmd =
+      cli.Command("report", "Write report.md, report.html, curves and box-plot SVGs, study.json/csv",
+                  connected([&](const Client& c) -> absl::StatusOr<int> {
+                    RETURN_IF_ERROR(StudyReportCommand(c, study_report));
+                    return 0;
+                  }), study_cmd);
+  study_report_cmd->add_option("id", study_report.id, "study job id")->required();
+  study_report_cmd->add_option("--out", study_report.out, "directory (default <id>-report)");
+
   JobsFlags jobs;
   CLI::App* jobs_cmd = cli.Command("jobs", "List jobs, newest first", connected([&](const Client& c) -> absl::StatusOr<int> {
     RETURN_IF_ERROR(Jobs(c, jobs));
@@ -506,6 +618,7 @@ int RunCli(const std::vector<std::string>& args) {
   jobs_cmd->add_option("--filter", jobs.filter, "e.g. 'state=RUNNING kind=PRETRAIN label.k=v user=u'");
   jobs_cmd->add_option("--limit", jobs.limit, "at most this many")->check(kPositiveInt);
   jobs_cmd->add_flag("--json", jobs.json, "as JSON");
+  jobs_cmd->add_option("--study", jobs.study, "only the children of this study (label.study=ID)");
 
   JobFlags status, cancel, watch;
   CLI::App* status_cmd = cli.Command("status", "One job in detail", connected([&](const Client& c) -> absl::StatusOr<int> {

@@ -7,20 +7,17 @@
 #include "absl/strings/str_format.h"
 
 namespace retina::cli {
-namespace {
-
-std::string Escape(const std::string& s) {
+std::string XmlEscape(const std::string& s) {
   std::string out;
   for (char c : s) {
     if (c == '<') out += "&lt;";
     else if (c == '>') out += "&gt;";
     else if (c == '&') out += "&amp;";
+    else if (c == '"') out += "&quot;";
     else out += c;
   }
   return out;
 }
-
-}  // namespace
 
 std::string PlotSvg(const std::string& title, const std::vector<Series>& series, const std::string& x_label) {
   constexpr double kW = 720, kPanelH = 220, kLeft = 70, kRight = 20, kTop = 40, kGap = 50;
@@ -33,7 +30,7 @@ std::string PlotSvg(const std::string& title, const std::vector<Series>& series,
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" font-family=\"sans-serif\" "
       "font-size=\"12\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
       "<text x=\"%.0f\" y=\"24\" font-size=\"16\" text-anchor=\"middle\">%s</text>\n",
-      kW, height, kW / 2, Escape(title));
+      kW, height, kW / 2, XmlEscape(title));
   double y0 = kTop;
   for (const Series* s : panels) {
     double xmin = s->xy.front().first, xmax = xmin, ymin = s->xy.front().second, ymax = ymin;
@@ -49,12 +46,12 @@ std::string PlotSvg(const std::string& title, const std::vector<Series>& series,
     absl::StrAppendFormat(&svg, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#999\"/>\n",
                           kLeft, y0, pw, ph);
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" font-weight=\"bold\">%s</text>\n", kLeft, y0 - 6,
-                          Escape(s->name));
+                          XmlEscape(s->name));
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n", kLeft - 6, y0 + 10, ymax);
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.4g</text>\n", kLeft - 6, y0 + ph, ymin);
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\">%.6g</text>\n", kLeft, y0 + ph + 16, xmin);
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.6g %s</text>\n", kLeft + pw,
-                          y0 + ph + 16, xmax, Escape(x_label));
+                          y0 + ph + 16, xmax, XmlEscape(x_label));
     std::string points;
     for (const auto& [x, y] : s->xy) absl::StrAppendFormat(&points, "%.1f,%.1f ", px(x), py(y));
     absl::StrAppendFormat(&svg, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"%s\"/>\n",

@@ -14,6 +14,9 @@ struct Series {
   std::string color = "#1f77b4";
 };
 
+// `s` with <, >, &, " escaped for XML/HTML text and attributes.
+std::string XmlEscape(const std::string& s);
+
 // An SVG document with one panel per non-empty series stacked vertically.
 std::string PlotSvg(const std::string& title, const std::vector<Series>& series, const std::string& x_label);
 

@@ -145,7 +145,7 @@ absl::Status Coordinator::Recover() {
     e->job = std::move(s.job);
     e->committed_state = e->job.state();
     e->queued_ms = now;
-    if (e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) {
+    if ((e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) && e->job.spec().kind() != v1::STUDY) {
       e->recovering = true;
       ++recovering;
     }
@@ -166,6 +166,7 @@ absl::Status Coordinator::Recover() {
     }
   }
   recovery_deadline_ms_ = now + 2 * absl::ToInt64Milliseconds(options_.lease);
+  RecoverStudies();
   if (!stored.empty()) {
     RETINA_LOG(Info) << "recovered " << stored.size() << " jobs from " << options_.database.string() << "; "
                      << recovering << " placed before the restart wait up to "
@@ -203,6 +204,7 @@ absl::Status Coordinator::Commit(JobEntry* e, v1::Job next, v1::JobEvent::Type t
   }
   UpdateGauges();
   Publish(e, type, "");
+  if (IsTerminal(e->job.state())) NoteStudyChildEnded(e);
   return absl::OkStatus();
 }
 
@@ -292,6 +294,9 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
   }
   v1::JobSpec spec = request.spec();
   RETURN_IF_ERROR(ValidateJobSpec(&spec, options_.store, options_.allowed_roots));
+  if (spec.kind() == v1::STUDY) {  // every child is checked before the study is accepted
+    RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots).status());
+  }
 
   absl::MutexLock lock(&mu_);
   if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
@@ -305,6 +310,14 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
         "spec.world_size: ", spec.world_size(), " ranks x ", spec.slots_per_rank(), " slots need ", needed, " ",
         NormalType(spec.slot_type()) == v1::SLOT_GPU ? "GPU" : "CPU", " slots; the ready workers have ", total));
   }
+  ASSIGN_OR_RETURN(JobEntry * raw, InsertJob(std::move(spec), user, request.request_id()));
+  if (raw->job.spec().kind() == v1::STUDY) StartStudy(raw);
+  Schedule(NowMs());
+  return raw->job;
+}
+
+absl::StatusOr<Coordinator::JobEntry*> Coordinator::InsertJob(v1::JobSpec spec, const std::string& user,
+                                                             const std::string& request_id) {
   auto e = std::make_unique<JobEntry>();
   e->queued_ms = NowMs();
   v1::Job& job = e->job;
@@ -327,11 +340,14 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
     ++next_seq_;
   }
   e->seq = next_seq_;
+  // A study is never placed: it runs from submission, through its children.
+  const v1::JobState initial = spec.kind() == v1::STUDY ? v1::RUNNING : v1::QUEUED;
+  if (initial == v1::RUNNING) job.set_start_unix_ms(e->queued_ms);
   *job.mutable_spec() = std::move(spec);
-  job.set_state(v1::QUEUED);
+  job.set_state(initial);
   job.set_user(user);
   job.set_create_unix_ms(e->queued_ms);
-  job.set_request_id(request.request_id());
+  job.set_request_id(request_id);
   if (absl::Status s = store_->Insert({e->seq, job}); !s.ok()) {
     ReleaseJobDir(layout, job.id(), job.uid());
     NoteCommit(s);
@@ -339,17 +355,17 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
   }
   NoteCommit(absl::OkStatus());
   ++next_seq_;
-  e->committed_state = v1::QUEUED;
-  state_counts_[v1::QUEUED]++;
+  e->committed_state = initial;
+  state_counts_[initial]++;
   if (metrics_) metrics_->JobSubmitted();
   JobEntry* raw = e.get();
   by_seq_[e->seq] = raw;
   if (!job.request_id().empty()) by_request_[job.request_id()] = raw;
   jobs_[job.id()] = std::move(e);
   UpdateGauges();
-  Schedule(NowMs());
-  return raw->job;
+  return raw;
 }
+
 
 absl::StatusOr<v1::Job> Coordinator::Get(const std::string& id) {
   absl::MutexLock lock(&mu_);
@@ -388,12 +404,18 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id) {
   absl::MutexLock lock(&mu_);
   ASSIGN_OR_RETURN(JobEntry * e, Find(id));
+  RETURN_IF_ERROR(CancelEntry(e));
+  return e->job;
+}
+
+absl::Status Coordinator::CancelEntry(JobEntry* e) {
+  const std::string& id = e->job.id();
   v1::Job& job = e->job;
   if (IsTerminal(job.state())) {
     return absl::FailedPreconditionError(
         absl::StrCat("id: job ", id, " is already ", JobStateName(job.state()), "; only active jobs can be cancelled"));
   }
-  if (job.cancel_requested()) return job;
+  if (job.cancel_requested()) return absl::OkStatus();
   v1::Job next = job;
   next.set_cancel_requested(true);
   if (job.state() == v1::QUEUED) {
@@ -402,13 +424,19 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id) {
     next.set_message("cancelled while queued");
     RETURN_IF_ERROR(Commit(e, std::move(next)));
     if (metrics_) metrics_->JobFinished("cancelled");
-    return e->job;
+    return absl::OkStatus();
+  }
+  if (job.spec().kind() == v1::STUDY) {
+    next.set_message("cancel requested; cancelling its children");
+    RETURN_IF_ERROR(Commit(e, std::move(next)));
+    TickStudy(e, NowMs());  // cancels the children; the study ends when they have
+    return absl::OkStatus();
   }
   next.set_message("cancel requested; stopping ranks");
   RETURN_IF_ERROR(Commit(e, std::move(next)));
   StopAttempt(e);
   MaybeFinishAttempt(e, NowMs());
-  return e->job;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
@@ -435,12 +463,8 @@ absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
       p->set_val_iou(*r.val_iou);
     }
   }
-  std::ifstream eval(layout.EvalReportPath(id));
-  if (eval) {
-    std::stringstream ss;
-    ss << eval.rdbuf();
-    out.set_eval_json(ss.str());
-  }
+  if (absl::StatusOr<std::string> eval = ReadFile(layout.EvalReportPath(id)); eval.ok()) out.set_eval_json(*eval);
+  if (absl::StatusOr<std::string> study = ReadFile(layout.StudyReportPath(id)); study.ok()) out.set_study_json(*study);
   return out;
 }
 
@@ -854,6 +878,7 @@ void Coordinator::MarkRunningIfConfirmed(JobEntry* e, int64_t now) {
 void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   v1::Job job = e->job;
   if (job.state() != v1::SCHEDULED && job.state() != v1::RUNNING) return;
+  if (job.spec().kind() == v1::STUDY) return;  // ends with its children (TickStudy)
   if (e->recovering) return;
   if (e->parts.empty() && !job.cancel_requested() && !e->attempt_failed) return;
   for (const auto& [worker, part] : e->parts) {
@@ -960,6 +985,7 @@ void Coordinator::Tick() {
     MarkRunningIfConfirmed(e, now);
     MaybeFinishAttempt(e, now);
   }
+  TickStudies(now);
   Schedule(now);
 }
 

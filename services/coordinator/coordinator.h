@@ -50,6 +50,7 @@
 #include "absl/time/time.h"
 #include "retina/v1/job_service.pb.h"
 #include "retina/v1/worker_service.pb.h"
+#include "common/study.h"
 #include "services/coordinator/coordinator_metrics.h"
 #include "services/coordinator/job_store.h"
 #include "services/coordinator/placement.h"
@@ -149,6 +150,32 @@ class Coordinator {
   };
 
   Coordinator(CoordinatorOptions options, CoordinatorMetrics* metrics, std::unique_ptr<JobStore> store);
+  // Submit's commit: a new job (QUEUED; a study RUNNING) with a fresh id and
+  // its directory reserved in the store.
+  absl::StatusOr<JobEntry*> InsertJob(retina::v1::JobSpec spec, const std::string& user, const std::string& request_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CancelEntry(JobEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Studies (coordinator_studies.cc; common/study.h). A study is RUNNING from
+  // submission and never placed. Its children are FINETUNE jobs submitted
+  // with request ids "study:<id>/<index>", so creating them again (after a
+  // restart in the middle) finds the ones that exist. When a child ends its
+  // scores are read from the store once; study.json and study.csv are
+  // rewritten by the tick; the study ends (SUCCEEDED when a child did, else
+  // FAILED; CANCELLED when cancelled) once every child has ended and the
+  // final aggregate is written.
+  struct StudyEntry {
+    StudyPlan plan;
+    std::map<int, std::string> children;          // StudyChild::index -> job id
+    std::map<int, StudyChildResult> ended;        // children that have ended, with their scores
+    bool dirty = true;                            // study.json is behind
+  };
+  void RecoverStudies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Creates the children that do not exist yet.
+  void StartStudy(JobEntry* study) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void NoteStudyChildEnded(JobEntry* child) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TickStudies(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TickStudy(JobEntry* study, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Persists `next` as the job's record, then applies it to `entry->job` and
@@ -192,6 +219,7 @@ class Coordinator {
   bool db_ok_ ABSL_GUARDED_BY(mu_) = true;             // the last commit succeeded
   std::function<void(bool)> health_ ABSL_GUARDED_BY(mu_);
   std::set<JobEntry*> retry_ ABSL_GUARDED_BY(mu_);     // a transition's commit failed
+  std::map<std::string, StudyEntry> studies_ ABSL_GUARDED_BY(mu_);  // active studies by id
   int64_t last_probe_ms_ ABSL_GUARDED_BY(mu_) = 0;     // while !db_ok_: a test write per second
   struct Watcher {
     std::string job;
