@@ -65,6 +65,8 @@ absl::StatusOr<StudyPlan> PlanStudy(const std::string& yaml_text, const std::str
       for (int64_t seed : plan.seeds) plan.children.push_back({index++, d, static_cast<int>(a), seed});
     }
   }
+  // Every child must be a valid fine-tune (the `set` overrides, the datasets).
+  for (const StudyChild& child : plan.children) RETURN_IF_ERROR(StudyChildYaml(yaml_text, plan, child, source).status());
   return plan;
 }
 

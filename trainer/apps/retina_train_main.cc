@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/job_config.h"
+#include "common/study.h"
 #include "common/status_macros.h"
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -149,7 +150,18 @@ int ConfigCheck(const std::vector<std::string>& files, const std::vector<std::st
       ++failures;
       continue;
     }
-    std::cout << "# " << file << ": OK (kind " << JobKindName(job->second.kind) << ")\n" << JobConfigToYaml(job->second);
+    std::string grid;
+    if (job->second.kind == JobKind::kStudy) {  // every child must be a valid fine-tune too
+      absl::StatusOr<StudyPlan> plan = PlanStudy(job->first, file);
+      if (!plan.ok()) {
+        std::cerr << plan.status().message() << "\n";
+        ++failures;
+        continue;
+      }
+      grid = absl::StrCat(", ", plan->children.size(), " fine-tune children");
+    }
+    std::cout << "# " << file << ": OK (kind " << JobKindName(job->second.kind) << grid << ")\n"
+              << JobConfigToYaml(job->second);
   }
   return failures == 0 ? kExitOk : kExitUsage;
 }

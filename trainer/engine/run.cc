@@ -14,11 +14,17 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
   // A service rank reads only under the store and the allowed roots, with
   // relative paths taken from the store (common/path_policy.h).
   JobConfig config = given;
+  if (config.kind == JobKind::kStudy) {
+    return absl::InvalidArgumentError(
+        "kind: study: a study is a grid of fine-tune jobs that the service runs and aggregates; submit it with "
+        "`retina study submit FILE` (docs/evaluation.md, \"Studies\")");
+  }
   if (o.confine) {
     const PathPolicy policy(o.store, o.allowed_roots);
     RETURN_IF_ERROR(policy.CheckConfig(config));
     if (!config.data.dataset.empty()) config.data.dataset = policy.DatasetPath(config.data.dataset).string();
     if (!config.data.val_dataset.empty()) config.data.val_dataset = policy.DatasetPath(config.data.val_dataset).string();
+    if (!config.data.test_dataset.empty()) config.data.test_dataset = policy.DatasetPath(config.data.test_dataset).string();
     if (config.finetune.init != "random") config.finetune.init = policy.WeightsPath(config.finetune.init).string();
     if (!config.evaluate.checkpoint.empty()) {
       config.evaluate.checkpoint = policy.WeightsPath(config.evaluate.checkpoint).string();
