@@ -1,5 +1,6 @@
 """Runs every job file we ship (configs/*.yaml, docs/examples/*.yaml) end to
-end with retina-train, as written, on tiny synthetic data.
+end with retina-train (a study through a loopback coordinator and worker, with
+`retina study submit`), as written, on tiny synthetic data.
 
 Only model size, iterations/batch and loader threads are overridden, with the
 documented `--set key=value`; dataset names, job chains (finetune.init:
@@ -30,6 +31,32 @@ def run(cmd, log):
         return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1")).returncode
 
 
+SERVICE = []
+
+
+def service(build, store, tmp, log):
+    """A coordinator and a 2-slot worker on loopback over `store` (started once)."""
+    if not SERVICE:
+        ready = [os.path.join(tmp, n) for n in ("coordinator.ready", "worker.ready")]
+        out = open(log, "a")
+        SERVICE.append(subprocess.Popen(
+            [os.path.join(build, "services", "retina-coordinator"), "--listen", "127.0.0.1:0", "--metrics-listen",
+             "127.0.0.1:0", "--db", os.path.join(tmp, "jobs.db"), "--store", store, "--ready-file", ready[0]],
+            stdout=out, stderr=subprocess.STDOUT))
+        while not os.path.exists(ready[0]):
+            time.sleep(0.1)
+        import json
+        port = json.load(open(ready[0]))["grpc_port"]
+        SERVICE.append(f"127.0.0.1:{port}")
+        SERVICE.append(subprocess.Popen(
+            [os.path.join(build, "services", "retina-worker"), "--coordinator", SERVICE[1], "--cpu-slots", "2",
+             "--gpus", "none", "--store", store, "--trainer", os.path.join(build, "trainer", "retina-train"),
+             "--metrics-listen", "127.0.0.1:0", "--ready-file", ready[1]], stdout=out, stderr=subprocess.STDOUT))
+        while not os.path.exists(ready[1]):
+            time.sleep(0.1)
+    return SERVICE[1]
+
+
 def main():
     build, source = sys.argv[1], sys.argv[2]
     train, synth, shard = (os.path.join(build, "trainer", p) for p in ("retina-train", "retina-synth", "retina-shard"))
@@ -53,7 +80,7 @@ def main():
         must([synth, "benchmark", "--out", f"{tmp}/bin", "--train", "1", "--test", "1", "--shape", "4,96,96", "--seed", "1"])
         must([synth, "benchmark", "--out", f"{tmp}/multi", "--train", "1", "--test", "1", "--shape", "12,64,64",
               "--classes", "3", "--seed", "2"])
-        needed = {d["data"]["dataset"] for _, d in jobs if d.get("kind") in ("finetune", "evaluate")}
+        needed = {d["data"]["dataset"] for _, d in jobs if d.get("kind") in ("finetune", "evaluate", "study")}
         for name in sorted(n for n in needed if not n.endswith("-test")):
             if name == "guay":
                 must([shard, "import", "--kind", "folder", "--labels", "index", "--classes", "7", "--input",
@@ -66,7 +93,7 @@ def main():
         if any(d.get("kind") == "infer" for _, d in jobs):  # the volumes infer jobs name
             os.makedirs(os.path.join(store, "volumes", "urocell"), exist_ok=True)
             shutil.copy(f"{tmp}/multi/test/images/vol0.tif", os.path.join(store, "volumes", "urocell", "vol0.tif"))
-        order = {"pretrain": 0, "finetune": 1, "evaluate": 2, "infer": 3}
+        order = {"pretrain": 0, "finetune": 1, "evaluate": 2, "infer": 3, "study": 4}
         failures = 0
         jobs.sort(key=lambda fd: (order.get(fd[1].get("kind"), 3), "docs" in fd[0], fd[0]))
         for f, doc in jobs:
@@ -83,6 +110,10 @@ def main():
                 sets += ["finetune.iters=2", "finetune.global_batch=2", "finetune.save_every_iters=2",
                          "finetune.eval_every_iters=2"]
             cmd = [train, "run", "--config", f, "--store", store, "--job", job]
+            if kind == "study":  # a grid of fine-tunes: through the service, as users run it
+                sets += ["finetune.iters=2", "finetune.global_batch=2", "study.eval_at=[2]", "study.seed_count=2"]
+                cmd = [os.path.join(build, "services", "retina"), "--address", service(build, store, tmp, log),
+                       "study", "submit", f, "--watch"]
             for s in sets:
                 cmd += ["--set", s]
             t0 = time.time()
@@ -94,6 +125,10 @@ def main():
         print(f"{len(jobs) - failures} passed, {failures} failed")
         return 1 if failures else 0
     finally:
+        for p in SERVICE:
+            if isinstance(p, subprocess.Popen):
+                p.kill()
+                p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
