@@ -12,6 +12,8 @@
 //       ends once every part has exited or been lost; then QUEUED again
 //       (attempt + 1, the ranks resume from LATEST) while attempt <= max_restarts,
 //       else FAILED.
+//   STUDY jobs: RUNNING from submission, never placed; they create FINETUNE
+//       children and end when every child has (coordinator_studies.cc).
 //
 // An attempt is a gang: all ranks are placed at once or the job waits. Jobs
 // are ordered by priority (higher first) then submission; a job that does not
