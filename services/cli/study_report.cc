@@ -301,7 +301,9 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
                                          " on the held-out test split. Cells show the mean ± sample std of the runs; "
                                          "n is shown where runs are missing; the best mean per column is bold.");
   md += setup + "\n\n";
-  html += "<p>" + XmlEscape(setup) + "</p>\n";
+  std::string plain = setup;  // the Markdown code marks are not for the page
+  plain.erase(std::remove(plain.begin(), plain.end(), '`'), plain.end());
+  html += "<p>" + XmlEscape(plain) + "</p>\n";
   const int64_t last = r.eval_at.back();
   for (const std::string& d : r.datasets) {
     const std::string heading = d.empty() ? "Results" : "Dataset " + d;

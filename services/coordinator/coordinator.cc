@@ -310,10 +310,35 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
         "spec.world_size: ", spec.world_size(), " ranks x ", spec.slots_per_rank(), " slots need ", needed, " ",
         NormalType(spec.slot_type()) == v1::SLOT_GPU ? "GPU" : "CPU", " slots; the ready workers have ", total));
   }
+  RETURN_IF_ERROR(CheckUserLimits(spec, user));
   ASSIGN_OR_RETURN(JobEntry * raw, InsertJob(std::move(spec), user, request.request_id()));
   if (raw->job.spec().kind() == v1::STUDY) StartStudy(raw);
   Schedule(NowMs());
   return raw->job;
+}
+
+absl::Status Coordinator::CheckUserLimits(const v1::JobSpec& spec, const std::string& user) {
+  const int slots = spec.world_size() * spec.slots_per_rank();
+  if (options_.max_running_slots_per_user > 0 && slots > options_.max_running_slots_per_user) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", spec.world_size(), " ranks x ",
+                                                   spec.slots_per_rank(), " slots can never run: a user may hold ",
+                                                   options_.max_running_slots_per_user, " slots at once"));
+  }
+  if (options_.max_queued_jobs_per_user <= 0) return absl::OkStatus();
+  int queued = 0;
+  for (const auto& [id, e] : jobs_) queued += e->job.state() == v1::QUEUED && e->job.user() == user;
+  int adding = 1;
+  if (spec.kind() == v1::STUDY) {  // its children queue
+    absl::StatusOr<StudyPlan> plan = PlanStudy(spec.config_yaml(), "spec.config_yaml");
+    if (plan.ok()) adding = static_cast<int>(plan->children.size());
+  }
+  if (queued + adding > options_.max_queued_jobs_per_user) {
+    return absl::ResourceExhaustedError(absl::StrCat("user ", user, " has ", queued, " queued job(s); ",
+                                                     adding > 1 ? absl::StrCat(adding, " more") : "one more",
+                                                     " would pass the limit of ", options_.max_queued_jobs_per_user,
+                                                     " (wait for some to start, or cancel some)"));
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<Coordinator::JobEntry*> Coordinator::InsertJob(v1::JobSpec spec, const std::string& user,
@@ -991,12 +1016,17 @@ void Coordinator::Tick() {
 
 void Coordinator::Schedule(int64_t now) {
   std::vector<QueuedJob> queue;
+  FairShare share;
+  share.max_running_slots_per_user = options_.max_running_slots_per_user;
   for (auto& [seq, e] : by_seq_) {
-    if (e->job.state() != v1::QUEUED) continue;
     const v1::JobSpec& spec = e->job.spec();
+    if ((e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) && spec.kind() != v1::STUDY) {
+      share.running_slots[e->job.user()] += spec.world_size() * spec.slots_per_rank();
+    }
+    if (e->job.state() != v1::QUEUED) continue;
     queue.push_back({e->job.id(), spec.priority(), seq,
                      NormalType(spec.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu, spec.world_size(),
-                     spec.slots_per_rank()});
+                     spec.slots_per_rank(), e->job.user()});
   }
   if (queue.empty()) return;
   std::vector<FreeWorker> free;
@@ -1005,7 +1035,7 @@ void Coordinator::Schedule(int64_t now) {
     free.push_back({id, NormalType(w.info.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
                     static_cast<int>(w.slot_ids.size() - w.used.size())});
   }
-  for (const GangPlan& plan : PlanPass(std::move(queue), std::move(free))) {
+  for (const GangPlan& plan : PlanPass(std::move(queue), std::move(free), share)) {
     if (!Place(jobs_.at(plan.job_id).get(), plan, now)) break;  // a later pass places it
   }
 }

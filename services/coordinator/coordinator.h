@@ -72,6 +72,11 @@ struct CoordinatorOptions {
   // Besides the store, where service jobs may read datasets and weights
   // (common/path_policy.h).
   std::vector<std::filesystem::path> allowed_roots;
+  // Fair use (placement.h "Fair share"): slots one user's jobs may hold at
+  // once, and queued jobs one user may have (a study counts its children);
+  // 0 = no limit.
+  int max_running_slots_per_user = 0;
+  int max_queued_jobs_per_user = 0;
   // For tests: the clock every lease, deadline and timestamp reads (Unix ms;
   // null = the wall clock), and whether a background thread calls Tick()
   // every `tick` (false: the caller ticks).
@@ -157,6 +162,9 @@ class Coordinator {
   absl::StatusOr<JobEntry*> InsertJob(retina::v1::JobSpec spec, const std::string& user, const std::string& request_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CancelEntry(JobEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The per-user limits of CoordinatorOptions for a new job of `user`.
+  absl::Status CheckUserLimits(const retina::v1::JobSpec& spec, const std::string& user)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Studies (coordinator_studies.cc; common/study.h). A study is RUNNING from
   // submission and never placed. Its children are FINETUNE jobs submitted

@@ -53,6 +53,12 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_option("--tls-client-ca", f->tls_client_ca, "require client certificates signed by this CA (mutual TLS)");
   app.add_option("--client-tokens", f->client_tokens, "bearer tokens of users (one 'token user' per line)");
   app.add_option("--worker-token", f->worker_token, "the bearer token workers present");
+  app.add_option("--max-running-slots-per-user", f->core.max_running_slots_per_user,
+                 "fair use: slots one user's jobs may hold at once (0 = no limit; docs/service.md \"Scheduling\")")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-queued-jobs-per-user", f->core.max_queued_jobs_per_user,
+                 "fair use: queued jobs one user may have (0 = no limit); SubmitJob beyond is RESOURCE_EXHAUSTED")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--ready-file", f->ready_file, "write {grpc_port, metrics_port} here once serving");
   app.add_flag("--adopt-store", f->core.adopt_store,
                "a new job database takes over a store another database used (refused otherwise: the store's "

@@ -14,6 +14,14 @@
 //   fit). Ties by worker id, so a plan is deterministic.
 // - slots_per_rank: a worker with F free slots holds floor(F / slots_per_rank)
 //   ranks; workers only serve jobs of their slot type.
+// - Fair share between users (FairShare): among the jobs of the highest
+//   priority still queued, the next is the oldest job of the user who holds
+//   the fewest slots (running before the pass plus placed in it; ties: the
+//   user whose oldest job is older). So at equal priority users alternate
+//   instead of one user's long queue going first. A user at
+//   max_running_slots_per_user has their jobs held for the pass (they do not
+//   block other users: the limit is policy, not capacity); the first job that
+//   does not fit still ends the pass.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +46,12 @@ struct QueuedJob {
   SlotKind kind = SlotKind::kCpu;
   int world_size = 1;
   int slots_per_rank = 1;  // < 1 counts as 1
+  std::string user;        // fair share and per-user limits
+};
+
+struct FairShare {
+  std::map<std::string, int> running_slots;  // per user, held before the pass
+  int max_running_slots_per_user = 0;        // 0 = no limit
 };
 
 struct GangPlan {
@@ -52,6 +66,7 @@ GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free);
 
 // One scheduling pass: plans in the order they are to be applied (each
 // accounted against the free slots before the next is planned).
-std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWorker> free);
+std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWorker> free,
+                               const FairShare& share = {});
 
 }  // namespace retina::coordinator

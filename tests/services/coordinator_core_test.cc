@@ -52,6 +52,8 @@ class CoordinatorCore : public ::testing::Test {
     o.heartbeat = absl::Seconds(1);
     o.clock_ms = [this] { return now_ms_.load(); };
     o.background_tick = false;
+    o.max_running_slots_per_user = max_running_slots_per_user_;
+    o.max_queued_jobs_per_user = max_queued_jobs_per_user_;
     absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o, nullptr);
     EXPECT_TRUE(c.ok()) << c.status();
     core_ = std::move(*c);
@@ -59,14 +61,17 @@ class CoordinatorCore : public ::testing::Test {
   }
   void Advance(absl::Duration d) { now_ms_ += absl::ToInt64Milliseconds(d); }
 
-  std::string Submit(int world, int max_restarts) {
+  std::string Submit(int world, int max_restarts, const std::string& user = "alice") {
+    absl::StatusOr<v1::Job> job = TrySubmit(world, max_restarts, user);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? job->id() : "";
+  }
+  absl::StatusOr<v1::Job> TrySubmit(int world, int max_restarts, const std::string& user) {
     v1::SubmitJobRequest r;
     r.mutable_spec()->set_config_yaml(kPretrain);
     r.mutable_spec()->set_world_size(world);
     r.mutable_spec()->set_max_restarts(max_restarts);
-    absl::StatusOr<v1::Job> job = core_->Submit(r, "alice");
-    EXPECT_TRUE(job.ok()) << job.status();
-    return job.ok() ? job->id() : "";
+    return core_->Submit(r, user);
   }
   v1::Job Get(const std::string& id) { return *core_->Get(id); }
 
@@ -122,10 +127,35 @@ class CoordinatorCore : public ::testing::Test {
   }
 
   static constexpr absl::Duration kLease = absl::Seconds(10);
+  int max_running_slots_per_user_ = 0, max_queued_jobs_per_user_ = 0;
   fs::path dir_;
   std::atomic<int64_t> now_ms_{1'700'000'000'000};
   std::unique_ptr<Coordinator> core_;
 };
+
+TEST_F(CoordinatorCore, PerUserLimitsHoldOneUserAndRefuseTheExcess) {
+  max_running_slots_per_user_ = 2;
+  max_queued_jobs_per_user_ = 2;
+  Start();
+  Register("w1", 8);
+  // A job larger than the per-user slot limit could never run: refused.
+  EXPECT_EQ(TrySubmit(3, 0, "alice").status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string a1 = Submit(2, 0, "alice");
+  core_->Tick();
+  EXPECT_EQ(Get(a1).state(), v1::SCHEDULED);
+  // alice holds 2 of her 2 slots: her next jobs stay queued although 6 are free; bob's run.
+  const std::string a2 = Submit(1, 0, "alice"), a3 = Submit(1, 0, "alice");
+  const std::string b1 = Submit(2, 0, "bob");
+  core_->Tick();
+  EXPECT_EQ(Get(a2).state(), v1::QUEUED);
+  EXPECT_EQ(Get(a3).state(), v1::QUEUED);
+  EXPECT_EQ(Get(b1).state(), v1::SCHEDULED);
+  // Two queued already: a third is refused, naming the user and the limit.
+  absl::StatusOr<v1::Job> a4 = TrySubmit(1, 0, "alice");
+  EXPECT_EQ(a4.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(a4.status().message()), HasSubstr("user alice has 2 queued job(s)"));
+  EXPECT_TRUE(TrySubmit(1, 0, "bob").ok());
+}
 
 TEST_F(CoordinatorCore, AJobGoesQueuedScheduledRunningSucceeded) {
   Start();

@@ -90,5 +90,61 @@ TEST(Placement, FragmentationIsKeptLowSoALargeGangStillFitsLater) {
   EXPECT_EQ(plans[2].ranks_per_worker, (Plan{{"w1", 4}}));
 }
 
+QueuedJob UserJob(const std::string& id, const std::string& user, int world, int64_t seq, int priority = 0) {
+  QueuedJob j = Job(id, world, priority, seq);
+  j.user = user;
+  return j;
+}
+
+std::vector<std::string> Order(const std::vector<GangPlan>& plans) {
+  std::vector<std::string> ids;
+  for (const GangPlan& p : plans) ids.push_back(p.job_id);
+  return ids;
+}
+
+TEST(Placement, FairShareAlternatesUsersAtEqualPriority) {
+  // alice queued three jobs before bob's one; 3 slots: a1, then bob (he holds
+  // nothing, alice 1 slot), then a2.
+  const std::vector<GangPlan> plans =
+      PlanPass({UserJob("a1", "alice", 1, 1), UserJob("a2", "alice", 1, 2), UserJob("a3", "alice", 1, 3),
+                UserJob("b1", "bob", 1, 4)},
+               {Cpu("w1", 3)});
+  EXPECT_EQ(Order(plans), (std::vector<std::string>{"a1", "b1", "a2"}));
+  // Slots already running count: alice holds 4, so bob's later job goes first.
+  FairShare share;
+  share.running_slots["alice"] = 4;
+  EXPECT_EQ(Order(PlanPass({UserJob("a1", "alice", 1, 1), UserJob("b1", "bob", 1, 2)}, {Cpu("w1", 1)}, share)),
+            (std::vector<std::string>{"b1"}));
+  // Priority still comes first: alice's urgent job beats bob's.
+  EXPECT_EQ(Order(PlanPass({UserJob("a1", "alice", 1, 1, 5), UserJob("b1", "bob", 1, 2)}, {Cpu("w1", 1)}, share)),
+            (std::vector<std::string>{"a1"}));
+  // Without users (one user) the order is the plain submission order.
+  EXPECT_EQ(Order(PlanPass({Job("x", 1, 0, 2), Job("y", 1, 0, 1)}, {Cpu("w1", 2)})),
+            (std::vector<std::string>{"y", "x"}));
+}
+
+TEST(Placement, PerUserRunningSlotLimitHoldsThatUserOnly) {
+  FairShare share;
+  share.max_running_slots_per_user = 2;
+  share.running_slots["alice"] = 1;
+  // alice's 2-rank job would take her to 3 > 2: held; bob's jobs go on.
+  std::vector<GangPlan> plans = PlanPass(
+      {UserJob("a1", "alice", 2, 1), UserJob("b1", "bob", 2, 2), UserJob("b2", "bob", 1, 3)}, {Cpu("w1", 8)}, share);
+  EXPECT_EQ(Order(plans), (std::vector<std::string>{"b1"})) << "b2 would take bob past 2 too";
+  // Within the limit alice runs; the pass counts what it places.
+  share.running_slots.clear();
+  plans = PlanPass({UserJob("a1", "alice", 1, 1), UserJob("a2", "alice", 1, 2), UserJob("a3", "alice", 1, 3)},
+                   {Cpu("w1", 8)}, share);
+  EXPECT_EQ(Order(plans), (std::vector<std::string>{"a1", "a2"}));
+}
+
+TEST(Placement, TheFairShareHeadThatDoesNotFitEndsThePass) {
+  // bob holds nothing, so his 6-rank job is next; it does not fit in 4: the
+  // pass ends and alice's small job does not overtake it (no starvation).
+  FairShare share;
+  share.running_slots["alice"] = 2;
+  EXPECT_TRUE(PlanPass({UserJob("a1", "alice", 1, 1), UserJob("b1", "bob", 6, 2)}, {Cpu("w1", 4)}, share).empty());
+}
+
 }  // namespace
 }  // namespace retina::coordinator
