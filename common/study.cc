@@ -3,10 +3,12 @@
 #include <algorithm>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/job_config.h"
@@ -59,6 +61,23 @@ absl::StatusOr<StudyPlan> PlanStudy(const std::string& yaml_text, const std::str
     return absl::InvalidArgumentError(absl::StrCat(source, ": study.eval_at: ", plan.eval_at.back(),
                                                    " is past finetune.iters (", c.finetune.iters, ")"));
   }
+  if (std::set<std::string>(plan.datasets.begin(), plan.datasets.end()).size() != plan.datasets.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": study.datasets: a dataset appears twice"));
+  }
+  const int64_t cells = static_cast<int64_t>(plan.datasets.size()) * plan.arms.size() * plan.seeds.size();
+  if (cells > kStudyMaxChildren) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": study: ", plan.datasets.size(), " dataset(s) x ",
+                                                   plan.arms.size(), " init(s) x ", plan.seeds.size(), " seed(s) = ",
+                                                   cells, " children; a study has at most ", kStudyMaxChildren,
+                                                   " (split it)"));
+  }
+  for (const std::string& o : st.set) {
+    const std::string key = o.substr(0, o.find('='));
+    if (StudyGridKey(key, !st.datasets.empty())) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": study.set: '", o, "': ", key,
+                                                     " is set by the study's grid for each child"));
+    }
+  }
   int index = 0;
   for (const std::string& d : plan.datasets) {
     for (size_t a = 0; a < plan.arms.size(); ++a) {
@@ -99,6 +118,14 @@ absl::StatusOr<std::string> StudyChildYaml(const std::string& yaml_text, const S
 }
 
 bool StudyMetricLowerIsBetter(const std::string& metric) { return metric == "mfd"; }
+
+bool StudyGridKey(const std::string& key, bool datasets_axis) {
+  if (key == "kind" || key == "seed" || key == "finetune" || key == "finetune.init" || key == "finetune.eval_at" ||
+      key == "study" || key.rfind("study.", 0) == 0) {
+    return true;
+  }
+  return datasets_axis && (key == "data" || key == "data.dataset" || key == "data.test_dataset");
+}
 
 bool StudyStateEnded(const std::string& s) { return s == "SUCCEEDED" || s == "FAILED" || s == "CANCELLED"; }
 
@@ -169,6 +196,8 @@ StudyReport AggregateStudy(const std::string& study_id, const StudyPlan& plan,
     r.children.push_back(std::move(s));
   }
   r.complete = r.children_ended == r.children_total;
+  std::map<std::tuple<std::string, int, int64_t>, const StudyChildStatus*> by_cell;
+  for (const StudyChildStatus& c : r.children) by_cell[std::make_tuple(c.dataset, c.arm, c.seed)] = &c;
 
   for (const std::string& d : plan.datasets) {
     for (size_t a = 0; a < plan.arms.size(); ++a) {
@@ -180,10 +209,8 @@ StudyReport AggregateStudy(const std::string& study_id, const StudyPlan& plan,
         cell.expected = static_cast<int>(plan.seeds.size());
         std::map<std::string, std::map<std::string, std::vector<std::optional<double>>>> values;
         for (size_t k = 0; k < plan.seeds.size(); ++k) {
-          const StudyChildStatus* status = nullptr;
-          for (const StudyChildStatus& s : r.children) {
-            if (s.dataset == d && s.arm == static_cast<int>(a) && s.seed == plan.seeds[k]) status = &s;
-          }
+          auto found = by_cell.find(std::make_tuple(d, static_cast<int>(a), plan.seeds[k]));
+          const StudyChildStatus* status = found == by_cell.end() ? nullptr : found->second;
           const StudyChildResult* result = nullptr;
           if (status != nullptr && by_index.count(status->index)) result = by_index.at(status->index);
           const EvalReport* report = nullptr;
@@ -227,9 +254,13 @@ StudyReport AggregateStudy(const std::string& study_id, const StudyPlan& plan,
     }
   }
   r.classes.push_back("mean");
+  std::vector<int> numeric;
   for (const std::string& k : class_keys) {
-    if (k != "mean") r.classes.push_back(k);
+    int c = 0;
+    if (k != "mean" && absl::SimpleAtoi(k, &c)) numeric.push_back(c);
   }
+  std::sort(numeric.begin(), numeric.end());  // "2" before "10"
+  for (int c : numeric) r.classes.push_back(std::to_string(c));
 
   // Tests at the last eval step, per dataset, metric, class and pair of arms.
   const int64_t last = plan.eval_at.back();
@@ -301,6 +332,7 @@ std::string EncodeStudyReport(const StudyReport& r) {
   json j;
   j["v"] = kRecordVersion;
   j["study"] = r.study;
+  j["state"] = r.state;
   j["complete"] = r.complete;
   j["children_total"] = r.children_total;
   j["children_ended"] = r.children_ended;
@@ -349,6 +381,7 @@ absl::StatusOr<StudyReport> DecodeStudyReport(const std::string& text, const std
     }
     StudyReport r;
     r.study = j.at("study").get<std::string>();
+    r.state = j.value("state", "");
     r.complete = j.at("complete").get<bool>();
     r.children_total = j.at("children_total").get<int>();
     r.children_ended = j.at("children_ended").get<int>();
@@ -407,6 +440,19 @@ absl::StatusOr<StudyReport> DecodeStudyReport(const std::string& text, const std
       m.common_language = t.at("common_language").get<double>();
       r.tests.push_back(std::move(s));
     }
+    // Indices into arms must hold (the readers index with them).
+    const int arms = static_cast<int>(r.arms.size());
+    auto bad = [&](int a) { return a < 0 || a >= arms; };
+    for (const StudyChildStatus& c : r.children) {
+      if (bad(c.arm)) return absl::DataLossError(absl::StrCat(where, ": children: arm ", c.arm, " of ", arms));
+    }
+    for (const StudyCell& c : r.cells) {
+      if (bad(c.arm)) return absl::DataLossError(absl::StrCat(where, ": cells: arm ", c.arm, " of ", arms));
+    }
+    for (const StudyTest& t : r.tests) {
+      if (bad(t.a) || bad(t.b)) return absl::DataLossError(absl::StrCat(where, ": tests: arms ", t.a, ", ", t.b));
+    }
+    if (r.eval_at.empty()) return absl::DataLossError(absl::StrCat(where, ": eval_at: empty"));
     return r;
   } catch (const json::exception& e) {
     return absl::DataLossError(absl::StrCat(where, ": not a study record: ", e.what()));

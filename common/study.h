@@ -44,6 +44,13 @@ struct StudyPlan {
   std::vector<StudyChild> children;
 };
 
+// The most children one study may have (datasets x inits x seeds): the grid
+// is expanded and every child validated at submission.
+inline constexpr int kStudyMaxChildren = 512;
+// Keys a study's `set` may not override: the grid's own (each child's seed,
+// init, eval_at and, with a datasets axis, its data.dataset/test_dataset).
+bool StudyGridKey(const std::string& key, bool datasets_axis);
+
 // Parses and validates a kind: study job file (`source` names it in errors)
 // and lays out its grid.
 absl::StatusOr<StudyPlan> PlanStudy(const std::string& yaml_text, const std::string& source);
@@ -95,6 +102,7 @@ struct StudyChildStatus {
 };
 struct StudyReport {
   std::string study;
+  std::string state;      // the study job's state when written (RUNNING, SUCCEEDED, FAILED, CANCELLED)
   bool complete = false;  // every child has ended
   int children_total = 0, children_ended = 0, children_succeeded = 0;
   std::vector<std::string> datasets;

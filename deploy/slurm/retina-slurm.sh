@@ -16,6 +16,10 @@
 #                       NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME unless set)
 #   RETINA_SRUN_ARGS    extra srun arguments (e.g. "--mpi=pmix")
 #   RETINA_MPIRUN_ARGS  extra mpirun arguments (e.g. "--mca btl_tcp_if_include ib0")
+#   RETINA_TRAIN_ARGS   extra retina-train run arguments (the coordinator's Slurm
+#                       executor: --job-uid UID --confine --allowed-root DIR)
+#   RETINA_ATTEMPT_BASE attempts before this Slurm job (the coordinator's Slurm
+#                       executor; default 0): logs go to attempt-<base + restarts + 1>
 #
 # What it does:
 #   - MASTER_ADDR = the first host of SLURM_JOB_NODELIST (the hostlist expanded
@@ -87,8 +91,11 @@ _retina_rank() {
   local rank=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-0}}}
   local logs=$RETINA_STORE/jobs/$RETINA_JOB_ID/logs/attempt-$RETINA_ATTEMPT
   mkdir -p "$logs"
+  local -a extra=()
+  # shellcheck disable=SC2206
+  [[ -n ${RETINA_TRAIN_ARGS:-} ]] && extra=(${RETINA_TRAIN_ARGS})
   exec "$RETINA_TRAIN" run --config "$RETINA_CONFIG" --store "$RETINA_STORE" --job "$RETINA_JOB_ID" --resume auto \
-    >>"$logs/rank-$rank.log" 2>&1
+    "${extra[@]}" >>"$logs/rank-$rank.log" 2>&1
 }
 
 _retina_main() {
@@ -104,7 +111,8 @@ _retina_main() {
   export RETINA_TRAIN=${RETINA_BIN:+$RETINA_BIN/}retina-train
   command -v "$RETINA_TRAIN" >/dev/null || { echo "retina-slurm: $RETINA_TRAIN not found (set RETINA_BIN)" >&2; exit 2; }
   export RETINA_JOB_ID=${RETINA_JOB_ID:-slurm-$SLURM_JOB_ID}
-  export RETINA_ATTEMPT=$((${SLURM_RESTART_COUNT:-0} + 1))
+  export RETINA_ATTEMPT=$((${RETINA_ATTEMPT_BASE:-0} + ${SLURM_RESTART_COUNT:-0} + 1))
+  export RETINA_TRAIN_ARGS=${RETINA_TRAIN_ARGS:-}
   export RETINA_STORE
   local nodelist=${SLURM_JOB_NODELIST:-${SLURM_NODELIST:-$(hostname)}}
   MASTER_ADDR=$(retina_hosts "$nodelist" | head -n 1)
@@ -128,7 +136,7 @@ _retina_main() {
       ;;
     mpirun)
       local -a forward=(-x MASTER_ADDR -x MASTER_PORT -x RETINA_CONFIG -x RETINA_TRAIN -x RETINA_JOB_ID
-                        -x RETINA_ATTEMPT -x RETINA_STORE -x PATH)
+                        -x RETINA_ATTEMPT -x RETINA_STORE -x RETINA_TRAIN_ARGS -x PATH)
       local v
       for v in $(compgen -e); do
         case $v in NCCL_* | GLOO_* | OMP_* | CUDA_* | UCX_* | LD_LIBRARY_PATH) forward+=(-x "$v") ;; esac

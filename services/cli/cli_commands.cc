@@ -460,8 +460,9 @@ absl::Status StudyStatus(const Client& c, const StudyFlags& f) {
     std::cout << fetched.second;
     return absl::OkStatus();
   }
-  std::printf("%s: %d of %d children ended, %d succeeded%s\n", r.study.c_str(), r.children_ended, r.children_total,
-              r.children_succeeded, r.complete ? "" : " (running)");
+  std::printf("%s (%s): %d of %d children ended, %d succeeded\n", r.study.c_str(),
+              r.state.empty() ? (r.complete ? "ended" : "running") : r.state.c_str(), r.children_ended,
+              r.children_total, r.children_succeeded);
   std::printf("%-12s %-10s %-20s %6s  %s\n", "CHILD", "STATE", "INIT", "SEED", "SCORED AT");
   for (const StudyChildStatus& ch : r.children) {
     std::printf("%-12s %-10s %-20s %6lld  %s\n", ch.job_id.empty() ? "-" : ch.job_id.c_str(), ch.state.c_str(),
@@ -495,7 +496,10 @@ absl::Status StudyReportCommand(const Client& c, const StudyFlags& f) {
   const std::filesystem::path out = f.out.empty() ? std::filesystem::path(f.id + "-report") : std::filesystem::path(f.out);
   RETURN_IF_ERROR(WriteStudyReport(fetched.first, fetched.second, out), "--out " + out.string());
   std::cerr << "wrote " << (out / "report.md").string() << ", report.html and the SVGs"
-            << (fetched.first.complete ? "" : " (partial: the study is still running)") << "\n";
+            << (fetched.first.state == "RUNNING" || fetched.first.state == "CANCELLING"
+                    ? " (partial: the study is still running)"
+                    : "")
+            << "\n";
   return absl::OkStatus();
 }
 

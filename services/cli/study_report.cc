@@ -36,13 +36,27 @@ struct Table {
   std::vector<std::vector<Cell>> rows;
 };
 
+// A Markdown table cell or list item: | and line breaks would end it.
+std::string MdText(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '|') out += "\\|";
+    else if (c == '\n' || c == '\r') out += ' ';
+    else out += c;
+  }
+  return out;
+}
+
 std::string MarkdownTable(const Table& t) {
   std::string out = "| " + absl::StrJoin(t.header, " | ") + " |\n|";
   for (size_t i = 0; i < t.header.size(); ++i) out += "---|";
   out += "\n";
   for (const auto& row : t.rows) {
     out += "|";
-    for (const Cell& c : row) out += " " + (c.bold && !c.text.empty() ? "**" + c.text + "**" : c.text) + " |";
+    for (const Cell& c : row) {
+      const std::string text = MdText(c.text);
+      out += " " + (c.bold && !text.empty() ? "**" + text + "**" : text) + " |";
+    }
     out += "\n";
   }
   return out + "\n";
@@ -71,7 +85,8 @@ const StudyValues* Values(const StudyCell* cell, const std::string& metric, cons
 // "0.612 ± 0.021" with "(n=4/6)" when runs are missing; "-" for none.
 std::string MeanStd(const StudyValues* v, int expected, int digits) {
   if (v == nullptr || v->summary.n == 0) return absl::StrCat("- (n=0/", expected, ")");
-  std::string s = absl::StrFormat("%.*f ± %.*f", digits, v->summary.mean, digits, v->summary.std);
+  std::string s = v->summary.n == 1 ? absl::StrFormat("%.*f", digits, v->summary.mean)
+                                    : absl::StrFormat("%.*f ± %.*f", digits, v->summary.mean, digits, v->summary.std);
   if (v->summary.n < expected) absl::StrAppend(&s, " (n=", v->summary.n, "/", expected, ")");
   return s;
 }
@@ -275,8 +290,12 @@ std::string BoxplotSvg(const StudyReport& r, const std::string& dataset) {
   return svg + "</svg>\n";
 }
 
-std::string SvgName(const std::string& kind, const std::string& dataset) {
-  return dataset.empty() ? kind + ".svg" : kind + "-" + dataset + ".svg";
+// curves.svg for a study of one dataset, else curves-<k>.svg by its position
+// (a dataset may be given as a path).
+std::string SvgName(const std::string& kind, const StudyReport& r, const std::string& dataset) {
+  if (r.datasets.size() <= 1) return kind + ".svg";
+  const size_t k = std::find(r.datasets.begin(), r.datasets.end(), dataset) - r.datasets.begin();
+  return absl::StrCat(kind, "-", k + 1, ".svg");
 }
 
 }  // namespace
@@ -285,9 +304,11 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
   StudyReportFiles f;
   std::string md, html;
   const std::string title = absl::StrCat("Study ", r.study);
+  const bool running = r.state.empty() ? !r.complete : r.state == "RUNNING" || r.state == "CANCELLING";
   const std::string status =
       absl::StrCat(r.children_ended, " of ", r.children_total, " children ended, ", r.children_succeeded, " succeeded",
-                   r.complete ? "." : " (partial: the study is still running).");
+                   running ? " (partial: the study is still running)." : ".",
+                   r.state.empty() ? "" : " Study " + r.state + ".");
   md += "# " + title + "\n\n" + status + "\n\n";
   html += "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + XmlEscape(title) +
           "</title>\n<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}"
@@ -328,6 +349,12 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
     for (const StudyTest& t : r.tests) {
       if (t.dataset != d || t.cls != "mean") continue;
       const MannWhitney& m = t.result;
+      if (m.method == "none") {  // an arm without runs: nothing was tested
+        tests.rows.push_back({{MetricTitle(t.metric)}, {r.arms[t.a].name + " vs " + r.arms[t.b].name},
+                              {absl::StrCat(m.n1, " vs ", m.n2)}, {"-"}, {"-"}, {"not tested (no runs)"}, {"-"}, {"-"},
+                              {""}});
+        continue;
+      }
       tests.rows.push_back({{MetricTitle(t.metric)},
                             {r.arms[t.a].name + " vs " + r.arms[t.b].name},
                             {absl::StrCat(m.n1, " vs ", m.n2)},
@@ -340,7 +367,9 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
     }
     const std::string t3 = absl::StrCat("Mann-Whitney U tests at iteration ", last);
     const std::string note3 = "Two-sided; exact p over every split of the runs (ties included) up to 60 runs, "
-                              "the normal approximation above. * p < 0.05, ** p < 0.01. r > 0: the first init scores higher.";
+                              "the normal approximation above. * p < 0.05, ** p < 0.01, each test on its own (no "
+                              "correction for the number of tests). r > 0: the first init's values are larger "
+                              "(better, except for MFD, where lower is better).";
     md += "### " + t3 + "\n\n" + note3 + "\n\n" + MarkdownTable(tests);
     html += "<h3>" + XmlEscape(t3) + "</h3>\n<p>" + XmlEscape(note3) + "</p>\n" + HtmlTable(tests);
 
@@ -355,7 +384,7 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
       }
       curve.rows.push_back(std::move(row));
     }
-    const std::string curves = SvgName("curves", d), box = SvgName("boxplot", d);
+    const std::string curves = SvgName("curves", r, d), box = SvgName("boxplot", r, d);
     f.svgs[curves] = CurvesSvg(r, d);
     f.svgs[box] = BoxplotSvg(r, d);
     md += "### IoU against iterations (Fig 3a)\n\n" + MarkdownTable(curve) + "![IoU against iterations](" + curves +
@@ -372,7 +401,7 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
       md += "### Missing runs\n\n";
       html += "<h3>Missing runs</h3>\n<ul>\n";
       for (const std::string& m : missing) {
-        md += "- " + m + "\n";
+        md += "- " + MdText(m) + "\n";
         html += "<li>" + XmlEscape(m) + "</li>\n";
       }
       md += "\n";

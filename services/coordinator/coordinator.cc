@@ -121,6 +121,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
     while (!p->stop_.load()) {
       absl::SleepFor(p->options_.tick);
       p->Tick();
+      if (p->options_.executor == CoordinatorOptions::Executor::kSlurm) p->SlurmTick();
     }
   });
   return c;
@@ -146,8 +147,15 @@ absl::Status Coordinator::Recover() {
     e->committed_state = e->job.state();
     e->queued_ms = now;
     if ((e->job.state() == v1::SCHEDULED || e->job.state() == v1::RUNNING) && e->job.spec().kind() != v1::STUDY) {
-      e->recovering = true;
-      ++recovering;
+      if (options_.executor == CoordinatorOptions::Executor::kSlurm) {
+        // Followed again from Slurm's listing (by id, or by the attempt's name).
+        SlurmRun& run = slurm_runs_[e->job.id()];
+        run.slurm_id = e->job.executor_job_id();
+        run.name_attempt = e->job.attempt();
+      } else {
+        e->recovering = true;
+        ++recovering;
+      }
     }
     state_counts_[e->job.state()]++;
     next_seq_ = std::max(next_seq_, s.seq + 1);
@@ -204,7 +212,7 @@ absl::Status Coordinator::Commit(JobEntry* e, v1::Job next, v1::JobEvent::Type t
   }
   UpdateGauges();
   Publish(e, type, "");
-  if (IsTerminal(e->job.state())) NoteStudyChildEnded(e);
+  NoteStudyChild(e);
   return absl::OkStatus();
 }
 
@@ -285,6 +293,9 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
   if (request.request_id().size() > limits::kRequestIdChars) {
     return absl::InvalidArgumentError(absl::StrCat("request_id: at most ", limits::kRequestIdChars, " characters"));
   }
+  if (absl::StartsWith(request.request_id(), "study:")) {
+    return absl::InvalidArgumentError("request_id: ids starting with 'study:' are the coordinator's (a study's children)");
+  }
   {
     absl::MutexLock lock(&mu_);
     if (!request.request_id().empty()) {
@@ -295,6 +306,7 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
   v1::JobSpec spec = request.spec();
   RETURN_IF_ERROR(ValidateJobSpec(&spec, options_.store, options_.allowed_roots));
   if (spec.kind() == v1::STUDY) {  // every child is checked before the study is accepted
+    RETURN_IF_ERROR(PinStudyInits(&spec, options_.store));
     RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots).status());
   }
 
@@ -328,9 +340,13 @@ absl::Status Coordinator::CheckUserLimits(const v1::JobSpec& spec, const std::st
   int queued = 0;
   for (const auto& [id, e] : jobs_) queued += e->job.state() == v1::QUEUED && e->job.user() == user;
   int adding = 1;
-  if (spec.kind() == v1::STUDY) {  // its children queue
-    absl::StatusOr<StudyPlan> plan = PlanStudy(spec.config_yaml(), "spec.config_yaml");
-    if (plan.ok()) adding = static_cast<int>(plan->children.size());
+  if (spec.kind() == v1::STUDY) {  // its children queue: datasets x inits x seeds
+    absl::StatusOr<JobConfig> c = ParseJobConfig(spec.config_yaml(), "spec.config_yaml");
+    if (c.ok()) {
+      const StudyConfig& st = c->study;
+      adding = static_cast<int>(std::max<size_t>(1, st.datasets.size()) * st.inits.size() *
+                                (st.seeds.empty() ? st.seed_count : st.seeds.size()));
+    }
   }
   if (queued + adding > options_.max_queued_jobs_per_user) {
     return absl::ResourceExhaustedError(absl::StrCat("user ", user, " has ", queued, " queued job(s); ",
@@ -904,6 +920,7 @@ void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   v1::Job job = e->job;
   if (job.state() != v1::SCHEDULED && job.state() != v1::RUNNING) return;
   if (job.spec().kind() == v1::STUDY) return;  // ends with its children (TickStudy)
+  if (slurm_runs_.count(job.id())) return;     // ends when Slurm says so (SlurmTick)
   if (e->recovering) return;
   if (e->parts.empty() && !job.cancel_requested() && !e->attempt_failed) return;
   for (const auto& [worker, part] : e->parts) {
@@ -1015,6 +1032,7 @@ void Coordinator::Tick() {
 }
 
 void Coordinator::Schedule(int64_t now) {
+  if (options_.executor == CoordinatorOptions::Executor::kSlurm) return;  // sbatch: SlurmTick
   std::vector<QueuedJob> queue;
   FairShare share;
   share.max_running_slots_per_user = options_.max_running_slots_per_user;

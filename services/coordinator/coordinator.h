@@ -56,6 +56,7 @@
 #include "services/coordinator/coordinator_metrics.h"
 #include "services/coordinator/job_store.h"
 #include "services/coordinator/placement.h"
+#include "services/coordinator/slurm_executor.h"
 
 namespace retina::coordinator {
 
@@ -77,6 +78,11 @@ struct CoordinatorOptions {
   // 0 = no limit.
   int max_running_slots_per_user = 0;
   int max_queued_jobs_per_user = 0;
+  // Where attempts run (docs/hpc.md, "The service on top of Slurm"): on this
+  // coordinator's retina-worker agents, or as Slurm jobs (slurm_executor.h).
+  enum class Executor { kWorkers, kSlurm };
+  Executor executor = Executor::kWorkers;
+  SlurmOptions slurm;
   // For tests: the clock every lease, deadline and timestamp reads (Unix ms;
   // null = the wall clock), and whether a background thread calls Tick()
   // every `tick` (false: the caller ticks).
@@ -179,13 +185,41 @@ class Coordinator {
     std::map<int, std::string> children;          // StudyChild::index -> job id
     std::map<int, StudyChildResult> ended;        // children that have ended, with their scores
     bool dirty = true;                            // study.json is behind
+    std::string broken;                           // why it cannot go on (it then fails)
   };
   void RecoverStudies() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Creates the children that do not exist yet.
   void StartStudy(JobEntry* study) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void NoteStudyChildEnded(JobEntry* child) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A child changed state: study.json is behind; an ended child's scores are read.
+  void NoteStudyChild(JobEntry* child) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RereadMissingScores(StudyEntry* st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickStudies(int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void TickStudy(JobEntry* study, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // The Slurm executor (coordinator_slurm.cc). Each attempt of a job is one
+  // Slurm job named retina-<id>-<attempt>; SlurmTick (the ticker thread,
+  // after Tick) submits QUEUED jobs with sbatch, polls `scontrol show job -o`,
+  // maps Slurm's states to ours, issues scancel for cancelled jobs and feeds
+  // rank 0's events.jsonl from the store to watchers and metrics. Slurm's
+  // commands run without mu_ held.
+  struct SlurmRun {
+    std::string slurm_id;         // empty: re-attach by name at the next poll
+    int name_attempt = 0;         // the attempt in the Slurm job's name
+    int restarts = -1;            // Slurm's restart count last seen (-1: not yet)
+    int missing_polls = 0;        // polls that did not list it
+    bool cancel_sent = false;
+    int64_t events_offset = 0;    // bytes of events.jsonl already applied
+  };
+  void SlurmTick() ABSL_LOCKS_EXCLUDED(mu_);
+  void ApplySlurmInfo(JobEntry* e, SlurmRun* run, const SlurmJobInfo& info, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the current Slurm attempt: QUEUED again (attempt + 1 at the next
+  // sbatch) while restarts are left, else FAILED; or SUCCEEDED / CANCELLED.
+  void EndSlurmAttempt(JobEntry* e, retina::v1::JobState state, const std::string& message, int64_t now_ms)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::map<std::string, SlurmRun> slurm_runs_ ABSL_GUARDED_BY(mu_);  // by job id
+  int64_t next_slurm_poll_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<std::string> slurm_orphans_ ABSL_GUARDED_BY(mu_);      // Slurm jobs to scancel
   absl::Status Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Persists `next` as the job's record, then applies it to `entry->job` and

@@ -35,6 +35,9 @@ struct ServeFlags {
   std::string database = CoordinatorOptions().database.string();
   std::string tls_cert, tls_key, tls_client_ca, client_tokens, worker_token, ready_file;
   std::vector<std::string> allowed_roots;
+  std::string executor = "workers";
+  double slurm_poll_s = absl::ToDoubleSeconds(SlurmOptions().poll);
+  std::string slurm_script;
 };
 
 void AddServeFlags(CLI::App& app, ServeFlags* f) {
@@ -60,6 +63,22 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
                  "fair use: queued jobs one user may have (0 = no limit); SubmitJob beyond is RESOURCE_EXHAUSTED")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--ready-file", f->ready_file, "write {grpc_port, metrics_port} here once serving");
+  app.add_option("--executor", f->executor,
+                 "where attempts run: workers (retina-worker agents) or slurm (sbatch; docs/hpc.md)")
+      ->check(CLI::IsMember({"workers", "slurm"}));
+  app.add_option("--slurm-script", f->slurm_script,
+                 "--executor slurm: deploy/slurm/retina-slurm.sh on a path every node sees");
+  app.add_option("--slurm-trainer-dir", f->core.slurm.trainer_dir, "the folder of retina-train on the nodes (RETINA_BIN)");
+  app.add_option("--slurm-bin", f->core.slurm.bin_dir, "where sbatch, scontrol, scancel are (default: PATH)");
+  app.add_option("--slurm-launcher", f->core.slurm.launcher, "how the script starts ranks: srun | mpirun")
+      ->check(CLI::IsMember({"srun", "mpirun"}));
+  app.add_option("--slurm-partition", f->core.slurm.partition, "default partition (a job's label slurm.partition wins)");
+  app.add_option("--slurm-account", f->core.slurm.account, "default account (label slurm.account)");
+  app.add_option("--slurm-qos", f->core.slurm.qos, "default QoS (label slurm.qos)");
+  app.add_option("--slurm-time", f->core.slurm.time_limit, "default time limit, sbatch --time syntax (label slurm.time)");
+  app.add_option("--slurm-arg", f->core.slurm.extra_args, "one more sbatch argument, e.g. --constraint=a100 (repeatable)")
+      ->allow_extra_args(false);
+  app.add_option("--slurm-poll-s", f->slurm_poll_s, "seconds between scontrol polls")->check(kPositiveNumber);
   app.add_flag("--adopt-store", f->core.adopt_store,
                "a new job database takes over a store another database used (refused otherwise: the store's "
                "STORE_ID and the database disagree)");
@@ -75,6 +94,18 @@ absl::StatusOr<CoordinatorOptions> CoreOptions(const ServeFlags& f) {
   o.database = f.database;
   o.store = f.store;
   o.allowed_roots.assign(f.allowed_roots.begin(), f.allowed_roots.end());
+  o.executor = f.executor == "slurm" ? CoordinatorOptions::Executor::kSlurm : CoordinatorOptions::Executor::kWorkers;
+  o.slurm.poll = absl::Seconds(f.slurm_poll_s);
+  if (o.executor == CoordinatorOptions::Executor::kSlurm) {
+    if (f.slurm_script.empty()) {
+      return absl::InvalidArgumentError(
+          "--executor slurm needs --slurm-script: deploy/slurm/retina-slurm.sh on a path every node sees");
+    }
+    std::error_code ec;
+    const std::filesystem::path script = std::filesystem::canonical(f.slurm_script, ec);
+    if (ec) return absl::InvalidArgumentError(absl::StrCat("--slurm-script ", f.slurm_script, ": ", ec.message()));
+    o.slurm.script = script;
+  }
   if (f.lease_s < 2 * f.heartbeat_s) return absl::InvalidArgumentError("--lease-s must be at least twice --heartbeat-s");
   o.lease = absl::Seconds(f.lease_s);
   o.heartbeat = absl::Seconds(f.heartbeat_s);

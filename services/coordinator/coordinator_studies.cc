@@ -31,11 +31,12 @@ void Coordinator::RecoverStudies() {
   for (auto& [id, e] : jobs_) {
     if (e->job.spec().kind() != v1::STUDY || IsTerminal(e->job.state())) continue;
     absl::StatusOr<StudyPlan> plan = PlanStudy(e->job.spec().config_yaml(), id);
-    if (!plan.ok()) {  // a study that parsed at submission no longer does (a newer version's rules?)
-      RETINA_LOG(Error) << id << ": " << plan.status() << "; its children run on, the study is not aggregated";
+    StudyEntry& st = studies_[id];
+    if (!plan.ok()) {  // parsed at submission, not now (a newer version's rules?): the tick ends it
+      st.broken = absl::StrCat("its job file no longer expands: ", plan.status().message());
       continue;
     }
-    studies_[id].plan = std::move(*plan);
+    st.plan = std::move(*plan);
   }
   for (auto& [id, e] : jobs_) {
     std::string study;
@@ -43,8 +44,9 @@ void Coordinator::RecoverStudies() {
     if (!StudyOf(e->job, &study, &index) || e->job.request_id() != ChildRequestId(study, index)) continue;
     auto s = studies_.find(study);
     if (s == studies_.end()) continue;
+    if (!s->second.broken.empty() || index < 0 || index >= static_cast<int>(s->second.plan.children.size())) continue;
     s->second.children[index] = id;
-    if (IsTerminal(e->job.state())) NoteStudyChildEnded(e.get());
+    if (IsTerminal(e->job.state())) NoteStudyChild(e.get());
   }
   // Children a crash kept from being created are created by the first tick.
 }
@@ -52,10 +54,11 @@ void Coordinator::RecoverStudies() {
 void Coordinator::StartStudy(JobEntry* study) {
   const std::string& id = study->job.id();
   StudyEntry& st = studies_[id];
+  if (!st.broken.empty()) return;
   if (st.plan.children.empty()) {
     absl::StatusOr<StudyPlan> plan = PlanStudy(study->job.spec().config_yaml(), id);
     if (!plan.ok()) {
-      RETINA_LOG(Error) << id << ": " << plan.status();
+      st.broken = absl::StrCat("its job file does not expand: ", plan.status().message());
       return;
     }
     st.plan = std::move(*plan);
@@ -64,15 +67,19 @@ void Coordinator::StartStudy(JobEntry* study) {
   absl::StatusOr<std::vector<StudyChildSpec>> specs =
       StudyChildSpecs(study->job.spec(), id, options_.store, options_.allowed_roots);
   if (!specs.ok()) {
-    RETINA_LOG(Error) << id << ": cannot create its children: " << specs.status() << " (retried)";
+    // A child that was valid at submission no longer is (a dataset removed,
+    // an allowed root dropped): no retry will help; the tick ends the study.
+    st.broken = absl::StrCat("cannot create its children: ", specs.status().message());
+    RETINA_LOG(Error) << id << ": " << st.broken;
     return;
   }
   for (StudyChildSpec& c : *specs) {
     if (st.children.count(c.index)) continue;
     const std::string request_id = ChildRequestId(id, c.index);
     auto existing = by_request_.find(request_id);
-    if (existing != by_request_.end()) {
+    if (existing != by_request_.end()) {  // created before a restart (clients cannot use "study:" ids)
       st.children[c.index] = existing->second->job.id();
+      if (IsTerminal(existing->second->job.state())) NoteStudyChild(existing->second);
       continue;
     }
     absl::StatusOr<JobEntry*> child = InsertJob(std::move(c.spec), study->job.user(), request_id);
@@ -85,7 +92,7 @@ void Coordinator::StartStudy(JobEntry* study) {
   RETINA_LOG(Info) << id << ": " << st.children.size() << " children";
 }
 
-void Coordinator::NoteStudyChildEnded(JobEntry* child) {
+void Coordinator::NoteStudyChild(JobEntry* child) {
   std::string study;
   int index = 0;
   if (!StudyOf(child->job, &study, &index) || child->job.request_id() != ChildRequestId(study, index)) return;
@@ -93,6 +100,8 @@ void Coordinator::NoteStudyChildEnded(JobEntry* child) {
   if (s == studies_.end()) return;
   StudyEntry& st = s->second;
   if (index < 0 || index >= static_cast<int>(st.plan.children.size())) return;
+  st.dirty = true;  // its state shows in study.json
+  if (!IsTerminal(child->job.state())) return;
   StudyChildResult r;
   r.child = st.plan.children[index];
   r.job_id = child->job.id();
@@ -112,7 +121,24 @@ void Coordinator::NoteStudyChildEnded(JobEntry* child) {
     r.evals[step] = std::move(*report);
   }
   st.ended[index] = std::move(r);
-  st.dirty = true;
+}
+
+void Coordinator::RereadMissingScores(StudyEntry* st) {
+  // A SUCCEEDED child without a score at some step (a read failed, or the
+  // shared file system was behind when it ended): read again, at most once
+  // per aggregation.
+  const StoreLayout layout(options_.store);
+  for (auto& [index, r] : st->ended) {
+    if (r.state != "SUCCEEDED" || r.evals.size() == st->plan.eval_at.size()) continue;
+    for (int64_t step : st->plan.eval_at) {
+      if (r.evals.count(step)) continue;
+      const std::filesystem::path path = layout.StepEvalPath(r.job_id, step);
+      absl::StatusOr<std::string> text = ReadFile(path);
+      if (!text.ok()) continue;
+      absl::StatusOr<EvalReport> report = DecodeEvalReport(*text, path.string());
+      if (report.ok()) r.evals[step] = std::move(*report);
+    }
+  }
 }
 
 void Coordinator::TickStudies(int64_t now) {
@@ -129,18 +155,52 @@ void Coordinator::TickStudy(JobEntry* e, int64_t now) {
   auto it = studies_.find(id);
   if (it == studies_.end() || IsTerminal(e->job.state())) return;
   StudyEntry& st = it->second;
-  if (st.plan.children.empty() || st.children.size() < st.plan.children.size()) StartStudy(e);
-  if (st.plan.children.empty()) return;
-  if (e->job.cancel_requested()) {
+  if (st.broken.empty() && (st.plan.children.empty() || st.children.size() < st.plan.children.size())) StartStudy(e);
+  const bool stopping = e->job.cancel_requested() || !st.broken.empty();
+  if (stopping) {  // cancelled, or it cannot go on: its children stop too
     for (const auto& [index, child_id] : st.children) {
       JobEntry* child = jobs_.at(child_id).get();
       if (IsTerminal(child->job.state()) || child->job.cancel_requested()) continue;
       if (absl::Status s = CancelEntry(child); !s.ok()) RETINA_LOG(Error) << id << ": cancelling " << child_id << ": " << s;
     }
   }
-  const bool all_created = st.children.size() == st.plan.children.size();
-  const bool all_ended = (all_created || e->job.cancel_requested()) && st.ended.size() == st.children.size();
-  if (st.dirty) {
+  const bool all_created = !st.plan.children.empty() && st.children.size() == st.plan.children.size();
+  const bool all_ended = (all_created || stopping) && st.ended.size() == st.children.size();
+
+  // How the study ends, once every child has.
+  v1::JobState final_state = v1::RUNNING;
+  std::string final_message, result;
+  if (all_ended) {
+    int succeeded = 0;
+    std::vector<std::string> failed;
+    for (const auto& [index, r] : st.ended) {
+      if (r.state == "SUCCEEDED") {
+        ++succeeded;
+      } else {
+        failed.push_back(absl::StrCat(r.job_id, " ", r.state));
+      }
+    }
+    const std::string counts = absl::StrCat(succeeded, " of ", st.plan.children.size(), " children succeeded");
+    if (!st.broken.empty()) {
+      final_state = v1::FAILED;
+      final_message = absl::StrCat(st.broken, "; ", counts);
+      result = "failed";
+    } else if (e->job.cancel_requested()) {
+      final_state = v1::CANCELLED;
+      final_message = absl::StrCat("cancelled; ", counts);
+      result = "cancelled";
+    } else if (succeeded > 0) {
+      final_state = v1::SUCCEEDED;
+      final_message = failed.empty() ? counts : absl::StrCat(counts, "; missing from the report: ", absl::StrJoin(failed, ", "));
+      result = "succeeded";
+    } else {
+      final_state = v1::FAILED;
+      final_message = absl::StrCat("no child succeeded: ", absl::StrJoin(failed, ", "));
+      result = "failed";
+    }
+  }
+  if ((st.dirty || all_ended) && !st.plan.children.empty()) {
+    RereadMissingScores(&st);
     std::vector<StudyChildResult> results;
     for (const auto& [index, child_id] : st.children) {
       auto ended = st.ended.find(index);
@@ -154,19 +214,21 @@ void Coordinator::TickStudy(JobEntry* e, int64_t now) {
       r.state = JobStateName(jobs_.at(child_id)->job.state());
       results.push_back(std::move(r));
     }
-    const StudyReport report = AggregateStudy(id, st.plan, results);
+    StudyReport report = AggregateStudy(id, st.plan, results);
+    report.state = all_ended ? JobStateName(final_state) : stopping ? "CANCELLING" : "RUNNING";
     const StoreLayout layout(options_.store);
     absl::Status written = WriteFileAtomic(layout.StudyReportPath(id), EncodeStudyReport(report));
     if (written.ok()) written = WriteFileAtomic(layout.StudyCsvPath(id), StudyCsv(report));
     if (!written.ok()) {
       RETINA_LOG(Error) << id << ": cannot write the study's aggregate: " << written << " (retried)";
-      return;
+      return;  // the end waits for its final aggregate
     }
     st.dirty = false;
     v1::Job next = e->job;
     next.mutable_progress()->set_step(report.children_ended);
     next.mutable_progress()->set_total_steps(report.children_total);
-    if (next.progress().step() != e->job.progress().step() || next.progress().total_steps() != e->job.progress().total_steps()) {
+    if (!all_ended && (next.progress().step() != e->job.progress().step() ||
+                       next.progress().total_steps() != e->job.progress().total_steps())) {
       if (absl::Status s = Commit(e, std::move(next), v1::JobEvent::PROGRESS); !s.ok()) {
         RETINA_LOG(Error) << id << ": " << s << " (retried)";
         st.dirty = true;
@@ -175,33 +237,12 @@ void Coordinator::TickStudy(JobEntry* e, int64_t now) {
     }
   }
   if (!all_ended) return;
-  int succeeded = 0;
-  std::vector<std::string> failed;
-  for (const auto& [index, r] : st.ended) {
-    if (r.state == "SUCCEEDED") {
-      ++succeeded;
-    } else {
-      failed.push_back(absl::StrCat(r.job_id, " ", r.state));
-    }
-  }
   v1::Job next = e->job;
-  std::string result;
-  const std::string counts = absl::StrCat(succeeded, " of ", st.plan.children.size(), " children succeeded");
-  if (e->job.cancel_requested()) {
-    next.set_state(v1::CANCELLED);
-    next.set_message(absl::StrCat("cancelled; ", counts));
-    result = "cancelled";
-  } else if (succeeded > 0) {
-    next.set_state(v1::SUCCEEDED);
-    next.set_message(failed.empty() ? counts
-                                    : absl::StrCat(counts, "; missing from the report: ", absl::StrJoin(failed, ", ")));
-    result = "succeeded";
-  } else {
-    next.set_state(v1::FAILED);
-    next.set_message(absl::StrCat("no child succeeded: ", absl::StrJoin(failed, ", ")));
-    result = "failed";
-  }
+  next.set_state(final_state);
+  next.set_message(final_message);
   next.set_end_unix_ms(now);
+  next.mutable_progress()->set_step(static_cast<int64_t>(st.ended.size()));
+  next.mutable_progress()->set_total_steps(static_cast<int64_t>(st.plan.children.size()));
   if (absl::Status s = Commit(e, std::move(next)); !s.ok()) {
     RETINA_LOG(Error) << id << ": cannot commit its end: " << s << " (retried)";
     return;

@@ -7,6 +7,8 @@
 #include "common/path_policy.h"
 #include "common/status_macros.h"
 #include "common/study.h"
+#include "common/checkpoint_store.h"
+#include "yaml-cpp/yaml.h"
 #include "services/coordinator/limits.h"
 
 namespace retina::coordinator {
@@ -102,6 +104,62 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
                                                         dir.string(), "); pack it with retina-shard first"));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status PinStudyInits(v1::JobSpec* spec, const std::filesystem::path& store) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(spec->config_yaml());
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.config_yaml: ", e.what()));
+  }
+  YAML::Node study = root["study"];
+  if (!study || !study["inits"] || !study["inits"].IsSequence()) return absl::OkStatus();
+  const YAML::Node inits = study["inits"];
+  std::vector<std::string> original, pinned;
+  bool changed = false;
+  for (const auto& n : inits) {
+    const std::string init = n.as<std::string>();
+    original.push_back(init);
+    std::filesystem::path p(init);
+    // .../checkpoints/LATEST, .../checkpoints, or a job directory: the step LATEST names now.
+    std::filesystem::path checkpoints;
+    const std::filesystem::path abs = p.is_absolute() ? p : store / p;
+    if (p.filename() == "LATEST") {
+      checkpoints = p.parent_path();
+    } else if (std::filesystem::exists(abs / "LATEST")) {
+      checkpoints = p;
+    } else if (std::filesystem::exists(abs / "checkpoints" / "LATEST")) {
+      checkpoints = p / "checkpoints";
+    }
+    if (init == "random" || checkpoints.empty()) {
+      pinned.push_back(init);
+      continue;
+    }
+    absl::StatusOr<std::string> latest =
+        CheckpointStore(checkpoints.is_absolute() ? checkpoints : store / checkpoints).ReadLatestPointer();
+    if (!latest.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: study.inits: ", init,
+                                                        ": no checkpoint to pin (", latest.status().message(), ")"));
+    }
+    pinned.push_back((checkpoints / *latest).string());
+    changed = true;
+  }
+  if (!changed) return absl::OkStatus();
+  // Every child of every arm starts from the same weights, even if the job
+  // behind LATEST goes on; the tables keep the names as given.
+  YAML::Node seq(YAML::NodeType::Sequence);
+  for (const std::string& p : pinned) seq.push_back(p);
+  study["inits"] = seq;
+  if (!study["init_names"] || study["init_names"].size() == 0) {
+    YAML::Node names(YAML::NodeType::Sequence);
+    for (const std::string& o : original) names.push_back(o);
+    study["init_names"] = names;
+  }
+  YAML::Emitter out;
+  out << root;
+  spec->set_config_yaml(std::string(out.c_str()) + "\n");
   return absl::OkStatus();
 }
 

@@ -26,6 +26,12 @@ retina::v1::JobKind KindFromConfig(JobKind kind);
 absl::Status ValidateJobSpec(retina::v1::JobSpec* spec, const std::filesystem::path& store,
                              const std::vector<std::filesystem::path>& allowed_roots);
 
+// A STUDY's inits that name a moving target (jobs/<id>/checkpoints/LATEST, a
+// checkpoints folder, a job folder) rewritten to the checkpoint LATEST names
+// at submission, so that every child of an arm starts from the same weights;
+// study.init_names keeps the names as given when the file had none.
+absl::Status PinStudyInits(retina::v1::JobSpec* spec, const std::filesystem::path& store);
+
 struct StudyChildSpec {
   int index = 0;               // StudyChild::index (common/study.h)
   retina::v1::JobSpec spec;    // a validated FINETUNE spec

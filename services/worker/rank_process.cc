@@ -10,8 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-
-extern char** environ;
+#include "common/exec_image.h"
 
 namespace retina::worker {
 
@@ -26,20 +25,7 @@ absl::StatusOr<std::unique_ptr<RankProcess>> RankProcess::Spawn(const std::vecto
     return absl::FailedPreconditionError(absl::StrCat(log_path.string(), ": cannot open the rank log: ", std::strerror(errno)));
   }
   // Everything the child needs is built before fork (no allocation after it).
-  std::map<std::string, std::string> merged;
-  for (char** e = environ; *e != nullptr; ++e) {
-    const char* eq = std::strchr(*e, '=');
-    if (eq) merged[std::string(static_cast<const char*>(*e), eq)] = eq + 1;
-  }
-  for (const auto& [k, v] : env) merged[k] = v;
-  std::vector<std::string> env_strings;
-  for (const auto& [k, v] : merged) env_strings.push_back(k + "=" + v);
-  std::vector<char*> envp, args;
-  for (std::string& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_copy = argv;
-  for (std::string& s : argv_copy) args.push_back(s.data());
-  args.push_back(nullptr);
+  const ExecImage image(argv, env);
   const pid_t parent = ::getpid();
 
   const pid_t pid = ::fork();
@@ -64,7 +50,7 @@ absl::StatusOr<std::unique_ptr<RankProcess>> RankProcess::Spawn(const std::vecto
       ::close(3);
     }
     for (int fd = 4; fd < 1024; ++fd) ::close(fd);
-    ::execve(args[0], args.data(), envp.data());
+    ::execve(image.file(), image.argv(), image.envp());
     const char msg[] = "retina-worker: exec of the trainer failed\n";
     (void)!::write(2, msg, sizeof msg - 1);
     ::_exit(127);

@@ -76,6 +76,11 @@ TEST(StudyPlanTest, BadStudiesNameTheKey) {
   EXPECT_THAT(error("init_names: [random, pretrained]", "init_names: [x, x]"), HasSubstr("appears twice"));
   EXPECT_THAT(error("test_dataset: mito-test", "val_dataset: mito"), HasSubstr("data.test_dataset"));
   EXPECT_THAT(error("checkpoint.keep_last=1", "checkpoint.keep_lost=1"), HasSubstr("keep_lost"));
+  // The grid's own keys are not the study's `set` to change.
+  EXPECT_THAT(error("checkpoint.keep_last=1", "seed=7"), HasSubstr("set by the study's grid"));
+  EXPECT_THAT(error("checkpoint.keep_last=1", "finetune.eval_at=[2]"), HasSubstr("set by the study's grid"));
+  EXPECT_THAT(error("  set:", "  datasets: [a, a]\n  set:"), HasSubstr("appears twice"));
+  EXPECT_THAT(error("seed_count: 3", "seed_count: 300"), HasSubstr("600 children; a study has at most 512"));
   // A plain fine-tune with eval_at needs its test split.
   absl::StatusOr<JobConfig> ft =
       ParseJobConfig("kind: finetune\ndata: {dataset: x}\nfinetune: {iters: 5, eval_at: [5]}\n", "ft.yaml");
@@ -120,6 +125,11 @@ TEST(StudyAggregateTest, CellsTestsAndMissingRuns) {
   EXPECT_TRUE(report.complete);
   EXPECT_EQ(report.children_succeeded, 5);
   EXPECT_EQ(report.classes, (std::vector<std::string>{"mean", "1", "2"}));
+  {  // class keys in numeric order: 2 before 10
+    std::vector<StudyChildResult> ten = results;
+    ten[0].evals[6] = Report({{2, 0.5}, {10, 0.4}});
+    EXPECT_EQ(AggregateStudy("s", plan, ten).classes, (std::vector<std::string>{"mean", "1", "2", "10"}));
+  }
   const StudyCell* random = FindStudyCell(report, "", 0, 6);
   const StudyCell* pre = FindStudyCell(report, "", 1, 6);
   ASSERT_NE(random, nullptr);

@@ -157,6 +157,16 @@ TEST_F(CoordinatorCore, PerUserLimitsHoldOneUserAndRefuseTheExcess) {
   EXPECT_TRUE(TrySubmit(1, 0, "bob").ok());
 }
 
+TEST_F(CoordinatorCore, StudyRequestIdsAreTheCoordinators) {
+  Start();
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_config_yaml(kPretrain);
+  r.set_request_id("study:job-000042/0");
+  absl::StatusOr<v1::Job> job = core_->Submit(r, "mallory");
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(job.status().message()), HasSubstr("request_id"));
+}
+
 TEST_F(CoordinatorCore, AJobGoesQueuedScheduledRunningSucceeded) {
   Start();
   const std::string id = Submit(2, 0);

@@ -83,6 +83,8 @@ TEST(Study, TwoBySixGridThroughTheServiceWithReportAndScipyCheckedTests) {
   EXPECT_EQ(study.spec().kind(), v1::STUDY);
   EXPECT_EQ(study.message(), "12 of 12 children succeeded");
   EXPECT_THAT(*ReadFile(watch), HasSubstr("12/12 children"));
+  // The pre-trained init was pinned at submission to the checkpoint LATEST named then.
+  EXPECT_THAT(study.spec().config_yaml(), HasSubstr(init.substr(0, init.size() - 6) + "step-"));
 
   // Twelve FINETUNE children, one per (init, seed), labelled; retention kept
   // the eval_at checkpoints although keep_last is 1.
@@ -107,6 +109,7 @@ TEST(Study, TwoBySixGridThroughTheServiceWithReportAndScipyCheckedTests) {
   // The aggregate: 6 runs per cell, a test per metric and class at step 4.
   const StudyReport r = ReadStudy(c, id);
   EXPECT_TRUE(r.complete);
+  EXPECT_EQ(r.state, "SUCCEEDED");
   ASSERT_EQ(r.cells.size(), 4u);
   for (const StudyCell& cell : r.cells) {
     EXPECT_EQ(cell.metrics.at("iou").at("mean").summary.n, 6);

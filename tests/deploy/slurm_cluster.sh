@@ -1,0 +1,115 @@
+# Sourced by the real-Slurm tests: a throwaway one-node Slurm on this machine
+# (munged, slurmctld and slurmd with ports, state, spool and munge key in a
+# temporary folder $WORK), stopped with everything it ran when the test exits.
+# Exits 77 (ctest: skipped) with the reason when Slurm or munge is missing or
+# the test does not run as root. Defines job_field JOB FIELD and
+# wait_state JOB STATE TIMEOUT_S; sets SOURCE_DIR, BUILD_DIR, BIN, WORK, host.
+#
+#   source tests/deploy/slurm_cluster.sh BUILD_DIR
+SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD_DIR=$(cd "${1:?usage: slurm_test.sh BUILD_DIR}" && pwd)
+BIN=$BUILD_DIR/trainer
+
+skip() { echo "SKIPPED: $*"; exit 77; }
+for tool in munged mungekey slurmctld slurmd sbatch scontrol squeue sinfo srun; do
+  command -v "$tool" >/dev/null 2>&1 || skip "$tool not installed (Debian slurm-wlm and munge; scripts/setup installs them)"
+done
+[[ $(id -u) -eq 0 ]] || skip "slurmd must run as root to start job steps; this test runs as $(id -un)"
+
+WORK=$(mktemp -d /tmp/retina-slurm-test-XXXXXX)
+pids=()
+cleanup() {
+  local rc=$?
+  if [[ $rc -ne 0 && $rc -ne 77 ]]; then
+    echo "--- slurmctld.log (tail)"; tail -n 30 "$WORK/log/slurmctld.log" 2>/dev/null || true
+    echo "--- slurmd.log (tail)"; tail -n 30 "$WORK/log/slurmd.log" 2>/dev/null || true
+    for f in "$WORK"/out/* "$WORK"/store/jobs/*/logs/*/*.log "$WORK"/store/jobs/*/logs/*.out "$WORK"/log/*.service.log; do
+      [[ -f $f ]] && { echo "--- $f"; tail -n 20 "$f"; }
+    done
+  fi
+  local left
+  left=$(squeue -h -o %i 2>/dev/null || true)
+  if [[ -n $left ]]; then
+    # shellcheck disable=SC2086
+    scancel $left 2>/dev/null || true
+    for _ in $(seq 100); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.2; done
+  fi
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+mkdir -p "$WORK"/{munge,state,spool,log,out,store}
+chmod 700 "$WORK/munge"
+chmod 755 "$WORK"
+
+# munge with its own key and socket.
+mungekey -c -k "$WORK/munge/munge.key" >/dev/null
+chmod 400 "$WORK/munge/munge.key"
+munged -F -f -S "$WORK/munge/sock" --key-file="$WORK/munge/munge.key" --log-file="$WORK/munge/log" \
+  --pid-file="$WORK/munge/pid" --seed-file="$WORK/munge/seed" >"$WORK/munge/out" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do [[ -S $WORK/munge/sock ]] && break; sleep 0.1; done
+[[ -S $WORK/munge/sock ]] || { echo "munged did not start"; cat "$WORK/munge/log"; exit 1; }
+
+host=$(hostname)
+base=$((30000 + ($$ % 1000) * 10))
+cpus=$(nproc)
+export SLURM_CONF=$WORK/slurm.conf
+cat >"$SLURM_CONF" <<EOF
+ClusterName=retinatest
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$base
+SlurmdPort=$((base + 1))
+SrunPortRange=$((base + 2))-$((base + 9))
+SlurmUser=root
+AuthType=auth/munge
+AuthInfo=socket=$WORK/munge/sock
+CredType=cred/munge
+StateSaveLocation=$WORK/state
+SlurmdSpoolDir=$WORK/spool
+SlurmctldPidFile=$WORK/slurmctld.pid
+SlurmdPidFile=$WORK/slurmd.pid
+SlurmctldLogFile=$WORK/log/slurmctld.log
+SlurmdLogFile=$WORK/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=none
+ReturnToService=2
+KillWait=60
+MinJobAge=600
+JobRequeue=1
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=1000 State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+EOF
+slurmctld -D -c -f "$SLURM_CONF" >"$WORK/log/slurmctld.out" 2>&1 &
+pids+=($!)
+slurmd -D -f "$SLURM_CONF" >"$WORK/log/slurmd.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do
+  [[ $(sinfo -h -o %T 2>/dev/null) == idle* ]] && break
+  sleep 0.2
+done
+[[ $(sinfo -h -o %T 2>/dev/null) == idle* ]] || { echo "Slurm node did not become idle: $(sinfo 2>&1)"; exit 1; }
+echo "slurm up: $(sinfo -h -o '%P %D %T %C')"
+
+job_field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+wait_state() {  # JOB STATE TIMEOUT_S
+  local state=""
+  for _ in $(seq $(($3 * 5))); do
+    state=$(job_field "$1" JobState)
+    [[ $state == "$2" ]] && return 0
+    [[ $state == FAILED || $state == CANCELLED || $state == TIMEOUT || $state == NODE_FAIL ]] && break
+    sleep 0.2
+  done
+  echo "job $1: state $state, expected $2"
+  scontrol show job "$1"
+  return 1
+}
+
