@@ -1,0 +1,110 @@
+// The Slurm executor's pure parts (services/coordinator/slurm_executor.h):
+// the sbatch command, scontrol's output, the state mapping, the commands'
+// timeout. The executor itself runs on a real Slurm in
+// tests/deploy/slurm_service_test.sh.
+#include "services/coordinator/slurm_executor.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace retina::coordinator {
+namespace {
+
+using ::testing::Contains;
+using ::testing::HasSubstr;
+
+TEST(SlurmExecutor, JobNamesRoundTrip) {
+  std::string id;
+  int attempt = 0;
+  EXPECT_EQ(SlurmJobName("job-000012", 3), "retina-job-000012-3");
+  ASSERT_TRUE(ParseSlurmJobName("retina-job-000012-3", &id, &attempt));
+  EXPECT_EQ(id, "job-000012");
+  EXPECT_EQ(attempt, 3);
+  EXPECT_FALSE(ParseSlurmJobName("someone-elses-job", &id, &attempt));
+  EXPECT_FALSE(ParseSlurmJobName("retina-", &id, &attempt));
+  EXPECT_FALSE(ParseSlurmJobName("retina-job-x", &id, &attempt));
+}
+
+TEST(SlurmExecutor, SbatchAsksForTheGangAndPassesTheJob) {
+  SlurmOptions o;
+  o.script = "/opt/retina/deploy/slurm/retina-slurm.sh";
+  o.trainer_dir = "/opt/retina/bin";
+  o.partition = "cpu";
+  o.time_limit = "1:00:00";
+  o.extra_args = {"--constraint=a100"};
+  SlurmAttempt a;
+  a.job_id = "job-000007";
+  a.job_uid = "u1";
+  a.attempt = 2;
+  a.world_size = 8;
+  a.slots_per_rank = 1;
+  a.gpu = true;
+  a.config = "/store/jobs/job-000007/job.yaml";
+  a.store = "/store";
+  a.allowed_roots = {"/data"};
+  a.labels = {{"slurm.partition", "gpu"}, {"slurm.qos", "high"}};
+  const SlurmCommand c = SbatchCommand(o, a);
+  EXPECT_EQ(c.argv[0], "sbatch");
+  for (const char* want : {"--parsable", "--job-name=retina-job-000007-2", "--ntasks=8", "--gpus-per-task=1",
+                           "--requeue", "--signal=B:USR1@300", "--partition=gpu", "--qos=high", "--time=1:00:00",
+                           "--constraint=a100", "--output=/store/jobs/job-000007/logs/slurm-%j.out"}) {
+    EXPECT_THAT(c.argv, Contains(std::string(want)));
+  }
+  EXPECT_EQ(c.argv.back(), "--wrap=exec bash '/opt/retina/deploy/slurm/retina-slurm.sh' '/store/jobs/job-000007/job.yaml'");
+  EXPECT_EQ(c.env.at("RETINA_JOB_ID"), "job-000007");
+  EXPECT_EQ(c.env.at("RETINA_ATTEMPT_BASE"), "1");
+  EXPECT_EQ(c.env.at("RETINA_TRAIN_ARGS"), "--job-uid u1 --confine --allowed-root /data");
+  EXPECT_EQ(c.env.at("RETINA_BIN"), "/opt/retina/bin");
+  // CPU slots: cpus per task; a quote in a path stays one shell word.
+  a.gpu = false;
+  a.slots_per_rank = 4;
+  a.config = "/store/it's/job.yaml";
+  const SlurmCommand cpu = SbatchCommand(o, a);
+  EXPECT_THAT(cpu.argv, Contains(std::string("--cpus-per-task=4")));
+  EXPECT_THAT(cpu.argv.back(), HasSubstr("'/store/it'\\''s/job.yaml'"));
+}
+
+TEST(SlurmExecutor, ScontrolOneLinePerJob) {
+  const std::string text =
+      "JobId=41 JobName=retina-job-000001-1 UserId=root(0) GroupId=root(0) Priority=1 JobState=COMPLETED "
+      "Reason=None Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 ExitCode=0:0 RunTime=00:00:09\n"
+      "JobId=42 JobName=retina-job-000002-1 JobState=PENDING Reason=BeginTime Restarts=1 ExitCode=0:15\n"
+      "JobId=43 JobName=other JobState=FAILED Reason=NonZeroExitCode Restarts=0 ExitCode=1:0\n";
+  const std::vector<SlurmJobInfo> jobs = ParseScontrolJobs(text);
+  ASSERT_EQ(jobs.size(), 3u);
+  EXPECT_EQ(jobs[0].slurm_id, "41");
+  EXPECT_EQ(jobs[0].name, "retina-job-000001-1");
+  EXPECT_EQ(jobs[0].state, "COMPLETED");
+  EXPECT_EQ(jobs[1].reason, "BeginTime");
+  EXPECT_EQ(jobs[1].restarts, 1);
+  EXPECT_EQ(jobs[1].exit_signal, 15);
+  EXPECT_EQ(jobs[2].exit_code, 1);
+  EXPECT_TRUE(ParseScontrolJobs("No jobs in the system\n").empty());
+}
+
+TEST(SlurmExecutor, StatesMapToOurs) {
+  EXPECT_EQ(MapSlurmState("PENDING"), SlurmPhase::kPending);
+  EXPECT_EQ(MapSlurmState("REQUEUED"), SlurmPhase::kPending);
+  EXPECT_EQ(MapSlurmState("CONFIGURING"), SlurmPhase::kPending);
+  EXPECT_EQ(MapSlurmState("RUNNING"), SlurmPhase::kRunning);
+  EXPECT_EQ(MapSlurmState("COMPLETING"), SlurmPhase::kRunning);
+  EXPECT_EQ(MapSlurmState("COMPLETED"), SlurmPhase::kSucceeded);
+  EXPECT_EQ(MapSlurmState("CANCELLED"), SlurmPhase::kCancelled);
+  for (const char* s : {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}) {
+    EXPECT_EQ(MapSlurmState(s), SlurmPhase::kFailed) << s;
+  }
+}
+
+TEST(SlurmExecutor, CommandsReportTheirOutputExitAndTimeout) {
+  absl::StatusOr<CommandResult> r = RunCommand({"sh", "-c", "echo out; echo err >&2; echo $X; exit 3"}, {{"X", "x1"}},
+                                               absl::Seconds(10));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->exit_code, 3);
+  EXPECT_EQ(r->output, "out\nerr\nx1\n");
+  EXPECT_EQ(RunCommand({"sleep", "30"}, {}, absl::Milliseconds(200)).status().code(),
+            absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(RunCommand({"no-such-command-retina"}, {}, absl::Seconds(5)).status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace retina::coordinator
