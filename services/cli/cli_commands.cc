@@ -435,7 +435,7 @@ absl::StatusOr<int> WatchExit(const Client& c, const std::string& id) {
 
 // `retina study ...`
 struct StudyFlags {
-  std::string id, out;
+  std::string id, out, from;
   bool json = false;
 };
 
@@ -492,8 +492,16 @@ absl::Status StudyStatus(const Client& c, const StudyFlags& f) {
 }
 
 absl::Status StudyReportCommand(const Client& c, const StudyFlags& f) {
-  ASSIGN_OR_RETURN(auto fetched, FetchStudy(c, f.id));
-  const std::filesystem::path out = f.out.empty() ? std::filesystem::path(f.id + "-report") : std::filesystem::path(f.out);
+  std::pair<StudyReport, std::string> fetched;
+  if (!f.from.empty()) {  // a study.json copied out of the store: no coordinator needed
+    ASSIGN_OR_RETURN(fetched.second, ReadFile(f.from), "--from");
+    ASSIGN_OR_RETURN(fetched.first, DecodeStudyReport(fetched.second, f.from));
+  } else {
+    if (f.id.empty()) return absl::InvalidArgumentError("study report: give the study's id, or --from study.json");
+    ASSIGN_OR_RETURN(fetched, FetchStudy(c, f.id));
+  }
+  const std::filesystem::path out =
+      f.out.empty() ? std::filesystem::path(fetched.first.study + "-report") : std::filesystem::path(f.out);
   RETURN_IF_ERROR(WriteStudyReport(fetched.first, fetched.second, out), "--out " + out.string());
   std::cerr << "wrote " << (out / "report.md").string() << ", report.html and the SVGs"
             << (fetched.first.state == "RUNNING" || fetched.first.state == "CANCELLING"
@@ -611,7 +619,8 @@ int RunCli(const std::vector<std::string>& args) {
                     RETURN_IF_ERROR(StudyReportCommand(c, study_report));
                     return 0;
                   }), study_cmd);
-  study_report_cmd->add_option("id", study_report.id, "study job id")->required();
+  study_report_cmd->add_option("id", study_report.id, "study job id");
+  study_report_cmd->add_option("--from", study_report.from, "render this study.json instead (no coordinator needed)");
   study_report_cmd->add_option("--out", study_report.out, "directory (default <id>-report)");
 
   JobsFlags jobs;

@@ -363,7 +363,7 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
                             {m.method + (m.ties ? " (ties)" : "")},
                             {absl::StrFormat("%+.2f", m.rank_biserial)},
                             {absl::StrFormat("%.2f", m.common_language)},
-                            {SignificanceMark(m.p), true}});
+                            {SignificanceMark(m.p)}});
     }
     const std::string t3 = absl::StrCat("Mann-Whitney U tests at iteration ", last);
     const std::string note3 = "Two-sided; exact p over every split of the runs (ties included) up to 60 runs, "
