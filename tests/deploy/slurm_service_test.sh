@@ -29,6 +29,11 @@ job_yaml() {  # EPOCHS
 job_yaml 2 >"$WORK/short.yaml"
 job_yaml 12 >"$WORK/long.yaml"
 
+# The ranks' environment comes from the coordinator's (sbatch --export=ALL):
+# srun starts them with PMIx (retina-train picks MPI under srun); Open MPI on loopback.
+export RETINA_SRUN_ARGS=--mpi=pmix
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo \
+  OMPI_MCA_oob_tcp_if_include=lo
 port=0
 start_coordinator() {
   rm -f "$WORK/coordinator.ready"
