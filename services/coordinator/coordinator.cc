@@ -676,7 +676,8 @@ absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1:
                    << (r.slot_type() == v1::SLOT_GPU ? " GPU" : " CPU") << " slots at " << r.host() << ", "
                    << r.running_size() << " running tasks";
   UpdateGauges();
-  Schedule(now);
+  // The tick's next pass (within `tick`) places work on it: a storm of
+  // registrations (a cluster starting) costs one pass per tick, not one each.
   return out;
 }
 
@@ -1053,9 +1054,36 @@ void Coordinator::Schedule(int64_t now) {
     free.push_back({id, NormalType(w.info.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
                     static_cast<int>(w.slot_ids.size() - w.used.size())});
   }
-  for (const GangPlan& plan : PlanPass(std::move(queue), std::move(free), share)) {
-    if (!Place(jobs_.at(plan.job_id).get(), plan, now)) break;  // a later pass places it
+  const std::vector<GangPlan> plans = PlanPass(std::move(queue), std::move(free), share);
+  if (plans.empty()) return;
+  // One transaction for the whole pass: one fsync instead of one per
+  // placement, so a burst of placements holds mu_ (and heartbeats) for one
+  // commit. Until it commits nothing of the pass reaches a worker (assignments
+  // ride on heartbeats, which wait for mu_); if it fails, the pass is undone.
+  const bool batch = plans.size() > 1 && store_->BeginBatch().ok();
+  std::vector<std::pair<JobEntry*, v1::Job>> undo;  // the records before the pass
+  for (const GangPlan& plan : plans) {
+    JobEntry* e = jobs_.at(plan.job_id).get();
+    v1::Job before = e->job;
+    if (!Place(e, plan, now)) break;  // a later pass places it
+    if (batch) undo.emplace_back(e, std::move(before));
   }
+  if (!batch) return;
+  const absl::Status committed = store_->CommitBatch();
+  NoteCommit(committed);
+  if (committed.ok()) return;
+  RETINA_LOG(Error) << "cannot commit a scheduling pass of " << undo.size() << " placement(s): " << committed
+                    << "; undone (a later pass places them)";
+  for (auto& [e, before] : undo) {
+    for (const auto& [worker, part] : e->parts) ReleaseTask(&workers_.at(worker), e->job.id(), e->job.attempt());
+    e->parts.clear();
+    state_counts_[e->committed_state]--;
+    state_counts_[before.state()]++;
+    e->committed_state = before.state();
+    e->job = std::move(before);
+    Publish(e, v1::JobEvent::STATE, "");
+  }
+  UpdateGauges();
 }
 
 int Coordinator::PickPort(const std::string& host) {

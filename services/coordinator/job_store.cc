@@ -190,6 +190,14 @@ absl::Status JobStore::Insert(const StoredJob& job) {
   return StepAndReset(insert_, "insert");
 }
 
+absl::Status JobStore::BeginBatch() { return Exec("BEGIN IMMEDIATE"); }
+
+absl::Status JobStore::CommitBatch() {
+  absl::Status s = Exec("COMMIT");
+  if (!s.ok()) (void)Exec("ROLLBACK");
+  return s;
+}
+
 absl::Status JobStore::Update(const retina::v1::Job& job) {
   const std::string blob = job.SerializeAsString();
   sqlite3_reset(update_);

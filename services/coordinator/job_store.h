@@ -44,6 +44,12 @@ class JobStore {
   absl::Status Insert(const StoredJob& job);
   // Replaces the record of an existing job (NOT_FOUND otherwise).
   absl::Status Update(const retina::v1::Job& job);
+  // A transaction around several writes: one fsync for all of them (a
+  // scheduling pass's placements). Writes in between are durable only once
+  // CommitBatch succeeds; after a failed CommitBatch they are rolled back.
+  absl::Status BeginBatch();
+  absl::Status CommitBatch();
+
   // Small key/value facts about the database (e.g. the store it belongs to);
   // "" for a key never set.
   absl::StatusOr<std::string> GetMeta(const std::string& key);

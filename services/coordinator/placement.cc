@@ -1,6 +1,7 @@
 #include "services/coordinator/placement.h"
 
 #include <algorithm>
+#include <deque>
 
 namespace retina::coordinator {
 
@@ -51,48 +52,41 @@ std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWor
   std::map<std::string, int> held = share.running_slots;  // slots per user, updated as the pass places
   std::map<std::string, size_t> by_id;
   for (size_t i = 0; i < free.size(); ++i) by_id[free[i].id] = i;
-  std::vector<bool> done(queue.size(), false);
   std::vector<GangPlan> plans;
+  auto slots = [&](const std::string& u) {
+    auto h = held.find(u);
+    return h == held.end() ? 0 : h->second;
+  };
   for (size_t begin = 0; begin < queue.size();) {
-    // The jobs of the highest priority left: [begin, end).
+    // The jobs of the highest priority left, [begin, end), as one queue per
+    // user in submission order: a placement costs O(users), not O(queue).
     size_t end = begin;
-    while (end < queue.size() && queue[end].priority == queue[begin].priority) ++end;
-    // Each user's oldest job in the band (queue order is seq order within it).
-    std::map<std::string, size_t> head;
-    for (size_t i = begin; i < end; ++i) {
-      if (!done[i] && !head.count(queue[i].user)) head[queue[i].user] = i;
-    }
-    if (head.empty()) {
-      begin = end;
-      continue;
-    }
-    size_t pick = queue.size();
-    for (const auto& [user, i] : head) {
-      auto slots = [&](const std::string& u) {
-        auto h = held.find(u);
-        return h == held.end() ? 0 : h->second;
-      };
-      if (pick == queue.size() || slots(user) < slots(queue[pick].user) ||
-          (slots(user) == slots(queue[pick].user) && queue[i].seq < queue[pick].seq)) {
-        pick = i;
+    std::map<std::string, std::deque<size_t>> by_user;
+    while (end < queue.size() && queue[end].priority == queue[begin].priority) by_user[queue[end].user].push_back(end++);
+    begin = end;
+    while (!by_user.empty()) {
+      auto pick = by_user.end();
+      for (auto it = by_user.begin(); it != by_user.end(); ++it) {
+        if (pick == by_user.end() || slots(it->first) < slots(pick->first) ||
+            (slots(it->first) == slots(pick->first) && queue[it->second.front()].seq < queue[pick->second.front()].seq)) {
+          pick = it;
+        }
       }
-    }
-    const QueuedJob& job = queue[pick];
-    const int per_rank = std::max(1, job.slots_per_rank);
-    const int needed = job.world_size * per_rank;
-    if (share.max_running_slots_per_user > 0 && held[job.user] + needed > share.max_running_slots_per_user) {
-      // Held by the per-user limit: this user's jobs wait; the others go on.
-      for (size_t i = begin; i < end; ++i) {
-        if (queue[i].user == job.user) done[i] = true;
+      const QueuedJob& job = queue[pick->second.front()];
+      const int per_rank = std::max(1, job.slots_per_rank);
+      const int needed = job.world_size * per_rank;
+      if (share.max_running_slots_per_user > 0 && slots(job.user) + needed > share.max_running_slots_per_user) {
+        by_user.erase(pick);  // held by the per-user limit: this user's jobs wait; the others go on
+        continue;
       }
-      continue;
+      GangPlan plan = PlanGang(job, free);
+      if (plan.ranks_per_worker.empty()) return plans;  // no starvation: nothing overtakes it
+      for (const auto& [id, ranks] : plan.ranks_per_worker) free[by_id.at(id)].free_slots -= ranks * per_rank;
+      held[job.user] += needed;
+      plans.push_back(std::move(plan));
+      pick->second.pop_front();
+      if (pick->second.empty()) by_user.erase(pick);
     }
-    GangPlan plan = PlanGang(job, free);
-    if (plan.ranks_per_worker.empty()) break;  // no starvation: nothing overtakes it
-    for (const auto& [id, ranks] : plan.ranks_per_worker) free[by_id.at(id)].free_slots -= ranks * per_rank;
-    held[job.user] += needed;
-    done[pick] = true;
-    plans.push_back(std::move(plan));
   }
   return plans;
 }

@@ -174,6 +174,8 @@ TEST_F(CoordinatorCore, AJobGoesQueuedScheduledRunningSucceeded) {
   core_->Tick();
   EXPECT_EQ(Get(id).state(), v1::QUEUED);  // no workers yet
   Register("w1", 2);
+  EXPECT_EQ(Get(id).state(), v1::QUEUED);  // a registration does not schedule: the next tick does
+  core_->Tick();
   EXPECT_EQ(Get(id).state(), v1::SCHEDULED);
   EXPECT_EQ(Get(id).attempt(), 1);
   EXPECT_EQ(Get(id).master_addr(), "w1.cluster");
@@ -190,6 +192,7 @@ TEST_F(CoordinatorCore, AnUnconfirmedAssignmentRidesOnEveryHeartbeat) {
   Start();
   const std::string id = Submit(1, 0);
   Register("w1", 1);
+  core_->Tick();
   const v1::HeartbeatResponse first = Beat("w1");  // "lost" by the worker
   const v1::HeartbeatResponse again = Beat("w1");
   ASSERT_EQ(again.assignments_size(), 1);
@@ -295,6 +298,7 @@ TEST_F(CoordinatorCore, AGangWaitsForEverySlotThenSpansWorkers) {
   EXPECT_EQ(Get(id).state(), v1::QUEUED);  // 2 of 3 slots: nothing is placed
   EXPECT_EQ(Beat("w1").assignments_size(), 0);
   Register("w2", 1);
+  core_->Tick();
   EXPECT_EQ(Get(id).state(), v1::SCHEDULED);
   const v1::TaskRef a = StartAssigned("w1"), b = StartAssigned("w2");
   EXPECT_EQ(a.ranks_size() + b.ranks_size(), 3);
