@@ -219,6 +219,7 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::map<std::string, SlurmRun> slurm_runs_ ABSL_GUARDED_BY(mu_);  // by job id
   int64_t next_slurm_poll_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Duration slurm_backoff_ ABSL_GUARDED_BY(mu_);  // the poll interval now (zero: options_.slurm.poll)
   std::vector<std::string> slurm_orphans_ ABSL_GUARDED_BY(mu_);      // Slurm jobs to scancel
   absl::Status Recover() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<JobEntry*> Find(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

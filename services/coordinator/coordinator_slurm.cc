@@ -144,8 +144,10 @@ void Coordinator::SlurmTick() {
       event_files.emplace_back(id, e->job.attempt(), run.events_offset);
     }
     orphans.swap(slurm_orphans_);
-    if (!queued && cancels.empty() && orphans.empty() && now < next_slurm_poll_ms_) return;
-    next_slurm_poll_ms_ = now + absl::ToInt64Milliseconds(so.poll);
+    if (cancels.empty() && orphans.empty() && now < next_slurm_poll_ms_) return;
+    if (!queued && slurm_runs_.empty() && cancels.empty() && orphans.empty()) return;  // nothing to follow
+    next_slurm_poll_ms_ =
+        now + absl::ToInt64Milliseconds(slurm_backoff_ > absl::ZeroDuration() ? slurm_backoff_ : so.poll);
   }
 
   // Slurm's answers, without the lock.
@@ -165,6 +167,13 @@ void Coordinator::SlurmTick() {
       RunCommand({so.bin_dir.empty() ? "scontrol" : so.bin_dir + "/scontrol", "show", "job", "-o"}, {}, so.command_timeout);
   std::vector<SlurmJobInfo> infos;
   const bool listed = shown.ok() && shown->exit_code == 0;
+  {
+    // Back-off while Slurm does not answer (slurmctld restarting, overloaded):
+    // double the interval up to max_poll; back to `poll` once it answers.
+    absl::MutexLock lock(&mu_);
+    const absl::Duration now_interval = slurm_backoff_ > absl::ZeroDuration() ? slurm_backoff_ : so.poll;
+    slurm_backoff_ = listed ? so.poll : std::min(so.max_poll, now_interval * 2);
+  }
   if (listed) {
     infos = ParseScontrolJobs(shown->output);
   } else {
