@@ -250,6 +250,8 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
     v1::JobEvent ev;
     while (reader->Read(&ev)) {
       const v1::Job& j = ev.job();
+      // A study's children that have ended, shown before its end is (the final commit carries the last count).
+      if (j.spec().kind() == v1::STUDY && bar && j.progress().step() > 0) bar->Update(j.progress().step(), "ended");
       if (j.state() != last_state || j.attempt() != last_attempt) {
         if (bar) bar->Finish();
         std::fprintf(stderr, "%s  %s attempt %d: %s%s%s\n", absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()).c_str(),
@@ -278,7 +280,6 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
           owned = std::make_unique<ProgressBar>(id, j.progress().total_steps(), "children", j.progress().step());
           bar = owned.get();
         }
-        if (bar && ev.type() == v1::JobEvent::PROGRESS) bar->Update(j.progress().step(), "ended");
       } else if (ev.type() == v1::JobEvent::PROGRESS && j.progress().total_steps() > 0 && j.progress().step() > 0) {
         if (!owned) {
           // Rate and ETA from the steps seen by this watch, not since the job began.
