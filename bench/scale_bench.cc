@@ -287,7 +287,11 @@ int Run(const Flags& f) {
     for (auto stub = v1::JobService::NewStub(channels[0]);;) {
       grpc::ClientContext ctx;
       v1::ListJobsResponse resp;
-      if (!stub->ListJobs(&ctx, lreq, &resp).ok()) break;
+      if (const grpc::Status st = stub->ListJobs(&ctx, lreq, &resp); !st.ok()) {
+        std::fprintf(stderr, "ListJobs: %s (the RUNNING count below is incomplete)\n", st.error_message().c_str());
+        rc_code = 1;
+        break;
+      }
       running_jobs += resp.jobs_size();
       if (resp.next_page_token().empty()) break;
       lreq.set_page_token(resp.next_page_token());

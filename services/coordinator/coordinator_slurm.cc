@@ -99,7 +99,7 @@ void Coordinator::ApplySlurmInfo(JobEntry* e, SlurmRun* run, const SlurmJobInfo&
         next.set_state(v1::RUNNING);
         next.set_start_unix_ms(now);
         next.set_message(absl::StrCat("running as Slurm job ", info.slurm_id));
-        (void)Commit(e, std::move(next));
+        (void)Commit(e, std::move(next));  // on failure still SCHEDULED: the next poll commits it
       }
       return;
     case SlurmPhase::kSucceeded:
@@ -160,8 +160,15 @@ void Coordinator::SlurmTick() {
                                                            : absl::UnavailableError(r->output));
   }
   for (const std::string& id : orphans) {
-    (void)RunCommand({so.bin_dir.empty() ? "scancel" : so.bin_dir + "/scancel", id}, {}, so.command_timeout);
-    RETINA_LOG(Warning) << "Slurm job " << id << ": its job ended or was cancelled while sbatch ran; scancel issued";
+    absl::StatusOr<CommandResult> r =
+        RunCommand({so.bin_dir.empty() ? "scancel" : so.bin_dir + "/scancel", id}, {}, so.command_timeout);
+    const bool done = r.ok() && r->exit_code == 0;
+    RETINA_LOG(Warning) << "Slurm job " << id << ": its job ended or was cancelled while sbatch ran; scancel "
+                        << (done ? "issued" : "failed (retried): " + (r.ok() ? r->output : std::string(r.status().message())));
+    if (!done) {
+      absl::MutexLock lock(&mu_);
+      slurm_orphans_.push_back(id);
+    }
   }
   absl::StatusOr<CommandResult> shown =
       RunCommand({so.bin_dir.empty() ? "scontrol" : so.bin_dir + "/scontrol", "show", "job", "-o"}, {}, so.command_timeout);
@@ -192,7 +199,12 @@ void Coordinator::SlurmTick() {
       report.set_job_id(id);
       report.set_attempt(attempt);
       for (size_t k = i; k < std::min(lines.size(), i + limits::kEventsPerReport); ++k) {
-        if (lines[k].size() <= limits::kEventBytes) report.add_events_json(lines[k]);
+        if (lines[k].size() <= limits::kEventBytes) {
+          report.add_events_json(lines[k]);
+        } else {
+          RETINA_LOG(Warning) << id << ": " << layout.EventsPath(id).string() << ": a line of " << lines[k].size()
+                              << " bytes is over the event limit of " << limits::kEventBytes << "; skipped";
+        }
       }
       if (absl::Status s = ReportEvents(report); !s.ok()) RETINA_LOG(Warning) << id << ": events.jsonl: " << s;
     }

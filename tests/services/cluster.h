@@ -202,6 +202,18 @@ class Cluster {
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
 
+  // A labelled synthetic benchmark imported as dataset `name` (and its held-out
+  // `name`-test); `synth_args` go to retina-synth benchmark (sizes, seed,
+  // spacing). The raw volumes stay in root()/raw-<name>.
+  void MakeBenchmark(const std::string& name, const std::string& synth_args) {
+    const std::string bin = BinDir() + "/trainer/";
+    const fs::path raw = root() / ("raw-" + name);
+    const std::string cmd = bin + "retina-synth benchmark --out " + raw.string() + " " + synth_args +
+                            " > /dev/null 2>&1 && " + bin + "retina-shard import --kind folder --input " + raw.string() +
+                            " --out " + (store() / "datasets" / name).string() + " --size 64 > /dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  }
+
   absl::StatusOr<v1::Job> Submit(const std::string& yaml, int world, int max_restarts = 0,
                                  const std::string& token = "") {
     v1::SubmitJobRequest req;

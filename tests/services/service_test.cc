@@ -417,12 +417,7 @@ TEST(Service, RealPrometheusScrapesBothServicesAndTheDashboardsMetricsExist) {
   if (!fs::exists(prom)) GTEST_SKIP() << "Debian's prometheus is not installed (scripts/setup installs it)";
   Cluster c("prom");
   for (const auto& [name, seed] : {std::pair<std::string, int>{"mito", 1}, {"mito-val", 2}}) {
-    const std::string bin = BinDir() + "/trainer/";
-    const fs::path raw = c.root() / ("raw-" + name);
-    const std::string cmd = bin + "retina-synth benchmark --out " + raw.string() + " --train 1 --test 1 --shape 4,96,96 --seed " +
-                            std::to_string(seed) + " > /dev/null 2>&1 && " + bin + "retina-shard import --kind folder --input " +
-                            raw.string() + " --out " + (c.store() / "datasets" / name).string() + " --size 64 > /dev/null 2>&1";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    c.MakeBenchmark(name, "--train 1 --test 1 --shape 4,96,96 --seed " + std::to_string(seed));
   }
   c.StartCoordinator();
   const int worker_port = c.StartWorker("w1", 1);
@@ -535,12 +530,8 @@ TEST(Service, PredictOverAThreeRankGangEqualsOneProcess) {
   if (const std::string why = PythonMissing("zarr, numcodecs, numpy"); !why.empty()) GTEST_SKIP() << why;
   Cluster c("infer");
   const std::string bin = BinDir() + "/trainer/";
-  const fs::path bench = c.root() / "bench";
-  const std::string setup = bin + "retina-synth benchmark --out " + bench.string() +
-                            " --train 1 --test 1 --shape 9,80,80 --spacing 5,5,5 > /dev/null 2>&1 && " + bin +
-                            "retina-shard import --kind folder --input " + bench.string() + " --out " +
-                            (c.store() / "datasets/mito").string() + " --size 64 > /dev/null 2>&1";
-  ASSERT_EQ(std::system(setup.c_str()), 0) << setup;
+  c.MakeBenchmark("mito", "--train 1 --test 1 --shape 9,80,80 --spacing 5,5,5");
+  const fs::path bench = c.root() / "raw-mito";
   fs::create_directories(c.store() / "volumes");
   fs::copy_file(bench / "test/images/vol0.tif", c.store() / "volumes/vol0.tif");
   c.StartCoordinator();

@@ -15,16 +15,8 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// A labelled synthetic benchmark `mito` (+ mito-test) and an unlabelled `em`.
-void MakeBenchmark(Cluster& c) {
-  const std::string bin = BinDir() + "/trainer/";
-  const fs::path bench = c.root() / "bench";
-  const std::string cmd = bin + "retina-synth benchmark --out " + bench.string() +
-                          " --train 2 --test 1 --shape 4,96,96 > /dev/null 2>&1 && " + bin +
-                          "retina-shard import --kind folder --input " + bench.string() + " --out " +
-                          (c.store() / "datasets/mito").string() + " --size 64 > /dev/null 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-}
+// The labelled synthetic benchmark `mito` (+ mito-test) the studies fine-tune on.
+void MakeBenchmark(Cluster& c) { c.MakeBenchmark("mito", "--train 2 --test 1 --shape 4,96,96"); }
 
 std::string StudyYaml(const std::string& pretrained, int seeds, int iters, const std::string& eval_at,
                       const std::string& names = "[random, pretrained]") {
