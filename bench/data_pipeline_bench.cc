@@ -164,7 +164,7 @@ int main(int argc, char** argv) {
       opt.zero_grad();
       torch::Tensor loss;
       {
-        CudaAutocast autocast(device_plan->bf16);
+        Autocast autocast(*device_plan);
         loss = torch::mse_loss(net(x), x).to(torch::kFloat);
       }
       loss.backward();

@@ -6,12 +6,15 @@
 //      the OME-Zarr, the pyramid) against a pure batched forward pass over
 //      the same number of windows in this process (one thread);
 //   3. each rank's peak RSS (wait4) against infer.memory_mb (the model and
-//      libtorch come on top of the budget).
+//      libtorch come on top of the budget);
+//   4. with --precision bf16: a 1-rank job with runtime.precision: bf16 and
+//      the pure forward under bf16 autocast, each as a ratio to fp32's in
+//      this run (skipped, saying why, on a CPU without bf16 units).
 // The model is a randomly initialised named config (no training needed for
 // timing); the volume random uint8.
 //
 //   predict_bench [--model tiny] [--image-size 64] [--shape 32,512,512] [--mode stack] [--chunks 8,256,256]
-//                 [--memory-mb 256]
+//                 [--memory-mb 256] [--precision fp32|bf16]
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +37,7 @@
 #include "trainer/eval/inference.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/weights/state_dict.h"
+#include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
 namespace {
@@ -43,6 +47,8 @@ using retina::CreateDirectories;
 using retina::ReadFile;
 using retina::UniqueTempName;
 using retina::WriteFileAtomic;
+using retina::DeviceKind;
+using retina::Precision;
 
 struct Options {
   std::string model = "tiny";
@@ -51,6 +57,7 @@ struct Options {
   std::vector<int64_t> chunks{8, 256, 256};
   std::string mode = "stack";
   int memory_mb = 256;
+  std::string precision = "fp32";
 };
 
 struct RankRun {
@@ -119,29 +126,40 @@ absl::StatusOr<int> Run(const Options& o) {
     }
     RETURN_IF_ERROR(w->Finish());
   }
-  const fs::path config = store / "infer.yaml";
-  RETURN_IF_ERROR(WriteFileAtomic(
-      config, absl::StrCat("kind: infer\nruntime: {threads: 1}\ninfer: {weights: model/model.pt, inputs: [volume.tif], "
-                           "mode: ",
-                           o.mode, ", chunks: [", absl::StrJoin(o.chunks, ", "), "], memory_mb: ", o.memory_mb,
-                           "}\n")));
+  const fs::path config = store / "infer.yaml", config16 = store / "infer-bf16.yaml";
+  bool bf16 = o.precision == "bf16";
+  if (bf16) {
+    if (absl::StatusOr<DevicePlan> plan = PlanDevice(DeviceKind::kCpu, Precision::kBf16, 0); !plan.ok()) {
+      std::printf("bf16: not measured: %s\n", std::string(plan.status().message()).c_str());
+      bf16 = false;
+    }
+  }
+  for (const auto& [path, precision] : {std::pair{config, "fp32"}, std::pair{config16, "bf16"}}) {
+    RETURN_IF_ERROR(WriteFileAtomic(
+        path, absl::StrCat("kind: infer\nruntime: {threads: 1, precision: ", precision,
+                           "}\ninfer: {weights: model/model.pt, inputs: [volume.tif], mode: ", o.mode, ", chunks: [",
+                           absl::StrJoin(o.chunks, ", "), "], memory_mb: ", o.memory_mb, "}\n")));
+  }
   const int port = 29000 + getpid() % 1000;
-  double vps[3] = {0, 0, 0}, seconds1 = 0;
-  std::vector<double> rss[3];
-  for (int world : {1, 2}) {
-    const std::string job = absl::StrCat("w", world);
-    const std::vector<RankRun> runs = RunJob(store, config, job, world, port + world);
+  double vps[4] = {0, 0, 0, 0}, seconds1 = 0;  // [3]: 1 rank in bf16
+  std::vector<double> rss[4];
+  std::vector<int> worlds{1, 2};
+  if (bf16) worlds.push_back(3);
+  for (int slot : worlds) {
+    const int world = slot == 3 ? 1 : slot;
+    const std::string job = slot == 3 ? "bf16" : absl::StrCat("w", world);
+    const std::vector<RankRun> runs = RunJob(store, slot == 3 ? config16 : config, job, world, port + slot);
     for (const RankRun& r : runs) {
       if (r.status != 0) {
         return absl::InternalError(absl::StrCat(job, " failed (exit ", r.status, "); see ", store.string(), "/", job,
                                                 "-0.log"));
       }
-      rss[world].push_back(r.peak_rss_mib);
+      rss[slot].push_back(r.peak_rss_mib);
     }
     ASSIGN_OR_RETURN(std::string text, ReadFile(store / "jobs" / job / "predictions.json"));
     const nlohmann::json j = nlohmann::json::parse(text);
-    vps[world] = j.at("voxels_per_s").get<double>();
-    if (world == 1) seconds1 = j.at("seconds").get<double>();
+    vps[slot] = j.at("voxels_per_s").get<double>();
+    if (slot == 1) seconds1 = j.at("seconds").get<double>();
   }
   // The model alone: as many windows as the 1-rank job ran, in its batches.
   ConfigureTorchThreads(1, 1);
@@ -156,6 +174,14 @@ absl::StatusOr<int> Run(const Options& o) {
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t done = 0; done < windows; done += 4) model(batch.slice(0, 0, std::min<int64_t>(4, windows - done)));
   const double forward_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  double forward16_s = 0;
+  if (bf16) {
+    Autocast autocast(torch::kCPU, true);
+    model(batch);  // warm-up
+    const auto t1 = std::chrono::steady_clock::now();
+    for (int64_t done = 0; done < windows; done += 4) model(batch.slice(0, 0, std::min<int64_t>(4, windows - done)));
+    forward16_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  }
 
   std::printf("predict_bench: %s %d, %s, volume %lldx%lldx%lld, chunks %s, budget %d MiB, one thread per rank\n",
               o.model.c_str(), o.image_size, o.mode.c_str(), static_cast<long long>(shape[0]),
@@ -168,6 +194,10 @@ absl::StatusOr<int> Run(const Options& o) {
               static_cast<long long>(windows), forward_s, seconds1 / forward_s);
   std::printf("  peak RSS per rank: 1 rank %.0f MiB; 2 ranks %.0f, %.0f MiB (budget %d MiB + model and libtorch)\n",
               rss[1][0], rss[2][0], rss[2][1], o.memory_mb);
+  if (bf16) {
+    std::printf("  bf16, 1 rank: %10.0f voxels/s = x%.2f fp32's; pure forward %.2f s = x%.2f fp32's speed\n", vps[3],
+                vps[3] / vps[1], forward16_s, forward_s / forward16_s);
+  }
   std::error_code ec;
   fs::remove_all(store, ec);
   return 0;
@@ -185,6 +215,8 @@ int main(int argc, char** argv) {
   app.add_option("--chunks", o.chunks, "chunk z,y,x")->delimiter(',')->expected(3);
   app.add_option("--mode", o.mode, "stack | orthoplane")->check(CLI::IsMember({"stack", "2d", "orthoplane"}));
   app.add_option("--memory-mb", o.memory_mb, "infer.memory_mb")->check(retina::kPositiveInt);
+  app.add_option("--precision", o.precision, "fp32, or bf16 as well (its ratio to fp32)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   cli.Root([&]() { return Run(o); });
   return cli.Run(argc, argv);
 }

@@ -389,8 +389,9 @@ struct RuntimeConfig {
   void Visit(V& v) {
     v.Field("device", &device, Spec("auto = cuda when available"));
     v.Field("precision", &precision,
-            Spec("auto = bf16 autocast on CUDA, fp32 on CPU; fp64 = weights, activations and losses in float64 "
-                 "(for verification: training-step parity)"));
+            Spec("auto = bf16 autocast on CUDA, fp32 on CPU; bf16 = bf16 autocast (fp32 weights and losses) on CUDA "
+                 "or on a CPU with AVX512-BF16/AMX units, refused on other CPUs, also used by infer and evaluate "
+                 "jobs; fp64 = weights, activations and losses in float64 (for verification: training-step parity)"));
     v.Field("dist_backend", &dist_backend,
             Spec("auto = nccl on CUDA, mpi under mpirun/srun, else gloo").OneOf({"auto", "nccl", "mpi", "gloo"}));
     v.Field("collective_timeout_s", &collective_timeout_s,

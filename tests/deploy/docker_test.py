@@ -2,12 +2,13 @@
 """docker/ checked without a Docker engine (and built where one answers).
 
 1. scripts/setup's build, test and runtime lists name packages this Debian's
-   apt knows (a typo or a package missing from bookworm fails here).
+   this machine's apt knows (a typo or a package missing from this release
+   fails here; the platform stage runs this on Debian 13 as well).
 2. The runtime list covers what the built binaries load: every library in
    their ELF NEEDED entries comes from a package on the list or from libc6,
    libgcc-s1, libstdc++6 (in every Debian image). Libraries outside Debian
    (the CUDA toolkit's, which the CPU image does not build with) are listed.
-3. Dockerfile.cpu: both stages Debian bookworm, packages from scripts/setup
+3. Dockerfile.cpu: both stages Debian (ARG DEBIAN, trixie or bookworm), packages from scripts/setup
    (--build, then --runtime), a non-root USER, `cmake --install`.
 4. `cmake --install` of this build puts every binary, the Slurm scripts and
    the job files where the Dockerfiles copy them from.
@@ -103,8 +104,11 @@ if outside:
 # 3. Dockerfile.cpu's shape.
 docker = open(os.path.join(SOURCE, "docker/Dockerfile.cpu")).read()
 stages = re.findall(r"^FROM (\S+)", docker, re.M)
-if len(stages) < 2 or not all(s.startswith("debian:bookworm") for s in stages):
-    fail(f"Dockerfile.cpu stages {stages}: expected a multi-stage build on debian:bookworm")
+release = re.search(r"^ARG DEBIAN=(\S+)", docker, re.M)
+if len(stages) < 2 or not all(s.startswith("debian:${DEBIAN}") for s in stages):
+    fail(f"Dockerfile.cpu stages {stages}: expected a multi-stage build on debian:${{DEBIAN}}")
+if not release or release.group(1) not in ("bookworm", "trixie"):
+    fail("Dockerfile.cpu: ARG DEBIAN must default to bookworm or trixie (the releases scripts/setup knows)")
 final = docker[docker.rindex("\nFROM "):]
 if "scripts/setup --build" not in docker[:docker.rindex("\nFROM ")]:
     fail("Dockerfile.cpu's build stage does not install with scripts/setup --build")

@@ -87,7 +87,7 @@ TEST(Gpu, Bf16AutocastLossStaysWithinABandOfFp32Over20Steps) {
       o.zero_grad();
       torch::Tensor loss;
       {
-        CudaAutocast autocast(k == 1);
+        Autocast autocast(torch::kCUDA, k == 1);
         loss = torch::mse_loss(m(x), x).to(torch::kFloat);
       }
       loss.backward();

@@ -4,6 +4,7 @@
 //
 //   retina-infer --weights WEIGHTS -i FILE|DIR|GLOB -o FILE.tif|FILE.h5|FILE.ome.zarr|DIR [--mode 2d|stack|orthoplane]
 //                [--store STORE] [--overlap F] [--mean M --std S] [--probabilities] [--device auto|cpu|cuda]
+//                [--precision fp32|bf16]
 //                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]
 #include <cstdio>
 
@@ -20,7 +21,7 @@ namespace {
 
 struct InferFlags {
   PredictFileOptions predict;
-  std::string store = ".", mode = "stack", device = "auto", scale;
+  std::string store = ".", mode = "stack", device = "auto", precision = "fp32", scale;
 };
 
 // A folder or a glob of inputs: one output per input in the --out directory
@@ -48,6 +49,7 @@ absl::Status Infer(InferFlags f) {
   o.model.store = f.store;
   o.mode = *EnumFromName<PredictionMode>(f.mode);  // CLI11 checked the words
   o.device = *EnumFromName<DeviceKind>(f.device);
+  o.precision = *EnumFromName<Precision>(f.precision);
   if (f.scale == "minmax") o.scaling = IntensityScaling::kMinMax;
   std::error_code ec;
   if (o.input.find_first_of("*?[") != std::string::npos ||
@@ -81,6 +83,8 @@ int Main(int argc, char** argv) {
   app.add_option("--std", f.predict.model.std, "normalisation std (with --mean)");
   app.add_flag("--probabilities", f.predict.probabilities, "also write float32 probabilities [C, Z, Y, X] (.h5 --out)");
   app.add_option("--device", f.device, "auto = cuda when available")->check(CLI::IsMember(EnumNames<DeviceKind>()));
+  app.add_option("--precision", f.precision, "fp32, or bf16 autocast (CUDA, or a CPU with AVX512-BF16/AMX)")
+      ->check(CLI::IsMember({"fp32", "bf16"}));
   app.add_option("--model", f.predict.model.model, "named model config (default: the checkpoint's)");
   app.add_option("--classes", f.predict.model.classes, "classes (default: the checkpoint's)")->check(kPositiveInt);
   app.add_option("--image-size", f.predict.model.image_size, "window side (default: the checkpoint's)")

@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "trainer/torch_compat.h"
 
 namespace retina::trainer {
 namespace {
@@ -38,7 +39,15 @@ c10::intrusive_ptr<c10d::Store> Connect(const LaunchInfo& launch, bool server, s
   so.numWorkers = static_cast<std::size_t>(launch.world_size);
   so.waitWorkers = false;  // our own arrival barrier below says who is missing
   so.timeout = timeout;
-  c10::intrusive_ptr<c10d::Store> store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, so);
+  } catch (const std::exception& e) {
+    // A libtorch built without libuv (Debian's 2.6) refuses its own default;
+    // the classic backend speaks the same protocol to every peer.
+    if (!HasLibUvSwitch<c10d::TCPStoreOptions>() || !IsLibUvUnavailable(Message(e))) throw;
+    store = c10::make_intrusive<c10d::TCPStore>(launch.master_addr, WithoutLibUv(so));
+  }
   if (launch.agent_store) {
     store = c10::make_intrusive<c10d::PrefixStore>(absl::StrCat("/worker/attempt_", launch.agent_restart), store);
   }

@@ -47,7 +47,7 @@ absl::StatusOr<EvalItem> ScoreItem(VisionTransformer& model, const std::string& 
   ASSIGN_OR_RETURN(Volume truth, ToMask(raw_mask, MaskConvention::kClassIndex));
   const std::vector<double> spacing = item.value("spacing", std::vector<double>{1, 1, 1});
   truth.spacing = {spacing[0], spacing[1], spacing[2]};
-  ASSIGN_OR_RETURN(VolumePrediction pred, PredictVolume(ModelForward(model), image, mean, std, mode, so, false, nullptr));
+  ASSIGN_OR_RETURN(VolumePrediction pred, PredictVolume(ModelForward(model, so.bf16), image, mean, std, mode, so, false, nullptr));
   ASSIGN_OR_RETURN(std::vector<ClassMetrics> metrics, ComputeMetrics(pred.labels, truth, mo), file);
   EvalItem scored;
   scored.source = item.value("source", "");
@@ -77,7 +77,7 @@ absl::Status WriteEvalRecords(const StoreLayout& layout, const std::string& job,
 
 absl::StatusOr<EvalReport> ScoreTestSplit(const JobConfig& config, const std::string& weights_spec,
                                           const std::string& field, const std::string& test_dataset,
-                                          const fs::path& store, torch::Device device) {
+                                          const fs::path& store, const DevicePlan& device) {
   ASSIGN_OR_RETURN(const fs::path test_dir, ResolveDataset(test_dataset, store,
                                                            config.kind == JobKind::kEvaluate ? "data.dataset" : "data.test_dataset"));
   ASSIGN_OR_RETURN(const nlohmann::json test, ReadTestSplit(test_dir));
@@ -88,7 +88,7 @@ absl::StatusOr<EvalReport> ScoreTestSplit(const JobConfig& config, const std::st
   ASSIGN_OR_RETURN(StateDict dict, ReadWeights(source, mc), field);
   VisionTransformer model(mc);
   RETURN_IF_ERROR(LoadStateDict(*model, std::move(dict)).status(), field + " " + weights.string());
-  model->to(device);
+  model->to(device.device);
   model->eval();
   torch::NoGradGuard no_grad;
   // Normalisation: the config, else the test split's (the training data's).
@@ -104,7 +104,8 @@ absl::StatusOr<EvalReport> ScoreTestSplit(const JobConfig& config, const std::st
   SlidingWindowOptions so;
   so.window = mc.image_size;
   so.overlap = config.evaluate.overlap;
-  so.device = device;
+  so.device = device.device;
+  so.bf16 = device.bf16;
 
   EvalReport report;
   report.checkpoint = weights.string();
@@ -131,9 +132,9 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   const StoreLayout layout(o.store);
   ConfigureTorchThreads(1, config.runtime.threads);
-  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, Precision::kFp32, 0));
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(config.runtime.device, InferencePrecision(config.runtime.precision), 0));
   ASSIGN_OR_RETURN(EvalReport report, ScoreTestSplit(config, config.evaluate.checkpoint, "evaluate.checkpoint",
-                                                     config.data.dataset, o.store, device.device));
+                                                     config.data.dataset, o.store, device));
   RETURN_IF_ERROR(WriteEvalRecords(layout, o.job_id, report));
   std::printf("mean IoU %.4f over %zu item(s) -> %s\n", report.mean_iou, report.items.size(),
               layout.EvalReportPath(o.job_id).c_str());
@@ -143,6 +144,9 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
 absl::Status ScoreEvalSteps(const JobConfig& config, const fs::path& store, const std::string& job_id,
                             torch::Device device) {
   const StoreLayout layout(store);
+  DevicePlan plan;
+  plan.device = device;
+  plan.bf16 = InferencePrecision(config.runtime.precision) == Precision::kBf16;
   for (int64_t step : WholeNumbers(config.finetune.eval_at)) {
     const fs::path out = layout.StepEvalPath(job_id, step);
     if (absl::StatusOr<std::string> done = ReadFile(out); done.ok() && DecodeEvalReport(*done, out.string()).ok()) {
@@ -152,7 +156,7 @@ absl::Status ScoreEvalSteps(const JobConfig& config, const fs::path& store, cons
     const fs::path checkpoint = layout.CheckpointsDir(job_id) / CheckpointDirName(step);
     ASSIGN_OR_RETURN(EvalReport report,
                      ScoreTestSplit(config, checkpoint.string(), absl::StrCat("finetune.eval_at ", step),
-                                    config.data.test_dataset, store, device));
+                                    config.data.test_dataset, store, plan));
     RETURN_IF_ERROR(CreateDirectories(out.parent_path()));
     RETURN_IF_ERROR(WriteFileAtomic(out, EncodeEvalReport(report)));
     RETINA_LOG(Info) << "step " << step << ": test IoU " << report.mean_iou << " over " << report.items.size()

@@ -19,6 +19,7 @@
 #include "common/job_config.h"
 #include "common/records.h"
 #include "trainer/engine/run.h"
+#include "trainer/runtime/device.h"
 
 namespace retina::trainer {
 
@@ -26,12 +27,14 @@ absl::StatusOr<RunOutcome> RunEvaluation(const JobConfig& config, const RunOptio
 
 // `weights` (anything ResolveWeights accepts; `field` names it in errors)
 // scored on the test split `test_dataset` with config.evaluate's mode,
-// overlap and classes, on `device`. Torch threads are the caller's.
+// overlap and classes, on `device` (bf16 autocast when its plan says so).
+// Torch threads are the caller's.
 absl::StatusOr<EvalReport> ScoreTestSplit(const JobConfig& config, const std::string& weights, const std::string& field,
                                           const std::string& test_dataset, const std::filesystem::path& store,
-                                          torch::Device device);
+                                          const DevicePlan& device);
 
-// The finetune.eval_at scoring of job `job_id` (see above).
+// The finetune.eval_at scoring of job `job_id` (see above), at the
+// inference precision of config.runtime.precision on `device`'s device.
 absl::Status ScoreEvalSteps(const JobConfig& config, const std::filesystem::path& store, const std::string& job_id,
                             torch::Device device);
 

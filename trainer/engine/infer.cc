@@ -162,7 +162,7 @@ absl::Status InferJob::SetUp() {
   ASSIGN_OR_RETURN(launch_, DiscoverLaunch(o_.launch));
   SetLogRank(launch_.world_size > 1 ? launch_.rank : -1);
   const ThreadPlan threads = ConfigureTorchThreads(launch_.local_world_size, config_.runtime.threads);
-  ASSIGN_OR_RETURN(device_, PlanDevice(config_.runtime.device, Precision::kFp32, launch_.local_rank));
+  ASSIGN_OR_RETURN(device_, PlanDevice(config_.runtime.device, InferencePrecision(config_.runtime.precision), launch_.local_rank));
   CommunicatorOptions co;
   co.backend = config_.runtime.dist_backend;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config_.runtime.collective_timeout_s * 1000));
@@ -192,7 +192,7 @@ absl::Status InferJob::LoadModel() {
                                                    model_.weights_file.string(), " segments ",
                                                    model_.config.num_classes, " class(es)"));
   }
-  predictor_.forward = ModelForward(model_.model);
+  predictor_.forward = ModelForward(model_.model, device_.bf16);
   predictor_.mean = model_.mean;
   predictor_.std = model_.std;
   predictor_.mode = c.mode;

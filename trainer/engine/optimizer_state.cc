@@ -2,27 +2,15 @@
 
 #include <map>
 #include <string>
-#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/model/weights/pickle_writer.h"
 #include "trainer/model/weights/state_dict.h"
+#include "trainer/torch_compat.h"
 
 namespace retina::trainer {
 namespace {
-
-// libtorch keys optimizer state by the parameter's TensorImpl: as a string in
-// 1.x, as a pointer in later releases. The key type is read from the map.
-template <typename Optimizer>
-auto StateKey(Optimizer& opt, const torch::Tensor& p) {
-  using Key = typename std::remove_reference_t<decltype(opt.state())>::key_type;
-  if constexpr (std::is_same_v<Key, std::string>) {
-    return c10::guts::to_string(p.unsafeGetTensorImpl());
-  } else {
-    return static_cast<Key>(p.unsafeGetTensorImpl());
-  }
-}
 
 const PyValue* Find(const PyValue& dict, const std::string& key) {
   for (const auto& [k, v] : dict.entries) {
@@ -39,7 +27,7 @@ std::vector<char> SerializeSgdState(torch::optim::SGD& opt, const std::vector<to
   std::vector<PyValuePtr> indices;
   for (size_t i = 0; i < params.size(); ++i) {
     indices.push_back(PyInt(static_cast<int64_t>(i)));
-    auto it = opt.state().find(StateKey(opt, params[i]));
+    auto it = opt.state().find(OptimizerStateKey(opt, params[i]));
     if (it == opt.state().end()) continue;
     const auto& s = static_cast<const torch::optim::SGDParamState&>(*it->second);
     if (!s.momentum_buffer().defined()) continue;
@@ -107,7 +95,7 @@ absl::Status LoadSgdState(torch::optim::SGD& opt, const std::vector<torch::Tenso
   for (const auto& [i, buf] : buffers) {
     auto s = std::make_unique<torch::optim::SGDParamState>();
     s->momentum_buffer(buf.to(params[i].options()).contiguous());
-    opt.state()[StateKey(opt, params[i])] = std::move(s);
+    opt.state()[OptimizerStateKey(opt, params[i])] = std::move(s);
   }
   return absl::OkStatus();
 }

@@ -241,14 +241,24 @@ absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
   torch::Tensor loss;
   const torch::Tensor images = batch.images.to(device_.device, /*non_blocking=*/true);
   try {
-    CudaAutocast autocast(device_.bf16);
+    // Augmentation in the batch's dtype; only the model runs under autocast.
     if (pretrain_) {
       const PretrainBatch pb = (*pretrain_augment_)(images, gen);
-      loss = torch::mse_loss(model_(pb.input), pb.target);
+      torch::Tensor out;
+      {
+        Autocast autocast(device_);
+        out = model_(pb.input);
+      }
+      // The loss in fp32 under autocast (in float64 at fp64).
+      loss = torch::mse_loss(out.to(device_.dtype), pb.target);
     } else {
       const torch::Tensor masks = batch.masks.to(device_.device, /*non_blocking=*/true);
       const FinetuneBatch fb = (*finetune_augment_)(images, masks, gen);
-      const torch::Tensor logits = model_(fb.image);
+      torch::Tensor logits;
+      {
+        Autocast autocast(device_);
+        logits = model_(fb.image);
+      }
       const LossKind loss_kind = config_.finetune.loss;
       const bool binary =
           loss_kind == LossKind::kBceDice || (loss_kind == LossKind::kAuto && model_config_.num_classes == 1);
@@ -293,7 +303,7 @@ absl::StatusOr<double> Trainer::Validate() {
     const torch::Tensor img =
         torch::from_blob(const_cast<uint8_t*>(val_->image(i)), {val_->height(), val_->width()}, torch::kByte);
     const torch::Tensor logits =
-        SlidingWindowLogits(ModelForward(model_), (img.to(device_.dtype) / 255 - mean_) / std_, so);
+        SlidingWindowLogits(ModelForward(model_, device_.bf16), (img.to(device_.dtype) / 255 - mean_) / std_, so);
     const torch::Tensor lab = logits.size(0) == 1 ? (logits[0] > 0).to(torch::kByte) : logits.argmax(0).to(torch::kByte);
     std::memcpy(preds.data.data() + i * plane, lab.contiguous().data_ptr<uint8_t>(), plane);
     std::memcpy(truth.data.data() + i * plane, val_->mask(i), plane);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "trainer/runtime/device.h"
 
 namespace retina::trainer {
 
@@ -22,9 +23,13 @@ std::vector<int64_t> WindowOrigins(int64_t extent, int64_t window, double overla
   return out;
 }
 
-WindowForward ModelForward(VisionTransformer& model) {
+WindowForward ModelForward(VisionTransformer& model, bool bf16) {
   model->eval();
-  return [model](const torch::Tensor& x) mutable { return model(x); };
+  if (!bf16) return [model](const torch::Tensor& x) mutable { return model(x); };
+  return [model](const torch::Tensor& x) mutable {
+    Autocast autocast(x.device().type(), true);
+    return model(x).to(torch::kFloat);
+  };
 }
 
 std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, int64_t r1, const SlidingWindowOptions& o) {

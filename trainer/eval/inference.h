@@ -36,6 +36,7 @@ struct SlidingWindowOptions {
   double overlap = 0.5;
   int64_t batch = 4;
   torch::Device device = torch::kCPU;
+  bool bf16 = false;  // the model under bf16 autocast (ModelForward's), fp32 logits
 };
 
 // Window origins along an axis of `extent` (>= window): 0, step, ..., with the
@@ -44,7 +45,9 @@ std::vector<int64_t> WindowOrigins(int64_t extent, int64_t window, double overla
 
 // A batch of windows [N, 1, win, win] -> logits [N, C, win, win].
 using WindowForward = std::function<torch::Tensor(const torch::Tensor&)>;
-WindowForward ModelForward(VisionTransformer& model);
+// The model in eval mode as a WindowForward; with `bf16`, under bf16
+// autocast on the input's device, returning fp32 logits.
+WindowForward ModelForward(VisionTransformer& model, bool bf16 = false);
 
 // image: normalised [H, W] float; returns averaged logits [C, H, W] (CPU).
 // `windows`, when given, is increased by the number of windows run.

@@ -62,7 +62,7 @@ absl::StatusOr<VolumeStreamStats> PredictPlanes(SegmentationModel& m, PlaneReade
                                    in.unit()));
   std::unique_ptr<ProgressBar> bar;
   ASSIGN_OR_RETURN(VolumeStreamStats stats,
-                   PredictVolumeStreaming(ModelForward(m.model), in, m.mean, m.std, o.mode, so, slab, o.probabilities,
+                   PredictVolumeStreaming(ModelForward(m.model, so.bf16), in, m.mean, m.std, o.mode, so, slab, o.probabilities,
                                           *writer, [&](int64_t done, int64_t total) {
                                             if (!o.progress) return;
                                             if (!bar) bar = std::make_unique<ProgressBar>("infer", total, "planes");
@@ -88,7 +88,7 @@ absl::StatusOr<VolumeStreamStats> PredictZarr(SegmentationModel& m, PlaneReader&
                                         m.config.num_classes, zo, "retina-infer", fingerprint));
   if (z->finished()) return absl::AlreadyExistsError(dir + ": already written; remove it to predict again");
   RETURN_IF_ERROR(z->Prepare());
-  RowPredictor p{ModelForward(m.model), m.mean, m.std, o.mode, so, memory_bytes};
+  RowPredictor p{ModelForward(m.model, so.bf16), m.mean, m.std, o.mode, so, memory_bytes};
   VolumeStreamStats stats;
   std::unique_ptr<ProgressBar> bar;
   if (o.progress) bar = std::make_unique<ProgressBar>("infer", z->rows(), "chunk rows");
@@ -162,7 +162,7 @@ absl::StatusOr<PredictFileReport> PredictFile(const PredictFileOptions& o) {
   if (o.overlap && (*o.overlap < 0 || *o.overlap >= 1)) return absl::InvalidArgumentError("--overlap must be in [0, 1)");
 
   ConfigureTorchThreads(1);
-  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(o.device, Precision::kFp32, 0));
+  ASSIGN_OR_RETURN(DevicePlan device, PlanDevice(o.device, o.precision, 0));
   ASSIGN_OR_RETURN(SegmentationModel m, LoadSegmentationModel(o.model, device.device));
   ASSIGN_OR_RETURN(std::unique_ptr<PlaneReader> in, OpenPlaneReader(o.input, o.scaling));
   const auto shape = in->shape();
@@ -170,6 +170,7 @@ absl::StatusOr<PredictFileReport> PredictFile(const PredictFileOptions& o) {
   so.window = m.config.image_size;
   so.overlap = o.overlap.value_or(shape[0] > 1 ? 0.7 : 0.5);  // METHOD.md: 0.7 for 3D test, 0.5 for 2D
   so.device = device.device;
+  so.bf16 = device.bf16;
   const int classes = m.config.num_classes;
   const int64_t slab = SlabPlanesForBudget(shape, classes, o.mode, so, int64_t{memory_mb} << 20);
   if (o.mode == VolumeMode::kOrthoplane && slab < shape[0] && slab < so.window) {

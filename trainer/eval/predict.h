@@ -62,6 +62,7 @@ struct PredictFileOptions {
   std::optional<double> overlap;  // default 0.7 for volumes, 0.5 for 2D images (METHOD.md)
   bool probabilities = false;     // needs an .h5 out
   DeviceKind device = DeviceKind::kAuto;
+  Precision precision = Precision::kFp32;  // fp32, or bf16 autocast (CUDA, or a CPU with bf16 units)
   IntensityScaling scaling = IntensityScaling::kRequireUInt8;
   std::optional<int> memory_mb;   // default half this machine's RAM
   bool progress = true;           // a progress bar on stderr

@@ -1,5 +1,7 @@
 #include "trainer/model/batch_norm.h"
 
+#include "trainer/model/mixed_precision.h"
+
 namespace retina::trainer {
 namespace {
 
@@ -66,7 +68,8 @@ BatchNormImpl::BatchNormImpl(int64_t channels) {
   num_batches_tracked = register_buffer("num_batches_tracked", torch::zeros({}, torch::kLong));
 }
 
-torch::Tensor BatchNormImpl::forward(const torch::Tensor& x) {
+torch::Tensor BatchNormImpl::forward(const torch::Tensor& input) {
+  const torch::Tensor x = ToParamDtype(input, weight);  // statistics in fp32 under autocast
   if (is_training()) {
     torch::NoGradGuard no_grad;
     num_batches_tracked.add_(1);

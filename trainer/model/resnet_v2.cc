@@ -4,6 +4,8 @@
 #include <cmath>
 #include <string>
 
+#include "trainer/model/mixed_precision.h"
+
 namespace retina::trainer {
 
 StdConv2dImpl::StdConv2dImpl(int in_channels, int out_channels, int kernel, int stride,
@@ -45,10 +47,11 @@ PreActBottleneckImpl::PreActBottleneckImpl(int cin, int cout, int cmid, int stri
 }
 
 torch::Tensor PreActBottleneckImpl::forward(const torch::Tensor& x) {
-  torch::Tensor residual = downsample ? gn_proj(downsample(x)) : x;
-  torch::Tensor y = torch::relu(gn1(conv1(x)));
-  y = torch::relu(gn2(conv2(y)));
-  y = gn3(conv3(y));
+  auto norm = [](torch::nn::GroupNorm& gn, const torch::Tensor& t) { return gn(ToParamDtype(t, gn->weight)); };
+  torch::Tensor residual = downsample ? norm(gn_proj, downsample(x)) : x;
+  torch::Tensor y = torch::relu(norm(gn1, conv1(x)));
+  y = torch::relu(norm(gn2, conv2(y)));
+  y = norm(gn3, conv3(y));
   return torch::relu(residual + y);
 }
 
@@ -88,7 +91,10 @@ torch::Tensor ResNetStageImpl::forward(torch::Tensor x) {
 ResNetFeatures ResNetV2Impl::forward(const torch::Tensor& input) {
   const int64_t in_size = input.size(2);
   ResNetFeatures out;
-  torch::Tensor x = root->forward(input);
+  // root: conv, gn, relu (the norm in its parameters' precision).
+  torch::Tensor x = root[0]->as<StdConv2d>()->forward(input);
+  torch::nn::GroupNormImpl* gn = root[1]->as<torch::nn::GroupNorm>();
+  x = torch::relu(gn->forward(ToParamDtype(x, gn->weight)));
   out.skips.push_back(x);
   x = torch::max_pool2d(x, /*kernel_size=*/3, /*stride=*/2, /*padding=*/0);
   for (size_t i = 0; i + 1 < stages_.size(); ++i) {

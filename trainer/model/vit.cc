@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "trainer/model/mixed_precision.h"
+
 namespace retina::trainer {
 
 AttentionImpl::AttentionImpl(const TransUNetConfig& c) : num_heads_(c.num_heads) {
@@ -22,7 +24,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x) {
   };
   const torch::Tensor q = heads(query(x)), k = heads(key(x)), v = heads(value(x));
   torch::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(d));
-  torch::Tensor probs = attn_dropout(torch::softmax(scores, -1));
+  torch::Tensor probs = attn_dropout(torch::softmax(ToParamDtype(scores, query->weight), -1));
   torch::Tensor context = torch::matmul(probs, v).permute({0, 2, 1, 3}).contiguous().view({b, n, hidden});
   return proj_dropout(out(context));
 }
@@ -57,8 +59,8 @@ BlockImpl::BlockImpl(const TransUNetConfig& c) {
 }
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x) {
-  torch::Tensor h = x + attn(attention_norm(x));
-  return h + ffn(ffn_norm(h));
+  torch::Tensor h = x + attn(attention_norm(ToParamDtype(x, attention_norm->weight)));
+  return h + ffn(ffn_norm(ToParamDtype(h, ffn_norm->weight)));
 }
 
 EncoderImpl::EncoderImpl(const TransUNetConfig& c) {
@@ -72,7 +74,7 @@ EncoderImpl::EncoderImpl(const TransUNetConfig& c) {
 torch::Tensor EncoderImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = x;
   for (const auto& block : *layer) h = block->as<Block>()->forward(h);
-  return encoder_norm(h);
+  return encoder_norm(ToParamDtype(h, encoder_norm->weight));
 }
 
 EmbeddingsImpl::EmbeddingsImpl(const TransUNetConfig& c) {

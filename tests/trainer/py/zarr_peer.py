@@ -27,19 +27,36 @@ def fail(msg):
     sys.exit(1)
 
 
+# zarr-python 3 (Debian 13) writes format 3 unless told, and takes
+# `compressors=`; 2.x (Debian 12) writes format 2 and takes `compressor=`.
+# Our reader reads format 2, so both peers write that.
+ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
+
+
+def v2_array(parent, name, shape, chunks, codec, separator="."):
+    """An empty uint8 format-2 array `name` under `parent` (a path or a group)."""
+    if ZARR3:
+        kw = dict(shape=shape, chunks=chunks, dtype="u1", compressors=codec, zarr_format=2,
+                  chunk_key_encoding={"name": "v2", "separator": separator}, overwrite=True)
+        if isinstance(parent, str):
+            return zarr.create_array(store=os.path.join(parent, name), **kw)
+        kw.pop("zarr_format")
+        return parent.create_array(name, **kw)
+    kw = dict(shape=shape, chunks=chunks, dtype="u1", compressor=codec, dimension_separator=separator)
+    if isinstance(parent, str):
+        return zarr.open_array(os.path.join(parent, name), mode="w", **kw)
+    return parent.create_dataset(name, **kw)
+
+
 def write(out):
     rng = np.random.default_rng(5)
     vol = rng.integers(0, 256, size=(7, 45, 61), dtype=np.uint8)
-    zarr.open_array(os.path.join(out, "zlib.zarr"), mode="w", shape=vol.shape, chunks=(3, 16, 32),
-                    dtype="u1", compressor=Zlib(level=3))[:] = vol
-    zarr.open_array(os.path.join(out, "blosc.zarr"), mode="w", shape=vol.shape, chunks=(4, 20, 20),
-                    dtype="u1", compressor=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE))[:] = vol
-    zarr.open_array(os.path.join(out, "raw.zarr"), mode="w", shape=vol.shape, chunks=(7, 45, 61),
-                    dtype="u1", compressor=None)[:] = vol
+    v2_array(out, "zlib.zarr", vol.shape, (3, 16, 32), Zlib(level=3))[:] = vol
+    v2_array(out, "blosc.zarr", vol.shape, (4, 20, 20), Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE))[:] = vol
+    v2_array(out, "raw.zarr", vol.shape, (7, 45, 61), None)[:] = vol
     # An OME-Zarr image with a leading channel axis of 1 and nanometre units.
-    g = zarr.open_group(os.path.join(out, "image.ome.zarr"), mode="w")
-    g.create_dataset("0", data=vol[None], chunks=(1, 4, 32, 32), compressor=Zlib(level=1),
-                     dimension_separator="/")
+    g = zarr.open_group(os.path.join(out, "image.ome.zarr"), mode="w", **({"zarr_format": 2} if ZARR3 else {}))
+    v2_array(g, "0", vol[None].shape, (1, 4, 32, 32), Zlib(level=1), separator="/")[:] = vol[None]
     g.attrs["multiscales"] = [{
         "version": "0.4", "name": "image",
         "axes": [{"name": "c", "type": "channel"}] +
