@@ -6,27 +6,28 @@
 # wait_state JOB STATE TIMEOUT_S; sets SOURCE_DIR, BUILD_DIR, BIN, WORK, host.
 #
 #   source tests/deploy/slurm_cluster.sh BUILD_DIR
+# With RETINA_SLURM_CLUSTER set (by tests/deploy/slurm_suite.sh, the folder
+# of a cluster it started), the cluster is reused: $WORK is then a fresh
+# folder inside it, and the test's exit cancels its jobs and removes only that.
 SOURCE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD_DIR=$(cd "${1:?usage: slurm_test.sh BUILD_DIR}" && pwd)
 BIN=$BUILD_DIR/trainer
 
 skip() { echo "SKIPPED: $*"; exit 77; }
-for tool in munged mungekey slurmctld slurmd sbatch scontrol squeue sinfo srun; do
-  command -v "$tool" >/dev/null 2>&1 || skip "$tool not installed (Debian slurm-wlm and munge; scripts/setup installs them)"
-done
-[[ $(id -u) -eq 0 ]] || skip "slurmd must run as root to start job steps; this test runs as $(id -un)"
-
-WORK=$(mktemp -d /tmp/retina-slurm-test-XXXXXX)
-pids=()
-cleanup() {
-  local rc=$?
-  if [[ $rc -ne 0 && $rc -ne 77 ]]; then
-    echo "--- slurmctld.log (tail)"; tail -n 30 "$WORK/log/slurmctld.log" 2>/dev/null || true
-    echo "--- slurmd.log (tail)"; tail -n 30 "$WORK/log/slurmd.log" 2>/dev/null || true
-    for f in "$WORK"/out/* "$WORK"/store/jobs/*/logs/*/*.log "$WORK"/store/jobs/*/logs/*.out "$WORK"/log/*.service.log; do
-      [[ -f $f ]] && { echo "--- $f"; tail -n 20 "$f"; }
-    done
-  fi
+job_field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
+wait_state() {  # JOB STATE TIMEOUT_S
+  local state=""
+  for _ in $(seq $(($3 * 5))); do
+    state=$(job_field "$1" JobState)
+    [[ $state == "$2" ]] && return 0
+    [[ $state == FAILED || $state == CANCELLED || $state == TIMEOUT || $state == NODE_FAIL ]] && break
+    sleep 0.2
+  done
+  echo "job $1: state $state, expected $2"
+  scontrol show job "$1"
+  return 1
+}
+cancel_all_jobs() {
   local left
   left=$(squeue -h -o %i 2>/dev/null || true)
   if [[ -n $left ]]; then
@@ -34,12 +35,44 @@ cleanup() {
     scancel $left 2>/dev/null || true
     for _ in $(seq 100); do [[ -z $(squeue -h -o %i 2>/dev/null) ]] && break; sleep 0.2; done
   fi
+}
+print_logs() {  # CLUSTER_DIR
+  echo "--- slurmctld.log (tail)"; tail -n 30 "$1/log/slurmctld.log" 2>/dev/null || true
+  echo "--- slurmd.log (tail)"; tail -n 30 "$1/log/slurmd.log" 2>/dev/null || true
+  for f in "$WORK"/out/* "$WORK"/store/jobs/*/logs/*/*.log "$WORK"/store/jobs/*/logs/*.out "$WORK"/log/*.service.log; do
+    [[ -f $f ]] && { echo "--- $f"; tail -n 20 "$f"; }
+  done
+}
+# The EXIT trap: on failure the cluster's logs (CLUSTER_DIR) and the test's,
+# then the test's jobs cancelled, its processes stopped, $WORK removed.
+finish() {  # CLUSTER_DIR
+  local rc=$?
+  [[ $rc -ne 0 && $rc -ne 77 ]] && print_logs "$1"
+  cancel_all_jobs
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
   exit "$rc"
 }
-trap cleanup EXIT
+for tool in munged mungekey slurmctld slurmd sbatch scontrol squeue sinfo srun; do
+  command -v "$tool" >/dev/null 2>&1 || skip "$tool not installed (Debian slurm-wlm and munge; scripts/setup installs them)"
+done
+[[ $(id -u) -eq 0 ]] || skip "slurmd must run as root to start job steps; this test runs as $(id -un)"
+
+if [[ -n ${RETINA_SLURM_CLUSTER:-} ]]; then
+  export SLURM_CONF=$RETINA_SLURM_CLUSTER/slurm.conf
+  host=$(hostname)
+  WORK=$(mktemp -d "$RETINA_SLURM_CLUSTER/run-XXXXXX")
+  chmod 755 "$WORK"
+  mkdir -p "$WORK"/{log,out,store}
+  pids=()
+  trap 'finish "$RETINA_SLURM_CLUSTER"' EXIT
+  return 0
+fi
+
+WORK=$(mktemp -d /tmp/retina-slurm-test-XXXXXX)
+pids=()
+trap 'finish "$WORK"' EXIT
 mkdir -p "$WORK"/{munge,state,spool,log,out,store}
 chmod 700 "$WORK/munge"
 chmod 755 "$WORK"
@@ -65,7 +98,7 @@ SlurmdPort=$((base + 1))
 SrunPortRange=$((base + 2))-$((base + 9))
 SlurmUser=root
 AuthType=auth/munge
-AuthInfo=socket=$WORK/munge/sock
+AuthInfo=socket=$WORK/munge/sock,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$WORK/state
 SlurmdSpoolDir=$WORK/spool
@@ -98,18 +131,3 @@ for _ in $(seq 100); do
 done
 [[ $(sinfo -h -o %T 2>/dev/null) == idle* ]] || { echo "Slurm node did not become idle: $(sinfo 2>&1)"; exit 1; }
 echo "slurm up: $(sinfo -h -o '%P %D %T %C')"
-
-job_field() { scontrol show job "$1" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -n 1; }
-wait_state() {  # JOB STATE TIMEOUT_S
-  local state=""
-  for _ in $(seq $(($3 * 5))); do
-    state=$(job_field "$1" JobState)
-    [[ $state == "$2" ]] && return 0
-    [[ $state == FAILED || $state == CANCELLED || $state == TIMEOUT || $state == NODE_FAIL ]] && break
-    sleep 0.2
-  done
-  echo "job $1: state $state, expected $2"
-  scontrol show job "$1"
-  return 1
-}
-

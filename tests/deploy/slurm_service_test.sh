@@ -65,19 +65,13 @@ wait_for() {  # ID EXPR WANT TIMEOUT_S
   retina status "$1" || true
   exit 1
 }
-# Slurm holds a requeued batch job (Reason=BeginTime); release it once the
-# node is idle (a restart within the second of the requeue fails on a revoked
-# credential: see slurm_test.sh).
+# Slurm holds a requeued batch job (Reason=BeginTime) until the old run's
+# credentials expire (cred_expire: 10 s on this cluster, see slurm_cluster.sh).
 release_requeued() {  # SLURM_JOB
-  local since=""
   for _ in $(seq 600); do
     local state
     state=$(job_field "$1" JobState)
     [[ $(job_field "$1" Restarts) -ge 1 && $state != PENDING && $state != REQUEUED ]] && return 0
-    if [[ $state == PENDING && $(job_field "$1" Reason) == BeginTime && $(sinfo -h -o %T) == idle ]]; then
-      since=${since:-$SECONDS}
-      if ((SECONDS - since >= 3)); then scontrol update JobId="$1" StartTime=now; fi
-    fi
     sleep 0.2
   done
   echo "Slurm job $1 did not start again"; scontrol show job "$1"; exit 1

@@ -85,18 +85,11 @@ interrupted_job_resumes() {
   [[ -n $first ]] || { echo "job $job wrote no checkpoint before ending ($(job_field "$job" JobState))"; exit 1; }
   $interrupt "$job"
   echo "[${SECONDS} s] $interrupt $job after checkpoint $first"
-  # Slurm holds a requeued batch job for a while (Reason=BeginTime); release it
-  # a few seconds after the node has finished with the previous run.
-  # Credentials have one-second resolution: a restart within the second of the
-  # requeue finds its credential revoked ("Job credential revoked") and fails.
-  local pending_since=""
+  # Slurm holds a requeued batch job (Reason=BeginTime) until the old run's
+  # credentials expire: cred_expire, 10 s on this cluster (Slurm's default is 120 s).
   for _ in $(seq 1500); do
     state=$(job_field "$job" JobState)
     [[ $(job_field "$job" Restarts) -ge 1 && $state != PENDING && $state != REQUEUED ]] && break
-    if [[ $state == PENDING && $(job_field "$job" Reason) == BeginTime && $(sinfo -h -o %T) == idle ]]; then
-      pending_since=${pending_since:-$SECONDS}
-      if ((SECONDS - pending_since >= 3)); then scontrol update JobId="$job" StartTime=now; fi
-    fi
     sleep 0.2
   done
   [[ $(job_field "$job" Restarts) == 1 ]] || { echo "job $job did not restart"; scontrol show job "$job"; exit 1; }

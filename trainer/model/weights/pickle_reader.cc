@@ -10,13 +10,7 @@
 namespace retina::trainer {
 namespace {
 
-using Kind = PyValue::Kind;
-
-PyValuePtr Make(Kind kind) {
-  auto v = std::make_shared<PyValue>();
-  v->kind = kind;
-  return v;
-}
+using PyKind = PyValue::Kind;
 
 const std::unordered_map<std::string, torch::ScalarType>& StorageDtypes() {
   static const auto* m = new std::unordered_map<std::string, torch::ScalarType>{
@@ -94,7 +88,7 @@ class Machine {
   // Pops everything down to the last MARK.
   absl::StatusOr<std::vector<PyValuePtr>> PopToMark() {
     std::vector<PyValuePtr> out;
-    while (!stack_.empty() && stack_.back()->kind != Kind::kMark) {
+    while (!stack_.empty() && stack_.back()->kind != PyKind::kMark) {
       out.push_back(stack_.back());
       stack_.pop_back();
     }
@@ -104,22 +98,22 @@ class Machine {
     return out;
   }
   void PushInt(int64_t v) {
-    PyValuePtr p = Make(Kind::kInt);
+    PyValuePtr p = MakePyValue(PyKind::kInt);
     p->i = v;
     stack_.push_back(p);
   }
   void PushString(std::string s) {
-    PyValuePtr p = Make(Kind::kString);
+    PyValuePtr p = MakePyValue(PyKind::kString);
     p->s = std::move(s);
     stack_.push_back(p);
   }
   void PushTuple(std::vector<PyValuePtr> items) {
-    PyValuePtr p = Make(Kind::kTuple);
+    PyValuePtr p = MakePyValue(PyKind::kTuple);
     p->items = std::move(items);
     stack_.push_back(p);
   }
   absl::Status PushGlobal(const std::string& module, const std::string& name) {
-    PyValuePtr p = Make(Kind::kGlobal);
+    PyValuePtr p = MakePyValue(PyKind::kGlobal);
     p->s = module + "." + name;
     stack_.push_back(p);
     return absl::OkStatus();
@@ -137,13 +131,13 @@ class Machine {
   }
   absl::Status SetItems(std::vector<PyValuePtr> kv) {
     ASSIGN_OR_RETURN(PyValuePtr dict, Pop());
-    if (dict->kind != Kind::kDict) return absl::DataLossError("SETITEM(S) on a non-dict");
+    if (dict->kind != PyKind::kDict) return absl::DataLossError("SETITEM(S) on a non-dict");
     if (kv.size() % 2 != 0) return absl::DataLossError("odd SETITEMS");
     for (size_t i = 0; i < kv.size(); i += 2) {
       bool replaced = false;
-      if (kv[i]->kind == Kind::kString) {
+      if (kv[i]->kind == PyKind::kString) {
         for (auto& e : dict->entries) {
-          if (e.first->kind == Kind::kString && e.first->s == kv[i]->s) {
+          if (e.first->kind == PyKind::kString && e.first->s == kv[i]->s) {
             e.second = kv[i + 1];
             replaced = true;
           }
@@ -156,33 +150,33 @@ class Machine {
   }
   absl::Status Append(std::vector<PyValuePtr> values) {
     ASSIGN_OR_RETURN(PyValuePtr list, Pop());
-    if (list->kind != Kind::kList) return absl::DataLossError("APPEND(S) on a non-list");
+    if (list->kind != PyKind::kList) return absl::DataLossError("APPEND(S) on a non-list");
     for (auto& v : values) list->items.push_back(std::move(v));
     stack_.push_back(list);
     return absl::OkStatus();
   }
 
   static absl::StatusOr<std::vector<int64_t>> IntTuple(const PyValuePtr& v, const char* what) {
-    if (v->kind != Kind::kTuple && v->kind != Kind::kList) {
+    if (v->kind != PyKind::kTuple && v->kind != PyKind::kList) {
       return absl::DataLossError(absl::StrCat(what, " is not a tuple"));
     }
     std::vector<int64_t> out;
     for (const auto& item : v->items) {
-      if (item->kind != Kind::kInt) return absl::DataLossError(absl::StrCat(what, " holds a non-integer"));
+      if (item->kind != PyKind::kInt) return absl::DataLossError(absl::StrCat(what, " holds a non-integer"));
       out.push_back(item->i);
     }
     return out;
   }
 
   absl::StatusOr<PyValuePtr> Reduce(const PyValuePtr& callable, const PyValuePtr& args) {
-    if (callable->kind != Kind::kGlobal) return absl::DataLossError("REDUCE of a non-global");
+    if (callable->kind != PyKind::kGlobal) return absl::DataLossError("REDUCE of a non-global");
     const std::string& name = callable->s;
     if (name == "collections.OrderedDict") {
-      PyValuePtr d = Make(Kind::kDict);
+      PyValuePtr d = MakePyValue(PyKind::kDict);
       return d;
     }
     if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") {
-      if (args->items.size() < 4 || args->items[0]->kind != Kind::kTensor || args->items[1]->kind != Kind::kInt) {
+      if (args->items.size() < 4 || args->items[0]->kind != PyKind::kTensor || args->items[1]->kind != PyKind::kInt) {
         return absl::DataLossError(absl::StrCat(name, ": unexpected arguments"));
       }
       ASSIGN_OR_RETURN(std::vector<int64_t> size, IntTuple(args->items[2], "tensor size"));
@@ -196,7 +190,7 @@ class Machine {
       if (extent >= storage.numel() && storage.numel() > 0) {
         return absl::DataLossError(absl::StrCat("tensor view exceeds its storage (", storage.numel(), " elements)"));
       }
-      PyValuePtr t = Make(Kind::kTensor);
+      PyValuePtr t = MakePyValue(PyKind::kTensor);
       t->tensor = storage.as_strided(size, stride, args->items[1]->i).clone();
       return t;
     }
@@ -205,7 +199,7 @@ class Machine {
       return args->items[0];
     }
     if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
-      if (args->items.empty() || args->items[0]->kind != Kind::kTensor) {
+      if (args->items.empty() || args->items[0]->kind != PyKind::kTensor) {
         return absl::DataLossError(absl::StrCat(name, ": unexpected arguments"));
       }
       return args->items[0];
@@ -215,14 +209,14 @@ class Machine {
   }
 
   absl::StatusOr<PyValuePtr> PersistentLoad(const PyValuePtr& pid) {
-    if (pid->kind != Kind::kTuple || pid->items.size() < 5 || pid->items[0]->kind != Kind::kString ||
+    if (pid->kind != PyKind::kTuple || pid->items.size() < 5 || pid->items[0]->kind != PyKind::kString ||
         pid->items[0]->s != "storage") {
       return absl::DataLossError("unknown persistent id");
     }
     const PyValuePtr& type = pid->items[1];
     const PyValuePtr& key = pid->items[2];
     const PyValuePtr& numel = pid->items[4];
-    if (type->kind != Kind::kGlobal || key->kind != Kind::kString || numel->kind != Kind::kInt) {
+    if (type->kind != PyKind::kGlobal || key->kind != PyKind::kString || numel->kind != PyKind::kInt) {
       return absl::DataLossError("malformed storage persistent id");
     }
     auto it = storages_.find(key->s);
@@ -234,7 +228,7 @@ class Machine {
       ASSIGN_OR_RETURN(torch::Tensor storage, loader_(key->s, dtype->second, numel->i));
       it = storages_.emplace(key->s, storage).first;
     }
-    PyValuePtr t = Make(Kind::kTensor);
+    PyValuePtr t = MakePyValue(PyKind::kTensor);
     t->tensor = it->second;
     return t;
   }
@@ -244,13 +238,13 @@ class Machine {
       case 0x80: { uint8_t v; return Byte(&v); }                        // PROTO
       case 0x95: { uint64_t n; return LittleEndian(&n); }               // FRAME
       case '.': done_ = true; return absl::OkStatus();                  // STOP
-      case '(': stack_.push_back(Make(Kind::kMark)); return absl::OkStatus();
-      case '}': stack_.push_back(Make(Kind::kDict)); return absl::OkStatus();
-      case ']': stack_.push_back(Make(Kind::kList)); return absl::OkStatus();
+      case '(': stack_.push_back(MakePyValue(PyKind::kMark)); return absl::OkStatus();
+      case '}': stack_.push_back(MakePyValue(PyKind::kDict)); return absl::OkStatus();
+      case ']': stack_.push_back(MakePyValue(PyKind::kList)); return absl::OkStatus();
       case ')': PushTuple({}); return absl::OkStatus();
-      case 'N': stack_.push_back(Make(Kind::kNone)); return absl::OkStatus();
+      case 'N': stack_.push_back(MakePyValue(PyKind::kNone)); return absl::OkStatus();
       case 0x88: case 0x89: {                                           // NEWTRUE / NEWFALSE
-        PyValuePtr b = Make(Kind::kBool);
+        PyValuePtr b = MakePyValue(PyKind::kBool);
         b->i = op == 0x88;
         stack_.push_back(b);
         return absl::OkStatus();
@@ -275,7 +269,7 @@ class Machine {
         RETURN_IF_ERROR(Bytes(8, &b));
         uint64_t bits = 0;
         for (char c : b) bits = (bits << 8) | static_cast<uint8_t>(c);
-        PyValuePtr f = Make(Kind::kFloat);
+        PyValuePtr f = MakePyValue(PyKind::kFloat);
         std::memcpy(&f->f, &bits, 8);
         stack_.push_back(f);
         return absl::OkStatus();
@@ -363,6 +357,12 @@ class Machine {
 };
 
 }  // namespace
+
+PyValuePtr MakePyValue(PyValue::Kind kind) {
+  auto v = std::make_shared<PyValue>();
+  v->kind = kind;
+  return v;
+}
 
 absl::StatusOr<PyValuePtr> Unpickle(const std::string& data, const StorageLoader& load_storage,
                                     const std::string& source) {

@@ -33,6 +33,9 @@ struct PyValue {
   torch::Tensor tensor;     // kTensor (also a storage, as a flat tensor)
 };
 
+// A fresh value of `kind` (the fields for it set by the caller).
+PyValuePtr MakePyValue(PyValue::Kind kind);
+
 // Loads storage `key` of `dtype` with `numel` elements (from data/<key>).
 using StorageLoader =
     std::function<absl::StatusOr<torch::Tensor>(const std::string& key, torch::ScalarType dtype, int64_t numel)>;

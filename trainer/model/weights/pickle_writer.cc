@@ -145,47 +145,41 @@ class Pickler {
   std::vector<torch::Tensor> storages_;
 };
 
-PyValuePtr Make(PyValue::Kind kind) {
-  auto v = std::make_shared<PyValue>();
-  v->kind = kind;
-  return v;
-}
-
 }  // namespace
 
-PyValuePtr PyNone() { return Make(PyValue::Kind::kNone); }
+PyValuePtr PyNone() { return MakePyValue(PyValue::Kind::kNone); }
 PyValuePtr PyBool(bool b) {
-  PyValuePtr v = Make(PyValue::Kind::kBool);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kBool);
   v->i = b ? 1 : 0;
   return v;
 }
 PyValuePtr PyInt(int64_t i) {
-  PyValuePtr v = Make(PyValue::Kind::kInt);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kInt);
   v->i = i;
   return v;
 }
 PyValuePtr PyFloat(double f) {
-  PyValuePtr v = Make(PyValue::Kind::kFloat);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kFloat);
   v->f = f;
   return v;
 }
 PyValuePtr PyString(std::string s) {
-  PyValuePtr v = Make(PyValue::Kind::kString);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kString);
   v->s = std::move(s);
   return v;
 }
 PyValuePtr PyTensor(torch::Tensor t) {
-  PyValuePtr v = Make(PyValue::Kind::kTensor);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kTensor);
   v->tensor = std::move(t);
   return v;
 }
 PyValuePtr PyList(std::vector<PyValuePtr> items) {
-  PyValuePtr v = Make(PyValue::Kind::kList);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kList);
   v->items = std::move(items);
   return v;
 }
 PyValuePtr PyDict(std::vector<std::pair<PyValuePtr, PyValuePtr>> entries) {
-  PyValuePtr v = Make(PyValue::Kind::kDict);
+  PyValuePtr v = MakePyValue(PyValue::Kind::kDict);
   v->entries = std::move(entries);
   return v;
 }
