@@ -28,6 +28,7 @@ job_yaml() {  # EPOCHS
 }
 job_yaml 2 >"$WORK/short.yaml"
 job_yaml 12 >"$WORK/long.yaml"
+job_yaml 4 >"$WORK/medium.yaml"  # requeued after its first checkpoint (step 4 of 16)
 
 # The ranks' environment comes from the coordinator's (sbatch --export=ALL):
 # srun starts them with PMIx (retina-train picks MPI under srun); Open MPI on loopback.
@@ -102,7 +103,7 @@ field "$id" "d['message']" | grep -q "cancelled outside the service" || { echo "
 echo "[${SECONDS} s] ok 2: scancel $slurm from outside -> $id CANCELLED: $(field "$id" "d['message']")"
 
 # 3. scontrol requeue -> attempt 2 resumes.
-id=$(retina submit "$WORK/long.yaml" --world-size 1 --max-restarts 0)
+id=$(retina submit "$WORK/medium.yaml" --world-size 1 --max-restarts 0)
 wait_for "$id" "int(d['progress'].get('lastCheckpointStep', '0')) > 0" True 180
 slurm=$(field "$id" "d['executorJobId']")
 scontrol requeue "$slurm"

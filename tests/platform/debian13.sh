@@ -5,7 +5,9 @@
 # from Debian's registry. Inside it, as a new user would: our scripts/setup,
 # configure, build the programs and tests of the representative set, run it.
 #
-#   tests/platform/debian13.sh [--shell]     (--shell: a shell in the root instead)
+#   tests/platform/debian13.sh [--shell | --run CMD]
+#       --shell: a shell in the root instead; --run: CMD there, from the source
+#       tree, with B=/var/build/retina (e.g. --run '$B/tests/trainer_tests')
 #
 # The representative set (RETINA_PLATFORM_TESTS overrides the ctest -R regex):
 #   - every test labelled unit;
@@ -62,6 +64,8 @@ inner=$(mktemp)
 trap 'rm -f "$inner"' EXIT
 if [[ ${1:-} == --shell ]]; then
   echo 'cd "$SRC" && exec bash -i' >"$inner"
+elif [[ ${1:-} == --run ]]; then
+  printf 'cd "$SRC" && B=/var/build/retina && %s\n' "${2:?--run CMD}" >"$inner"
 else
   cat >"$inner" <<'INNER'
 set -euo pipefail
@@ -74,7 +78,7 @@ s1=$(date +%s)
 python3 -c 'import sys, torch, numpy; print("platform debian13: Python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__)'
 B=/var/build/retina
 cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build $B -j "$JOBS" --target $TARGETS
+cmake --build $B -j "$JOBS" --target $TARGETS -- -k 0  # every compile error at once
 s2=$(date +%s)
 ccache -s 2>/dev/null | grep -iE 'hits|misses' | head -3 || true
 rc=0

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 
+#include "absl/strings/str_cat.h"
 #include "trainer/dist/rendezvous.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/transunet.h"

@@ -20,6 +20,7 @@
 #include "common/metrics_csv.h"
 #include "common/records.h"
 #include "common/status_macros.h"
+#include "trainer/engine/bf16_probe.h"
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/event_log.h"
 #include "trainer/engine/stop_signals.h"
@@ -64,6 +65,7 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const JobConfig& config
   SetLogRank(t->launch_.world_size > 1 ? t->launch_.rank : -1);
   t->threads_ = ConfigureTorchThreads(t->launch_.local_world_size, config.runtime.threads);
   ASSIGN_OR_RETURN(t->device_, PlanDevice(config.runtime.device, config.runtime.precision, t->launch_.local_rank));
+  if (t->device_.bf16 && !t->device_.device.is_cuda()) RETURN_IF_ERROR(ProbeCpuBf16Training());
   t->global_batch_ = t->pretrain_ ? config.pretrain.global_batch : config.finetune.global_batch;
   if (t->global_batch_ % t->launch_.world_size != 0) {
     return absl::InvalidArgumentError(absl::StrCat(t->pretrain_ ? "pretrain" : "finetune", ".global_batch: ",
