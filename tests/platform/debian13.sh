@@ -110,7 +110,10 @@ unshare --mount --pid --fork --propagation private bash -c '
     mkdir -p "$R$SHARED"
     mount --bind -o ro "$SHARED" "$R$SHARED"
   fi
-  cp "$INNER" "$R/tmp/retina-platform-inner.sh"
+  # One file per invocation: a --run beside a running stage must not replace
+  # the script that bash is still reading.
+  inner_in_root=/tmp/$(basename "$INNER")
+  cp "$INNER" "$R$inner_in_root"
   exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    TERM="${TERM:-dumb}" SRC="$SRC" JOBS="$5" TARGETS="$6" TESTS="$7" CI="${CI:-}" bash /tmp/retina-platform-inner.sh
+    TERM="${TERM:-dumb}" SRC="$SRC" JOBS="$5" TARGETS="$6" TESTS="$7" CI="${CI:-}" bash "$inner_in_root"
 ' platform "$ROOT" "$SRC" "$SHARED" "$inner" "$JOBS" "$TARGETS" "$TESTS"

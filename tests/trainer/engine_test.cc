@@ -26,9 +26,11 @@
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/tools/synth.h"
 #include "trainer/data/formats/writers.h"
+#include "trainer/engine/bf16_probe.h"
 #include "trainer/eval/metrics.h"
 #include "trainer/model/weights/state_dict.h"
 #include "trainer/model/weights/weight_source.h"
+#include "trainer/runtime/device.h"
 
 namespace retina::trainer {
 namespace {
@@ -374,6 +376,40 @@ TEST_F(Engine, ARankDyingOrStallingMidRunStopsTheOtherWithinTheTimeout) {
   EXPECT_LT(stalled_s, 20) << "rank 0 waited past the 5 s collective timeout";
   EXPECT_THAT(*ReadFile(Log("stalled0")), HasSubstr("rank 0"));
   EXPECT_THAT(*ReadFile(Log("stalled0")), HasSubstr("timed out after 5 s"));
+}
+
+// runtime.precision: bf16 on the CPU, through the program a worker starts:
+// where the CPU has bf16 units (and this machine's kernels pass the probe)
+// the job trains under autocast, learns, says so in its log and keeps fp32
+// weights in its checkpoints; elsewhere it is refused naming the field,
+// before any checkpoint.
+TEST_F(Engine, Bf16OnTheCpuTrainsWithFp32WeightsWhereTheUnitsAreAndIsRefusedElsewhere) {
+  WriteConfig("pre-bf16.yaml", "kind: pretrain\nseed: 3\nmodel: {name: tiny, image_size: 64}\n"
+                               "data: {dataset: em, loader_threads: 1}\nruntime: {precision: bf16}\n"
+                               "pretrain: {epochs: 3, global_batch: 8, checkpoint_every_epochs: 1}\n");
+  const int rc = Wait(Start(RunArgs("pre-bf16.yaml", "bf16"), Log("bf16")));
+  const std::string log = ReadFile(Log("bf16")).value_or("");
+  const absl::Status probe = DetectCpuBf16Units().any() ? ProbeCpuBf16Training() : absl::OkStatus();
+  if (!DetectCpuBf16Units().any() || !probe.ok()) {
+    EXPECT_NE(rc, 0) << log;
+    EXPECT_THAT(log, HasSubstr("runtime.precision: bf16"));
+    EXPECT_FALSE(CheckpointStore(Ckpts("bf16")).Latest().ok());
+    GTEST_SKIP() << "no CPU bf16 here (refusal checked): "
+                 << (probe.ok() ? "this CPU has neither avx512_bf16 nor amx_bf16" : probe.message());
+  }
+  ASSERT_EQ(rc, 0) << log;
+  EXPECT_THAT(log, HasSubstr("bf16 autocast"));
+  const std::vector<double> losses = Losses("bf16");
+  ASSERT_EQ(losses.size(), 24u);  // 3 epochs of 64 tiles at batch 8
+  for (double l : losses) ASSERT_TRUE(std::isfinite(l)) << log;
+  const double first = (losses[0] + losses[1] + losses[2] + losses[3]) / 4;
+  const double last = (losses[20] + losses[21] + losses[22] + losses[23]) / 4;
+  EXPECT_LT(last, first) << log;
+  for (const auto& [name, tensor] : Final("bf16")) {
+    if (tensor.is_floating_point()) {
+      ASSERT_EQ(tensor.scalar_type(), torch::kFloat) << name;
+    }
+  }
 }
 
 TEST_F(Engine, BadConfigAndMissingDataAreNamedBeforeTraining) {
