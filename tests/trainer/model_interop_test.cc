@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 
 #include <filesystem>
+#include <tuple>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -130,6 +131,40 @@ TEST(ReadStateDictFile, BadFilesNameTheFile) {
   r = ReadStateDictFile(dir / "ok.pt");
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(torch::equal((*r)[0].second, d[0].second));
+  fs::remove_all(dir);
+}
+
+// A bare .pt (no checkpoint MANIFEST beside it) with one flipped byte, in a
+// tensor's record or in the pickle, is refused naming the file and the
+// record: every record is checked against the CRC-32 its zip entry carries
+// (libtorch's own reader does not check them). Files PyTorch wrote pass the
+// same check in ModelInterop.
+TEST(ReadStateDictFile, AFlippedByteInAnyRecordIsRefusedByItsZipCrc) {
+  const fs::path dir = fs::path(::testing::TempDir()) / UniqueTempName("crcpt-");
+  fs::create_directories(dir);
+  const StateDict d = {{"a", torch::arange(1000, torch::kFloat)}, {"b", torch::full({50}, 7.0)}};
+  const std::vector<char> bytes = SerializeStateDict(d);
+  const std::string text(bytes.data(), bytes.size());
+  // Float 999.0 (last element of "a") and the pickle's name of tensor "b".
+  const float last = 999.0f;
+  const size_t in_tensor = text.find(std::string(reinterpret_cast<const char*>(&last), 4));
+  const size_t in_pickle = text.find("X\x01\x00\x00\x00b");  // BINUNICODE "b"
+  ASSERT_NE(in_tensor, std::string::npos);
+  ASSERT_NE(in_pickle, std::string::npos);
+  for (const auto& [name, offset, record] : {std::tuple{"tensor.pt", in_tensor, "data/0"},
+                                            std::tuple{"pickle.pt", in_pickle + 5, "data.pkl"}}) {
+    std::string damaged = text;
+    damaged[offset] ^= 0x01;
+    ASSERT_TRUE(WriteFileAtomic(dir / name, damaged).ok());
+    absl::StatusOr<StateDict> r = ReadStateDictFile(dir / name);
+    ASSERT_FALSE(r.ok()) << name << " loaded";
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(name));
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(absl::StrCat("record ", record, ": CRC-32")));
+  }
+  // The same bytes undamaged load.
+  ASSERT_TRUE(WriteFileAtomic(dir / "ok.pt", text).ok());
+  EXPECT_TRUE(ReadStateDictFile(dir / "ok.pt").ok());
   fs::remove_all(dir);
 }
 

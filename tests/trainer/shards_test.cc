@@ -37,6 +37,19 @@ class Shards : public ::testing::Test {
     o.threads = 2;
     return o;
   }
+  // Flips one pixel's lowest bit in each of `samples` (64x64 images) of a
+  // shard, where h5py says its images start.
+  static void FlipPixel(const fs::path& shard, std::initializer_list<int> samples) {
+    std::string out;
+    ASSERT_EQ(retina::testing::RunPython("pack_peer.py", "offset " + shard.string(), &out), 0) << out;
+    const int64_t images = std::stoll(out);
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    for (int sample : samples) {
+      f.seekp(images + sample * 64 * 64 + 10);
+      const char c = static_cast<char>(f.peek());
+      f.put(static_cast<char>(c ^ 0x01));
+    }
+  }
   retina::testing::ScopedTempDir tmp_{"shards-"};
 };
 
@@ -119,15 +132,7 @@ TEST_F(Shards, ADamagedSampleIsCaughtWhenReadAndAnOldShardWhenOpened) {
   PackOptions o = Options("ds");
   ASSERT_TRUE(PackImages(o).ok());
   const fs::path shard = o.out / "shard-00001.h5";
-  std::string out;
-  ASSERT_EQ(retina::testing::RunPython("pack_peer.py", "offset " + shard.string(), &out), 0) << out;
-  const int64_t images = std::stoll(out);
-  {
-    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(images + 64 * 64 + 10);  // sample 1 of the shard
-    const char c = static_cast<char>(f.peek());
-    f.put(static_cast<char>(c ^ 0x01));
-  }
+  FlipPixel(shard, {1});
   absl::StatusOr<std::unique_ptr<ShardedDataset>> ds = ShardedDataset::Open(o.out, /*verify=*/false);
   ASSERT_TRUE(ds.ok()) << ds.status();
   absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(o.out);
@@ -147,6 +152,7 @@ TEST_F(Shards, ADamagedSampleIsCaughtWhenReadAndAnOldShardWhenOpened) {
   PackOptions old = Options("old");
   ASSERT_TRUE(PackImages(old).ok());
   const fs::path old_shard = old.out / "shard-00000.h5";
+  std::string out;
   ASSERT_EQ(retina::testing::RunPython("pack_peer.py", "strip " + old_shard.string() + " " +
                                                            (old.out / "manifest.json").string(), &out), 0) << out;
   ASSERT_TRUE(ShardedDataset::Open(old.out, false).ok());
@@ -161,6 +167,35 @@ TEST_F(Shards, ADamagedSampleIsCaughtWhenReadAndAnOldShardWhenOpened) {
   EXPECT_EQ(opened.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(opened.message()), HasSubstr("shard-00000.h5: SHA-256"));
   EXPECT_THAT(std::string(opened.message()), HasSubstr("does not match the manifest"));
+}
+
+// Whoever changes a shard can recompute its SHA-256 in the manifest; verify
+// (retina-shard verify, Open with verify) also checks every sample's CRC-32
+// inside the shard, naming the shard, the sample and how many are damaged.
+TEST_F(Shards, VerifyChecksEverySampleEvenWhenTheManifestHashWasRecomputed) {
+  PackOptions o = Options("ds");
+  ASSERT_TRUE(PackImages(o).ok());
+  const fs::path shard = o.out / "shard-00001.h5";
+  FlipPixel(shard, {1, 2});
+  absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(o.out);
+  ASSERT_TRUE(m.ok());
+  absl::StatusOr<FileDigest> digest = Sha256File(shard);
+  ASSERT_TRUE(digest.ok());
+  m->shards[1].sha256 = digest->sha256;  // the hash recomputed over the damaged shard
+  ASSERT_TRUE(WriteFileAtomic(o.out / DatasetManifest::kFileName, m->ToJson()).ok());
+  ASSERT_TRUE(VerifyDatasetChecksums(o.out, *m).ok());  // the manifest alone is fooled
+
+  absl::StatusOr<std::unique_ptr<ShardedDataset>> ds = ShardedDataset::Open(o.out, /*verify=*/false);
+  ASSERT_TRUE(ds.ok()) << ds.status();
+  int64_t checked = 0;
+  const absl::Status all = (*ds)->CheckAllSamples(&checked);
+  EXPECT_EQ(all.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(all.message()), HasSubstr("shard-00001.h5: sample 1 "));
+  EXPECT_THAT(std::string(all.message()), HasSubstr("(2 damaged samples in this shard)"));
+  EXPECT_EQ(checked, (*ds)->size());
+  const absl::Status opened = ShardedDataset::Open(o.out, /*verify=*/true).status();
+  EXPECT_EQ(opened.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(std::string(opened.message()), HasSubstr("shard-00001.h5: sample 1 "));
 }
 
 TEST_F(Shards, BadInputsAreNamedOrSkippedOnRequest) {

@@ -216,7 +216,33 @@ absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::p
     ds->shards_.push_back(std::move(shard));
   }
   ds->manifest_ = std::move(manifest);
+  if (verify) RETURN_IF_ERROR(ds->CheckAllSamples());
   return ds;
+}
+
+absl::Status ShardedDataset::CheckAllSamples(int64_t* checked) const {
+  std::string damaged;
+  int64_t n_checked = 0, n_damaged_shards = 0;
+  for (const Shard& s : shards_) {
+    if (s.crc32.empty()) continue;
+    const int64_t count = static_cast<int64_t>(s.crc32.size());
+    int64_t bad = 0;
+    absl::Status first_bad;
+    for (int64_t local = 0; local < count; ++local) {
+      absl::Status st = CheckSample(s.first + local);
+      if (!st.ok() && bad++ == 0) first_bad = std::move(st);
+    }
+    n_checked += count;
+    if (bad == 0) continue;
+    if (n_damaged_shards++ < 8) {
+      absl::StrAppend(&damaged, damaged.empty() ? "" : "\n", first_bad.message(),
+                      bad > 1 ? absl::StrCat(" (", bad, " damaged samples in this shard)") : "");
+    }
+  }
+  if (checked != nullptr) *checked = n_checked;
+  if (n_damaged_shards == 0) return absl::OkStatus();
+  return absl::DataLossError(n_damaged_shards > 8 ? absl::StrCat(damaged, "\n... ", n_damaged_shards - 8, " more damaged shards")
+                                                  : damaged);
 }
 
 std::pair<const ShardedDataset::Shard*, int64_t> ShardedDataset::Locate(int64_t i) const {

@@ -1,12 +1,16 @@
 #include "trainer/model/weights/state_dict.h"
 
 #include <caffe2/serialize/inline_container.h>
+#include <zip.h>
+#include <zlib.h>
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
@@ -113,17 +117,73 @@ absl::Status SaveStateDictFile(const StateDict& dict, const std::filesystem::pat
   return WriteFileAtomic(path, absl::string_view(bytes.data(), bytes.size()));
 }
 
+namespace {
+
+// The CRC-32 that the archive's central directory records for each entry, by
+// its name below the archive's top folder ("data.pkl", "data/0"): libtorch's
+// reader (miniz built without CRC checks) returns a record's bytes unchecked.
+absl::StatusOr<std::map<std::string, uint32_t>> ZipEntryCrcs(const std::string& source) {
+  int err = 0;
+  std::unique_ptr<zip_t, void (*)(zip_t*)> archive(zip_open(source.c_str(), ZIP_RDONLY, &err),
+                                                   [](zip_t* z) { zip_discard(z); });
+  if (!archive) {
+    zip_error_t error;
+    zip_error_init_with_code(&error, err);
+    const std::string why = zip_error_strerror(&error);
+    zip_error_fini(&error);
+    return absl::DataLossError(absl::StrCat(source, ": not a readable zip archive: ", why));
+  }
+  std::map<std::string, uint32_t> crcs;
+  const zip_int64_t n = zip_get_num_entries(archive.get(), 0);
+  for (zip_int64_t i = 0; i < n; ++i) {
+    zip_stat_t st;
+    zip_stat_init(&st);
+    if (zip_stat_index(archive.get(), static_cast<zip_uint64_t>(i), 0, &st) != 0 ||
+        (st.valid & ZIP_STAT_NAME) == 0 || (st.valid & ZIP_STAT_CRC) == 0) {
+      continue;
+    }
+    const std::string name = st.name;
+    const size_t slash = name.find('/');
+    crcs[slash == std::string::npos ? name : name.substr(slash + 1)] = st.crc;
+  }
+  return crcs;
+}
+
+// OK when `record`'s bytes have the CRC-32 the archive recorded for it.
+absl::Status CheckRecordCrc(const std::map<std::string, uint32_t>& crcs, const std::string& record, const void* data,
+                            size_t size) {
+  const auto it = crcs.find(record);
+  if (it == crcs.end()) return absl::DataLossError(absl::StrCat("record ", record, " has no CRC-32 in the archive"));
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const auto* bytes = static_cast<const Bytef*>(data);
+  for (size_t done = 0; done < size;) {  // crc32 takes a uInt length
+    const size_t chunk = std::min<size_t>(size - done, 1u << 30);
+    crc = crc32(crc, bytes + done, static_cast<uInt>(chunk));
+    done += chunk;
+  }
+  if (static_cast<uint32_t>(crc) == it->second) return absl::OkStatus();
+  return absl::DataLossError(absl::StrFormat("record %s: CRC-32 %08x, the archive recorded %08x (the file is damaged)",
+                                             record, static_cast<uint32_t>(crc), it->second));
+}
+
+}  // namespace
+
 absl::StatusOr<PyValuePtr> ReadTorchSaveFile(const std::filesystem::path& path) {
   const std::string source = path.string();
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   std::string pickle;
+  std::map<std::string, uint32_t> crcs;
   try {
     if (!std::filesystem::exists(path)) return absl::NotFoundError(absl::StrCat(source, ": no such file"));
     reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(source);
     if (!reader->hasRecord("data.pkl")) {
       return absl::DataLossError(absl::StrCat(source, ": zip archive without data.pkl (not a torch.save file)"));
     }
+    ASSIGN_OR_RETURN(crcs, ZipEntryCrcs(source));
     auto [ptr, size] = reader->getRecord("data.pkl");
+    if (absl::Status crc = CheckRecordCrc(crcs, "data.pkl", ptr.get(), size); !crc.ok()) {
+      return absl::DataLossError(absl::StrCat(source, ": ", crc.message()));
+    }
     pickle.assign(static_cast<const char*>(ptr.get()), size);
   } catch (const c10::Error& e) {
     return absl::DataLossError(absl::StrCat(
@@ -137,6 +197,7 @@ absl::StatusOr<PyValuePtr> ReadTorchSaveFile(const std::filesystem::path& path) 
     try {
       if (!reader->hasRecord(record)) return absl::DataLossError(absl::StrCat("missing record ", record));
       auto [ptr, size] = reader->getRecord(record);
+      RETURN_IF_ERROR(CheckRecordCrc(crcs, record, ptr.get(), size));
       const size_t want = static_cast<size_t>(numel) * c10::elementSize(dtype);
       if (size < want) {
         return absl::DataLossError(absl::StrCat("record ", record, " holds ", size, " bytes, need ", want));
