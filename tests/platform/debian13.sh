@@ -55,7 +55,9 @@ if [[ ! -f $ROOT/.retina-root-ok ]]; then
   mv "$ROOT.partial" "$ROOT"
   touch "$ROOT/.retina-root-ok"
 fi
+# The machine's own name resolution: ranks meet at the worker's host name.
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+cp /etc/hosts "$ROOT/etc/hosts"
 say "root ready after $(($(date +%s) - t0)) s"
 
 # What runs inside the root, as root, in the source tree (mounted at the

@@ -100,6 +100,42 @@ TEST(Zarr, ATruncatedChunkIsDataLossNamingItsFile) {
   }
 }
 
+// Sizes in a .zarray are checked before anything is allocated from them:
+// chunks whose product wraps past 2^64 (once a SIGSEGV in retina-infer) or
+// that exceed what a chunk may hold, and a shape whose voxel count overflows
+// (once "empty input volume"), are DATA_LOSS naming the file and the field,
+// through the array reader and through the plane reader a job opens.
+TEST(Zarr, HeaderSizesThatOverflowOrExceedTheChunkLimitAreNamed) {
+  retina::testing::ScopedTempDir tmp("zarr-");
+  const std::string two62 = "4611686018427387904";
+  const struct {
+    std::string shape, chunks, field;
+  } cases[] = {
+      {"[4, 64, 64]", "[" + two62 + ", " + two62 + ", 4]", "chunks"},  // wraps to 0
+      {"[4, 64, 64]", "[" + two62 + ", 4, 1]", "chunks"},              // 2^64: wraps too
+      {"[4, 64, 64]", "[1, 65536, 32768]", "chunks"},                   // 2 GiB
+      {"[" + two62 + ", " + two62 + ", 4]", "[1, 64, 64]", "shape"},
+  };
+  int i = 0;
+  for (const auto& c : cases) {
+    const fs::path dir = tmp.path() / ("a" + std::to_string(i++));
+    fs::create_directories(dir);
+    ASSERT_TRUE(WriteFileAtomic(dir / ".zarray",
+                                "{\"zarr_format\": 2, \"shape\": " + c.shape + ", \"chunks\": " + c.chunks +
+                                    ", \"dtype\": \"|u1\", \"order\": \"C\", \"compressor\": null, "
+                                    "\"fill_value\": 0, \"filters\": null}")
+                    .ok());
+    const absl::StatusOr<ZarrArrayMeta> m = ReadZarrArray(dir);
+    ASSERT_FALSE(m.ok()) << c.chunks;
+    EXPECT_TRUE(absl::IsDataLoss(m.status())) << m.status();
+    EXPECT_THAT(m.status().message(), HasSubstr((dir / ".zarray").string()));
+    EXPECT_THAT(m.status().message(), HasSubstr(c.field + " ["));
+    const auto reader = OpenZarrPlaneReader(dir.string());
+    ASSERT_FALSE(reader.ok());
+    EXPECT_THAT(reader.status().message(), HasSubstr(".zarray"));
+  }
+}
+
 TEST(Zarr, ModeDownsamplingTakesTheMostFrequentLabelAndTheSmallestOnTies) {
   // One 2x2x2 block with labels 3 (x3), 1 (x3), 2 (x2): a tie of 1 and 3 -> 1;
   // an odd edge keeps a block of one voxel.

@@ -239,6 +239,18 @@ absl::StatusOr<ZarrArrayMeta> ReadZarrArray(const fs::path& dir) {
   } catch (const Json::exception& e) {
     return bad(e.what());
   }
+  // Sizes from the header, before anything is allocated from them: a chunk is
+  // decompressed whole into memory, and the shape's voxel count must fit.
+  int64_t chunk_bytes = static_cast<int64_t>(m.item_size()), voxels = 1;
+  for (size_t a = 0; a < m.shape.size(); ++a) {
+    if (__builtin_mul_overflow(chunk_bytes, m.chunks[a], &chunk_bytes) || chunk_bytes > kMaxZarrChunkBytes) {
+      return bad(absl::StrCat("chunks [", absl::StrJoin(m.chunks, ", "), "] of ", m.item_size(),
+                              "-byte values exceed the ", kMaxZarrChunkBytes >> 20, " MiB a chunk may hold"));
+    }
+    if (__builtin_mul_overflow(voxels, m.shape[a], &voxels)) {
+      return bad(absl::StrCat("shape [", absl::StrJoin(m.shape, ", "), "] holds more than 2^63 values"));
+    }
+  }
   return m;
 }
 

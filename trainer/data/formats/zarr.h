@@ -50,8 +50,12 @@ struct ZarrArrayMeta {
 
 // Writes `dir`/.zarray (creating `dir`); the chunks come later.
 absl::Status CreateZarrArray(const std::filesystem::path& dir, const ZarrArrayMeta& meta);
+// The most bytes one decompressed chunk may hold (it is held whole in memory).
+inline constexpr int64_t kMaxZarrChunkBytes = int64_t{1} << 30;
 // Reads and checks `dir`/.zarray: DATA_LOSS naming the file for a malformed
-// one, UNIMPLEMENTED for an order, dtype, filter or codec this reader lacks.
+// one (also chunks past kMaxZarrChunkBytes or a shape whose voxel count
+// overflows 64 bits: sizes from a header are checked before any allocation),
+// UNIMPLEMENTED for an order, dtype, filter or codec this reader lacks.
 absl::StatusOr<ZarrArrayMeta> ReadZarrArray(const std::filesystem::path& dir);
 
 // Writes every chunk of the region [origin, origin + extent), which must start
