@@ -324,7 +324,8 @@ struct InferConfig {
     v.Field("overlap", &overlap,
             Spec("sliding-window overlap; unset = 0.7 for volumes, 0.5 for 2D images (METHOD.md section 4)").Min(0).Max(0.95));
     v.Field("output", &output,
-            Spec("output directory; empty = jobs/<id>/predictions in the store (service jobs: under the store)"));
+            Spec("output directory; empty = jobs/<id>/predictions in the store (service jobs: inside jobs/<id>/ or "
+                 "under an --output-root, never another job's directory or a dataset)"));
     v.Field("format", &format, Spec("ome-zarr = one <input>.ome.zarr per input, chunks written by all ranks; tiff/hdf5 = one file per input"));
     v.Field("probabilities", &probabilities,
             Spec("also write per-class probabilities (uint8 = round(255 p)); ome-zarr: <input>.probabilities.ome.zarr, hdf5: dataset probabilities"));

@@ -2,14 +2,19 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <string>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 
 namespace retina {
 namespace {
@@ -64,6 +69,43 @@ LogMessage::~LogMessage() {
   ssize_t ignored = ::write(STDERR_FILENO, text.data(), text.size());
   (void)ignored;
   if (severity_ == LogSeverity::kFatal) std::abort();
+}
+
+std::string FirstErrorLine(const std::filesystem::path& log, absl::string_view program, size_t max_bytes,
+                           size_t scan_bytes) {
+  std::ifstream in(log, std::ios::binary);
+  if (!in) return "";
+  std::string text(scan_bytes, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(scan_bytes));
+  text.resize(static_cast<size_t>(in.gcount()));
+  const std::string refusal = absl::StrCat(program, ": ");
+  auto is_error = [&](absl::string_view line) {
+    if (!program.empty() && absl::StartsWith(line, refusal)) return true;
+    if (line.size() < 6 || (line[0] != 'E' && line[0] != 'F') || line[5] != ' ') return false;
+    for (size_t i = 1; i < 5; ++i) {
+      if (!absl::ascii_isdigit(static_cast<unsigned char>(line[i]))) return false;
+    }
+    return true;
+  };
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (!is_error(line)) continue;
+    std::string out;
+    for (const char c : line) {
+      const auto u = static_cast<unsigned char>(c);
+      if (u >= 0x20 && u < 0x7f) {
+        out += c;
+      } else {
+        out += absl::StrFormat("\\x%02x", u);
+      }
+      if (out.size() > max_bytes) break;
+    }
+    if (out.size() > max_bytes) {
+      out.resize(std::max<size_t>(max_bytes, 3) - 3);
+      out += "...";
+    }
+    return out;
+  }
+  return "";
 }
 
 }  // namespace retina

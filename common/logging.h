@@ -10,7 +10,11 @@
 // logging. Thread-safe.
 #pragma once
 
+#include <cstddef>
+#include <filesystem>
 #include <sstream>
+#include <string>
+
 #include "absl/strings/string_view.h"
 
 namespace retina {
@@ -37,6 +41,16 @@ class LogMessage {
   bool enabled_;
   std::ostringstream stream_;
 };
+
+// The first line of a process's log that states why it failed: an ERROR or
+// FATAL line of this format ("E1125 04:51:02.123 ...") or the refusal a
+// program's main prints last ("<program>: <message>", common/cli.h),
+// whichever comes first. Bytes outside printable ASCII are escaped (\xNN)
+// and the line is cut to `max_bytes` ("..." marks the cut), so it can go
+// into a job's message as is; only the first `scan_bytes` of the file are
+// read. "" when there is no such line or no file.
+std::string FirstErrorLine(const std::filesystem::path& log, absl::string_view program, size_t max_bytes = 512,
+                           size_t scan_bytes = size_t{1} << 20);
 
 }  // namespace retina
 

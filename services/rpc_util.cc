@@ -96,6 +96,13 @@ absl::StatusOr<std::unique_ptr<Authenticator>> Authenticator::Create(const std::
     if (auth->worker_token_.size() < 16) {
       return absl::InvalidArgumentError(absl::StrCat(worker_token.string(), ": the worker token needs 16+ characters"));
     }
+    // A user holding the workers' token could act as a worker (claim ranks,
+    // report any job's end): the two roles never share a token.
+    if (auto it = auth->client_tokens_.find(auth->worker_token_); it != auth->client_tokens_.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(worker_token.string(), ": the worker token is also the token of user ",
+                                                     it->second.user, " in ", client_tokens.string(),
+                                                     "; give workers a token of their own"));
+    }
   }
   return auth;
 }

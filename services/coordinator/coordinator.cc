@@ -5,8 +5,10 @@
 #include <sstream>
 
 #include "absl/cleanup/cleanup.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -160,7 +162,7 @@ absl::Status Coordinator::Recover() {
     state_counts_[e->job.state()]++;
     next_seq_ = std::max(next_seq_, s.seq + 1);
     by_seq_[e->seq] = e.get();
-    if (!e->job.request_id().empty()) by_request_[e->job.request_id()] = e.get();
+    if (!e->job.request_id().empty()) by_request_[RequestKey(e->job.user(), e->job.request_id())] = e.get();
     jobs_[e->job.id()] = std::move(e);
   }
   // Ids continue past every job directory in the store (another database's,
@@ -293,26 +295,35 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
   if (request.request_id().size() > limits::kRequestIdChars) {
     return absl::InvalidArgumentError(absl::StrCat("request_id: at most ", limits::kRequestIdChars, " characters"));
   }
-  if (absl::StartsWith(request.request_id(), "study:")) {
+  for (size_t i = 0; i < request.request_id().size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(request.request_id()[i]);
+    if (c <= 0x20 || c >= 0x7f) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "request_id: printable ASCII without spaces (byte 0x%02x at position %d)", c, static_cast<int>(i)));
+    }
+  }
+  if (absl::StartsWithIgnoreCase(request.request_id(), "study:")) {
     return absl::InvalidArgumentError("request_id: ids starting with 'study:' are the coordinator's (a study's children)");
   }
+  // Request ids are per user: a retry finds only its own user's job.
+  const std::string request_key = RequestKey(user, request.request_id());
   {
     absl::MutexLock lock(&mu_);
     if (!request.request_id().empty()) {
-      auto it = by_request_.find(request.request_id());
+      auto it = by_request_.find(request_key);
       if (it != by_request_.end()) return it->second->job;  // an idempotent retry
     }
   }
   v1::JobSpec spec = request.spec();
-  RETURN_IF_ERROR(ValidateJobSpec(&spec, options_.store, options_.allowed_roots));
+  RETURN_IF_ERROR(ValidateJobSpec(&spec, options_.store, options_.allowed_roots, options_.output_roots));
   if (spec.kind() == v1::STUDY) {  // every child is checked before the study is accepted
     RETURN_IF_ERROR(PinStudyInits(&spec, options_.store));
-    RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots).status());
+    RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots, options_.output_roots).status());
   }
 
   absl::MutexLock lock(&mu_);
   if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
-    auto it = by_request_.find(request.request_id());
+    auto it = by_request_.find(request_key);
     if (it != by_request_.end()) return it->second->job;
   }
   const int needed = spec.world_size() * spec.slots_per_rank();
@@ -401,7 +412,7 @@ absl::StatusOr<Coordinator::JobEntry*> Coordinator::InsertJob(v1::JobSpec spec, 
   if (metrics_) metrics_->JobSubmitted();
   JobEntry* raw = e.get();
   by_seq_[e->seq] = raw;
-  if (!job.request_id().empty()) by_request_[job.request_id()] = raw;
+  if (!job.request_id().empty()) by_request_[RequestKey(job.user(), job.request_id())] = raw;
   jobs_[job.id()] = std::move(e);
   UpdateGauges();
   return raw;
@@ -835,12 +846,29 @@ absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& r) {
   if (part.done) return absl::OkStatus();
   part.done = true;
   const bool stopping = e->job.cancel_requested() || e->attempt_failed;
+  // The cause: the first rank that failed saying why (its first error line:
+  // the others were usually stopped because of it), else the first failed.
   std::string failure;
+  const v1::RankExit* cause = nullptr;
   for (const v1::RankExit& x : r.exits()) {
-    if (x.exit_code() == 0 || !failure.empty()) continue;
+    if (x.exit_code() != 0 && x.exit_code() != kExitPreempted && !x.first_error().empty()) {
+      cause = &x;
+      break;
+    }
+  }
+  for (const v1::RankExit& x : r.exits()) {
+    if (cause == nullptr && x.exit_code() != 0) cause = &x;
+  }
+  if (cause != nullptr) {
+    const v1::RankExit& x = *cause;
+    std::string why = x.first_error().substr(0, 512);  // the worker escaped it; a user sees it as is
+    for (char& c : why) {
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+    }
     failure = x.exit_code() == kExitPreempted
                   ? absl::StrCat("rank ", x.rank(), " stopped after a checkpoint (exit 75, preempted) on ", r.worker_id())
                   : absl::StrCat("rank ", x.rank(), " exited with code ", x.exit_code(), " on ", r.worker_id(),
+                                 why.empty() ? "" : absl::StrCat(": ", why),
                                  "; see its log: retina logs ", r.job_id(), " --rank ", x.rank());
   }
   if (failure.empty() && (r.stopped() || r.exits_size() < static_cast<int>(part.ranks.size()))) {
@@ -1131,6 +1159,7 @@ bool Coordinator::Place(JobEntry* e, const GangPlan& plan, int64_t now) {
     a.set_master_port(job.master_port());
     a.set_job_uid(job.uid());
     for (const auto& root : options_.allowed_roots) a.add_allowed_roots(root.string());
+    for (const auto& root : options_.output_roots) a.add_output_roots(root.string());
     for (int r = 0; r < n; ++r, ++rank) {
       part.ranks.push_back(rank);
       a.add_ranks(rank);

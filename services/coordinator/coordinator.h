@@ -73,6 +73,8 @@ struct CoordinatorOptions {
   // Besides the store, where service jobs may read datasets and weights
   // (common/path_policy.h).
   std::vector<std::filesystem::path> allowed_roots;
+  // Where infer outputs may go besides the job's own directory (--output-root).
+  std::vector<std::filesystem::path> output_roots;
   // Fair use (placement.h "Fair share"): slots one user's jobs may hold at
   // once, and queued jobs one user may have (a study counts its children);
   // 0 = no limit.
@@ -254,7 +256,7 @@ class Coordinator {
   std::unique_ptr<JobStore> store_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<JobEntry>> jobs_ ABSL_GUARDED_BY(mu_);
   std::map<int64_t, JobEntry*> by_seq_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, JobEntry*> by_request_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, JobEntry*> by_request_ ABSL_GUARDED_BY(mu_);  // by RequestKey(user, request id)
   std::map<std::string, WorkerEntry> workers_ ABSL_GUARDED_BY(mu_);
   int64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   int64_t recovery_deadline_ms_ ABSL_GUARDED_BY(mu_) = 0;

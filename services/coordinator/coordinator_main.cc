@@ -34,7 +34,7 @@ struct ServeFlags {
   std::string ports;
   std::string database = CoordinatorOptions().database.string();
   std::string tls_cert, tls_key, tls_client_ca, client_tokens, worker_token, ready_file;
-  std::vector<std::string> allowed_roots;
+  std::vector<std::string> allowed_roots, output_roots;
   std::string executor = "workers";
   double slurm_poll_s = absl::ToDoubleSeconds(SlurmOptions().poll);
   std::string slurm_script;
@@ -86,6 +86,11 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
                  "besides --store, a directory service jobs may read datasets and weights from (repeatable)")
       ->allow_extra_args(false)
       ->check(CLI::ExistingDirectory);
+  app.add_option("--output-root", f->output_roots,
+                 "besides a job's own directory, a directory infer jobs may write their outputs under (repeatable; "
+                 "never another job's directory or a dataset)")
+      ->allow_extra_args(false)
+      ->check(CLI::ExistingDirectory);
 }
 
 // Flags into CoordinatorOptions; INVALID_ARGUMENT naming the flag.
@@ -94,6 +99,7 @@ absl::StatusOr<CoordinatorOptions> CoreOptions(const ServeFlags& f) {
   o.database = f.database;
   o.store = f.store;
   o.allowed_roots.assign(f.allowed_roots.begin(), f.allowed_roots.end());
+  o.output_roots.assign(f.output_roots.begin(), f.output_roots.end());
   o.executor = f.executor == "slurm" ? CoordinatorOptions::Executor::kSlurm : CoordinatorOptions::Executor::kWorkers;
   o.slurm.poll = absl::Seconds(f.slurm_poll_s);
   if (o.executor == CoordinatorOptions::Executor::kSlurm) {

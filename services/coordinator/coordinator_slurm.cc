@@ -290,6 +290,7 @@ void Coordinator::SlurmTick() {
       a.config = layout.SubmittedConfigPath(id);
       a.store = options_.store;
       a.allowed_roots = options_.allowed_roots;
+      a.output_roots = options_.output_roots;
       for (const auto& [k, v] : e->job.spec().labels()) a.labels[k] = v;
       s.config_yaml = e->job.spec().config_yaml();
       submit.push_back(std::move(s));

@@ -65,7 +65,7 @@ void Coordinator::StartStudy(JobEntry* study) {
   }
   if (st.children.size() == st.plan.children.size() || study->job.cancel_requested()) return;
   absl::StatusOr<std::vector<StudyChildSpec>> specs =
-      StudyChildSpecs(study->job.spec(), id, options_.store, options_.allowed_roots);
+      StudyChildSpecs(study->job.spec(), id, options_.store, options_.allowed_roots, options_.output_roots);
   if (!specs.ok()) {
     // A child that was valid at submission no longer is (a dataset removed,
     // an allowed root dropped): no retry will help; the tick ends the study.
@@ -76,7 +76,7 @@ void Coordinator::StartStudy(JobEntry* study) {
   for (StudyChildSpec& c : *specs) {
     if (st.children.count(c.index)) continue;
     const std::string request_id = ChildRequestId(id, c.index);
-    auto existing = by_request_.find(request_id);
+    auto existing = by_request_.find(RequestKey(study->job.user(), request_id));
     if (existing != by_request_.end()) {  // created before a restart (clients cannot use "study:" ids)
       st.children[c.index] = existing->second->job.id();
       if (IsTerminal(existing->second->job.state())) NoteStudyChild(existing->second);

@@ -27,7 +27,8 @@ v1::JobKind KindFromConfig(JobKind kind) {
 
 // Validates the spec in place (defaults filled in). INVALID_ARGUMENT names the field.
 absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& store,
-                          const std::vector<std::filesystem::path>& allowed_roots) {
+                             const std::vector<std::filesystem::path>& allowed_roots,
+                             const std::vector<std::filesystem::path>& output_roots) {
   // Sizes and enums first: nothing else is looked at in an oversized request.
   if (spec->config_yaml().size() > limits::kConfigYamlBytes) {
     return absl::InvalidArgumentError(absl::StrCat("spec.config_yaml: ", spec->config_yaml().size(),
@@ -60,6 +61,7 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     return absl::InvalidArgumentError(absl::StrCat("spec.priority: must be between ", -limits::kPriority, " and ",
                                                    limits::kPriority, ", got ", spec->priority()));
   }
+  if (spec->world_size() == 0) spec->set_world_size(1);  // the proto's default: "1 when 0"
   if (spec->world_size() < 1 || spec->world_size() > limits::kWorldSize) {
     return absl::InvalidArgumentError(
         absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
@@ -91,7 +93,7 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", JobKindName(config->kind), ".global_batch ", batch,
                                                    " does not divide by ", spec->world_size(), " ranks"));
   }
-  const PathPolicy policy(store, allowed_roots);
+  const PathPolicy policy(store, allowed_roots, output_roots);
   RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");
   for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
                                     {"data.val_dataset", config->data.val_dataset},
@@ -165,7 +167,8 @@ absl::Status PinStudyInits(v1::JobSpec* spec, const std::filesystem::path& store
 
 absl::StatusOr<std::vector<StudyChildSpec>> StudyChildSpecs(const v1::JobSpec& study, const std::string& study_id,
                                                             const std::filesystem::path& store,
-                                                            const std::vector<std::filesystem::path>& allowed_roots) {
+                                                            const std::vector<std::filesystem::path>& allowed_roots,
+                                                            const std::vector<std::filesystem::path>& output_roots) {
   absl::StatusOr<StudyPlan> plan = PlanStudy(study.config_yaml(), "spec.config_yaml");
   if (!plan.ok()) return absl::InvalidArgumentError(plan.status().message());
   std::vector<StudyChildSpec> out;
@@ -188,7 +191,7 @@ absl::StatusOr<std::vector<StudyChildSpec>> StudyChildSpecs(const v1::JobSpec& s
     labels["study.arm"] = arm.substr(0, limits::kLabelValueChars);
     labels["study.seed"] = std::to_string(child.seed);
     if (!child.dataset.empty()) labels["study.dataset"] = child.dataset;
-    RETURN_IF_ERROR(ValidateJobSpec(&spec, store, allowed_roots),
+    RETURN_IF_ERROR(ValidateJobSpec(&spec, store, allowed_roots, output_roots),
                     absl::StrCat("study child ", child.index, " (init ", arm, ", seed ", child.seed, ")"));
     out.push_back(std::move(c));
   }

@@ -22,9 +22,12 @@ retina::v1::JobKind KindFromConfig(JobKind kind);
 // Validates `spec` in place (defaults filled in: slots_per_rank 1, kind
 // from the YAML). INVALID_ARGUMENT names the field; FAILED_PRECONDITION
 // for a dataset the store does not have; PERMISSION_DENIED for a path
-// outside the store and `allowed_roots`.
+// outside the store and `allowed_roots`, or an output outside
+// `output_roots` (at submit a job has no directory of its own yet:
+// infer.output is empty, meaning jobs/<id>/predictions, or under one).
 absl::Status ValidateJobSpec(retina::v1::JobSpec* spec, const std::filesystem::path& store,
-                             const std::vector<std::filesystem::path>& allowed_roots);
+                             const std::vector<std::filesystem::path>& allowed_roots,
+                             const std::vector<std::filesystem::path>& output_roots = {});
 
 // A STUDY's inits that name a moving target (jobs/<id>/checkpoints/LATEST, a
 // checkpoints folder, a job folder) rewritten to the checkpoint LATEST names
@@ -42,6 +45,7 @@ struct StudyChildSpec {
 // submitted job. INVALID_ARGUMENT names the child.
 absl::StatusOr<std::vector<StudyChildSpec>> StudyChildSpecs(const retina::v1::JobSpec& study, const std::string& study_id,
                                                             const std::filesystem::path& store,
-                                                            const std::vector<std::filesystem::path>& allowed_roots);
+                                                            const std::vector<std::filesystem::path>& allowed_roots,
+                                                            const std::vector<std::filesystem::path>& output_roots = {});
 
 }  // namespace retina::coordinator

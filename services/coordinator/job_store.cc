@@ -174,16 +174,22 @@ absl::StatusOr<std::vector<StoredJob>> JobStore::LoadAll() {
   return out;
 }
 
+std::string RequestKey(const std::string& user, const std::string& request_id) {
+  return absl::StrCat(user, "\x1f", request_id);
+}
+
 absl::Status JobStore::Insert(const StoredJob& job) {
   const std::string blob = job.job.SerializeAsString();
   sqlite3_reset(insert_);
   sqlite3_bind_int64(insert_, 1, job.seq);
   sqlite3_bind_text(insert_, 2, job.job.id().data(), static_cast<int>(job.job.id().size()), SQLITE_TRANSIENT);
+  // The column holds RequestKey (databases from before per-user ids hold
+  // the bare id in older rows: both stay unique, the records are the truth).
+  const std::string key = RequestKey(job.job.user(), job.job.request_id());
   if (job.job.request_id().empty()) {
     sqlite3_bind_null(insert_, 3);
   } else {
-    sqlite3_bind_text(insert_, 3, job.job.request_id().data(), static_cast<int>(job.job.request_id().size()),
-                      SQLITE_TRANSIENT);
+    sqlite3_bind_text(insert_, 3, key.data(), static_cast<int>(key.size()), SQLITE_TRANSIENT);
   }
   sqlite3_bind_int(insert_, 4, job.job.state());
   sqlite3_bind_blob(insert_, 5, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);

@@ -27,6 +27,12 @@ struct StoredJob {
   retina::v1::Job job;
 };
 
+// The key under which a client's request id is unique: request ids are per
+// user, so the same id from two users makes two jobs and a retry finds only
+// its own user's job. Unambiguous because request ids are printable ASCII
+// without spaces (the coordinator refuses others) and so hold no 0x1f.
+std::string RequestKey(const std::string& user, const std::string& request_id);
+
 class JobStore {
  public:
   // Opens or creates the database at `path`; `synchronous` is "full" or
@@ -40,7 +46,8 @@ class JobStore {
 
   // Every stored job, in submission order.
   absl::StatusOr<std::vector<StoredJob>> LoadAll();
-  // Inserts a new job; ALREADY_EXISTS when its id or non-empty request_id is taken.
+  // Inserts a new job; ALREADY_EXISTS when its id, or its user's non-empty
+  // request_id (RequestKey), is taken.
   absl::Status Insert(const StoredJob& job);
   // Replaces the record of an existing job (NOT_FOUND otherwise).
   absl::Status Update(const retina::v1::Job& job);

@@ -69,6 +69,10 @@ SlurmCommand SbatchCommand(const SlurmOptions& o, const SlurmAttempt& a) {
     train_args.push_back("--allowed-root");
     train_args.push_back(r.string());
   }
+  for (const auto& r : a.output_roots) {
+    train_args.push_back("--output-root");
+    train_args.push_back(r.string());
+  }
   c.env = {{"RETINA_STORE", a.store.string()},
            {"RETINA_JOB_ID", a.job_id},
            {"RETINA_ATTEMPT_BASE", std::to_string(a.attempt - 1)},

@@ -42,6 +42,7 @@ struct SlurmAttempt {
   bool gpu = false;
   std::filesystem::path config, store;             // the job file in the store; the store
   std::vector<std::filesystem::path> allowed_roots;
+  std::vector<std::filesystem::path> output_roots;
   std::map<std::string, std::string> labels;       // slurm.partition, slurm.account, slurm.qos, slurm.time
 };
 

@@ -216,6 +216,10 @@ void Worker::Start(const v1::Assignment& a) {
       argv.push_back("--allowed-root");
       argv.push_back(root);
     }
+    for (const std::string& root : a.output_roots()) {
+      argv.push_back("--output-root");
+      argv.push_back(root);
+    }
     const bool events = rank.rank == 0 && t.events;
     if (events) {
       argv.push_back("--events");
@@ -238,10 +242,12 @@ void Worker::Start(const v1::Assignment& a) {
     c.set_worker_id(options_.worker_id);
     c.set_job_id(a.job_id());
     c.set_attempt(a.attempt());
+    const std::string why = absl::StrCat("the worker could not start the rank: ", status.message());
     for (int r : a.ranks()) {
       v1::RankExit* x = c.add_exits();
       x->set_rank(r);
       x->set_exit_code(127);
+      x->set_first_error(why.substr(0, 512));
     }
     completions_.push_back(std::move(c));
     finished_[key] = absl::Now();
@@ -315,6 +321,10 @@ void Worker::Supervise() {
       v1::RankExit* x = c.add_exits();
       x->set_rank(r.rank);
       x->set_exit_code(code);
+      if (code != 0 && code != kExitPreempted && !t.stop_requested) {
+        x->set_first_error(FirstErrorLine(StoreLayout(options_.store).RankLogPath(it->first.first, it->first.second, r.rank),
+                                          "retina-train"));
+      }
       codes.push_back(absl::StrCat(r.rank, ":", code));
       if (metrics_) {
         const char* result = ExitResult(code);

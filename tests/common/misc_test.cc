@@ -2,9 +2,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "common/cli.h"
 #include "common/file_util.h"
+#include "common/logging.h"
 #include "common/path_policy.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
@@ -173,6 +175,52 @@ TEST(PathPolicy, ConfinesDatasetsAndWeightsToTheStoreAndAllowedRoots) {
   fs::remove_all(dir);
 }
 
+// Outputs of a service job: inside its own directory (not its checkpoints/)
+// or under an output root; never another user's job directory, a dataset
+// or the store's top level, however spelled (relative, "..", a symlink in
+// the job's own directory), and whatever the output roots say.
+TEST(PathPolicy, OutputsGoOnlyIntoTheJobsOwnDirectoryOrAnOutputRoot) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::path(::testing::TempDir()) / UniqueTempName("outputs-");
+  const fs::path store = dir / "store", results = dir / "results";
+  for (const fs::path& d : {store / "datasets" / "em", store / "jobs" / "job-000001" / "checkpoints",
+                            store / "jobs" / "job-000002" / "predictions", store / "outputs", results}) {
+    ASSERT_TRUE(CreateDirectories(d).ok());
+  }
+  fs::create_directory_symlink(store / "jobs" / "job-000002", store / "jobs" / "job-000001" / "theirs");
+  for (const bool store_is_a_root : {false, true}) {
+    SCOPED_TRACE(store_is_a_root ? "the store itself an output root" : "an output root beside the store");
+    const PathPolicy policy(store, {}, store_is_a_root ? std::vector<fs::path>{store} : std::vector<fs::path>{results});
+    const std::string own = "job-000001";
+    auto out = [&](const std::string& value, const std::string& job) {
+      return policy.CheckOutput("infer.output", policy.WeightsPath(value), job);
+    };
+    EXPECT_TRUE(out("jobs/job-000001/predictions", own).ok());
+    EXPECT_TRUE(out("jobs/job-000001/run2/deeper", own).ok());
+    EXPECT_EQ(out((results / "x").string(), "").ok(), !store_is_a_root) << "at submit: only an output root";
+    EXPECT_EQ(out("outputs/mine", "").ok(), store_is_a_root);
+    for (const auto& [value, job, why] : std::vector<std::tuple<std::string, std::string, std::string>>{
+             {"jobs/job-000002", own, "another job's directory"},
+             {"jobs/job-000002/checkpoints", own, "another job's directory"},
+             {"jobs/job-000001/theirs/predictions", own, "another job's directory"},  // a symlink out
+             {"jobs/job-000001/../job-000002/x", own, "another job's directory"},
+             {"jobs/job-000001/predictions", "", "another job's directory"},  // at submit nobody's own yet
+             {"jobs/job-000001", own, "this job's directory or its checkpoints"},
+             {"jobs/job-000001/checkpoints", own, "this job's directory or its checkpoints"},
+             {"datasets/em", own, "inside a dataset"},
+             {"datasets/new", own, "inside a dataset"},
+             {".", own, "the store's top level"},
+             {"jobs", own, "the store's top level"},
+             {"/etc", own, "not inside this job's directory or an output root"}}) {
+      const absl::Status s = out(value, job);
+      EXPECT_EQ(s.code(), absl::StatusCode::kPermissionDenied) << value;
+      EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("infer.output: ")) << value;
+      EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr(why)) << value;
+    }
+  }
+  fs::remove_all(dir);
+}
+
 TEST(FileUtil, AtomicWriteReplacesAndReadErrorsNamePath) {
   const std::filesystem::path dir =
       std::filesystem::path(::testing::TempDir()) / UniqueTempName("fileutil-");
@@ -192,6 +240,30 @@ TEST(FileUtil, AtomicWriteReplacesAndReadErrorsNamePath) {
   int entries = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir / "a" / "b")) { (void)e; ++entries; }
   EXPECT_EQ(entries, 1);
+  std::filesystem::remove_all(dir);
+}
+
+// What a failed rank's job message carries: the first error line of its
+// log (an E/F line or the program's final refusal), escaped and bounded.
+TEST(FirstErrorLine, TheFirstErrorOrRefusalEscapedAndBounded) {
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / UniqueTempName("firsterr-");
+  ASSERT_TRUE(CreateDirectories(dir).ok());
+  const auto log = dir / "rank-0.log";
+  ASSERT_TRUE(WriteFileAtomic(log, "I1206 10:00:00.000 rank=0 trainer.cc:1] starting\n"
+                                   "W1206 10:00:00.100 rank=0 trainer.cc:2] slow disk\n"
+                                   "E1206 10:00:01.000 rank=0 shards.cc:9] sample 3: bad \x1b[31mcolour\t\n"
+                                   "retina-train: data.dataset: damaged\n").ok());
+  EXPECT_EQ(FirstErrorLine(log, "retina-train"), "E1206 10:00:01.000 rank=0 shards.cc:9] sample 3: bad \\x1b[31mcolour\\x09");
+  ASSERT_TRUE(WriteFileAtomic(log, "I1206 10:00:00.000 rank=0 x.cc:1] starting\nEverything fine\n"
+                                   "retina-train: infer.inputs[0]: /x is outside the store\n").ok());
+  EXPECT_EQ(FirstErrorLine(log, "retina-train"), "retina-train: infer.inputs[0]: /x is outside the store");
+  ASSERT_TRUE(WriteFileAtomic(log, "retina-train: " + std::string(2000, 'x') + "\n").ok());
+  const std::string cut = FirstErrorLine(log, "retina-train", 100);
+  EXPECT_EQ(cut.size(), 100u);
+  EXPECT_EQ(cut.substr(97), "...");
+  ASSERT_TRUE(WriteFileAtomic(log, "I1206 10:00:00.000 x.cc:1] all good\n").ok());
+  EXPECT_EQ(FirstErrorLine(log, "retina-train"), "");
+  EXPECT_EQ(FirstErrorLine(dir / "absent.log", "retina-train"), "");
   std::filesystem::remove_all(dir);
 }
 

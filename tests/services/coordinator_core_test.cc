@@ -19,6 +19,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr char kPretrain[] = "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em}\n"
                              "pretrain: {epochs: 1, global_batch: 12}\n";
@@ -157,14 +158,47 @@ TEST_F(CoordinatorCore, PerUserLimitsHoldOneUserAndRefuseTheExcess) {
   EXPECT_TRUE(TrySubmit(1, 0, "bob").ok());
 }
 
-TEST_F(CoordinatorCore, StudyRequestIdsAreTheCoordinators) {
+TEST_F(CoordinatorCore, StudyRequestIdsAreTheCoordinatorsInAnyCaseAndIdsArePrintable) {
   Start();
   v1::SubmitJobRequest r;
   r.mutable_spec()->set_config_yaml(kPretrain);
-  r.set_request_id("study:job-000042/0");
-  absl::StatusOr<v1::Job> job = core_->Submit(r, "mallory");
-  EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(job.status().message()), HasSubstr("request_id"));
+  for (const std::string& id : std::vector<std::string>{"study:job-000042/0", "STUDY:job-000042/0", "Study:x", " study:x", "a b", "tab\tid",
+                               std::string("nul\0id", 6), "caf\xc3\xa9"}) {
+    r.set_request_id(id);
+    absl::StatusOr<v1::Job> job = core_->Submit(r, "mallory");
+    EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument) << id;
+    EXPECT_THAT(std::string(job.status().message()), HasSubstr("request_id")) << id;
+  }
+  r.set_request_id("studies-are-fine:0");
+  EXPECT_TRUE(core_->Submit(r, "mallory").ok());
+}
+
+// Request ids are per user: the same id from two users makes two jobs, a
+// retry finds its own user's job, and no reply carries another user's job
+// (its YAML, its request id); also after a restart over the same database.
+TEST_F(CoordinatorCore, RequestIdsArePerUserAndNeverRevealAnotherUsersJob) {
+  Start();
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_config_yaml(std::string(kPretrain) + "# alice's secret note\n");
+  r.set_request_id("req-1");
+  absl::StatusOr<v1::Job> alice = core_->Submit(r, "alice");
+  ASSERT_TRUE(alice.ok()) << alice.status();
+  r.mutable_spec()->set_config_yaml(kPretrain);
+  std::string bobs;
+  for (int restart = 0; restart < 2; ++restart) {
+    if (restart == 1) Start();  // the coordinator restarts over the same database
+    absl::StatusOr<v1::Job> bob = core_->Submit(r, "bob");  // new, then bob's retry
+    ASSERT_TRUE(bob.ok()) << bob.status();
+    EXPECT_NE(bob->id(), alice->id());
+    EXPECT_EQ(bob->user(), "bob");
+    EXPECT_THAT(bob->spec().config_yaml(), Not(HasSubstr("secret")));
+    if (restart == 0) bobs = bob->id();
+    EXPECT_EQ(bob->id(), bobs);
+    absl::StatusOr<v1::Job> alice_again = core_->Submit(r, "alice");  // alice's retry: alice's job
+    ASSERT_TRUE(alice_again.ok());
+    EXPECT_EQ(alice_again->id(), alice->id());
+    EXPECT_THAT(alice_again->spec().config_yaml(), HasSubstr("secret"));
+  }
 }
 
 TEST_F(CoordinatorCore, AJobGoesQueuedScheduledRunningSucceeded) {
@@ -238,6 +272,34 @@ TEST_F(CoordinatorCore, HeartbeatsRenewTheLease) {
     core_->Tick();
   }
   EXPECT_EQ(Get(id).state(), v1::RUNNING);
+}
+
+// A failed job's message carries the cause: the first error line of the rank
+// that failed saying why (the others were stopped because of it), bounded,
+// with anything unprintable a worker sent replaced.
+TEST_F(CoordinatorCore, AFailedJobsMessageCarriesTheFailingRanksFirstErrorLine) {
+  Start();
+  const std::string id = Submit(2, 0);
+  Register("w1", 2);
+  const v1::TaskRef t = StartAssigned("w1");
+  ASSERT_EQ(t.ranks_size(), 2);
+  v1::CompleteTaskRequest r;
+  r.set_worker_id("w1");
+  r.set_job_id(t.job_id());
+  r.set_attempt(t.attempt());
+  v1::RankExit* stopped = r.add_exits();  // rank 0: stopped by the worker after rank 1 failed
+  stopped->set_rank(0);
+  stopped->set_exit_code(143);
+  v1::RankExit* cause = r.add_exits();
+  cause->set_rank(1);
+  cause->set_exit_code(1);
+  cause->set_first_error("retina-train: infer.inputs[0]: /x is outside the store\x1b[0m" + std::string(1000, 'y'));
+  ASSERT_TRUE(core_->CompleteTask(r).ok());
+  const v1::Job job = Get(id);
+  EXPECT_EQ(job.state(), v1::FAILED);
+  EXPECT_THAT(job.message(), HasSubstr("rank 1 exited with code 1 on w1: retina-train: infer.inputs[0]: /x is outside the store?[0m"));
+  EXPECT_THAT(job.message(), HasSubstr("retina logs " + id + " --rank 1"));
+  EXPECT_LT(job.message().size(), 700u);
 }
 
 TEST_F(CoordinatorCore, RestartsAreCountedThenTheJobFails) {

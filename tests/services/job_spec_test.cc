@@ -41,6 +41,9 @@ TEST_F(JobSpecCheck, DefaultsAreFilledAndTheKindComesFromTheYaml) {
   ASSERT_TRUE(ValidateJobSpec(&s, store_, {}).ok());
   EXPECT_EQ(s.kind(), v1::PRETRAIN);
   EXPECT_EQ(s.slots_per_rank(), 1);
+  v1::JobSpec unset = Spec(kPretrain, 0);  // world_size and slots_per_rank: "1 when 0", as the proto says
+  ASSERT_TRUE(ValidateJobSpec(&unset, store_, {}).ok());
+  EXPECT_EQ(unset.world_size(), 1);
   EXPECT_EQ(KindFromConfig(JobKind::kFinetune), v1::FINETUNE);
   EXPECT_EQ(KindFromConfig(JobKind::kEvaluate), v1::EVALUATE);
 }
@@ -52,7 +55,8 @@ TEST_F(JobSpecCheck, EveryRefusalNamesItsField) {
   };
   std::vector<Case> cases;
   cases.push_back({Spec(kPretrain, 3), "spec.world_size: pretrain.global_batch 8 does not divide by 3"});
-  cases.push_back({Spec(kPretrain, 0), "spec.world_size: must be between 1"});
+  cases.push_back({Spec(kPretrain, -1), "spec.world_size: must be between 1"});
+  cases.push_back({Spec(kPretrain, 4097), "spec.world_size: must be between 1"});
   cases.push_back({Spec(""), "spec.config_yaml: empty"});
   cases.push_back({Spec("kind: pretrain\nnot yaml: [\n"), "spec.config_yaml"});
   v1::JobSpec wrong_kind = Spec(kPretrain);
@@ -89,6 +93,37 @@ TEST_F(JobSpecCheck, EveryRefusalNamesItsField) {
   v1::JobSpec infer_ok = Spec("kind: infer\ninfer: {weights: m.pt, inputs: [volumes/*.tif]}\n");
   EXPECT_TRUE(ValidateJobSpec(&infer_ok, store_, {}).ok());
   EXPECT_EQ(infer_ok.kind(), v1::INFER);
+}
+
+// Weights that name a file must be a zip archive (torch.save .pt, .npz):
+// a TIFF as finetune.init, evaluate.checkpoint, infer.weights or a study's
+// init is refused at submit naming the field, not by every rank later.
+TEST_F(JobSpecCheck, AnImageGivenAsWeightsIsRefusedNamingTheField) {
+  ASSERT_TRUE(WriteFileAtomic(store_ / "v.tif", std::string("II*\0", 4) + std::string(60, '\0')).ok());
+  ASSERT_TRUE(WriteFileAtomic(store_ / "m.pt", std::string("PK\x03\x04", 4) + std::string(60, '\0')).ok());
+  const std::string finetune = "kind: finetune\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em}\n"
+                               "finetune: {iters: 1, global_batch: 2, init: ";
+  for (const auto& [yaml, field] : std::vector<std::pair<std::string, std::string>>{
+           {finetune + "v.tif}\n", "finetune.init: " + (store_ / "v.tif").string() + " is not a weights file (a TIFF image)"},
+           {"kind: infer\ninfer: {weights: v.tif, inputs: [a.tif]}\n", "infer.weights: "},
+           {"kind: evaluate\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, test_dataset: em}\n"
+            "evaluate: {checkpoint: v.tif}\n", "evaluate.checkpoint: "}}) {
+    v1::JobSpec spec = Spec(yaml);
+    const absl::Status s = ValidateJobSpec(&spec, store_, {});
+    EXPECT_TRUE(absl::IsInvalidArgument(s)) << yaml << s;
+    EXPECT_THAT(s.message(), HasSubstr(field));
+    EXPECT_THAT(s.message(), HasSubstr("is not a weights file"));
+  }
+  v1::JobSpec zip = Spec(finetune + "m.pt}\n");
+  EXPECT_TRUE(ValidateJobSpec(&zip, store_, {}).ok());
+  v1::JobSpec study = Spec("kind: study\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
+                           "data: {dataset: em, test_dataset: em}\nfinetune: {iters: 2, global_batch: 2}\n"
+                           "study:\n  inits: [random, v.tif]\n  seed_count: 1\n  eval_at: [2]\n");
+  ASSERT_TRUE(ValidateJobSpec(&study, store_, {}).ok());  // the study's own fields
+  const absl::Status children = StudyChildSpecs(study, "study", store_, {}).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(children)) << children;
+  EXPECT_THAT(children.message(), HasSubstr("finetune.init: "));
+  EXPECT_THAT(children.message(), HasSubstr("is not a weights file (a TIFF image)"));
 }
 
 TEST(JobQuery, FiltersMatchEveryTermAndBadTermsAreNamed) {

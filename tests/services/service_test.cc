@@ -235,7 +235,7 @@ TEST(Service, BadRequestsGetTheRightCodeAndNameTheField) {
   EXPECT_EQ(c2, absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(m2, HasSubstr("optimiser"));
   EXPECT_THAT(m2, HasSubstr("optimizer"));  // the suggestion
-  auto [c3, m3] = code_and_message(PretrainYaml(1), 0);
+  auto [c3, m3] = code_and_message(PretrainYaml(1), -1);  // 0 means 1, as the proto says
   EXPECT_EQ(c3, absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(m3, HasSubstr("spec.world_size"));
   auto [c4, m4] = code_and_message(PretrainYaml(1, "nope"), 1);
@@ -333,6 +333,13 @@ TEST(Service, TokensAreCheckedBeforeAnyWork) {
   absl::StatusOr<std::unique_ptr<services::Authenticator>> twice = services::Authenticator::Create(c.root() / "twice", "");
   EXPECT_EQ(twice.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(twice.status().message()), HasSubstr("twice:2: this token is already listed (for alice)"));
+  // A user's token that is also the workers' token is refused at start.
+  WriteFile(c.root() / "shared-worker", "client-token-0123456789\n");
+  for (const char* f : {"clients", "shared-worker"}) fs::permissions(c.root() / f, fs::perms::owner_read | fs::perms::owner_write);
+  absl::StatusOr<std::unique_ptr<services::Authenticator>> shared =
+      services::Authenticator::Create(c.root() / "clients", c.root() / "shared-worker");
+  EXPECT_EQ(shared.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(shared.status().message()), HasSubstr("shared-worker: the worker token is also the token of user alice"));
   for (const char* f : {"clients", "worker"}) fs::permissions(c.root() / f, fs::perms::owner_read | fs::perms::owner_write);
   c.StartCoordinator({{"--client-tokens", (c.root() / "clients").string(), "--worker-token",
                        (c.root() / "worker").string()}});

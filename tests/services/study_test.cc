@@ -193,6 +193,8 @@ TEST(Study, AFailingChildIsReportedMissingAndCancelCascades) {
     if (j.spec().labels().at("study.arm") == "pretrained") {
       EXPECT_EQ(j.state(), v1::FAILED);
       EXPECT_EQ(j.attempt(), 2) << "retried per max_restarts";
+      // The cause reaches the user: the rank's first error line, naming the field.
+      EXPECT_THAT(j.message(), HasSubstr("finetune.init")) << j.message();
     }
   }
   const StudyReport r = ReadStudy(c, study->id());

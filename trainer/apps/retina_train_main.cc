@@ -86,7 +86,7 @@ struct RunFlags {
   std::string config;
   std::string store = ".";
   std::string job;  // default: the config file's stem
-  std::vector<std::string> overrides, allowed_roots;
+  std::vector<std::string> overrides, allowed_roots, output_roots;
   std::optional<int> rank, world_size, local_rank;
   RunOptions run;
 };
@@ -114,6 +114,7 @@ absl::StatusOr<int> Run(RunFlags f) {
   o.store = f.store;
   o.job_id = f.job.empty() ? std::filesystem::path(f.config).stem().string() : f.job;
   o.allowed_roots.assign(f.allowed_roots.begin(), f.allowed_roots.end());
+  o.output_roots.assign(f.output_roots.begin(), f.output_roots.end());
   o.launch = LaunchOverrides{f.rank, f.world_size, f.local_rank};
   absl::StatusOr<RunOutcome> outcome = RunJob(job->second, o);
   if (!outcome.ok()) {
@@ -137,6 +138,9 @@ void AddRunFlags(CLI::App* run, RunFlags* f) {
   run->add_flag("--confine", f->run.confine,
                 "as the worker runs ranks: paths only under the store and the allowed roots, relative from the store");
   run->add_option("--allowed-root", f->allowed_roots, "with --confine: a directory datasets/weights may come from (repeatable)")
+      ->allow_extra_args(false);
+  run->add_option("--output-root", f->output_roots,
+                  "with --confine: a directory infer outputs may go under besides the job's own (repeatable)")
       ->allow_extra_args(false);
 }
 

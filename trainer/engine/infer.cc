@@ -212,12 +212,12 @@ absl::Status InferJob::PlanInputs() {
   const InferConfig& c = config_.infer;
   ASSIGN_OR_RETURN(std::vector<InferInput> expanded, ExpandInferInputs(c.inputs, o_.store));
   if (o_.confine) {  // what the globs and folders matched, after symlinks, and where we write
-    const PathPolicy policy(o_.store, o_.allowed_roots);
+    const PathPolicy policy(o_.store, o_.allowed_roots, o_.output_roots);
     for (const InferInput& in : expanded) {
       const size_t h5 = absl::AsciiStrToLower(in.spec).find(".h5:");
       RETURN_IF_ERROR(policy.Check("infer.inputs", h5 == std::string::npos ? in.spec : in.spec.substr(0, h5 + 3)));
     }
-    RETURN_IF_ERROR(policy.CheckWritable("infer.output", out_dir_));
+    RETURN_IF_ERROR(policy.CheckOutput("infer.output", out_dir_, o_.job_id));
   }
   ASSIGN_OR_RETURN(FileDigest weights, Sha256File(model_.weights_file), "infer.weights");
   ZarrPredictionOptions zo;

@@ -20,8 +20,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
         "`retina study submit FILE` (docs/evaluation.md, \"Studies\")");
   }
   if (o.confine) {
-    const PathPolicy policy(o.store, o.allowed_roots);
-    RETURN_IF_ERROR(policy.CheckConfig(config));
+    const PathPolicy policy(o.store, o.allowed_roots, o.output_roots);
+    RETURN_IF_ERROR(policy.CheckConfig(config, o.job_id));
     if (!config.data.dataset.empty()) config.data.dataset = policy.DatasetPath(config.data.dataset).string();
     if (!config.data.val_dataset.empty()) config.data.val_dataset = policy.DatasetPath(config.data.val_dataset).string();
     if (!config.data.test_dataset.empty()) config.data.test_dataset = policy.DatasetPath(config.data.test_dataset).string();

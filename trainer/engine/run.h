@@ -37,6 +37,7 @@ struct RunOptions {
   std::string job_uid;          // when set, jobs/<id>/JOB_UID must match (common/job_identity.h)
   bool confine = false;         // a service rank: paths only under the store and allowed_roots
   std::vector<std::filesystem::path> allowed_roots;
+  std::vector<std::filesystem::path> output_roots;  // with confine: where infer outputs may go besides jobs/<id>/
 };
 
 enum class RunOutcome { kCompleted, kPreempted };
