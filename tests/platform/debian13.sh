@@ -7,7 +7,7 @@
 #
 #   tests/platform/debian13.sh [--shell | --run CMD]
 #       --shell: a shell in the root instead; --run: CMD there, from the source
-#       tree, with B=/var/build/retina (e.g. --run '$B/tests/trainer_tests')
+#       tree, with B its build folder in the root (e.g. --run '$B/tests/trainer_tests')
 #
 # The representative set (RETINA_PLATFORM_TESTS overrides the ctest -R regex):
 #   - every test labelled unit;
@@ -62,12 +62,16 @@ say "root ready after $(($(date +%s) - t0)) s"
 
 # What runs inside the root, as root, in the source tree (mounted at the
 # same path as here, so paths in messages read the same).
+# The root's build folder, one per source tree (CMake ties a build folder to
+# its source path: another checkout must not reuse it).
+B=/var/build/retina-$(printf '%s' "$SRC" | sha256sum | cut -c1-12)
+
 inner=$(mktemp)
 trap 'rm -f "$inner"' EXIT
 if [[ ${1:-} == --shell ]]; then
   echo 'cd "$SRC" && exec bash -i' >"$inner"
 elif [[ ${1:-} == --run ]]; then
-  printf 'cd "$SRC" && B=/var/build/retina && %s\n' "${2:?--run CMD}" >"$inner"
+  printf 'cd "$SRC" && %s\n' "${2:?--run CMD}" >"$inner"
 else
   cat >"$inner" <<'INNER'
 set -euo pipefail
@@ -78,7 +82,6 @@ s0=$(date +%s)
 bash scripts/setup
 s1=$(date +%s)
 python3 -c 'import sys, torch, numpy; print("platform debian13: Python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__)'
-B=/var/build/retina
 cmake -S . -B $B -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build $B -j "$JOBS" --target $TARGETS -- -k 0  # every compile error at once
 s2=$(date +%s)
@@ -117,5 +120,5 @@ unshare --mount --pid --fork --propagation private bash -c '
   inner_in_root=/tmp/$(basename "$INNER")
   cp "$INNER" "$R$inner_in_root"
   exec chroot "$R" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-    TERM="${TERM:-dumb}" SRC="$SRC" JOBS="$5" TARGETS="$6" TESTS="$7" CI="${CI:-}" bash "$inner_in_root"
-' platform "$ROOT" "$SRC" "$SHARED" "$inner" "$JOBS" "$TARGETS" "$TESTS"
+    TERM="${TERM:-dumb}" SRC="$SRC" B="$8" JOBS="$5" TARGETS="$6" TESTS="$7" CI="${CI:-}" bash "$inner_in_root"
+' platform "$ROOT" "$SRC" "$SHARED" "$inner" "$JOBS" "$TARGETS" "$TESTS" "$B"
