@@ -69,12 +69,13 @@ B=/var/build/retina-$(printf '%s' "$SRC" | sha256sum | cut -c1-12)
 inner=$(mktemp)
 trap 'rm -f "$inner"' EXIT
 if [[ ${1:-} == --shell ]]; then
-  echo 'cd "$SRC" && exec bash -i' >"$inner"
+  echo 'rm -f "$0"; cd "$SRC" && exec bash -i' >"$inner"
 elif [[ ${1:-} == --run ]]; then
-  printf 'cd "$SRC" && %s\n' "${2:?--run CMD}" >"$inner"
+  printf 'rm -f "$0"; cd "$SRC" && %s\n' "${2:?--run CMD}" >"$inner"
 else
   cat >"$inner" <<'INNER'
 set -euo pipefail
+rm -f "$0"  # bash holds it open; nothing is left in the root's /tmp
 cd "$SRC"
 export DEBIAN_FRONTEND=noninteractive CCACHE_DIR=/var/cache/ccache CCACHE_MAXSIZE=2G PYTHONDONTWRITEBYTECODE=1
 echo "platform debian13: $(. /etc/os-release; echo "$PRETTY_NAME")"
