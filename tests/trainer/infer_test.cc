@@ -139,7 +139,7 @@ class Infer : public ::testing::Test {
 
   // Runs `yaml` as job `job` over `world` Gloo ranks; the exit statuses.
   static std::vector<int> Run(const std::string& yaml, const std::string& job, int world,
-                              const std::vector<std::string>& env = {}) {
+                              const std::vector<std::string>& env = {}, const std::vector<std::string>& extra = {}) {
     const fs::path config = tmp_->path() / (job + ".yaml");
     EXPECT_TRUE(WriteFileAtomic(config, yaml).ok());
     static int next = 0;
@@ -149,9 +149,10 @@ class Infer : public ::testing::Test {
     e.push_back("OMP_NUM_THREADS=1");
     std::vector<pid_t> pids;
     for (int r = 0; r < world; ++r) {
-      pids.push_back(Start({"run", "--config", config.string(), "--store", Store().string(), "--job", job,
-                            "--world-size", std::to_string(world), "--rank", std::to_string(r)},
-                           Log(job + "-" + std::to_string(r)), e));
+      std::vector<std::string> args = {"run", "--config", config.string(), "--store", Store().string(), "--job", job,
+                                       "--world-size", std::to_string(world), "--rank", std::to_string(r)};
+      args.insert(args.end(), extra.begin(), extra.end());
+      pids.push_back(Start(args, Log(job + "-" + std::to_string(r)), e));
     }
     std::vector<int> codes;
     for (pid_t p : pids) codes.push_back(Wait(p));
@@ -307,6 +308,29 @@ TEST_F(Infer, BadInputIsNamedBeforeAnyOutputIsWritten) {
             std::vector<int>{1});
   EXPECT_THAT(*ReadFile(Log("damaged-0")), HasSubstr((damaged / "3/0/0").string()));
   EXPECT_FALSE(fs::exists(Store() / "jobs/damaged/predictions/damaged.ome.zarr/.zattrs"));
+}
+
+// Issue 29 item 1 at the rank: an NRRD header in the store whose data file
+// is outside it. Run standalone the job reads it (the reference is real);
+// as a service rank (--confine) it fails naming the header's data file,
+// before any output is written (common/read_scope.h; the per-format cases
+// are in confinement_test.cc).
+TEST_F(Infer, AServiceRankDoesNotReadThroughAFileReferenceOutOfTheStore) {
+  const fs::path outside = tmp_->path() / "outside";
+  fs::create_directories(outside);
+  ASSERT_TRUE(WriteFileAtomic(outside / "vol.raw",
+                              std::string(input_.data.begin(), input_.data.end())).ok());
+  ASSERT_TRUE(WriteFileAtomic(Store() / "in/ref.nhdr",
+                              "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 70 50 10\nencoding: raw\n"
+                              "data file: ../../outside/vol.raw\n\n").ok());
+  const std::string yaml = "kind: infer\nruntime: {threads: 1}\ninfer: {weights: models/seg/model.pt, inputs: [in/ref.nhdr]}\n";
+  EXPECT_EQ(Run(yaml, "ref-free", 1), std::vector<int>{0});
+  EXPECT_TRUE(fs::exists(Store() / "jobs/ref-free/predictions/ref.ome.zarr/.zattrs"));
+  EXPECT_EQ(Run(yaml, "ref-confined", 1, {}, {"--confine"}), std::vector<int>{1});
+  const std::string log = *ReadFile(Log("ref-confined-0"));
+  EXPECT_THAT(log, HasSubstr("ref.nhdr: data file"));
+  EXPECT_THAT(log, HasSubstr("outside the store"));
+  EXPECT_FALSE(fs::exists(Store() / "jobs/ref-confined/predictions/ref.ome.zarr/.zattrs"));
 }
 
 TEST_F(Infer, FoldersAndGlobsExpandInOrderWithUniqueNames) {

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_replace.h"
 #include "common/file_util.h"
 #include "tests/trainer/python_peer.h"
@@ -156,6 +157,35 @@ TEST_F(Readers, BadInputIsNamed) {
   EXPECT_THAT(message(Path("junk.nii")), HasSubstr("junk.nii"));
   ASSERT_TRUE(WriteFileAtomic(tmp_->path() / "junk.h5", "not hdf5").ok());
   EXPECT_THAT(message(Path("junk.h5") + ":/a"), HasSubstr("junk.h5: not an HDF5 file"));
+}
+
+// Issue 29 item 5: every size a header declares is checked before anything
+// is allocated: against 64-bit overflow, the file's real size (uncompressed
+// layouts) and the memory budget (RETINA_MAX_ARRAY_BYTES, here 1 GiB so the
+// test is the same on any machine), with an error naming the file and the
+// field (was: bad_alloc, or gigabytes allocated for a few bytes of file).
+TEST_F(Readers, HeaderSizesAreCheckedBeforeAnythingIsAllocated) {
+  ASSERT_EQ(setenv("RETINA_MAX_ARRAY_BYTES", "1073741824", 1), 0);
+  const absl::Cleanup unset = [] { unsetenv("RETINA_MAX_ARRAY_BYTES"); };
+  const std::pair<std::string, std::vector<std::string>> cases[] = {
+      {"huge.h5:/raw", {"RESOURCE_EXHAUSTED", "huge.h5:/raw: dataspace: 4096 x 4096 x 4096", "RETINA_MAX_ARRAY_BYTES"}},
+      {"huge.nii", {"RESOURCE_EXHAUSTED", "huge.nii: dim: 30000 x 30000 x 30000"}},
+      {"huge.png", {"RESOURCE_EXHAUSTED", "huge.png: IHDR width x height: 100000 x 100000"}},
+      {"huge.tif", {"RESOURCE_EXHAUSTED", "huge.tif (page 0): ImageWidth x ImageLength: 100000 x 100000"}},
+      {"short.nrrd", {"DATA_LOSS", "short.nrrd: sizes: 100 x 100 x 10", "the file holds"}},
+  };
+  for (const auto& [spec, words] : cases) {
+    absl::StatusOr<RawArray> a = ReadArray(Path(spec));
+    ASSERT_FALSE(a.ok()) << spec;
+    for (const std::string& w : words) EXPECT_THAT(a.status().ToString(), HasSubstr(w)) << spec;
+  }
+  // The uint8 HDF5 dataset still streams: a plane is 16 MiB.
+  absl::StatusOr<std::unique_ptr<PlaneReader>> planes = OpenPlaneReader(Path("huge.h5:/raw"), IntensityScaling::kRequireUInt8);
+  ASSERT_TRUE(planes.ok()) << planes.status();
+  EXPECT_TRUE((*planes)->streaming());
+  std::vector<uint8_t> plane(4096 * 4096, 1);
+  ASSERT_TRUE((*planes)->Read(7, 8, plane.data()).ok());
+  EXPECT_EQ(plane[0], 0);
 }
 
 }  // namespace

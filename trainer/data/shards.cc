@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "trainer/data/formats/hdf5_handle.h"
+#include "common/read_scope.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;
@@ -174,6 +175,12 @@ absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path&
 
 absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::path& dir, bool verify) {
   ASSIGN_OR_RETURN(DatasetManifest manifest, DatasetManifest::Load(dir));
+  // Each shard the manifest names (its "file", resolved after symlinks)
+  // through the read scope before anything opens it.
+  for (const ShardInfo& info : manifest.shards) {
+    RETURN_IF_ERROR(CheckRead(absl::StrCat((dir / DatasetManifest::kFileName).string(), ": shard ", info.file),
+                              dir / info.file));
+  }
   if (verify) RETURN_IF_ERROR(VerifyDatasetChecksums(dir, manifest));
   H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   auto ds = std::unique_ptr<ShardedDataset>(new ShardedDataset());

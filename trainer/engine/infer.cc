@@ -47,7 +47,7 @@ std::string Stem(const std::string& spec) {
   if (const size_t colon = path.find(".h5:"); colon != std::string::npos) path = path.substr(0, colon + 3);
   while (path.size() > 1 && path.back() == '/') path.pop_back();
   std::string name = fs::path(path).filename().string();
-  for (const char* ext : {".ome.zarr", ".zarr", ".nii.gz", ".tiff", ".tif", ".png", ".h5", ".hdf5", ".nii", ".nrrd"}) {
+  for (const char* ext : {".ome.zarr", ".zarr", ".nii.gz", ".tiff", ".tif", ".png", ".h5", ".hdf5", ".nii", ".nrrd", ".nhdr"}) {
     if (absl::EndsWith(absl::AsciiStrToLower(name), ext) && name.size() > std::string(ext).size()) {
       name.resize(name.size() - std::string(ext).size());
       break;

@@ -1,9 +1,13 @@
 #include "trainer/engine/run.h"
 
+#include <optional>
+#include <vector>
+
 #include "common/job_identity.h"
 #include "common/path_policy.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
+#include "common/read_scope.h"
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/infer.h"
 #include "trainer/engine/trainer.h"
@@ -30,6 +34,15 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
       config.evaluate.checkpoint = policy.WeightsPath(config.evaluate.checkpoint).string();
     }
     if (!config.infer.weights.empty()) config.infer.weights = policy.WeightsPath(config.infer.weights).string();
+  }
+  // Every file the readers open, and every file a format references from
+  // inside one, stays under the store, the allowed roots or the output
+  // roots (an infer job reads back what it wrote) (read_scope.h).
+  std::optional<ReadScope> scope;
+  if (o.confine) {
+    std::vector<std::filesystem::path> readable = o.allowed_roots;
+    readable.insert(readable.end(), o.output_roots.begin(), o.output_roots.end());
+    scope.emplace(PathPolicy(o.store, readable));
   }
   RETURN_IF_ERROR(StoreLayout::ValidateName(o.job_id, "--job"));
   // Never adopt a job directory this job did not create (its checkpoints,

@@ -8,7 +8,9 @@ array's (z, y, x) bytes, key = file name with '.', ':', '/' -> '_') and meta.jso
 """
 import gzip
 import json
+import struct
 import sys
+import zlib
 
 import h5py
 import nibabel as nib
@@ -94,5 +96,36 @@ with open(f"{out}/truncated.png", "wb") as f:
     f.write(open(f"{out}/gray8.png", "rb").read()[:100])
 with open(f"{out}/truncated.tif", "wb") as f:
     f.write(open(f"{out}/stack.tif", "rb").read()[:3000])
+# Headers that declare far more than the file holds (readers_test
+# HeaderSizes...): a chunked HDF5 dataset of 64 GiB in a few KB, a NIfTI of
+# 2.7e13 voxels, a PNG and a TIFF of 10^10 pixels, a raw NRRD short of data.
+with h5py.File(f"{out}/huge.h5", "w") as f:
+    f.create_dataset("raw", (4096, 4096, 4096), np.uint8, chunks=(1, 64, 64))
+hdr = nib.Nifti1Header()
+hdr.set_data_shape((30000, 30000, 30000))
+hdr.set_data_dtype(np.uint8)
+hdr["vox_offset"] = 352
+hdr["magic"] = b"n+1"
+with open(f"{out}/huge.nii", "wb") as f:
+    f.write(hdr.binaryblock + b"\0" * 4 + b"\1" * 16)
+
+
+def png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+with open(f"{out}/huge.png", "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0))
+            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+entries = [(256, 4, 100000), (257, 4, 100000), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8 + 2 + 9 * 12 + 4),
+           (277, 3, 1), (278, 4, 100000), (279, 4, 4000000000)]
+ifd = struct.pack("<H", len(entries)) + b"".join(
+    struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+    for tag, kind, value in entries) + struct.pack("<I", 0)
+with open(f"{out}/huge.tif", "wb") as f:
+    f.write(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0" * 64)
+with open(f"{out}/short.nrrd", "wb") as f:
+    f.write(b"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 100 100 10\nencoding: raw\n\n" + b"\0" * 10)
+
 np.savez(f"{out}/expected.npz", **expected)
 json.dump(meta, open(f"{out}/meta.json", "w"))

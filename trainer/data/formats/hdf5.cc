@@ -4,14 +4,18 @@
 #include <hdf5.h>
 
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/hdf5_handle.h"
+#include "common/read_scope.h"
 
 namespace retina::trainer {
 namespace {
@@ -19,6 +23,101 @@ namespace {
 void SilenceHdf5() {
   static std::once_flag once;
   std::call_once(once, [] { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); });
+}
+
+namespace fs = std::filesystem;
+
+// The file HDF5 opens for an external link target or a virtual-dataset
+// source `name` referenced from a file in `dir` (H5Lcreate_external,
+// H5Pset_virtual "Source File Resolutions"; the prefix variables are
+// cleared under a ReadScope): an absolute name when it exists, else the
+// first that exists of dir/name' and name' (from the working directory),
+// name' being the name, or its base name when it was absolute. nullopt
+// when none exists (HDF5 opens nothing then).
+std::optional<fs::path> Hdf5Resolve(const fs::path& dir, const std::string& name) {
+  std::error_code ec;
+  fs::path rel = name;
+  if (rel.is_absolute()) {
+    if (fs::exists(rel, ec)) return rel;
+    rel = rel.filename();
+  }
+  for (const fs::path& candidate : {dir / rel, fs::absolute(rel, ec)}) {
+    if (fs::exists(candidate, ec)) return candidate;
+  }
+  return std::nullopt;
+}
+
+// The directory of the file holding HDF5 object `id`, as HDF5 opened it.
+fs::path FileOf(hid_t id) {
+  const ssize_t n = H5Fget_name(id, nullptr, 0);
+  if (n <= 0) return {};
+  std::string name(static_cast<size_t>(n) + 1, '\0');
+  H5Fget_name(id, name.data(), name.size());
+  name.resize(static_cast<size_t>(n));
+  std::error_code ec;
+  return fs::absolute(name, ec);
+}
+
+// H5Pset_elink_cb: every external link HDF5 is about to follow goes through
+// the read scope first, read-only.
+struct ElinkGuard {
+  absl::Status status;
+};
+herr_t CheckExternalLink(const char* parent_file, const char* /*parent_group*/, const char* child_file,
+                         const char* child_object, unsigned* flags, hid_t /*fapl*/, void* data) {
+  *flags = H5F_ACC_RDONLY;
+  std::error_code ec;
+  const fs::path dir = fs::absolute(parent_file, ec).parent_path();
+  const std::optional<fs::path> target = Hdf5Resolve(dir, child_file);
+  if (!target) return 0;
+  absl::Status s = CheckRead(absl::StrCat(parent_file, ": external link to ", child_file, ":", child_object), *target);
+  if (s.ok()) return 0;
+  static_cast<ElinkGuard*>(data)->status = std::move(s);
+  return -1;
+}
+
+// Every file a dataset's data comes from besides its own, through the read
+// scope: external storage (raw files, from the file's directory: the
+// dataset is opened with efile prefix ${ORIGIN}) and virtual-dataset sources.
+absl::Status CheckDataReferences(hid_t ds, const std::string& where) {
+  const fs::path file = FileOf(ds);
+  RETURN_IF_ERROR(CheckRead(where, file));
+  Hid dcpl(H5Dget_create_plist(ds), H5Pclose);
+  if (!dcpl.ok()) return absl::DataLossError(absl::StrCat(where, ": cannot read the dataset's creation properties"));
+  const int externals = H5Pget_external_count(dcpl.get());
+  for (int i = 0; i < externals; ++i) {
+    char name[4096] = {};
+    off_t offset = 0;
+    hsize_t size = 0;
+    if (H5Pget_external(dcpl.get(), static_cast<unsigned>(i), sizeof name, name, &offset, &size) < 0) {
+      return absl::DataLossError(absl::StrCat(where, ": external storage entry ", i, " is unreadable"));
+    }
+    const fs::path target = fs::path(name).is_absolute() ? fs::path(name) : file.parent_path() / name;
+    RETURN_IF_ERROR(CheckRead(absl::StrCat(where, ": external storage file ", name), target));
+  }
+  if (H5Pget_layout(dcpl.get()) == H5D_VIRTUAL) {
+    size_t count = 0;
+    if (H5Pget_virtual_count(dcpl.get(), &count) < 0) {
+      return absl::DataLossError(absl::StrCat(where, ": the virtual dataset's mappings are unreadable"));
+    }
+    for (size_t i = 0; i < count; ++i) {
+      const ssize_t n = H5Pget_virtual_filename(dcpl.get(), i, nullptr, 0);
+      if (n < 0) return absl::DataLossError(absl::StrCat(where, ": virtual mapping ", i, " is unreadable"));
+      std::string name(static_cast<size_t>(n) + 1, '\0');
+      H5Pget_virtual_filename(dcpl.get(), i, name.data(), name.size());
+      name.resize(static_cast<size_t>(n));
+      if (name == ".") continue;
+      const std::string what = absl::StrCat(where, ": virtual dataset source ", name);
+      if (ReadsConfined() && name.find('%') != std::string::npos) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            what, ": a printf-style source name could open any file; service jobs do not follow it"));
+      }
+      if (const std::optional<fs::path> target = Hdf5Resolve(file.parent_path(), name)) {
+        RETURN_IF_ERROR(CheckRead(what, *target));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 // Reads a float attribute of 2 or 3 values into spacing (z, y, x).
@@ -71,14 +170,27 @@ absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset
   SilenceHdf5();
   const std::string where = absl::StrCat(path, ":", dataset);
   if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(path, ": not an HDF5 file"));
+  RETURN_IF_ERROR(CheckRead(path, path));
   out->file = std::make_unique<Hid>(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!out->file->ok()) return absl::DataLossError(absl::StrCat(path, ": cannot open HDF5 file"));
-  if (H5Lexists(out->file->get(), dataset.c_str(), H5P_DEFAULT) <= 0) {
-    return absl::NotFoundError(absl::StrCat(where, ": no such dataset in the file"));
+  // External links go through the read scope as they are followed; raw
+  // files of external storage are looked up beside the file holding them.
+  ElinkGuard guard;
+  Hid lapl(H5Pcreate(H5P_LINK_ACCESS), H5Pclose);
+  Hid dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
+  if (!lapl.ok() || !dapl.ok() || H5Pset_elink_cb(lapl.get(), &CheckExternalLink, &guard) < 0 ||
+      H5Pset_elink_cb(dapl.get(), &CheckExternalLink, &guard) < 0 ||
+      H5Pset_efile_prefix(dapl.get(), "${ORIGIN}") < 0) {
+    return absl::InternalError(absl::StrCat(where, ": cannot set up HDF5 access properties"));
   }
-  out->ds = std::make_unique<Hid>(H5Dopen2(out->file->get(), dataset.c_str(), H5P_DEFAULT), H5Dclose);
+  const htri_t exists = H5Lexists(out->file->get(), dataset.c_str(), lapl.get());
+  if (!guard.status.ok()) return guard.status;
+  if (exists <= 0) return absl::NotFoundError(absl::StrCat(where, ": no such dataset in the file"));
+  out->ds = std::make_unique<Hid>(H5Dopen2(out->file->get(), dataset.c_str(), dapl.get()), H5Dclose);
+  if (!guard.status.ok()) return guard.status;
   if (!out->ds->ok()) return absl::NotFoundError(absl::StrCat(where, ": not a dataset"));
   const hid_t ds = out->ds->get();
+  RETURN_IF_ERROR(CheckDataReferences(ds, where));
   Hid space(H5Dget_space(ds), H5Sclose);
   out->rank = H5Sget_simple_extent_ndims(space.get());
   if (out->rank != 2 && out->rank != 3) {
@@ -102,6 +214,9 @@ absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset
   else if (cls == H5T_INTEGER && size == 8) { h.dtype = is_signed ? DType::kInt64 : DType::kUInt64; native = is_signed ? H5T_NATIVE_INT64 : H5T_NATIVE_UINT64; }
   else return absl::UnimplementedError(absl::StrCat(where, ": unsupported HDF5 element type (class ", cls, ", ", size, " bytes)"));
   h.shape = {static_cast<int64_t>(dims[0]), static_cast<int64_t>(dims[1]), static_cast<int64_t>(dims[2])};
+  for (int a = 0; a < 3; ++a) {
+    if (h.shape[a] < 0) return absl::DataLossError(absl::StrCat(where, ": dataspace size ", dims[a], " overflows"));
+  }
   if (ReadSpacingAttribute(ds, "resolution", &h)) {
     h.unit = ReadStringAttribute(ds, "unit");  // ours; CREMI's resolution (nm) says nothing
   } else if (ReadSpacingAttribute(ds, "element_size_um", &h)) {
@@ -144,7 +259,11 @@ absl::StatusOr<RawArray> ReadHdf5(const std::string& path, const std::string& da
   Hdf5Dataset d;
   RETURN_IF_ERROR(OpenHdf5Dataset(path, dataset, &d));
   RawArray out = d.header;
-  out.bytes.resize(static_cast<size_t>(out.numel()) * DTypeSize(out.dtype));
+  // Read whole: the declared size against the memory budget first (a small
+  // chunked file may declare any size; its chunks are read on demand).
+  ASSIGN_OR_RETURN(const uint64_t bytes, DeclaredBytes(out.source, "dataspace",
+                                                       {out.shape[0], out.shape[1], out.shape[2]}, DTypeSize(out.dtype)));
+  out.bytes.resize(static_cast<size_t>(bytes));
   if (H5Dread(d.ds->get(), d.native, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.bytes.data()) < 0) {
     return absl::DataLossError(absl::StrCat(out.source, ": read failed (damaged or truncated file?)"));
   }

@@ -1,21 +1,44 @@
 // NIfTI-1/2 (.nii, .nii.gz; niftilib): (i, j, k) are (x, y, z); spacing from pixdim.
 #include <nifti2_io.h>
 
+#include <algorithm>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
+#include "common/read_scope.h"
 #include "trainer/data/formats/readers.h"
 
 namespace retina::trainer {
 
 absl::StatusOr<RawArray> ReadNifti(const std::string& path) {
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckRead(path, path));
   nifti_set_debug_level(0);
-  std::unique_ptr<nifti_image, void (*)(nifti_image*)> img(nifti_image_read(path.c_str(), 1), &nifti_image_free);
-  if (!img || img->data == nullptr) return absl::DataLossError(absl::StrCat(path, ": not a readable NIfTI file"));
+  // The header first: the data file it names (a two-file header's .img)
+  // goes through the read scope, and the size it declares is checked,
+  // before niftilib opens or allocates anything.
+  std::unique_ptr<nifti_image, void (*)(nifti_image*)> img(nifti_image_read(path.c_str(), 0), &nifti_image_free);
+  if (!img || img->iname == nullptr) return absl::DataLossError(absl::StrCat(path, ": not a readable NIfTI file"));
+  RETURN_IF_ERROR(CheckRead(absl::StrCat(path, ": image file"), img->iname));
+  {
+    std::error_code ec;
+    const uintmax_t size = std::filesystem::file_size(img->iname, ec);
+    const bool raw = !ec && nifti_is_gzfile(img->iname) == 0 && img->iname_offset >= 0 &&
+                     static_cast<uintmax_t>(img->iname_offset) <= size;
+    RETURN_IF_ERROR(DeclaredBytes(path, "dim", {img->nx, img->ny, img->nz, img->nt, img->nu, img->nv, img->nw},
+                                  static_cast<uint64_t>(std::max(img->nbyper, 1)),
+                                  raw ? std::optional<uint64_t>(size - img->iname_offset) : std::nullopt)
+                        .status());
+  }
+  if (nifti_image_load(img.get()) != 0 || img->data == nullptr) {
+    return absl::DataLossError(absl::StrCat(path, ": not a readable NIfTI file (its data could not be read from ",
+                                            img->iname, ")"));
+  }
   if (img->ndim > 3 && (img->nt > 1 || img->nu > 1)) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": NIfTI has ", img->ndim, " dimensions; expected 2 or 3"));
   }

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
+#include "common/read_scope.h"
 #include "trainer/data/formats/readers.h"
 
 namespace retina::trainer {
@@ -71,8 +72,19 @@ bool DecodePng(FILE* fp, PngState* st) {
 
 absl::StatusOr<RawArray> ReadPng(const std::string& path) {
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckRead(path, path));
   std::unique_ptr<FILE, int (*)(FILE*)> fp(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!fp) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  // The size IHDR declares, against the memory budget, before libpng
+  // allocates rows (signature, IHDR length and type, width, height, depth).
+  unsigned char ihdr[25];
+  if (std::fread(ihdr, 1, sizeof ihdr, fp.get()) == sizeof ihdr && std::memcmp(ihdr + 12, "IHDR", 4) == 0) {
+    const auto be32 = [&](int at) {
+      return int64_t{ihdr[at]} << 24 | int64_t{ihdr[at + 1]} << 16 | int64_t{ihdr[at + 2]} << 8 | int64_t{ihdr[at + 3]};
+    };
+    RETURN_IF_ERROR(DeclaredBytes(path, "IHDR width x height", {be32(20), be32(16)}, ihdr[24] == 16 ? 2 : 1).status());
+  }
+  std::rewind(fp.get());
   RawArray out;
   out.source = path;
   PngState st;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
+#include "common/read_scope.h"
 #include "trainer/data/formats/readers.h"
 
 namespace retina::trainer {
@@ -85,6 +86,7 @@ absl::Status ReadTiffPage(TIFF* tif, uint32_t width, uint32_t height, size_t es,
 // TIFF at its first directory. Call with g_tiff_mutex held.
 absl::StatusOr<RawArray> ScanTiff(const std::string& path, std::unique_ptr<TIFF, TiffCloser>* opened) {
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
+  RETURN_IF_ERROR(CheckRead(path, path));
   TIFFSetErrorHandler(TiffError);
   TIFFSetWarningHandler(nullptr);
   g_tiff_error.clear();
@@ -109,6 +111,8 @@ absl::StatusOr<RawArray> ScanTiff(const std::string& path, std::unique_ptr<TIFF,
     absl::StatusOr<DType> dtype = TiffDType(bits, format, where);
     if (!dtype.ok()) return dtype.status();
     if (pages == 0) {
+      // One page is what a streaming reader holds at least.
+      RETURN_IF_ERROR(DeclaredBytes(where, "ImageWidth x ImageLength", {height, width}, DTypeSize(*dtype)).status());
       out.dtype = *dtype;
       out.shape = {0, height, width};
       char* description = nullptr;
@@ -208,7 +212,9 @@ absl::StatusOr<RawArray> ReadTiff(const std::string& path) {
   std::lock_guard<std::mutex> lock(g_tiff_mutex);
   std::unique_ptr<TIFF, TiffCloser> tif;
   ASSIGN_OR_RETURN(RawArray out, ScanTiff(path, &tif));
-  out.bytes.resize(static_cast<size_t>(out.numel()) * DTypeSize(out.dtype));
+  ASSIGN_OR_RETURN(const uint64_t bytes, DeclaredBytes(path, "pages x ImageLength x ImageWidth",
+                                                       {out.shape[0], out.shape[1], out.shape[2]}, DTypeSize(out.dtype)));
+  out.bytes.resize(static_cast<size_t>(bytes));
   int64_t current = 0;
   RETURN_IF_ERROR(ReadTiffPages(tif.get(), out, 0, out.shape[0], &current, out.bytes.data()));
   return out;

@@ -17,6 +17,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
+#include "common/read_scope.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;
@@ -205,6 +206,7 @@ absl::Status CreateZarrArray(const fs::path& dir, const ZarrArrayMeta& m) {
 
 absl::StatusOr<ZarrArrayMeta> ReadZarrArray(const fs::path& dir) {
   const fs::path file = dir / kZarray;
+  RETURN_IF_ERROR(CheckRead(file.string(), file));
   ASSIGN_OR_RETURN(Json j, ReadJsonFile(file));
   const auto bad = [&](const std::string& why) { return absl::DataLossError(absl::StrCat(file.string(), ": ", why)); };
   ZarrArrayMeta m;
@@ -314,6 +316,8 @@ absl::Status ReadZarrRegion(const fs::path& dir, const ZarrArrayMeta& m, const s
   ForEachChunk(m, origin, extent, [&](const std::vector<int64_t>& index) {
     if (!status.ok()) return;
     const fs::path file = ChunkPath(dir, index);
+    // A chunk may be a symlink: the file it resolves to is what is read.
+    if (status = CheckRead(absl::StrCat(dir.string(), ": chunk ", file.filename().string()), file); !status.ok()) return;
     absl::StatusOr<std::string> stored = ReadFile(file);
     if (absl::IsNotFound(stored.status())) {
       FillChunk(m, &raw);
@@ -368,6 +372,7 @@ absl::Status WriteOmeZarrImage(const fs::path& dir, const OmeImage& image) {
 absl::StatusOr<OmeImage> ReadOmeZarrImage(const fs::path& dir) {
   std::error_code ec;
   if (!fs::exists(dir / kZattrs, ec)) return absl::NotFoundError(dir.string() + ": no .zattrs (not an OME-Zarr image)");
+  RETURN_IF_ERROR(CheckRead((dir / kZattrs).string(), dir / kZattrs));
   ASSIGN_OR_RETURN(Json j, ReadJsonFile(dir / kZattrs));
   const auto bad = [&](const std::string& why) {
     return absl::DataLossError(absl::StrCat((dir / kZattrs).string(), ": ", why));
@@ -440,6 +445,7 @@ absl::StatusOr<std::unique_ptr<PlaneReader>> OpenZarrPlaneReader(const std::stri
   fs::path dir = spec;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return absl::NotFoundError(absl::StrCat(spec, ": no such Zarr directory"));
+  RETURN_IF_ERROR(CheckRead(spec, dir));
   std::optional<OmeImage> image;
   std::string axes_unit;
   std::vector<double> scale;
@@ -448,6 +454,7 @@ absl::StatusOr<std::unique_ptr<PlaneReader>> OpenZarrPlaneReader(const std::stri
     image = read;
     scale = read.levels[0].scale;
     dir /= read.levels[0].path;
+    RETURN_IF_ERROR(CheckRead(absl::StrCat(spec, ": .zattrs multiscales[0].datasets[0].path"), dir));
   }
   ASSIGN_OR_RETURN(ZarrArrayMeta meta, ReadZarrArray(dir));
   if (meta.dtype != DType::kUInt8 || meta.half) {

@@ -3,13 +3,16 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint_store.h"
+#include "common/read_scope.h"
 #include "common/status_macros.h"
 #include "trainer/model/weights/vit_npz_import.h"
 
 namespace retina::trainer {
 namespace fs = std::filesystem;
 
-absl::StatusOr<WeightSource> ResolveWeights(const std::string& spec, const fs::path& store, const std::string& field) {
+namespace {
+
+absl::StatusOr<WeightSource> Resolve(const std::string& spec, const fs::path& store, const std::string& field) {
   if (spec.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": no weights named"));
   fs::path p = spec;
   std::error_code ec;
@@ -48,6 +51,16 @@ absl::StatusOr<WeightSource> ResolveWeights(const std::string& spec, const fs::p
     ASSIGN_OR_RETURN(CheckpointInfo info, CheckpointStore::Verify(p.parent_path()), what);
     out.checkpoint_dir = info.dir;
   }
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<WeightSource> ResolveWeights(const std::string& spec, const fs::path& store, const std::string& field) {
+  ASSIGN_OR_RETURN(WeightSource out, Resolve(spec, store, field));
+  // What a checkpoint's LATEST or a symlinked step directory leads to is
+  // what is read: it goes through the read scope (common/read_scope.h).
+  RETURN_IF_ERROR(CheckRead(absl::StrCat(field, " '", spec, "'"), out.file));
   return out;
 }
 
