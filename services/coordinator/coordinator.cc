@@ -28,6 +28,28 @@
 
 namespace retina::coordinator {
 namespace v1 = retina::v1;
+
+// The state lock, timed: see NoteNotServing.
+class ABSL_SCOPED_LOCKABLE Coordinator::StateLock {
+ public:
+  explicit StateLock(Coordinator* c) ABSL_EXCLUSIVE_LOCK_FUNCTION(c->mu_) : c_(c), asked_(c->NowMs()) {
+    c_->mu_.Lock();
+    got_ = c_->NowMs();
+    c_->NoteNotServing(asked_, got_);
+  }
+  ~StateLock() ABSL_UNLOCK_FUNCTION() {
+    c_->NoteNotServing(got_, c_->NowMs());
+    c_->mu_.Unlock();
+  }
+  StateLock(const StateLock&) = delete;
+  StateLock& operator=(const StateLock&) = delete;
+
+ private:
+  Coordinator* const c_;
+  const int64_t asked_;
+  int64_t got_ = 0;
+};
+
 namespace {
 
 using TaskKey = std::pair<std::string, int>;
@@ -112,7 +134,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
   RETURN_IF_ERROR(CheckStoreIdentity(options, store.get()));
   std::unique_ptr<Coordinator> c(new Coordinator(std::move(options), metrics, std::move(store)));
   {
-    absl::MutexLock lock(&c->mu_);
+    StateLock lock(c.get());
     // Start the port rotation at a random place: a restarted coordinator (or a
     // second one on the host) does not hand out the port it just used.
     c->next_port_ = static_cast<int>(absl::ToUnixNanos(absl::Now()) % 100003);
@@ -120,9 +142,17 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
   }
   if (!c->options_.background_tick) return c;
   c->ticker_ = std::thread([p = c.get()] {
+    int64_t last = p->NowMs();
     while (!p->stop_.load()) {
       absl::SleepFor(p->options_.tick);
+      // A tick that comes late (the process stopped or starved) is time
+      // nothing was served either.
+      if (const int64_t now = p->NowMs(); now - last > 2 * absl::ToInt64Milliseconds(p->options_.tick)) {
+        StateLock lock(p);
+        p->NoteNotServing(last + absl::ToInt64Milliseconds(p->options_.tick), now);
+      }
       p->Tick();
+      last = p->NowMs();
       if (p->options_.executor == CoordinatorOptions::Executor::kSlurm) p->SlurmTick();
     }
   });
@@ -131,6 +161,42 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
 
 int64_t Coordinator::NowMs() const {
   return options_.clock_ms ? options_.clock_ms() : absl::ToUnixMillis(absl::Now());
+}
+
+// A wait for the state lock, a hold of it, or a late tick, longer than
+// `tick`, is time nothing could be served: heartbeats queue behind it (on
+// the lock, or on RPC threads that wait for it), so leases must not run
+// during it. A worker is lost only after a whole lease of *serving* time
+// without a heartbeat (ServingSilence), so a stalled database or a long
+// pass never fails a healthy worker's jobs, and a dead worker is still
+// found, one lease plus the stalls later.
+void Coordinator::NoteNotServing(int64_t from, int64_t to) {
+  constexpr size_t kMaxNotServing = 4096;
+  if (to - from <= absl::ToInt64Milliseconds(options_.tick)) return;
+  if (to - from >= absl::ToInt64Milliseconds(options_.heartbeat)) {
+    RETINA_LOG(Warning) << "the coordinator did not serve for " << (to - from) / 1000.0
+                        << " s (state lock busy or the process stalled); leases do not run meanwhile";
+  }
+  if (!not_serving_.empty() && from <= not_serving_.back().second) {
+    not_serving_.back().second = std::max(not_serving_.back().second, to);
+  } else {
+    not_serving_.emplace_back(from, to);
+  }
+  while (not_serving_.size() > kMaxNotServing || (!not_serving_.empty() && not_serving_.front().second < to - 3600 * 1000)) {
+    not_serving_.pop_front();
+  }
+}
+
+int64_t Coordinator::ServingSilence(const WorkerEntry& w, int64_t now) {
+  const int64_t seen = LastSeen(w);
+  int64_t silence = now - seen;
+  for (const auto& [from, to] : not_serving_) silence -= std::max<int64_t>(0, std::min(to, now) - std::max(from, seen));
+  return silence;
+}
+
+void Coordinator::WithStateLockForTest(const std::function<void()>& fn) {
+  StateLock lock(this);
+  fn();
 }
 
 Coordinator::~Coordinator() {
@@ -237,7 +303,7 @@ void Coordinator::NoteCommit(const absl::Status& s) {
 }
 
 void Coordinator::SetHealthListener(std::function<void(bool)> listener) {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   health_ = std::move(listener);
   health_(db_ok_);
 }
@@ -308,7 +374,7 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
   // Request ids are per user: a retry finds only its own user's job.
   const std::string request_key = RequestKey(user, request.request_id());
   {
-    absl::MutexLock lock(&mu_);
+    StateLock lock(this);
     if (!request.request_id().empty()) {
       auto it = by_request_.find(request_key);
       if (it != by_request_.end()) return it->second->job;  // an idempotent retry
@@ -321,7 +387,7 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
     RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots, options_.output_roots).status());
   }
 
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
     auto it = by_request_.find(request_key);
     if (it != by_request_.end()) return it->second->job;
@@ -420,7 +486,7 @@ absl::StatusOr<Coordinator::JobEntry*> Coordinator::InsertJob(v1::JobSpec spec, 
 
 
 absl::StatusOr<v1::Job> Coordinator::Get(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   ASSIGN_OR_RETURN(JobEntry * e, Find(id));
   return e->job;
 }
@@ -433,7 +499,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest
   const int page_size = request.page_size() == 0 ? 100 : request.page_size();
   ASSIGN_OR_RETURN(JobFilter filter, ParseJobFilter(request.filter()));
   ASSIGN_OR_RETURN(int64_t before, ParsePageToken(request.page_token()));
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   v1::ListJobsResponse out;
   int64_t last_seq = 0;
   size_t bytes = 0;
@@ -454,7 +520,7 @@ absl::StatusOr<v1::ListJobsResponse> Coordinator::List(const v1::ListJobsRequest
 }
 
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id) {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   ASSIGN_OR_RETURN(JobEntry * e, Find(id));
   RETURN_IF_ERROR(CancelEntry(e));
   return e->job;
@@ -493,7 +559,7 @@ absl::Status Coordinator::CancelEntry(JobEntry* e) {
 
 absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
   {
-    absl::MutexLock lock(&mu_);
+    StateLock lock(this);
     RETURN_IF_ERROR(Find(id).status());
   }
   const StoreLayout layout(options_.store);
@@ -521,7 +587,7 @@ absl::StatusOr<v1::JobMetrics> Coordinator::Metrics(const std::string& id) {
 }
 
 v1::ListWorkersResponse Coordinator::Workers() {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   v1::ListWorkersResponse out;
   for (const auto& [id, w] : workers_) {
     v1::WorkerInfo* info = out.add_workers();
@@ -534,7 +600,7 @@ v1::ListWorkersResponse Coordinator::Workers() {
 }
 
 absl::StatusOr<int64_t> Coordinator::Watch(const std::string& id, WatchSink sink) {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   ASSIGN_OR_RETURN(JobEntry * e, Find(id));
   auto snapshot = std::make_shared<v1::JobEvent>();
   snapshot->set_type(v1::JobEvent::SNAPSHOT);
@@ -549,7 +615,7 @@ absl::StatusOr<int64_t> Coordinator::Watch(const std::string& id, WatchSink sink
 }
 
 void Coordinator::Unwatch(int64_t handle) {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   auto it = watchers_.find(handle);
   if (it == watchers_.end()) return;
   auto [begin, end] = watchers_by_job_.equal_range(it->second.job);
@@ -564,7 +630,7 @@ void Coordinator::Unwatch(int64_t handle) {
 
 absl::StatusOr<std::pair<std::filesystem::path, bool>> Coordinator::LogFile(const std::string& id, int attempt,
                                                                            int rank) {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   ASSIGN_OR_RETURN(JobEntry * e, Find(id));
   if (attempt == 0) attempt = e->job.attempt();
   if (attempt < 1 || attempt > e->job.attempt()) {
@@ -624,7 +690,7 @@ absl::Status ValidateRegistration(const v1::RegisterWorkerRequest& r) {
 
 absl::StatusOr<v1::RegisterWorkerResponse> Coordinator::RegisterWorker(const v1::RegisterWorkerRequest& r) {
   RETURN_IF_ERROR(ValidateRegistration(r));
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   const int64_t now = NowMs();
   auto old = workers_.find(r.worker_id());
   if (old != workers_.end() && old->second.info.state() == v1::WorkerInfo::READY) {
@@ -771,7 +837,7 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
     }
     events.emplace_back(std::move(*ev));
   }
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   ASSIGN_OR_RETURN(JobEntry * e, Find(r.job_id()));
   if (e->job.attempt() != r.attempt() || IsTerminal(e->job.state())) return absl::OkStatus();
   v1::Progress* p = e->job.mutable_progress();
@@ -824,7 +890,7 @@ absl::Status Coordinator::CompleteTask(const v1::CompleteTaskRequest& r) {
   if (r.exits_size() > limits::kWorldSize) {
     return absl::InvalidArgumentError(absl::StrCat("exits: at most ", limits::kWorldSize));
   }
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   const int64_t now = NowMs();
   auto w = workers_.find(r.worker_id());
   if (w != workers_.end()) ReleaseTask(&w->second, r.job_id(), r.attempt());
@@ -996,7 +1062,8 @@ void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
 
 void Coordinator::LoseWorker(WorkerEntry* w, int64_t now) {
   RETINA_LOG(Warning) << "worker " << w->info.id() << " lost: no heartbeat for "
-                      << (now - LastSeen(*w)) / 1000.0 << " s; its ranks count as failed";
+                      << (now - LastSeen(*w)) / 1000.0 << " s (" << ServingSilence(*w, now) / 1000.0
+                      << " s of it while serving); its ranks count as failed";
   w->info.set_state(v1::WorkerInfo::LOST);
   if (metrics_) metrics_->LeaseMissed();
   const auto tasks = w->tasks;
@@ -1014,11 +1081,11 @@ void Coordinator::LoseWorker(WorkerEntry* w, int64_t now) {
 }
 
 void Coordinator::Tick() {
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   const int64_t now = NowMs();
   const int64_t lease = absl::ToInt64Milliseconds(options_.lease);
   for (auto& [id, w] : workers_) {
-    if (w.info.state() == v1::WorkerInfo::READY && now - LastSeen(w) > lease) LoseWorker(&w, now);
+    if (w.info.state() == v1::WorkerInfo::READY && ServingSilence(w, now) > lease) LoseWorker(&w, now);
   }
   if (recovery_deadline_ms_ != 0 && now >= recovery_deadline_ms_) {
     recovery_deadline_ms_ = 0;

@@ -38,6 +38,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -129,6 +130,9 @@ class Coordinator {
 
   // One round of lease checks and scheduling (the tick thread calls it).
   void Tick();
+  // For tests: runs `fn` holding the state lock, as a slow commit or a long
+  // pass would hold it.
+  void WithStateLockForTest(const std::function<void()>& fn);
 
   // Called with true/false whenever the database starts/stops committing
   // (and once at once with the current state): the gRPC health status.
@@ -250,6 +254,15 @@ class Coordinator {
   int TotalSlots(retina::v1::SlotType type) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int64_t NowMs() const;  // options_.clock_ms, else the wall clock
 
+  // The state lock is taken through StateLock: a wait for it or a hold of it
+  // longer than `tick` is time the coordinator was not serving (heartbeats
+  // may have queued behind it, on the lock or the RPC threads), and leases
+  // do not run during it (docs/service.md "Leases").
+  class StateLock;
+  void NoteNotServing(int64_t from_ms, int64_t to_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // How long worker `w` has been silent while the coordinator was serving.
+  int64_t ServingSilence(const WorkerEntry& w, int64_t now_ms) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const CoordinatorOptions options_;
   CoordinatorMetrics* const metrics_;
   absl::Mutex mu_;
@@ -268,6 +281,9 @@ class Coordinator {
   std::set<JobEntry*> retry_ ABSL_GUARDED_BY(mu_);     // a transition's commit failed
   std::map<std::string, StudyEntry> studies_ ABSL_GUARDED_BY(mu_);  // active studies by id
   int64_t last_probe_ms_ ABSL_GUARDED_BY(mu_) = 0;     // while !db_ok_: a test write per second
+  // Intervals [from, to] the coordinator was not serving, ascending and
+  // disjoint, the last hour's (at most kMaxNotServing of them).
+  std::deque<std::pair<int64_t, int64_t>> not_serving_ ABSL_GUARDED_BY(mu_);
   struct Watcher {
     std::string job;
     WatchSink sink;

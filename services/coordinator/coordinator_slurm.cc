@@ -133,7 +133,7 @@ void Coordinator::SlurmTick() {
   std::vector<std::tuple<std::string, int, int64_t>> event_files;  // job, attempt, offset
   bool queued = false;
   {
-    absl::MutexLock lock(&mu_);
+    StateLock lock(this);
     const int64_t now = NowMs();
     for (const auto& [id, e] : jobs_) {
       if (e->job.state() == v1::QUEUED && e->job.spec().kind() != v1::STUDY) queued = true;
@@ -166,7 +166,7 @@ void Coordinator::SlurmTick() {
     RETINA_LOG(Warning) << "Slurm job " << id << ": its job ended or was cancelled while sbatch ran; scancel "
                         << (done ? "issued" : "failed (retried): " + (r.ok() ? r->output : std::string(r.status().message())));
     if (!done) {
-      absl::MutexLock lock(&mu_);
+      StateLock lock(this);
       slurm_orphans_.push_back(id);
     }
   }
@@ -177,7 +177,7 @@ void Coordinator::SlurmTick() {
   {
     // Back-off while Slurm does not answer (slurmctld restarting, overloaded):
     // double the interval up to max_poll; back to `poll` once it answers.
-    absl::MutexLock lock(&mu_);
+    StateLock lock(this);
     const absl::Duration now_interval = slurm_backoff_ > absl::ZeroDuration() ? slurm_backoff_ : so.poll;
     slurm_backoff_ = listed ? so.poll : std::min(so.max_poll, now_interval * 2);
   }
@@ -212,7 +212,7 @@ void Coordinator::SlurmTick() {
 
   std::vector<Submission> submit;
   {
-    absl::MutexLock lock(&mu_);
+    StateLock lock(this);
     const int64_t now = NowMs();
     for (const auto& [slurm_id, status] : cancelled) {
       for (auto& [id, run] : slurm_runs_) {
@@ -321,7 +321,7 @@ void Coordinator::SlurmTick() {
     }
   }
   if (submitted.empty()) return;
-  absl::MutexLock lock(&mu_);
+  StateLock lock(this);
   const int64_t now = NowMs();
   for (auto& [id, attempt, result] : submitted) {
     JobEntry* e = jobs_.at(id).get();

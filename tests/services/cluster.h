@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -169,10 +170,12 @@ class Cluster {
                                      "--id", id, "--host", "127.0.0.1",
                                      "--cpu-slots", std::to_string(slots), "--gpus", "none",
                                      "--store", store().string(),
-                                     "--trainer", BinDir() + "/trainer/retina-train",
                                      "--grace-s", "5",
                                      "--metrics-listen", "127.0.0.1:0",
                                      "--ready-file", ready.string()};
+    if (std::find(extra.begin(), extra.end(), "--trainer") == extra.end()) {
+      argv.insert(argv.end(), {"--trainer", BinDir() + "/trainer/retina-train"});
+    }
     argv.insert(argv.end(), extra.begin(), extra.end());
     workers_[id] = std::make_unique<Child>(argv, root() / (id + ".log"));
     return ReadReady(ready).value("metrics_port", 0);

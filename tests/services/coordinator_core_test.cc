@@ -5,10 +5,12 @@
 // exact: a lease is kept at `lease` and lost one millisecond after.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
+#include <thread>
 
 #include "common/file_util.h"
 #include "common/records.h"
@@ -51,7 +53,12 @@ class CoordinatorCore : public ::testing::Test {
     o.store = dir_ / "store";
     o.lease = kLease;
     o.heartbeat = absl::Seconds(1);
-    o.clock_ms = [this] { return now_ms_.load(); };
+    o.clock_ms = [this] {
+      // A thread marked slow spends `slow_step_ms_` per look at the clock
+      // (time passing while it waits on the database).
+      if (std::this_thread::get_id() == slow_thread_.load()) now_ms_ += slow_step_ms_;
+      return now_ms_.load();
+    };
     o.background_tick = false;
     o.max_running_slots_per_user = max_running_slots_per_user_;
     o.max_queued_jobs_per_user = max_queued_jobs_per_user_;
@@ -61,6 +68,8 @@ class CoordinatorCore : public ::testing::Test {
     return *core_;
   }
   void Advance(absl::Duration d) { now_ms_ += absl::ToInt64Milliseconds(d); }
+  std::atomic<std::thread::id> slow_thread_{};
+  int64_t slow_step_ms_ = 0;
 
   std::string Submit(int world, int max_restarts, const std::string& user = "alice") {
     absl::StatusOr<v1::Job> job = TrySubmit(world, max_restarts, user);
@@ -259,6 +268,60 @@ TEST_F(CoordinatorCore, ALeaseIsKeptForItsLengthAndLostOneMillisecondAfter) {
   const v1::TaskRef t2 = StartAssigned("w2");
   EXPECT_EQ(t2.attempt(), 2);
   EXPECT_EQ(Get(id).state(), v1::RUNNING);
+}
+
+// Issue 29 item 4: a stall of the coordinator itself (the state lock held by
+// a slow commit or a long pass, so heartbeats queue behind it) is not a
+// worker's silence. Leases count only serving time: three leases under the
+// lock lose nobody, and a worker that then really stays silent is lost one
+// lease (of serving time) later, not never.
+TEST_F(CoordinatorCore, ALeaseDoesNotRunWhileTheStateLockIsHeld) {
+  Start();
+  const std::string id = Submit(1, 1);
+  Register("w1", 1);
+  StartAssigned("w1");
+  core_->WithStateLockForTest([&] { Advance(3 * kLease); });
+  core_->Tick();
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::READY);
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);
+  Advance(kLease);
+  core_->Tick();
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::READY);
+  Advance(absl::Milliseconds(1));
+  core_->Tick();
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::LOST);
+  EXPECT_THAT(Get(id).message(), HasSubstr("worker w1 lost"));
+}
+
+// The same stall from the database: another connection holds the write
+// lock (a backup, an admin's sqlite3), so a CancelJob's commit waits out the
+// busy timeout holding the state lock, and fake time runs meanwhile (5 s per
+// look at the clock from that thread). The cancel fails, nothing changes,
+// and the running worker is not lost.
+TEST_F(CoordinatorCore, ALeaseDoesNotRunWhileACommitWaitsForALockedDatabase) {
+  Start();
+  const std::string id = Submit(1, 1);
+  Register("w1", 1);
+  StartAssigned("w1");
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open((dir_ / "retina.db").c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN EXCLUSIVE", nullptr, nullptr, nullptr), SQLITE_OK);
+  const int64_t before = now_ms_.load();
+  std::thread cancel([&] {
+    slow_thread_ = std::this_thread::get_id();
+    slow_step_ms_ = absl::ToInt64Milliseconds(kLease) / 2;
+    absl::StatusOr<v1::Job> r = core_->Cancel(id);
+    EXPECT_FALSE(r.ok());
+    slow_thread_ = std::thread::id();
+  });
+  cancel.join();
+  sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);
+  sqlite3_close(other);
+  ASSERT_GT(now_ms_.load() - before, absl::ToInt64Milliseconds(kLease)) << "the stall outlasted a lease";
+  core_->Tick();
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::READY);
+  EXPECT_EQ(Get(id).state(), v1::RUNNING);
+  EXPECT_FALSE(Get(id).cancel_requested());
 }
 
 TEST_F(CoordinatorCore, HeartbeatsRenewTheLease) {

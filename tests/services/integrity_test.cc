@@ -2,6 +2,8 @@
 // that do not belong together are refused, a job directory is never adopted
 // by another job, a commit that fails changes nothing a client can see, a
 // damaged database is refused with the repair steps.
+#include <thread>
+
 #include <gmock/gmock.h>
 
 #include "tests/services/cluster.h"
@@ -161,6 +163,62 @@ TEST(Integrity, AFailedCommitChangesNothingVisibleAndHealthSaysNotServing) {
   c.StopCoordinator(SIGKILL);
   c.StartCoordinator({{}, port});
   EXPECT_EQ(c.Get(job->id()).state(), v1::CANCELLED) << "what was shown is what was committed";
+}
+
+// Issue 29 item 4 with real processes: while another process holds the
+// database's write lock and clients keep retrying CancelJob (each commit
+// waits out the busy timeout holding the state lock), a worker running two
+// jobs must not be declared lost: those seconds are the coordinator's stall,
+// not the worker's silence. (Found: "worker lost: no heartbeat for 10.357 s"
+// and both jobs FAILED.) A worker that really dies is still lost.
+TEST(Integrity, HealthyWorkersAreNotLostWhileTheDatabaseIsLocked) {
+  Cluster c("stall");
+  fs::create_directories(c.store() / "datasets" / "em");
+  std::ofstream(c.store() / "datasets" / "em" / "manifest.json") << "{}";
+  // Ranks that just stay up (this test is about leases, not training).
+  const fs::path rank = c.root() / "sleeping-rank.sh";
+  std::ofstream(rank) << "#!/bin/sh\nexec sleep 300\n";
+  fs::permissions(rank, fs::perms::owner_all);
+  c.StartCoordinator();
+  c.StartWorker("w1", 2, {"--trainer", rank.string()});
+  absl::StatusOr<v1::Job> a = c.Submit(PretrainYaml(1), 1), b = c.Submit(PretrainYaml(1), 1);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(c.WaitState(a->id(), v1::RUNNING, 30) && c.WaitState(b->id(), v1::RUNNING, 30))
+      << Slurp(c.root() / "coordinator.log");
+
+  WriteLock lock(c);
+  ASSERT_TRUE(lock.held());
+  // Four clients retrying a cancel for 12 s (6 leases of 2 s; each try holds
+  // the state lock for the 5 s busy timeout and fails).
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.emplace_back([&] {
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(12);
+      while (std::chrono::steady_clock::now() < until) {
+        v1::CancelJobRequest cancel;
+        cancel.set_id(a->id());
+        v1::Job resp;
+        (void)c.Jobs()->CancelJob(c.Ctx("", 6).get(), cancel, &resp);
+      }
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  // Cancels the clients gave up on may still wait on the server; once the
+  // lock is gone they commit (`a` may end CANCELLED), and reads answer again.
+  lock.Release();
+  v1::Job after_b;
+  ASSERT_TRUE(WaitFor([&] { return (after_b = c.Get(b->id())).state() != v1::JOB_STATE_UNSPECIFIED; },
+                      std::chrono::seconds(60)));
+  EXPECT_EQ(after_b.state(), v1::RUNNING) << after_b.message();
+  EXPECT_EQ(after_b.attempt(), 1);
+  EXPECT_THAT(c.Get(a->id()).message(), Not(HasSubstr("lost")));
+  EXPECT_EQ(Sample(HttpGet(c.metrics_port(), "/metrics"), "retina_worker_lease_misses_total"), 0)
+      << Slurp(c.root() / "coordinator.log");
+
+  // A worker that dies is still found: its jobs leave RUNNING within a few leases.
+  c.worker("w1").Kill(SIGKILL);
+  EXPECT_TRUE(WaitFor([&] { return c.Get(b->id()).state() != v1::RUNNING; }, std::chrono::seconds(30)));
+  EXPECT_THAT(c.Get(b->id()).message(), HasSubstr("worker w1 lost"));
 }
 
 // A damaged page used to be found only at the first write.
