@@ -217,6 +217,8 @@ absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset
   for (int a = 0; a < 3; ++a) {
     if (h.shape[a] < 0) return absl::DataLossError(absl::StrCat(where, ": dataspace size ", dims[a], " overflows"));
   }
+  // One plane is what a streaming reader's caller holds at least.
+  RETURN_IF_ERROR(DeclaredBytes(where, "dataspace (one plane)", {h.shape[1], h.shape[2]}, size).status());
   if (ReadSpacingAttribute(ds, "resolution", &h)) {
     h.unit = ReadStringAttribute(ds, "unit");  // ours; CREMI's resolution (nm) says nothing
   } else if (ReadSpacingAttribute(ds, "element_size_um", &h)) {

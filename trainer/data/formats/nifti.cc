@@ -30,8 +30,23 @@ absl::StatusOr<RawArray> ReadNifti(const std::string& path) {
     const uintmax_t size = std::filesystem::file_size(img->iname, ec);
     const bool raw = !ec && nifti_is_gzfile(img->iname) == 0 && img->iname_offset >= 0 &&
                      static_cast<uintmax_t>(img->iname_offset) <= size;
+    // What niftilib will allocate: nvox (the product of dim[1..dim[0]]) x nbyper.
+    const int64_t ndim = std::clamp<int64_t>(img->dim[0], 1, 7);
+    uint64_t nvox = 1;
+    for (int64_t i = 1; i <= ndim; ++i) {
+      if (img->dim[i] < 0 || (img->dim[i] > 0 && nvox > UINT64_MAX / static_cast<uint64_t>(img->dim[i]))) {
+        return absl::DataLossError(absl::StrCat(path, ": dim[", i, "] = ", img->dim[i], " overflows"));
+      }
+      nvox *= static_cast<uint64_t>(img->dim[i]);
+    }
+    if (img->nvox < 0 || static_cast<uint64_t>(img->nvox) != nvox) {
+      return absl::DataLossError(absl::StrCat(path, ": dim: ", img->nvox, " voxels declared, the sizes make ", nvox));
+    }
     RETURN_IF_ERROR(DeclaredBytes(path, "dim", {img->nx, img->ny, img->nz, img->nt, img->nu, img->nv, img->nw},
                                   static_cast<uint64_t>(std::max(img->nbyper, 1)),
+                                  raw ? std::optional<uint64_t>(size - img->iname_offset) : std::nullopt)
+                        .status());
+    RETURN_IF_ERROR(DeclaredBytes(path, "dim (all axes)", {img->nvox}, static_cast<uint64_t>(std::max(img->nbyper, 1)),
                                   raw ? std::optional<uint64_t>(size - img->iname_offset) : std::nullopt)
                         .status());
   }

@@ -58,7 +58,15 @@ absl::Status ReadTiffPage(TIFF* tif, uint32_t width, uint32_t height, size_t es,
     uint32_t tw = 0, th = 0;
     TIFFGetField(tif, TIFFTAG_TILEWIDTH, &tw);
     TIFFGetField(tif, TIFFTAG_TILELENGTH, &th);
-    std::vector<uint8_t> tile(TIFFTileSize(tif));
+    // The tile a header declares, checked before it is allocated (a few
+    // bytes of file may declare a 10 GB tile; a zero size would loop forever).
+    if (tw == 0 || th == 0) return absl::DataLossError(absl::StrCat(where, ": TileWidth x TileLength is ", tw, " x ", th));
+    ASSIGN_OR_RETURN(const uint64_t tile_bytes, DeclaredBytes(where, "TileWidth x TileLength", {th, tw}, es));
+    const tmsize_t declared = TIFFTileSize(tif);
+    if (declared <= 0 || static_cast<uint64_t>(declared) < tile_bytes) {
+      return absl::DataLossError(absl::StrCat(where, ": TIFFTileSize ", declared, " is smaller than a ", tw, " x ", th, " tile"));
+    }
+    std::vector<uint8_t> tile(static_cast<size_t>(declared));
     for (uint32_t ty = 0; ty < height; ty += th) {
       for (uint32_t tx = 0; tx < width; tx += tw) {
         if (TIFFReadTile(tif, tile.data(), tx, ty, 0, 0) < 0) {

@@ -474,6 +474,7 @@ absl::StatusOr<std::unique_ptr<PlaneReader>> OpenZarrPlaneReader(const std::stri
   h.source = dir.string();
   h.dtype = DType::kUInt8;
   h.shape = {rank - lead == 3 ? meta.shape[rank - 3] : 1, meta.shape[rank - 2], meta.shape[rank - 1]};
+  RETURN_IF_ERROR(DeclaredBytes(spec, "shape (one plane)", {h.shape[1], h.shape[2]}, 1).status());
   if (image && scale.size() == rank) {
     h.spacing = {rank - lead == 3 ? scale[rank - 3] : 1.0, scale[rank - 2], scale[rank - 1]};
     h.has_spacing = true;
