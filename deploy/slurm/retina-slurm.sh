@@ -16,8 +16,9 @@
 #                       NCCL_SOCKET_IFNAME and GLOO_SOCKET_IFNAME unless set)
 #   RETINA_SRUN_ARGS    extra srun arguments (e.g. "--mpi=pmix")
 #   RETINA_MPIRUN_ARGS  extra mpirun arguments (e.g. "--mca btl_tcp_if_include ib0")
-#   RETINA_TRAIN_ARGS   extra retina-train run arguments (the coordinator's Slurm
-#                       executor: --job-uid UID --confine --allowed-root DIR)
+#   RETINA_TRAIN_ARGS   extra retina-train run arguments, as shell words (the
+#                       coordinator's Slurm executor: --job-uid UID --confine
+#                       --allowed-root DIR ..., each quoted; common/rank_launch.h)
 #   RETINA_ATTEMPT_BASE attempts before this Slurm job (the coordinator's Slurm
 #                       executor; default 0): logs go to attempt-<base + restarts + 1>
 #
@@ -92,8 +93,11 @@ _retina_rank() {
   local logs=$RETINA_STORE/jobs/$RETINA_JOB_ID/logs/attempt-$RETINA_ATTEMPT
   mkdir -p "$logs"
   local -a extra=()
-  # shellcheck disable=SC2206
-  [[ -n ${RETINA_TRAIN_ARGS:-} ]] && extra=(${RETINA_TRAIN_ARGS})
+  # Shell words, quoted as the coordinator quotes them (common/rank_launch.h
+  # ShellQuoteArgs): a root with spaces stays one argument.
+  [[ -n ${RETINA_TRAIN_ARGS:-} ]] && eval "extra=(${RETINA_TRAIN_ARGS})"
+  # The argv is RankLaunch::RunArgs (common/rank_launch.h); a test runs this
+  # function and compares.
   exec "$RETINA_TRAIN" run --config "$RETINA_CONFIG" --store "$RETINA_STORE" --job "$RETINA_JOB_ID" --resume auto \
     "${extra[@]}" >>"$logs/rank-$rank.log" 2>&1
 }

@@ -15,22 +15,29 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/exec_image.h"
+#include "common/rank_launch.h"
 
 namespace retina::coordinator {
 namespace {
-
-// `s` in single quotes for sh (a ' inside closes, escapes and reopens).
-std::string ShellQuote(const std::string& s) {
-  std::string out = "'";
-  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return out + "'";
-}
 
 std::string Tool(const SlurmOptions& o, const char* name) {
   return o.bin_dir.empty() ? std::string(name) : (std::filesystem::path(o.bin_dir) / name).string();
 }
 
 }  // namespace
+
+RankLaunch LaunchOf(const SlurmAttempt& a) {
+  RankLaunch l;
+  l.config = a.config;
+  l.store = a.store;
+  l.job_id = a.job_id;
+  l.job_uid = a.job_uid;
+  l.attempt = a.attempt;
+  l.allowed_roots = a.allowed_roots;
+  l.output_roots = a.output_roots;
+  l.world_size = a.world_size;
+  return l;
+}
 
 std::string SlurmJobName(const std::string& job_id, int attempt) { return absl::StrCat("retina-", job_id, "-", attempt); }
 
@@ -64,19 +71,13 @@ SlurmCommand SbatchCommand(const SlurmOptions& o, const SlurmAttempt& a) {
   // A wrapper that execs the script from its shared path, so that srun on
   // every node finds it (sbatch runs a spooled copy of a batch script).
   c.argv.push_back("--wrap=exec bash " + ShellQuote(o.script.string()) + " " + ShellQuote(a.config.string()));
-  std::vector<std::string> train_args = {"--job-uid", a.job_uid, "--confine"};
-  for (const auto& r : a.allowed_roots) {
-    train_args.push_back("--allowed-root");
-    train_args.push_back(r.string());
-  }
-  for (const auto& r : a.output_roots) {
-    train_args.push_back("--output-root");
-    train_args.push_back(r.string());
-  }
+  // The script builds `run --config --store --job --resume auto` from the
+  // allocation and appends these (common/rank_launch.h), shell-quoted so a
+  // root with spaces or quotes arrives as one argument.
   c.env = {{"RETINA_STORE", a.store.string()},
            {"RETINA_JOB_ID", a.job_id},
            {"RETINA_ATTEMPT_BASE", std::to_string(a.attempt - 1)},
-           {"RETINA_TRAIN_ARGS", absl::StrJoin(train_args, " ")},
+           {"RETINA_TRAIN_ARGS", ShellQuoteArgs(LaunchOf(a).ServiceArgs())},
            {"RETINA_LAUNCHER", o.launcher}};
   if (!o.trainer_dir.empty()) c.env["RETINA_BIN"] = o.trainer_dir;
   return c;

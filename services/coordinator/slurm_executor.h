@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/rank_launch.h"
 
 namespace retina::coordinator {
 
@@ -45,6 +46,10 @@ struct SlurmAttempt {
   std::vector<std::filesystem::path> output_roots;
   std::map<std::string, std::string> labels;       // slurm.partition, slurm.account, slurm.qos, slurm.time
 };
+
+// The launch record of the attempt's ranks (common/rank_launch.h); the
+// per-rank fields are the allocation's, set by retina-slurm.sh.
+RankLaunch LaunchOf(const SlurmAttempt& a);
 
 std::string SlurmJobName(const std::string& job_id, int attempt);
 // (job id, attempt) of a name SlurmJobName made; false for any other name.

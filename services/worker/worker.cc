@@ -4,9 +4,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/job_identity.h"
 #include "common/file_util.h"
+#include "common/job_identity.h"
 #include "common/logging.h"
+#include "common/rank_launch.h"
 #include "common/records.h"
 #include "common/store_layout.h"
 #include "services/rpc_util.h"
@@ -190,41 +191,31 @@ void Worker::Start(const v1::Assignment& a) {
     Rank rank;
     rank.rank = a.ranks(i);
     for (int k = 0; k < per_rank; ++k) rank.slots.push_back(a.slot_ids(i * per_rank + k));
-    std::map<std::string, std::string> env = {
-        {"RANK", absl::StrCat(rank.rank)},
-        {"WORLD_SIZE", absl::StrCat(a.world_size())},
-        {"LOCAL_RANK", absl::StrCat(i)},
-        {"LOCAL_WORLD_SIZE", absl::StrCat(a.local_world_size())},
-        {"MASTER_ADDR", a.master_addr()},
-        {"MASTER_PORT", absl::StrCat(a.master_port())},
-        {"RETINA_JOB_ID", a.job_id()},
-        {"RETINA_ATTEMPT", absl::StrCat(a.attempt())},
-    };
+    RankLaunch launch;  // the launch contract (common/rank_launch.h)
+    launch.config = config;
+    launch.store = options_.store;
+    launch.job_id = a.job_id();
+    launch.job_uid = a.job_uid();
+    launch.attempt = a.attempt();
+    launch.allowed_roots.assign(a.allowed_roots().begin(), a.allowed_roots().end());
+    launch.output_roots.assign(a.output_roots().begin(), a.output_roots().end());
+    launch.rank = rank.rank;
+    launch.world_size = a.world_size();
+    launch.local_rank = i;
+    launch.local_world_size = a.local_world_size();
+    launch.master_addr = a.master_addr();
+    launch.master_port = a.master_port();
+    launch.events_fd3 = rank.rank == 0 && t.events;
+    std::map<std::string, std::string> env = launch.Env();
     if (options_.gpu_ids.empty()) {
       env["OMP_NUM_THREADS"] = absl::StrCat(rank.slots.size());  // one thread per CPU slot
     } else {
       env["CUDA_VISIBLE_DEVICES"] = absl::StrJoin(rank.slots, ",");
     }
-    std::vector<std::string> argv = {options_.trainer.string(), "run", "--config", config.string(), "--store",
-                                     options_.store.string(), "--job", a.job_id(), "--resume", "auto"};
-    if (!a.job_uid().empty()) {
-      argv.push_back("--job-uid");
-      argv.push_back(a.job_uid());
-    }
-    argv.push_back("--confine");  // service ranks read only under the store and the allowed roots
-    for (const std::string& root : a.allowed_roots()) {
-      argv.push_back("--allowed-root");
-      argv.push_back(root);
-    }
-    for (const std::string& root : a.output_roots()) {
-      argv.push_back("--output-root");
-      argv.push_back(root);
-    }
-    const bool events = rank.rank == 0 && t.events;
-    if (events) {
-      argv.push_back("--events");
-      argv.push_back("fd:3");
-    }
+    std::vector<std::string> argv = {options_.trainer.string()};
+    const std::vector<std::string> run = launch.RunArgs();
+    argv.insert(argv.end(), run.begin(), run.end());
+    const bool events = launch.events_fd3;
     auto p = RankProcess::Spawn(argv, env, layout.RankLogPath(a.job_id(), a.attempt(), rank.rank),
                                 events ? t.events->write_fd() : -1);
     if (!p.ok()) {

@@ -8,6 +8,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/path_policy.h"
+#include "common/rank_launch.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
 
@@ -265,6 +266,40 @@ TEST(FirstErrorLine, TheFirstErrorOrRefusalEscapedAndBounded) {
   EXPECT_EQ(FirstErrorLine(log, "retina-train"), "");
   EXPECT_EQ(FirstErrorLine(dir / "absent.log", "retina-train"), "");
   std::filesystem::remove_all(dir);
+}
+
+// The rank-launch contract (common/rank_launch.h) every launcher uses; the
+// Slurm script's side is checked by running it (slurm_executor_test.cc).
+TEST(RankLaunch, ArgvAndEnvironmentOfAServiceRank) {
+  RankLaunch l;
+  l.config = "/s/jobs/j/job.yaml";
+  l.store = "/s";
+  l.job_id = "j";
+  l.job_uid = "u";
+  l.attempt = 3;
+  l.allowed_roots = {"/data"};
+  l.output_roots = {"/out"};
+  l.rank = 1;
+  l.world_size = 4;
+  l.local_rank = 0;
+  l.local_world_size = 2;
+  l.master_addr = "198.18.0.2";
+  l.master_port = 29500;
+  EXPECT_EQ(l.RunArgs(), (std::vector<std::string>{"run", "--config", "/s/jobs/j/job.yaml", "--store", "/s", "--job", "j",
+                                                   "--resume", "auto", "--job-uid", "u", "--confine", "--allowed-root",
+                                                   "/data", "--output-root", "/out"}));
+  l.events_fd3 = true;
+  EXPECT_EQ(l.RunArgs().back(), "fd:3");
+  const std::map<std::string, std::string> env = l.Env();
+  EXPECT_EQ(env.at("RANK"), "1");
+  EXPECT_EQ(env.at("WORLD_SIZE"), "4");
+  EXPECT_EQ(env.at("LOCAL_RANK"), "0");
+  EXPECT_EQ(env.at("LOCAL_WORLD_SIZE"), "2");
+  EXPECT_EQ(env.at("MASTER_ADDR"), "198.18.0.2");
+  EXPECT_EQ(env.at("MASTER_PORT"), "29500");
+  EXPECT_EQ(env.at("RETINA_JOB_ID"), "j");
+  EXPECT_EQ(env.at("RETINA_ATTEMPT"), "3");
+  EXPECT_EQ(ShellQuoteArgs({"a b", "it's"}), "'a b' 'it'\\''s'");
 }
 
 }  // namespace

@@ -4,6 +4,10 @@
 // tests/deploy/slurm_service_test.sh.
 #include "services/coordinator/slurm_executor.h"
 
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -53,7 +57,7 @@ TEST(SlurmExecutor, SbatchAsksForTheGangAndPassesTheJob) {
   EXPECT_EQ(c.argv.back(), "--wrap=exec bash '/opt/retina/deploy/slurm/retina-slurm.sh' '/store/jobs/job-000007/job.yaml'");
   EXPECT_EQ(c.env.at("RETINA_JOB_ID"), "job-000007");
   EXPECT_EQ(c.env.at("RETINA_ATTEMPT_BASE"), "1");
-  EXPECT_EQ(c.env.at("RETINA_TRAIN_ARGS"), "--job-uid u1 --confine --allowed-root /data");
+  EXPECT_EQ(c.env.at("RETINA_TRAIN_ARGS"), "'--job-uid' 'u1' '--confine' '--allowed-root' '/data'");
   EXPECT_EQ(c.env.at("RETINA_BIN"), "/opt/retina/bin");
   // CPU slots: cpus per task; a quote in a path stays one shell word.
   a.gpu = false;
@@ -62,6 +66,43 @@ TEST(SlurmExecutor, SbatchAsksForTheGangAndPassesTheJob) {
   const SlurmCommand cpu = SbatchCommand(o, a);
   EXPECT_THAT(cpu.argv, Contains(std::string("--cpus-per-task=4")));
   EXPECT_THAT(cpu.argv.back(), HasSubstr("'/store/it'\\''s/job.yaml'"));
+}
+
+// The rank-launch contract (common/rank_launch.h) round trip: the argv
+// deploy/slurm/retina-slurm.sh execs for a rank, built from the environment
+// SbatchCommand gives it, is exactly RankLaunch::RunArgs, also for roots
+// with spaces and quotes (RETINA_TRAIN_ARGS used to be split on spaces).
+TEST(SlurmExecutor, TheScriptLaunchesARankWithTheRecordsArgv) {
+  const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "rank-launch";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir / "store/jobs/job-000003");
+  const std::filesystem::path fake = dir / "retina-train", out = dir / "argv";
+  std::ofstream(fake) << "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\0' \"$a\"; done > " << out << "\n";
+  std::filesystem::permissions(fake, std::filesystem::perms::owner_all);
+  SlurmOptions o;
+  o.script = std::string(RETINA_TEST_SOURCE_DIR) + "/deploy/slurm/retina-slurm.sh";
+  SlurmAttempt a;
+  a.job_id = "job-000003";
+  a.job_uid = "0123abcd";
+  a.attempt = 2;
+  a.config = dir / "store/jobs/job-000003/job.yaml";
+  std::ofstream(a.config) << "kind: pretrain\n";
+  a.store = dir / "store";
+  a.allowed_roots = {"/data/EM volumes", "/mnt/it's here"};
+  a.output_roots = {"/out/$HOME;`x`"};
+  const SlurmCommand c = SbatchCommand(o, a);
+  std::string env;
+  for (const auto& [k, v] : c.env) env += k + "=" + ShellQuote(v) + " ";
+  // What _retina_main exports before it starts the ranks.
+  env += "RETINA_CONFIG=" + ShellQuote(a.config.string()) + " RETINA_TRAIN=" + ShellQuote(fake.string()) +
+         " RETINA_ATTEMPT=2 SLURM_PROCID=0 ";
+  const std::string cmd = "env -i PATH=/usr/bin:/bin " + env + "bash " + o.script.string() + " --rank";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::ifstream in(out, std::ios::binary);
+  std::vector<std::string> argv;
+  for (std::string arg; std::getline(in, arg, '\0');) argv.push_back(arg);
+  EXPECT_EQ(argv, LaunchOf(a).RunArgs());
+  EXPECT_TRUE(std::filesystem::exists(dir / "store/jobs/job-000003/logs/attempt-2/rank-0.log"));
 }
 
 TEST(SlurmExecutor, ScontrolOneLinePerJob) {
