@@ -22,6 +22,7 @@
 #include "common/records.h"
 #include "common/store_layout.h"
 #include "nlohmann/json.hpp"
+#include "services/coordinator/attempt_rule.h"
 #include "services/coordinator/job_query.h"
 #include "services/coordinator/job_spec.h"
 #include "services/coordinator/limits.h"
@@ -1021,27 +1022,15 @@ void Coordinator::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   for (const auto& [worker, part] : e->parts) {
     if (!part.done) return;
   }
-  std::string result;
-  if (job.cancel_requested()) {
-    job.set_state(v1::CANCELLED);
-    job.set_message("cancelled");
-    result = "cancelled";
-  } else if (e->attempt_failed) {
-    if (job.attempt() <= job.spec().max_restarts()) {
-      job.set_state(v1::QUEUED);
-      job.set_message(absl::StrCat("attempt ", job.attempt(), " failed: ", e->failure, "; requeued (resumes from LATEST)"));
-      e->queued_ms = now;
-    } else {
-      job.set_state(v1::FAILED);
-      job.set_message(absl::StrCat("attempt ", job.attempt(), " failed: ", e->failure,
-                                   job.spec().max_restarts() > 0 ? "; no restarts left" : ""));
-      result = "failed";
-    }
-  } else {
-    job.set_state(v1::SUCCEEDED);
-    job.set_message("");
-    result = "succeeded";
-  }
+  const AttemptEnd end = DecideAttemptEnd(
+      job, job.cancel_requested() ? AttemptOutcome::kCancelled
+           : e->attempt_failed    ? AttemptOutcome::kFailed
+                                  : AttemptOutcome::kSucceeded,
+      e->attempt_failed && !job.cancel_requested() ? e->failure : "");
+  const std::string& result = end.result;
+  job.set_state(end.state);
+  job.set_message(end.message);
+  if (end.requeued()) e->queued_ms = now;
   if (!result.empty()) job.set_end_unix_ms(now);
   const std::string id = job.id();
   if (absl::Status s = Commit(e, std::move(job)); !s.ok()) {

@@ -7,6 +7,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/store_layout.h"
+#include "services/coordinator/attempt_rule.h"
 #include "services/coordinator/coordinator.h"
 #include "services/coordinator/limits.h"
 
@@ -43,17 +44,17 @@ std::vector<std::string> ReadNewLines(const std::filesystem::path& path, int64_t
 
 void Coordinator::EndSlurmAttempt(JobEntry* e, v1::JobState state, const std::string& message, int64_t now) {
   v1::Job job = e->job;
-  std::string result;
-  if (state == v1::FAILED && job.attempt() <= job.spec().max_restarts()) {
-    job.set_state(v1::QUEUED);
-    job.set_message(absl::StrCat("attempt ", job.attempt(), " failed: ", message, "; requeued (resumes from LATEST)"));
-    e->queued_ms = now;
-  } else {
-    job.set_state(state);
-    job.set_message(state == v1::FAILED && job.spec().max_restarts() > 0 ? message + "; no restarts left" : message);
-    job.set_end_unix_ms(now);
-    result = state == v1::SUCCEEDED ? "succeeded" : state == v1::CANCELLED ? "cancelled" : "failed";
-  }
+  // The same rule as the worker agents' attempts (attempt_rule.h).
+  const AttemptEnd end = DecideAttemptEnd(job,
+                                          state == v1::SUCCEEDED   ? AttemptOutcome::kSucceeded
+                                          : state == v1::CANCELLED ? AttemptOutcome::kCancelled
+                                                                   : AttemptOutcome::kFailed,
+                                          message);
+  const std::string& result = end.result;
+  job.set_state(end.state);
+  job.set_message(end.message);
+  if (end.requeued()) e->queued_ms = now;
+  else job.set_end_unix_ms(now);
   const std::string id = job.id();
   if (absl::Status s = Commit(e, std::move(job)); !s.ok()) {
     RETINA_LOG(Error) << "cannot commit " << id << ": " << s << " (the next poll retries)";

@@ -1,0 +1,36 @@
+#include "services/coordinator/attempt_rule.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace retina::coordinator {
+namespace v1 = retina::v1;
+
+AttemptEnd DecideAttemptEnd(const v1::Job& job, AttemptOutcome outcome, const std::string& detail) {
+  AttemptEnd end;
+  switch (outcome) {
+    case AttemptOutcome::kCancelled:
+      end.state = v1::CANCELLED;
+      end.message = detail.empty() ? "cancelled" : detail;
+      end.result = "cancelled";
+      break;
+    case AttemptOutcome::kFailed:
+      if (job.attempt() <= job.spec().max_restarts()) {
+        end.state = v1::QUEUED;
+        end.message = absl::StrCat("attempt ", job.attempt(), " failed: ", detail, "; requeued (resumes from LATEST)");
+      } else {
+        end.state = v1::FAILED;
+        end.message = absl::StrCat("attempt ", job.attempt(), " failed: ", detail,
+                                   job.spec().max_restarts() > 0 ? "; no restarts left" : "");
+        end.result = "failed";
+      }
+      break;
+    case AttemptOutcome::kSucceeded:
+      end.state = v1::SUCCEEDED;
+      end.message = detail;
+      end.result = "succeeded";
+      break;
+  }
+  return end;
+}
+
+}  // namespace retina::coordinator
