@@ -387,6 +387,17 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
     RETURN_IF_ERROR(PinStudyInits(&spec, options_.store));
     RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots, options_.output_roots).status());
   }
+  // How many jobs this adds to the user's queue (a study's children:
+  // datasets x inits x seeds), parsed before the state lock is taken.
+  int adding = 1;
+  if (spec.kind() == v1::STUDY) {
+    absl::StatusOr<JobConfig> c = ParseJobConfig(spec.config_yaml(), "spec.config_yaml");
+    if (c.ok()) {
+      const StudyConfig& st = c->study;
+      adding = static_cast<int>(std::max<size_t>(1, st.datasets.size()) * st.inits.size() *
+                                (st.seeds.empty() ? st.seed_count : st.seeds.size()));
+    }
+  }
 
   StateLock lock(this);
   if (!request.request_id().empty()) {  // checked again: a concurrent retry may have won
@@ -400,14 +411,14 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
         "spec.world_size: ", spec.world_size(), " ranks x ", spec.slots_per_rank(), " slots need ", needed, " ",
         NormalType(spec.slot_type()) == v1::SLOT_GPU ? "GPU" : "CPU", " slots; the ready workers have ", total));
   }
-  RETURN_IF_ERROR(CheckUserLimits(spec, user));
+  RETURN_IF_ERROR(CheckUserLimits(spec, user, adding));
   ASSIGN_OR_RETURN(JobEntry * raw, InsertJob(std::move(spec), user, request.request_id()));
   if (raw->job.spec().kind() == v1::STUDY) StartStudy(raw);
   Schedule(NowMs());
   return raw->job;
 }
 
-absl::Status Coordinator::CheckUserLimits(const v1::JobSpec& spec, const std::string& user) {
+absl::Status Coordinator::CheckUserLimits(const v1::JobSpec& spec, const std::string& user, int adding) {
   const int slots = spec.world_size() * spec.slots_per_rank();
   if (options_.max_running_slots_per_user > 0 && slots > options_.max_running_slots_per_user) {
     return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", spec.world_size(), " ranks x ",
@@ -417,15 +428,6 @@ absl::Status Coordinator::CheckUserLimits(const v1::JobSpec& spec, const std::st
   if (options_.max_queued_jobs_per_user <= 0) return absl::OkStatus();
   int queued = 0;
   for (const auto& [id, e] : jobs_) queued += e->job.state() == v1::QUEUED && e->job.user() == user;
-  int adding = 1;
-  if (spec.kind() == v1::STUDY) {  // its children queue: datasets x inits x seeds
-    absl::StatusOr<JobConfig> c = ParseJobConfig(spec.config_yaml(), "spec.config_yaml");
-    if (c.ok()) {
-      const StudyConfig& st = c->study;
-      adding = static_cast<int>(std::max<size_t>(1, st.datasets.size()) * st.inits.size() *
-                                (st.seeds.empty() ? st.seed_count : st.seeds.size()));
-    }
-  }
   if (queued + adding > options_.max_queued_jobs_per_user) {
     return absl::ResourceExhaustedError(absl::StrCat("user ", user, " has ", queued, " queued job(s); ",
                                                      adding > 1 ? absl::StrCat(adding, " more") : "one more",

@@ -174,8 +174,10 @@ class Coordinator {
   absl::StatusOr<JobEntry*> InsertJob(retina::v1::JobSpec spec, const std::string& user, const std::string& request_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CancelEntry(JobEntry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // The per-user limits of CoordinatorOptions for a new job of `user`.
-  absl::Status CheckUserLimits(const retina::v1::JobSpec& spec, const std::string& user)
+  // The per-user limits of CoordinatorOptions for a new job of `user` that
+  // adds `adding` jobs to the queue (a study: its children; parsed by the
+  // caller before it takes the lock).
+  absl::Status CheckUserLimits(const retina::v1::JobSpec& spec, const std::string& user, int adding)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Studies (coordinator_studies.cc; common/study.h). A study is RUNNING from

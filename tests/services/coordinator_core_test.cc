@@ -167,6 +167,22 @@ TEST_F(CoordinatorCore, PerUserLimitsHoldOneUserAndRefuseTheExcess) {
   EXPECT_TRUE(TrySubmit(1, 0, "bob").ok());
 }
 
+// A study counts its children (datasets x inits x seeds) against the queue
+// limit; the count is parsed before the state lock is taken.
+TEST_F(CoordinatorCore, AStudyCountsItsChildrenAgainstTheQueueLimit) {
+  max_queued_jobs_per_user_ = 2;
+  Start();
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_config_yaml(
+      "kind: study\nmodel: {name: tiny, image_size: 64, classes: 1}\n"
+      "data: {dataset: em, test_dataset: em, loader_threads: 1}\nfinetune: {iters: 2, global_batch: 2}\n"
+      "study:\n  inits: [random]\n  seed_count: 3\n  eval_at: [2]\n");
+  absl::StatusOr<v1::Job> study = core_->Submit(r, "alice");
+  ASSERT_FALSE(study.ok());
+  EXPECT_EQ(study.status().code(), absl::StatusCode::kResourceExhausted) << study.status();
+  EXPECT_THAT(std::string(study.status().message()), HasSubstr("3 more would pass the limit of 2"));
+}
+
 TEST_F(CoordinatorCore, StudyRequestIdsAreTheCoordinatorsInAnyCaseAndIdsArePrintable) {
   Start();
   v1::SubmitJobRequest r;
