@@ -33,10 +33,9 @@ namespace v1 = retina::v1;
 // The state lock, timed: see NoteNotServing.
 class ABSL_SCOPED_LOCKABLE Coordinator::StateLock {
  public:
-  explicit StateLock(Coordinator* c) ABSL_EXCLUSIVE_LOCK_FUNCTION(c->mu_) : c_(c), asked_(c->NowMs()) {
+  explicit StateLock(Coordinator* c) ABSL_EXCLUSIVE_LOCK_FUNCTION(c->mu_) : c_(c) {
     c_->mu_.Lock();
     got_ = c_->NowMs();
-    c_->NoteNotServing(asked_, got_);
   }
   ~StateLock() ABSL_UNLOCK_FUNCTION() {
     c_->NoteNotServing(got_, c_->NowMs());
@@ -47,7 +46,6 @@ class ABSL_SCOPED_LOCKABLE Coordinator::StateLock {
 
  private:
   Coordinator* const c_;
-  const int64_t asked_;
   int64_t got_ = 0;
 };
 
@@ -153,8 +151,8 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
         p->NoteNotServing(last + absl::ToInt64Milliseconds(p->options_.tick), now);
       }
       p->Tick();
+      if (p->options_.executor == CoordinatorOptions::Executor::kSlurm) p->SlurmTick();  // slow commands: not a stall
       last = p->NowMs();
-      if (p->options_.executor == CoordinatorOptions::Executor::kSlurm) p->SlurmTick();
     }
   });
   return c;
@@ -164,20 +162,20 @@ int64_t Coordinator::NowMs() const {
   return options_.clock_ms ? options_.clock_ms() : absl::ToUnixMillis(absl::Now());
 }
 
-// A wait for the state lock, a hold of it, or a late tick, longer than
-// `tick`, is time nothing could be served: heartbeats queue behind it (on
+// A hold of the state lock, or a late tick, longer than a heartbeat
+// interval is time nothing could be served: heartbeats queue behind it (on
 // the lock, or on RPC threads that wait for it), so leases must not run
-// during it. A worker is lost only after a whole lease of *serving* time
+// during it. (Waits are not counted: under steady contention every wait
+// would be one, and a dead worker would never be found; a long wait is
+// someone's long hold, which is.) A worker is lost only after a whole lease of *serving* time
 // without a heartbeat (ServingSilence), so a stalled database or a long
 // pass never fails a healthy worker's jobs, and a dead worker is still
 // found, one lease plus the stalls later.
 void Coordinator::NoteNotServing(int64_t from, int64_t to) {
   constexpr size_t kMaxNotServing = 4096;
-  if (to - from <= absl::ToInt64Milliseconds(options_.tick)) return;
-  if (to - from >= absl::ToInt64Milliseconds(options_.heartbeat)) {
-    RETINA_LOG(Warning) << "the coordinator did not serve for " << (to - from) / 1000.0
-                        << " s (state lock busy or the process stalled); leases do not run meanwhile";
-  }
+  if (to - from <= absl::ToInt64Milliseconds(options_.heartbeat)) return;
+  RETINA_LOG(Warning) << "the coordinator did not serve for " << (to - from) / 1000.0
+                      << " s (state lock held or the process stalled); leases do not run meanwhile";
   if (!not_serving_.empty() && from <= not_serving_.back().second) {
     not_serving_.back().second = std::max(not_serving_.back().second, to);
   } else {

@@ -311,9 +311,25 @@ TEST_F(CoordinatorCore, ALeaseDoesNotRunWhileTheStateLockIsHeld) {
 
 // The same stall from the database: another connection holds the write
 // lock (a backup, an admin's sqlite3), so a CancelJob's commit waits out the
-// busy timeout holding the state lock, and fake time runs meanwhile (5 s per
+// busy timeout holding the state lock, and fake time runs meanwhile (6 s per
 // look at the clock from that thread). The cancel fails, nothing changes,
 // and the running worker is not lost.
+// But short holds (shorter than a heartbeat interval: heartbeats renew
+// their lease apart from the lock then) are serving time: under steady
+// contention a dead worker is still lost after one lease.
+TEST_F(CoordinatorCore, ShortHoldsOfTheStateLockDoNotHideADeadWorker) {
+  Start();
+  const std::string id = Submit(1, 1);
+  Register("w1", 1);
+  StartAssigned("w1");
+  for (int i = 0; i < 21; ++i) {  // 21 holds of 0.5 s: 10.5 s without a heartbeat
+    core_->WithStateLockForTest([&] { Advance(absl::Milliseconds(500)); });
+  }
+  core_->Tick();
+  EXPECT_EQ(core_->Workers().workers(0).state(), v1::WorkerInfo::LOST);
+  EXPECT_THAT(Get(id).message(), HasSubstr("worker w1 lost"));
+}
+
 TEST_F(CoordinatorCore, ALeaseDoesNotRunWhileACommitWaitsForALockedDatabase) {
   Start();
   const std::string id = Submit(1, 1);
@@ -325,7 +341,7 @@ TEST_F(CoordinatorCore, ALeaseDoesNotRunWhileACommitWaitsForALockedDatabase) {
   const int64_t before = now_ms_.load();
   std::thread cancel([&] {
     slow_thread_ = std::this_thread::get_id();
-    slow_step_ms_ = absl::ToInt64Milliseconds(kLease) / 2;
+    slow_step_ms_ = absl::ToInt64Milliseconds(kLease) * 3 / 5;
     absl::StatusOr<v1::Job> r = core_->Cancel(id);
     EXPECT_FALSE(r.ok());
     slow_thread_ = std::thread::id();

@@ -123,6 +123,26 @@ TEST_F(Confinement, NamedMechanismsSayWhatReferencedTheFile) {
   }
 }
 
+// teem opens a header's data files even to read the header alone: the
+// names are taken from the header's text and checked before teem sees it
+// (a `data file: /dev/zero` with `line skip` used to grow until the rank
+// died; `-` reads standard input, even outside a service).
+TEST_F(Confinement, NrrdDataFilesAreCheckedBeforeTeemOpensThem) {
+  const fs::path in = Store() / "in";
+  ASSERT_TRUE(WriteFileAtomic(in / "zero.nhdr", "NRRD0004\ntype: uint8\ndimension: 2\nsizes: 16 16\n"
+                                                "encoding: raw\nline skip: 1\ndata file: /dev/zero\n\n").ok());
+  ASSERT_TRUE(WriteFileAtomic(in / "stdin.nhdr", "NRRD0004\ntype: uint8\ndimension: 2\nsizes: 16 16\n"
+                                                 "encoding: raw\ndata file: -\n\n").ok());
+  absl::StatusOr<RawArray> stdin_read = ReadArray((in / "stdin.nhdr").string());
+  ASSERT_FALSE(stdin_read.ok());
+  EXPECT_THAT(stdin_read.status().message(), HasSubstr("standard input"));
+  const ReadScope scope(PathPolicy(Store(), {}));
+  absl::StatusOr<RawArray> zero = ReadArray((in / "zero.nhdr").string());
+  ASSERT_FALSE(zero.ok());
+  EXPECT_EQ(zero.status().code(), absl::StatusCode::kPermissionDenied) << zero.status();
+  EXPECT_THAT(zero.status().message(), HasSubstr("zero.nhdr: data file"));
+}
+
 TEST_F(Confinement, ShardManifestsAndWeightsResolveThroughTheScope) {
   // A dataset whose shard is a symlink out of it (a "file" with a '/' is
   // refused by the manifest's own parser), and weights that are a symlink.

@@ -6,10 +6,13 @@
 #include <cmath>
 #include <cstring>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <filesystem>
 #include <memory>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/format_util.h"
@@ -68,6 +71,65 @@ absl::StatusOr<std::vector<fs::path>> DataFiles(const std::string& path, const N
   return files;
 }
 
+// The data files a header names, read from its text before teem sees it
+// (teem opens them even for a header-only load): `data file:` (or
+// `datafile:`) with one name, `LIST [subdim]` (the names on the lines that
+// follow), or a pattern `FORMAT MIN MAX STEP [subdim]`. "-" (stdin) and
+// names like "C:..." (which teem opens from the working directory) are
+// refused. Relative names are from the header's directory, as teem takes them.
+absl::StatusOr<std::vector<fs::path>> ScanDataFiles(const std::string& path) {
+  constexpr size_t kMaxHeader = 1 << 20;
+  std::ifstream in(path, std::ios::binary);
+  std::vector<std::string> lines;
+  std::string line;
+  size_t read = 0;
+  bool list = false;
+  std::vector<std::string> names;
+  while (read < kMaxHeader && std::getline(in, line)) {
+    read += line.size() + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (list) {
+      if (!line.empty()) names.push_back(line);
+      continue;
+    }
+    if (line.empty()) break;  // the end of the header: attached data follows
+    std::string key;
+    if (line.rfind("data file:", 0) == 0) key = "data file:";
+    else if (line.rfind("datafile:", 0) == 0) key = "datafile:";
+    if (key.empty()) continue;
+    std::vector<std::string> words;
+    std::istringstream value(line.substr(key.size()));
+    for (std::string w; value >> w;) words.push_back(w);
+    if (words.empty()) return absl::DataLossError(absl::StrCat(path, ": data file: empty"));
+    if (words[0] == "LIST") {
+      list = true;
+    } else if (words.size() >= 4 && words[0].find('%') != std::string::npos) {
+      int64_t lo = 0, hi = 0, step = 0;
+      if (!SafePattern(words[0]) || !absl::SimpleAtoi(words[1], &lo) || !absl::SimpleAtoi(words[2], &hi) ||
+          !absl::SimpleAtoi(words[3], &step) || step == 0 || (hi - lo) / step < 0 || (hi - lo) / step >= (1 << 20)) {
+        return absl::DataLossError(absl::StrCat(path, ": data file: pattern '", line.substr(key.size()),
+                                                "' is not one integer conversion over at most 2^20 files"));
+      }
+      for (int64_t i = lo; step > 0 ? i <= hi : i >= hi; i += step) {
+        char name[4096];
+        std::snprintf(name, sizeof name, words[0].c_str(), static_cast<int>(i));
+        names.emplace_back(name);
+      }
+    } else {
+      names.push_back(words[0]);
+    }
+  }
+  std::vector<fs::path> files;
+  for (const std::string& n : names) {
+    if (n == "-" || (n.size() >= 2 && n[1] == ':')) {
+      return absl::DataLossError(absl::StrCat(path, ": data file: '", n,
+                                              "' (standard input, or a drive-letter name) is not read"));
+    }
+    files.push_back(fs::path(n).is_absolute() ? fs::path(n) : fs::path(path).parent_path() / n);
+  }
+  return files;
+}
+
 // Every detached data file through the read scope (read_scope.h), and
 // their total size (the file's own for attached data).
 absl::StatusOr<uint64_t> CheckDataFiles(const std::string& path, const NrrdIoState& nio) {
@@ -88,8 +150,13 @@ absl::StatusOr<uint64_t> CheckDataFiles(const std::string& path, const NrrdIoSta
 absl::StatusOr<RawArray> ReadNrrd(const std::string& path) {
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
   RETURN_IF_ERROR(CheckRead(path, path));
-  // The header first, without data: what it references and what it
-  // declares are checked before teem opens or allocates anything.
+  // The data files the header names, from its text, before teem opens any.
+  {
+    ASSIGN_OR_RETURN(const std::vector<fs::path> files, ScanDataFiles(path));
+    for (const fs::path& f : files) RETURN_IF_ERROR(CheckRead(absl::StrCat(path, ": data file"), f));
+  }
+  // Then the header without data: what it declares is checked before teem
+  // allocates anything.
   NrrdPtr nrrd(nrrdNew(), &nrrdNuke);
   {
     NioPtr header(nrrdIoStateNew(), &nrrdIoStateNix);
@@ -98,12 +165,30 @@ absl::StatusOr<RawArray> ReadNrrd(const std::string& path) {
       return absl::DataLossError(absl::StrCat(path, ": not a readable NRRD: ", BiffMessage()));
     }
     ASSIGN_OR_RETURN(const uint64_t stored, CheckDataFiles(path, *header));
+    // Every axis (a 4-D header is refused after the load, which allocates).
+    const bool raw = header->encoding == nrrdEncodingRaw;
+    uint64_t elements = 1;
+    std::string sizes;
+    for (unsigned a = 0; a < nrrd->dim && a < NRRD_DIM_MAX; ++a) {
+      const uint64_t n = nrrd->axis[a].size;
+      absl::StrAppend(&sizes, a == 0 ? "" : " x ", n);
+      if (n != 0 && elements > UINT64_MAX / n) {
+        return absl::DataLossError(absl::StrCat(path, ": sizes: ", sizes, "... overflow 64 bits"));
+      }
+      elements *= n;
+    }
+    if (elements > static_cast<uint64_t>(INT64_MAX)) {
+      return absl::DataLossError(absl::StrCat(path, ": sizes: ", sizes, " overflow"));
+    }
     if (nrrd->dim == 2 || nrrd->dim == 3) {
-      const bool raw = header->encoding == nrrdEncodingRaw;
       RETURN_IF_ERROR(DeclaredBytes(path, "sizes",
                                     {static_cast<int64_t>(nrrd->axis[0].size), static_cast<int64_t>(nrrd->axis[1].size),
                                      nrrd->dim == 3 ? static_cast<int64_t>(nrrd->axis[2].size) : 1},
                                     nrrdElementSize(nrrd.get()), raw ? std::optional<uint64_t>(stored) : std::nullopt)
+                          .status());
+    } else {
+      RETURN_IF_ERROR(DeclaredBytes(path, "sizes", {static_cast<int64_t>(elements)}, nrrdElementSize(nrrd.get()),
+                                    raw ? std::optional<uint64_t>(stored) : std::nullopt)
                           .status());
     }
   }
