@@ -17,6 +17,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 class Shards : public ::testing::Test {
  protected:
@@ -196,6 +197,34 @@ TEST_F(Shards, VerifyChecksEverySampleEvenWhenTheManifestHashWasRecomputed) {
   const absl::Status opened = ShardedDataset::Open(o.out, /*verify=*/true).status();
   EXPECT_EQ(opened.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(opened.message()), HasSubstr("shard-00001.h5: sample 1 "));
+}
+
+// A shard whose crc32 dataset keeps its values in an external raw file
+// (rewritten with h5py, the manifest hash recomputed) would have had
+// another file's bytes echoed in verify's messages: a shard's datasets
+// must be stored in the shard.
+TEST_F(Shards, AShardsDatasetsMustBeStoredInTheShard) {
+  PackOptions o = Options("ds");
+  ASSERT_TRUE(PackImages(o).ok());
+  const fs::path shard = o.out / "shard-00000.h5";
+  const fs::path secret = tmp_.path() / "secret.raw";
+  ASSERT_TRUE(WriteFileAtomic(secret, std::string(64, 's')).ok());
+  const std::string code =
+      "import h5py, sys; f = h5py.File(sys.argv[1], 'a'); n = f['crc32'].shape[0]; del f['crc32']; "
+      "f.create_dataset('crc32', (n,), 'u4', external=[(sys.argv[2].encode(), 0, 4 * n)]); f.close()";
+  const std::string cmd = retina::testing::Python() + " -c \"" + code + "\" " + shard.string() + " " + secret.string();
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(o.out);
+  ASSERT_TRUE(m.ok());
+  absl::StatusOr<FileDigest> digest = Sha256File(shard);
+  ASSERT_TRUE(digest.ok());
+  m->shards[0].sha256 = digest->sha256;
+  m->shards[0].bytes = digest->size;
+  ASSERT_TRUE(WriteFileAtomic(o.out / DatasetManifest::kFileName, m->ToJson()).ok());
+  const absl::Status opened = ShardedDataset::Open(o.out, /*verify=*/true).status();
+  EXPECT_EQ(opened.code(), absl::StatusCode::kDataLoss) << opened;
+  EXPECT_THAT(std::string(opened.message()), HasSubstr("crc32: not a dataset stored in the shard"));
+  EXPECT_THAT(std::string(opened.message()), Not(HasSubstr("73737373")));
 }
 
 TEST_F(Shards, BadInputsAreNamedOrSkippedOnRequest) {

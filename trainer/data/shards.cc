@@ -74,10 +74,27 @@ absl::Status WriteCrcs(hid_t file, const std::vector<uint32_t>& crcs, const std:
   return absl::OkStatus();
 }
 
+// A shard's datasets hold their data in the shard itself: a hard link, no
+// external storage, not virtual (anything else could read another file).
+absl::Status CheckOwnData(hid_t file, const char* name, const std::string& where) {
+  H5L_info_t link;
+  if (H5Lget_info(file, name, &link, H5P_DEFAULT) < 0 || link.type != H5L_TYPE_HARD) {
+    return absl::DataLossError(absl::StrCat(where, ":", name, ": not a dataset stored in the shard (a link)"));
+  }
+  Hid ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  Hid dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
+  if (!ds.ok() || !dcpl.ok() || H5Pget_external_count(dcpl.get()) != 0 || H5Pget_layout(dcpl.get()) == H5D_VIRTUAL) {
+    return absl::DataLossError(
+        absl::StrCat(where, ":", name, ": not a dataset stored in the shard (external or virtual storage)"));
+  }
+  return absl::OkStatus();
+}
+
 // The crc32 dataset of a shard (empty when it has none).
 absl::StatusOr<std::vector<uint32_t>> ReadCrcs(hid_t file, int64_t n, const std::string& where) {
   std::vector<uint32_t> out;
   if (H5Lexists(file, "crc32", H5P_DEFAULT) <= 0) return out;
+  RETURN_IF_ERROR(CheckOwnData(file, "crc32", where));
   Hid ds(H5Dopen2(file, "crc32", H5P_DEFAULT), H5Dclose);
   Hid space(H5Dget_space(ds.get()), H5Sclose);
   hsize_t dims = 0;
@@ -97,6 +114,7 @@ absl::StatusOr<std::vector<uint32_t>> ReadCrcs(hid_t file, int64_t n, const std:
 absl::StatusOr<haddr_t> ContiguousOffset(hid_t file, const char* name, int64_t n, int64_t h, int64_t w,
                                          const std::string& where) {
   if (H5Lexists(file, name, H5P_DEFAULT) <= 0) return absl::DataLossError(absl::StrCat(where, ": no dataset '", name, "'"));
+  RETURN_IF_ERROR(CheckOwnData(file, name, where));
   Hid ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
   Hid space(H5Dget_space(ds.get()), H5Sclose);
   hsize_t dims[3] = {0, 0, 0};

@@ -7,7 +7,7 @@ must still read. Every outside array holds 7s, every inside one 3s.
 
 Mechanisms: NRRD `data file:` (absolute, ../, LIST), HDF5 external link
 (absolute, relative), external storage (absolute, relative), virtual dataset
-(absolute, relative), a Zarr chunk
+(absolute, relative, and "." whose source has external storage), a Zarr chunk
 that is a symlink, an OME-Zarr multiscale path with ../, a shard manifest
 shard that is a symlink, weights that are a symlink, a TIFF that is a
 symlink. (NIfTI: niftilib reads a .nii/.nii.gz as one file, so the .img of
@@ -78,6 +78,15 @@ for name, source, inside in [("vds_abs.h5", f"{outside}/secret.h5", False),
     with h5py.File(f"{inp}/{name}", "w") as f:
         f.create_virtual_dataset("raw", layout, fillvalue=0)
     cases[name] = {"spec": f"{inp}/{name}:/raw", "inside": inside}
+
+# A virtual dataset whose source is a dataset of the same file (".") that
+# keeps its data in an external raw file outside the store.
+with h5py.File(f"{inp}/vds_dot_external.h5", "w") as f:
+    f.create_dataset("ext", (16, 16), np.uint8, external=[(f"{outside}/secret.raw".encode(), 0, 256)])
+    layout = h5py.VirtualLayout(shape=(16, 16), dtype=np.uint8)
+    layout[:] = h5py.VirtualSource(".", "ext", shape=(16, 16))
+    f.create_virtual_dataset("raw", layout, fillvalue=0)
+cases["vds_dot_external.h5"] = {"spec": f"{inp}/vds_dot_external.h5:/raw", "inside": False}
 
 for where, data in [(outside, secret), (inp, mine)]:
     zarr.save_array(f"{where}/plain.zarr", data, chunks=(16, 16), compressor=None)

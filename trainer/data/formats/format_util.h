@@ -28,7 +28,8 @@ inline absl::Status NotFoundUnlessExists(const std::string& path) {
 }
 
 // The most bytes one array read whole may take: RETINA_MAX_ARRAY_BYTES when
-// set (a positive integer), else half of the machine's physical memory.
+// set (a positive integer), else half of the machine's physical memory
+// divided among the node's ranks (LOCAL_WORLD_SIZE).
 // Larger files stream (uint8 TIFF stacks, HDF5 datasets, Zarr) or are split.
 inline uint64_t MaxArrayBytes() {
   if (const char* env = std::getenv("RETINA_MAX_ARRAY_BYTES"); env != nullptr && *env != '\0') {
@@ -38,7 +39,13 @@ inline uint64_t MaxArrayBytes() {
   }
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   if (pages <= 0 || page <= 0) return uint64_t{1} << 34;
-  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2;
+  // Shared by the node's ranks (LOCAL_WORLD_SIZE, as launchers set it).
+  uint64_t ranks = 1;
+  if (const char* local = std::getenv("LOCAL_WORLD_SIZE"); local != nullptr) {
+    const unsigned long long n = std::strtoull(local, nullptr, 10);
+    if (n > 1 && n < 4096) ranks = n;
+  }
+  return static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) / 2 / ranks;
 }
 
 // The bytes an array of `dims` x `item` bytes declares, checked before

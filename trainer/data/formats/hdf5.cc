@@ -27,24 +27,25 @@ void SilenceHdf5() {
 
 namespace fs = std::filesystem;
 
-// The file HDF5 opens for an external link target or a virtual-dataset
+// The files HDF5 may open for an external link target or a virtual-dataset
 // source `name` referenced from a file in `dir` (H5Lcreate_external,
 // H5Pset_virtual "Source File Resolutions"; the prefix variables are
-// cleared under a ReadScope): an absolute name when it exists, else the
-// first that exists of dir/name' and name' (from the working directory),
-// name' being the name, or its base name when it was absolute. nullopt
-// when none exists (HDF5 opens nothing then).
-std::optional<fs::path> Hdf5Resolve(const fs::path& dir, const std::string& name) {
+// cleared under a ReadScope): the name itself when absolute, then dir/name'
+// and name' (from the working directory), name' being the name, or its base
+// name when it was absolute. HDF5 takes the first that *opens* and falls
+// through otherwise, so every one that exists is returned (and checked).
+std::vector<fs::path> Hdf5Candidates(const fs::path& dir, const std::string& name) {
   std::error_code ec;
+  std::vector<fs::path> out;
   fs::path rel = name;
   if (rel.is_absolute()) {
-    if (fs::exists(rel, ec)) return rel;
+    if (fs::exists(rel, ec)) out.push_back(rel);
     rel = rel.filename();
   }
   for (const fs::path& candidate : {dir / rel, fs::absolute(rel, ec)}) {
-    if (fs::exists(candidate, ec)) return candidate;
+    if (fs::exists(candidate, ec)) out.push_back(candidate);
   }
-  return std::nullopt;
+  return out;
 }
 
 // The directory of the file holding HDF5 object `id`, as HDF5 opened it.
@@ -68,18 +69,19 @@ herr_t CheckExternalLink(const char* parent_file, const char* /*parent_group*/, 
   *flags = H5F_ACC_RDONLY;
   std::error_code ec;
   const fs::path dir = fs::absolute(parent_file, ec).parent_path();
-  const std::optional<fs::path> target = Hdf5Resolve(dir, child_file);
-  if (!target) return 0;
-  absl::Status s = CheckRead(absl::StrCat(parent_file, ": external link to ", child_file, ":", child_object), *target);
-  if (s.ok()) return 0;
-  static_cast<ElinkGuard*>(data)->status = std::move(s);
-  return -1;
+  for (const fs::path& target : Hdf5Candidates(dir, child_file)) {
+    absl::Status s = CheckRead(absl::StrCat(parent_file, ": external link to ", child_file, ":", child_object), target);
+    if (s.ok()) continue;
+    static_cast<ElinkGuard*>(data)->status = std::move(s);
+    return -1;
+  }
+  return 0;
 }
 
 // Every file a dataset's data comes from besides its own, through the read
 // scope: external storage (raw files, from the file's directory: the
 // dataset is opened with efile prefix ${ORIGIN}) and virtual-dataset sources.
-absl::Status CheckDataReferences(hid_t ds, const std::string& where) {
+absl::Status CheckDataReferences(hid_t ds, const std::string& where, int depth = 0) {
   const fs::path file = FileOf(ds);
   RETURN_IF_ERROR(CheckRead(where, file));
   Hid dcpl(H5Dget_create_plist(ds), H5Pclose);
@@ -106,15 +108,39 @@ absl::Status CheckDataReferences(hid_t ds, const std::string& where) {
       std::string name(static_cast<size_t>(n) + 1, '\0');
       H5Pget_virtual_filename(dcpl.get(), i, name.data(), name.size());
       name.resize(static_cast<size_t>(n));
-      if (name == ".") continue;
       const std::string what = absl::StrCat(where, ": virtual dataset source ", name);
-      if (ReadsConfined() && name.find('%') != std::string::npos) {
-        return absl::PermissionDeniedError(absl::StrCat(
-            what, ": a printf-style source name could open any file; service jobs do not follow it"));
+      std::vector<fs::path> targets;
+      if (name != ".") {
+        if (ReadsConfined() && name.find('%') != std::string::npos) {
+          return absl::PermissionDeniedError(absl::StrCat(
+              what, ": a printf-style source name could open any file; service jobs do not follow it"));
+        }
+        targets = Hdf5Candidates(file.parent_path(), name);
+        for (const fs::path& target : targets) RETURN_IF_ERROR(CheckRead(what, target));
       }
-      if (const std::optional<fs::path> target = Hdf5Resolve(file.parent_path(), name)) {
-        RETURN_IF_ERROR(CheckRead(what, *target));
+      if (!ReadsConfined()) continue;
+      // The source dataset is read too: its own external storage, virtual
+      // sources and links are checked the same way (a few levels deep).
+      if (depth >= 4) return absl::PermissionDeniedError(absl::StrCat(what, ": virtual datasets nested too deep"));
+      const ssize_t dn = H5Pget_virtual_dsetname(dcpl.get(), i, nullptr, 0);
+      if (dn < 0) return absl::DataLossError(absl::StrCat(where, ": virtual mapping ", i, " is unreadable"));
+      std::string dset(static_cast<size_t>(dn) + 1, '\0');
+      H5Pget_virtual_dsetname(dcpl.get(), i, dset.data(), dset.size());
+      dset.resize(static_cast<size_t>(dn));
+      Hid src_file(name == "." ? H5Iget_file_id(ds)
+                   : targets.empty() ? -1
+                                     : H5Fopen(targets.front().c_str(), H5F_ACC_RDONLY, H5P_DEFAULT),
+                   H5Fclose);
+      if (!src_file.ok()) continue;  // HDF5 finds nothing either: fill values
+      ElinkGuard guard;
+      Hid dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
+      if (!dapl.ok() || H5Pset_elink_cb(dapl.get(), &CheckExternalLink, &guard) < 0 ||
+          H5Pset_efile_prefix(dapl.get(), "${ORIGIN}") < 0) {
+        return absl::InternalError(absl::StrCat(what, ": cannot set up HDF5 access properties"));
       }
+      Hid src(H5Dopen2(src_file.get(), dset.c_str(), dapl.get()), H5Dclose);
+      if (!guard.status.ok()) return guard.status;
+      if (src.ok()) RETURN_IF_ERROR(CheckDataReferences(src.get(), absl::StrCat(what, ":", dset), depth + 1));
     }
   }
   return absl::OkStatus();
@@ -159,6 +185,9 @@ std::string ReadStringAttribute(hid_t dataset, const char* name) {
 
 // An open HDF5 dataset of rank 2 (y, x) or 3 (z, y, x) and what it holds.
 struct Hdf5Dataset {
+  // The external-link check HDF5 may call while the dataset is open (reads
+  // of a virtual dataset follow links then): it lives as long as `ds`.
+  std::unique_ptr<ElinkGuard> guard = std::make_unique<ElinkGuard>();
   std::unique_ptr<Hid> file, ds;
   hid_t native = -1;  // the memory type matching header.dtype
   int rank = 0;
@@ -169,13 +198,13 @@ absl::Status OpenHdf5Dataset(const std::string& path, const std::string& dataset
   if (absl::Status s = NotFoundUnlessExists(path); !s.ok()) return s;
   SilenceHdf5();
   const std::string where = absl::StrCat(path, ":", dataset);
-  if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(path, ": not an HDF5 file"));
   RETURN_IF_ERROR(CheckRead(path, path));
+  if (H5Fis_hdf5(path.c_str()) <= 0) return absl::DataLossError(absl::StrCat(path, ": not an HDF5 file"));
   out->file = std::make_unique<Hid>(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   if (!out->file->ok()) return absl::DataLossError(absl::StrCat(path, ": cannot open HDF5 file"));
   // External links go through the read scope as they are followed; raw
   // files of external storage are looked up beside the file holding them.
-  ElinkGuard guard;
+  ElinkGuard& guard = *out->guard;
   Hid lapl(H5Pcreate(H5P_LINK_ACCESS), H5Pclose);
   Hid dapl(H5Pcreate(H5P_DATASET_ACCESS), H5Pclose);
   if (!lapl.ok() || !dapl.ok() || H5Pset_elink_cb(lapl.get(), &CheckExternalLink, &guard) < 0 ||
