@@ -13,6 +13,7 @@
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/read_scope.h"
 #include "common/status_macros.h"
 
 namespace retina {
@@ -203,6 +204,7 @@ std::vector<CheckpointInfo> CheckpointStore::List() const {
 
 absl::StatusOr<CheckpointInfo> CheckpointStore::Verify(const fs::path& dir) {
   const std::string where = dir.string();
+  RETURN_IF_ERROR(CheckRead(where, dir / kManifestName));  // a symlinked step out of the store is not read
   ASSIGN_OR_RETURN(std::string text, ReadFile(dir / kManifestName), where);
   ASSIGN_OR_RETURN(CheckpointManifest m,
                    CheckpointManifest::Parse(text, (dir / kManifestName).string()));

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/read_scope.h"
 #include "common/status_macros.h"
 
 namespace retina {
@@ -74,6 +75,7 @@ absl::StatusOr<DatasetManifest> DatasetManifest::FromJson(const std::string& tex
 
 absl::StatusOr<DatasetManifest> DatasetManifest::Load(const std::filesystem::path& dir) {
   const std::filesystem::path path = dir / kFileName;
+  RETURN_IF_ERROR(CheckRead(path.string(), path));  // a symlink out of the store is not read
   absl::StatusOr<std::string> text = ReadFile(path);
   if (!text.ok()) {
     if (absl::IsNotFound(text.status())) {

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/dataset_manifest.h"
 #include "common/file_util.h"
 #include "common/path_policy.h"
 #include "common/read_scope.h"
@@ -160,6 +161,14 @@ TEST_F(Confinement, ShardManifestsAndWeightsResolveThroughTheScope) {
   ASSERT_FALSE(opened.ok());
   EXPECT_EQ(opened.status().code(), absl::StatusCode::kPermissionDenied) << opened.status();
   EXPECT_THAT(opened.status().message(), HasSubstr("manifest.json: shard shard-00000.h5"));
+  // A manifest that is itself a symlink out of the store is not read (its
+  // content would show in a parse error).
+  fs::create_directories(Store() / "datasets" / "linked");
+  ASSERT_TRUE(WriteFileAtomic(Outside() / "manifest.json", "{\"secret\": 7}").ok());
+  fs::create_symlink(Outside() / "manifest.json", Store() / "datasets" / "linked" / "manifest.json");
+  absl::StatusOr<DatasetManifest> linked = DatasetManifest::Load(Store() / "datasets" / "linked");
+  ASSERT_FALSE(linked.ok());
+  EXPECT_EQ(linked.status().code(), absl::StatusCode::kPermissionDenied) << linked.status();
   absl::StatusOr<WeightSource> weights = ResolveWeights("w.pt", Store(), "infer.weights");
   ASSERT_FALSE(weights.ok());
   EXPECT_EQ(weights.status().code(), absl::StatusCode::kPermissionDenied) << weights.status();

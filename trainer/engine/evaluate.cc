@@ -10,6 +10,7 @@
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/read_scope.h"
 #include "common/records.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
@@ -29,6 +30,7 @@ namespace {
 
 // An imported test split's test.json (retina-shard import).
 absl::StatusOr<nlohmann::json> ReadTestSplit(const fs::path& dir) {
+  RETURN_IF_ERROR(CheckRead("data.dataset: test.json", dir / "test.json"));
   ASSIGN_OR_RETURN(std::string text, ReadFile(dir / "test.json"), "data.dataset (an imported test split, e.g. <name>-test)");
   try {
     return nlohmann::json::parse(text);

@@ -13,6 +13,7 @@
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/progress.h"
+#include "common/read_scope.h"
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "trainer/data/formats/readers.h"
@@ -126,6 +127,7 @@ absl::StatusOr<SegmentationModel> LoadSegmentationModel(const ModelSelection& s,
   const std::filesystem::path state_path =
       (source.checkpoint_dir.empty() ? m.weights_file.parent_path() : source.checkpoint_dir) /
       StoreLayout::kCheckpointState;
+  RETURN_IF_ERROR(CheckRead(state_path.string(), state_path));
   if (absl::StatusOr<std::string> text = ReadFile(state_path); text.ok()) {
     ASSIGN_OR_RETURN(m.state, DecodeCheckpointState(*text, state_path.string()));
   }
