@@ -5,7 +5,7 @@ must still read. Every outside array holds 7s, every inside one 3s.
 
   make_references.py ROOT     (writes ROOT/store/in/... and ROOT/outside/...)
 
-Mechanisms: NRRD `data file:` (absolute, ../, LIST), HDF5 external link
+Mechanisms: NRRD `data file:` (absolute, ../, LIST, pattern), HDF5 external link
 (absolute, relative), external storage (absolute, relative), virtual dataset
 (absolute, relative, and "." whose source has external storage), a Zarr chunk
 that is a symlink, an OME-Zarr multiscale path with ../, a shard manifest
@@ -53,6 +53,8 @@ nhdr("nrrd_abs.nhdr", f"data file: {outside}/secret.raw\n")
 nhdr("nrrd_rel.nhdr", "data file: ../../outside/secret.raw\n")
 nhdr("nrrd_list.nhdr", "data file: LIST 2\n../../outside/secret.raw")
 nhdr("nrrd_inside.nhdr", "data file: mine.raw\n", inside=True)
+secret.tofile(f"{outside}/secret1.raw")
+nhdr("nrrd_pattern.nhdr", "data file: ../../outside/secret%d.raw 1 1 1 2\n")
 
 with h5py.File(f"{inp}/elink_abs.h5", "w") as f:
     f["raw"] = h5py.ExternalLink(f"{outside}/secret.h5", "/raw")

@@ -46,22 +46,28 @@ bool SafePattern(const std::string& format) {
   return format.find('%', i + 1) == std::string::npos;
 }
 
+// The names of a `data file:` pattern FORMAT MIN MAX STEP, as teem expands
+// it; DATA_LOSS naming `path` for an unsafe format or over 2^20 files.
+absl::Status ExpandPattern(const std::string& path, const std::string& format, int64_t lo, int64_t hi, int64_t step,
+                           std::vector<std::string>* names) {
+  if (!SafePattern(format) || step == 0 || (hi - lo) / step < 0 || (hi - lo) / step >= (1 << 20)) {
+    return absl::DataLossError(absl::StrCat(path, ": data file: pattern '", format, "' ", lo, " ", hi, " ", step,
+                                            " is not one integer conversion over at most 2^20 files"));
+  }
+  for (int64_t i = lo; step > 0 ? i <= hi : i >= hi; i += step) {
+    char name[4096];
+    std::snprintf(name, sizeof name, format.c_str(), static_cast<int>(i));
+    names->emplace_back(name);
+  }
+  return absl::OkStatus();
+}
+
 // The detached data files a header names (none when the data is attached),
 // resolved as teem resolves them: relative names from the header's directory.
 absl::StatusOr<std::vector<fs::path>> DataFiles(const std::string& path, const NrrdIoState& nio) {
   std::vector<std::string> names;
   if (nio.dataFNFormat != nullptr) {
-    const std::string format = nio.dataFNFormat;
-    const int64_t lo = nio.dataFNMin, hi = nio.dataFNMax, step = nio.dataFNStep;
-    if (!SafePattern(format) || step == 0 || (hi - lo) / step < 0 || (hi - lo) / step >= (1 << 20)) {
-      return absl::DataLossError(absl::StrCat(path, ": data file: pattern '", format, "' ", lo, " ", hi, " ", step,
-                                              " is not one integer conversion over at most 2^20 files"));
-    }
-    for (int64_t i = lo; step > 0 ? i <= hi : i >= hi; i += step) {
-      char name[4096];
-      std::snprintf(name, sizeof name, format.c_str(), static_cast<int>(i));
-      names.emplace_back(name);
-    }
+    RETURN_IF_ERROR(ExpandPattern(path, nio.dataFNFormat, nio.dataFNMin, nio.dataFNMax, nio.dataFNStep, &names));
   } else if (nio.dataFNArr != nullptr) {
     for (unsigned i = 0; i < nio.dataFNArr->len; ++i) names.emplace_back(nio.dataFN[i]);
   }
@@ -105,16 +111,11 @@ absl::StatusOr<std::vector<fs::path>> ScanDataFiles(const std::string& path) {
       list = true;
     } else if (words.size() >= 4 && words[0].find('%') != std::string::npos) {
       int64_t lo = 0, hi = 0, step = 0;
-      if (!SafePattern(words[0]) || !absl::SimpleAtoi(words[1], &lo) || !absl::SimpleAtoi(words[2], &hi) ||
-          !absl::SimpleAtoi(words[3], &step) || step == 0 || (hi - lo) / step < 0 || (hi - lo) / step >= (1 << 20)) {
+      if (!absl::SimpleAtoi(words[1], &lo) || !absl::SimpleAtoi(words[2], &hi) || !absl::SimpleAtoi(words[3], &step)) {
         return absl::DataLossError(absl::StrCat(path, ": data file: pattern '", line.substr(key.size()),
-                                                "' is not one integer conversion over at most 2^20 files"));
+                                                "': MIN MAX STEP are not integers"));
       }
-      for (int64_t i = lo; step > 0 ? i <= hi : i >= hi; i += step) {
-        char name[4096];
-        std::snprintf(name, sizeof name, words[0].c_str(), static_cast<int>(i));
-        names.emplace_back(name);
-      }
+      RETURN_IF_ERROR(ExpandPattern(path, words[0], lo, hi, step, &names));
     } else {
       names.push_back(words[0]);
     }
