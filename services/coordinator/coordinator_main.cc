@@ -18,6 +18,7 @@
 #include "common/status_macros.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "services/coordinator/coordinator_service.h"
+#include "services/study/study_controller.h"
 #include "services/server_util.h"
 
 namespace retina::coordinator {
@@ -137,6 +138,9 @@ absl::Status Serve(const ServeFlags& f) {
   int metrics_port = 0;
   ASSIGN_OR_RETURN(auto exposer, services::StartExposer(f.metrics_listen, metrics.registry(), &metrics_port));
   ASSIGN_OR_RETURN(std::unique_ptr<Coordinator> core, Coordinator::Create(o, &metrics));
+  // Studies, driven through the coordinator's client calls.
+  study::StudyController studies(core.get(), {o.store, o.allowed_roots, o.output_roots});
+  studies.Start(o.tick);
   JobServiceImpl jobs(core.get(), auth.get(), &metrics);
   WorkerServiceImpl workers(core.get(), auth.get(), &metrics);
 

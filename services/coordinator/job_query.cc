@@ -6,7 +6,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "services/coordinator/coordinator.h"
 #include "services/coordinator/limits.h"
 
 namespace retina::coordinator {
@@ -14,7 +13,7 @@ namespace v1 = retina::v1;
 
 bool JobFilter::Matches(const v1::Job& job) const {
   for (const auto& [key, value] : terms) {
-    if (key == "state" && JobStateName(job.state()) != value) return false;
+    if (key == "state" && v1::JobState_Name(job.state()) != value) return false;
     if (key == "kind" && v1::JobKind_Name(job.spec().kind()) != value) return false;
     if (key == "user" && job.user() != value) return false;
     if (key == "name" && job.spec().name() != value) return false;

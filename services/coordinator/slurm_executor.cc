@@ -1,184 +1,336 @@
 #include "services/coordinator/slurm_executor.h"
 
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
+#include <fstream>
 
-#include <cerrno>
-#include <cstring>
-
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/time/clock.h"
-#include "common/exec_image.h"
-#include "common/rank_launch.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/store_layout.h"
+#include "services/coordinator/limits.h"
 
 namespace retina::coordinator {
+namespace v1 = retina::v1;
+
 namespace {
 
-std::string Tool(const SlurmOptions& o, const char* name) {
-  return o.bin_dir.empty() ? std::string(name) : (std::filesystem::path(o.bin_dir) / name).string();
+// New complete lines of `path` from `*offset` on; advances the offset past
+// them (a partial last line waits for the next read). A file shorter than the
+// offset was cut back (a resumed attempt): read again from its start.
+std::vector<std::string> ReadNewLines(const std::filesystem::path& path, int64_t* offset) {
+  std::vector<std::string> lines;
+  std::error_code ec;
+  const auto size = static_cast<int64_t>(std::filesystem::file_size(path, ec));
+  if (ec) return lines;
+  if (size < *offset) *offset = 0;
+  if (size == *offset) return lines;
+  std::ifstream in(path, std::ios::binary);
+  in.seekg(*offset);
+  std::string text(static_cast<size_t>(size - *offset), '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  const size_t end = text.rfind('\n');
+  if (end == std::string::npos) return lines;
+  for (absl::string_view l : absl::StrSplit(absl::string_view(text).substr(0, end), '\n', absl::SkipEmpty())) {
+    lines.emplace_back(l);
+  }
+  *offset += static_cast<int64_t>(end + 1);
+  return lines;
 }
 
 }  // namespace
 
-RankLaunch LaunchOf(const SlurmAttempt& a) {
-  RankLaunch l;
-  l.config = a.config;
-  l.store = a.store;
-  l.job_id = a.job_id;
-  l.job_uid = a.job_uid;
-  l.attempt = a.attempt;
-  l.allowed_roots = a.allowed_roots;
-  l.output_roots = a.output_roots;
-  l.world_size = a.world_size;
-  return l;
+SlurmExecutor::SlurmExecutor(SlurmOptions options, Paths paths, ExecutorContext context,
+                             std::unique_ptr<SlurmClient> slurm)
+    : options_(std::move(options)),
+      paths_(std::move(paths)),
+      ctx_(std::move(context)),
+      jobs_(*ctx_.jobs),
+      slurm_(std::move(slurm)) {}
+
+void SlurmExecutor::Recover(JobEntry* e, int64_t) {
+  // Followed again from Slurm's listing (by id, or by the attempt's name).
+  Run& run = runs_[e->job.id()];
+  run.slurm_id = e->job.executor_job_id();
+  run.name_attempt = e->job.attempt();
 }
 
-std::string SlurmJobName(const std::string& job_id, int attempt) { return absl::StrCat("retina-", job_id, "-", attempt); }
-
-bool ParseSlurmJobName(const std::string& name, std::string* job_id, int* attempt) {
-  if (name.rfind("retina-", 0) != 0) return false;
-  const size_t dash = name.rfind('-');
-  if (dash <= 7 || !absl::SimpleAtoi(name.substr(dash + 1), attempt)) return false;
-  *job_id = name.substr(7, dash - 7);
-  return !job_id->empty();
+void SlurmExecutor::Cancel(JobEntry* e, int64_t now) {
+  // A followed job is cancelled by the next poll's scancel and ends when
+  // Slurm says so; one not (yet) followed ends now.
+  if (!runs_.count(e->job.id())) End(e, AttemptOutcome::kCancelled, "", now);
 }
 
-SlurmCommand SbatchCommand(const SlurmOptions& o, const SlurmAttempt& a) {
-  SlurmCommand c;
-  const std::filesystem::path logs = a.store / "jobs" / a.job_id / "logs";
-  c.argv = {Tool(o, "sbatch"), "--parsable", "--job-name=" + SlurmJobName(a.job_id, a.attempt),
-            absl::StrCat("--ntasks=", a.world_size),
-            a.gpu ? absl::StrCat("--gpus-per-task=", a.slots_per_rank) : absl::StrCat("--cpus-per-task=", a.slots_per_rank),
-            "--requeue", "--signal=B:USR1@300", "--open-mode=append",
-            "--output=" + (logs / "slurm-%j.out").string(), "--chdir=" + a.store.string()};
-  auto pick = [&](const char* label, const std::string& fallback) {
-    auto it = a.labels.find(label);
-    return it != a.labels.end() ? it->second : fallback;
-  };
-  for (const auto& [flag, value] : {std::pair<std::string, std::string>{"--partition", pick("slurm.partition", o.partition)},
-                                    {"--account", pick("slurm.account", o.account)},
-                                    {"--qos", pick("slurm.qos", o.qos)},
-                                    {"--time", pick("slurm.time", o.time_limit)}}) {
-    if (!value.empty()) c.argv.push_back(flag + "=" + value);
+void SlurmExecutor::End(JobEntry* e, AttemptOutcome outcome, const std::string& message, int64_t now) {
+  const std::string id = e->job.id();
+  if (jobs_.EndAttempt(e, outcome, message, now)) runs_.erase(id);  // else the next poll ends it again
+}
+
+void SlurmExecutor::Poll() {
+  Work work;
+  bool todo = false;
+  ctx_.locked([&] { todo = TakeWork(&work); });
+  if (!todo) return;
+  // Slurm's answers, without the lock.
+  std::vector<std::pair<std::string, absl::Status>> cancelled;
+  for (const std::string& id : work.cancels) cancelled.emplace_back(id, slurm_->Cancel(id));
+  std::vector<std::string> orphans_left;
+  for (const std::string& id : work.orphans) {
+    const absl::Status s = slurm_->Cancel(id);
+    RETINA_LOG(Warning) << "Slurm job " << id << ": its job ended or was cancelled while sbatch ran; scancel "
+                        << (s.ok() ? "issued" : "failed (retried): " + std::string(s.message()));
+    if (!s.ok()) orphans_left.push_back(id);
   }
-  c.argv.insert(c.argv.end(), o.extra_args.begin(), o.extra_args.end());
-  // A wrapper that execs the script from its shared path, so that srun on
-  // every node finds it (sbatch runs a spooled copy of a batch script).
-  c.argv.push_back("--wrap=exec bash " + ShellQuote(o.script.string()) + " " + ShellQuote(a.config.string()));
-  // The script builds `run --config --store --job --resume auto` from the
-  // allocation and appends these (common/rank_launch.h), shell-quoted so a
-  // root with spaces or quotes arrives as one argument.
-  c.env = {{"RETINA_STORE", a.store.string()},
-           {"RETINA_JOB_ID", a.job_id},
-           {"RETINA_ATTEMPT_BASE", std::to_string(a.attempt - 1)},
-           {"RETINA_TRAIN_ARGS", ShellQuoteArgs(LaunchOf(a).ServiceArgs())},
-           {"RETINA_LAUNCHER", o.launcher}};
-  if (!o.trainer_dir.empty()) c.env["RETINA_BIN"] = o.trainer_dir;
-  return c;
+  const absl::StatusOr<std::vector<SlurmJobInfo>> listed = slurm_->List();
+  if (!listed.ok()) RETINA_LOG(Warning) << "scontrol show job: " << listed.status().message() << " (polling again later)";
+  std::map<std::string, int64_t> offsets;
+  FeedEvents(&work, &offsets);
+
+  std::vector<Submission> submit;
+  ctx_.locked([&] {
+    orphans_.insert(orphans_.end(), orphans_left.begin(), orphans_left.end());
+    submit = Apply(cancelled, offsets, listed);
+  });
+
+  // sbatch, without the lock; then the commit of each Slurm job id.
+  std::vector<std::tuple<std::string, int, absl::StatusOr<std::string>>> submitted;
+  const StoreLayout layout(paths_.store);
+  for (Submission& s : submit) {
+    absl::Status written = CreateDirectories(layout.JobDir(s.id) / "logs");
+    if (written.ok()) written = WriteFileAtomic(s.attempt.config, s.config_yaml);
+    absl::StatusOr<std::string> id = written.ok() ? slurm_->Submit(s.attempt) : absl::StatusOr<std::string>(written);
+    if (id.ok()) RETINA_LOG(Info) << s.id << " attempt " << s.attempt.attempt << ": sbatch -> Slurm job " << *id;
+    submitted.emplace_back(s.id, s.attempt.attempt, std::move(id));
+  }
+  if (!submitted.empty()) ctx_.locked([&] { Submitted(submitted); });
 }
 
-std::vector<SlurmJobInfo> ParseScontrolJobs(const std::string& text) {
-  std::vector<SlurmJobInfo> jobs;
-  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipWhitespace())) {
-    SlurmJobInfo j;
-    for (absl::string_view token : absl::StrSplit(line, ' ', absl::SkipEmpty())) {
-      const size_t eq = token.find('=');
-      if (eq == absl::string_view::npos) continue;
-      const absl::string_view key = token.substr(0, eq), value = token.substr(eq + 1);
-      if (key == "JobId") j.slurm_id = std::string(value);
-      if (key == "JobName") j.name = std::string(value);
-      if (key == "JobState") j.state = std::string(value);
-      if (key == "Reason") j.reason = std::string(value);
-      if (key == "Restarts") (void)absl::SimpleAtoi(value, &j.restarts);
-      if (key == "ExitCode") {
-        const std::vector<std::string> parts = absl::StrSplit(value, ':');
-        if (parts.size() == 2) {
-          (void)absl::SimpleAtoi(parts[0], &j.exit_code);
-          (void)absl::SimpleAtoi(parts[1], &j.exit_signal);
+bool SlurmExecutor::TakeWork(Work* work) {
+  const int64_t now = ctx_.now_ms();
+  bool queued = false;
+  for (const auto& [seq, e] : jobs_.by_seq()) {
+    if (e->job.state() == v1::QUEUED && e->job.spec().kind() != v1::STUDY) queued = true;
+  }
+  for (auto& [id, run] : runs_) {
+    const JobEntry* e = jobs_.Get(id);
+    if (e->job.cancel_requested() && !run.cancel_sent && !run.slurm_id.empty()) work->cancels.push_back(run.slurm_id);
+    work->event_files.emplace_back(id, e->job.attempt(), run.events_offset);
+  }
+  work->orphans.swap(orphans_);
+  if (work->cancels.empty() && work->orphans.empty() && now < next_poll_ms_) return false;
+  if (!queued && runs_.empty() && work->cancels.empty() && work->orphans.empty()) return false;  // nothing to follow
+  next_poll_ms_ = now + absl::ToInt64Milliseconds(backoff_ > absl::ZeroDuration() ? backoff_ : options_.poll);
+  return true;
+}
+
+void SlurmExecutor::FeedEvents(Work* work, std::map<std::string, int64_t>* offsets) {
+  // Rank 0's events from the store, through the same path as a worker's reports.
+  const StoreLayout layout(paths_.store);
+  for (auto& [id, attempt, offset] : work->event_files) {
+    std::vector<std::string> lines = ReadNewLines(layout.EventsPath(id), &offset);
+    (*offsets)[id] = offset;
+    for (size_t i = 0; i < lines.size(); i += limits::kEventsPerReport) {
+      v1::ReportEventsRequest report;
+      report.set_job_id(id);
+      report.set_attempt(attempt);
+      for (size_t k = i; k < std::min(lines.size(), i + limits::kEventsPerReport); ++k) {
+        if (lines[k].size() <= limits::kEventBytes) {
+          report.add_events_json(lines[k]);
+        } else {
+          RETINA_LOG(Warning) << id << ": " << layout.EventsPath(id).string() << ": a line of " << lines[k].size()
+                              << " bytes is over the event limit of " << limits::kEventBytes << "; skipped";
         }
       }
+      if (absl::Status s = ctx_.report_events(report); !s.ok()) RETINA_LOG(Warning) << id << ": events.jsonl: " << s;
     }
-    if (!j.slurm_id.empty() && !j.state.empty()) jobs.push_back(std::move(j));
   }
-  return jobs;
 }
 
-SlurmPhase MapSlurmState(const std::string& state) {
-  if (state == "RUNNING" || state == "COMPLETING" || state == "STAGE_OUT" || state == "SIGNALING") {
-    return SlurmPhase::kRunning;
+std::vector<SlurmExecutor::Submission> SlurmExecutor::Apply(
+    const std::vector<std::pair<std::string, absl::Status>>& cancelled, const std::map<std::string, int64_t>& offsets,
+    const absl::StatusOr<std::vector<SlurmJobInfo>>& listed) {
+  const int64_t now = ctx_.now_ms();
+  // Back-off while Slurm does not answer (slurmctld restarting, overloaded):
+  // double the interval up to max_poll; back to `poll` once it answers.
+  const absl::Duration interval = backoff_ > absl::ZeroDuration() ? backoff_ : options_.poll;
+  backoff_ = listed.ok() ? options_.poll : std::min(options_.max_poll, interval * 2);
+  for (const auto& [slurm_id, status] : cancelled) {
+    for (auto& [id, run] : runs_) {
+      if (run.slurm_id != slurm_id) continue;
+      if (status.ok()) {
+        run.cancel_sent = true;
+      } else {
+        RETINA_LOG(Warning) << id << ": scancel " << slurm_id << ": " << status << " (retried)";
+      }
+    }
   }
-  if (state == "COMPLETED") return SlurmPhase::kSucceeded;
-  if (state == "CANCELLED") return SlurmPhase::kCancelled;
-  if (state == "FAILED" || state == "TIMEOUT" || state == "NODE_FAIL" || state == "OUT_OF_MEMORY" ||
-      state == "BOOT_FAIL" || state == "DEADLINE" || state == "PREEMPTED" || state == "SPECIAL_EXIT") {
-    return SlurmPhase::kFailed;
+  for (const auto& [id, offset] : offsets) {
+    auto run = runs_.find(id);
+    if (run != runs_.end()) run->second.events_offset = offset;
   }
-  return SlurmPhase::kPending;  // PENDING, CONFIGURING, REQUEUED, REQUEUE_FED, REQUEUE_HOLD, RESIZING, SUSPENDED
+  std::map<std::string, const SlurmJobInfo*> by_name, by_id;
+  if (listed.ok()) {
+    for (const SlurmJobInfo& info : *listed) {
+      by_name[info.name] = &info;
+      by_id[info.slurm_id] = &info;
+    }
+    Follow(by_id, by_name, now);
+  }
+  return Start(by_name, listed.ok(), now);
 }
 
-absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
-                                         const std::map<std::string, std::string>& env, absl::Duration timeout) {
-  if (argv.empty()) return absl::InvalidArgumentError("RunCommand: empty argv");
-  const ExecImage image(argv, env);  // built before fork
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return absl::InternalError(absl::StrCat("pipe: ", std::strerror(errno)));
-  const pid_t pid = ::fork();
-  if (pid < 0) {
-    ::close(fds[0]);
-    ::close(fds[1]);
-    return absl::ResourceExhaustedError(absl::StrCat("fork: ", std::strerror(errno)));
-  }
-  if (pid == 0) {
-    const int null = ::open("/dev/null", O_RDONLY);
-    if (null >= 0) ::dup2(null, 0);
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    ::setpgid(0, 0);
-    ::execvpe(image.file(), image.argv(), image.envp());
-    _exit(127);
-  }
-  ::close(fds[1]);
-  CommandResult r;
-  const absl::Time deadline = absl::Now() + timeout;
-  bool timed_out = false;
-  char buf[4096];
-  while (true) {
-    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
-    if (left <= 0) {
-      timed_out = true;
-      ::kill(-pid, SIGKILL);
-      break;
+void SlurmExecutor::Follow(const std::map<std::string, const SlurmJobInfo*>& by_id,
+                           const std::map<std::string, const SlurmJobInfo*>& by_name, int64_t now) {
+  for (auto it = runs_.begin(); it != runs_.end();) {
+    const std::string id = it->first;
+    Run& run = it->second;
+    ++it;  // ApplyInfo and End may erase the entry
+    JobEntry* e = jobs_.Get(id);
+    const SlurmJobInfo* info = nullptr;
+    if (!run.slurm_id.empty() && by_id.count(run.slurm_id)) info = by_id.at(run.slurm_id);
+    if (info == nullptr && run.slurm_id.empty()) {  // after a restart: by the name of its attempt
+      for (int a = e->job.attempt(); a >= 1 && info == nullptr; --a) {
+        auto n = by_name.find(SlurmJobName(id, a));
+        if (n != by_name.end()) info = n->second;
+      }
     }
-    pollfd p{fds[0], POLLIN, 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) continue;
-    const ssize_t n = ::read(fds[0], buf, sizeof buf);
-    if (n > 0) {
-      if (r.output.size() < (1u << 24)) r.output.append(buf, n);
+    if (info != nullptr) {
+      ApplyInfo(e, &run, *info, now);
+    } else if (++run.missing_polls >= 3) {
+      End(e, e->job.cancel_requested() ? AttemptOutcome::kCancelled : AttemptOutcome::kFailed,
+          absl::StrCat("Slurm job ", run.slurm_id.empty() ? "?" : run.slurm_id,
+                       " is no longer known to Slurm and its end was not seen (purged: raise MinJobAge?)"),
+          now);
+    }
+  }
+}
+
+std::vector<SlurmExecutor::Submission> SlurmExecutor::Start(const std::map<std::string, const SlurmJobInfo*>& by_name,
+                                                            bool listed, int64_t now) {
+  // QUEUED jobs: re-attach to a Slurm job of the next attempt's name (an
+  // sbatch whose commit a crash cut off), else submit.
+  std::vector<Submission> submit;
+  const StoreLayout layout(paths_.store);
+  for (const auto& [seq, e] : jobs_.by_seq()) {
+    if (e->job.state() != v1::QUEUED || e->job.spec().kind() == v1::STUDY) continue;
+    const std::string& id = e->job.id();
+    const int attempt = e->job.attempt() + 1;
+    auto n = by_name.find(SlurmJobName(id, attempt));
+    if (n != by_name.end() && MapSlurmState(n->second->state) != SlurmPhase::kCancelled) {
+      v1::Job next = e->job;
+      next.set_attempt(attempt);
+      next.set_state(v1::SCHEDULED);
+      next.set_executor_job_id(n->second->slurm_id);
+      next.set_message(absl::StrCat("re-attached to Slurm job ", n->second->slurm_id));
+      if (jobs_.Commit(e, std::move(next)).ok()) {
+        Run& run = runs_[id];
+        run.slurm_id = n->second->slurm_id;
+        run.name_attempt = attempt;
+        ApplyInfo(e, &run, *n->second, now);
+      }
       continue;
     }
-    if (n < 0 && errno == EINTR) continue;
-    break;  // EOF: the command closed its output
+    if (!listed) continue;  // without Slurm's listing an sbatch could duplicate a lost one
+    Submission s;
+    s.id = id;
+    SlurmAttempt& a = s.attempt;
+    a.job_id = id;
+    a.job_uid = e->job.uid();
+    a.attempt = attempt;
+    a.world_size = e->job.spec().world_size();
+    a.slots_per_rank = e->job.spec().slots_per_rank();
+    a.gpu = e->job.spec().slot_type() == v1::SLOT_GPU;
+    a.config = layout.SubmittedConfigPath(id);
+    a.store = paths_.store;
+    a.allowed_roots = paths_.allowed_roots;
+    a.output_roots = paths_.output_roots;
+    for (const auto& [k, v] : e->job.spec().labels()) a.labels[k] = v;
+    s.config_yaml = e->job.spec().config_yaml();
+    submit.push_back(std::move(s));
   }
-  ::close(fds[0]);
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  return submit;
+}
+
+void SlurmExecutor::Submitted(const std::vector<std::tuple<std::string, int, absl::StatusOr<std::string>>>& submitted) {
+  const int64_t now = ctx_.now_ms();
+  for (const auto& [id, attempt, result] : submitted) {
+    JobEntry* e = jobs_.Get(id);
+    if (e->job.state() != v1::QUEUED || e->job.attempt() + 1 != attempt) {
+      if (result.ok()) orphans_.push_back(*result);  // cancelled while sbatch ran
+      continue;
+    }
+    v1::Job next = e->job;
+    next.set_attempt(attempt);
+    next.set_state(v1::SCHEDULED);
+    if (!result.ok()) {
+      // Slurm refused the job (a bad partition, account, limits): the attempt fails.
+      if (!jobs_.Commit(e, std::move(next)).ok()) continue;
+      End(e, AttemptOutcome::kFailed, std::string(result.status().message()), now);
+      continue;
+    }
+    next.set_executor_job_id(*result);
+    next.set_start_unix_ms(0);
+    next.set_message(absl::StrCat("submitted as Slurm job ", *result));
+    if (!jobs_.Commit(e, std::move(next)).ok()) continue;  // still QUEUED: the next poll re-attaches by name
+    Run& run = runs_[id];
+    run = Run{};
+    run.slurm_id = *result;
+    run.name_attempt = attempt;
+    run.restarts = 0;
+    if (ctx_.metrics) ctx_.metrics->AttemptStarted(attempt == 1 ? "first" : "retry");
   }
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  if (timed_out) {
-    return absl::DeadlineExceededError(absl::StrCat(argv[0], ": no answer within ", absl::FormatDuration(timeout)));
+}
+
+void SlurmExecutor::ApplyInfo(JobEntry* e, Run* run, const SlurmJobInfo& info, int64_t now) {
+  run->missing_polls = 0;
+  run->slurm_id = info.slurm_id;
+  std::string name_job;
+  (void)ParseSlurmJobName(info.name, &name_job, &run->name_attempt);
+  const int attempt = run->name_attempt + info.restarts;  // the script logs to attempt-<this>
+  if (attempt > e->job.attempt()) {
+    // Requeued by Slurm (scontrol requeue, preemption, the job's own USR1
+    // requeue): a new attempt of the same Slurm job, resumed from LATEST.
+    v1::Job next = e->job;
+    next.set_attempt(attempt);
+    next.set_state(v1::SCHEDULED);
+    next.set_start_unix_ms(0);
+    next.set_message(absl::StrCat("requeued by Slurm (restart ", info.restarts, " of Slurm job ", info.slurm_id,
+                                  "); attempt ", attempt, " resumes from LATEST"));
+    if (!jobs_.Commit(e, std::move(next)).ok()) return;
+    run->events_offset = 0;
+    if (ctx_.metrics) ctx_.metrics->AttemptStarted("preempted");
   }
-  if (r.exit_code == 127 && r.output.empty()) {
-    return absl::NotFoundError(absl::StrCat(argv[0], ": cannot be run (not installed, or not on PATH)"));
+  run->restarts = info.restarts;
+  const std::string where = absl::StrCat("Slurm job ", info.slurm_id, " ", info.state,
+                                         info.reason.empty() || info.reason == "None" ? "" : " (" + info.reason + ")");
+  switch (MapSlurmState(info.state)) {
+    case SlurmPhase::kPending:  // queued in Slurm (or held after a requeue): SCHEDULED, as committed
+      return;
+    case SlurmPhase::kRunning:
+      if (e->job.state() == v1::SCHEDULED) {
+        v1::Job next = e->job;
+        next.set_state(v1::RUNNING);
+        next.set_start_unix_ms(now);
+        next.set_message(absl::StrCat("running as Slurm job ", info.slurm_id));
+        (void)jobs_.Commit(e, std::move(next));  // on failure still SCHEDULED: the next poll commits it
+      }
+      return;
+    case SlurmPhase::kSucceeded:
+      End(e, AttemptOutcome::kSucceeded, "", now);
+      return;
+    case SlurmPhase::kCancelled:
+      End(e, AttemptOutcome::kCancelled,
+          e->job.cancel_requested() ? absl::StrCat("cancelled (scancel of Slurm job ", info.slurm_id, ")")
+                                    : absl::StrCat("cancelled outside the service: ", where),
+          now);
+      return;
+    case SlurmPhase::kFailed:
+      End(e, AttemptOutcome::kFailed,
+          absl::StrCat(where, ", exit code ", info.exit_code,
+                       info.exit_signal ? absl::StrCat(", signal ", info.exit_signal) : ""),
+          now);
+      return;
   }
-  return r;
 }
 
 }  // namespace retina::coordinator

@@ -1,99 +1,90 @@
-// The Slurm executor (docs/hpc.md, "The service on top of Slurm"): the
-// coordinator places an attempt by `sbatch` of deploy/slurm/retina-slurm.sh
-// instead of assigning it to its own workers, follows the Slurm job with
-// `scontrol show job`, and cancels it with `scancel`. This file holds the
-// parts without coordinator state: the sbatch command line, the parsing of
-// scontrol's output, the mapping of Slurm's job states to ours, and the
-// commands themselves (run with a timeout, outside the coordinator's lock).
+// The Slurm executor (docs/hpc.md, "The service on top of Slurm"; executor.h
+// for the protocol every executor follows): each attempt of a job is one
+// Slurm job, named retina-<id>-<attempt>, that runs
+// deploy/slurm/retina-slurm.sh.
 //
-// Slurm job names are `retina-<job id>-<attempt>`: after a coordinator restart
-// (or a crash between `sbatch` and the commit of its id) the coordinator finds
-// its Slurm jobs by name and re-attaches.
+// Poll, without the state lock: issues scancel for cancelled jobs, lists
+// Slurm's jobs (backing off while Slurm does not answer), feeds rank 0's
+// events.jsonl from the store to ReportEvents, maps each followed Slurm job's
+// state to ours (a requeue by Slurm is a new attempt of the same Slurm job,
+// resumed from LATEST), and submits QUEUED jobs with sbatch. A Slurm job
+// found by name is re-attached: after a coordinator restart, or an sbatch
+// whose commit a crash cut off. A job Slurm no longer lists for three polls
+// has ended unseen (purged: MinJobAge) and fails. Slurm's calls
+// (slurm_commands.h SlurmClient) are made without the lock; what they found
+// is applied under it.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
-#include "absl/time/time.h"
-#include "common/rank_launch.h"
+#include "services/coordinator/executor.h"
+#include "services/coordinator/slurm_commands.h"
 
 namespace retina::coordinator {
 
-struct SlurmOptions {
-  std::filesystem::path script;     // deploy/slurm/retina-slurm.sh (the sbatch script)
-  std::string bin_dir;              // where sbatch, scontrol, scancel are ("" = PATH)
-  std::string trainer_dir;          // RETINA_BIN for the ranks: the folder of retina-train
-  std::string launcher = "srun";    // RETINA_LAUNCHER: srun | mpirun
-  std::string partition, account, qos, time_limit;  // defaults; a job's labels slurm.<key> override
-  std::vector<std::string> extra_args;              // more sbatch arguments, as given
-  absl::Duration poll = absl::Seconds(2);           // scontrol polling (backs off to max_poll when idle)
-  absl::Duration max_poll = absl::Seconds(30);
-  absl::Duration command_timeout = absl::Seconds(30);
+class SlurmExecutor : public Executor {
+ public:
+  struct Paths {
+    std::filesystem::path store;
+    std::vector<std::filesystem::path> allowed_roots, output_roots;  // passed to the ranks
+  };
+  SlurmExecutor(SlurmOptions options, Paths paths, ExecutorContext context, std::unique_ptr<SlurmClient> slurm);
+
+  void Recover(JobEntry* e, int64_t now_ms) override;
+  absl::Status CheckFits(const retina::v1::JobSpec&) override { return absl::OkStatus(); }
+  void Tick(int64_t) override {}
+  void Retry(JobEntry*, int64_t) override {}  // the next poll commits again
+  void Cancel(JobEntry* e, int64_t now_ms) override;
+  void Poll() override;
+
+ private:
+  struct Run {
+    std::string slurm_id;       // empty: re-attach by name at the next poll
+    int name_attempt = 0;       // the attempt in the Slurm job's name
+    int restarts = -1;          // Slurm's restart count last seen (-1: not yet)
+    int missing_polls = 0;      // polls that did not list it
+    bool cancel_sent = false;
+    int64_t events_offset = 0;  // bytes of events.jsonl already applied
+  };
+  struct Submission {
+    std::string id;
+    SlurmAttempt attempt;
+    std::string config_yaml;
+  };
+  // What the poll asks of Slurm, taken under the lock; false: nothing to do.
+  struct Work {
+    std::vector<std::string> cancels, orphans;
+    std::vector<std::tuple<std::string, int, int64_t>> event_files;  // job, attempt, offset
+  };
+  bool TakeWork(Work* work);
+  void FeedEvents(Work* work, std::map<std::string, int64_t>* offsets);
+  // Under the lock: the listing applied to the followed jobs; the QUEUED
+  // jobs to submit.
+  std::vector<Submission> Apply(const std::vector<std::pair<std::string, absl::Status>>& cancelled,
+                                const std::map<std::string, int64_t>& offsets,
+                                const absl::StatusOr<std::vector<SlurmJobInfo>>& listed);
+  void Follow(const std::map<std::string, const SlurmJobInfo*>& by_id,
+              const std::map<std::string, const SlurmJobInfo*>& by_name, int64_t now_ms);
+  std::vector<Submission> Start(const std::map<std::string, const SlurmJobInfo*>& by_name, bool listed, int64_t now_ms);
+  void Submitted(const std::vector<std::tuple<std::string, int, absl::StatusOr<std::string>>>& submitted);
+  void ApplyInfo(JobEntry* e, Run* run, const SlurmJobInfo& info, int64_t now_ms);
+  void End(JobEntry* e, AttemptOutcome outcome, const std::string& message, int64_t now_ms);
+
+  const SlurmOptions options_;
+  const Paths paths_;
+  const ExecutorContext ctx_;
+  JobTable& jobs_;
+  const std::unique_ptr<SlurmClient> slurm_;
+  // Under the state lock:
+  std::map<std::string, Run> runs_;  // by job id
+  int64_t next_poll_ms_ = 0;
+  absl::Duration backoff_;                // the poll interval now (zero: options_.poll)
+  std::vector<std::string> orphans_;      // Slurm jobs to scancel
 };
-
-// What one attempt needs from Slurm.
-struct SlurmAttempt {
-  std::string job_id, job_uid;
-  int attempt = 1;
-  int world_size = 1, slots_per_rank = 1;
-  bool gpu = false;
-  std::filesystem::path config, store;             // the job file in the store; the store
-  std::vector<std::filesystem::path> allowed_roots;
-  std::vector<std::filesystem::path> output_roots;
-  std::map<std::string, std::string> labels;       // slurm.partition, slurm.account, slurm.qos, slurm.time
-};
-
-// The launch record of the attempt's ranks (common/rank_launch.h); the
-// per-rank fields are the allocation's, set by retina-slurm.sh.
-RankLaunch LaunchOf(const SlurmAttempt& a);
-
-std::string SlurmJobName(const std::string& job_id, int attempt);
-// (job id, attempt) of a name SlurmJobName made; false for any other name.
-bool ParseSlurmJobName(const std::string& name, std::string* job_id, int* attempt);
-
-// The sbatch command: one task per rank (--ntasks world_size,
-// --cpus-per-task slots_per_rank, or --gpus-per-task for GPU slots),
-// --requeue --signal=B:USR1@300 --open-mode=append, the job's name, output in
-// the job's log folder, partition/account/QoS/time from the labels or the
-// options, then the script and the job file; the environment the script and
-// its ranks read (RETINA_STORE, RETINA_JOB_ID, RETINA_ATTEMPT_BASE,
-// RETINA_TRAIN_ARGS with --job-uid, --confine and the allowed roots, ...).
-struct SlurmCommand {
-  std::vector<std::string> argv;
-  std::map<std::string, std::string> env;
-};
-SlurmCommand SbatchCommand(const SlurmOptions& o, const SlurmAttempt& a);
-
-// One Slurm job as `scontrol show job -o` prints it.
-struct SlurmJobInfo {
-  std::string slurm_id, name, state, reason;
-  int exit_code = 0, exit_signal = 0, restarts = 0;
-};
-// Every job of `scontrol show job -o` output (one per line); lines that are
-// not jobs (e.g. "No jobs in the system") are skipped.
-std::vector<SlurmJobInfo> ParseScontrolJobs(const std::string& text);
-
-// Our view of a Slurm state.
-enum class SlurmPhase {
-  kPending,    // PENDING, CONFIGURING, REQUEUED, REQUEUE_HOLD, SUSPENDED...: SCHEDULED
-  kRunning,    // RUNNING, COMPLETING
-  kSucceeded,  // COMPLETED
-  kCancelled,  // CANCELLED
-  kFailed,     // FAILED, TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, BOOT_FAIL, DEADLINE, PREEMPTED (ended)
-};
-SlurmPhase MapSlurmState(const std::string& state);
-
-// Runs a command (argv[0] looked up on PATH), with `env` added, stdin from
-// /dev/null; its stdout and stderr together. Killed after `timeout`.
-struct CommandResult {
-  int exit_code = -1;  // 128 + signal when killed
-  std::string output;
-};
-absl::StatusOr<CommandResult> RunCommand(const std::vector<std::string>& argv,
-                                         const std::map<std::string, std::string>& env, absl::Duration timeout);
 
 }  // namespace retina::coordinator

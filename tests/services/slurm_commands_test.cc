@@ -1,8 +1,8 @@
-// The Slurm executor's pure parts (services/coordinator/slurm_executor.h):
+// The Slurm executor's pure parts (services/coordinator/slurm_commands.h):
 // the sbatch command, scontrol's output, the state mapping, the commands'
 // timeout. The executor itself runs on a real Slurm in
 // tests/deploy/slurm_service_test.sh.
-#include "services/coordinator/slurm_executor.h"
+#include "services/coordinator/slurm_commands.h"
 
 #include <cstdlib>
 #include <filesystem>

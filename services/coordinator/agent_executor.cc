@@ -1,0 +1,519 @@
+#include "services/coordinator/agent_executor.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+#include "common/records.h"
+
+namespace retina::coordinator {
+namespace v1 = retina::v1;
+
+namespace {
+
+// A rank's first error line as a user may see it (the worker escaped it).
+std::string Printable(const std::string& text) {
+  std::string why = text.substr(0, 512);
+  for (char& c : why) {
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+  }
+  return why;
+}
+
+// Why a worker's part of an attempt failed, from its ranks' exits: the first
+// rank that failed saying why (its first error line: the others were usually
+// stopped because of it), else the first that failed; "" when none did.
+std::string PartFailure(const v1::CompleteTaskRequest& r, size_t ranks_placed) {
+  const v1::RankExit* cause = nullptr;
+  for (const v1::RankExit& x : r.exits()) {
+    if (x.exit_code() != 0 && x.exit_code() != kExitPreempted && !x.first_error().empty()) {
+      cause = &x;
+      break;
+    }
+  }
+  for (const v1::RankExit& x : r.exits()) {
+    if (cause == nullptr && x.exit_code() != 0) cause = &x;
+  }
+  if (cause != nullptr) {
+    const v1::RankExit& x = *cause;
+    const std::string why = Printable(x.first_error());
+    return x.exit_code() == kExitPreempted
+               ? absl::StrCat("rank ", x.rank(), " stopped after a checkpoint (exit 75, preempted) on ", r.worker_id())
+               : absl::StrCat("rank ", x.rank(), " exited with code ", x.exit_code(), " on ", r.worker_id(),
+                              why.empty() ? "" : absl::StrCat(": ", why), "; see its log: retina logs ", r.job_id(),
+                              " --rank ", x.rank());
+  }
+  if (r.stopped() || r.exits_size() < static_cast<int>(ranks_placed)) {
+    return absl::StrCat("ranks on ", r.worker_id(), " were stopped before finishing");
+  }
+  return "";
+}
+
+}  // namespace
+
+AgentExecutor::AgentExecutor(AgentOptions options, ExecutorContext context, const NotServingLog* serving, int64_t now)
+    : options_(std::move(options)), ctx_(std::move(context)), jobs_(*ctx_.jobs), registry_(ctx_.metrics, serving) {
+  recovery_deadline_ms_ = now + 2 * absl::ToInt64Milliseconds(options_.lease);
+  // Start the port rotation at a random place: a restarted coordinator (or a
+  // second one on the host) does not hand out the port it just used.
+  next_port_ = static_cast<int>(absl::ToUnixNanos(absl::Now()) % 100003);
+}
+
+void AgentExecutor::Recover(JobEntry* e, int64_t) { attempts_[e->job.id()].recovering = true; }
+
+absl::Status AgentExecutor::CheckFits(const v1::JobSpec& spec) {
+  const int needed = spec.world_size() * spec.slots_per_rank();
+  const int total = registry_.TotalSlots(spec.slot_type());
+  if (registry_.seen_any() && needed > total) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "spec.world_size: ", spec.world_size(), " ranks x ", spec.slots_per_rank(), " slots need ", needed, " ",
+        NormalType(spec.slot_type()) == v1::SLOT_GPU ? "GPU" : "CPU", " slots; the ready workers have ", total));
+  }
+  return absl::OkStatus();
+}
+
+void AgentExecutor::Tick(int64_t now) {
+  const int64_t lease = absl::ToInt64Milliseconds(options_.lease);
+  for (auto& [id, w] : registry_.all()) {
+    if (w.info.state() == v1::WorkerInfo::READY && registry_.ServingSilence(w, now) > lease) LoseWorker(&w, now);
+  }
+  if (recovery_deadline_ms_ != 0 && now >= recovery_deadline_ms_) EndRecovery(now);
+  CommitConfirmed(now);
+}
+
+void AgentExecutor::Retry(JobEntry* e, int64_t now) {
+  NoteConfirmed(e);
+  MaybeFinishAttempt(e, now);
+}
+
+void AgentExecutor::Cancel(JobEntry* e, int64_t now) {
+  StopAttempt(e);
+  MaybeFinishAttempt(e, now);
+}
+
+void AgentExecutor::EndRecovery(int64_t now) {
+  recovery_deadline_ms_ = 0;
+  std::vector<std::string> ids;
+  for (const auto& [id, a] : attempts_) {
+    if (a.recovering) ids.push_back(id);
+  }
+  for (const std::string& id : ids) {
+    JobEntry* e = jobs_.Get(id);
+    Attempt& a = attempts_[id];
+    a.recovering = false;
+    if (e == nullptr) continue;
+    std::set<int> ranks;
+    for (const auto& [worker, part] : a.parts) ranks.insert(part.ranks.begin(), part.ranks.end());
+    const bool whole = static_cast<int>(ranks.size()) == e->job.spec().world_size();
+    if (!whole && !a.failed) {
+      a.failed = true;
+      a.failure = absl::StrCat("only ", ranks.size(), " of ", e->job.spec().world_size(),
+                               " ranks re-attached after a coordinator restart");
+      a.reason = "coordinator_restart";
+      StopAttempt(e);
+    } else if (whole) {
+      for (auto& [worker, part] : a.parts) part.confirmed = true;
+      NoteConfirmed(e);
+    }
+    MaybeFinishAttempt(e, now);
+  }
+}
+
+// ---- placement: planned without the state lock, applied under it ----
+
+void AgentExecutor::Poll() {
+  std::vector<QueuedJob> queue;
+  std::vector<FreeWorker> free;
+  FairShare share;
+  std::map<std::string, int> attempt_seen;
+  ctx_.locked([&] {
+    if (!jobs_.db_ok()) return;
+    share.max_running_slots_per_user = options_.max_running_slots_per_user;
+    for (const auto& [seq, e] : jobs_.by_seq()) {
+      const v1::JobSpec& spec = e->job.spec();
+      if (spec.kind() == v1::STUDY) continue;
+      if (IsPlaced(e->job)) share.running_slots[e->job.user()] += spec.world_size() * spec.slots_per_rank();
+      if (e->job.state() != v1::QUEUED) continue;
+      queue.push_back({e->job.id(), spec.priority(), seq,
+                       NormalType(spec.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
+                       spec.world_size(), spec.slots_per_rank(), e->job.user()});
+      attempt_seen[e->job.id()] = e->job.attempt();
+    }
+    if (!queue.empty()) free = registry_.FreeWorkers();
+  });
+  if (queue.empty() || free.empty()) return;
+  const std::vector<GangPlan> plans = PlanPass(std::move(queue), std::move(free), share);
+  if (plans.empty()) return;
+  ctx_.locked([&] {
+    // One transaction for the whole pass: one fsync instead of one per
+    // placement. Until it commits nothing of the pass reaches a worker
+    // (assignments ride on heartbeats, which wait for the state lock); if it
+    // fails, the pass is undone.
+    const int64_t now = ctx_.now_ms();
+    const bool batch = plans.size() > 1 && jobs_.BeginBatch();
+    std::vector<std::pair<JobEntry*, v1::Job>> undo;  // the records before the pass
+    for (const GangPlan& plan : plans) {
+      JobEntry* e = jobs_.Get(plan.job_id);
+      if (e == nullptr) break;
+      v1::Job before = e->job;
+      // A job or worker no longer as planned: the rest waits for the next
+      // pass (placing it would jump the queue).
+      if (!Place(e, attempt_seen.at(plan.job_id), plan, now)) break;
+      if (batch) undo.emplace_back(e, std::move(before));
+    }
+    if (!batch) return;
+    const absl::Status committed = jobs_.CommitBatch();
+    if (committed.ok()) return;
+    RETINA_LOG(Error) << "cannot commit a scheduling pass of " << undo.size() << " placement(s): " << committed
+                      << "; undone (a later pass places them)";
+    for (auto& [e, before] : undo) {
+      Attempt& a = attempts_[e->job.id()];
+      for (const auto& [worker, part] : a.parts) {
+        if (WorkerEntry* w = registry_.Find(worker)) registry_.ReleaseTask(w, {e->job.id(), e->job.attempt()});
+      }
+      a.parts.clear();
+      jobs_.Restore(e, std::move(before));
+    }
+  });
+}
+
+int AgentExecutor::PickPort(const std::string& host) {
+  std::set<int> busy;
+  for (const auto& [id, a] : attempts_) {
+    const JobEntry* e = jobs_.Get(id);
+    if (e != nullptr && IsPlaced(e->job) && e->job.master_addr() == host) busy.insert(e->job.master_port());
+  }
+  const int n = options_.port_max - options_.port_min + 1;
+  for (int i = 0; i < n; ++i) {
+    const int port = options_.port_min + (next_port_++ % n);
+    if (!busy.count(port)) return port;
+  }
+  return 0;
+}
+
+bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, int64_t now) {
+  if (e->job.state() != v1::QUEUED || e->job.attempt() != attempt_seen) return false;
+  const v1::JobSpec& spec = e->job.spec();
+  const int per_rank = std::max(1, spec.slots_per_rank());
+  std::vector<std::pair<WorkerEntry*, int>> chosen;
+  for (const auto& [id, n] : plan.ranks_per_worker) {
+    WorkerEntry* w = registry_.Find(id);
+    if (w == nullptr || w->info.state() != v1::WorkerInfo::READY ||
+        static_cast<int>(w->slot_ids.size() - w->used.size()) < n * per_rank) {
+      return false;
+    }
+    chosen.emplace_back(w, n);
+  }
+  if (chosen.empty()) return false;
+  v1::Job job = e->job;  // committed below, then applied
+  const int attempt = job.attempt() + 1;
+  job.set_attempt(attempt);
+  job.set_state(v1::SCHEDULED);
+  job.set_message("");
+  job.set_start_unix_ms(0);
+  job.clear_placement();
+  job.set_master_addr(chosen.front().first->info.host());
+  job.set_master_port(PickPort(job.master_addr()));
+  Attempt& at = attempts_[job.id()];
+  at.parts.clear();
+  at.failed = false;
+  int rank = 0;
+  for (auto& [w, n] : chosen) {
+    Part part;
+    v1::Assignment a;
+    a.set_job_id(job.id());
+    a.set_attempt(attempt);
+    a.set_kind(spec.kind());
+    a.set_config_yaml(spec.config_yaml());
+    a.set_world_size(spec.world_size());
+    a.set_local_world_size(n);
+    a.set_master_addr(job.master_addr());
+    a.set_master_port(job.master_port());
+    a.set_job_uid(job.uid());
+    for (const auto& root : options_.allowed_roots) a.add_allowed_roots(root.string());
+    for (const auto& root : options_.output_roots) a.add_output_roots(root.string());
+    for (int r = 0; r < n; ++r, ++rank) {
+      part.ranks.push_back(rank);
+      a.add_ranks(rank);
+      v1::RankPlacement* pl = job.add_placement();
+      pl->set_rank(rank);
+      pl->set_worker_id(w->info.id());
+      pl->set_host(w->info.host());
+      int taken = 0;
+      for (int s : w->slot_ids) {
+        if (taken == per_rank) break;
+        if (w->used.count(s)) continue;
+        w->used.insert(s);
+        part.slot_ids.push_back(s);
+        a.add_slot_ids(s);
+        ++taken;
+      }
+    }
+    const TaskKey key{job.id(), attempt};
+    w->tasks[key] = part.slot_ids;
+    w->pending[key] = std::move(a);
+    at.parts[w->info.id()] = std::move(part);
+  }
+  const std::string id = job.id(), rendezvous = absl::StrCat(job.master_addr(), ":", job.master_port());
+  if (absl::Status s = jobs_.Commit(e, std::move(job)); !s.ok()) {
+    RETINA_LOG(Error) << "cannot commit " << id << " attempt " << attempt << ": " << s << "; not placed";
+    for (auto& [w, n] : chosen) registry_.ReleaseTask(w, {id, attempt});
+    at.parts.clear();  // still QUEUED: a later pass places it
+    return false;
+  }
+  registry_.UpdateGauges();
+  if (ctx_.metrics) {
+    ctx_.metrics->QueueWait((now - e->queued_ms) / 1000.0);
+    ctx_.metrics->AttemptStarted(at.reason);
+  }
+  RETINA_LOG(Info) << id << " attempt " << attempt << " scheduled: " << spec.world_size() << " ranks on "
+                   << chosen.size() << " worker(s), rendezvous " << rendezvous;
+  return true;
+}
+
+// ---- an attempt's life ----
+
+void AgentExecutor::FailPart(JobEntry* e, const std::string& worker, const std::string& why, const std::string& reason) {
+  Attempt& a = attempts_[e->job.id()];
+  auto p = a.parts.find(worker);
+  if (p == a.parts.end() || p->second.done) return;
+  p->second.done = true;
+  p->second.failed = true;
+  if (!a.failed && !e->job.cancel_requested()) {
+    a.failed = true;
+    a.failure = why;
+    a.reason = reason;
+  }
+  StopAttempt(e);
+}
+
+void AgentExecutor::StopAttempt(JobEntry* e) {
+  const TaskKey key{e->job.id(), e->job.attempt()};
+  for (auto& [worker, part] : attempts_[e->job.id()].parts) {
+    if (part.done) continue;
+    WorkerEntry* w = registry_.Find(worker);
+    if (w == nullptr || w->info.state() != v1::WorkerInfo::READY) {
+      part.done = true;
+      continue;
+    }
+    w->pending.erase(key);
+    v1::TaskRef t;
+    t.set_job_id(key.first);
+    t.set_attempt(key.second);
+    for (int r : part.ranks) t.add_ranks(r);
+    for (int s : part.slot_ids) t.add_slot_ids(s);
+    w->stopping[key] = t;
+  }
+}
+
+void AgentExecutor::NoteConfirmed(JobEntry* e) {
+  auto it = attempts_.find(e->job.id());
+  if (e->job.state() != v1::SCHEDULED || it == attempts_.end() || it->second.recovering || it->second.parts.empty()) {
+    return;
+  }
+  for (const auto& [worker, part] : it->second.parts) {
+    if (!part.confirmed) return;
+  }
+  confirmed_.insert(e->job.id());
+}
+
+void AgentExecutor::CommitConfirmed(int64_t now) {
+  if (confirmed_.empty() || !jobs_.db_ok()) return;
+  std::vector<JobEntry*> ready;
+  for (const std::string& id : confirmed_) {
+    JobEntry* e = jobs_.Get(id);
+    if (e != nullptr && e->job.state() == v1::SCHEDULED) ready.push_back(e);
+  }
+  confirmed_.clear();
+  // One transaction for the tick's confirmations: a start-up burst costs one
+  // fsync per tick, not one per heartbeat.
+  const bool batch = ready.size() > 1 && jobs_.BeginBatch();
+  std::vector<std::pair<JobEntry*, v1::Job>> undo;
+  for (JobEntry* e : ready) {
+    v1::Job next = e->job, before = e->job;
+    next.set_state(v1::RUNNING);
+    next.set_start_unix_ms(now);
+    if (absl::Status s = jobs_.Commit(e, std::move(next)); !s.ok()) {
+      RETINA_LOG(Error) << "cannot commit " << e->job.id() << " RUNNING: " << s << " (retried)";
+    } else if (batch) {
+      undo.emplace_back(e, std::move(before));
+    }
+  }
+  if (!batch) return;
+  if (absl::Status s = jobs_.CommitBatch(); !s.ok()) {
+    RETINA_LOG(Error) << "cannot commit " << undo.size() << " jobs RUNNING: " << s << " (retried)";
+    for (auto& [e, before] : undo) {
+      jobs_.Restore(e, std::move(before));
+      confirmed_.insert(e->job.id());
+    }
+  }
+}
+
+void AgentExecutor::MaybeFinishAttempt(JobEntry* e, int64_t now) {
+  const v1::Job& job = e->job;
+  if (!IsPlaced(job)) return;
+  auto it = attempts_.find(job.id());
+  if (it == attempts_.end() || it->second.recovering) return;
+  Attempt& a = it->second;
+  if (a.parts.empty() && !job.cancel_requested() && !a.failed) return;
+  for (const auto& [worker, part] : a.parts) {
+    if (!part.done) return;
+  }
+  if (confirmed_.erase(job.id()) && job.state() == v1::SCHEDULED) {
+    // Started and ended within a tick: RUNNING first, so every state shows.
+    v1::Job next = job;
+    next.set_state(v1::RUNNING);
+    next.set_start_unix_ms(now);
+    if (!jobs_.Commit(e, std::move(next)).ok()) return;  // retried (Retry)
+  }
+  const AttemptOutcome outcome = job.cancel_requested() ? AttemptOutcome::kCancelled
+                                 : a.failed             ? AttemptOutcome::kFailed
+                                                        : AttemptOutcome::kSucceeded;
+  if (!jobs_.EndAttempt(e, outcome, a.failed && !job.cancel_requested() ? a.failure : "", now)) return;
+  if (IsTerminal(e->job.state())) {
+    attempts_.erase(it);
+    return;
+  }
+  a.parts.clear();
+  a.failed = false;
+  a.failure.clear();
+}
+
+void AgentExecutor::LoseWorker(WorkerEntry* w, int64_t now) {
+  RETINA_LOG(Warning) << "worker " << w->info.id() << " lost: no heartbeat for "
+                      << (now - registry_.LastSeen(*w)) / 1000.0 << " s (" << registry_.ServingSilence(*w, now) / 1000.0
+                      << " s of it while serving); its ranks count as failed";
+  for (const auto& [key, slots] : registry_.Lose(w)) {
+    JobEntry* e = jobs_.Get(key.first);
+    if (e == nullptr || e->job.attempt() != key.second) continue;
+    FailPart(e, w->info.id(), absl::StrCat("worker ", w->info.id(), " lost"), "worker_lost");
+    MaybeFinishAttempt(e, now);
+  }
+}
+
+// ---- WorkerService ----
+
+v1::RegisterWorkerResponse AgentExecutor::Register(const v1::RegisterWorkerRequest& r, int64_t now) {
+  WorkerEntry* old = registry_.Find(r.worker_id());
+  if (old != nullptr && old->info.state() == v1::WorkerInfo::READY) {
+    // A worker restarted: tasks it no longer lists are gone.
+    std::set<TaskKey> listed;
+    for (const v1::TaskRef& t : r.running()) listed.insert({t.job_id(), t.attempt()});
+    for (const auto& [key, slots] : std::map(old->tasks)) {
+      if (listed.count(key)) continue;
+      JobEntry* e = jobs_.Get(key.first);
+      if (e != nullptr && e->job.attempt() == key.second) {
+        FailPart(e, r.worker_id(), absl::StrCat("worker ", r.worker_id(), " restarted"), "worker_lost");
+        MaybeFinishAttempt(e, now);
+      }
+    }
+  }
+  WorkerEntry& w = registry_.Register(r, now);
+  v1::RegisterWorkerResponse out;
+  out.set_heartbeat_ms(absl::ToInt64Milliseconds(options_.heartbeat));
+  out.set_lease_ms(absl::ToInt64Milliseconds(options_.lease));
+  for (const v1::TaskRef& t : r.running()) {
+    const TaskKey key{t.job_id(), t.attempt()};
+    std::vector<int> slots(t.slot_ids().begin(), t.slot_ids().end());
+    w.tasks[key] = slots;
+    w.used.insert(slots.begin(), slots.end());
+    JobEntry* e = jobs_.Get(t.job_id());
+    auto a = attempts_.find(t.job_id());
+    const bool active = e != nullptr && a != attempts_.end() && e->job.attempt() == t.attempt() && IsPlaced(e->job) &&
+                        !a->second.failed && !e->job.cancel_requested();
+    if (active && (a->second.recovering || a->second.parts.count(r.worker_id()))) {
+      Part& p = a->second.parts[r.worker_id()];
+      p.ranks.assign(t.ranks().begin(), t.ranks().end());
+      p.slot_ids = slots;
+      p.confirmed = true;
+      RETINA_LOG(Info) << "re-attached " << t.job_id() << " attempt " << t.attempt() << " ranks ["
+                       << absl::StrJoin(p.ranks, ",") << "] on " << r.worker_id();
+    } else {
+      w.stopping[key] = t;
+      *out.add_stop() = t;
+    }
+  }
+  RETINA_LOG(Info) << "worker " << r.worker_id() << " registered: " << r.slots()
+                   << (r.slot_type() == v1::SLOT_GPU ? " GPU" : " CPU") << " slots at " << r.host() << ", "
+                   << r.running_size() << " running tasks";
+  registry_.UpdateGauges();
+  // The next tick's pass places work on it: a storm of registrations (a
+  // cluster starting) costs one pass per tick, not one each.
+  return out;
+}
+
+v1::HeartbeatResponse AgentExecutor::Heartbeat(const v1::HeartbeatRequest& r, int64_t now) {
+  v1::HeartbeatResponse out;
+  WorkerEntry* w = registry_.Find(r.worker_id());
+  if (w == nullptr || w->info.state() != v1::WorkerInfo::READY) {
+    out.set_reregister(true);
+    return out;
+  }
+  w->last_seen_ms = now;
+  for (const v1::TaskRef& t : r.running()) {
+    const TaskKey key{t.job_id(), t.attempt()};
+    if (!w->tasks.count(key)) {  // not ours (any more): stop it
+      w->tasks[key] = std::vector<int>(t.slot_ids().begin(), t.slot_ids().end());
+      w->used.insert(t.slot_ids().begin(), t.slot_ids().end());
+      w->stopping[key] = t;
+      continue;
+    }
+    if (w->pending.erase(key) == 0) continue;
+    JobEntry* e = jobs_.Get(t.job_id());
+    auto a = attempts_.find(t.job_id());
+    if (e == nullptr || a == attempts_.end() || e->job.attempt() != t.attempt()) continue;
+    auto p = a->second.parts.find(r.worker_id());
+    if (p == a->second.parts.end()) continue;
+    p->second.confirmed = true;
+    NoteConfirmed(e);
+  }
+  for (const auto& [key, a] : w->pending) *out.add_assignments() = a;
+  for (const auto& [key, t] : w->stopping) *out.add_stop() = t;
+  return out;
+}
+
+void AgentExecutor::Complete(const v1::CompleteTaskRequest& r, int64_t now) {
+  if (WorkerEntry* w = registry_.Find(r.worker_id())) registry_.ReleaseTask(w, {r.job_id(), r.attempt()});
+  JobEntry* e = jobs_.Get(r.job_id());
+  if (e == nullptr || e->job.attempt() != r.attempt() || !IsPlaced(e->job)) return;  // a stale attempt
+  auto at = attempts_.find(r.job_id());
+  if (at == attempts_.end()) return;
+  Attempt& a = at->second;
+  auto pit = a.parts.find(r.worker_id());
+  if (pit == a.parts.end()) {
+    if (!a.recovering) return;
+    Part& p = a.parts[r.worker_id()];  // finished while the coordinator was down
+    for (const v1::RankExit& x : r.exits()) p.ranks.push_back(x.rank());
+    p.confirmed = true;
+    pit = a.parts.find(r.worker_id());
+  }
+  Part& part = pit->second;
+  if (part.done) return;
+  part.done = true;
+  const bool stopping = e->job.cancel_requested() || a.failed;
+  if (const std::string failure = PartFailure(r, part.ranks.size()); !failure.empty()) {
+    part.failed = true;
+    if (!stopping) {
+      a.failed = true;
+      a.failure = failure;
+      a.reason = "rank_failed";
+      StopAttempt(e);
+    }
+  }
+  MaybeFinishAttempt(e, now);
+}
+
+v1::ListWorkersResponse AgentExecutor::Workers() {
+  v1::ListWorkersResponse out;
+  for (const auto& [id, w] : registry_.all()) {
+    v1::WorkerInfo* info = out.add_workers();
+    *info = w.info;
+    info->set_free_slots(static_cast<int>(w.slot_ids.size() - w.used.size()));
+    info->set_last_heartbeat_unix_ms(registry_.LastSeen(w));
+    for (const auto& [key, slots] : w.tasks) info->add_jobs(key.first);
+  }
+  return out;
+}
+
+}  // namespace retina::coordinator
