@@ -102,7 +102,9 @@ class SlurmClient {
  public:
   virtual ~SlurmClient() = default;
   // Submits an attempt (sbatch --parsable): its Slurm job id. An error
-  // carries Slurm's refusal (a bad partition, account, limits).
+  // carries Slurm's refusal (FAILED_PRECONDITION: a bad partition, account,
+  // limits), or says there was no answer (DEADLINE_EXCEEDED, UNAVAILABLE:
+  // Slurm may have queued it).
   virtual absl::StatusOr<std::string> Submit(const SlurmAttempt& attempt) = 0;
   // Every job Slurm knows (scontrol show job -o); an error when Slurm does
   // not answer.

@@ -213,7 +213,7 @@ std::vector<SlurmExecutor::Submission> SlurmExecutor::Start(const std::map<std::
   const StoreLayout layout(paths_.store);
   for (const auto& [seq, e] : jobs_.by_seq()) {
     if (e->job.state() != v1::QUEUED || e->job.spec().kind() == v1::STUDY) continue;
-    const std::string& id = e->job.id();
+    const std::string id = e->job.id();  // a copy: a commit replaces e->job
     const int attempt = e->job.attempt() + 1;
     auto n = by_name.find(SlurmJobName(id, attempt));
     if (n != by_name.end() && MapSlurmState(n->second->state) != SlurmPhase::kCancelled) {
@@ -257,6 +257,13 @@ void SlurmExecutor::Submitted(const std::vector<std::tuple<std::string, int, abs
     JobEntry* e = jobs_.Get(id);
     if (e->job.state() != v1::QUEUED || e->job.attempt() + 1 != attempt) {
       if (result.ok()) orphans_.push_back(*result);  // cancelled while sbatch ran
+      continue;
+    }
+    if (absl::IsDeadlineExceeded(result.status()) || absl::IsUnavailable(result.status())) {
+      // No answer: Slurm may have queued it. Still QUEUED: the next poll
+      // re-attaches to it by name, or submits again if Slurm never had it.
+      RETINA_LOG(Warning) << id << " attempt " << attempt << ": sbatch: " << result.status()
+                          << " (the next poll looks for the Slurm job by name)";
       continue;
     }
     v1::Job next = e->job;

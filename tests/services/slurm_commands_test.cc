@@ -17,7 +17,7 @@ namespace {
 using ::testing::Contains;
 using ::testing::HasSubstr;
 
-TEST(SlurmExecutor, JobNamesRoundTrip) {
+TEST(SlurmCommands, JobNamesRoundTrip) {
   std::string id;
   int attempt = 0;
   EXPECT_EQ(SlurmJobName("job-000012", 3), "retina-job-000012-3");
@@ -29,7 +29,7 @@ TEST(SlurmExecutor, JobNamesRoundTrip) {
   EXPECT_FALSE(ParseSlurmJobName("retina-job-x", &id, &attempt));
 }
 
-TEST(SlurmExecutor, SbatchAsksForTheGangAndPassesTheJob) {
+TEST(SlurmCommands, SbatchAsksForTheGangAndPassesTheJob) {
   SlurmOptions o;
   o.script = "/opt/retina/deploy/slurm/retina-slurm.sh";
   o.trainer_dir = "/opt/retina/bin";
@@ -72,7 +72,7 @@ TEST(SlurmExecutor, SbatchAsksForTheGangAndPassesTheJob) {
 // deploy/slurm/retina-slurm.sh execs for a rank, built from the environment
 // SbatchCommand gives it, is exactly RankLaunch::RunArgs, also for roots
 // with spaces and quotes (RETINA_TRAIN_ARGS used to be split on spaces).
-TEST(SlurmExecutor, TheScriptLaunchesARankWithTheRecordsArgv) {
+TEST(SlurmCommands, TheScriptLaunchesARankWithTheRecordsArgv) {
   const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / "rank-launch";
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir / "store/jobs/job-000003");
@@ -105,7 +105,7 @@ TEST(SlurmExecutor, TheScriptLaunchesARankWithTheRecordsArgv) {
   EXPECT_TRUE(std::filesystem::exists(dir / "store/jobs/job-000003/logs/attempt-2/rank-0.log"));
 }
 
-TEST(SlurmExecutor, ScontrolOneLinePerJob) {
+TEST(SlurmCommands, ScontrolOneLinePerJob) {
   const std::string text =
       "JobId=41 JobName=retina-job-000001-1 UserId=root(0) GroupId=root(0) Priority=1 JobState=COMPLETED "
       "Reason=None Dependency=(null) Requeue=1 Restarts=0 BatchFlag=1 ExitCode=0:0 RunTime=00:00:09\n"
@@ -123,7 +123,7 @@ TEST(SlurmExecutor, ScontrolOneLinePerJob) {
   EXPECT_TRUE(ParseScontrolJobs("No jobs in the system\n").empty());
 }
 
-TEST(SlurmExecutor, StatesMapToOurs) {
+TEST(SlurmCommands, StatesMapToOurs) {
   EXPECT_EQ(MapSlurmState("PENDING"), SlurmPhase::kPending);
   EXPECT_EQ(MapSlurmState("REQUEUED"), SlurmPhase::kPending);
   EXPECT_EQ(MapSlurmState("CONFIGURING"), SlurmPhase::kPending);
@@ -136,7 +136,7 @@ TEST(SlurmExecutor, StatesMapToOurs) {
   }
 }
 
-TEST(SlurmExecutor, CommandsReportTheirOutputExitAndTimeout) {
+TEST(SlurmCommands, CommandsReportTheirOutputExitAndTimeout) {
   absl::StatusOr<CommandResult> r = RunCommand({"sh", "-c", "echo out; echo err >&2; echo $X; exit 3"}, {{"X", "x1"}},
                                                absl::Seconds(10));
   ASSERT_TRUE(r.ok()) << r.status();
