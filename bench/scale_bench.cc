@@ -306,8 +306,8 @@ int Run(const Flags& f) {
     const double p99 = Percentile(steady, 0.99);
     std::printf("\n== 3. %d simulated workers x %d slots, heartbeat every %.1f s for %.0f s\n"
                 "   %.0f heartbeats/s sustained (%lld, %lld failed)\n"
-                "   latency, whole run:        p50 %.2f ms, p99 %.2f ms, max %.1f ms (the first seconds: %d registrations,"
-                " each a scheduling pass over the queue)\n"
+                "   latency, whole run:        p50 %.2f ms, p99 %.2f ms, max %.1f ms (with the start-up burst: %d registrations,"
+                " ~2,100 placements and their confirmations)\n"
                 "   latency, burst (t <= 5 s): p50 %.2f ms, p99 %.2f ms, max %.1f ms over %zu heartbeats (goal p99 < 50 ms: %s)\n"
                 "   latency, steady (t > 5 s): p50 %.2f ms, p99 %.2f ms, max %.1f ms over %zu heartbeats (goal p99 < 50 ms: %s)\n"
                 "   %lld assignments accepted, %d jobs RUNNING; coordinator RSS %.1f MiB (+%.1f KiB per worker)\n",

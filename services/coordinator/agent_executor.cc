@@ -60,7 +60,13 @@ AgentExecutor::AgentExecutor(AgentOptions options, ExecutorContext context, cons
   next_port_ = static_cast<int>(absl::ToUnixNanos(absl::Now()) % 100003);
 }
 
-void AgentExecutor::Recover(JobEntry* e, int64_t) { attempts_[e->job.id()].recovering = true; }
+void AgentExecutor::Recover(JobEntry* e, int64_t) {
+  Attempt& a = attempts_[e->job.id()];
+  a.recovering = true;
+  a.host = e->job.master_addr();
+  a.port = e->job.master_port();
+  ports_[a.host].insert(a.port);
+}
 
 absl::Status AgentExecutor::CheckFits(const v1::JobSpec& spec) {
   const int needed = spec.world_size() * spec.slots_per_rank();
@@ -80,6 +86,7 @@ void AgentExecutor::Tick(int64_t now) {
   }
   if (recovery_deadline_ms_ != 0 && now >= recovery_deadline_ms_) EndRecovery(now);
   CommitConfirmed(now);
+  registry_.UpdateGauges();  // once a tick: an O(workers) pass
 }
 
 void AgentExecutor::Retry(JobEntry* e, int64_t now) {
@@ -127,8 +134,12 @@ void AgentExecutor::Poll() {
   std::vector<FreeWorker> free;
   FairShare share;
   std::map<std::string, int> attempt_seen;
+  std::pair<uint64_t, uint64_t> seen;
+  bool skip = false;
   ctx_.locked([&] {
-    if (!jobs_.db_ok()) return;
+    seen = {jobs_.state_changes(), registry_.slot_changes()};
+    skip = !jobs_.db_ok() || seen == idle_at_;
+    if (skip) return;
     share.max_running_slots_per_user = options_.max_running_slots_per_user;
     for (const auto& [seq, e] : jobs_.by_seq()) {
       const v1::JobSpec& spec = e->job.spec();
@@ -142,9 +153,13 @@ void AgentExecutor::Poll() {
     }
     if (!queue.empty()) free = registry_.FreeWorkers();
   });
-  if (queue.empty() || free.empty()) return;
-  const std::vector<GangPlan> plans = PlanPass(std::move(queue), std::move(free), share);
-  if (plans.empty()) return;
+  if (skip) return;
+  std::vector<GangPlan> plans;
+  if (!queue.empty() && !free.empty()) plans = PlanPass(std::move(queue), std::move(free), share);
+  if (plans.empty()) {
+    ctx_.locked([&] { idle_at_ = seen; });
+    return;
+  }
   ctx_.locked([&] {
     // One transaction for the whole pass: one fsync instead of one per
     // placement. Until it commits nothing of the pass reaches a worker
@@ -173,23 +188,30 @@ void AgentExecutor::Poll() {
         if (WorkerEntry* w = registry_.Find(worker)) registry_.ReleaseTask(w, {e->job.id(), e->job.attempt()});
       }
       a.parts.clear();
+      FreePort(&a);
       jobs_.Restore(e, std::move(before));
     }
   });
 }
 
 int AgentExecutor::PickPort(const std::string& host) {
-  std::set<int> busy;
-  for (const auto& [id, a] : attempts_) {
-    const JobEntry* e = jobs_.Get(id);
-    if (e != nullptr && IsPlaced(e->job) && e->job.master_addr() == host) busy.insert(e->job.master_port());
-  }
+  const std::set<int>& busy = ports_[host];
   const int n = options_.port_max - options_.port_min + 1;
   for (int i = 0; i < n; ++i) {
     const int port = options_.port_min + (next_port_++ % n);
     if (!busy.count(port)) return port;
   }
   return 0;
+}
+
+void AgentExecutor::FreePort(Attempt* a) {
+  auto it = ports_.find(a->host);
+  if (it != ports_.end()) {
+    it->second.erase(a->port);
+    if (it->second.empty()) ports_.erase(it);
+  }
+  a->host.clear();
+  a->port = 0;
 }
 
 bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, int64_t now) {
@@ -262,7 +284,9 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
     at.parts.clear();  // still QUEUED: a later pass places it
     return false;
   }
-  registry_.UpdateGauges();
+  at.host = e->job.master_addr();
+  at.port = e->job.master_port();
+  ports_[at.host].insert(at.port);
   if (ctx_.metrics) {
     ctx_.metrics->QueueWait((now - e->queued_ms) / 1000.0);
     ctx_.metrics->AttemptStarted(at.reason);
@@ -371,6 +395,7 @@ void AgentExecutor::MaybeFinishAttempt(JobEntry* e, int64_t now) {
                                  : a.failed             ? AttemptOutcome::kFailed
                                                         : AttemptOutcome::kSucceeded;
   if (!jobs_.EndAttempt(e, outcome, a.failed && !job.cancel_requested() ? a.failure : "", now)) return;
+  FreePort(&a);
   if (IsTerminal(e->job.state())) {
     attempts_.erase(it);
     return;
@@ -437,7 +462,6 @@ v1::RegisterWorkerResponse AgentExecutor::Register(const v1::RegisterWorkerReque
   RETINA_LOG(Info) << "worker " << r.worker_id() << " registered: " << r.slots()
                    << (r.slot_type() == v1::SLOT_GPU ? " GPU" : " CPU") << " slots at " << r.host() << ", "
                    << r.running_size() << " running tasks";
-  registry_.UpdateGauges();
   // The next tick's pass places work on it: a storm of registrations (a
   // cluster starting) costs one pass per tick, not one each.
   return out;

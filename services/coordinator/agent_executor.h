@@ -79,12 +79,15 @@ class AgentExecutor : public Executor {
     std::string failure;          // first failure of the attempt
     bool recovering = false;      // placed before a restart, awaiting its workers
     std::string reason = "first";  // why the next attempt runs (metric label)
+    std::string host;               // the rendezvous (MASTER_ADDR, MASTER_PORT) it holds
+    int port = 0;
   };
 
   // Applies a plan made by Poll: false (nothing changed) when the job or its
   // workers are no longer as planned, or the commit fails.
   bool Place(JobEntry* e, int attempt_seen, const GangPlan& plan, int64_t now_ms);
   int PickPort(const std::string& host);
+  void FreePort(Attempt* a);
   void FailPart(JobEntry* e, const std::string& worker, const std::string& why, const std::string& reason);
   void StopAttempt(JobEntry* e);
   void NoteConfirmed(JobEntry* e);
@@ -99,6 +102,10 @@ class AgentExecutor : public Executor {
   WorkerRegistry registry_;
   std::map<std::string, Attempt> attempts_;  // by job id, while the job is active
   std::set<std::string> confirmed_;          // SCHEDULED, every part confirmed: RUNNING at the tick
+  std::map<std::string, std::set<int>> ports_;  // rendezvous ports of placed attempts, by host
+  // (table, registry) changes when the last pass placed nothing: until
+  // either moves, another pass would place nothing too.
+  std::pair<uint64_t, uint64_t> idle_at_{~uint64_t{0}, ~uint64_t{0}};
   int64_t recovery_deadline_ms_ = 0;
   int next_port_ = 0;
 };

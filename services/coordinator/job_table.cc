@@ -134,6 +134,7 @@ absl::StatusOr<JobEntry*> JobTable::Insert(int64_t seq, v1::Job job) {
   e->job = std::move(job);
   e->committed_state = e->job.state();
   state_counts_[e->committed_state]++;
+  ++state_changes_;
   if (metrics_) metrics_->JobSubmitted();
   JobEntry* raw = e.get();
   by_seq_[seq] = raw;
@@ -200,6 +201,7 @@ std::set<JobEntry*> JobTable::TakeRetries() { return std::move(retry_); }
 
 void JobTable::Count(JobEntry* e) {
   if (e->committed_state == e->job.state()) return;
+  ++state_changes_;
   state_counts_[e->committed_state]--;
   state_counts_[e->job.state()]++;
   e->committed_state = e->job.state();

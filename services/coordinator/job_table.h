@@ -62,6 +62,9 @@ class JobTable {
   const std::map<int64_t, JobEntry*>& by_seq() const { return by_seq_; }
   // QUEUED jobs of `user`.
   int QueuedOf(const std::string& user) const;
+  // Counts every new job and every change of a job's state: a placement
+  // pass that placed nothing need not run again until it moves.
+  uint64_t state_changes() const { return state_changes_; }
 
   // The number of a new job's id ("job-%06d"); never handed out twice.
   int64_t TakeSeq() { return next_seq_++; }
@@ -113,6 +116,7 @@ class JobTable {
   std::map<int, int> state_counts_;
   std::set<JobEntry*> retry_;
   int64_t next_seq_ = 1;
+  uint64_t state_changes_ = 0;
   bool db_ok_ = true;
   int64_t last_probe_ms_ = 0;
   std::function<void(bool)> health_;

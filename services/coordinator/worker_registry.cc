@@ -32,6 +32,7 @@ int64_t NotServingLog::Served(int64_t since, int64_t now) const {
 }
 
 WorkerEntry& WorkerRegistry::Register(const v1::RegisterWorkerRequest& r, int64_t now) {
+  ++slot_changes_;
   WorkerEntry& w = workers_[r.worker_id()];
   w = WorkerEntry{};
   w.info.set_id(r.worker_id());
@@ -71,6 +72,7 @@ int64_t WorkerRegistry::LastSeen(const WorkerEntry& w) {
 int64_t WorkerRegistry::ServingSilence(const WorkerEntry& w, int64_t now) { return serving_->Served(LastSeen(w), now); }
 
 void WorkerRegistry::ReleaseTask(WorkerEntry* w, const TaskKey& key) {
+  ++slot_changes_;
   auto t = w->tasks.find(key);
   if (t != w->tasks.end()) {
     for (int s : t->second) w->used.erase(s);
@@ -78,10 +80,10 @@ void WorkerRegistry::ReleaseTask(WorkerEntry* w, const TaskKey& key) {
   }
   w->pending.erase(key);
   w->stopping.erase(key);
-  UpdateGauges();
 }
 
 std::map<TaskKey, std::vector<int>> WorkerRegistry::Lose(WorkerEntry* w) {
+  ++slot_changes_;
   w->info.set_state(v1::WorkerInfo::LOST);
   if (metrics_) metrics_->LeaseMissed();
   std::map<TaskKey, std::vector<int>> tasks = std::move(w->tasks);
@@ -89,7 +91,6 @@ std::map<TaskKey, std::vector<int>> WorkerRegistry::Lose(WorkerEntry* w) {
   w->used.clear();
   w->pending.clear();
   w->stopping.clear();
-  UpdateGauges();
   return tasks;
 }
 

@@ -65,6 +65,9 @@ class WorkerRegistry {
   WorkerEntry* Find(const std::string& id);
   std::map<std::string, WorkerEntry>& all() { return workers_; }
   bool seen_any() const { return !workers_.empty(); }
+  // Counts registrations, losses and released tasks: the changes that free
+  // slots (a placement pass that placed nothing need not run again before).
+  uint64_t slot_changes() const { return slot_changes_; }
 
   // Lease renewal of a heartbeat (a registered worker only); thread-safe.
   void Renew(const std::string& id, int64_t now_ms);
@@ -80,12 +83,14 @@ class WorkerRegistry {
   int TotalSlots(retina::v1::SlotType type) const;
   // READY workers and their free slots, for a placement pass.
   std::vector<FreeWorker> FreeWorkers() const;
+  // The worker and slot gauges (an O(workers) pass: the executor's tick).
   void UpdateGauges();
 
  private:
   CoordinatorMetrics* const metrics_;
   const NotServingLog* const serving_;
   std::map<std::string, WorkerEntry> workers_;
+  uint64_t slot_changes_ = 0;
   absl::Mutex lease_mu_;
   std::map<std::string, int64_t> lease_seen_ms_ ABSL_GUARDED_BY(lease_mu_);
 };
