@@ -70,6 +70,16 @@ class SlurmExecutorCore : public ::testing::Test {
     return job.ok() ? job->id() : "";
   }
   v1::Job Get(const std::string& id) { return *core_->Get(id); }
+  // A job submitted, and RUNNING as Slurm job *sid.
+  std::string SubmitRunning(int max_restarts, std::string* sid) {
+    const std::string id = Submit(max_restarts);
+    Poll();
+    *sid = SlurmIdOf(id, 1);
+    slurm_.SetState(*sid, "RUNNING");
+    Poll();
+    EXPECT_EQ(Get(id).state(), v1::RUNNING);
+    return id;
+  }
   // The Slurm job of our job's attempt.
   std::string SlurmIdOf(const std::string& id, int attempt) {
     for (const FakeSlurm::Job& j : slurm_.Jobs()) {
@@ -111,11 +121,8 @@ TEST_F(SlurmExecutorCore, ASlurmJobGoesSubmittedRunningSucceededWithRank0sEvents
 }
 
 TEST_F(SlurmExecutorCore, ARequeueBySlurmIsANewAttemptOfTheSameSlurmJob) {
-  const std::string id = Submit(0);
-  Poll();
-  const std::string sid = SlurmIdOf(id, 1);
-  slurm_.SetState(sid, "RUNNING");
-  Poll();
+  std::string sid;
+  const std::string id = SubmitRunning(0, &sid);
   slurm_.Requeue(sid);  // a preemption: Slurm runs the same job again
   Poll();
   EXPECT_EQ(Get(id).state(), v1::SCHEDULED);
@@ -153,11 +160,8 @@ TEST_F(SlurmExecutorCore, AFailedAttemptIsSubmittedAgainWhileRestartsAreLeftThen
 }
 
 TEST_F(SlurmExecutorCore, CancelIssuesScancelAndTheJobEndsWhenSlurmSaysSo) {
-  const std::string id = Submit(3);
-  Poll();
-  const std::string sid = SlurmIdOf(id, 1);
-  slurm_.SetState(sid, "RUNNING");
-  Poll();
+  std::string sid;
+  const std::string id = SubmitRunning(3, &sid);
   ASSERT_TRUE(core_->Cancel(id).ok());
   EXPECT_EQ(Get(id).state(), v1::RUNNING);  // until Slurm has ended it
   core_->Tick();                            // a cancel does not wait for the poll interval
@@ -199,11 +203,8 @@ TEST_F(SlurmExecutorCore, ARefusedSubmissionFailsTheAttempt) {
 }
 
 TEST_F(SlurmExecutorCore, ACoordinatorRestartFollowsItsSlurmJobsAgain) {
-  const std::string id = Submit(0);
-  Poll();
-  const std::string sid = SlurmIdOf(id, 1);
-  slurm_.SetState(sid, "RUNNING");
-  Poll();
+  std::string sid;
+  const std::string id = SubmitRunning(0, &sid);
   Start();  // the coordinator restarts over the same database
   EXPECT_EQ(Get(id).state(), v1::RUNNING);
   slurm_.SetState(sid, "COMPLETED");
