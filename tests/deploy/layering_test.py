@@ -7,7 +7,8 @@ library owns the folders of its sources; a file may include headers of its own
 library's folders, and of the project libraries it links, directly or
 transitively. On top, docs/ARCHITECTURE.md's rules on outside libraries:
 common/ uses neither libtorch nor gRPC, trainer/ never gRPC, services/ never
-libtorch. Fails listing every file:line that breaks a rule.
+libtorch; the study controller (services/study/) reaches the coordinator only
+through its facade. Fails listing every file:line that breaks a rule.
 
     layering_test.py BUILD_DIR SOURCE_DIR
 """
@@ -51,6 +52,13 @@ outside = [  # (folder prefix, pattern of a forbidden include, why)
     ("common/", r"<(torch|ATen|c10)/|grpcpp|\"retina/v1/", "common/ uses neither libtorch nor gRPC"),
     ("trainer/", r"grpcpp|\"retina/v1/|\"services/", "trainer/ never uses gRPC or the services"),
     ("services/", r"<(torch|ATen|c10)/|\"trainer/", "services/ never link libtorch (ranks are processes)"),
+    # The study controller is a client of the coordinator: its facade and
+    # the job-spec rules, never the parts behind it (issue 30).
+    ("services/study/", r"\"services/coordinator/(?!(coordinator|job_spec)\.h\")",
+     "services/study/ drives jobs through the coordinator's facade (coordinator.h), never its parts"),
+    # The coordinator's parts never reach into the study controller (its
+    # program, coordinator_main.cc, wires the two together).
+    ("services/coordinator/", r"\"services/study/", "the coordinator knows no study controller", r"_main\.cc$"),
 ]
 include = re.compile(r'^\s*#\s*include\s+([<"][^>"]+[>"])', re.M)
 errors, checked = [], 0
@@ -63,7 +71,9 @@ for lib, paths in sorted(files.items()):
             line = text.count("\n", 0, m.start()) + 1
             inc = m.group(1)
             checked += 1
-            for prefix, pattern, why in outside:
+            for prefix, pattern, why, *exempt in outside:
+                if exempt and re.search(exempt[0], rel):
+                    continue
                 if rel.startswith(prefix) and re.search(pattern, inc):
                     errors.append(f"{rel}:{line}: {inc}: {why}")
             if not inc.startswith('"'):
