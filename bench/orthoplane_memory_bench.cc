@@ -27,7 +27,7 @@
 #include "common/status_macros.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/writers.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 #include "trainer/runtime/threads.h"
 
 namespace {

@@ -34,7 +34,7 @@
 #include "common/records.h"
 #include "common/status_macros.h"
 #include "trainer/data/formats/writers.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/weights/state_dict.h"
 #include "trainer/runtime/device.h"

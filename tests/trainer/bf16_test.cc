@@ -8,7 +8,7 @@
 #include <cstdio>
 
 #include "trainer/engine/bf16_probe.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/transunet.h"
 #include "trainer/runtime/device.h"

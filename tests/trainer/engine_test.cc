@@ -27,7 +27,7 @@
 #include "trainer/data/tools/synth.h"
 #include "trainer/data/formats/writers.h"
 #include "trainer/engine/bf16_probe.h"
-#include "trainer/eval/metrics.h"
+#include "trainer/scoring/metrics.h"
 #include "trainer/model/weights/state_dict.h"
 #include "trainer/model/weights/weight_source.h"
 #include "trainer/runtime/device.h"

@@ -5,8 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "trainer/eval/edt.h"
-#include "trainer/eval/metrics.h"
+#include "trainer/scoring/edt.h"
+#include "trainer/scoring/metrics.h"
 
 namespace retina::trainer {
 namespace {
@@ -165,7 +165,7 @@ TEST(Metrics, PerezRuleKeepsOnlyTouchingComponentsAndShapesMustMatch) {
 #include <filesystem>
 
 #include "tests/trainer/python_peer.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 
 namespace retina::trainer {
 namespace {

@@ -24,7 +24,7 @@
 #include "trainer/data/formats/zarr.h"
 #include "trainer/data/tools/synth.h"
 #include "trainer/engine/infer.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 #include "trainer/model/model_config.h"
 #include "trainer/model/weights/state_dict.h"
 
@@ -244,7 +244,7 @@ TEST_F(Infer, AKilledAttemptResumesAndSkipsTheRowsItCommitted) {
   const fs::path config = tmp_->path() / "killed.yaml";
   ASSERT_TRUE(WriteFileAtomic(config, yaml).ok());
   const pid_t pid = Start({"run", "--config", config.string(), "--store", Store().string(), "--job", "killed"},
-                          Log("killed-1"), {"RETINA_TEST_INFER_STALL_AFTER_ROWS=2", "OMP_NUM_THREADS=1"});
+                          Log("killed-1"), {"RETINA_FAULTS=infer.stall_after_rows=2", "OMP_NUM_THREADS=1"});
   const fs::path done = Output("killed") / ".retina/done";
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (std::chrono::steady_clock::now() < deadline &&
@@ -262,6 +262,20 @@ TEST_F(Infer, AKilledAttemptResumesAndSkipsTheRowsItCommitted) {
   EXPECT_EQ(ReadLevel(Output("killed") / "0"), ReadLevel(Output("straight") / "0"));
   EXPECT_EQ(ReadLevel(Store() / "jobs/killed/predictions/vol.probabilities.ome.zarr/0"),
             ReadLevel(Store() / "jobs/straight/predictions/vol.probabilities.ome.zarr/0"));
+}
+
+// The fault seam (common/fault_injection.h) refuses a fault it does not know:
+// a misspelt RETINA_FAULTS never passes for a run without faults.
+TEST_F(Infer, AnUnknownFaultIsRefusedBeforeTheRankStarts) {
+  const fs::path config = tmp_->path() / "typo.yaml";
+  ASSERT_TRUE(WriteFileAtomic(config, Yaml("chunks: [2, 64, 64]")).ok());
+  const pid_t pid = Start({"run", "--config", config.string(), "--store", Store().string(), "--job", "typo"},
+                          Log("typo"), {"RETINA_FAULTS=infer.stall_after_row=2"});
+  EXPECT_EQ(Wait(pid), 2);
+  const std::string log = ReadFile(Log("typo")).value_or("");
+  EXPECT_THAT(log, HasSubstr("RETINA_FAULTS: 'infer.stall_after_row=2' is not a fault"));
+  EXPECT_THAT(log, HasSubstr("infer.stall_after_rows=N"));
+  EXPECT_FALSE(fs::exists(Store() / "jobs/typo/predictions"));
 }
 
 TEST_F(Infer, BadInputIsNamedBeforeAnyOutputIsWritten) {

@@ -1,6 +1,6 @@
 // retina-eval: score a segmentation against ground truth with the paper's
 // metrics (METHOD.md section 4); a per-class table on stdout, JSON on request.
-// Flags into ScoreFilesOptions, then trainer/eval/score_files.h.
+// Flags into ScoreFilesOptions, then trainer/scoring/score_files.h.
 //
 //   retina-eval --pred FILE --gt FILE [--classes 1,2] [--num-classes N] [--spacing z,y,x]
 //               [--mode 2d|stack|orthoplane] [--labels index|binary|cremi] [--cremi] [--touching-only] [--json OUT]
@@ -14,7 +14,7 @@
 #include "common/cli.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "trainer/eval/score_files.h"
+#include "trainer/scoring/score_files.h"
 
 namespace retina::trainer {
 namespace {

@@ -1,5 +1,5 @@
 // retina-infer: segment an image or volume with trained weights. Flags into
-// PredictFileOptions, then trainer/eval/predict.h (which documents weights,
+// PredictFileOptions, then trainer/prediction/predict.h (which documents weights,
 // normalisation, slabs and outputs).
 //
 //   retina-infer --weights WEIGHTS -i FILE|DIR|GLOB -o FILE.tif|FILE.h5|FILE.ome.zarr|DIR [--mode 2d|stack|orthoplane]
@@ -14,7 +14,7 @@
 #include "common/status_macros.h"
 #include "trainer/data/formats/zarr.h"
 #include "trainer/engine/infer.h"
-#include "trainer/eval/predict.h"
+#include "trainer/prediction/predict.h"
 
 namespace retina::trainer {
 namespace {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/fault_injection.h"
 #include "common/cli.h"
 #include "common/job_config.h"
 #include "common/study.h"
@@ -104,6 +105,10 @@ absl::StatusOr<std::pair<std::string, JobConfig>> LoadJobFile(const std::string&
 // Exit status: 0 done, 75 preempted (checkpoint written; rerun with --resume
 // auto), 2 bad arguments or config, 1 any other failure.
 absl::StatusOr<int> Run(RunFlags f) {
+  if (absl::Status faults = CheckFaults(); !faults.ok()) {  // tests' fault injection, named and logged
+    std::cerr << faults.message() << "\n";
+    return kExitUsage;
+  }
   absl::StatusOr<std::pair<std::string, JobConfig>> job = LoadJobFile(f.config, f.overrides);
   if (!job.ok()) {
     std::cerr << job.status().message() << "\n";

@@ -17,6 +17,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/fault_injection.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/path_policy.h"
@@ -29,8 +30,8 @@
 #include "trainer/dist/communicator.h"
 #include "trainer/engine/event_log.h"
 #include "trainer/engine/stop_signals.h"
-#include "trainer/eval/predict.h"
-#include "trainer/eval/zarr_prediction.h"
+#include "trainer/prediction/predict.h"
+#include "trainer/prediction/zarr_prediction.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
 
@@ -264,11 +265,10 @@ absl::Status InferJob::PlanInputs() {
 }
 
 void InferJob::MaybeStall() {
-  // Fault injection for the resume test: stall (until killed) after N commits.
-  static const char* env = std::getenv("RETINA_TEST_INFER_STALL_AFTER_ROWS");
-  int64_t n = 0;
-  if (env != nullptr && absl::SimpleAtoi(env, &n) && rows_committed_here_ >= n) {
-    RETINA_LOG(Warning) << "RETINA_TEST_INFER_STALL_AFTER_ROWS=" << n << ": stalling";
+  // Fault injection (common/fault_injection.h): stall, until killed, after N commits.
+  const std::optional<int64_t> n = FaultValue(Fault::kInferStallAfterRows);
+  if (n && rows_committed_here_ >= *n) {
+    RETINA_LOG(Warning) << "fault infer.stall_after_rows=" << *n << ": stalling";
     while (true) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
 }

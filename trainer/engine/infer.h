@@ -3,7 +3,7 @@
 // Every rank loads the weights, expands infer.inputs (files, folders, globs)
 // and checks every input and output before anything is written. Then:
 //   ome-zarr   each input's level-0 chunk rows not yet committed are dealt
-//              round-robin over the ranks (trainer/eval/zarr_prediction.h);
+//              round-robin over the ranks (trainer/prediction/zarr_prediction.h);
 //              the ranks advance in rounds of one row each, with one small
 //              all-reduce per round (progress, and whether any rank was asked
 //              to stop), then build the pyramid the same way, level by level;

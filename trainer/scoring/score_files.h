@@ -12,7 +12,7 @@
 #include "absl/status/statusor.h"
 #include "common/job_config.h"
 #include "trainer/data/formats/array.h"
-#include "trainer/eval/metrics.h"
+#include "trainer/scoring/metrics.h"
 
 namespace retina::trainer {
 

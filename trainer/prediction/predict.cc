@@ -1,4 +1,4 @@
-#include "trainer/eval/predict.h"
+#include "trainer/prediction/predict.h"
 
 #include <sys/resource.h>
 #include <unistd.h>
@@ -22,7 +22,7 @@
 #include "trainer/model/weights/weight_source.h"
 #include "trainer/runtime/device.h"
 #include "trainer/runtime/threads.h"
-#include "trainer/eval/zarr_prediction.h"
+#include "trainer/prediction/zarr_prediction.h"
 
 namespace retina::trainer {
 namespace {
@@ -74,7 +74,7 @@ absl::StatusOr<VolumeStreamStats> PredictPlanes(SegmentationModel& m, PlaneReade
   return stats;
 }
 
-// OME-Zarr (trainer/eval/zarr_prediction.h) in one process; an unfinished
+// OME-Zarr (trainer/prediction/zarr_prediction.h) in one process; an unfinished
 // output of the same settings resumes.
 absl::StatusOr<VolumeStreamStats> PredictZarr(SegmentationModel& m, PlaneReader& in, const PredictFileOptions& o,
                                               const SlidingWindowOptions& so, const std::string& dir,

@@ -1,4 +1,4 @@
-#include "trainer/eval/score_files.h"
+#include "trainer/scoring/score_files.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "trainer/eval/zarr_prediction.h"
+#include "trainer/prediction/zarr_prediction.h"
 
 #include <algorithm>
 #include <cstring>

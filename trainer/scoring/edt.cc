@@ -1,5 +1,7 @@
-#include "trainer/eval/edt.h"
+#include "trainer/scoring/edt.h"
 
+#include <algorithm>
+#include <cstddef>
 #include <limits>
 
 namespace retina::trainer {

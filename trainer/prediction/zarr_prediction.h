@@ -31,7 +31,7 @@
 #include "common/job_config.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/zarr.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 
 namespace retina::trainer {
 

@@ -1,4 +1,4 @@
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 
 #include <algorithm>
 #include <cmath>

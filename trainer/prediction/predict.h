@@ -26,7 +26,7 @@
 #include "common/job_config.h"
 #include "common/records.h"
 #include "trainer/data/formats/array.h"
-#include "trainer/eval/inference.h"
+#include "trainer/prediction/inference.h"
 #include "trainer/model/transunet.h"
 
 namespace retina::trainer {

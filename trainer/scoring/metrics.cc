@@ -1,4 +1,4 @@
-#include "trainer/eval/metrics.h"
+#include "trainer/scoring/metrics.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "trainer/eval/edt.h"
+#include "trainer/scoring/edt.h"
 
 namespace retina::trainer {
 namespace {

@@ -1,0 +1,31 @@
+// Fault injection for tests: one documented seam instead of test switches
+// read from the environment inside product code.
+//
+// A process reads RETINA_FAULTS once: "name=value[,name=value...]". Every
+// fault point is named in kFaults below (with what it does); a name that is
+// not is an error when the program starts (CheckFaults), and a fault that is
+// set is logged as a warning then, so a run with faults never passes for a
+// normal one. Tests set the variable for the process they start
+// (tests/trainer/infer_test.cc: infer.stall_after_rows).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+
+#include "absl/status/status.h"
+
+namespace retina {
+
+enum class Fault {
+  // An infer rank stops making progress (sleeps until killed) once it has
+  // committed this many chunk rows: a rank killed mid-job.
+  kInferStallAfterRows,
+};
+
+// INVALID_ARGUMENT naming RETINA_FAULTS and the term for a malformed value
+// or an unknown fault; logs each fault that is set.
+absl::Status CheckFaults();
+// The value RETINA_FAULTS sets for `fault` (nullopt when unset).
+std::optional<int64_t> FaultValue(Fault fault);
+
+}  // namespace retina
