@@ -24,7 +24,8 @@
 #include "nlohmann/json.hpp"
 #include "retina/v1/job_service.grpc.pb.h"
 #include "common/study.h"
-#include "services/cli/study_report.h"
+#include "services/cli/cli_client.h"
+#include "services/cli/study_commands.h"
 #include "services/cli/svg_plot.h"
 #include "services/rpc_util.h"
 #include "yaml-cpp/yaml.h"
@@ -32,69 +33,6 @@
 namespace retina::cli {
 namespace v1 = retina::v1;
 namespace {
-
-constexpr absl::Duration kTimeout = absl::Seconds(30);
-
-struct Client {
-  std::unique_ptr<v1::JobService::Stub> stub;
-  std::string token;
-  std::unique_ptr<grpc::ClientContext> Context(absl::Duration t = kTimeout) const {
-    return services::NewCallContext(token, t);
-  }
-};
-
-// The message as JSON (protobuf's canonical mapping: lowerCamelCase fields,
-// enums as names, int64 as strings), one document on stdout.
-absl::Status PrintJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.add_whitespace = true;
-  o.always_print_primitive_fields = true;
-  const auto status = google::protobuf::util::MessageToJsonString(m, &out, o);
-  if (!status.ok()) return absl::InternalError(std::string("JSON conversion: ") + status.ToString());
-  std::cout << out;
-  if (out.empty() || out.back() != '\n') std::cout << "\n";
-  return absl::OkStatus();
-}
-
-std::string Env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-// Where to connect, from the flags; the environment and the config file fill
-// what they leave empty (see cli_commands.h).
-struct ConnectFlags {
-  std::string address, token_file, ca;
-};
-
-absl::StatusOr<Client> Connect(ConnectFlags f) {
-  std::string token;
-  if (f.address.empty()) f.address = Env("RETINA_ADDRESS");
-  if (f.token_file.empty()) token = Env("RETINA_TOKEN");
-  if (f.token_file.empty() && token.empty()) f.token_file = Env("RETINA_TOKEN_FILE");
-  if (f.ca.empty()) f.ca = Env("RETINA_CA");
-  std::string config = Env("RETINA_CONFIG");
-  if (config.empty() && !Env("HOME").empty()) config = Env("HOME") + "/.config/retina/cli.yaml";
-  if (std::filesystem::exists(config)) {
-    try {
-      YAML::Node c = YAML::LoadFile(config);
-      if (f.address.empty() && c["address"]) f.address = c["address"].as<std::string>();
-      if (f.token_file.empty() && token.empty() && c["token_file"]) f.token_file = c["token_file"].as<std::string>();
-      if (f.ca.empty() && c["ca"]) f.ca = c["ca"].as<std::string>();
-    } catch (const YAML::Exception& e) {
-      return absl::InvalidArgumentError(absl::StrCat(config, ": ", e.what()));
-    }
-  }
-  if (f.address.empty()) f.address = "127.0.0.1:50051";
-  if (!f.token_file.empty()) {
-    ASSIGN_OR_RETURN(token, services::ReadTokenFile(f.token_file));
-  }
-  ASSIGN_OR_RETURN(auto channel, services::MakeChannel(f.address, f.ca));
-  return Client{v1::JobService::NewStub(channel), token};
-}
-
-absl::Status Call(const grpc::Status& s) { return services::FromGrpcStatus(s); }
 
 std::string Age(int64_t unix_ms) {
   if (unix_ms <= 0) return "-";
@@ -434,84 +372,6 @@ absl::StatusOr<int> WatchExit(const Client& c, const std::string& id) {
   return state == v1::SUCCEEDED ? 0 : 1;
 }
 
-// `retina study ...`
-struct StudyFlags {
-  std::string id, out, from;
-  bool json = false;
-};
-
-// The study's aggregate (jobs/<id>/study.json through GetJobMetrics).
-absl::StatusOr<std::pair<StudyReport, std::string>> FetchStudy(const Client& c, const std::string& id) {
-  v1::GetJobMetricsRequest req;
-  req.set_id(id);
-  v1::JobMetrics m;
-  RETURN_IF_ERROR(Call(c.stub->GetJobMetrics(c.Context().get(), req, &m)));
-  if (m.study_json().empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        id, ": no study aggregate (jobs/", id, "/study.json) yet: not a study, or none of its children has ended"));
-  }
-  ASSIGN_OR_RETURN(StudyReport r, DecodeStudyReport(m.study_json(), "jobs/" + id + "/study.json"));
-  return std::make_pair(std::move(r), m.study_json());
-}
-
-absl::Status StudyStatus(const Client& c, const StudyFlags& f) {
-  ASSIGN_OR_RETURN(auto fetched, FetchStudy(c, f.id));
-  const StudyReport& r = fetched.first;
-  if (f.json) {
-    std::cout << fetched.second;
-    return absl::OkStatus();
-  }
-  std::printf("%s (%s): %d of %d children ended, %d succeeded\n", r.study.c_str(),
-              r.state.empty() ? (r.complete ? "ended" : "running") : r.state.c_str(), r.children_ended,
-              r.children_total, r.children_succeeded);
-  std::printf("%-12s %-10s %-20s %6s  %s\n", "CHILD", "STATE", "INIT", "SEED", "SCORED AT");
-  for (const StudyChildStatus& ch : r.children) {
-    std::printf("%-12s %-10s %-20s %6lld  %s\n", ch.job_id.empty() ? "-" : ch.job_id.c_str(), ch.state.c_str(),
-                r.arms[ch.arm].name.c_str(), static_cast<long long>(ch.seed), absl::StrJoin(ch.steps, ",").c_str());
-  }
-  const int64_t last = r.eval_at.back();
-  for (const std::string& d : r.datasets) {
-    std::printf("\ntest IoU at iteration %lld%s:\n", static_cast<long long>(last), d.empty() ? "" : (" on " + d).c_str());
-    for (size_t a = 0; a < r.arms.size(); ++a) {
-      const StudyCell* cell = FindStudyCell(r, d, static_cast<int>(a), last);
-      const auto m = cell ? cell->metrics.find("iou") : std::map<std::string, std::map<std::string, StudyValues>>::const_iterator();
-      if (cell == nullptr || m == cell->metrics.end() || !m->second.count("mean")) {
-        std::printf("  %-20s - (n=0/%zu)\n", r.arms[a].name.c_str(), r.seeds.size());
-        continue;
-      }
-      const Summary& s = m->second.at("mean").summary;
-      std::printf("  %-20s %.4f ± %.4f (n=%d/%d)\n", r.arms[a].name.c_str(), s.mean, s.std, s.n, cell->expected);
-    }
-    for (const StudyTest& t : r.tests) {
-      if (t.dataset == d && t.metric == "iou" && t.cls == "mean") {
-        std::printf("  %s vs %s: Mann-Whitney U %g, p %.4g %s\n", r.arms[t.a].name.c_str(), r.arms[t.b].name.c_str(),
-                    t.result.u1, t.result.p, SignificanceMark(t.result.p));
-      }
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status StudyReportCommand(const Client& c, const StudyFlags& f) {
-  std::pair<StudyReport, std::string> fetched;
-  if (!f.from.empty()) {  // a study.json copied out of the store: no coordinator needed
-    ASSIGN_OR_RETURN(fetched.second, ReadFile(f.from), "--from");
-    ASSIGN_OR_RETURN(fetched.first, DecodeStudyReport(fetched.second, f.from));
-  } else {
-    if (f.id.empty()) return absl::InvalidArgumentError("study report: give the study's id, or --from study.json");
-    ASSIGN_OR_RETURN(fetched, FetchStudy(c, f.id));
-  }
-  const std::filesystem::path out =
-      f.out.empty() ? std::filesystem::path(fetched.first.study + "-report") : std::filesystem::path(f.out);
-  RETURN_IF_ERROR(WriteStudyReport(fetched.first, fetched.second, out), "--out " + out.string());
-  std::cerr << "wrote " << (out / "report.md").string() << ", report.html and the SVGs"
-            << (fetched.first.state == "RUNNING" || fetched.first.state == "CANCELLING"
-                    ? " (partial: the study is still running)"
-                    : "")
-            << "\n";
-  return absl::OkStatus();
-}
-
 void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f) {
   cmd->add_option("file", f->file, "the job file (YAML)")->required();
   cmd->add_option("--world-size", f->world_size, "data-parallel ranks")->check(kPositiveInt);
@@ -524,6 +384,73 @@ void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f) {
   cmd->add_option("--request-id", f->request_id, "idempotency key: the same id returns the same job");
   AddSetOption(cmd, &f->overrides);
   cmd->add_flag("--watch", f->watch, "then watch it (exit 0 only when it SUCCEEDED)");
+}
+
+// `retina predict`: an infer job from flags.
+void AddPredictCommand(Cli& cli, const ConnectFlags* flags, PredictFlags* predict) {
+  CLI::App* predict_cmd = cli.Command(
+      "predict", "Segment volumes or images as an infer job over the service's ranks, and watch it",
+      Connected(flags, [predict](const Client& c) -> absl::StatusOr<int> {
+        ASSIGN_OR_RETURN(std::string id, SubmitYaml(c, predict->submit, PredictYaml(*predict), "retina predict", "predict"));
+        if (predict->no_watch) return 0;
+        return WatchExit(c, id);
+      }));
+  predict_cmd->add_option("--weights", predict->weights,
+                          "segmentation weights: model.pt, a checkpoint dir, jobs/<id> (relative: from the store)")
+      ->required();
+  predict_cmd->add_option("-i,--input", predict->inputs, "a volume, image, folder or glob (repeatable)")->required();
+  predict_cmd->add_option("-o,--output", predict->output, "output directory in the store (default jobs/<id>/predictions)");
+  predict_cmd->add_option("--mode", predict->mode, "2d | stack | orthoplane")->check(CLI::IsMember(EnumNames<PredictionMode>()));
+  predict_cmd->add_option("--overlap", predict->overlap, "sliding-window overlap (default 0.7 volumes, 0.5 images)")
+      ->check(CLI::Range(0.0, 0.95));
+  predict_cmd->add_option("--format", predict->format, "ome-zarr | tiff | hdf5")
+      ->check(CLI::IsMember(EnumNames<InferFormat>()));
+  predict_cmd->add_option("--probabilities", predict->probabilities, "none | uint8 | float16 | float32")
+      ->check(CLI::IsMember(EnumNames<ProbabilityOutput>()));
+  predict_cmd->add_option("--chunks", predict->chunks, "OME-Zarr chunk shape z,y,x (z: the unit of work)")
+      ->delimiter(',')
+      ->expected(3);
+  predict_cmd->add_option("--world-size", predict->submit.world_size, "ranks")->check(kPositiveInt);
+  predict_cmd->add_flag("--gpu", predict->submit.gpu, "GPU slots (one per rank)");
+  predict_cmd->add_option("--priority", predict->submit.priority, "higher runs first");
+  predict_cmd->add_option("--max-restarts", predict->submit.max_restarts, "attempts after the first (each resumes)")
+      ->check(kNonNegativeInt);
+  predict_cmd->add_option("--name", predict->submit.name, "job name");
+  AddSetOption(predict_cmd, &predict->submit.overrides);
+  predict_cmd->add_flag("--no-watch", predict->no_watch, "print the job id and return");
+}
+
+// `retina logs`, `metrics`, `workers`.
+struct InspectFlags {
+  LogsFlags logs;
+  MetricsFlags metrics;
+  bool workers_json = false;
+};
+void AddInspectCommands(Cli& cli, const ConnectFlags* flags, InspectFlags* f) {
+  CLI::App* logs_cmd = cli.Command("logs", "A rank's log", Connected(flags, [f](const Client& c) -> absl::StatusOr<int> {
+    RETURN_IF_ERROR(Logs(c, f->logs));
+    return 0;
+  }));
+  logs_cmd->add_option("id", f->logs.id, "job id")->required();
+  logs_cmd->add_option("--rank", f->logs.rank, "rank")->check(kNonNegativeInt);
+  logs_cmd->add_option("--attempt", f->logs.attempt, "attempt (0 = the current one)")->check(kNonNegativeInt);
+  logs_cmd->add_flag("--follow", f->logs.follow, "keep reading until the job ends");
+
+  CLI::App* metrics_cmd = cli.Command("metrics", "Loss, learning rate, throughput and IoU by step; an evaluation's scores",
+                                      Connected(flags, [f](const Client& c) -> absl::StatusOr<int> {
+                                        RETURN_IF_ERROR(Metrics(c, f->metrics));
+                                        return 0;
+                                      }));
+  metrics_cmd->add_option("id", f->metrics.id, "job id")->required();
+  CLI::Option* csv = metrics_cmd->add_flag("--csv", f->metrics.csv, "as CSV");
+  metrics_cmd->add_flag("--json", f->metrics.json, "as JSON")->excludes(csv);
+  metrics_cmd->add_option("--plot", f->metrics.plot, "also plot loss, IoU and images/s to this SVG");
+
+  cli.Command("workers", "The workers, their slots and jobs", Connected(flags, [f](const Client& c) -> absl::StatusOr<int> {
+        RETURN_IF_ERROR(Workers(c, f->workers_json));
+        return 0;
+      }))
+      ->add_flag("--json", f->workers_json, "as JSON");
 }
 
 }  // namespace
@@ -540,12 +467,7 @@ int RunCli(const std::vector<std::string>& args) {
   app.add_option("--ca", conn.ca, "TLS: the coordinator's CA (PEM)");
   app.fallthrough();  // connection flags also after the command
   // Each command connects first, then runs with the client.
-  auto connected = [&conn](auto command) {
-    return [&conn, command]() -> absl::StatusOr<int> {
-      ASSIGN_OR_RETURN(Client c, Connect(conn));
-      return command(c);
-    };
-  };
+  auto connected = [&conn](ClientAction command) { return Connected(&conn, std::move(command)); };
 
   SubmitFlags submit;
   AddSubmitFlags(cli.Command("submit", "Submit a job", connected([&](const Client& c) -> absl::StatusOr<int> {
@@ -555,36 +477,7 @@ int RunCli(const std::vector<std::string>& args) {
                              })),
                  &submit);
   PredictFlags predict;
-  CLI::App* predict_cmd = cli.Command(
-      "predict", "Segment volumes or images as an infer job over the service's ranks, and watch it",
-      connected([&](const Client& c) -> absl::StatusOr<int> {
-        ASSIGN_OR_RETURN(std::string id, SubmitYaml(c, predict.submit, PredictYaml(predict), "retina predict", "predict"));
-        if (predict.no_watch) return 0;
-        return WatchExit(c, id);
-      }));
-  predict_cmd->add_option("--weights", predict.weights,
-                          "segmentation weights: model.pt, a checkpoint dir, jobs/<id> (relative: from the store)")
-      ->required();
-  predict_cmd->add_option("-i,--input", predict.inputs, "a volume, image, folder or glob (repeatable)")->required();
-  predict_cmd->add_option("-o,--output", predict.output, "output directory in the store (default jobs/<id>/predictions)");
-  predict_cmd->add_option("--mode", predict.mode, "2d | stack | orthoplane")->check(CLI::IsMember(EnumNames<PredictionMode>()));
-  predict_cmd->add_option("--overlap", predict.overlap, "sliding-window overlap (default 0.7 volumes, 0.5 images)")
-      ->check(CLI::Range(0.0, 0.95));
-  predict_cmd->add_option("--format", predict.format, "ome-zarr | tiff | hdf5")
-      ->check(CLI::IsMember(EnumNames<InferFormat>()));
-  predict_cmd->add_option("--probabilities", predict.probabilities, "none | uint8 | float16 | float32")
-      ->check(CLI::IsMember(EnumNames<ProbabilityOutput>()));
-  predict_cmd->add_option("--chunks", predict.chunks, "OME-Zarr chunk shape z,y,x (z: the unit of work)")
-      ->delimiter(',')
-      ->expected(3);
-  predict_cmd->add_option("--world-size", predict.submit.world_size, "ranks")->check(kPositiveInt);
-  predict_cmd->add_flag("--gpu", predict.submit.gpu, "GPU slots (one per rank)");
-  predict_cmd->add_option("--priority", predict.submit.priority, "higher runs first");
-  predict_cmd->add_option("--max-restarts", predict.submit.max_restarts, "attempts after the first (each resumes)")
-      ->check(kNonNegativeInt);
-  predict_cmd->add_option("--name", predict.submit.name, "job name");
-  AddSetOption(predict_cmd, &predict.submit.overrides);
-  predict_cmd->add_flag("--no-watch", predict.no_watch, "print the job id and return");
+  AddPredictCommand(cli, &conn, &predict);
 
   CLI::App* study_cmd = cli.Group("study", "Studies: fine-tunes over inits x seeds, their statistics and report");
   SubmitFlags study_submit;
@@ -605,24 +498,8 @@ int RunCli(const std::vector<std::string>& args) {
                              }),
                              study_cmd),
                  &study_submit);
-  StudyFlags study_status, study_report;
-  CLI::App* study_status_cmd = cli.Command("status", "Children, and IoU and p-values at the last eval step",
-                                           connected([&](const Client& c) -> absl::StatusOr<int> {
-                                             RETURN_IF_ERROR(StudyStatus(c, study_status));
-                                             return 0;
-                                           }),
-                                           study_cmd);
-  study_status_cmd->add_option("id", study_status.id, "study job id")->required();
-  study_status_cmd->add_flag("--json", study_status.json, "the aggregate (study.json) as it is");
-  CLI::App* study_report_cmd =
-      cli.Command("report", "Write report.md, report.html, curves and box-plot SVGs, study.json/csv",
-                  connected([&](const Client& c) -> absl::StatusOr<int> {
-                    RETURN_IF_ERROR(StudyReportCommand(c, study_report));
-                    return 0;
-                  }), study_cmd);
-  study_report_cmd->add_option("id", study_report.id, "study job id");
-  study_report_cmd->add_option("--from", study_report.from, "render this study.json instead (no coordinator needed)");
-  study_report_cmd->add_option("--out", study_report.out, "directory (default <id>-report)");
+  StudyCommands study_commands;
+  AddStudyCommands(cli, study_cmd, &conn, &study_commands);
 
   JobsFlags jobs;
   CLI::App* jobs_cmd = cli.Command("jobs", "List jobs, newest first", connected([&](const Client& c) -> absl::StatusOr<int> {
@@ -652,33 +529,8 @@ int RunCli(const std::vector<std::string>& args) {
       ->add_option("id", cancel.id, "job id")
       ->required();
 
-  LogsFlags logs;
-  CLI::App* logs_cmd = cli.Command("logs", "A rank's log", connected([&](const Client& c) -> absl::StatusOr<int> {
-    RETURN_IF_ERROR(Logs(c, logs));
-    return 0;
-  }));
-  logs_cmd->add_option("id", logs.id, "job id")->required();
-  logs_cmd->add_option("--rank", logs.rank, "rank")->check(kNonNegativeInt);
-  logs_cmd->add_option("--attempt", logs.attempt, "attempt (0 = the current one)")->check(kNonNegativeInt);
-  logs_cmd->add_flag("--follow", logs.follow, "keep reading until the job ends");
-
-  MetricsFlags metrics;
-  CLI::App* metrics_cmd = cli.Command("metrics", "Loss, learning rate, throughput and IoU by step; an evaluation's scores",
-                                      connected([&](const Client& c) -> absl::StatusOr<int> {
-                                        RETURN_IF_ERROR(Metrics(c, metrics));
-                                        return 0;
-                                      }));
-  metrics_cmd->add_option("id", metrics.id, "job id")->required();
-  CLI::Option* csv = metrics_cmd->add_flag("--csv", metrics.csv, "as CSV");
-  metrics_cmd->add_flag("--json", metrics.json, "as JSON")->excludes(csv);
-  metrics_cmd->add_option("--plot", metrics.plot, "also plot loss, IoU and images/s to this SVG");
-
-  bool workers_json = false;
-  cli.Command("workers", "The workers, their slots and jobs", connected([&](const Client& c) -> absl::StatusOr<int> {
-        RETURN_IF_ERROR(Workers(c, workers_json));
-        return 0;
-      }))
-      ->add_flag("--json", workers_json, "as JSON");
+  InspectFlags inspect;
+  AddInspectCommands(cli, &conn, &inspect);
   return cli.Run(args);
 }
 

@@ -298,6 +298,48 @@ std::string SvgName(const std::string& kind, const StudyReport& r, const std::st
   return absl::StrCat(kind, "-", k + 1, ".svg");
 }
 
+// The Mann-Whitney tests of dataset `d` (mean over classes), a row each.
+Table TestsTable(const StudyReport& r, const std::string& d) {
+  Table tests;
+  tests.header = {"metric", "pair", "n", "U", "p (two-sided)", "method", "rank-biserial r", "P(a > b)", ""};
+  for (const StudyTest& t : r.tests) {
+    if (t.dataset != d || t.cls != "mean") continue;
+    const MannWhitney& m = t.result;
+    if (m.method == "none") {  // an arm without runs: nothing was tested
+      tests.rows.push_back({{MetricTitle(t.metric)}, {r.arms[t.a].name + " vs " + r.arms[t.b].name},
+                            {absl::StrCat(m.n1, " vs ", m.n2)}, {"-"}, {"-"}, {"not tested (no runs)"}, {"-"}, {"-"},
+                            {""}});
+      continue;
+    }
+    tests.rows.push_back({{MetricTitle(t.metric)},
+                          {r.arms[t.a].name + " vs " + r.arms[t.b].name},
+                          {absl::StrCat(m.n1, " vs ", m.n2)},
+                          {absl::StrFormat("%g", m.u1)},
+                          {absl::StrFormat("%.4g", m.p)},
+                          {m.method + (m.ties ? " (ties)" : "")},
+                          {absl::StrFormat("%+.2f", m.rank_biserial)},
+                          {absl::StrFormat("%.2f", m.common_language)},
+                          {SignificanceMark(m.p)}});
+  }
+  return tests;
+}
+
+// Mean IoU of each init at each scored iteration on dataset `d` (Fig 3a).
+Table CurveTable(const StudyReport& r, const std::string& d) {
+  Table curve;
+  curve.header = {"init"};
+  for (int64_t step : r.eval_at) curve.header.push_back(absl::StrCat("iteration ", step));
+  for (size_t a = 0; a < r.arms.size(); ++a) {
+    std::vector<Cell> row = {{r.arms[a].name}};
+    for (int64_t step : r.eval_at) {
+      const StudyCell* cell = FindStudyCell(r, d, static_cast<int>(a), step);
+      row.push_back({MeanStd(Values(cell, "iou", "mean"), cell ? cell->expected : 0, 3)});
+    }
+    curve.rows.push_back(std::move(row));
+  }
+  return curve;
+}
+
 }  // namespace
 
 StudyReportFiles RenderStudyReport(const StudyReport& r) {
@@ -344,27 +386,7 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
       html += "<h3>" + XmlEscape(t2) + "</h3>\n" + HtmlTable(ScoreTable(r, d, last, class_columns));
     }
 
-    Table tests;
-    tests.header = {"metric", "pair", "n", "U", "p (two-sided)", "method", "rank-biserial r", "P(a > b)", ""};
-    for (const StudyTest& t : r.tests) {
-      if (t.dataset != d || t.cls != "mean") continue;
-      const MannWhitney& m = t.result;
-      if (m.method == "none") {  // an arm without runs: nothing was tested
-        tests.rows.push_back({{MetricTitle(t.metric)}, {r.arms[t.a].name + " vs " + r.arms[t.b].name},
-                              {absl::StrCat(m.n1, " vs ", m.n2)}, {"-"}, {"-"}, {"not tested (no runs)"}, {"-"}, {"-"},
-                              {""}});
-        continue;
-      }
-      tests.rows.push_back({{MetricTitle(t.metric)},
-                            {r.arms[t.a].name + " vs " + r.arms[t.b].name},
-                            {absl::StrCat(m.n1, " vs ", m.n2)},
-                            {absl::StrFormat("%g", m.u1)},
-                            {absl::StrFormat("%.4g", m.p)},
-                            {m.method + (m.ties ? " (ties)" : "")},
-                            {absl::StrFormat("%+.2f", m.rank_biserial)},
-                            {absl::StrFormat("%.2f", m.common_language)},
-                            {SignificanceMark(m.p)}});
-    }
+    const Table tests = TestsTable(r, d);
     const std::string t3 = absl::StrCat("Mann-Whitney U tests at iteration ", last);
     const std::string note3 = "Two-sided; exact p over every split of the runs (ties included) up to 60 runs, "
                               "the normal approximation above. * p < 0.05, ** p < 0.01, each test on its own (no "
@@ -373,17 +395,7 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
     md += "### " + t3 + "\n\n" + note3 + "\n\n" + MarkdownTable(tests);
     html += "<h3>" + XmlEscape(t3) + "</h3>\n<p>" + XmlEscape(note3) + "</p>\n" + HtmlTable(tests);
 
-    Table curve;
-    curve.header = {"init"};
-    for (int64_t step : r.eval_at) curve.header.push_back(absl::StrCat("iteration ", step));
-    for (size_t a = 0; a < r.arms.size(); ++a) {
-      std::vector<Cell> row = {{r.arms[a].name}};
-      for (int64_t step : r.eval_at) {
-        const StudyCell* cell = FindStudyCell(r, d, static_cast<int>(a), step);
-        row.push_back({MeanStd(Values(cell, "iou", "mean"), cell ? cell->expected : 0, 3)});
-      }
-      curve.rows.push_back(std::move(row));
-    }
+    const Table curve = CurveTable(r, d);
     const std::string curves = SvgName("curves", r, d), box = SvgName("boxplot", r, d);
     f.svgs[curves] = CurvesSvg(r, d);
     f.svgs[box] = BoxplotSvg(r, d);

@@ -214,6 +214,22 @@ void AgentExecutor::FreePort(Attempt* a) {
   a->port = 0;
 }
 
+v1::Assignment AgentExecutor::AssignmentOf(const v1::Job& job, int local_world_size) const {
+  v1::Assignment a;
+  a.set_job_id(job.id());
+  a.set_attempt(job.attempt());
+  a.set_kind(job.spec().kind());
+  a.set_config_yaml(job.spec().config_yaml());
+  a.set_world_size(job.spec().world_size());
+  a.set_local_world_size(local_world_size);
+  a.set_master_addr(job.master_addr());
+  a.set_master_port(job.master_port());
+  a.set_job_uid(job.uid());
+  for (const auto& root : options_.allowed_roots) a.add_allowed_roots(root.string());
+  for (const auto& root : options_.output_roots) a.add_output_roots(root.string());
+  return a;
+}
+
 bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, int64_t now) {
   if (e->job.state() != v1::QUEUED || e->job.attempt() != attempt_seen) return false;
   const v1::JobSpec& spec = e->job.spec();
@@ -243,18 +259,7 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
   int rank = 0;
   for (auto& [w, n] : chosen) {
     Part part;
-    v1::Assignment a;
-    a.set_job_id(job.id());
-    a.set_attempt(attempt);
-    a.set_kind(spec.kind());
-    a.set_config_yaml(spec.config_yaml());
-    a.set_world_size(spec.world_size());
-    a.set_local_world_size(n);
-    a.set_master_addr(job.master_addr());
-    a.set_master_port(job.master_port());
-    a.set_job_uid(job.uid());
-    for (const auto& root : options_.allowed_roots) a.add_allowed_roots(root.string());
-    for (const auto& root : options_.output_roots) a.add_output_roots(root.string());
+    v1::Assignment a = AssignmentOf(job, n);
     for (int r = 0; r < n; ++r, ++rank) {
       part.ranks.push_back(rank);
       a.add_ranks(rank);

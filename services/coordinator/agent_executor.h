@@ -86,6 +86,8 @@ class AgentExecutor : public Executor {
   // Applies a plan made by Poll: false (nothing changed) when the job or its
   // workers are no longer as planned, or the commit fails.
   bool Place(JobEntry* e, int attempt_seen, const GangPlan& plan, int64_t now_ms);
+  // An attempt's assignment to a worker (its ranks and slots added by Place).
+  retina::v1::Assignment AssignmentOf(const retina::v1::Job& job, int local_world_size) const;
   int PickPort(const std::string& host);
   void FreePort(Attempt* a);
   void FailPart(JobEntry* e, const std::string& worker, const std::string& why, const std::string& reason);

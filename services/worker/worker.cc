@@ -169,6 +169,30 @@ void Worker::Heartbeat() {
   }
 }
 
+namespace {
+
+// The launch contract (common/rank_launch.h) of the assignment's i-th rank.
+RankLaunch LaunchOf(const v1::Assignment& a, const std::filesystem::path& config, const std::filesystem::path& store,
+                    int i) {
+  RankLaunch launch;
+  launch.config = config;
+  launch.store = store;
+  launch.job_id = a.job_id();
+  launch.job_uid = a.job_uid();
+  launch.attempt = a.attempt();
+  launch.allowed_roots.assign(a.allowed_roots().begin(), a.allowed_roots().end());
+  launch.output_roots.assign(a.output_roots().begin(), a.output_roots().end());
+  launch.rank = a.ranks(i);
+  launch.world_size = a.world_size();
+  launch.local_rank = i;
+  launch.local_world_size = a.local_world_size();
+  launch.master_addr = a.master_addr();
+  launch.master_port = a.master_port();
+  return launch;
+}
+
+}  // namespace
+
 void Worker::Start(const v1::Assignment& a) {
   const Key key{a.job_id(), a.attempt()};
   const StoreLayout layout(options_.store);
@@ -191,20 +215,7 @@ void Worker::Start(const v1::Assignment& a) {
     Rank rank;
     rank.rank = a.ranks(i);
     for (int k = 0; k < per_rank; ++k) rank.slots.push_back(a.slot_ids(i * per_rank + k));
-    RankLaunch launch;  // the launch contract (common/rank_launch.h)
-    launch.config = config;
-    launch.store = options_.store;
-    launch.job_id = a.job_id();
-    launch.job_uid = a.job_uid();
-    launch.attempt = a.attempt();
-    launch.allowed_roots.assign(a.allowed_roots().begin(), a.allowed_roots().end());
-    launch.output_roots.assign(a.output_roots().begin(), a.output_roots().end());
-    launch.rank = rank.rank;
-    launch.world_size = a.world_size();
-    launch.local_rank = i;
-    launch.local_world_size = a.local_world_size();
-    launch.master_addr = a.master_addr();
-    launch.master_port = a.master_port();
+    RankLaunch launch = LaunchOf(a, config, options_.store, i);
     launch.events_fd3 = rank.rank == 0 && t.events;
     std::map<std::string, std::string> env = launch.Env();
     if (options_.gpu_ids.empty()) {
