@@ -23,7 +23,7 @@
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "retina/v1/job_service.grpc.pb.h"
-#include "common/study.h"
+#include "common/study/study.h"
 #include "services/cli/cli_client.h"
 #include "services/cli/study_commands.h"
 #include "services/cli/svg_plot.h"

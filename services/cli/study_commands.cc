@@ -7,7 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "common/file_util.h"
 #include "common/status_macros.h"
-#include "common/study.h"
+#include "common/study/study.h"
 #include "services/cli/study_report.h"
 
 namespace retina::cli {

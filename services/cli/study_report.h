@@ -22,7 +22,7 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "common/study.h"
+#include "common/study/study.h"
 
 namespace retina::cli {
 

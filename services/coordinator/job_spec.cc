@@ -6,7 +6,7 @@
 #include "common/job_config.h"
 #include "common/path_policy.h"
 #include "common/status_macros.h"
-#include "common/study.h"
+#include "common/study/study.h"
 #include "common/checkpoint_store.h"
 #include "yaml-cpp/yaml.h"
 #include "services/coordinator/limits.h"

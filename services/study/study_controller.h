@@ -28,7 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/study.h"
+#include "common/study/study.h"
 #include "services/coordinator/coordinator.h"
 
 namespace retina::study {

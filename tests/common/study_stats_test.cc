@@ -1,5 +1,5 @@
 // common/study_stats against its definition and against Debian's python3-scipy.
-#include "common/study_stats.h"
+#include "common/study/study_stats.h"
 
 #include <fstream>
 #include <random>

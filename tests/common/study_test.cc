@@ -1,6 +1,6 @@
 // common/study: the grid of a study file, its children's job files, and the
 // aggregate of their scores.
-#include "common/study.h"
+#include "common/study/study.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>

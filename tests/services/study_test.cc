@@ -7,7 +7,7 @@
 
 #include "absl/strings/ascii.h"
 #include "common/file_util.h"
-#include "common/study.h"
+#include "common/study/study.h"
 #include "tests/services/cluster.h"
 
 namespace retina::testing {

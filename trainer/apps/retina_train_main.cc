@@ -16,7 +16,7 @@
 #include "common/fault_injection.h"
 #include "common/cli.h"
 #include "common/job_config.h"
-#include "common/study.h"
+#include "common/study/study.h"
 #include "common/status_macros.h"
 #include "common/file_util.h"
 #include "common/logging.h"

@@ -3,7 +3,7 @@
   stats_peer.py CASES.json  ->  prints JSON [{"u1", "p", "method"}] in order
 
 Each case is {"x": [...], "y": [...]}. The method follows retina's
-common/study_stats.h: up to 60 values in all, exact (scipy's
+common/study/study_stats.h: up to 60 values in all, exact (scipy's
 mannwhitneyu(method="exact") without ties, an exact permutation_test over U
 with them); above, mannwhitneyu(method="asymptotic").
 """

@@ -22,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/records.h"
-#include "common/study_stats.h"
+#include "common/study/study_stats.h"
 
 namespace retina {
 

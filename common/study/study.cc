@@ -1,4 +1,4 @@
-#include "common/study.h"
+#include "common/study/study.h"
 
 #include <algorithm>
 #include <set>

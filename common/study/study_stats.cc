@@ -1,4 +1,4 @@
-#include "common/study_stats.h"
+#include "common/study/study_stats.h"
 
 #include <algorithm>
 #include <cmath>
