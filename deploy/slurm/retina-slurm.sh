@@ -36,7 +36,8 @@
 #     a checkpoint and exit 75; the job then requeues itself (scontrol requeue)
 #     and its next start resumes from that checkpoint. A job requeued or
 #     preempted by Slurm (SIGTERM) checkpoints the same way.
-# Exit status: the ranks' (0 done, 75 preempted and requeued, else failure).
+# Exit status: the ranks' (0 done, 75 preempted and requeued, else failure);
+# 1 when the launcher exited 0 but a rank never started (a failed step launch).
 set -euo pipefail
 
 # Expands a Slurm hostlist ("node[01-03,7],gpu5,rack[1-2]-n[1-2]") into one
@@ -92,6 +93,9 @@ _retina_rank() {
   local rank=${OMPI_COMM_WORLD_RANK:-${PMIX_RANK:-${SLURM_PROCID:-0}}}
   local logs=$RETINA_STORE/jobs/$RETINA_JOB_ID/logs/attempt-$RETINA_ATTEMPT
   mkdir -p "$logs"
+  # The main script counts these: a launcher that exits 0 without having
+  # started every rank (a step whose launch failed) is not a success.
+  : >"$logs/rank-$rank.started"
   local -a extra=()
   # Shell words, quoted as the coordinator quotes them (common/rank_launch.h
   # ShellQuoteArgs): a root with spaces stays one argument.
@@ -172,6 +176,18 @@ _retina_main() {
     break
   done
   trap - USR1 TERM
+  if [[ $status -eq 0 ]]; then
+    # srun can exit 0 after "task 0 launch failed" (seen with PMIx): every
+    # rank must have started, or the attempt failed.
+    local logs=$RETINA_STORE/jobs/$RETINA_JOB_ID/logs/attempt-$RETINA_ATTEMPT r
+    local -a missing=()
+    for ((r = 0; r < ntasks; r++)); do [[ -e $logs/rank-$r.started ]] || missing+=("$r"); done
+    if [[ ${#missing[@]} -gt 0 ]]; then
+      echo "retina-slurm: the launcher exited 0 but rank(s) ${missing[*]} of $ntasks never started" \
+        "(the step's launch failed); the attempt failed" >&2
+      status=1
+    fi
+  fi
   if [[ $status -eq 75 && $requeue_self -eq 1 ]]; then
     echo "retina-slurm: ranks checkpointed and stopped (preempted); requeueing $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID" || echo "retina-slurm: requeue refused (sbatch --requeue?)" >&2
