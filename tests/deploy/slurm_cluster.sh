@@ -102,6 +102,7 @@ AuthInfo=socket=$WORK/munge/sock,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$WORK/state
 SlurmdSpoolDir=$WORK/spool
+TmpFS=$WORK/tmp
 SlurmctldPidFile=$WORK/slurmctld.pid
 SlurmdPidFile=$WORK/slurmd.pid
 SlurmctldLogFile=$WORK/log/slurmctld.log
@@ -121,6 +122,11 @@ JobRequeue=1
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=1000 State=UNKNOWN
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
+# PMIx's per-step directories (spmix_appdir_<uid>_<step>) under $WORK, not
+# /tmp: a run that is killed leaves them behind, and a later cluster's job of
+# the same id then cannot launch its step ("File exists").
+mkdir -p "$WORK/tmp" "$WORK/pmix"
+printf 'PMIxCliTmpDirBase=%s\n' "$WORK/pmix" >"$WORK/mpi.conf"
 slurmctld -D -c -f "$SLURM_CONF" >"$WORK/log/slurmctld.out" 2>&1 &
 pids+=($!)
 slurmd -D -f "$SLURM_CONF" >"$WORK/log/slurmd.out" 2>&1 &
