@@ -2,7 +2,7 @@
 // (the worker agent, the Slurm executor through deploy/slurm/retina-slurm.sh)
 // and `retina-train run`. A flag changed here changes every launcher; the
 // script builds the same argv from the environment this record gives it,
-// which tests/services/slurm_executor_test.cc checks by running the script.
+// which tests/services/slurm_commands_test.cc checks by running the script.
 //
 //   retina-train run --config C --store S --job ID --resume auto
 //                    [--job-uid U] --confine [--allowed-root R]... [--output-root R]...

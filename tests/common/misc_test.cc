@@ -269,7 +269,7 @@ TEST(FirstErrorLine, TheFirstErrorOrRefusalEscapedAndBounded) {
 }
 
 // The rank-launch contract (common/rank_launch.h) every launcher uses; the
-// Slurm script's side is checked by running it (slurm_executor_test.cc).
+// Slurm script's side is checked by running it (slurm_commands_test.cc).
 TEST(RankLaunch, ArgvAndEnvironmentOfAServiceRank) {
   RankLaunch l;
   l.config = "/s/jobs/j/job.yaml";
