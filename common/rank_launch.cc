@@ -21,7 +21,7 @@ std::vector<std::string> RankLaunch::RunArgs() const {
 }
 
 std::map<std::string, std::string> RankLaunch::Env() const {
-  return {{"RANK", std::to_string(rank)},
+  std::map<std::string, std::string> env = {{"RANK", std::to_string(rank)},
           {"WORLD_SIZE", std::to_string(world_size)},
           {"LOCAL_RANK", std::to_string(local_rank)},
           {"LOCAL_WORLD_SIZE", std::to_string(local_world_size)},
@@ -29,6 +29,8 @@ std::map<std::string, std::string> RankLaunch::Env() const {
           {"MASTER_PORT", std::to_string(master_port)},
           {"RETINA_JOB_ID", job_id},
           {"RETINA_ATTEMPT", std::to_string(attempt)}};
+  if (!host_addr.empty()) env["RETINA_HOST_ADDR"] = host_addr;
+  return env;
 }
 
 std::string ShellQuote(const std::string& s) {

@@ -9,7 +9,9 @@
 //                    [--events fd:3]
 //
 // with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
-// MASTER_PORT (the rendezvous), RETINA_JOB_ID and RETINA_ATTEMPT.
+// MASTER_PORT (the rendezvous), RETINA_JOB_ID and RETINA_ATTEMPT, and, where
+// the launcher knows it, RETINA_HOST_ADDR: the address other hosts reach this
+// rank's host at (a worker's --host), which Gloo then binds.
 #pragma once
 
 #include <filesystem>
@@ -29,6 +31,7 @@ struct RankLaunch {
   int rank = 0, world_size = 1, local_rank = 0, local_world_size = 1;
   std::string master_addr;
   int master_port = 0;
+  std::string host_addr;  // this rank's host as the others reach it ("": not known)
   bool events_fd3 = false;  // rank 0 under the worker: events on fd 3
 
   // `run ...` (without the program), as above.

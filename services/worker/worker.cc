@@ -173,7 +173,7 @@ namespace {
 
 // The launch contract (common/rank_launch.h) of the assignment's i-th rank.
 RankLaunch LaunchOf(const v1::Assignment& a, const std::filesystem::path& config, const std::filesystem::path& store,
-                    int i) {
+                    const std::string& host, int i) {
   RankLaunch launch;
   launch.config = config;
   launch.store = store;
@@ -188,6 +188,7 @@ RankLaunch LaunchOf(const v1::Assignment& a, const std::filesystem::path& config
   launch.local_world_size = a.local_world_size();
   launch.master_addr = a.master_addr();
   launch.master_port = a.master_port();
+  launch.host_addr = host;
   return launch;
 }
 
@@ -215,7 +216,7 @@ void Worker::Start(const v1::Assignment& a) {
     Rank rank;
     rank.rank = a.ranks(i);
     for (int k = 0; k < per_rank; ++k) rank.slots.push_back(a.slot_ids(i * per_rank + k));
-    RankLaunch launch = LaunchOf(a, config, options_.store, i);
+    RankLaunch launch = LaunchOf(a, config, options_.store, options_.host, i);
     launch.events_fd3 = rank.rank == 0 && t.events;
     std::map<std::string, std::string> env = launch.Env();
     if (options_.gpu_ids.empty()) {

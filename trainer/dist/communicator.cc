@@ -82,6 +82,11 @@ class GlooCommunicator final : public Communicator {
       auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
       if (!launch.gloo_ifname.empty()) {
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(launch.gloo_ifname));
+      } else if (!launch.host_addr.empty()) {
+        // The address the launcher advertises for this host (a worker's
+        // --host): the hostname may resolve to loopback, which the other
+        // hosts would then be told to dial.
+        options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(launch.host_addr));
       } else if (launch.master_addr == "127.0.0.1" || launch.master_addr == "localhost") {
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
       } else {

@@ -154,6 +154,7 @@ absl::StatusOr<LaunchInfo> DiscoverLaunch(const LaunchOverrides& o, const Env& e
   ASSIGN_OR_RETURN(std::optional<int> restart, Int(env, "TORCHELASTIC_RESTART_COUNT"));
   info.agent_restart = restart.value_or(0);
   if (const char* ifname = env("GLOO_SOCKET_IFNAME")) info.gloo_ifname = ifname;
+  if (const char* addr = env("RETINA_HOST_ADDR")) info.host_addr = addr;
   if (info.world_size < 1 || info.rank >= info.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("rank ", info.rank, " is outside world size ", info.world_size,
                                                    " (from ", info.source, ")"));

@@ -38,6 +38,7 @@ struct LaunchInfo {
   bool agent_store = false;       // a torchrun agent serves the rendezvous store
   int agent_restart = 0;          // TORCHELASTIC_RESTART_COUNT
   std::string gloo_ifname;        // GLOO_SOCKET_IFNAME: the interface Gloo binds (empty: chosen from master_addr)
+  std::string host_addr;          // RETINA_HOST_ADDR: this host's address as the others reach it (Gloo binds it)
 };
 
 // Expands a Slurm hostlist ("node[01-03,7],gpu5,rack[1-2]-n[1-2]") in

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# A test cluster of hosts on this machine (issue 31): N network namespaces,
+# each a host with its own address from 198.18.0.0/24 (the benchmarking
+# range) on eth0, joined by a bridge that lives in a namespace of its own
+# (the "switch"), so nothing is added to the machine's own network: no
+# route out of the cluster, no address outside 198.18.0.0/24.
+#
+#   source tests/hosts/hosts.sh
+#   hosts_up 3                  # hosts 1..3 at 198.18.0.1..3 (exit 77 saying why where it cannot)
+#   host_exec 2 CMD...          # CMD on host 2 (its network; the same filesystem: the shared store)
+#   host_addr 2                 # 198.18.0.2
+#   host_link 2 down|up         # cut host 2 off the switch, or back (a partition)
+#   host_kill 2                 # SIGKILL every process on host 2 (a host crash)
+#
+# Everything is removed at exit (the EXIT/INT/TERM trap: processes on the
+# hosts killed, namespaces deleted), even when a test fails. A run killed
+# with SIGKILL cannot run its trap: the next hosts_up removes namespaces whose
+# owning process is gone (names rh<pid>-...).
+set -euo pipefail
+
+HOSTS_PREFIX="rh$$"
+HOSTS_N=0
+
+_hosts_skip() {
+  echo "SKIP: $*"
+  exit 77
+}
+
+# Namespaces of runs whose process is gone.
+_hosts_reap_stale() {
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    [[ $ns =~ ^rh([0-9]+)- ]] || continue
+    pid=${BASH_REMATCH[1]}
+    kill -0 "$pid" 2>/dev/null && continue
+    _hosts_kill_ns "$ns"
+    ip netns del "$ns" 2>/dev/null || true
+  done
+}
+
+_hosts_kill_ns() {  # NS
+  local pids
+  pids=$(ip netns pids "$1" 2>/dev/null || true)
+  [[ -n $pids ]] && kill -9 $pids 2>/dev/null || true
+}
+
+hosts_down() {
+  local i
+  for ((i = 1; i <= HOSTS_N; i++)); do _hosts_kill_ns "$HOSTS_PREFIX-h$i"; done
+  for ((i = 1; i <= HOSTS_N; i++)); do ip netns del "$HOSTS_PREFIX-h$i" 2>/dev/null || true; done
+  ip netns del "$HOSTS_PREFIX-sw" 2>/dev/null || true
+  HOSTS_N=0
+}
+
+hosts_up() {  # N
+  local n=$1 i
+  [[ $(id -u) -eq 0 ]] || _hosts_skip "network namespaces need root; this test runs as $(id -un)"
+  command -v ip >/dev/null || _hosts_skip "no ip command (iproute2)"
+  ((n >= 1 && n <= 200)) || { echo "hosts_up: 1-200 hosts" >&2; exit 2; }
+  _hosts_reap_stale
+  ip netns add "$HOSTS_PREFIX-sw" 2>/dev/null || _hosts_skip "cannot create a network namespace here (ip netns add)"
+  trap 'rc=$?; hosts_down; exit $rc' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  ip -n "$HOSTS_PREFIX-sw" link add br0 type bridge
+  ip -n "$HOSTS_PREFIX-sw" link set br0 up
+  for ((i = 1; i <= n; i++)); do
+    local ns=$HOSTS_PREFIX-h$i a="r$$a$i" b="r$$b$i"
+    ip netns add "$ns"
+    HOSTS_N=$i
+    ip link add "${a:0:15}" type veth peer name "${b:0:15}"
+    ip link set "${a:0:15}" netns "$ns"
+    ip link set "${b:0:15}" netns "$HOSTS_PREFIX-sw"
+    ip -n "$ns" link set "${a:0:15}" name eth0
+    ip -n "$ns" addr add "198.18.0.$i/24" dev eth0
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set eth0 up
+    ip -n "$HOSTS_PREFIX-sw" link set "${b:0:15}" master br0
+    ip -n "$HOSTS_PREFIX-sw" link set "${b:0:15}" up
+  done
+}
+
+host_addr() { echo "198.18.0.$1"; }
+host_ns() { echo "$HOSTS_PREFIX-h$1"; }
+host_exec() {  # I CMD...
+  local i=$1
+  shift
+  ip netns exec "$HOSTS_PREFIX-h$i" "$@"
+}
+host_link() {  # I up|down
+  ip -n "$HOSTS_PREFIX-h$1" link set eth0 "$2"
+}
+host_kill() { _hosts_kill_ns "$HOSTS_PREFIX-h$1"; }
