@@ -8,9 +8,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 python=${RETINA_PYTHON3:-/usr/bin/python3}
 if [[ ${1:-} != --inner ]]; then
   status=0
-  bash "$0" --inner || status=$?
+  bash "$0" --inner &
+  inner=$!
+  wait "$inner" || status=$?
   [[ $status -eq 77 ]] && exit 77
-  left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -c "^rh[0-9]*-" || true)
+  # This run's namespaces only: other tests may have hosts up meanwhile.
+  left=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -c "^rh$inner-" || true)
   [[ $status -eq 0 ]] || { echo "FAIL: the host test failed ($status)"; exit 1; }
   [[ $left -eq 0 ]] || { echo "FAIL: $left namespace(s) left behind: $(ip netns list)"; exit 1; }
   echo "PASS"
