@@ -87,10 +87,10 @@ bool StudyController::Round(const std::string& id, Study* st) {
   if (!st->looked_up) FindChildren(*study, st);
   const bool cancelling = study->cancel_requested() || !st->broken.empty();
   if (!cancelling && st->children.size() < st->plan.children.size()) CreateChildren(*study, st);
-  FollowChildren(study->cancel_requested() || !st->broken.empty(), st);
+  FollowChildren(cancelling, st);
   const size_t total = st->plan.children.size();
   const bool all_created = total > 0 && st->children.size() == total;
-  const bool all_ended = (all_created || cancelling || !st->broken.empty()) && st->ended.size() == st->children.size();
+  const bool all_ended = (all_created || cancelling) && st->ended.size() == st->children.size();
 
   // How the study ends, once every child has.
   StudyUpdate update;
