@@ -17,6 +17,8 @@ constexpr struct {
   const char* name;
 } kFaults[] = {
     {Fault::kInferStallAfterRows, "infer.stall_after_rows"},
+    {Fault::kCollectiveStallAt, "collective.stall_at"},
+    {Fault::kCollectiveStallRank, "collective.stall_rank"},
 };
 
 struct Parsed {

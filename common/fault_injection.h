@@ -20,6 +20,14 @@ enum class Fault {
   // An infer rank stops making progress (sleeps until killed) once it has
   // committed this many chunk rows: a rank killed mid-job.
   kInferStallAfterRows,
+  // A training or infer rank stalls (sleeps until killed) just before it
+  // would issue collective #N (trainer/dist/flight_recorder.h numbering):
+  // a rank stuck in a read, a hung GPU, a host gone quiet. Its gang
+  // monitor keeps answering, so the others see where it stopped.
+  kCollectiveStallAt,
+  // With collective.stall_at: only this rank stalls (default: every rank
+  // of the process's job that the fault is set for).
+  kCollectiveStallRank,
 };
 
 // INVALID_ARGUMENT naming RETINA_FAULTS and the term for a malformed value

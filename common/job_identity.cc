@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/file_util.h"
@@ -17,6 +18,7 @@ namespace {
 
 fs::path StoreIdPath(const StoreLayout& s) { return s.root() / "STORE_ID"; }
 fs::path JobUidPath(const StoreLayout& s, const std::string& job) { return s.JobDir(job) / "JOB_UID"; }
+fs::path AttemptPath(const StoreLayout& s, const std::string& job) { return s.JobDir(job) / "ATTEMPT"; }
 
 // The trimmed first line of `path`; "" when it does not exist.
 absl::StatusOr<std::string> ReadId(const fs::path& path) {
@@ -93,6 +95,43 @@ absl::Status CheckJobOwner(const StoreLayout& store, const std::string& job_id, 
   if (!claim) return absl::OkStatus();
   RETURN_IF_ERROR(CreateDirectories(dir));
   return WriteFileAtomic(JobUidPath(store, job_id), uid + "\n");
+}
+
+namespace {
+
+// The attempt recorded in jobs/<job_id>/ATTEMPT (0 when none).
+absl::StatusOr<int> ReadAttempt(const StoreLayout& store, const std::string& job_id) {
+  ASSIGN_OR_RETURN(std::string text, ReadId(AttemptPath(store, job_id)));
+  if (text.empty()) return 0;
+  int attempt = 0;
+  if (!absl::SimpleAtoi(text, &attempt) || attempt < 1) {
+    return absl::DataLossError(absl::StrCat(AttemptPath(store, job_id).string(), ": '", text, "' is not an attempt number"));
+  }
+  return attempt;
+}
+
+absl::Status Superseded(const StoreLayout& store, const std::string& job_id, int attempt, int newer) {
+  return absl::AbortedError(absl::StrCat("attempt ", attempt, " of job ", job_id, " is superseded: attempt ", newer,
+                                         " has started (", AttemptPath(store, job_id).string(),
+                                         "); this rank stops without writing into the job (the coordinator ran the "
+                                         "job again while this attempt was cut off)"));
+}
+
+}  // namespace
+
+absl::Status ClaimAttempt(const StoreLayout& store, const std::string& job_id, int attempt) {
+  if (attempt <= 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(int current, ReadAttempt(store, job_id));
+  if (current > attempt) return Superseded(store, job_id, attempt, current);
+  if (current == attempt) return absl::OkStatus();
+  RETURN_IF_ERROR(CreateDirectories(store.JobDir(job_id)));
+  return WriteFileAtomic(AttemptPath(store, job_id), absl::StrCat(attempt, "\n"));
+}
+
+absl::Status CheckAttemptCurrent(const StoreLayout& store, const std::string& job_id, int attempt) {
+  if (attempt <= 0) return absl::OkStatus();
+  ASSIGN_OR_RETURN(int current, ReadAttempt(store, job_id));
+  return current > attempt ? Superseded(store, job_id, attempt, current) : absl::OkStatus();
 }
 
 }  // namespace retina

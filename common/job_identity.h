@@ -10,6 +10,15 @@
 //                             exclusive mkdir at submission); a rank started
 //                             for another uid refuses to resume from or write
 //                             into it.
+//   <root>/jobs/<id>/ATTEMPT  the newest attempt of the job that started: each
+//                             rank of attempt k advances it to k before it
+//                             writes anything (never back), and rank 0
+//                             checks it before every write (checkpoint,
+//                             metrics row, infer chunk). A rank of an older
+//                             attempt (a host cut off while the coordinator
+//                             ran the job again elsewhere, then healed) finds
+//                             a newer one there and stops without writing:
+//                             the store is fenced against stale attempts.
 #pragma once
 
 #include <filesystem>
@@ -43,5 +52,14 @@ void ReleaseJobDir(const StoreLayout& store, const std::string& job_id, const st
 // `uid` (a standalone run without one) is always OK. FAILED_PRECONDITION,
 // naming the directory and both uids, otherwise.
 absl::Status CheckJobOwner(const StoreLayout& store, const std::string& job_id, const std::string& uid, bool claim);
+
+// Advances jobs/<job_id>/ATTEMPT to `attempt` (never back; attempt <= 0,
+// a standalone run, is not fenced and claims nothing). ABORTED, as
+// CheckAttemptCurrent, when a newer attempt has claimed the job already.
+absl::Status ClaimAttempt(const StoreLayout& store, const std::string& job_id, int attempt);
+// OK while no attempt newer than `attempt` has claimed jobs/<job_id>;
+// ABORTED naming the file and both attempts otherwise (the caller stops
+// without writing). attempt <= 0 is always OK.
+absl::Status CheckAttemptCurrent(const StoreLayout& store, const std::string& job_id, int attempt);
 
 }  // namespace retina

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/gang_failure.h"
 
 namespace retina::coordinator {
 namespace {
@@ -35,6 +36,11 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
                          "Workers declared lost because no heartbeat arrived within the lease", r).Add({});
   heartbeats_deferred_ = &Build(prometheus::BuildCounter(), "retina_heartbeats_deferred_total",
                                 "Heartbeats answered without assignments while the state lock was busy", r).Add({});
+  gang_failures_ = &Build(prometheus::BuildCounter(), "retina_gang_failures_total",
+                          "Attempts that failed because their gang of ranks failed together, by cause "
+                          "(collective_timeout, peer_failed, connection_lost, rendezvous_timeout, store_unreachable)",
+                          r);
+  for (GangFailure cause : kAllGangFailures) gang_failures_->Add({{"cause", std::string(GangFailureName(cause))}});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
   slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
   grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);

@@ -36,6 +36,9 @@ class CoordinatorMetrics {
   // A heartbeat answered without its assignments because the coordinator's
   // state lock stayed busy (its lease was renewed all the same).
   void HeartbeatDeferred() { heartbeats_deferred_->Increment(); }
+  // An attempt that ended because its gang failed together, by cause
+  // (common/gang_failure.h: a collective timeout, a peer's failure, ...).
+  void GangFailed(const std::string& cause) { gang_failures_->Add({{"cause", cause}}).Increment(); }
   void SetWorkers(int ready, int lost);
   void SetSlots(int free, int used);
   void GrpcRequest(const std::string& method, const std::string& code) {
@@ -60,6 +63,7 @@ class CoordinatorMetrics {
   prometheus::Counter* commit_failures_;
   prometheus::Counter* lease_misses_;
   prometheus::Counter* heartbeats_deferred_;
+  prometheus::Family<prometheus::Counter>* gang_failures_;
   prometheus::Family<prometheus::Gauge>* workers_;
   prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;

@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/gang_failure.h"
 #include "common/job_identity.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -170,6 +171,9 @@ bool JobTable::EndAttempt(JobEntry* e, AttemptOutcome outcome, const std::string
     return false;
   }
   if (end.requeued()) e->queued_ms = now;
+  if (metrics_ && outcome != AttemptOutcome::kSucceeded) {
+    if (std::optional<GangFailure> cause = FindGangFailure(detail)) metrics_->GangFailed(std::string(GangFailureName(*cause)));
+  }
   RETINA_LOG(Info) << id << " attempt " << e->job.attempt() << " -> " << JobStateName(e->job.state())
                    << (e->job.message().empty() ? "" : ": ") << e->job.message();
   if (!end.result.empty() && metrics_) {

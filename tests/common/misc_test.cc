@@ -6,6 +6,7 @@
 
 #include "common/cli.h"
 #include "common/file_util.h"
+#include "common/job_identity.h"
 #include "common/logging.h"
 #include "common/path_policy.h"
 #include "common/rank_launch.h"
@@ -246,6 +247,28 @@ TEST(FileUtil, AtomicWriteReplacesAndReadErrorsNamePath) {
 
 // What a failed rank's job message carries: the first error line of its
 // log (an E/F line or the program's final refusal), escaped and bounded.
+// jobs/<id>/ATTEMPT fences a stale attempt off the store: it only moves
+// forward, a newer claim supersedes every older attempt, and an older
+// attempt can neither claim nor pass the check once a newer one started.
+TEST(AttemptFence, ANewerAttemptSupersedesOlderOnesAndTheFenceNeverMovesBack) {
+  const StoreLayout store(std::filesystem::path(::testing::TempDir()) / UniqueTempName("fence-"));
+  EXPECT_TRUE(CheckAttemptCurrent(store, "j", 1).ok()) << "no ATTEMPT yet: nothing newer";
+  ASSERT_TRUE(ClaimAttempt(store, "j", 1).ok());
+  EXPECT_TRUE(ClaimAttempt(store, "j", 1).ok()) << "every rank of an attempt claims it";
+  EXPECT_TRUE(CheckAttemptCurrent(store, "j", 1).ok());
+  ASSERT_TRUE(ClaimAttempt(store, "j", 3).ok());
+  const absl::Status stale = CheckAttemptCurrent(store, "j", 1);
+  EXPECT_EQ(stale.code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(std::string(stale.message()), ::testing::HasSubstr("attempt 1 of job j is superseded: attempt 3"));
+  EXPECT_THAT(std::string(stale.message()), ::testing::HasSubstr((store.JobDir("j") / "ATTEMPT").string()));
+  EXPECT_EQ(ClaimAttempt(store, "j", 2).code(), absl::StatusCode::kAborted) << "a late start of attempt 2";
+  EXPECT_EQ(ReadFile(store.JobDir("j") / "ATTEMPT").value_or(""), "3\n") << "the fence moved back";
+  EXPECT_TRUE(CheckAttemptCurrent(store, "j", 0).ok()) << "a standalone run is not fenced";
+  EXPECT_TRUE(ClaimAttempt(store, "j", 0).ok());
+  ASSERT_TRUE(WriteFileAtomic(store.JobDir("j") / "ATTEMPT", "x\n").ok());
+  EXPECT_EQ(CheckAttemptCurrent(store, "j", 3).code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(FirstErrorLine, TheFirstErrorOrRefusalEscapedAndBounded) {
   const std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / UniqueTempName("firsterr-");
   ASSERT_TRUE(CreateDirectories(dir).ok());

@@ -15,6 +15,7 @@
 #include "common/file_util.h"
 #include "common/records.h"
 #include "services/coordinator/coordinator.h"
+#include "services/coordinator/coordinator_metrics.h"
 
 namespace retina::coordinator {
 
@@ -75,12 +76,13 @@ class CoordinatorCore : public ::testing::Test {
     o.background_tick = false;
     o.max_running_slots_per_user = max_running_slots_per_user_;
     o.max_queued_jobs_per_user = max_queued_jobs_per_user_;
-    absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o, nullptr);
+    absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o, metrics_);
     EXPECT_TRUE(c.ok()) << c.status();
     core_ = std::move(*c);
     return *core_;
   }
   void Advance(absl::Duration d) { now_ms_ += absl::ToInt64Milliseconds(d); }
+  CoordinatorMetrics* metrics_ = nullptr;  // none unless a test sets one before Start
   std::atomic<std::thread::id> slow_thread_{};
   int64_t slow_step_ms_ = 0;
 
@@ -410,6 +412,57 @@ TEST_F(CoordinatorCore, AFailedJobsMessageCarriesTheFailingRanksFirstErrorLine) 
   EXPECT_THAT(job.message(), HasSubstr("rank 1 exited with code 1 on w1: retina-train: infer.inputs[0]: /x is outside the store?[0m"));
   EXPECT_THAT(job.message(), HasSubstr("retina logs " + id + " --rank 1"));
   EXPECT_LT(job.message().size(), 700u);
+}
+
+// An attempt whose rank failed because the gang did (its first error line
+// carries a common/gang_failure.h tag) counts under that cause in
+// retina_gang_failures_total; a rank failing on its own (bad input) counts
+// nowhere there.
+TEST_F(CoordinatorCore, GangFailuresAreCountedByTheCauseTheFailingRankNamed) {
+  CoordinatorMetrics metrics("test");
+  metrics_ = &metrics;
+  Start();
+  auto count = [&](const std::string& cause) {
+    for (const prometheus::MetricFamily& f : metrics.registry()->Collect()) {
+      if (f.name != "retina_gang_failures_total") continue;
+      for (const prometheus::ClientMetric& m : f.metric) {
+        for (const prometheus::ClientMetric::Label& l : m.label) {
+          if (l.name == "cause" && l.value == cause) return m.counter.value;
+        }
+      }
+    }
+    return -1.0;
+  };
+  EXPECT_EQ(count("collective_timeout"), 0) << "every cause is exported from the start";
+  EXPECT_EQ(count("peer_failed"), 0);
+  const struct {
+    std::string first_error;
+    const char* cause;
+  } cases[] = {
+      {"E1207 rank=0 x.cc:1] gang failure (collective_timeout): rank 0 on 198.18.0.2: all-reduce #7 (gradient "
+       "bucket 0): rank 1 on 198.18.0.3 never arrived",
+       "collective_timeout"},
+      {"E1207 rank=1 x.cc:1] data.dataset: /s/absent: no such dataset", nullptr},
+  };
+  for (const auto& c : cases) {
+    const std::string id = Submit(1, 0);
+    Register("w1", 1);
+    const v1::TaskRef t = StartAssigned("w1");
+    v1::CompleteTaskRequest r;
+    r.set_worker_id("w1");
+    r.set_job_id(t.job_id());
+    r.set_attempt(t.attempt());
+    v1::RankExit* x = r.add_exits();
+    x->set_rank(0);
+    x->set_exit_code(1);
+    x->set_first_error(c.first_error);
+    ASSERT_TRUE(core_->CompleteTask(r).ok());
+    EXPECT_EQ(Get(id).state(), v1::FAILED);
+    EXPECT_THAT(Get(id).message(), HasSubstr(c.first_error.substr(c.first_error.find(']') + 2)));
+  }
+  EXPECT_EQ(count("collective_timeout"), 1);
+  EXPECT_EQ(count("peer_failed"), 0);
+  core_.reset();
 }
 
 TEST_F(CoordinatorCore, RestartsAreCountedThenTheJobFails) {

@@ -18,8 +18,10 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/gang_failure.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/dist/communicator.h"
+#include "trainer/dist/flight_recorder.h"
 #include "trainer/dist/launch_env.h"
 #include "trainer/model/weights/state_dict.h"
 
@@ -53,6 +55,46 @@ absl::StatusOr<LaunchInfo> Discover(const std::map<std::string, std::string>& va
     auto it = vars.find(name);
     return it == vars.end() ? nullptr : it->second.c_str();
   });
+}
+
+// The flight recorder's ring and the diagnosis a timed-out collective
+// gives: which ranks never arrived (their host and last collective), which
+// waited; every rank arrived: the link; no store: says so.
+TEST(HangDiagnosis, NamesTheRanksThatNeverArrivedTheirHostsAndLastCollective) {
+  FlightRecorder recorder(3);
+  for (int i = 1; i <= 5; ++i) recorder.End(recorder.Begin("all-reduce", absl::StrCat("gradient bucket ", i), 64), true);
+  const uint64_t stuck = recorder.Begin("all-reduce", "gradient bucket 6", 128);
+  EXPECT_EQ(stuck, 6u);
+  const std::string dump = recorder.Dump();
+  EXPECT_THAT(dump, HasSubstr("the last 3 collective(s)"));
+  EXPECT_THAT(dump, Not(HasSubstr("#3 ")));
+  EXPECT_THAT(dump, HasSubstr("all-reduce #6 (gradient bucket 6), 128 bytes"));
+  EXPECT_THAT(dump, HasSubstr("not completed"));
+
+  RankProgress at5{"198.18.0.4", 5, "all-reduce", "gradient bucket 5", true};
+  ASSERT_EQ(DecodeProgress(EncodeProgress(at5))->what, "gradient bucket 5");
+  EXPECT_FALSE(DecodeProgress("198.18.0.4\tx\tall-reduce\tb\tended").has_value());
+  RankProgress at6{"198.18.0.2", 6, "all-reduce", "gradient bucket 6", false};
+  HangFacts f;
+  f.stuck = *recorder.Find(stuck);
+  f.rank = 0;
+  f.host = "198.18.0.2";
+  f.waited_s = 60.2;
+  f.ranks = {std::nullopt, at6, at6, at5, std::nullopt};
+  EXPECT_EQ(DescribeHang(f),
+            "all-reduce #6 (gradient bucket 6): rank 3 on 198.18.0.4 never arrived (its last: all-reduce #5 (gradient "
+            "bucket 5), completed); rank 4 never arrived (it never reached the gang's monitor); ranks 0-2 waited 60 s");
+  f.ranks = {std::nullopt, at6, at6};
+  EXPECT_THAT(DescribeHang(f), HasSubstr("every rank arrived but the data did not flow"));
+  f.ranks.clear();
+  f.store_error = "198.18.0.2:29500: Connection refused";
+  EXPECT_THAT(DescribeHang(f), HasSubstr("cannot reach the rendezvous store"));
+  EXPECT_EQ(RankRanges({0, 1, 2, 5, 7, 8}), "0-2,5,7-8");
+
+  EXPECT_EQ(FindGangFailure("E1 rank=0 x.cc:1] " + GangFailureTag(GangFailure::kPeerFailed) + "rank 0 ..."),
+            GangFailure::kPeerFailed);
+  EXPECT_FALSE(FindGangFailure("gang failure (collective_timeouts): x").has_value());
+  EXPECT_FALSE(FindGangFailure("data.dataset: absent").has_value());
 }
 
 TEST(LaunchEnv, PrecedenceAndSlurmUnderPmix) {

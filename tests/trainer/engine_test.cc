@@ -37,6 +37,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 const std::string kTrain = std::string(RETINA_TEST_TRAINER_DIR) + "/retina-train";
 
@@ -364,18 +365,76 @@ std::pair<int, double> TwoRanksThen(const std::string& job, const std::function<
   return {status, seconds};
 }
 
+// Two Gloo ranks of `config`; rank 1 gets `rank1_args` and RETINA_FAULTS
+// `rank1_faults`. Returns rank 0's exit status once it ends (rank 1 is then
+// killed, as the worker stops an attempt's other ranks).
+int TwoRanksUntilRank0Ends(const std::string& config, const std::string& job, const std::vector<std::string>& rank1_args,
+                           const std::string& rank1_faults) {
+  const std::string port = std::to_string(20000 + (::getpid() + static_cast<int>(job.size()) * 7919) % 20000);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", port.c_str(), 1);
+  std::vector<std::string> args = Engine::RunArgsFor(config, job);
+  args.insert(args.end(), {"--world-size", "2", "--rank"});
+  std::vector<std::string> args0 = args, args1 = args;
+  args0.push_back("0");
+  args1.push_back("1");
+  args1.insert(args1.end(), rank1_args.begin(), rank1_args.end());
+  const pid_t r0 = Start(args0, Engine::LogFor(job + "0"));
+  if (!rank1_faults.empty()) setenv("RETINA_FAULTS", rank1_faults.c_str(), 1);
+  const pid_t r1 = Start(args1, Engine::LogFor(job + "1"));
+  unsetenv("RETINA_FAULTS");
+  unsetenv("MASTER_ADDR");
+  unsetenv("MASTER_PORT");
+  const int status = Wait(r0);
+  kill(r1, SIGKILL);
+  Wait(r1);
+  return status;
+}
+
+// Hang diagnosis (issue 31): rank 1 stalls just before collective #30 (a
+// rank stuck in a read; its monitor still answers). Rank 0's collective
+// times out and its error names the rank that never arrived, its host and
+// the last collective it was seen at, and is tagged as a collective timeout
+// (what the coordinator counts).
+TEST_F(Engine, AStalledRankIsNamedWithItsHostAndTheLastCollectiveItReached) {
+  WriteConfig("stall.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\n"
+                            "pretrain: {epochs: 50, global_batch: 8}\nruntime: {collective_timeout_s: 3}\n");
+  EXPECT_EQ(TwoRanksUntilRank0Ends("stall.yaml", "stall", {}, "collective.stall_at=30,collective.stall_rank=1"), 1);
+  const std::string log0 = ReadFile(Log("stall0")).value_or(""), log1 = ReadFile(Log("stall1")).value_or("");
+  EXPECT_THAT(log1, HasSubstr("stalling before collective #30"));
+  EXPECT_THAT(log0, HasSubstr("gang failure (collective_timeout): rank 0 on "));
+  EXPECT_THAT(log0, ::testing::ContainsRegex("rank 1 on [^ ]+ never arrived \\(its last: broadcast #29 \\(parameter [^)]+\\), "
+                                             "completed\\); rank 0 waited 3 s"));
+  EXPECT_THAT(log0, HasSubstr("flight recorder: the last "));
+}
+
+// A rank failing on its own inputs (here: a dataset its node lacks) after
+// the gang formed ends the other rank's wait at once with its cause (the
+// gang monitor's posted failure), not after the collective timeout (60 s
+// here: a rank 0 that waited it out would say collective_timeout instead).
+TEST_F(Engine, ARankFailingOnItsOwnInputsStopsTheOthersAtOnceWithItsCause) {
+  WriteConfig("peer.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\n"
+                           "pretrain: {epochs: 50, global_batch: 8}\nruntime: {collective_timeout_s: 60}\n");
+  EXPECT_EQ(TwoRanksUntilRank0Ends("peer.yaml", "peer", {"--set", "data.dataset=absent"}, ""), 1);
+  const std::string log0 = ReadFile(Log("peer0")).value_or(""), log1 = ReadFile(Log("peer1")).value_or("");
+  EXPECT_THAT(log1, HasSubstr("data.dataset"));
+  EXPECT_THAT(log0, HasSubstr("gang failure (peer_failed): rank 0 on "));
+  EXPECT_THAT(log0, ::testing::ContainsRegex("abandoned: rank 1 on [^ ]+ failed: data.dataset"));
+  EXPECT_THAT(log0, Not(HasSubstr("collective_timeout")));
+}
+
 TEST_F(Engine, ARankDyingOrStallingMidRunStopsTheOtherWithinTheTimeout) {
   WriteConfig("two.yaml", "kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\n"
                           "pretrain: {epochs: 50, global_batch: 8}\nruntime: {collective_timeout_s: 5}\n");
   auto [died, died_s] = TwoRanksThen("died", [](pid_t p) { kill(p, SIGKILL); });
   EXPECT_EQ(died, 1);
   EXPECT_LT(died_s, 20) << "rank 0 did not notice the dead peer in time";
-  EXPECT_THAT(*ReadFile(Log("died0")), HasSubstr("rank 0: all-reduce"));
+  EXPECT_THAT(*ReadFile(Log("died0")), ::testing::ContainsRegex("gang failure \\((connection_lost|collective_timeout)\\): rank 0 on "));
   auto [stalled, stalled_s] = TwoRanksThen("stalled", [](pid_t p) { kill(p, SIGSTOP); });
   EXPECT_EQ(stalled, 1);
   EXPECT_LT(stalled_s, 20) << "rank 0 waited past the 5 s collective timeout";
-  EXPECT_THAT(*ReadFile(Log("stalled0")), HasSubstr("rank 0"));
-  EXPECT_THAT(*ReadFile(Log("stalled0")), HasSubstr("timed out after 5 s"));
+  EXPECT_THAT(*ReadFile(Log("stalled0")), HasSubstr("gang failure (collective_timeout): rank 0 on "));
+  EXPECT_THAT(*ReadFile(Log("stalled0")), HasSubstr("rank 0 waited 5 s"));
 }
 
 // runtime.precision: bf16 on the CPU, through the program a worker starts:

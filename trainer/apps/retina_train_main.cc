@@ -134,6 +134,11 @@ void AddRunFlags(CLI::App* run, RunFlags* f) {
   AddStoreOption(run, &f->store);
   run->add_option("--job", f->job, "job id: names jobs/<id>/ in the store (default: the config file's stem)");
   run->add_option("--job-uid", f->run.job_uid, "when set, jobs/<id>/JOB_UID must match (a service job)");
+  run->add_option("--attempt", f->run.attempt,
+                  "the service's attempt number (else $RETINA_ATTEMPT): a newer attempt in jobs/<id>/ATTEMPT stops this "
+                  "one before it writes (0: not fenced)")
+      ->envname("RETINA_ATTEMPT")
+      ->check(kNonNegativeInt);
   run->add_option("--events", f->run.events, "event stream: a file path or fd:N (default: the store only)");
   run->add_option("--resume", f->run.resume, "auto (LATEST when there is one) | never | a checkpoint directory");
   AddSetOption(run, &f->overrides);

@@ -2,14 +2,21 @@
 
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <optional>
+#include <thread>
 #include <cstdlib>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/fault_injection.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "trainer/dist/communicator_mpi.h"
 #include "trainer/dist/communicator_nccl.h"
+#include "trainer/dist/gang_monitor.h"
 #include "trainer/dist/rendezvous.h"
 
 namespace retina::trainer {
@@ -38,37 +45,49 @@ std::string Message(const std::exception& e) {
   return e.what();
 }
 
-// c10d signals timeouts and broken peers with exceptions; turn them into
-// statuses that name the rank and the operation.
-absl::Status CollectiveError(int rank, const std::string& op, const std::string& what, const std::string& message,
-                             std::chrono::milliseconds timeout) {
-  const bool timed_out = absl::StrContains(message, "imed out") || absl::StrContains(message, "imeout");
-  const std::string text = absl::StrCat("rank ", rank, ": ", op, " '", what, "' ",
-                                        timed_out ? absl::StrCat("timed out after ", timeout.count() / 1000.0, " s")
-                                                  : "failed",
-                                        " (a peer rank died, stalled or is unreachable): ", message);
-  return timed_out ? absl::DeadlineExceededError(text) : absl::AbortedError(text);
-}
-
+// Waits in slices of at most a second so that another rank's posted failure
+// ends the wait at once (gang_monitor.h); the whole wait is bounded by the
+// collective timeout, and whatever ends it is explained by the monitor.
 class GlooPending final : public PendingCollective {
  public:
   using WorkPtr = decltype(std::declval<c10d::ProcessGroupGloo&>().barrier());
-  GlooPending(WorkPtr work, int rank, std::string op, std::string what, std::chrono::milliseconds timeout)
-      : work_(std::move(work)), rank_(rank), op_(std::move(op)), what_(std::move(what)), timeout_(timeout) {}
+  GlooPending(WorkPtr work, GangMonitor* monitor, uint64_t seq, std::chrono::milliseconds timeout,
+              std::atomic<bool>* abandoned)
+      : work_(std::move(work)), monitor_(monitor), seq_(seq), timeout_(timeout), abandoned_(abandoned) {}
   absl::Status Wait() override {
-    try {
-      work_->wait(timeout_);
-      return absl::OkStatus();
-    } catch (const std::exception& e) {
-      return CollectiveError(rank_, op_, what_, Message(e), timeout_);
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto deadline = t0 + timeout_;
+    auto waited = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    while (true) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      try {
+        work_->wait(std::clamp(left, std::chrono::milliseconds(1), std::chrono::milliseconds(1000)));
+        monitor_->recorder().End(seq_, true);
+        return absl::OkStatus();
+      } catch (const std::exception& e) {
+        if (work_->isCompleted()) {  // Gloo's own error: its timeout, or a peer's connection closed
+          monitor_->recorder().End(seq_, false);
+          const std::string message = Message(e);
+          const bool timed_out = absl::StrContains(message, "imed out") || absl::StrContains(message, "imeout");
+          return monitor_->Explain(seq_, timed_out, message, waited());
+        }
+      }
+      // The slice ended and the collective has not.
+      const bool peer_failed = !monitor_->PeerFailure().empty();
+      if (peer_failed || std::chrono::steady_clock::now() >= deadline) {
+        monitor_->recorder().End(seq_, false);
+        abandoned_->store(true);  // Gloo's thread is still inside this collective
+        return monitor_->Explain(seq_, !peer_failed, "", waited());
+      }
     }
   }
 
  private:
   WorkPtr work_;
-  int rank_;
-  std::string op_, what_;
+  GangMonitor* monitor_;
+  uint64_t seq_;
   std::chrono::milliseconds timeout_;
+  std::atomic<bool>* abandoned_;
 };
 
 class GlooCommunicator final : public Communicator {
@@ -99,6 +118,7 @@ class GlooCommunicator final : public Communicator {
           ") failed after ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
           " s (timeout ", o.timeout.count() / 1000.0, " s): ", Message(e)));
     }
+    ASSIGN_OR_RETURN(comm->monitor_, GangMonitor::Start(launch));
     return std::unique_ptr<Communicator>(std::move(comm));
   }
 
@@ -108,32 +128,36 @@ class GlooCommunicator final : public Communicator {
 
   absl::StatusOr<std::unique_ptr<PendingCollective>> AllReduceSumAsync(torch::Tensor tensor,
                                                                        const std::string& what) override {
-    try {
+    return Issue("all-reduce", what, Bytes(tensor), [&] {
       std::vector<torch::Tensor> tensors{tensor};
-      return std::unique_ptr<PendingCollective>(
-          new GlooPending(pg_->allreduce(tensors), rank_, "all-reduce", what, timeout_));
-    } catch (const std::exception& e) {
-      return CollectiveError(rank_, "all-reduce", what, Message(e), timeout_);
-    }
+      return pg_->allreduce(tensors);
+    });
   }
 
   absl::Status Broadcast(torch::Tensor tensor, int root, const std::string& what) override {
-    try {
-      std::vector<torch::Tensor> tensors{tensor};
-      c10d::BroadcastOptions bo;
-      bo.rootRank = root;
-      return GlooPending(pg_->broadcast(tensors, bo), rank_, "broadcast", what, timeout_).Wait();
-    } catch (const std::exception& e) {
-      return CollectiveError(rank_, "broadcast", what, Message(e), timeout_);
-    }
+    ASSIGN_OR_RETURN(std::unique_ptr<PendingCollective> op, Issue("broadcast", what, Bytes(tensor), [&] {
+                       std::vector<torch::Tensor> tensors{tensor};
+                       c10d::BroadcastOptions bo;
+                       bo.rootRank = root;
+                       return pg_->broadcast(tensors, bo);
+                     }));
+    return op->Wait();
   }
 
   absl::Status Barrier(const std::string& what) override {
-    try {
-      return GlooPending(pg_->barrier(), rank_, "barrier", what, timeout_).Wait();
-    } catch (const std::exception& e) {
-      return CollectiveError(rank_, "barrier", what, Message(e), timeout_);
-    }
+    ASSIGN_OR_RETURN(std::unique_ptr<PendingCollective> op, Issue("barrier", what, 0, [&] { return pg_->barrier(); }));
+    return op->Wait();
+  }
+
+  void PostFailure(const absl::Status& why) override { monitor_->PostFailure(std::string(why.message())); }
+
+  ~GlooCommunicator() override {
+    monitor_.reset();
+    // A collective abandoned mid-flight (a peer failed, or the deadline
+    // passed first) still occupies Gloo's worker thread, which the process
+    // group's destructor would join: leave it to the process's exit instead
+    // of waiting out Gloo's own timeout.
+    if (abandoned_.load()) (void)pg_.release();
   }
 
  private:
@@ -143,6 +167,36 @@ class GlooCommunicator final : public Communicator {
   std::chrono::milliseconds timeout_;
   c10::intrusive_ptr<c10d::Store> store_;
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  std::unique_ptr<GangMonitor> monitor_;
+  std::atomic<bool> abandoned_{false};
+
+  // RETINA_FAULTS=collective.stall_at=N[,collective.stall_rank=R]: this
+  // rank stops before issuing collective #N (common/fault_injection.h).
+  void StallIfInjected() {
+    static const std::optional<int64_t> at = FaultValue(Fault::kCollectiveStallAt);
+    static const std::optional<int64_t> only = FaultValue(Fault::kCollectiveStallRank);
+    if (!at || (only && *only != rank_)) return;
+    const std::optional<CollectiveRecord> last = monitor_->recorder().Last();
+    if (static_cast<int64_t>(last ? last->seq + 1 : 1) != *at) return;
+    RETINA_LOG(Warning) << "rank " << rank_ << ": RETINA_FAULTS: stalling before collective #" << *at;
+    while (true) std::this_thread::sleep_for(std::chrono::seconds(60));
+  }
+
+  static int64_t Bytes(const torch::Tensor& t) { return static_cast<int64_t>(t.numel() * t.element_size()); }
+
+  // Records the collective, issues it; a failure to issue is explained too.
+  template <class IssueFn>
+  absl::StatusOr<std::unique_ptr<PendingCollective>> Issue(const char* kind, const std::string& what, int64_t bytes,
+                                                           IssueFn issue) {
+    StallIfInjected();
+    const uint64_t seq = monitor_->recorder().Begin(kind, what, bytes);
+    try {
+      return std::unique_ptr<PendingCollective>(new GlooPending(issue(), monitor_.get(), seq, timeout_, &abandoned_));
+    } catch (const std::exception& e) {
+      monitor_->recorder().End(seq, false);
+      return monitor_->Explain(seq, false, Message(e), 0);
+    }
+  }
 };
 
 }  // namespace

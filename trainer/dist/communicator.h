@@ -3,7 +3,10 @@
 // Every collective has a deadline (the job's runtime.collective_timeout_s):
 // a timed-out collective or a dead peer fails with an error naming this rank
 // and the operation (DEADLINE_EXCEEDED, or ABORTED for a broken connection),
-// never a silent hang. Collectives must be issued in the same order on every
+// never a silent hang. Gloo and NCCL keep a flight recorder of collectives
+// and a gang monitor (gang_monitor.h): a timeout names the rank(s) that
+// never arrived and their hosts, and a rank that fails (PostFailure) ends
+// the others' waits at once with its cause. Collectives must be issued in the same order on every
 // rank. One thread drives a communicator (the training loop, and autograd's
 // backward thread through the reducer, never both at once).
 //
@@ -44,6 +47,9 @@ class Communicator {
   // Copies `root`'s tensor to every rank, in place.
   virtual absl::Status Broadcast(torch::Tensor tensor, int root, const std::string& what) = 0;
   virtual absl::Status Barrier(const std::string& what) = 0;
+  // This rank is failing for `why`: tell the others, so that their waits end
+  // now with its cause (gang_monitor.h). Best effort, bounded.
+  virtual void PostFailure(const absl::Status& why) { (void)why; }
 };
 
 struct CommunicatorOptions {

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "trainer/dist/gang_monitor.h"
 #include "trainer/dist/rendezvous.h"
 
 namespace retina::trainer {
@@ -43,15 +44,14 @@ class NcclCommunicator;
 
 class NcclPending final : public PendingCollective {
  public:
-  NcclPending(NcclCommunicator* comm, cudaEvent_t done, std::string op, std::string what)
-      : comm_(comm), done_(done), op_(std::move(op)), what_(std::move(what)) {}
+  NcclPending(NcclCommunicator* comm, cudaEvent_t done, uint64_t seq) : comm_(comm), done_(done), seq_(seq) {}
   ~NcclPending() override { cudaEventDestroy(done_); }
   absl::Status Wait() override;
 
  private:
   NcclCommunicator* comm_;
   cudaEvent_t done_;
-  std::string op_, what_;
+  uint64_t seq_;
 };
 
 class NcclCommunicator final : public Communicator {
@@ -90,6 +90,7 @@ class NcclCommunicator final : public Communicator {
       return s;
     }
     RETINA_CUDA(cudaStreamCreateWithFlags(&comm->stream_, cudaStreamNonBlocking));
+    ASSIGN_OR_RETURN(comm->monitor_, GangMonitor::Start(launch));
     return std::unique_ptr<Communicator>(std::move(comm));
   }
 
@@ -114,26 +115,31 @@ class NcclCommunicator final : public Communicator {
     return AllReduceSum(barrier_, what);
   }
 
-  // Polls `done` until the deadline; aborts the communicator on failure.
-  absl::Status Await(cudaEvent_t done, const std::string& op, const std::string& what) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout_;
+  void PostFailure(const absl::Status& why) override { monitor_->PostFailure(std::string(why.message())); }
+
+  // Polls `done` until the deadline or another rank's posted failure;
+  // aborts the communicator on failure, explained by the gang monitor.
+  absl::Status Await(cudaEvent_t done, uint64_t seq) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto deadline = t0 + timeout_;
     for (;;) {
       const cudaError_t q = cudaEventQuery(done);
       if (q == cudaSuccess) break;
       if (q != cudaErrorNotReady) return CudaStatus(q, "cudaEventQuery");
       ncclResult_t async = ncclSuccess;
       ncclCommGetAsyncError(comm_, &async);
-      if (async != ncclSuccess || std::chrono::steady_clock::now() > deadline) {
+      const bool timed_out = std::chrono::steady_clock::now() > deadline;
+      if (async != ncclSuccess || timed_out || !monitor_->PeerFailure().empty()) {
         aborted_ = true;
         ncclCommAbort(comm_);
         comm_ = nullptr;
-        const std::string text = absl::StrCat("rank ", rank_, ": ", op, " '", what, "' ",
-                                              async != ncclSuccess ? ncclGetErrorString(async) : "timed out", " after ",
-                                              timeout_.count() / 1000.0, " s (a peer rank died or stalled)");
-        return async != ncclSuccess ? absl::AbortedError(text) : absl::DeadlineExceededError(text);
+        monitor_->recorder().End(seq, false);
+        return monitor_->Explain(seq, timed_out, async != ncclSuccess ? ncclGetErrorString(async) : "",
+                                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
       }
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
+    monitor_->recorder().End(seq, true);
     // Later work on the default stream sees the result.
     RETINA_CUDA(cudaStreamWaitEvent(nullptr, done, 0));
     return absl::OkStatus();
@@ -159,7 +165,8 @@ class NcclCommunicator final : public Communicator {
     if (absl::Status s = NcclStatus(call(*type), op, rank_); !s.ok()) return s;
     RETINA_CUDA(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
     RETINA_CUDA(cudaEventRecord(done, stream_));
-    return std::unique_ptr<PendingCollective>(new NcclPending(this, done, op, what));
+    const uint64_t seq = monitor_->recorder().Begin(op, what, static_cast<int64_t>(t.numel() * t.element_size()));
+    return std::unique_ptr<PendingCollective>(new NcclPending(this, done, seq));
   }
 
   int rank_, size_;
@@ -169,9 +176,10 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t stream_ = nullptr;
   bool aborted_ = false;
   torch::Tensor barrier_;
+  std::unique_ptr<GangMonitor> monitor_;
 };
 
-absl::Status NcclPending::Wait() { return comm_->Await(done_, op_, what_); }
+absl::Status NcclPending::Wait() { return comm_->Await(done_, seq_); }
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/gang_failure.h"
 #include "common/logging.h"
 #include "trainer/torch_compat.h"
 
@@ -15,7 +16,7 @@ namespace retina::trainer {
 namespace {
 
 constexpr char kArrived[] = "retina/rendezvous/arrived";
-constexpr char kFailed[] = "retina/rendezvous/failed";
+constexpr const char* kFailed = kGangFailedKey;
 
 std::string Message(const std::exception& e) {
   if (const auto* c10 = dynamic_cast<const c10::Error*>(&e)) return c10->what_without_backtrace();
@@ -56,6 +57,16 @@ c10::intrusive_ptr<c10d::Store> Connect(const LaunchInfo& launch, bool server, s
 
 }  // namespace
 
+absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStoreClient(const LaunchInfo& launch,
+                                                                   std::chrono::milliseconds timeout) {
+  try {
+    return Connect(launch, /*server=*/false, timeout);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(absl::StrCat("rank ", launch.rank, ": cannot reach the store at ", launch.master_addr,
+                                               ":", launch.master_port, ": ", Message(e)));
+  }
+}
+
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchInfo& launch,
                                                                   std::chrono::milliseconds timeout) {
   const auto t0 = std::chrono::steady_clock::now();
@@ -77,7 +88,8 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchIn
       }
       return absl::UnavailableError(text);
     }
-    return absl::UnavailableError(absl::StrCat(where, ": ", server ? "cannot serve" : "cannot reach", " the store ",
+    return absl::UnavailableError(absl::StrCat(server ? "" : GangFailureTag(GangFailure::kStoreUnreachable), where, ": ",
+                                               server ? "cannot serve" : "cannot reach", " the store ",
                                                Elapsed(t0, timeout), ": ", cause));
   }
   try {
@@ -89,13 +101,13 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchIn
     while (true) {
       if (store->check({kFailed})) {
         const std::vector<uint8_t> why = store->get(kFailed);
-        return absl::AbortedError(absl::StrCat(where, ": another rank failed ", Elapsed(t0, timeout), ": ",
+        return absl::AbortedError(absl::StrCat(GangFailureTag(GangFailure::kPeerFailed), where, ": another rank failed ", Elapsed(t0, timeout), ": ",
                                                std::string(why.begin(), why.end())));
       }
       const int64_t arrived = store->add(kArrived, 0);
       if (arrived >= launch.world_size) break;
       if (std::chrono::steady_clock::now() - t0 > timeout) {
-        return absl::DeadlineExceededError(absl::StrCat(where, ": ", arrived, " of ", launch.world_size,
+        return absl::DeadlineExceededError(absl::StrCat(GangFailureTag(GangFailure::kRendezvousTimeout), where, ": ", arrived, " of ", launch.world_size,
                                                         " ranks arrived ", Elapsed(t0, timeout)));
       }
       if (std::chrono::steady_clock::now() - last_log > std::chrono::seconds(30)) {
@@ -107,7 +119,7 @@ absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchIn
       poll = std::min(poll * 2, std::chrono::milliseconds(500));
     }
   } catch (const std::exception& e) {
-    return absl::UnavailableError(absl::StrCat(where, ": the store failed ", Elapsed(t0, timeout), ": ", Message(e)));
+    return absl::UnavailableError(absl::StrCat(GangFailureTag(GangFailure::kStoreUnreachable), where, ": the store failed ", Elapsed(t0, timeout), ": ", Message(e)));
   }
   return store;
 }

@@ -25,6 +25,17 @@
 
 namespace retina::trainer {
 
+// The key a failing rank posts its cause under (first cause wins); ranks
+// waiting in the rendezvous or in a collective end their wait with it.
+inline constexpr char kGangFailedKey[] = "retina/rendezvous/failed";
+
+// A second client of the gang's store (the monitor's own connection, so that
+// its bounded calls never queue behind the communicator's): every operation
+// gives up after `timeout`. UNAVAILABLE naming the address when it cannot
+// connect.
+absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectStoreClient(const LaunchInfo& launch,
+                                                                   std::chrono::milliseconds timeout);
+
 absl::StatusOr<c10::intrusive_ptr<c10d::Store>> ConnectRendezvous(const LaunchInfo& launch,
                                                                   std::chrono::milliseconds timeout);
 

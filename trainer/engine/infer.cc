@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/fault_injection.h"
 #include "common/file_util.h"
+#include "common/job_identity.h"
 #include "common/logging.h"
 #include "common/path_policy.h"
 #include "common/records.h"
@@ -130,6 +131,7 @@ class InferJob {
  public:
   InferJob(const JobConfig& config, const RunOptions& options) : config_(config), o_(options), layout_(options.store) {}
   absl::Status SetUp();
+  Communicator* comm() { return comm_.get(); }
   absl::StatusOr<RunOutcome> Run();
 
  private:
@@ -298,6 +300,9 @@ absl::StatusOr<bool> InferJob::Rounds(const std::vector<std::pair<size_t, int64_
     double voxels = 0;
     if (i < static_cast<int64_t>(work.size())) {
       const auto [input, row] = work[i];
+      // Every rank writes its own rows: each stops once a newer attempt has
+      // fenced this one off (job_identity.h, ATTEMPT).
+      RETURN_IF_ERROR(CheckAttemptCurrent(StoreLayout(o_.store), o_.job_id, o_.attempt));
       RETURN_IF_ERROR(step(input, row));
       if (predicting) {
         voxels = static_cast<double>(inputs_[input].zarr ? inputs_[input].zarr->RowVoxels(row)
@@ -494,8 +499,11 @@ absl::StatusOr<RunOutcome> InferJob::Run() {
 
 absl::StatusOr<RunOutcome> RunInfer(const JobConfig& config, const RunOptions& options) {
   InferJob job(config, options);
-  RETURN_IF_ERROR(job.SetUp());
-  return job.Run();
+  const absl::Status setup = job.SetUp();
+  absl::StatusOr<RunOutcome> outcome = setup.ok() ? job.Run() : absl::StatusOr<RunOutcome>(setup);
+  // The other ranks stop now, with this cause (communicator.h PostFailure).
+  if (!outcome.ok() && job.comm() != nullptr) job.comm()->PostFailure(outcome.status());
+  return outcome;
 }
 
 }  // namespace retina::trainer

@@ -48,6 +48,8 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
   // Never adopt a job directory this job did not create (its checkpoints,
   // spec and metrics would be another job's).
   RETURN_IF_ERROR(CheckJobOwner(StoreLayout(o.store), o.job_id, o.job_uid, /*claim=*/true));
+  // A newer attempt fences this one off the store (job_identity.h, ATTEMPT).
+  RETURN_IF_ERROR(ClaimAttempt(StoreLayout(o.store), o.job_id, o.attempt));
   if (config.kind == JobKind::kEvaluate) return RunEvaluation(config, o);
   if (config.kind == JobKind::kInfer) return RunInfer(config, o);
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, o));

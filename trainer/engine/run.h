@@ -35,6 +35,7 @@ struct RunOptions {
   LaunchOverrides launch;
   std::string config_text;      // the job YAML as given (its hash goes into state.json)
   std::string job_uid;          // when set, jobs/<id>/JOB_UID must match (common/job_identity.h)
+  int attempt = 0;              // the service's attempt (RETINA_ATTEMPT): fences jobs/<id>/ATTEMPT; 0: unfenced
   bool confine = false;         // a service rank: paths only under the store and allowed_roots
   std::vector<std::filesystem::path> allowed_roots;
   std::vector<std::filesystem::path> output_roots;  // with confine: where infer outputs may go besides jobs/<id>/

@@ -17,6 +17,7 @@
 #include "common/checkpoint_store.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/job_identity.h"
 #include "common/metrics_csv.h"
 #include "common/records.h"
 #include "common/status_macros.h"
@@ -73,9 +74,16 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const JobConfig& config
                                                    t->launch_.world_size));
   }
   t->batch_ = t->global_batch_ / t->launch_.world_size;
-  RETURN_IF_ERROR(t->SetUpData());
-  RETURN_IF_ERROR(t->SetUpModel());
-  RETURN_IF_ERROR(t->SetUpStore());
+  // The gang forms first, so that a rank failing on its own inputs (bad data
+  // on one node) ends the others' waits at once with its cause.
+  RETURN_IF_ERROR(t->SetUpCommunicator());
+  absl::Status s = t->SetUpData();
+  if (s.ok()) s = t->SetUpModel();
+  if (s.ok()) s = t->SetUpStore();
+  if (!s.ok()) {
+    t->comm_->PostFailure(s);
+    return s;
+  }
   return t;
 }
 
@@ -104,8 +112,8 @@ absl::Status Trainer::SetUpData() {
   return absl::OkStatus();
 }
 
-// Communicator, model (and transfer), reducer, optimiser.
-absl::Status Trainer::SetUpModel() {
+// The gang: rendezvous and the communicator.
+absl::Status Trainer::SetUpCommunicator() {
   CommunicatorOptions co;
   co.backend = config_.runtime.dist_backend;
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(config_.runtime.collective_timeout_s * 1000));
@@ -117,6 +125,11 @@ absl::Status Trainer::SetUpModel() {
                    << comm_->backend() << ", rendezvous " << launch_.master_addr << ":" << launch_.master_port << " ("
                    << launch_.rendezvous_from << (launch_.agent_store ? ", torchrun agent store" : "") << "), "
                    << device_.describe << ", " << threads_.threads << " thread(s)";
+  return absl::OkStatus();
+}
+
+// Model (and transfer), reducer, optimiser.
+absl::Status Trainer::SetUpModel() {
   ASSIGN_OR_RETURN(model_config_,
                    NamedModelConfig(config_.model.name, config_.model.image_size, config_.model.classes,
                                     pretrain_ ? ModelHead::kReconstruction : ModelHead::kSegmentation));
@@ -348,6 +361,7 @@ absl::Status Trainer::Save(std::optional<double> score) {
   s.std = std_;
   RETURN_IF_ERROR(w.WriteFile(StoreLayout::kCheckpointState, EncodeCheckpointState(s)));
   if (score) w.SetScore(*score);
+  RETURN_IF_ERROR(CheckAttemptCurrent(layout_, options_.job_id, options_.attempt));
   ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
   ASSIGN_OR_RETURN(auto removed,
                    CheckpointStore(dir).ApplyRetention(
@@ -382,6 +396,12 @@ void Trainer::Record(const StepResult& r, double seconds, std::optional<double> 
 }
 
 absl::StatusOr<RunOutcome> Trainer::Run() {
+  absl::StatusOr<RunOutcome> outcome = RunSteps();
+  if (!outcome.ok()) comm_->PostFailure(outcome.status());  // the other ranks stop now, with this cause
+  return outcome;
+}
+
+absl::StatusOr<RunOutcome> Trainer::RunSteps() {
   StopSignals signals;
   // Rate and ETA from the steps this process runs (not those it resumed past).
   bar_ = std::make_unique<ProgressBar>(absl::StrCat(JobKindName(config_.kind), " ", options_.job_id), total_, "steps", step_);
@@ -418,6 +438,9 @@ absl::StatusOr<RunOutcome> Trainer::Run() {
         (step_ % f.eval_every_iters == 0 || step_ == total_)) {
       ASSIGN_OR_RETURN(val_iou, Validate());
     }
+    // A newer attempt fenced this one off (a host cut off, then healed):
+    // stop before writing a row or a checkpoint (job_identity.h, ATTEMPT).
+    if (launch_.rank == 0) RETURN_IF_ERROR(CheckAttemptCurrent(layout_, options_.job_id, options_.attempt));
     if (launch_.rank == 0) Record(r, seconds, val_iou);
     const bool epoch_end = pretrain_ && step_ % steps_per_epoch_ == 0;
     const bool eval_step =

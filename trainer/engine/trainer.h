@@ -42,12 +42,14 @@ class Trainer {
   absl::StatusOr<RunOutcome> Run();
 
  private:
+  absl::StatusOr<RunOutcome> RunSteps();
   struct StepResult {
     double mean_loss = 0;  // over ranks
     double lr = 0;
     bool stop = false;     // some rank was asked to stop
   };
   Trainer(const JobConfig& config, const RunOptions& options);
+  absl::Status SetUpCommunicator();
   absl::Status SetUpData();
   absl::Status SetUpModel();
   absl::Status SetUpStore();
