@@ -11,6 +11,9 @@
 #   host_addr 2                 # 198.18.0.2
 #   host_link 2 down|up         # cut host 2 off the switch, or back (a partition)
 #   host_kill 2                 # SIGKILL every process on host 2 (a host crash)
+#   host_block 3 2              # host 3 can no longer reach host 2 (a blackhole
+#                               # route on 3: its packets to 2 vanish, a stall
+#                               # without errors); host_unblock 3 2 heals it
 #
 # Everything is removed at exit (the EXIT/INT/TERM trap: processes on the
 # hosts killed, namespaces deleted), even when a test fails. A run killed
@@ -91,3 +94,5 @@ host_link() {  # I up|down
   ip -n "$HOSTS_PREFIX-h$1" link set eth0 "$2"
 }
 host_kill() { _hosts_kill_ns "$HOSTS_PREFIX-h$1"; }
+host_block() { ip -n "$HOSTS_PREFIX-h$1" route add blackhole "198.18.0.$2/32"; }
+host_unblock() { ip -n "$HOSTS_PREFIX-h$1" route del blackhole "198.18.0.$2/32"; }
