@@ -14,6 +14,7 @@ absl::string_view GangFailureName(GangFailure cause) {
     case GangFailure::kConnectionLost: return "connection_lost";
     case GangFailure::kRendezvousTimeout: return "rendezvous_timeout";
     case GangFailure::kStoreUnreachable: return "store_unreachable";
+    case GangFailure::kPeerUnreachable: return "peer_unreachable";
   }
   return "unknown";
 }

@@ -24,11 +24,12 @@ enum class GangFailure {
   kConnectionLost,      // a peer's connection closed mid-collective (its process or host died)
   kRendezvousTimeout,   // not every rank reached the rendezvous in time
   kStoreUnreachable,    // the rendezvous store (rank 0's host) could not be reached
+  kPeerUnreachable,     // a rank could not connect to a peer's advertised address (a wrong interface or address)
 };
 
 inline constexpr GangFailure kAllGangFailures[] = {GangFailure::kCollectiveTimeout, GangFailure::kPeerFailed,
                                                    GangFailure::kConnectionLost, GangFailure::kRendezvousTimeout,
-                                                   GangFailure::kStoreUnreachable};
+                                                   GangFailure::kStoreUnreachable, GangFailure::kPeerUnreachable};
 
 // "collective_timeout", "peer_failed", ... (the Prometheus label value).
 absl::string_view GangFailureName(GangFailure cause);

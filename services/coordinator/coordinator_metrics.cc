@@ -38,7 +38,7 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
                                 "Heartbeats answered without assignments while the state lock was busy", r).Add({});
   gang_failures_ = &Build(prometheus::BuildCounter(), "retina_gang_failures_total",
                           "Attempts that failed because their gang of ranks failed together, by cause "
-                          "(collective_timeout, peer_failed, connection_lost, rendezvous_timeout, store_unreachable)",
+                          "(collective_timeout, peer_failed, connection_lost, rendezvous_timeout, store_unreachable, peer_unreachable)",
                           r);
   for (GangFailure cause : kAllGangFailures) gang_failures_->Add({{"cause", std::string(GangFailureName(cause))}});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);

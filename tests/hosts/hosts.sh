@@ -14,6 +14,10 @@
 #   host_block 3 2              # host 3 can no longer reach host 2 (a blackhole
 #                               # route on 3: its packets to 2 vanish, a stall
 #                               # without errors); host_unblock 3 2 heals it
+#   host_second_if 2 eth1 198.18.0.102
+#                               # a second interface on host 2 with an address
+#                               # no other host can reach (a management or
+#                               # storage network the others are not on)
 #
 # Everything is removed at exit (the EXIT/INT/TERM trap: processes on the
 # hosts killed, namespaces deleted), even when a test fails. A run killed
@@ -96,3 +100,12 @@ host_link() {  # I up|down
 host_kill() { _hosts_kill_ns "$HOSTS_PREFIX-h$1"; }
 host_block() { ip -n "$HOSTS_PREFIX-h$1" route add blackhole "198.18.0.$2/32"; }
 host_unblock() { ip -n "$HOSTS_PREFIX-h$1" route del blackhole "198.18.0.$2/32"; }
+host_second_if() {  # I NAME ADDR
+  local ns=$HOSTS_PREFIX-h$1
+  ip -n "$ns" link add "$2" type veth peer name "${2}p"
+  ip -n "$ns" addr add "$3/32" dev "$2"
+  ip -n "$ns" link set "$2" up
+  # Answer ARP on eth0 only for eth0's own address (else the weak host model
+  # makes the second address reachable through eth0 after all).
+  ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.arp_ignore=1
+}

@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <optional>
 #include <thread>
-#include <cstdlib>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
 #include "common/fault_injection.h"
+#include "common/gang_failure.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "trainer/dist/communicator_mpi.h"
@@ -95,30 +98,39 @@ class GlooCommunicator final : public Communicator {
   static absl::StatusOr<std::unique_ptr<Communicator>> Create(const LaunchInfo& launch,
                                                               const CommunicatorOptions& o) {
     auto comm = std::unique_ptr<GlooCommunicator>(new GlooCommunicator(launch.rank, launch.world_size, o.timeout));
-    const auto t0 = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(comm->store_, ConnectRendezvous(launch, o.timeout));
+    // The monitor first: a rank that cannot connect its peers tells the
+    // others, whose own connecting is then abandoned at once.
+    ASSIGN_OR_RETURN(comm->monitor_, GangMonitor::Start(launch));
+    c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> options;
+    std::string bound;  // what this rank binds, for the errors: "eth1 (GLOO_SOCKET_IFNAME) [198.18.0.103]"
     try {
-      auto options = c10d::ProcessGroupGloo::Options::create(o.timeout);
+      options = c10d::ProcessGroupGloo::Options::create(o.timeout);
       if (!launch.gloo_ifname.empty()) {
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(launch.gloo_ifname));
+        bound = absl::StrCat(launch.gloo_ifname, " (GLOO_SOCKET_IFNAME)");
       } else if (!launch.host_addr.empty()) {
         // The address the launcher advertises for this host (a worker's
         // --host): the hostname may resolve to loopback, which the other
         // hosts would then be told to dial.
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(launch.host_addr));
+        bound = "RETINA_HOST_ADDR";
       } else if (launch.master_addr == "127.0.0.1" || launch.master_addr == "localhost") {
         options->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+        bound = "loopback (MASTER_ADDR is local)";
       } else {
         options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+        bound = "the hostname's address";
       }
-      comm->pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(comm->store_, launch.rank, launch.world_size, options);
+      absl::StrAppend(&bound, " ", options->devices.back()->str());
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat(
-          "rank ", launch.rank, ": gloo connection setup (rendezvous at ", launch.master_addr, ":", launch.master_port,
-          ") failed after ", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
-          " s (timeout ", o.timeout.count() / 1000.0, " s): ", Message(e)));
+      const absl::Status s = absl::InvalidArgumentError(absl::StrCat(
+          "rank ", launch.rank, ": cannot bind Gloo to ",
+          launch.gloo_ifname.empty() ? launch.host_addr : "GLOO_SOCKET_IFNAME=" + launch.gloo_ifname, ": ", Message(e)));
+      comm->monitor_->PostFailure(std::string(s.message()));
+      return s;
     }
-    ASSIGN_OR_RETURN(comm->monitor_, GangMonitor::Start(launch));
+    RETURN_IF_ERROR(comm->ConnectMesh(launch, options, bound));
     return std::unique_ptr<Communicator>(std::move(comm));
   }
 
@@ -180,6 +192,61 @@ class GlooCommunicator final : public Communicator {
     if (static_cast<int64_t>(last ? last->seq + 1 : 1) != *at) return;
     RETINA_LOG(Warning) << "rank " << rank_ << ": RETINA_FAULTS: stalling before collective #" << *at;
     while (true) std::this_thread::sleep_for(std::chrono::seconds(60));
+  }
+
+  // Builds the process group (Gloo connects every pair) on a thread of its
+  // own, so that another rank's posted failure ends the wait at once; that
+  // thread is then left to the process's exit. A failure to connect names
+  // what this rank bound and is posted for the others.
+  absl::Status ConnectMesh(const LaunchInfo& launch, c10::intrusive_ptr<c10d::ProcessGroupGloo::Options> options,
+                           const std::string& bound) {
+    struct Outcome {
+      absl::Mutex mu;
+      bool done = false;
+      c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+      std::string error;
+    };
+    auto outcome = std::make_shared<Outcome>();
+    const auto t0 = std::chrono::steady_clock::now();
+    std::thread builder([outcome, store = store_, options, rank = launch.rank, size = launch.world_size] {
+      c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+      std::string error;
+      try {
+        pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, size, options);
+      } catch (const std::exception& e) {
+        error = Message(e);
+      }
+      absl::MutexLock lock(&outcome->mu);
+      outcome->pg = std::move(pg);
+      outcome->error = std::move(error);
+      outcome->done = true;
+    });
+    auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
+    while (true) {
+      {
+        absl::MutexLock lock(&outcome->mu);
+        if (outcome->mu.AwaitWithTimeout(absl::Condition(&outcome->done), absl::Milliseconds(100))) break;
+      }
+      if (const std::string peer = monitor_->PeerFailure(); !peer.empty()) {
+        builder.detach();  // still inside Gloo's connect; the process exits with this error
+        return absl::AbortedError(absl::StrCat(GangFailureTag(GangFailure::kPeerFailed), "rank ", launch.rank, " on ",
+                                               monitor_->host(), ": connecting the Gloo mesh (bound ", bound,
+                                               ") abandoned after ", absl::StrFormat("%.1f", elapsed()), " s: ", peer));
+      }
+    }
+    builder.join();
+    if (outcome->error.empty()) {
+      pg_ = std::move(outcome->pg);
+      return absl::OkStatus();
+    }
+    const absl::Status s = absl::UnavailableError(absl::StrCat(
+        GangFailureTag(GangFailure::kPeerUnreachable), "rank ", launch.rank, " on ", monitor_->host(), ": Gloo bound ",
+        bound, " and could not connect its peers after ", absl::StrFormat("%.1f", elapsed()), " s (timeout ",
+        timeout_.count() / 1000.0, " s; rendezvous ", launch.master_addr, ":", launch.master_port, "): ", outcome->error,
+        ": every rank's Gloo address must be reachable from the other hosts (choose the interface with "
+        "GLOO_SOCKET_IFNAME, or the address with RETINA_HOST_ADDR / the worker's --host)"));
+    monitor_->PostFailure(std::string(s.message()));
+    return s;
   }
 
   static int64_t Bytes(const torch::Tensor& t) { return static_cast<int64_t>(t.numel() * t.element_size()); }
