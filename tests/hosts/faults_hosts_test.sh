@@ -30,12 +30,9 @@ python=${RETINA_PYTHON3:-/usr/bin/python3}
 # shellcheck source=hosts.sh
 source "$here/hosts.sh"
 hosts_up 3
-work=$(mktemp -d)
-# RETINA_KEEP_WORK=1 keeps the logs and the store for a look afterwards.
-trap 'rc=$?; hosts_down; [[ -n ${RETINA_KEEP_WORK:-} ]] && echo "kept $work" || rm -rf "$work"; exit $rc' EXIT
+hosts_work
 # shellcheck source=service.sh
 source "$here/service.sh"
-fail() { _service_fail "$@"; }
 now() { date +%s.%N; }
 since() { "$python" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
 # wait_for SECONDS WHAT CMD...: polls CMD every 0.2 s.

@@ -7,6 +7,9 @@
 #
 #   source tests/hosts/hosts.sh
 #   hosts_up 3                  # hosts 1..3 at 198.18.0.1..3 (exit 77 saying why where it cannot)
+#   hosts_work                  # $work: a scratch folder removed at exit (kept
+#                               # with RETINA_KEEP_WORK=1), and fail MESSAGE,
+#                               # which prints the tails of $work/*.log, exits 1
 #   host_exec 2 CMD...          # CMD on host 2 (its network; the same filesystem: the shared store)
 #   host_addr 2                 # 198.18.0.2
 #   host_link 2 down|up         # cut host 2 off the switch, or back (a partition)
@@ -108,4 +111,20 @@ host_second_if() {  # I NAME ADDR
   # Answer ARP on eth0 only for eth0's own address (else the weak host model
   # makes the second address reachable through eth0 after all).
   ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.arp_ignore=1
+}
+
+hosts_work() {
+  work=$(mktemp -d)
+  trap 'rc=$?; hosts_down; if [[ -n ${RETINA_KEEP_WORK:-} ]]; then echo "kept $work"; else rm -rf "$work"; fi; exit $rc' EXIT
+}
+
+fail() {
+  echo "FAIL: $*"
+  local f
+  for f in "$work"/*.log; do
+    [[ -e $f ]] || continue
+    echo "--- $f"
+    tail -n 20 "$f"
+  done
+  exit 1
 }

@@ -20,13 +20,7 @@ build=$(cd "$1" && pwd)
 # shellcheck source=hosts.sh
 source "$here/hosts.sh"
 hosts_up 3
-work=$(mktemp -d)
-trap 'rc=$?; hosts_down; rm -rf "$work"; exit $rc' EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.log; do echo "--- $f"; tail -n 5 "$f"; done
-  exit 1
-}
+hosts_work
 for i in 2 3; do host_second_if "$i" eth1 "198.18.0.10$i"; done
 host_exec 3 timeout 3 bash -c "echo > /dev/tcp/198.18.0.102/9" 2>/dev/null &&
   fail "198.18.0.102 (host 2's eth1) is reachable from host 3: the test network is not what it should be"

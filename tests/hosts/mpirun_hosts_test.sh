@@ -20,13 +20,7 @@ command -v unshare >/dev/null || { echo "SKIP: no unshare (util-linux) to give e
 # shellcheck source=hosts.sh
 source "$here/hosts.sh"
 hosts_up 3
-work=$(mktemp -d)
-trap 'rc=$?; hosts_down; rm -rf "$work"; exit $rc' EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.log; do echo "--- $f"; tail -n 30 "$f"; done
-  exit 1
-}
+hosts_work
 
 # OpenMPI's rsh agent: AGENT HOST CMD... runs CMD on that host.
 cat >"$work/agent" <<AGENT

@@ -14,12 +14,6 @@ set -euo pipefail
 service_address=$(host_addr 1):50051
 python=${RETINA_PYTHON3:-/usr/bin/python3}
 
-_service_fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.log; do echo "--- $f"; tail -n 20 "$f"; done
-  exit 1
-}
-
 # A CA and a server certificate for 198.18.0.1 (and nothing else).
 _service_tls() {
   command -v openssl >/dev/null || { echo "SKIP: no openssl for the test CA"; exit 77; }
@@ -29,7 +23,7 @@ _service_tls() {
     openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=$(host_addr 1)"
     printf 'subjectAltName=IP:%s' "$(host_addr 1)" >san.ext
     openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext
-  ) >"$work/openssl.log" 2>&1 || _service_fail "openssl could not make the test CA"
+  ) >"$work/openssl.log" 2>&1 || fail "openssl could not make the test CA"
   echo "worker-token-$RANDOM$RANDOM$RANDOM" >"$work/worker.token"
   echo "alice-token-$RANDOM$RANDOM$RANDOM" >"$work/alice.token"
   echo "$(cat "$work/alice.token") alice" >"$work/client.tokens"
@@ -43,7 +37,7 @@ service_coordinator() {
     --tls-cert "$work/server.pem" --tls-key "$work/server.key" --client-tokens "$work/client.tokens" \
     --worker-token "$work/worker.token" "$@" >"$work/coordinator.log" 2>&1 &
   for _ in $(seq 100); do [[ -s $work/coordinator.ready ]] && return 0; sleep 0.1; done
-  _service_fail "the coordinator did not start on host 1"
+  fail "the coordinator did not start on host 1"
 }
 
 service_worker() {  # I [ARGS...]
@@ -54,7 +48,7 @@ service_worker() {  # I [ARGS...]
     --ca "$work/ca.pem" --token-file "$work/worker.token" --store "$work/store" \
     --ready-file "$work/worker$i.ready" "$@" >>"$work/worker$i.log" 2>&1 &
   for _ in $(seq 100); do [[ -s $work/worker$i.ready ]] && return 0; sleep 0.1; done
-  _service_fail "the worker on host $i did not register"
+  fail "the worker on host $i did not register"
 }
 
 retina_on() {  # I ARGS...

@@ -17,13 +17,7 @@ python=${RETINA_PYTHON3:-/usr/bin/python3}
 # shellcheck source=hosts.sh
 source "$here/hosts.sh"
 hosts_up 3
-work=$(mktemp -d)
-trap 'rc=$?; hosts_down; rm -rf "$work"; exit $rc' EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$work"/*.log; do echo "--- $f"; tail -n 20 "$f"; done
-  exit 1
-}
+hosts_work
 store=$work/store
 "$build/trainer/retina-synth" images --out "$work/raw" --count 16 --size 96 >/dev/null
 "$build/trainer/retina-shard" pack --input "$work/raw" --out "$store/datasets/em" --size 64 --shard-images 64 >/dev/null
