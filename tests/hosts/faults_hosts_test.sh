@@ -6,7 +6,9 @@
 #   1. the data-parallel equivalence across hosts: 2 hosts x 2 Gloo ranks
 #      equal one process in float64 (tests/trainer/dist_worker);
 #   2. the coordinator cut off from every worker for less than a lease:
-#      nothing restarts;
+#      nothing restarts; the workers' connections (through a userspace relay,
+#      tests/hosts/relay.py) reset five times and stalled for half a lease:
+#      they reconnect (docs/service.md), nothing restarts, no lease missed;
 #   3. a worker host partitioned mid-job: its lease expires, the job's next
 #      attempt resumes from LATEST on the other host; the stale rank on the
 #      cut-off host finds jobs/<id>/ATTEMPT advanced and stops without
@@ -14,7 +16,10 @@
 #      started), the link heals, the job succeeds; steps redone <= the
 #      checkpoint interval;
 #   4. a host crash (every process on it SIGKILLed): the job completes on
-#      the other host;
+#      the other host; the coordinator cut off from every worker for more
+#      than a lease: the workers are lost, the job waits QUEUED, and when
+#      the link heals they re-register, the old attempt is stopped and the
+#      job completes in a new one;
 #   5. one rank cut off from the other but not from the coordinator: the
 #      collective times out within runtime.collective_timeout_s, the job's
 #      message names the cause (gang failure (collective_timeout)) and the
@@ -66,13 +71,21 @@ store=$work/store
 "$build/trainer/retina-synth" images --out "$work/raw" --count 16 --size 96 >/dev/null
 "$build/trainer/retina-shard" pack --input "$work/raw" --out "$store/datasets/em" --size 64 --shard-images 64 >/dev/null
 interval=16  # steps between checkpoints: an epoch (64 patches of 64x64 from 16 images of 96x96, batch 4)
-printf 'kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\nruntime: {threads: 1}\npretrain: {epochs: 8, global_batch: 4, checkpoint_every_epochs: 1}\n' \
+printf 'kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\nruntime: {threads: 1}\npretrain: {epochs: 16, global_batch: 4, checkpoint_every_epochs: 1}\n' \
   >"$work/long.yaml"
 service_coordinator --lease-s 3 --heartbeat-s 0.5
+# The workers dial the coordinator through a relay on host 1 that can drop
+# or stall their connections.
+host_exec 1 "$python" "$here/relay.py" "$(host_addr 1):50052" "$service_address" >"$work/relay.log" 2>&1 &
+wait_for 10 "the relay did not start" grep -q relaying "$work/relay.log"
+relay=$(pgrep -f "relay.py $(host_addr 1):50052")
+worker_dial=$(host_addr 1):50052
 service_worker 2 --cpu-slots 1
 service_worker 3 --cpu-slots 1
 host_of() { job_field 1 "$1" "d['placement'][0]['host'].rsplit('.', 1)[1]"; }
 is_running() { [[ $(job_field 1 "$1" "d['state'] + ' ' + str(d['attempt'])") == "RUNNING $2" ]]; }
+ready_workers() { retina_on 1 workers --json | "$python" -c "import json, sys; print(sum(w.get('state', 'READY') == 'READY' for w in json.load(sys.stdin)['workers']))"; }
+two_ready() { [[ $(ready_workers) == 2 ]]; }
 has_checkpoint() { [[ -e $store/jobs/$1/checkpoints/LATEST ]]; }
 is_state() { [[ $(job_field 1 "$1" "d['state']") == "$2" ]]; }
 
@@ -87,6 +100,19 @@ sleep 3  # past a lease after the cut: a lost worker would have been noticed
 is_running "$a" 1 ||
   fail "$a: the coordinator cut off for 1 s (< the 3 s lease) restarted it: $(job_field 1 "$a" "d['state'], d['attempt'], d['message']")"
 echo "coordinator cut off for 1 s (lease 3 s): $a still RUNNING, attempt 1"
+for _ in 1 2 3 4 5; do
+  kill -USR1 "$relay"
+  sleep 0.5
+done
+kill -USR2 "$relay"
+sleep 1.5
+kill -USR2 "$relay"
+sleep 3
+grep -q "dropped [1-9]" "$work/relay.log" || fail "the relay carried no worker connection to drop"
+is_running "$a" 1 || fail "$a: reset or stalled connections restarted it: $(job_field 1 "$a" "d['state'], d['attempt'], d['message']")"
+misses=$(service_metric retina_worker_lease_misses_total)
+[[ $misses == 0.0 ]] || fail "the workers missed $misses lease(s) over reset or stalled connections"
+echo "worker connections reset 5 times and stalled 1.5 s (relay): $a still RUNNING, attempt 1, 0 lease misses"
 
 x=$(host_of "$a")
 t0=$(now)
@@ -113,8 +139,6 @@ PY
 echo "FIGURE partition of host $x -> attempt 2 running on host $y: $to_next s (lease 3 s); steps redone $redone (checkpoint every $interval; metrics rows $where)"
 
 # --- 4. a host crash ----------------------------------------------------------
-ready_workers() { retina_on 1 workers --json | "$python" -c "import json, sys; print(sum(w.get('state', 'READY') == 'READY' for w in json.load(sys.stdin)['workers']))"; }
-two_ready() { [[ $(ready_workers) == 2 ]]; }
 wait_for 30 "the worker on host $x did not come back after the partition" two_ready
 b=$(retina_on 1 submit "$work/long.yaml" --world-size 1 --max-restarts 2)
 wait_for 60 "$b did not start" is_running "$b" 1
@@ -127,6 +151,24 @@ to_next=$(since "$t0")
 wait_for 180 "$b did not succeed after the crash" is_state "$b" SUCCEEDED
 echo "FIGURE host $x crashed -> attempt 2 running: $to_next s; $b SUCCEEDED"
 service_worker "$x" --cpu-slots 1
+wait_for 30 "the worker on host $x did not register again" two_ready
+
+# --- 4b. the coordinator cut off from every worker for more than a lease -----
+misses_before=$(service_metric retina_worker_lease_misses_total)
+d=$(retina_on 1 submit "$work/long.yaml" --world-size 1 --max-restarts 2)
+wait_for 60 "$d did not start" is_running "$d" 1
+wait_for 60 "$d wrote no checkpoint" has_checkpoint "$d"
+host_link 1 down
+sleep 5  # lease 3 s: both workers are lost
+host_link 1 up
+t0=$(now)
+wait_for 60 "$d: no attempt 2 after the coordinator came back" is_running "$d" 2
+to_next=$(since "$t0")
+wait_for 180 "$d did not succeed after the coordinator was cut off" is_state "$d" SUCCEEDED
+misses=$("$python" -c "import sys; print(int(float(sys.argv[2]) - float(sys.argv[1])))" "$misses_before" \
+  "$(service_metric retina_worker_lease_misses_total)")
+[[ $misses == 2 ]] || fail "the coordinator cut off past the lease lost $misses worker(s), not both"
+echo "FIGURE coordinator cut off 5 s (lease 3 s): both workers lost; heal -> attempt 2 running: $to_next s; $d SUCCEEDED"
 
 # --- 5. one rank cut off from the other, not from the coordinator -----------
 printf 'kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\nruntime: {threads: 1, collective_timeout_s: 5}\npretrain: {epochs: 8, global_batch: 4, checkpoint_every_epochs: 1}\n' \

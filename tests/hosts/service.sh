@@ -5,7 +5,8 @@
 #
 #   source tests/hosts/service.sh          # after hosts.sh; needs $build and $work
 #   service_coordinator [ARGS...]          # on host 1 at 198.18.0.1:50051
-#   service_worker I [ARGS...]             # a worker on host I (--host its address)
+#   service_worker I [ARGS...]             # a worker on host I (--host its address),
+#                                          # dialing $worker_dial if set (a relay)
 #   retina_on I ARGS...                    # the CLI, run on host I as user alice
 #   service_metric NAME_AND_LABELS         # a value from the coordinator's /metrics
 # Logs: $work/coordinator.log, $work/worker<I>.log.
@@ -44,7 +45,7 @@ service_worker() {  # I [ARGS...]
   local i=$1
   shift
   rm -f "$work/worker$i.ready"
-  host_exec "$i" "$build/services/retina-worker" --coordinator "$service_address" --host "$(host_addr "$i")" \
+  host_exec "$i" "$build/services/retina-worker" --coordinator "${worker_dial:-$service_address}" --host "$(host_addr "$i")" \
     --ca "$work/ca.pem" --token-file "$work/worker.token" --store "$work/store" \
     --ready-file "$work/worker$i.ready" "$@" >>"$work/worker$i.log" 2>&1 &
   for _ in $(seq 100); do [[ -s $work/worker$i.ready ]] && return 0; sleep 0.1; done
