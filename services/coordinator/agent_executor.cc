@@ -134,6 +134,8 @@ void AgentExecutor::Poll() {
   std::vector<FreeWorker> free;
   FairShare share;
   std::map<std::string, int> attempt_seen;
+  std::vector<RunningJob> running;  // placed jobs, for priority preemption
+  bool preempting = false;          // a preemption is still freeing its slots
   std::pair<uint64_t, uint64_t> seen;
   bool skip = false;
   ctx_.locked([&] {
@@ -144,7 +146,22 @@ void AgentExecutor::Poll() {
     for (const auto& [seq, e] : jobs_.by_seq()) {
       const v1::JobSpec& spec = e->job.spec();
       if (spec.kind() == v1::STUDY) continue;
-      if (IsPlaced(e->job)) share.running_slots[e->job.user()] += spec.world_size() * spec.slots_per_rank();
+      if (IsPlaced(e->job)) {
+        share.running_slots[e->job.user()] += spec.world_size() * spec.slots_per_rank();
+        auto at = attempts_.find(e->job.id());
+        if (at != attempts_.end()) {
+          preempting |= !at->second.preempted_by.empty();
+          auto label = spec.labels().find("preemptible");
+          RunningJob r{e->job.id(), spec.priority(), seq,
+                       e->job.start_unix_ms() > 0 ? e->job.start_unix_ms() : ctx_.now_ms(),
+                       NormalType(spec.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
+                       label == spec.labels().end() || label->second != "false", {}};
+          for (const auto& [worker, part] : at->second.parts) {
+            r.slots.emplace_back(worker, static_cast<int>(part.slot_ids.size()));
+          }
+          running.push_back(std::move(r));
+        }
+      }
       if (e->job.state() != v1::QUEUED) continue;
       queue.push_back({e->job.id(), spec.priority(), seq,
                        NormalType(spec.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
@@ -155,9 +172,23 @@ void AgentExecutor::Poll() {
   });
   if (skip) return;
   std::vector<GangPlan> plans;
-  if (!queue.empty() && !free.empty()) plans = PlanPass(std::move(queue), std::move(free), share);
+  if (!queue.empty() && !free.empty()) plans = PlanPass(queue, free, share);
   if (plans.empty()) {
-    ctx_.locked([&] { idle_at_ = seen; });
+    // Nothing fits: the queue's head may preempt lower-priority jobs. One
+    // preemption at a time: the next waits until its victims have stopped.
+    bool again = false;
+    if (!queue.empty() && !preempting) {
+      const QueuedJob& head = *std::min_element(queue.begin(), queue.end(), [](const QueuedJob& a, const QueuedJob& b) {
+        return a.priority != b.priority ? a.priority > b.priority : a.seq < b.seq;
+      });
+      const int needed = head.world_size * std::max(1, head.slots_per_rank);
+      auto held = share.running_slots.find(head.user);
+      const bool user_limited = share.max_running_slots_per_user > 0 &&
+                                (held == share.running_slots.end() ? 0 : held->second) + needed >
+                                    share.max_running_slots_per_user;
+      if (!user_limited) ctx_.locked([&] { again = MaybePreempt(head, free, running, ctx_.now_ms()); });
+    }
+    if (!again) ctx_.locked([&] { idle_at_ = seen; });
     return;
   }
   ctx_.locked([&] {
@@ -192,6 +223,33 @@ void AgentExecutor::Poll() {
       jobs_.Restore(e, std::move(before));
     }
   });
+}
+
+bool AgentExecutor::MaybePreempt(const QueuedJob& blocked, const std::vector<FreeWorker>& free,
+                                 const std::vector<RunningJob>& running, int64_t now) {
+  PreemptionRules rules;
+  rules.now_ms = now;
+  rules.min_run_ms = absl::ToInt64Milliseconds(options_.preempt_min_run);
+  const std::vector<std::string> victims = PlanPreemption(blocked, free, running, rules);
+  if (victims.empty()) {
+    // A lower-priority job that has not yet run its minimum time may become
+    // a victim later with nothing else changing: plan again next tick.
+    return std::any_of(running.begin(), running.end(), [&](const RunningJob& r) {
+      return r.priority < blocked.priority && r.preemptible && r.kind == blocked.kind && now - r.started_ms < rules.min_run_ms;
+    });
+  }
+  const std::string why = absl::StrCat(blocked.id, " (priority ", blocked.priority, ") needed its slots");
+  for (const std::string& id : victims) {
+    JobEntry* e = jobs_.Get(id);
+    auto at = attempts_.find(id);
+    if (e == nullptr || !IsPlaced(e->job) || at == attempts_.end() || !at->second.preempted_by.empty()) continue;
+    RETINA_LOG(Info) << "preempting " << id << " attempt " << e->job.attempt() << " (priority " << e->job.spec().priority()
+                     << "): " << why;
+    at->second.preempted_by = why;
+    if (ctx_.metrics) ctx_.metrics->Preempted();
+    StopAttempt(e);  // SIGTERM: the ranks checkpoint and exit 75
+  }
+  return true;
 }
 
 int AgentExecutor::PickPort(const std::string& host) {
@@ -396,10 +454,16 @@ void AgentExecutor::MaybeFinishAttempt(JobEntry* e, int64_t now) {
     next.set_start_unix_ms(now);
     if (!jobs_.Commit(e, std::move(next)).ok()) return;  // retried (Retry)
   }
-  const AttemptOutcome outcome = job.cancel_requested() ? AttemptOutcome::kCancelled
-                                 : a.failed             ? AttemptOutcome::kFailed
-                                                        : AttemptOutcome::kSucceeded;
-  if (!jobs_.EndAttempt(e, outcome, a.failed && !job.cancel_requested() ? a.failure : "", now)) return;
+  // A preempted attempt's ranks exit 75 (or are stopped): that is the
+  // preemption, not a failure; a cancel still wins.
+  const AttemptOutcome outcome = job.cancel_requested()    ? AttemptOutcome::kCancelled
+                                 : !a.preempted_by.empty() ? AttemptOutcome::kPreempted
+                                 : a.failed                ? AttemptOutcome::kFailed
+                                                           : AttemptOutcome::kSucceeded;
+  const std::string detail = outcome == AttemptOutcome::kPreempted ? a.preempted_by
+                             : outcome == AttemptOutcome::kFailed  ? a.failure
+                                                                   : "";
+  if (!jobs_.EndAttempt(e, outcome, detail, now)) return;
   FreePort(&a);
   if (IsTerminal(e->job.state())) {
     attempts_.erase(it);
@@ -408,6 +472,7 @@ void AgentExecutor::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   a.parts.clear();
   a.failed = false;
   a.failure.clear();
+  a.preempted_by.clear();
 }
 
 void AgentExecutor::LoseWorker(WorkerEntry* w, int64_t now) {

@@ -43,6 +43,7 @@ struct AgentOptions {
   int port_min = 29500, port_max = 29999;
   std::vector<std::filesystem::path> allowed_roots, output_roots;  // passed to the ranks
   int max_running_slots_per_user = 0;
+  absl::Duration preempt_min_run = absl::Minutes(10);  // placement.h PlanPreemption
 };
 
 class AgentExecutor : public Executor {
@@ -81,7 +82,14 @@ class AgentExecutor : public Executor {
     std::string reason = "first";  // why the next attempt runs (metric label)
     std::string host;               // the rendezvous (MASTER_ADDR, MASTER_PORT) it holds
     int port = 0;
+    std::string preempted_by;       // being stopped for this higher-priority job ("" if not)
   };
+  // Priority preemption: when `blocked` (the queue's head, which did not
+  // fit) outranks running jobs, stops the ones PlanPreemption picks. True
+  // when it did, or when a candidate may become eligible later (its minimum
+  // run time), so the pass is not marked idle.
+  bool MaybePreempt(const QueuedJob& blocked, const std::vector<FreeWorker>& free,
+                    const std::vector<RunningJob>& running, int64_t now_ms);
 
   // Applies a plan made by Poll: false (nothing changed) when the job or its
   // workers are no longer as planned, or the commit fails.

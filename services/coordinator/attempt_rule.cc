@@ -13,8 +13,14 @@ AttemptEnd DecideAttemptEnd(const v1::Job& job, AttemptOutcome outcome, const st
       end.message = detail.empty() ? "cancelled" : detail;
       end.result = "cancelled";
       break;
+    case AttemptOutcome::kPreempted:
+      end.state = v1::QUEUED;
+      end.message = absl::StrCat("attempt ", job.attempt(), " preempted: ", detail,
+                                 "; requeued (resumes from LATEST; not counted against max_restarts)");
+      end.preempted = true;
+      break;
     case AttemptOutcome::kFailed:
-      if (job.attempt() <= job.spec().max_restarts()) {
+      if (job.attempt() - job.preemptions() <= job.spec().max_restarts()) {
         end.state = v1::QUEUED;
         end.message = absl::StrCat("attempt ", job.attempt(), " failed: ", detail, "; requeued (resumes from LATEST)");
       } else {

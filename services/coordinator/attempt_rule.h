@@ -1,7 +1,9 @@
 // The one rule that decides what an ended attempt means, for every executor
 // (the worker agents and Slurm): a cancel requested ends the job CANCELLED;
-// a failed attempt requeues while restarts are left (attempt <= max_restarts,
-// resumed from LATEST) and is FAILED after that; anything else SUCCEEDED.
+// a failed attempt requeues while restarts are left (failed attempts, that
+// is attempts less preemptions, <= max_restarts; resumed from LATEST) and is
+// FAILED after that; a preempted attempt (stopped for a higher-priority job)
+// always requeues and counts no restart; anything else SUCCEEDED.
 #pragma once
 
 #include <string>
@@ -10,12 +12,13 @@
 
 namespace retina::coordinator {
 
-enum class AttemptOutcome { kSucceeded, kFailed, kCancelled };
+enum class AttemptOutcome { kSucceeded, kFailed, kCancelled, kPreempted };
 
 struct AttemptEnd {
   retina::v1::JobState state = retina::v1::JOB_STATE_UNSPECIFIED;
   std::string message;
   std::string result;  // for the metrics: "succeeded", "failed", "cancelled"; empty when requeued
+  bool preempted = false;  // the job's preemptions count goes up by one
   bool requeued() const { return state == retina::v1::QUEUED; }
 };
 

@@ -116,7 +116,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
         o.slurm_client ? o.slurm_client() : NewCommandSlurmClient(o.slurm));
   } else {
     AgentOptions a{o.heartbeat, o.lease, o.port_min, o.port_max, o.allowed_roots, o.output_roots,
-                   o.max_running_slots_per_user};
+                   o.max_running_slots_per_user, o.preempt_min_run};
     auto agents = std::make_unique<AgentExecutor>(std::move(a), std::move(ctx), c->serving_.get(), c->NowMs());
     c->agents_ = agents.get();
     c->executor_ = std::move(agents);

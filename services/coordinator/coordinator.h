@@ -82,6 +82,9 @@ struct CoordinatorOptions {
   // once, and queued jobs one user may have (a study counts its children);
   // 0 = no limit.
   int max_running_slots_per_user = 0;
+  // Priority preemption (agent executor): a running job is preempted for a
+  // higher-priority one only after running this long (docs/service.md).
+  absl::Duration preempt_min_run = absl::Minutes(10);
   int max_queued_jobs_per_user = 0;
   // Where attempts run (docs/hpc.md, "The service on top of Slurm"): on this
   // coordinator's retina-worker agents, or as Slurm jobs (slurm_executor.h).

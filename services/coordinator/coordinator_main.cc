@@ -31,6 +31,7 @@ struct ServeFlags {
   std::string store = ".";
   std::string listen = "0.0.0.0:50051", metrics_listen = "0.0.0.0:9464";
   double lease_s = absl::ToDoubleSeconds(CoordinatorOptions().lease);
+  double preempt_min_run_s = absl::ToDoubleSeconds(CoordinatorOptions().preempt_min_run);
   double heartbeat_s = absl::ToDoubleSeconds(CoordinatorOptions().heartbeat);
   std::string ports;
   std::string database = CoordinatorOptions().database.string();
@@ -57,6 +58,9 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_option("--tls-client-ca", f->tls_client_ca, "require client certificates signed by this CA (mutual TLS)");
   app.add_option("--client-tokens", f->client_tokens, "bearer tokens of users (one 'token user' per line)");
   app.add_option("--worker-token", f->worker_token, "the bearer token workers present");
+  app.add_option("--preempt-min-run-s", f->preempt_min_run_s,
+                 "a running job is preempted for a higher-priority one only after this long")
+      ->check(kNonNegativeNumber);
   app.add_option("--max-running-slots-per-user", f->core.max_running_slots_per_user,
                  "fair use: slots one user's jobs may hold at once (0 = no limit; docs/service.md \"Scheduling\")")
       ->check(CLI::NonNegativeNumber);
@@ -115,6 +119,7 @@ absl::StatusOr<CoordinatorOptions> CoreOptions(const ServeFlags& f) {
   }
   if (f.lease_s < 2 * f.heartbeat_s) return absl::InvalidArgumentError("--lease-s must be at least twice --heartbeat-s");
   o.lease = absl::Seconds(f.lease_s);
+  o.preempt_min_run = absl::Seconds(f.preempt_min_run_s);
   o.heartbeat = absl::Seconds(f.heartbeat_s);
   if (!f.ports.empty()) {
     std::vector<std::string> p = absl::StrSplit(f.ports, '-');

@@ -41,6 +41,8 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
                           "(collective_timeout, peer_failed, connection_lost, rendezvous_timeout, store_unreachable, peer_unreachable)",
                           r);
   for (GangFailure cause : kAllGangFailures) gang_failures_->Add({{"cause", std::string(GangFailureName(cause))}});
+  preemptions_ = &Build(prometheus::BuildCounter(), "retina_preemptions_total",
+                        "Running jobs stopped (checkpoint, requeue) for a higher-priority job", r).Add({});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
   slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
   grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);

@@ -39,6 +39,8 @@ class CoordinatorMetrics {
   // An attempt that ended because its gang failed together, by cause
   // (common/gang_failure.h: a collective timeout, a peer's failure, ...).
   void GangFailed(const std::string& cause) { gang_failures_->Add({{"cause", cause}}).Increment(); }
+  // A running job stopped for a higher-priority one (placement.h PlanPreemption).
+  void Preempted() { preemptions_->Increment(); }
   void SetWorkers(int ready, int lost);
   void SetSlots(int free, int used);
   void GrpcRequest(const std::string& method, const std::string& code) {
@@ -64,6 +66,7 @@ class CoordinatorMetrics {
   prometheus::Counter* lease_misses_;
   prometheus::Counter* heartbeats_deferred_;
   prometheus::Family<prometheus::Counter>* gang_failures_;
+  prometheus::Counter* preemptions_;
   prometheus::Family<prometheus::Gauge>* workers_;
   prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;

@@ -164,6 +164,7 @@ bool JobTable::EndAttempt(JobEntry* e, AttemptOutcome outcome, const std::string
   const AttemptEnd end = DecideAttemptEnd(job, outcome, detail);
   job.set_state(end.state);
   job.set_message(end.message);
+  if (end.preempted) job.set_preemptions(job.preemptions() + 1);
   if (!end.requeued()) job.set_end_unix_ms(now);
   const std::string id = job.id();
   if (absl::Status s = Commit(e, std::move(job)); !s.ok()) {
@@ -171,7 +172,7 @@ bool JobTable::EndAttempt(JobEntry* e, AttemptOutcome outcome, const std::string
     return false;
   }
   if (end.requeued()) e->queued_ms = now;
-  if (metrics_ && outcome != AttemptOutcome::kSucceeded) {
+  if (metrics_ && outcome == AttemptOutcome::kFailed) {
     if (std::optional<GangFailure> cause = FindGangFailure(detail)) metrics_->GangFailed(std::string(GangFailureName(*cause)));
   }
   RETINA_LOG(Info) << id << " attempt " << e->job.attempt() << " -> " << JobStateName(e->job.state())

@@ -91,4 +91,61 @@ std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWor
   return plans;
 }
 
+namespace {
+
+// `free` with the slots of `victims` given back.
+std::vector<FreeWorker> FreedBy(const std::vector<FreeWorker>& free, const std::vector<const RunningJob*>& victims) {
+  std::vector<FreeWorker> out = free;
+  for (const RunningJob* v : victims) {
+    for (const auto& [worker, slots] : v->slots) {
+      auto it = std::find_if(out.begin(), out.end(), [&](const FreeWorker& w) { return w.id == worker; });
+      if (it == out.end()) it = out.insert(out.end(), FreeWorker{worker, v->kind, 0});
+      it->free_slots += slots;
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<std::string> PlanPreemption(const QueuedJob& job, const std::vector<FreeWorker>& free,
+                                        const std::vector<RunningJob>& running, const PreemptionRules& rules) {
+  std::vector<const RunningJob*> candidates;
+  for (const RunningJob& r : running) {
+    if (r.priority < job.priority && r.preemptible && r.kind == job.kind && rules.now_ms - r.started_ms >= rules.min_run_ms) {
+      candidates.push_back(&r);
+    }
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const RunningJob* a, const RunningJob* b) {
+    if (a->priority != b->priority) return a->priority < b->priority;
+    if (a->started_ms != b->started_ms) return a->started_ms > b->started_ms;
+    return a->seq > b->seq;
+  });
+  auto fits = [&](const std::vector<const RunningJob*>& victims) {
+    return !PlanGang(job, FreedBy(free, victims)).ranks_per_worker.empty();
+  };
+  std::vector<const RunningJob*> victims;
+  for (const RunningJob* c : candidates) {  // one that suffices alone
+    if (fits({c})) {
+      victims = {c};
+      break;
+    }
+  }
+  if (victims.empty()) {
+    for (const RunningJob* c : candidates) {
+      victims.push_back(c);
+      if (fits(victims)) break;
+    }
+    if (!fits(victims)) return {};
+    for (size_t i = victims.size(); i-- > 0;) {  // give back what the job can do without
+      std::vector<const RunningJob*> without = victims;
+      without.erase(without.begin() + static_cast<std::ptrdiff_t>(i));
+      if (fits(without)) victims = std::move(without);
+    }
+  }
+  std::vector<std::string> ids;
+  for (const RunningJob* v : victims) ids.push_back(v->id);
+  return ids;
+}
+
 }  // namespace retina::coordinator

@@ -69,4 +69,35 @@ GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free);
 std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWorker> free,
                                const FairShare& share = {});
 
+// ---- Priority preemption (issue 32, first part: the pure decision) ----
+
+// A running job, as preemption sees it.
+struct RunningJob {
+  std::string id;
+  int priority = 0;
+  int64_t seq = 0;         // submission order
+  int64_t started_ms = 0;  // when its current attempt started
+  SlotKind kind = SlotKind::kCpu;
+  bool preemptible = true;
+  std::vector<std::pair<std::string, int>> slots;  // (worker id, slots it holds there)
+};
+
+struct PreemptionRules {
+  int64_t now_ms = 0;
+  int64_t min_run_ms = 0;  // a job runs at least this long before it can be preempted
+};
+
+// The running jobs to stop so that `job`, which does not fit on `free`, can
+// be placed whole. Candidates: strictly lower priority, preemptible, of the
+// job's slot kind, running for at least min_run_ms. Preferred victims: the
+// lowest priority, then the most recently started (the least work lost),
+// then the latest submitted. The set is irreducible: candidates are taken in
+// that order until the job fits, then each taken one that the job can do
+// without is given back, the least preferred victims first; a single
+// candidate that suffices alone is always the answer when there is one.
+// Empty when even every candidate together would not make room (preempting
+// then would only lose work).
+std::vector<std::string> PlanPreemption(const QueuedJob& job, const std::vector<FreeWorker>& free,
+                                        const std::vector<RunningJob>& running, const PreemptionRules& rules);
+
 }  // namespace retina::coordinator

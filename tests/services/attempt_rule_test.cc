@@ -32,6 +32,24 @@ TEST(AttemptRule, FailuresRequeueWhileRestartsAreLeftThenFail) {
   EXPECT_EQ(e.message, "attempt 1 failed: worker w1 lost");
 }
 
+// A preempted attempt always requeues and uses no restart: a job preempted
+// twice with max_restarts 1 still has its one restart for a real failure.
+TEST(AttemptRule, PreemptionsRequeueAndCountNoRestart) {
+  v1::Job job = JobAt(1, 0);
+  AttemptEnd e = DecideAttemptEnd(job, AttemptOutcome::kPreempted, "job-000009 (priority 5) needed its slots");
+  EXPECT_TRUE(e.requeued());
+  EXPECT_TRUE(e.preempted);
+  EXPECT_EQ(e.result, "");
+  EXPECT_THAT(e.message, HasSubstr("attempt 1 preempted: job-000009 (priority 5) needed its slots"));
+  job = JobAt(3, 1);
+  job.set_preemptions(2);  // attempts 1 and 2 were preempted
+  e = DecideAttemptEnd(job, AttemptOutcome::kFailed, "rank 0 exited with code 1");
+  EXPECT_TRUE(e.requeued()) << "the one restart is still there";
+  job = JobAt(4, 1);
+  job.set_preemptions(2);
+  EXPECT_EQ(DecideAttemptEnd(job, AttemptOutcome::kFailed, "again").state, v1::FAILED);
+}
+
 TEST(AttemptRule, CancelsAndSuccessesEndTheJob) {
   AttemptEnd e = DecideAttemptEnd(JobAt(1, 3), AttemptOutcome::kCancelled, "");
   EXPECT_EQ(e.state, v1::CANCELLED);

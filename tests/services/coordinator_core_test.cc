@@ -75,6 +75,7 @@ class CoordinatorCore : public ::testing::Test {
     };
     o.background_tick = false;
     o.max_running_slots_per_user = max_running_slots_per_user_;
+    o.preempt_min_run = preempt_min_run_;
     o.max_queued_jobs_per_user = max_queued_jobs_per_user_;
     absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o, metrics_);
     EXPECT_TRUE(c.ok()) << c.status();
@@ -155,6 +156,7 @@ class CoordinatorCore : public ::testing::Test {
 
   static constexpr absl::Duration kLease = absl::Seconds(10);
   int max_running_slots_per_user_ = 0, max_queued_jobs_per_user_ = 0;
+  absl::Duration preempt_min_run_ = absl::Minutes(10);
   fs::path dir_;
   std::atomic<int64_t> now_ms_{1'700'000'000'000};
   std::unique_ptr<Coordinator> core_;
@@ -463,6 +465,84 @@ TEST_F(CoordinatorCore, GangFailuresAreCountedByTheCauseTheFailingRankNamed) {
   EXPECT_EQ(count("collective_timeout"), 1);
   EXPECT_EQ(count("peer_failed"), 0);
   core_.reset();
+}
+
+// Priority preemption (issue 32): a higher-priority job that cannot be
+// placed stops a lower-priority running job once that one has run its
+// minimum time (not before). The victim gets a stop (SIGTERM: its ranks
+// checkpoint and exit 75), is requeued without using a restart (it has
+// none), the preemptor runs, then the victim's next attempt.
+TEST_F(CoordinatorCore, AHigherPriorityJobPreemptsALowerOneOnlyAfterItsMinimumRunAndUsesNoRestart) {
+  preempt_min_run_ = absl::Seconds(20);
+  CoordinatorMetrics metrics("test");
+  metrics_ = &metrics;
+  Start();
+  Register("w1", 2);
+  const std::string low = Submit(2, /*max_restarts=*/0);
+  const v1::TaskRef t = StartAssigned("w1");
+  ASSERT_EQ(Get(low).state(), v1::RUNNING);
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_config_yaml(kPretrain);
+  r.mutable_spec()->set_world_size(2);
+  r.mutable_spec()->set_priority(5);
+  absl::StatusOr<v1::Job> submitted = core_->Submit(r, "bob");
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  const std::string high = submitted->id();
+  // Under its minimum run: no stop, however many passes.
+  for (int i = 0; i < 3; ++i) {
+    Advance(absl::Seconds(5));
+    core_->Tick();
+    EXPECT_EQ(Beat("w1", {t}).stop_size(), 0) << "preempted after " << 5 * (i + 1) << " s";
+  }
+  Advance(absl::Seconds(6));
+  core_->Tick();
+  const v1::HeartbeatResponse hb = Beat("w1", {t});
+  ASSERT_EQ(hb.stop_size(), 1);
+  EXPECT_EQ(hb.stop(0).job_id(), low);
+  Exit("w1", t, kExitPreempted, /*stopped=*/true);
+  v1::Job victim = Get(low);
+  EXPECT_EQ(victim.state(), v1::QUEUED) << victim.message();
+  EXPECT_EQ(victim.preemptions(), 1);
+  EXPECT_THAT(victim.message(), HasSubstr("attempt 1 preempted: " + high + " (priority 5) needed its slots"));
+  const v1::TaskRef h = StartAssigned("w1");
+  EXPECT_EQ(h.job_id(), high);
+  Exit("w1", h, 0);
+  EXPECT_EQ(Get(high).state(), v1::SUCCEEDED);
+  const v1::TaskRef again = StartAssigned("w1");
+  EXPECT_EQ(again.job_id(), low);
+  EXPECT_EQ(again.attempt(), 2);
+  Exit("w1", again, 0);
+  EXPECT_EQ(Get(low).state(), v1::SUCCEEDED);
+  double preemptions = -1;
+  for (const prometheus::MetricFamily& f : metrics.registry()->Collect()) {
+    if (f.name == "retina_preemptions_total") preemptions = f.metric.at(0).counter.value;
+  }
+  EXPECT_EQ(preemptions, 1);
+  core_.reset();
+}
+
+// A job at equal priority, or one marked preemptible: false, is never
+// stopped for another.
+TEST_F(CoordinatorCore, EqualPriorityAndNonPreemptibleJobsAreNeverPreempted) {
+  preempt_min_run_ = absl::ZeroDuration();
+  Start();
+  Register("w1", 2);
+  v1::SubmitJobRequest pinned;
+  pinned.mutable_spec()->set_config_yaml(kPretrain);
+  pinned.mutable_spec()->set_world_size(2);
+  (*pinned.mutable_spec()->mutable_labels())["preemptible"] = "false";
+  ASSERT_TRUE(core_->Submit(pinned, "alice").ok());
+  const v1::TaskRef t = StartAssigned("w1");
+  for (int priority : {0, 9}) {
+    v1::SubmitJobRequest r;
+    r.mutable_spec()->set_config_yaml(kPretrain);
+    r.mutable_spec()->set_world_size(2);
+    r.mutable_spec()->set_priority(priority);
+    ASSERT_TRUE(core_->Submit(r, "bob").ok());
+    Advance(absl::Seconds(1));
+    core_->Tick();
+    EXPECT_EQ(Beat("w1", {t}).stop_size(), 0) << "priority " << priority;
+  }
 }
 
 TEST_F(CoordinatorCore, RestartsAreCountedThenTheJobFails) {

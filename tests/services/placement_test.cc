@@ -146,5 +146,59 @@ TEST(Placement, TheFairShareHeadThatDoesNotFitEndsThePass) {
   EXPECT_TRUE(PlanPass({UserJob("a1", "alice", 1, 1), UserJob("b1", "bob", 6, 2)}, {Cpu("w1", 4)}, share).empty());
 }
 
+// Priority preemption, table by table: which running jobs are stopped so
+// that a higher-priority job fits (issue 32). Two workers of 4 CPU slots,
+// full unless a case frees some; the clock is at 10 000 ms, minimum run
+// 1 000 ms unless a case says otherwise.
+RunningJob Running(const std::string& id, int priority, int64_t started_ms, Plan slots, int64_t seq = 0,
+                   bool preemptible = true, SlotKind kind = SlotKind::kCpu) {
+  return {id, priority, seq, started_ms, kind, preemptible, std::move(slots)};
+}
+
+struct PreemptCase {
+  const char* what;
+  QueuedJob job;
+  std::vector<FreeWorker> free;
+  std::vector<RunningJob> running;
+  std::vector<std::string> victims;  // in the order chosen; empty: nothing is preempted
+  int64_t min_run_ms = 1000;
+};
+
+TEST(Placement, PreemptionStopsTheFewestLowestPriorityMostRecentJobsThatMakeRoom) {
+  const std::vector<PreemptCase> cases = {
+      {"no lower priority: nothing", Job("hi", 2, 5), {}, {Running("a", 5, 0, {{"w1", 4}}), Running("b", 7, 0, {{"w2", 4}})}, {}},
+      {"one low-priority job frees enough", Job("hi", 2, 5), {}, {Running("a", 0, 0, {{"w1", 4}}), Running("b", 9, 0, {{"w2", 4}})}, {"a"}},
+      {"of two that suffice, the most recently started (least work lost)", Job("hi", 2, 5), {},
+       {Running("old", 0, 1000, {{"w1", 4}}), Running("new", 0, 5000, {{"w2", 4}})}, {"new"}},
+      {"the lowest priority first, even if it started earlier", Job("hi", 2, 5), {},
+       {Running("p1", 1, 1000, {{"w1", 4}}), Running("p3", 3, 5000, {{"w2", 4}})}, {"p1"}},
+      {"minimum run time: a job started 500 ms ago is spared", Job("hi", 2, 5), {},
+       {Running("young", 0, 9500, {{"w1", 4}}), Running("older", 0, 2000, {{"w2", 4}})}, {"older"}},
+      {"preemptible: false is spared", Job("hi", 2, 5), {},
+       {Running("pinned", 0, 5000, {{"w1", 4}}, 1, false), Running("other", 1, 2000, {{"w2", 4}})}, {"other"}},
+      {"a GPU job never frees CPU slots", Job("hi", 2, 5), {},
+       {Running("gpu", 0, 5000, {{"g1", 4}}, 1, true, SlotKind::kGpu), Running("cpu", 1, 2000, {{"w2", 4}})}, {"cpu"}},
+      {"two small jobs on one worker free a whole gang of 4", Job("hi", 4, 5), {},
+       {Running("s1", 0, 3000, {{"w1", 2}}), Running("s2", 0, 4000, {{"w1", 2}}), Running("keep", 9, 0, {{"w2", 4}})},
+       {"s2", "s1"}},
+      {"free slots count: one victim with the 2 already free", Job("hi", 4, 5), {Cpu("w2", 2)},
+       {Running("x", 0, 4000, {{"w2", 2}}), Running("y", 0, 3000, {{"w1", 4}})}, {"x"}},
+      {"irreducible: a victim taken first is given back when a later one alone suffices", Job("hi", 6, 5), {},
+       {Running("tiny", 0, 8000, {{"w1", 1}}), Running("mid", 1, 3000, {{"w1", 3}}), Running("big", 2, 3000, {{"w2", 4}})},
+       {"mid", "big"}},
+      {"even all candidates are not enough: nothing", Job("hi", 8, 5), {},
+       {Running("a", 0, 3000, {{"w1", 4}}), Running("keep", 5, 0, {{"w2", 4}})}, {}},
+      {"equal priority is never preempted", Job("hi", 2, 5), {}, {Running("same", 5, 3000, {{"w1", 4}})}, {}},
+      {"no minimum run time: the youngest goes", Job("hi", 2, 5), {},
+       {Running("young", 0, 9999, {{"w1", 4}}), Running("older", 0, 2000, {{"w2", 4}})}, {"young"}, 0},
+  };
+  for (const PreemptCase& c : cases) {
+    PreemptionRules rules;
+    rules.now_ms = 10000;
+    rules.min_run_ms = c.min_run_ms;
+    EXPECT_EQ(PlanPreemption(c.job, c.free, c.running, rules), c.victims) << c.what;
+  }
+}
+
 }  // namespace
 }  // namespace retina::coordinator
