@@ -152,6 +152,9 @@ void PrintJob(const v1::Job& j) {
     std::printf("checkpoint:  step %lld (%s ago)\n", static_cast<long long>(p.last_checkpoint_step()),
                 Age(p.last_checkpoint_unix_ms()).c_str());
   }
+  if (j.preemptions() > 0) {
+    std::printf("preempted:   %d time(s) by higher-priority jobs (not counted against max restarts)\n", j.preemptions());
+  }
   if (!j.message().empty()) std::printf("message:     %s\n", j.message().c_str());
 }
 

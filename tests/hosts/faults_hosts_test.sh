@@ -30,27 +30,13 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "$1" && pwd)
-python=${RETINA_PYTHON3:-/usr/bin/python3}
-[[ -x $build/services/retina-coordinator && -x $build/tests/dist_worker ]] || { echo "SKIP: the services are not built"; exit 77; }
-"$python" -c "import torch" 2>/dev/null || { echo "SKIP: no Python torch to read the checkpoints"; exit 77; }
-# shellcheck source=hosts.sh
-source "$here/hosts.sh"
-hosts_up 3
-hosts_work
 # shellcheck source=service.sh
 source "$here/service.sh"
+[[ -x $build/tests/dist_worker ]] || { echo "SKIP: the trainer tests are not built"; exit 77; }
+"$python" -c "import torch" 2>/dev/null || { echo "SKIP: no Python torch to read the checkpoints"; exit 77; }
+service_cluster 3
 now() { date +%s.%N; }
 since() { "$python" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-# wait_for SECONDS WHAT CMD...: polls CMD every 0.2 s.
-wait_for() {
-  local seconds=$1 what=$2 end
-  shift 2
-  end=$(($(date +%s) + seconds))
-  until "$@" >/dev/null 2>&1; do
-    (($(date +%s) < end)) || fail "after ${seconds} s: $what"
-    sleep 0.2
-  done
-}
 
 # --- 1. 2 hosts x 2 ranks equal one process (float64) ----------------------
 dist() {  # HOST RANK OUT
@@ -68,9 +54,7 @@ diff=$("$python" "$here/compare_state_dicts.py" "$work/one.pt" "$work/gang.pt")
 echo "FIGURE 2x2 across hosts vs one process (float64): max relative difference $diff"
 
 # --- the service ------------------------------------------------------------
-store=$work/store
-"$build/trainer/retina-synth" images --out "$work/raw" --count 16 --size 96 >/dev/null
-"$build/trainer/retina-shard" pack --input "$work/raw" --out "$store/datasets/em" --size 64 --shard-images 64 >/dev/null
+service_em_dataset
 interval=16  # steps between checkpoints: an epoch (64 patches of 64x64 from 16 images of 96x96, batch 4)
 printf 'kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\nruntime: {threads: 1}\npretrain: {epochs: 16, global_batch: 4, checkpoint_every_epochs: 1}\n' \
   >"$work/long.yaml"

@@ -3,7 +3,9 @@
 # site would run it: TLS with a test CA and a certificate naming the
 # coordinator's host address (198.18.0.1), a worker token, a user token.
 #
-#   source tests/hosts/service.sh          # after hosts.sh; needs $build and $work
+#   build=BUILD_DIR; source tests/hosts/service.sh
+#   service_cluster 3                      # hosts 1..3, $work; skips (77) without the services
+#   service_em_dataset                     # $store (= $work/store) with datasets/em
 #   service_coordinator [ARGS...]          # on host 1 at 198.18.0.1:50051
 #   service_worker I [ARGS...]             # a worker on host I (--host its address),
 #                                          # dialing $worker_dial if set (a relay)
@@ -11,9 +13,34 @@
 #   service_metric NAME_AND_LABELS         # a value from the coordinator's /metrics
 # Logs: $work/coordinator.log, $work/worker<I>.log.
 set -euo pipefail
+# shellcheck source=hosts.sh
+source "$(dirname "${BASH_SOURCE[0]}")/hosts.sh"
 
 service_address=$(host_addr 1):50051
 python=${RETINA_PYTHON3:-/usr/bin/python3}
+
+service_cluster() {  # N
+  [[ -x $build/services/retina-coordinator ]] || { echo "SKIP: the services are not built"; exit 77; }
+  hosts_up "$1"
+  hosts_work
+}
+
+# $work/store with datasets/em: 16 synthetic images as 64 patches of 64x64.
+service_em_dataset() {
+  store=$work/store
+  "$build/trainer/retina-synth" images --out "$work/raw" --count 16 --size 96 >/dev/null
+  "$build/trainer/retina-shard" pack --input "$work/raw" --out "$store/datasets/em" --size 64 --shard-images 64 >/dev/null
+}
+
+# wait_for SECONDS WHAT CMD...: polls CMD every 0.2 s; fails saying WHAT.
+wait_for() {
+  local seconds=$1 what=$2 end=$(($(date +%s) + $1))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    (($(date +%s) < end)) || fail "after $seconds s: $what"
+    sleep 0.2
+  done
+}
 
 # A CA and a server certificate for 198.18.0.1 (and nothing else).
 _service_tls() {

@@ -15,17 +15,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=$(cd "$1" && pwd)
-python=${RETINA_PYTHON3:-/usr/bin/python3}
-[[ -x $build/services/retina-coordinator ]] || { echo "SKIP: the services are not built"; exit 77; }
-# shellcheck source=hosts.sh
-source "$here/hosts.sh"
-hosts_up 3
-hosts_work
 # shellcheck source=service.sh
 source "$here/service.sh"
-store=$work/store
-"$build/trainer/retina-synth" images --out "$work/raw" --count 16 --size 96 >/dev/null
-"$build/trainer/retina-shard" pack --input "$work/raw" --out "$store/datasets/em" --size 64 --shard-images 64 >/dev/null
+service_cluster 3
+service_em_dataset
 printf 'kind: pretrain\nmodel: {name: tiny, image_size: 64}\ndata: {dataset: em, loader_threads: 1}\nruntime: {threads: 1}\npretrain: {epochs: 1, global_batch: 4}\n' \
   >"$work/job.yaml"
 
