@@ -153,6 +153,8 @@ absl::Status GangMonitor::Explain(uint64_t seq, bool timed_out, const std::strin
     try {
       if (store_->check({kGangFailedKey})) peer = Text(store_->get(kGangFailedKey));
     } catch (const std::exception&) {
+      // The store is gone too: Gather below meets the same error and the
+      // diagnosis says the store is unreachable.
     }
   }
   const std::string who = absl::StrCat("rank ", launch_.rank, " on ", host_, ": ");
