@@ -19,6 +19,7 @@ constexpr struct {
     {Fault::kInferStallAfterRows, "infer.stall_after_rows"},
     {Fault::kCollectiveStallAt, "collective.stall_at"},
     {Fault::kCollectiveStallRank, "collective.stall_rank"},
+    {Fault::kTrainCrashAfterStep, "train.crash_after_step"},
 };
 
 struct Parsed {

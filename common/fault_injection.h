@@ -28,6 +28,9 @@ enum class Fault {
   // With collective.stall_at: only this rank stalls (default: every rank
   // of the process's job that the fault is set for).
   kCollectiveStallRank,
+  // A training rank dies (_exit(137), as if SIGKILLed: no checkpoint, no
+  // event) right after it finished step N: a host lost at a known step.
+  kTrainCrashAfterStep,
 };
 
 // INVALID_ARGUMENT naming RETINA_FAULTS and the term for a malformed value

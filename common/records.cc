@@ -119,9 +119,14 @@ const char* ExitResult(int code) {
   return code == kExitOk ? "ok" : code == kExitPreempted ? "preempted" : code > 128 ? "killed" : "failed";
 }
 
+std::string DescribeResize(const ResizedEvent& e) {
+  return absl::StrCat("resized: ", e.from_world, " -> ", e.to_world, " ranks, accumulation ", e.from_accumulation, " -> ",
+                      e.to_accumulation);
+}
+
 const char* EventName(const Event& e) {
   static constexpr const char* kNames[] = {"start", "step",      "eval", "checkpoint",
-                                           "resumed", "preempted", "done", "predict"};
+                                           "resumed", "preempted", "done", "predict", "resized"};
   return kNames[e.index()];
 }
 
@@ -139,7 +144,7 @@ std::string EncodeEvent(const Event& e, double time_unix_s) {
                  [&](const StartEvent& x) {
                    j.update({{"step", x.step}, {"total_steps", x.total_steps}, {"world_size", x.world_size},
                              {"device", x.device}, {"backend", x.backend}, {"threads", x.threads},
-                             {"global_batch", x.global_batch}});
+                             {"global_batch", x.global_batch}, {"accumulation", x.accumulation}});
                  },
                  [&](const StepEvent& x) {
                    j.update({{"step", x.step}, {"epoch", x.epoch}, {"loss", x.loss}, {"lr", x.lr},
@@ -164,6 +169,10 @@ std::string EncodeEvent(const Event& e, double time_unix_s) {
                              {"chunks_skipped", x.chunks_skipped}, {"voxels_done", x.voxels_done},
                              {"voxels_total", x.voxels_total}, {"voxels_per_s", x.voxels_per_s}});
                  },
+                 [&](const ResizedEvent& x) {
+                   j.update({{"step", x.step}, {"from_world", x.from_world}, {"to_world", x.to_world},
+                             {"from_accumulation", x.from_accumulation}, {"to_accumulation", x.to_accumulation}});
+                 },
              },
              e);
   j["time"] = time_unix_s;
@@ -184,6 +193,7 @@ absl::StatusOr<Event> DecodeEvent(absl::string_view line, const std::string& whe
     RETURN_IF_ERROR(r.Get("world_size", &x.world_size, false));
     RETURN_IF_ERROR(r.Get("threads", &x.threads, false));
     RETURN_IF_ERROR(r.Get("global_batch", &x.global_batch, false));
+    RETURN_IF_ERROR(r.Get("accumulation", &x.accumulation, false));
     RETURN_IF_ERROR(r.Get("device", &x.device, false));
     RETURN_IF_ERROR(r.Get("backend", &x.backend, false));
     return Event(x);
@@ -241,12 +251,21 @@ absl::StatusOr<Event> DecodeEvent(absl::string_view line, const std::string& whe
     RETURN_IF_ERROR(r.Get("voxels_per_s", &x.voxels_per_s, false));
     return Event(x);
   }
+  if (name == "resized") {
+    ResizedEvent x;
+    RETURN_IF_ERROR(r.Get("step", &x.step));
+    RETURN_IF_ERROR(r.Get("from_world", &x.from_world));
+    RETURN_IF_ERROR(r.Get("to_world", &x.to_world));
+    RETURN_IF_ERROR(r.Get("from_accumulation", &x.from_accumulation, false));
+    RETURN_IF_ERROR(r.Get("to_accumulation", &x.to_accumulation, false));
+    return Event(x);
+  }
   return absl::UnimplementedError(absl::StrCat(where, ": unknown event '", name.substr(0, 32), "'"));
 }
 
 std::string EncodeCheckpointState(const CheckpointState& s) {
   Json j = {{"v", kRecordVersion}, {"step", s.step}, {"epoch", s.epoch}, {"sampler_offset", s.sampler_offset},
-            {"seed", s.seed}, {"world_size", s.world_size}, {"kind", s.kind},
+            {"seed", s.seed}, {"world_size", s.world_size}, {"accumulation", s.accumulation}, {"kind", s.kind},
             {"config_sha256", s.config_sha256}, {"model", s.model}, {"image_size", s.image_size},
             {"classes", s.classes}};
   if (s.mean) j["mean"] = *s.mean;
@@ -265,6 +284,7 @@ absl::Status ReadCheckpointState(const Reader& r, CheckpointState* s) {
   RETURN_IF_ERROR(r.Get("kind", &s->kind));
   RETURN_IF_ERROR(r.Get("seed", &s->seed, false));
   RETURN_IF_ERROR(r.Get("world_size", &s->world_size, false));
+  RETURN_IF_ERROR(r.Get("accumulation", &s->accumulation, false));
   RETURN_IF_ERROR(r.Get("config_sha256", &s->config_sha256, false));
   RETURN_IF_ERROR(r.Get("model", &s->model, false));
   RETURN_IF_ERROR(r.Get("image_size", &s->image_size, false));

@@ -44,6 +44,7 @@ const char* ExitResult(int code);
 struct StartEvent {
   int64_t step = 0, total_steps = 0;
   int world_size = 1, threads = 1, global_batch = 0;
+  int accumulation = 1;  // micro-batches per rank and step (an elastic job below its full size)
   std::string device, backend;
 };
 struct StepEvent {
@@ -63,6 +64,14 @@ struct CheckpointEvent {
 struct ResumedEvent { int64_t step = 0; };
 struct PreemptedEvent { int64_t step = 0; };
 struct DoneEvent { std::optional<int64_t> step; };
+// An elastic job resumed at another world size than its checkpoint's:
+// "resized: 4 -> 2 ranks, accumulation 1 -> 2" (the global batch is kept).
+struct ResizedEvent {
+  int64_t step = 0;
+  int from_world = 1, to_world = 1, from_accumulation = 1, to_accumulation = 1;
+};
+// "resized: F -> T ranks, accumulation A -> B".
+std::string DescribeResize(const ResizedEvent& e);
 // An infer job's progress over all its ranks (rank 0 counts the chunk rows'
 // completion markers in the store): chunk rows of every input's full
 // resolution, and their voxels. `skipped` rows were done by an earlier attempt.
@@ -73,9 +82,9 @@ struct PredictEvent {
 };
 
 using Event = std::variant<StartEvent, StepEvent, EvalEvent, CheckpointEvent, ResumedEvent, PreemptedEvent, DoneEvent,
-                           PredictEvent>;
+                           PredictEvent, ResizedEvent>;
 
-// "start", "step", "eval", "checkpoint", "resumed", "preempted", "done", "predict".
+// "start", "step", "eval", "checkpoint", "resumed", "preempted", "done", "predict", "resized".
 const char* EventName(const Event& e);
 std::optional<int64_t> EventStep(const Event& e);
 // One line (no newline) with "event", "v", "time" (unix seconds) and the fields.
@@ -89,6 +98,7 @@ struct CheckpointState {
   int64_t step = 0, epoch = 0, sampler_offset = 0;
   uint64_t seed = 0;
   int world_size = 1;
+  int accumulation = 1;        // micro-batches per rank and step (1 in checkpoints before elastic gangs)
   std::string kind;            // pretrain | finetune
   std::string config_sha256;
   std::string model;           // model.name: what inference rebuilds

@@ -109,14 +109,27 @@ class Engine : public ::testing::Test {
     EXPECT_TRUE(d.ok()) << d.status();
     return *d;
   }
-  static double MaxRelDiff(const StateDict& a, const StateDict& b) {
+  // `where`, when given, gets the tensor with the largest difference.
+  static double MaxRelDiff(const StateDict& a, const StateDict& b, std::string* where = nullptr) {
     double worst = 0;
     for (size_t i = 0; i < a.size(); ++i) {
       const torch::Tensor x = a[i].second.to(torch::kDouble), y = b[i].second.to(torch::kDouble);
       if (x.numel() == 0) continue;
-      worst = std::max(worst, ((x - y).abs().max() / (x.abs().max() + 1e-6)).item<double>());
+      const double d = ((x - y).abs().max() / (x.abs().max() + 1e-6)).item<double>();
+      if (d > worst && where != nullptr) *where = a[i].first;
+      worst = std::max(worst, d);
     }
     return worst;
+  }
+  // The loss of every step in events.jsonl, at full precision.
+  static std::vector<double> EventLosses(const std::string& job) {
+    std::vector<double> out;
+    std::ifstream in(tmp_->path() / "store/jobs" / job / "events.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j["event"] == "step") out.push_back(j["loss"].get<double>());
+    }
+    return out;
   }
   static std::vector<double> Losses(const std::string& job) {
     std::vector<double> out;
@@ -570,6 +583,100 @@ TEST_F(Engine, RetinaEvalScoresFilesAndRejectsBadInput) {
   fails("--pred " + pa.string() + " --gt " + pb.string() + " --num-classes 2", "holds class 2 but --num-classes is 2");
   fails("--pred " + (tmp_->path() / "absent.tif").string() + " --gt " + pb.string(), "absent.tif: no such file");
   fails("--pred " + pa.string() + " --gt " + pb.string() + " --classes 1,x", "--classes: Value x");
+}
+
+// `world` Gloo ranks of `config` for `job` with `args` and RETINA_FAULTS
+// `faults`; returns every rank's exit status.
+std::vector<int> RanksOf(const std::string& config, const std::string& job, int world,
+                         const std::vector<std::string>& args, const std::string& faults) {
+  static int run = 0;
+  const std::string port = std::to_string(20000 + (::getpid() * 13 + 977 * ++run) % 20000);
+  setenv("MASTER_ADDR", "127.0.0.1", 1);
+  setenv("MASTER_PORT", port.c_str(), 1);
+  if (!faults.empty()) setenv("RETINA_FAULTS", faults.c_str(), 1);
+  std::vector<pid_t> pids;
+  for (int r = 0; r < world; ++r) {
+    std::vector<std::string> a = Engine::RunArgsFor(config, job);
+    a.insert(a.end(), {"--world-size", std::to_string(world), "--rank", std::to_string(r)});
+    a.insert(a.end(), args.begin(), args.end());
+    pids.push_back(Start(a, Engine::LogFor(absl::StrCat(job, "-", world, "-", r))));
+  }
+  unsetenv("RETINA_FAULTS");
+  unsetenv("MASTER_ADDR");
+  unsetenv("MASTER_PORT");
+  std::vector<int> status;
+  for (pid_t p : pids) status.push_back(Wait(p));
+  return status;
+}
+
+// Elastic gangs (issue 32): a job of full size 4 and minimum 2 that loses
+// hosts (every rank dies after a step, past its last checkpoint), resumes on
+// 2 ranks with 2 micro-batches each, dies again, and grows back to 4 equals
+// the uninterrupted 4-rank run in float64: the same final weights to 1e-10
+// (gradient accumulation and BatchNorm groups of 2 ranks make the sums the
+// same) and the same loss at every step (each step saw the same samples,
+// augmented the same way). The resizes are events. float32: measured.
+TEST_F(Engine, ElasticRunThatShrinksAndGrowsBackEqualsTheUninterruptedRun) {
+  // 16 samples: 2 steps of 8 per epoch.
+  const fs::path raw = tmp_->path() / "raw16";
+  fs::create_directories(raw);
+  for (int i = 0; i < 4; ++i) fs::copy_file(tmp_->path() / "raw" / absl::StrCat("i", i, ".tif"), raw / absl::StrCat("i", i, ".tif"));
+  PackOptions p;
+  p.input = raw.string();
+  p.out = tmp_->path() / "store/datasets/em16";
+  p.size = 64;
+  ASSERT_TRUE(PackImages(p).ok());
+  for (const char* precision : {"fp64", "fp32"}) {
+    SCOPED_TRACE(precision);
+    WriteConfig("elastic.yaml", absl::StrCat("kind: pretrain\nseed: 5\nmodel: {name: tiny, image_size: 32}\n"
+                                             "data: {dataset: em16, loader_threads: 1}\n"
+                                             "pretrain: {epochs: 3, global_batch: 8, checkpoint_every_epochs: 1}\n"
+                                             "runtime: {precision: ", precision, ", collective_timeout_s: 60}\n"));
+    const std::vector<std::string> elastic = {"--elastic", "4:2"};
+    const std::string whole = absl::StrCat("whole-", precision), resized = absl::StrCat("resized-", precision);
+    EXPECT_EQ(RanksOf("elastic.yaml", whole, 4, elastic, ""), std::vector<int>(4, 0));
+    ASSERT_EQ(Losses(whole).size(), 6u) << "3 epochs of 16 samples in global batches of 8";
+    // 4 ranks die after step 3 (LATEST: 2); 2 ranks resume, die after 5 (LATEST: 4); 4 finish.
+    EXPECT_EQ(RanksOf("elastic.yaml", resized, 4, elastic, "train.crash_after_step=3"), std::vector<int>(4, 137));
+    EXPECT_EQ(RanksOf("elastic.yaml", resized, 2, elastic, "train.crash_after_step=5"), std::vector<int>(2, 137));
+    EXPECT_EQ(RanksOf("elastic.yaml", resized, 4, elastic, ""), std::vector<int>(4, 0));
+    std::string tensor;
+    const double weights = MaxRelDiff(Final(whole), Final(resized), &tensor);
+    const std::vector<double> a = EventLosses(whole), b = EventLosses(resized);
+    ASSERT_EQ(a.size(), b.size());
+    double losses = 0;
+    for (size_t i = 0; i < a.size(); ++i) losses = std::max(losses, std::abs(a[i] - b[i]) / std::abs(a[i]));
+    std::printf("%s: 4 -> 2 -> 4 ranks vs 4 ranks: weights %.3g (%s), per-step losses %.3g (relative)\n", precision,
+                weights, tensor.c_str(), losses);
+    if (std::string(precision) == "fp64") {
+      EXPECT_LT(weights, 1e-10);
+      EXPECT_LT(losses, 1e-10);
+      const std::string events = ReadFile(StoreFor() / "jobs" / resized / "events.jsonl").value_or("");
+      EXPECT_THAT(events, HasSubstr("\"event\":\"resized\",\"v\":1,\"step\":2,\"from_world\":4,\"to_world\":2,"
+                                    "\"from_accumulation\":1,\"to_accumulation\":2"));
+      EXPECT_THAT(*ReadFile(Log(resized + "-2-0")), HasSubstr("resized: 4 -> 2 ranks, accumulation 1 -> 2 (global batch 8 kept)"));
+      EXPECT_THAT(*ReadFile(Log(resized + "-4-0")), HasSubstr("resized: 2 -> 4 ranks, accumulation 2 -> 1"));
+    } else {
+      // float32: summing micro-batches and BatchNorm groups in another order
+      // is round-off, which this training amplifies (GroupNorm biases near
+      // zero after weight standardisation); its scale is what the same
+      // uninterrupted run does with 2 threads per rank instead of 1.
+      // Measured (64 px): elastic 0.20, threads 1.02 on near-zero GroupNorm
+      // biases; per-step losses 1e-3. The bound: no worse than twice what
+      // a thread count does, losses within 1e-2.
+      const std::string threads = "whole-fp32-2threads";
+      EXPECT_EQ(RanksOf("elastic.yaml", threads, 4, {"--elastic", "4:2", "--set", "runtime.threads=2"}, ""),
+                std::vector<int>(4, 0));
+      std::string baseline_tensor;
+      const double baseline = MaxRelDiff(Final(whole), Final(threads), &baseline_tensor);
+      std::printf("fp32: 1 vs 2 threads per rank, uninterrupted: weights %.3g (%s)\n", baseline, baseline_tensor.c_str());
+      EXPECT_LT(weights, std::max(1e-3, 2 * baseline));
+      EXPECT_LT(losses, 1e-2);
+    }
+  }
+  // A size that is not a multiple of the minimum dividing the full size is refused, naming it.
+  EXPECT_EQ(RanksOf("elastic.yaml", "three", 3, {"--elastic", "4:2"}, ""), std::vector<int>(3, 2));
+  EXPECT_THAT(*ReadFile(Log("three-3-0")), HasSubstr("3 ranks is not a multiple of the minimum 2 that divides the full world size 4"));
 }
 
 }  // namespace

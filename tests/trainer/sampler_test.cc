@@ -98,5 +98,54 @@ TEST(DistributedSampler, RestoreValidates) {
   EXPECT_EQ(s.per_rank(), 5);
 }
 
+// Elastic gangs: a W-rank run that shrinks to w ranks (w | W, a = W / w
+// micro-batches per step) and grows back, resuming at step boundaries, gives
+// every virtual rank v = m w + r exactly the samples, in order, that rank v
+// of the uninterrupted W-rank run takes at the same step: the same batches,
+// split the same way, and so nothing repeated or skipped across a resize.
+TEST(DistributedSampler, ElasticResizesGiveEveryVirtualRankTheUninterruptedRunsBatch) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 30; ++trial) {
+    const std::vector<int> fulls = {2, 4, 6, 8};
+    const int full = fulls[rng() % fulls.size()];
+    std::vector<int> divisors;
+    for (int w = 1; w <= full; ++w) if (full % w == 0) divisors.push_back(w);
+    const int64_t b = 1 + rng() % 3, global = b * full;
+    const int64_t n = global * (3 + rng() % 4) + rng() % global;  // a partial last batch is dropped
+    const int64_t steps = n / global * 2;                        // two epochs
+    // The uninterrupted run: batches[step][v].
+    std::vector<std::vector<std::vector<int64_t>>> expected;
+    {
+      auto ranks = Ranks(n, 5, full);
+      for (int64_t s = 0; s < steps; ++s) {
+        if (ranks[0].per_rank() < b || ranks[0].state().offset + global > n) for (auto& r : ranks) r.NextEpoch();
+        expected.emplace_back();
+        for (auto& r : ranks) expected.back().push_back(r.Next(b));
+      }
+    }
+    // The elastic run: a new world size every few steps, resumed from the state.
+    SamplerState state;
+    int64_t s = 0;
+    while (s < steps) {
+      const int w = divisors[rng() % divisors.size()];
+      const int64_t a = full / w;
+      auto ranks = Ranks(n, 5, w);
+      for (auto& r : ranks) ASSERT_TRUE(r.Restore(state).ok());
+      for (int64_t k = 0, until = std::min<int64_t>(steps, s + 1 + rng() % 3); s < until; ++s, ++k) {
+        if (ranks[0].per_rank() < b * a || ranks[0].state().offset + global > n) for (auto& r : ranks) r.NextEpoch();
+        for (int r = 0; r < w; ++r) {
+          const std::vector<int64_t> order = MicroBatchOrder(ranks[r].Next(b * a), a);
+          for (int64_t m = 0; m < a; ++m) {
+            const std::vector<int64_t> micro(order.begin() + m * b, order.begin() + (m + 1) * b);
+            EXPECT_EQ(micro, expected[s][VirtualRank(r, w, static_cast<int>(m))])
+                << "trial " << trial << ", step " << s << ", " << w << " of " << full << " ranks, micro-batch " << m;
+          }
+        }
+      }
+      state = ranks[0].state();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace retina::trainer

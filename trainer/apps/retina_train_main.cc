@@ -12,7 +12,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/fault_injection.h"
 #include "common/cli.h"
 #include "common/job_config.h"
@@ -89,6 +91,7 @@ struct RunFlags {
   std::string job;  // default: the config file's stem
   std::vector<std::string> overrides, allowed_roots, output_roots;
   std::optional<int> rank, world_size, local_rank;
+  std::string elastic;  // "W:M"
   RunOptions run;
 };
 
@@ -121,6 +124,15 @@ absl::StatusOr<int> Run(RunFlags f) {
   o.allowed_roots.assign(f.allowed_roots.begin(), f.allowed_roots.end());
   o.output_roots.assign(f.output_roots.begin(), f.output_roots.end());
   o.launch = LaunchOverrides{f.rank, f.world_size, f.local_rank};
+  if (!f.elastic.empty()) {
+    const std::vector<std::string> parts = absl::StrSplit(f.elastic, ':');
+    if (parts.size() != 2 || !absl::SimpleAtoi(parts[0], &o.elastic_world_size) ||
+        !absl::SimpleAtoi(parts[1], &o.elastic_min_world_size) || o.elastic_min_world_size < 1 ||
+        o.elastic_world_size < o.elastic_min_world_size) {
+      std::cerr << "--elastic: '" << f.elastic << "' is not W:M with 1 <= M <= W\n";
+      return kExitUsage;
+    }
+  }
   absl::StatusOr<RunOutcome> outcome = RunJob(job->second, o);
   if (!outcome.ok()) {
     RETINA_LOG(Error) << outcome.status().message();
@@ -144,6 +156,10 @@ void AddRunFlags(CLI::App* run, RunFlags* f) {
   AddSetOption(run, &f->overrides);
   run->add_option("--rank", f->rank, "this rank (else RANK, OMPI_COMM_WORLD_RANK, SLURM_PROCID)")->check(kNonNegativeInt);
   run->add_option("--world-size", f->world_size, "ranks in the job (else WORLD_SIZE, ...)")->check(CLI::Range(1, 1 << 20));
+  run->add_option("--elastic", f->elastic,
+                  "W:M, an elastic job's full world size W (which splits the global batch: ranks fewer than W "
+                  "accumulate W / ranks micro-batches) and its minimum M (BatchNorm groups of M ranks' batches)")
+      ->envname("RETINA_ELASTIC");
   run->add_option("--local-rank", f->local_rank, "rank on this node (else LOCAL_RANK, ...)")->check(kNonNegativeInt);
   run->add_flag("--confine", f->run.confine,
                 "as the worker runs ranks: paths only under the store and the allowed roots, relative from the store");

@@ -78,6 +78,16 @@ void DistributedSampler::NextEpoch() {
   Build();
 }
 
+std::vector<int64_t> MicroBatchOrder(const std::vector<int64_t>& step_samples, int64_t accumulation) {
+  const int64_t b = static_cast<int64_t>(step_samples.size()) / accumulation;
+  std::vector<int64_t> out;
+  out.reserve(step_samples.size());
+  for (int64_t m = 0; m < accumulation; ++m) {
+    for (int64_t j = 0; j < b; ++j) out.push_back(step_samples[m + j * accumulation]);
+  }
+  return out;
+}
+
 std::string SamplerStateToString(const SamplerState& s) { return absl::StrCat(s.epoch, ":", s.offset); }
 
 }  // namespace retina::trainer

@@ -65,6 +65,22 @@ class DistributedSampler {
   int64_t cursor_ = 0;
 };
 
+// Elastic data parallelism (ARCHITECTURE.md "Elastic gangs"). A job whose
+// full world size is W may run on w ranks, w dividing W, with
+// a = W / w micro-batches per rank and step (gradient accumulation), b
+// samples each (b = global batch / W, whatever w is). Each rank takes
+// Next(b * a) per step; its micro-batch m is the full world's rank
+// v = VirtualRank(r, w, m) batch, exactly and in the same order: with
+// L = this rank's Next(b * a), L[k] = R[r + k w], micro-batch m takes
+// L[m + j a] = R[(m w + r) + j W], j = 0..b-1, which is what rank v of the
+// W-rank run takes (R[v + j W]). So every step sees the same samples, split
+// the same way, whatever w is; augmentation and dropout seeded by
+// (seed, v, step) then draw the same values too.
+inline int VirtualRank(int rank, int world, int micro) { return micro * world + rank; }
+// `step_samples` (this rank's Next(b * a)) reordered so that micro-batch m is
+// positions [m b, (m + 1) b). `accumulation` must divide its size.
+std::vector<int64_t> MicroBatchOrder(const std::vector<int64_t>& step_samples, int64_t accumulation);
+
 // "epoch:offset" and back, for state.json.
 std::string SamplerStateToString(const SamplerState& s);
 

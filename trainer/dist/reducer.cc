@@ -62,7 +62,8 @@ GradientReducer::~GradientReducer() {
   }
 }
 
-void GradientReducer::PrepareForBackward() {
+void GradientReducer::PrepareForBackward(bool accumulated) {
+  accumulated_ = accumulated;
   for (Slot& s : slots_) s.ready = false;
   for (Bucket& b : buckets_) {
     b.pending = b.size;
@@ -79,7 +80,9 @@ void GradientReducer::OnGradient(int i, const torch::Tensor& grad) {
   Slot& s = slots_[i];
   if (s.ready) return;  // a second gradient for the same parameter would need accumulation; not in our graphs
   Bucket& b = buckets_[s.bucket];
-  b.flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes()).copy_(grad);
+  torch::Tensor slot = b.flat.narrow(0, s.offset, s.param.numel()).view(s.param.sizes());
+  slot.copy_(grad);
+  if (accumulated_ && s.param.grad().defined()) slot.add_(s.param.grad());
   s.ready = true;
   if (--b.pending == 0) LaunchReadyBuckets();
 }

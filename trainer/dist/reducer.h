@@ -13,6 +13,10 @@
 //      PyTorch), waits for all buckets, and writes sum / world into each
 //      parameter's .grad (keeping its memory layout). The time spent waiting
 //      there is the communication NOT hidden behind backward.
+// Gradient accumulation (elastic gangs): the micro-batches before the last
+// run backward without the reducer (PrepareForBackward not called: .grad
+// accumulates locally); the last one calls PrepareForBackward(true), and each
+// hook then reduces its gradient plus the .grad accumulated so far.
 // Frozen parameters (requires_grad false) are skipped.
 // Threading: hooks run on autograd's thread, which for CPU graphs is the
 // caller of backward(); the reducer is not used concurrently.
@@ -39,7 +43,8 @@ class GradientReducer {
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
 
-  void PrepareForBackward();
+  // `accumulated`: add each parameter's current .grad (earlier micro-batches).
+  void PrepareForBackward(bool accumulated = false);
   absl::Status FinishBackward();
 
   int num_buckets() const { return static_cast<int>(buckets_.size()); }
@@ -69,6 +74,7 @@ class GradientReducer {
   std::vector<Bucket> buckets_;
   int next_launch_ = 0;
   bool active_ = false;
+  bool accumulated_ = false;
   double exposed_seconds_ = 0;
 };
 

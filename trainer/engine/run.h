@@ -6,6 +6,10 @@
 //      resumed run draws exactly what the uninterrupted one would have;
 //   2. forward, loss, backward; the reducer all-reduces gradient buckets
 //      during backward (SyncBatchNorm statistics too, when world > 1);
+//      an elastic job below its full size W runs steps 1-2 as a = W / world
+//      micro-batches of global batch / W samples each, micro-batch m playing
+//      the full run's rank m * world + rank (sampler.h), and reduces the
+//      accumulated gradients once, after the last;
 //   3. SGD step at the poly learning rate of this iteration;
 //   4. one small all-reduce of (loss, stop request): every rank learns the
 //      mean loss and whether any rank was asked to stop (SIGTERM/SIGUSR1),
@@ -39,6 +43,11 @@ struct RunOptions {
   bool confine = false;         // a service rank: paths only under the store and allowed_roots
   std::vector<std::filesystem::path> allowed_roots;
   std::vector<std::filesystem::path> output_roots;  // with confine: where infer outputs may go besides jobs/<id>/
+  // An elastic job (--elastic W:M, RETINA_ELASTIC): its full world size W,
+  // which splits the global batch, and its minimum M, the BatchNorm group
+  // (batch_norm.h). This run's world size must be a multiple of M dividing
+  // W. 0: not elastic (W = M = this run's world size).
+  int elastic_world_size = 0, elastic_min_world_size = 0;
 };
 
 enum class RunOutcome { kCompleted, kPreempted };

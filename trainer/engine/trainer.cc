@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/checkpoint_store.h"
+#include "common/fault_injection.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/job_identity.h"
@@ -68,12 +69,21 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const JobConfig& config
   ASSIGN_OR_RETURN(t->device_, PlanDevice(config.runtime.device, config.runtime.precision, t->launch_.local_rank));
   if (t->device_.bf16 && !t->device_.device.is_cuda()) RETURN_IF_ERROR(ProbeCpuBf16Training());
   t->global_batch_ = t->pretrain_ ? config.pretrain.global_batch : config.finetune.global_batch;
-  if (t->global_batch_ % t->launch_.world_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(t->pretrain_ ? "pretrain" : "finetune", ".global_batch: ",
-                                                   t->global_batch_, " does not divide by the world size ",
-                                                   t->launch_.world_size));
+  const int world = t->launch_.world_size;
+  const int full = o.elastic_world_size > 0 ? o.elastic_world_size : world;
+  t->bn_group_ranks_ = o.elastic_min_world_size > 0 ? o.elastic_min_world_size : full;
+  if (full % world != 0 || world % t->bn_group_ranks_ != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--elastic ", full, ":", t->bn_group_ranks_, ": ", world,
+                                                   " ranks is not a multiple of the minimum ", t->bn_group_ranks_,
+                                                   " that divides the full world size ", full));
   }
-  t->batch_ = t->global_batch_ / t->launch_.world_size;
+  if (t->global_batch_ % full != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(t->pretrain_ ? "pretrain" : "finetune", ".global_batch: ",
+                                                   t->global_batch_, " does not divide by the ",
+                                                   o.elastic_world_size > 0 ? "full " : "", "world size ", full));
+  }
+  t->batch_ = t->global_batch_ / full;
+  t->accumulation_ = full / world;
   // The gang forms first, so that a rank failing on its own inputs (bad data
   // on one node) ends the others' waits at once with its cause.
   RETURN_IF_ERROR(t->SetUpCommunicator());
@@ -147,11 +157,16 @@ absl::Status Trainer::SetUpModel() {
                      << (f.freeze_encoder ? "; transformer.encoder frozen" : "");
   }
   if (comm_->size() > 1) {
+    // Groups of bn_group_ranks_ consecutive ranks (all of them unless elastic).
     Communicator* comm = comm_.get();
-    SetBatchNormAllReduce(*model_, std::make_shared<SumAllReduce>([comm](torch::Tensor& t) {
-                            const absl::Status s = comm->AllReduceSum(t, "batch-norm statistics");
-                            TORCH_CHECK(s.ok(), std::string(s.message()));
-                          }));
+    auto sync = std::make_shared<BatchNormSync>();
+    sync->all_reduce = [comm](torch::Tensor& t) {
+      const absl::Status s = comm->AllReduceSum(t, "batch-norm statistics");
+      TORCH_CHECK(s.ok(), std::string(s.message()));
+    };
+    sync->groups = comm_->size() / bn_group_ranks_;
+    sync->group = launch_.rank / bn_group_ranks_;
+    SetBatchNormSync(*model_, sync);
   }
   model_->to(device_.device, device_.dtype);
   model_->SetChannelsLast(true);
@@ -198,6 +213,9 @@ absl::Status Trainer::SetUpStore() {
     }
     step_ = s.step;
     sampler_state = {s.epoch, s.sampler_offset};
+    if (s.world_size != launch_.world_size || s.accumulation != accumulation_) {
+      resized_ = ResizedEvent{step_, s.world_size, launch_.world_size, s.accumulation, accumulation_};
+    }
     RETINA_LOG(Info) << "resumed from " << from.string() << " at step " << step_ << " (epoch " << s.epoch
                      << ", offset " << s.sampler_offset << ")";
   }
@@ -215,6 +233,10 @@ absl::Status Trainer::SetUpStore() {
   RETURN_IF_ERROR(TruncateEventLog(layout_.EventsPath(job), step_));
   ASSIGN_OR_RETURN(events_, EventLog::Open(layout_.EventsPath(job), options_.events));
   if (step_ > 0) events_->Write(ResumedEvent{step_});
+  if (resized_) {
+    RETINA_LOG(Info) << DescribeResize(*resized_) << " (global batch " << global_batch_ << " kept)";
+    events_->Write(*resized_);
+  }
   if (config_.checkpoint.save_initial && from.empty()) {
     RETURN_IF_ERROR(Save(std::nullopt));  // step 0: the weights every later step starts from
   }
@@ -229,9 +251,14 @@ absl::Status Trainer::SetUpStore() {
 
 // A loader over the rest of the current epoch.
 absl::Status Trainer::StartEpochLoader() {
+  // Whole global batches only (drop last), so an epoch has the same steps
+  // at every world size; each rank's step samples in micro-batch order.
   std::vector<std::vector<int64_t>> batches;
   DistributedSampler copy = *sampler_;
-  while (copy.per_rank() >= batch_) batches.push_back(copy.Next(batch_));
+  const int64_t steps = (data_->size() - copy.state().offset) / global_batch_;
+  while (static_cast<int64_t>(batches.size()) < steps && copy.per_rank() >= batch_ * accumulation_) {
+    batches.push_back(MicroBatchOrder(copy.Next(batch_ * accumulation_), accumulation_));
+  }
   LoaderOptions lo;
   lo.threads = std::max(1, config_.data.loader_threads);
   lo.prefetch = config_.data.prefetch_batches;
@@ -242,9 +269,6 @@ absl::Status Trainer::StartEpochLoader() {
 }
 
 absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
-  const uint64_t step_seed = Mix(config_.seed, launch_.rank, step_);
-  torch::manual_seed(step_seed);
-  torch::Generator gen = at::detail::createCPUGenerator(step_seed ^ 0x5bd1e995u);
   StepResult r;
   r.lr = config_.schedule.policy == SchedulePolicy::kPoly
              ? PolyLearningRate(config_.optimizer.lr, step_, horizon_, config_.schedule.power)
@@ -252,46 +276,58 @@ absl::StatusOr<Trainer::StepResult> Trainer::Step(const RawBatch& batch) {
   for (auto& group : optimizer_->param_groups()) static_cast<torch::optim::SGDOptions&>(group.options()).lr(r.lr);
 
   optimizer_->zero_grad();
-  reducer_->PrepareForBackward();
-  torch::Tensor loss;
   const torch::Tensor images = batch.images.to(device_.device, /*non_blocking=*/true);
-  try {
-    // Augmentation in the batch's dtype; only the model runs under autocast.
-    if (pretrain_) {
-      const PretrainBatch pb = (*pretrain_augment_)(images, gen);
-      torch::Tensor out;
-      {
-        Autocast autocast(device_);
-        out = model_(pb.input);
+  const torch::Tensor masks = pretrain_ ? torch::Tensor() : batch.masks.to(device_.device, /*non_blocking=*/true);
+  double loss_sum = 0;  // this rank's micro-batch losses
+  for (int64_t m = 0; m < accumulation_; ++m) {
+    // Micro-batch m is the full run's rank v's batch (sampler.h): its seeds
+    // too, so augmentation and dropout draw what rank v would have.
+    const int v = VirtualRank(launch_.rank, launch_.world_size, static_cast<int>(m));
+    const uint64_t seed = Mix(config_.seed, v, step_);
+    torch::manual_seed(seed);
+    torch::Generator gen = at::detail::createCPUGenerator(seed ^ 0x5bd1e995u);
+    if (m == accumulation_ - 1) reducer_->PrepareForBackward(/*accumulated=*/accumulation_ > 1);
+    const torch::Tensor x = images.narrow(0, m * batch_, batch_);
+    torch::Tensor loss;
+    try {
+      // Augmentation in the batch's dtype; only the model runs under autocast.
+      if (pretrain_) {
+        const PretrainBatch pb = (*pretrain_augment_)(x, gen);
+        torch::Tensor out;
+        {
+          Autocast autocast(device_);
+          out = model_(pb.input);
+        }
+        // The loss in fp32 under autocast (in float64 at fp64).
+        loss = torch::mse_loss(out.to(device_.dtype), pb.target);
+      } else {
+        const FinetuneBatch fb = (*finetune_augment_)(x, masks.narrow(0, m * batch_, batch_), gen);
+        torch::Tensor logits;
+        {
+          Autocast autocast(device_);
+          logits = model_(fb.image);
+        }
+        const LossKind loss_kind = config_.finetune.loss;
+        const bool binary =
+            loss_kind == LossKind::kBceDice || (loss_kind == LossKind::kAuto && model_config_.num_classes == 1);
+        // Losses in fp32 under autocast (in float64 at fp64).
+        const torch::Tensor l = logits.to(device_.dtype);
+        loss = binary ? BceDiceLoss(l, fb.mask) : CeDiceLoss(l, fb.mask, config_.finetune.class_weights);
       }
-      // The loss in fp32 under autocast (in float64 at fp64).
-      loss = torch::mse_loss(out.to(device_.dtype), pb.target);
-    } else {
-      const torch::Tensor masks = batch.masks.to(device_.device, /*non_blocking=*/true);
-      const FinetuneBatch fb = (*finetune_augment_)(images, masks, gen);
-      torch::Tensor logits;
-      {
-        Autocast autocast(device_);
-        logits = model_(fb.image);
-      }
-      const LossKind loss_kind = config_.finetune.loss;
-      const bool binary =
-          loss_kind == LossKind::kBceDice || (loss_kind == LossKind::kAuto && model_config_.num_classes == 1);
-      // Losses in fp32 under autocast (in float64 at fp64).
-      const torch::Tensor l = logits.to(device_.dtype);
-      loss = binary ? BceDiceLoss(l, fb.mask) : CeDiceLoss(l, fb.mask, config_.finetune.class_weights);
+      loss = loss.to(device_.dtype);
+      // The mean over the global batch: 1/a here, 1/world in the reducer.
+      (accumulation_ > 1 ? loss / static_cast<double>(accumulation_) : loss).backward();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("rank ", launch_.rank, ": step ", step_, ": ", e.what_without_backtrace()));
     }
-    loss = loss.to(device_.dtype);
-    loss.backward();
-  } catch (const c10::Error& e) {
-    return absl::InternalError(absl::StrCat("rank ", launch_.rank, ": step ", step_, ": ", e.what_without_backtrace()));
+    loss_sum += loss.item<double>();
   }
   RETURN_IF_ERROR(reducer_->FinishBackward());
   optimizer_->step();
   ++step_;
   // Mean loss and any rank's stop request, in one collective.
   torch::Tensor shared =
-      torch::tensor({loss.item<double>(), StopSignals::Requested() != 0 ? 1.0 : 0.0}, torch::kDouble).to(device_.device);
+      torch::tensor({loss_sum / accumulation_, StopSignals::Requested() != 0 ? 1.0 : 0.0}, torch::kDouble).to(device_.device);
   RETURN_IF_ERROR(comm_->AllReduceSum(shared, "loss and stop flag"));
   shared = shared.to(torch::kCPU);
   r.mean_loss = shared[0].item<double>() / comm_->size();
@@ -352,6 +388,7 @@ absl::Status Trainer::Save(std::optional<double> score) {
   s.sampler_offset = sampler_->state().offset;
   s.seed = config_.seed;
   s.world_size = launch_.world_size;
+  s.accumulation = static_cast<int>(accumulation_);
   s.kind = JobKindName(config_.kind);
   s.config_sha256 = Sha256Hex(options_.config_text);
   s.model = config_.model.name;  // what inference needs to rebuild and normalise
@@ -414,10 +451,12 @@ absl::StatusOr<RunOutcome> Trainer::RunSteps() {
     start.backend = comm_->backend();
     start.threads = threads_.threads;
     start.global_batch = global_batch_;
+    start.accumulation = static_cast<int>(accumulation_);
     events_->Write(start);
   }
   RETURN_IF_ERROR(StartEpochLoader());
   model_->train();
+  const std::optional<int64_t> crash_after_step = FaultValue(Fault::kTrainCrashAfterStep);
   auto last = std::chrono::steady_clock::now();
   while (step_ < total_) {
     std::optional<RawBatch> batch = loader_->Next();
@@ -427,8 +466,12 @@ absl::StatusOr<RunOutcome> Trainer::RunSteps() {
       continue;
     }
     RETURN_IF_ERROR(batch->status);  // a damaged sample: stop before it reaches the model
-    (void)sampler_->Next(batch_);     // advance in lock step with the loader's batch list
+    (void)sampler_->Next(batch_ * accumulation_);  // advance in lock step with the loader's batch list
     ASSIGN_OR_RETURN(StepResult r, Step(*batch));
+    if (crash_after_step && step_ == *crash_after_step) {
+      RETINA_LOG(Warning) << "RETINA_FAULTS train.crash_after_step: dying after step " << step_;
+      std::_Exit(137);
+    }
     const auto now = std::chrono::steady_clock::now();
     const double seconds = std::chrono::duration<double>(now - last).count();
     last = now;

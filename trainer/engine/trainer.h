@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/job_config.h"
+#include "common/records.h"
 #include "common/progress.h"
 #include "common/store_layout.h"
 #include "common/thread_plan.h"
@@ -70,7 +71,10 @@ class Trainer {
   ThreadPlan threads_;
   DevicePlan device_;
   int global_batch_ = 0;
-  int64_t batch_ = 0;  // per rank
+  int64_t batch_ = 0;  // per rank and micro-batch: global batch / full world size
+  int64_t accumulation_ = 1;  // micro-batches per step: full world size / world size (run.h)
+  int bn_group_ranks_ = 1;    // BatchNorm groups: this many consecutive ranks (batch_norm.h)
+  std::optional<ResizedEvent> resized_;  // resumed at another size than the checkpoint's
   std::unique_ptr<ShardedDataset> data_, val_;
   double mean_ = 0, std_ = 1;
   std::unique_ptr<Communicator> comm_;

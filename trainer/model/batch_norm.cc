@@ -8,31 +8,41 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-// y = (x - mean_g) / sqrt(var_g + eps) * w + b with global (all-rank) statistics.
+// y = (x - mean_g) / sqrt(var_g + eps) * w + b with the statistics of this
+// rank's group (batch_norm.h).
 struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFunction> {
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
                                const torch::Tensor& bias, torch::Tensor running_mean, torch::Tensor running_var,
-                               double momentum, double eps, int64_t reducer_address) {
-    auto* reduce = reinterpret_cast<SumAllReduce*>(reducer_address);
+                               double momentum, double eps, int64_t sync_address) {
+    auto* sync = reinterpret_cast<BatchNormSync*>(sync_address);
     const int64_t c = x.size(1);
     // Statistics in float32 at least (bf16/fp16 inputs), float64 for float64.
     const torch::Tensor xf = x.to(x.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat);
-    torch::Tensor stats = torch::cat({xf.sum({0, 2, 3}), (xf * xf).sum({0, 2, 3}),
-                                      torch::full({1}, static_cast<double>(x.numel() / c), xf.options())});
-    (*reduce)(stats);
-    const double count = stats[2 * c].item<double>();
-    const torch::Tensor mean = stats.slice(0, 0, c) / count;
-    const torch::Tensor var = (stats.slice(0, c, 2 * c) / count - mean * mean).clamp_min(0);
+    torch::Tensor stats = torch::zeros({sync->groups, 2 * c + 1}, xf.options());
+    stats[sync->group].copy_(torch::cat({xf.sum({0, 2, 3}), (xf * xf).sum({0, 2, 3}),
+                                         torch::full({1}, static_cast<double>(x.numel() / c), xf.options())}));
+    sync->all_reduce(stats);
+    // Mean and variance of group g's members together.
+    auto moments = [&](int g) {
+      const torch::Tensor row = stats[g];
+      const double count = row[2 * c].item<double>();
+      const torch::Tensor mean = row.slice(0, 0, c) / count;
+      return std::make_tuple(count, mean, (row.slice(0, c, 2 * c) / count - mean * mean).clamp_min(0));
+    };
     {
       torch::NoGradGuard no_grad;
-      running_mean.mul_(1 - momentum).add_(mean * momentum);
-      running_var.mul_(1 - momentum).add_(var * (count / std::max(1.0, count - 1)) * momentum);
+      for (int g = 0; g < sync->groups; ++g) {
+        const auto [n, m, v] = moments(g);
+        running_mean.mul_(1 - momentum).add_(m * momentum);
+        running_var.mul_(1 - momentum).add_(v * (n / std::max(1.0, n - 1)) * momentum);
+      }
     }
+    const auto [count, mean, var] = moments(sync->group);
     const torch::Tensor invstd = torch::rsqrt(var + eps);
     const torch::Tensor xhat = (xf - mean.view({1, c, 1, 1})) * invstd.view({1, c, 1, 1});
     ctx->save_for_backward({xhat, invstd, weight});
     ctx->saved_data["count"] = count;
-    ctx->saved_data["reducer"] = reducer_address;
+    ctx->saved_data["sync"] = sync_address;
     return (xhat * weight.view({1, c, 1, 1}) + bias.view({1, c, 1, 1})).to(x.scalar_type());
   }
 
@@ -42,12 +52,14 @@ struct SyncBatchNormFunction : public torch::autograd::Function<SyncBatchNormFun
     const torch::Tensor& invstd = saved[1];
     const torch::Tensor& weight = saved[2];
     const double count = ctx->saved_data["count"].toDouble();
-    auto* reduce = reinterpret_cast<SumAllReduce*>(ctx->saved_data["reducer"].toInt());
+    auto* sync = reinterpret_cast<BatchNormSync*>(ctx->saved_data["sync"].toInt());
     const torch::Tensor dy = grads[0].to(xhat.scalar_type());
     const int64_t c = dy.size(1);
     const torch::Tensor sum_dy = dy.sum({0, 2, 3}), sum_dy_xhat = (dy * xhat).sum({0, 2, 3});
-    torch::Tensor global = torch::cat({sum_dy, sum_dy_xhat});
-    (*reduce)(global);
+    torch::Tensor groups = torch::zeros({sync->groups, 2 * c}, dy.options());
+    groups[sync->group].copy_(torch::cat({sum_dy, sum_dy_xhat}));
+    sync->all_reduce(groups);
+    const torch::Tensor global = groups[sync->group];
     const torch::Tensor g_dy = global.slice(0, 0, c).view({1, c, 1, 1});
     const torch::Tensor g_dy_xhat = global.slice(0, c, 2 * c).view({1, c, 1, 1});
     const torch::Tensor dx = (weight * invstd).view({1, c, 1, 1}) / count * (count * dy - g_dy - xhat * g_dy_xhat);
@@ -72,20 +84,24 @@ torch::Tensor BatchNormImpl::forward(const torch::Tensor& input) {
   const torch::Tensor x = ToParamDtype(input, weight);  // statistics in fp32 under autocast
   if (is_training()) {
     torch::NoGradGuard no_grad;
-    num_batches_tracked.add_(1);
+    num_batches_tracked.add_(sync_ ? sync_->groups : 1);  // one per group's batch (updates of the running stats)
   }
-  if (!all_reduce_ || !is_training()) {
+  if (!sync_ || !is_training()) {
     return torch::batch_norm(x, weight, bias, running_mean, running_var, is_training(), kMomentum, kEps,
                              /*cudnn_enabled=*/true);
   }
   return SyncBatchNormFunction::apply(x, weight, bias, running_mean, running_var, kMomentum, kEps,
-                                      reinterpret_cast<int64_t>(all_reduce_.get()));
+                                      reinterpret_cast<int64_t>(sync_.get()));
+}
+
+void SetBatchNormSync(torch::nn::Module& module, const std::shared_ptr<BatchNormSync>& sync) {
+  for (const auto& m : module.modules()) {
+    if (auto* bn = dynamic_cast<BatchNormImpl*>(m.get())) bn->SetSync(sync);
+  }
 }
 
 void SetBatchNormAllReduce(torch::nn::Module& module, const std::shared_ptr<SumAllReduce>& all_reduce) {
-  for (const auto& m : module.modules()) {
-    if (auto* bn = dynamic_cast<BatchNormImpl*>(m.get())) bn->SetAllReduce(all_reduce);
-  }
+  SetBatchNormSync(module, all_reduce ? std::make_shared<BatchNormSync>(BatchNormSync{*all_reduce, 1, 0}) : nullptr);
 }
 
 }  // namespace retina::trainer
