@@ -200,7 +200,10 @@ struct PretrainConfig {
   void Visit(V& v) {
     v.Field("epochs", &epochs, Spec("passes over the dataset").Unit("epochs").Min(1));
     v.Field("global_batch", &global_batch,
-            Spec("images per step over all ranks; split evenly, must divide by world size").Min(1));
+            Spec("images per step over all ranks; split evenly, must divide by world size. An elastic job "
+                 "(submitted with min_world_size, docs/service.md) keeps it at every size: each rank takes "
+                 "global_batch / world_size images per micro-batch and, on fewer ranks, accumulates "
+                 "world_size / ranks micro-batches per step").Min(1));
     v.Field("checkpoint_every_epochs", &checkpoint_every_epochs,
             Spec("checkpoint interval (and one at the end)").Unit("epochs").Min(1));
     v.Section("augment", &augment, "pre-training augmentation (METHOD.md section 2)");
@@ -242,7 +245,9 @@ struct FinetuneConfig {
   template <class V>
   void Visit(V& v) {
     v.Field("iters", &iters, Spec("exact number of iterations").Unit("iterations").Min(1));
-    v.Field("global_batch", &global_batch, Spec("images per step over all ranks").Min(1));
+    v.Field("global_batch", &global_batch,
+            Spec("images per step over all ranks; must divide by world size. An elastic job keeps it at every "
+                 "size by gradient accumulation (as pretrain.global_batch)").Min(1));
     v.Field("init", &init,
             Spec("'random', a pre-training checkpoint (ours or a PyTorch .pt) or an ImageNet .npz (service jobs: under the store or an --allowed-root)"));
     v.Field("freeze_encoder", &freeze_encoder,

@@ -9,7 +9,9 @@
 //                    [--events fd:3]
 //
 // with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
-// MASTER_PORT (the rendezvous), RETINA_JOB_ID and RETINA_ATTEMPT, and, where
+// MASTER_PORT (the rendezvous), RETINA_JOB_ID and RETINA_ATTEMPT,
+// RETINA_ELASTIC=W:M for an elastic job (its full world size and minimum;
+// this attempt's WORLD_SIZE may be smaller), and, where
 // the launcher knows it, RETINA_HOST_ADDR: the address other hosts reach this
 // rank's host at (a worker's --host), which Gloo then binds.
 #pragma once
@@ -32,6 +34,7 @@ struct RankLaunch {
   std::string master_addr;
   int master_port = 0;
   std::string host_addr;  // this rank's host as the others reach it ("": not known)
+  int elastic_world_size = 0, elastic_min_world_size = 0;  // an elastic job's W and M (0: not elastic)
   bool events_fd3 = false;  // rank 0 under the worker: events on fd 3
 
   // `run ...` (without the program), as above.

@@ -50,10 +50,14 @@ std::string StepText(const v1::Job& j) {
   return p.step() > 0 ? absl::StrCat(p.step()) : "-";
 }
 
+bool Placed(const v1::Job& j) { return j.state() == v1::SCHEDULED || j.state() == v1::RUNNING; }
+// The ranks of the current (or last) attempt (Job.attempt_world_size).
+int RanksNow(const v1::Job& j) { return j.attempt_world_size() > 0 ? j.attempt_world_size() : j.spec().world_size(); }
+
 struct SubmitFlags {
   std::string file, name, labels, request_id;
   std::vector<std::string> overrides;
-  int world_size = 1, priority = 0, max_restarts = 2, slots_per_rank = 1;
+  int world_size = 1, priority = 0, max_restarts = 2, slots_per_rank = 1, min_world_size = 0;
   bool gpu = false, watch = false;
 };
 
@@ -66,6 +70,7 @@ absl::StatusOr<std::string> SubmitYaml(const Client& c, const SubmitFlags& f, co
   v1::JobSpec* spec = req.mutable_spec();
   spec->set_config_yaml(yaml);
   spec->set_world_size(f.world_size);
+  spec->set_min_world_size(f.min_world_size);
   spec->set_priority(f.priority);
   spec->set_max_restarts(f.max_restarts);
   spec->set_slots_per_rank(f.slots_per_rank);
@@ -125,7 +130,7 @@ absl::Status Jobs(const Client& c, const JobsFlags& f) {
   for (const v1::Job& j : resp.jobs()) {
     std::printf("%-12s %-10s %-9s %4d %5d %-11s %-9s %-7s %-10s %-7s %s\n", j.id().c_str(),
                 v1::JobState_Name(j.state()).c_str(), Short(j.spec().kind()).c_str(), j.attempt(),
-                j.spec().world_size(), StepText(j).c_str(),
+                Placed(j) ? RanksNow(j) : j.spec().world_size(), StepText(j).c_str(),
                 j.progress().step() > 0 ? absl::StrFormat("%.4f", j.progress().loss()).c_str() : "-",
                 j.progress().has_iou() ? absl::StrFormat("%.3f", j.progress().last_iou()).c_str() : "-",
                 j.user().c_str(), Age(j.create_unix_ms()).c_str(), j.spec().name().c_str());
@@ -139,8 +144,15 @@ void PrintJob(const v1::Job& j) {
               j.id().c_str(), j.spec().name().c_str(), Short(j.spec().kind()).c_str(),
               v1::JobState_Name(j.state()).c_str(), j.cancel_requested() ? " (cancel requested)" : "", j.attempt(),
               j.spec().max_restarts());
-  std::printf("user:        %s\nranks:       %d x %d slot(s), priority %d\nsubmitted:   %s ago\n", j.user().c_str(),
-              j.spec().world_size(), j.spec().slots_per_rank(), j.spec().priority(), Age(j.create_unix_ms()).c_str());
+  std::printf("user:        %s\nranks:       %d x %d slot(s), priority %d\n", j.user().c_str(), j.spec().world_size(),
+              j.spec().slots_per_rank(), j.spec().priority());
+  if (j.spec().min_world_size() > 0 && j.spec().min_world_size() < j.spec().world_size()) {
+    const int now = RanksNow(j);
+    std::printf("elastic:     min %d; %s %d rank(s), accumulation %d; resized %d time(s), stopped to grow %d time(s)\n",
+                j.spec().min_world_size(), Placed(j) ? "running on" : "last on", now, j.spec().world_size() / now,
+                j.resizes(), j.grow_stops());
+  }
+  std::printf("submitted:   %s ago\n", Age(j.create_unix_ms()).c_str());
   if (!j.master_addr().empty()) std::printf("rendezvous:  %s:%d\n", j.master_addr().c_str(), j.master_port());
   std::vector<std::string> placement;
   for (const auto& p : j.placement()) placement.push_back(absl::StrCat(p.rank(), "@", p.worker_id()));
@@ -239,6 +251,14 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
                        e["iou"].get<double>());
         } else {
           std::fprintf(stderr, "  eval: %s\n", ev.event_json().c_str());
+        }
+      } else if (ev.type() == v1::JobEvent::RESIZED) {
+        if (bar && bar->enabled()) bar->Finish();
+        const nlohmann::json e = nlohmann::json::parse(ev.event_json(), nullptr, false);
+        if (e.is_object()) {
+          std::fprintf(stderr, "  resized at step %lld: %d -> %d ranks, accumulation %d -> %d (global batch kept)\n",
+                       static_cast<long long>(e.value("step", 0LL)), e.value("from_world", 0), e.value("to_world", 0),
+                       e.value("from_accumulation", 0), e.value("to_accumulation", 0));
         }
       } else if (ev.type() == v1::JobEvent::CHECKPOINT && !(bar && bar->enabled())) {
         std::fprintf(stderr, "  checkpoint at step %lld\n", static_cast<long long>(j.progress().last_checkpoint_step()));
@@ -378,6 +398,10 @@ absl::StatusOr<int> WatchExit(const Client& c, const std::string& id) {
 void AddSubmitFlags(CLI::App* cmd, SubmitFlags* f) {
   cmd->add_option("file", f->file, "the job file (YAML)")->required();
   cmd->add_option("--world-size", f->world_size, "data-parallel ranks")->check(kPositiveInt);
+  cmd->add_option("--min-world-size", f->min_world_size,
+                  "elastic (pretrain, finetune): run on as few as this many ranks (a divisor of --world-size) rather "
+                  "than wait, grow back when slots free up; the global batch is kept (docs/service.md)")
+      ->check(kPositiveInt);
   cmd->add_option("--priority", f->priority, "higher runs first");
   cmd->add_option("--max-restarts", f->max_restarts, "attempts after the first on failure")->check(kNonNegativeInt);
   cmd->add_option("--slots-per-rank", f->slots_per_rank, "slots (GPUs or CPU slots) each rank takes")->check(kPositiveInt);

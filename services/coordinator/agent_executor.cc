@@ -69,7 +69,7 @@ void AgentExecutor::Recover(JobEntry* e, int64_t) {
 }
 
 absl::Status AgentExecutor::CheckFits(const v1::JobSpec& spec) {
-  const int needed = spec.world_size() * spec.slots_per_rank();
+  const int needed = ElasticSizes(spec.world_size(), spec.min_world_size()).back() * spec.slots_per_rank();
   const int total = registry_.TotalSlots(spec.slot_type());
   if (registry_.seen_any() && needed > total) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -112,10 +112,10 @@ void AgentExecutor::EndRecovery(int64_t now) {
     if (e == nullptr) continue;
     std::set<int> ranks;
     for (const auto& [worker, part] : a.parts) ranks.insert(part.ranks.begin(), part.ranks.end());
-    const bool whole = static_cast<int>(ranks.size()) == e->job.spec().world_size();
+    const bool whole = static_cast<int>(ranks.size()) == AttemptWorldSize(e->job);
     if (!whole && !a.failed) {
       a.failed = true;
-      a.failure = absl::StrCat("only ", ranks.size(), " of ", e->job.spec().world_size(),
+      a.failure = absl::StrCat("only ", ranks.size(), " of ", AttemptWorldSize(e->job),
                                " ranks re-attached after a coordinator restart");
       a.reason = "coordinator_restart";
       StopAttempt(e);
@@ -135,7 +135,8 @@ void AgentExecutor::Poll() {
   FairShare share;
   std::map<std::string, int> attempt_seen;
   std::vector<RunningJob> running;  // placed jobs, for priority preemption
-  bool preempting = false;          // a preemption is still freeing its slots
+  bool preempting = false;          // a preemption (or a growth) is still freeing its slots
+  bool elastic_below = false;       // an elastic job runs below its world size
   std::pair<uint64_t, uint64_t> seen;
   bool skip = false;
   ctx_.locked([&] {
@@ -147,10 +148,10 @@ void AgentExecutor::Poll() {
       const v1::JobSpec& spec = e->job.spec();
       if (spec.kind() == v1::STUDY) continue;
       if (IsPlaced(e->job)) {
-        share.running_slots[e->job.user()] += spec.world_size() * spec.slots_per_rank();
+        share.running_slots[e->job.user()] += AttemptWorldSize(e->job) * spec.slots_per_rank();
         auto at = attempts_.find(e->job.id());
         if (at != attempts_.end()) {
-          preempting |= !at->second.preempted_by.empty();
+          preempting |= !at->second.preempted_by.empty() || !at->second.growing.empty();
           auto label = spec.labels().find("preemptible");
           RunningJob r{e->job.id(), spec.priority(), seq,
                        e->job.start_unix_ms() > 0 ? e->job.start_unix_ms() : ctx_.now_ms(),
@@ -159,16 +160,21 @@ void AgentExecutor::Poll() {
           for (const auto& [worker, part] : at->second.parts) {
             r.slots.emplace_back(worker, static_cast<int>(part.slot_ids.size()));
           }
+          r.world_size = AttemptWorldSize(e->job);
+          r.full_world_size = spec.world_size();
+          r.min_world_size = spec.min_world_size();
+          r.slots_per_rank = spec.slots_per_rank();
+          elastic_below |= e->job.state() == v1::RUNNING && r.world_size < r.full_world_size;
           running.push_back(std::move(r));
         }
       }
       if (e->job.state() != v1::QUEUED) continue;
       queue.push_back({e->job.id(), spec.priority(), seq,
                        NormalType(spec.slot_type()) == v1::SLOT_GPU ? SlotKind::kGpu : SlotKind::kCpu,
-                       spec.world_size(), spec.slots_per_rank(), e->job.user()});
+                       spec.world_size(), spec.slots_per_rank(), e->job.user(), spec.min_world_size()});
       attempt_seen[e->job.id()] = e->job.attempt();
     }
-    if (!queue.empty()) free = registry_.FreeWorkers();
+    if (!queue.empty() || elastic_below) free = registry_.FreeWorkers();
   });
   if (skip) return;
   std::vector<GangPlan> plans;
@@ -187,6 +193,10 @@ void AgentExecutor::Poll() {
                                 (held == share.running_slots.end() ? 0 : held->second) + needed >
                                     share.max_running_slots_per_user;
       if (!user_limited) ctx_.locked([&] { again = MaybePreempt(head, free, running, ctx_.now_ms()); });
+    }
+    // Idle slots: an elastic job below its size may grow back.
+    if (!again && !preempting && elastic_below) {
+      ctx_.locked([&] { again = MaybeGrow(running, free, queue, ctx_.now_ms()); });
     }
     if (!again) ctx_.locked([&] { idle_at_ = seen; });
     return;
@@ -252,6 +262,23 @@ bool AgentExecutor::MaybePreempt(const QueuedJob& blocked, const std::vector<Fre
   return true;
 }
 
+bool AgentExecutor::MaybeGrow(const std::vector<RunningJob>& running, const std::vector<FreeWorker>& free,
+                              const std::vector<QueuedJob>& queue, int64_t now) {
+  GrowthRules rules;
+  rules.now_ms = now;
+  rules.min_interval_ms = absl::ToInt64Milliseconds(options_.grow_after);
+  bool later = false;
+  const std::optional<GrowPlan> grow = PlanGrowth(running, free, queue, rules, &later);
+  if (!grow) return later;
+  JobEntry* e = jobs_.Get(grow->job_id);
+  auto at = attempts_.find(grow->job_id);
+  if (e == nullptr || e->job.state() != v1::RUNNING || at == attempts_.end() || !at->second.growing.empty()) return false;
+  at->second.growing = absl::StrCat(grow->from, " -> ", grow->to, " ranks (idle slots)");
+  RETINA_LOG(Info) << "growing " << grow->job_id << " attempt " << e->job.attempt() << ": " << at->second.growing;
+  StopAttempt(e);  // SIGTERM: the ranks checkpoint and exit 75; the job is placed again with more ranks
+  return true;
+}
+
 int AgentExecutor::PickPort(const std::string& host) {
   const std::set<int>& busy = ports_[host];
   const int n = options_.port_max - options_.port_min + 1;
@@ -272,13 +299,17 @@ void AgentExecutor::FreePort(Attempt* a) {
   a->port = 0;
 }
 
-v1::Assignment AgentExecutor::AssignmentOf(const v1::Job& job, int local_world_size) const {
+v1::Assignment AgentExecutor::AssignmentOf(const v1::Job& job, int world_size, int local_world_size) const {
   v1::Assignment a;
   a.set_job_id(job.id());
   a.set_attempt(job.attempt());
   a.set_kind(job.spec().kind());
   a.set_config_yaml(job.spec().config_yaml());
-  a.set_world_size(job.spec().world_size());
+  a.set_world_size(world_size);
+  if (ElasticSizes(job.spec().world_size(), job.spec().min_world_size()).size() > 1) {
+    a.set_full_world_size(job.spec().world_size());
+    a.set_min_world_size(job.spec().min_world_size());
+  }
   a.set_local_world_size(local_world_size);
   a.set_master_addr(job.master_addr());
   a.set_master_port(job.master_port());
@@ -304,9 +335,24 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
   if (chosen.empty()) return false;
   v1::Job job = e->job;  // committed below, then applied
   const int attempt = job.attempt() + 1;
+  int size = 0;
+  for (const auto& [w, n] : chosen) size += n;
   job.set_attempt(attempt);
   job.set_state(v1::SCHEDULED);
   job.set_message("");
+  const int before = job.attempt_world_size();  // 0 before the first attempt
+  std::string resize;
+  if (before > 0 && before != size) {
+    // The global batch is kept: ranks below world_size accumulate micro-batches (run.h).
+    resize = absl::StrCat("resized: ", before, " -> ", size, " ranks, accumulation ", spec.world_size() / before, " -> ",
+                          spec.world_size() / size);
+    job.set_resizes(job.resizes() + 1);
+    job.set_message(resize);
+  } else if (before == 0 && size < spec.world_size()) {
+    job.set_message(absl::StrCat("started on ", size, " of ", spec.world_size(), " ranks (elastic, accumulation ",
+                                 spec.world_size() / size, "); grows when slots free up"));
+  }
+  job.set_attempt_world_size(size);
   job.set_start_unix_ms(0);
   job.clear_placement();
   job.set_master_addr(chosen.front().first->info.host());
@@ -317,7 +363,7 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
   int rank = 0;
   for (auto& [w, n] : chosen) {
     Part part;
-    v1::Assignment a = AssignmentOf(job, n);
+    v1::Assignment a = AssignmentOf(job, size, n);
     for (int r = 0; r < n; ++r, ++rank) {
       part.ranks.push_back(rank);
       a.add_ranks(rank);
@@ -353,9 +399,10 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
   if (ctx_.metrics) {
     ctx_.metrics->QueueWait((now - e->queued_ms) / 1000.0);
     ctx_.metrics->AttemptStarted(at.reason);
+    if (!resize.empty()) ctx_.metrics->Resized(size < before ? "shrink" : "grow");
   }
-  RETINA_LOG(Info) << id << " attempt " << attempt << " scheduled: " << spec.world_size() << " ranks on "
-                   << chosen.size() << " worker(s), rendezvous " << rendezvous;
+  RETINA_LOG(Info) << id << " attempt " << attempt << " scheduled: " << size << " ranks on " << chosen.size()
+                   << " worker(s), rendezvous " << rendezvous << (resize.empty() ? "" : "; ") << resize;
   return true;
 }
 
@@ -456,11 +503,14 @@ void AgentExecutor::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   }
   // A preempted attempt's ranks exit 75 (or are stopped): that is the
   // preemption, not a failure; a cancel still wins.
+  // So do the ranks of an attempt stopped to grow.
   const AttemptOutcome outcome = job.cancel_requested()    ? AttemptOutcome::kCancelled
                                  : !a.preempted_by.empty() ? AttemptOutcome::kPreempted
+                                 : !a.growing.empty()      ? AttemptOutcome::kGrowing
                                  : a.failed                ? AttemptOutcome::kFailed
                                                            : AttemptOutcome::kSucceeded;
   const std::string detail = outcome == AttemptOutcome::kPreempted ? a.preempted_by
+                             : outcome == AttemptOutcome::kGrowing ? a.growing
                              : outcome == AttemptOutcome::kFailed  ? a.failure
                                                                    : "";
   if (!jobs_.EndAttempt(e, outcome, detail, now)) return;
@@ -473,6 +523,7 @@ void AgentExecutor::MaybeFinishAttempt(JobEntry* e, int64_t now) {
   a.failed = false;
   a.failure.clear();
   a.preempted_by.clear();
+  a.growing.clear();
 }
 
 void AgentExecutor::LoseWorker(WorkerEntry* w, int64_t now) {

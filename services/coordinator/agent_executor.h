@@ -44,6 +44,7 @@ struct AgentOptions {
   std::vector<std::filesystem::path> allowed_roots, output_roots;  // passed to the ranks
   int max_running_slots_per_user = 0;
   absl::Duration preempt_min_run = absl::Minutes(10);  // placement.h PlanPreemption
+  absl::Duration grow_after = absl::Minutes(5);         // placement.h PlanGrowth: min_interval
 };
 
 class AgentExecutor : public Executor {
@@ -83,7 +84,12 @@ class AgentExecutor : public Executor {
     std::string host;               // the rendezvous (MASTER_ADDR, MASTER_PORT) it holds
     int port = 0;
     std::string preempted_by;       // being stopped for this higher-priority job ("" if not)
+    std::string growing;            // being stopped to grow ("2 -> 4 ranks"; "" if not)
   };
+  // Elastic growth: stops the job PlanGrowth picks. True when it did, or
+  // when a candidate is only waiting out the interval (plan again).
+  bool MaybeGrow(const std::vector<RunningJob>& running, const std::vector<FreeWorker>& free,
+                 const std::vector<QueuedJob>& queue, int64_t now_ms);
   // Priority preemption: when `blocked` (the queue's head, which did not
   // fit) outranks running jobs, stops the ones PlanPreemption picks. True
   // when it did, or when a candidate may become eligible later (its minimum
@@ -95,7 +101,7 @@ class AgentExecutor : public Executor {
   // workers are no longer as planned, or the commit fails.
   bool Place(JobEntry* e, int attempt_seen, const GangPlan& plan, int64_t now_ms);
   // An attempt's assignment to a worker (its ranks and slots added by Place).
-  retina::v1::Assignment AssignmentOf(const retina::v1::Job& job, int local_world_size) const;
+  retina::v1::Assignment AssignmentOf(const retina::v1::Job& job, int world_size, int local_world_size) const;
   int PickPort(const std::string& host);
   void FreePort(Attempt* a);
   void FailPart(JobEntry* e, const std::string& worker, const std::string& why, const std::string& reason);

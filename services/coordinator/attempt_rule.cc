@@ -5,6 +5,8 @@
 namespace retina::coordinator {
 namespace v1 = retina::v1;
 
+int FailedAttempts(const v1::Job& job) { return job.attempt() - job.preemptions() - job.grow_stops(); }
+
 AttemptEnd DecideAttemptEnd(const v1::Job& job, AttemptOutcome outcome, const std::string& detail) {
   AttemptEnd end;
   switch (outcome) {
@@ -19,8 +21,14 @@ AttemptEnd DecideAttemptEnd(const v1::Job& job, AttemptOutcome outcome, const st
                                  "; requeued (resumes from LATEST; not counted against max_restarts)");
       end.preempted = true;
       break;
+    case AttemptOutcome::kGrowing:
+      end.state = v1::QUEUED;
+      end.message = absl::StrCat("attempt ", job.attempt(), " stopped to grow: ", detail,
+                                 "; requeued (resumes from LATEST; not counted against max_restarts)");
+      end.grow_stop = true;
+      break;
     case AttemptOutcome::kFailed:
-      if (job.attempt() - job.preemptions() <= job.spec().max_restarts()) {
+      if (FailedAttempts(job) <= job.spec().max_restarts()) {
         end.state = v1::QUEUED;
         end.message = absl::StrCat("attempt ", job.attempt(), " failed: ", detail, "; requeued (resumes from LATEST)");
       } else {

@@ -116,7 +116,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
         o.slurm_client ? o.slurm_client() : NewCommandSlurmClient(o.slurm));
   } else {
     AgentOptions a{o.heartbeat, o.lease, o.port_min, o.port_max, o.allowed_roots, o.output_roots,
-                   o.max_running_slots_per_user, o.preempt_min_run};
+                   o.max_running_slots_per_user, o.preempt_min_run, o.grow_after};
     auto agents = std::make_unique<AgentExecutor>(std::move(a), std::move(ctx), c->serving_.get(), c->NowMs());
     c->agents_ = agents.get();
     c->executor_ = std::move(agents);
@@ -562,6 +562,8 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
       p->set_total_steps(predict->chunks_total);
       p->set_step(predict->chunks_done);
       table_->Publish(e, v1::JobEvent::PROGRESS, line);
+    } else if (std::holds_alternative<ResizedEvent>(ev)) {
+      table_->Publish(e, v1::JobEvent::RESIZED, line);
     } else if (const auto* checkpoint = std::get_if<CheckpointEvent>(&ev)) {
       p->set_last_checkpoint_step(checkpoint->step);
       p->set_last_checkpoint_unix_ms(NowMs());

@@ -85,6 +85,7 @@ struct CoordinatorOptions {
   // Priority preemption (agent executor): a running job is preempted for a
   // higher-priority one only after running this long (docs/service.md).
   absl::Duration preempt_min_run = absl::Minutes(10);
+  absl::Duration grow_after = absl::Minutes(5);  // an elastic job below its size grows back after this
   int max_queued_jobs_per_user = 0;
   // Where attempts run (docs/hpc.md, "The service on top of Slurm"): on this
   // coordinator's retina-worker agents, or as Slurm jobs (slurm_executor.h).

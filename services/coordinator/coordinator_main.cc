@@ -32,6 +32,7 @@ struct ServeFlags {
   std::string listen = "0.0.0.0:50051", metrics_listen = "0.0.0.0:9464";
   double lease_s = absl::ToDoubleSeconds(CoordinatorOptions().lease);
   double preempt_min_run_s = absl::ToDoubleSeconds(CoordinatorOptions().preempt_min_run);
+  double grow_after_s = absl::ToDoubleSeconds(CoordinatorOptions().grow_after);
   double heartbeat_s = absl::ToDoubleSeconds(CoordinatorOptions().heartbeat);
   std::string ports;
   std::string database = CoordinatorOptions().database.string();
@@ -60,6 +61,10 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   app.add_option("--worker-token", f->worker_token, "the bearer token workers present");
   app.add_option("--preempt-min-run-s", f->preempt_min_run_s,
                  "a running job is preempted for a higher-priority one only after this long")
+      ->check(kNonNegativeNumber);
+  app.add_option("--elastic-grow-after-s", f->grow_after_s,
+                 "an elastic job running below its world size grows back (checkpoint, restart with more ranks) "
+                 "when idle slots allow, once its attempt has run this long")
       ->check(kNonNegativeNumber);
   app.add_option("--max-running-slots-per-user", f->core.max_running_slots_per_user,
                  "fair use: slots one user's jobs may hold at once (0 = no limit; docs/service.md \"Scheduling\")")
@@ -120,6 +125,7 @@ absl::StatusOr<CoordinatorOptions> CoreOptions(const ServeFlags& f) {
   if (f.lease_s < 2 * f.heartbeat_s) return absl::InvalidArgumentError("--lease-s must be at least twice --heartbeat-s");
   o.lease = absl::Seconds(f.lease_s);
   o.preempt_min_run = absl::Seconds(f.preempt_min_run_s);
+  o.grow_after = absl::Seconds(f.grow_after_s);
   o.heartbeat = absl::Seconds(f.heartbeat_s);
   if (!f.ports.empty()) {
     std::vector<std::string> p = absl::StrSplit(f.ports, '-');

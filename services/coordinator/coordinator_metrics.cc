@@ -43,6 +43,9 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
   for (GangFailure cause : kAllGangFailures) gang_failures_->Add({{"cause", std::string(GangFailureName(cause))}});
   preemptions_ = &Build(prometheus::BuildCounter(), "retina_preemptions_total",
                         "Running jobs stopped (checkpoint, requeue) for a higher-priority job", r).Add({});
+  resizes_ = &Build(prometheus::BuildCounter(), "retina_resizes_total",
+                    "Elastic jobs placed at another size than their last attempt, by direction (shrink, grow)", r);
+  for (const char* d : {"shrink", "grow"}) resizes_->Add({{"direction", d}});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
   slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
   grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);

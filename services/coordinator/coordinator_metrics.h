@@ -41,6 +41,8 @@ class CoordinatorMetrics {
   void GangFailed(const std::string& cause) { gang_failures_->Add({{"cause", cause}}).Increment(); }
   // A running job stopped for a higher-priority one (placement.h PlanPreemption).
   void Preempted() { preemptions_->Increment(); }
+  // An elastic job placed at another size than its last attempt ("shrink" or "grow").
+  void Resized(const std::string& direction) { resizes_->Add({{"direction", direction}}).Increment(); }
   void SetWorkers(int ready, int lost);
   void SetSlots(int free, int used);
   void GrpcRequest(const std::string& method, const std::string& code) {
@@ -67,6 +69,7 @@ class CoordinatorMetrics {
   prometheus::Counter* heartbeats_deferred_;
   prometheus::Family<prometheus::Counter>* gang_failures_;
   prometheus::Counter* preemptions_;
+  prometheus::Family<prometheus::Counter>* resizes_;
   prometheus::Family<prometheus::Gauge>* workers_;
   prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;

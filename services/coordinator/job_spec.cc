@@ -66,6 +66,13 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     return absl::InvalidArgumentError(
         absl::StrCat("spec.world_size: must be between 1 and 4096 ranks, got ", spec->world_size()));
   }
+  if (spec->min_world_size() == 0) spec->set_min_world_size(spec->world_size());  // not elastic
+  if (spec->min_world_size() < 1 || spec->min_world_size() > spec->world_size() ||
+      spec->world_size() % spec->min_world_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.min_world_size: must divide world_size ", spec->world_size(),
+                                                   " (an elastic job runs on multiples of it that divide world_size), got ",
+                                                   spec->min_world_size()));
+  }
   if (spec->slots_per_rank() == 0) spec->set_slots_per_rank(1);
   if (spec->slots_per_rank() < 1 || spec->slots_per_rank() > 1024) {
     return absl::InvalidArgumentError(
@@ -92,6 +99,11 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   if (batch > 0 && batch % spec->world_size() != 0) {
     return absl::InvalidArgumentError(absl::StrCat("spec.world_size: ", JobKindName(config->kind), ".global_batch ", batch,
                                                    " does not divide by ", spec->world_size(), " ranks"));
+  }
+  if (spec->min_world_size() < spec->world_size() && config->kind != JobKind::kPretrain &&
+      config->kind != JobKind::kFinetune) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.min_world_size: only pretrain and finetune jobs are elastic; this is ",
+                                                   JobKindName(config->kind), " (leave it 0)"));
   }
   const PathPolicy policy(store, allowed_roots, output_roots);
   RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");

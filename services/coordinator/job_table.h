@@ -127,5 +127,10 @@ std::string JobStateName(retina::v1::JobState state);  // "QUEUED", "RUNNING", .
 inline bool IsPlaced(const retina::v1::Job& job) {
   return job.state() == retina::v1::SCHEDULED || job.state() == retina::v1::RUNNING;
 }
+// The ranks of the job's current (or last) attempt: spec.world_size unless
+// an elastic job was placed smaller (records before elastic jobs have 0).
+inline int AttemptWorldSize(const retina::v1::Job& job) {
+  return job.attempt_world_size() > 0 ? job.attempt_world_size() : job.spec().world_size();
+}
 
 }  // namespace retina::coordinator

@@ -5,7 +5,18 @@
 
 namespace retina::coordinator {
 
-GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free) {
+std::vector<int> ElasticSizes(int world_size, int min_world_size) {
+  if (min_world_size <= 0 || min_world_size >= world_size || world_size % min_world_size != 0) return {world_size};
+  std::vector<int> sizes;
+  for (int w = world_size; w >= min_world_size; w -= min_world_size) {
+    if (world_size % w == 0) sizes.push_back(w);
+  }
+  return sizes;
+}
+
+namespace {
+
+GangPlan PlanGangOfSize(const QueuedJob& job, const std::vector<FreeWorker>& free, int size) {
   const int per_rank = std::max(1, job.slots_per_rank);
   struct Fit {
     const FreeWorker* w;
@@ -22,7 +33,7 @@ GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free) {
   }
   GangPlan plan;
   plan.job_id = job.id;
-  int remaining = job.world_size;
+  int remaining = size;
   if (remaining < 1 || capacity < remaining) return plan;
   std::sort(candidates.begin(), candidates.end(), [](const Fit& a, const Fit& b) {
     return a.ranks != b.ranks ? a.ranks > b.ranks : a.w->id < b.w->id;
@@ -42,7 +53,21 @@ GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free) {
       ++next;
     }
   }
+  plan.world_size = size;
   return plan;
+}
+
+}  // namespace
+
+GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free, int max_ranks) {
+  for (int size : ElasticSizes(job.world_size, job.min_world_size)) {
+    if (max_ranks > 0 && size > max_ranks) continue;
+    GangPlan plan = PlanGangOfSize(job, free, size);
+    if (!plan.ranks_per_worker.empty()) return plan;
+  }
+  GangPlan none;
+  none.job_id = job.id;
+  return none;
 }
 
 std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWorker> free, const FairShare& share) {
@@ -74,13 +99,16 @@ std::vector<GangPlan> PlanPass(std::vector<QueuedJob> queue, std::vector<FreeWor
       }
       const QueuedJob& job = queue[pick->second.front()];
       const int per_rank = std::max(1, job.slots_per_rank);
-      const int needed = job.world_size * per_rank;
-      if (share.max_running_slots_per_user > 0 && slots(job.user) + needed > share.max_running_slots_per_user) {
+      const int smallest = ElasticSizes(job.world_size, job.min_world_size).back();
+      const bool limited = share.max_running_slots_per_user > 0;
+      if (limited && slots(job.user) + smallest * per_rank > share.max_running_slots_per_user) {
         by_user.erase(pick);  // held by the per-user limit: this user's jobs wait; the others go on
         continue;
       }
-      GangPlan plan = PlanGang(job, free);
+      GangPlan plan =
+          PlanGang(job, free, limited ? (share.max_running_slots_per_user - slots(job.user)) / per_rank : 0);
       if (plan.ranks_per_worker.empty()) return plans;  // no starvation: nothing overtakes it
+      const int needed = plan.world_size * per_rank;
       for (const auto& [id, ranks] : plan.ranks_per_worker) free[by_id.at(id)].free_slots -= ranks * per_rank;
       held[job.user] += needed;
       plans.push_back(std::move(plan));
@@ -146,6 +174,31 @@ std::vector<std::string> PlanPreemption(const QueuedJob& job, const std::vector<
   std::vector<std::string> ids;
   for (const RunningJob* v : victims) ids.push_back(v->id);
   return ids;
+}
+
+std::optional<GrowPlan> PlanGrowth(const std::vector<RunningJob>& running, const std::vector<FreeWorker>& free,
+                                   const std::vector<QueuedJob>& queue, const GrowthRules& rules, bool* later) {
+  std::vector<const RunningJob*> candidates;
+  for (const RunningJob& r : running) {
+    if (r.world_size >= r.full_world_size || ElasticSizes(r.full_world_size, r.min_world_size).size() < 2) continue;
+    const bool queued = std::any_of(queue.begin(), queue.end(), [&](const QueuedJob& q) { return q.kind == r.kind; });
+    if (!queued) candidates.push_back(&r);
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const RunningJob* a, const RunningJob* b) {
+    return a->priority != b->priority ? a->priority > b->priority : a->seq < b->seq;
+  });
+  for (const RunningJob* r : candidates) {
+    const std::vector<FreeWorker> freed = FreedBy(free, {r});
+    QueuedJob q{r->id, r->priority, r->seq, r->kind, r->full_world_size, r->slots_per_rank, "", r->min_world_size};
+    const GangPlan plan = PlanGang(q, freed);
+    if (plan.world_size <= r->world_size) continue;
+    if (rules.now_ms - r->started_ms < rules.min_interval_ms) {
+      if (later != nullptr) *later = true;
+      continue;
+    }
+    return GrowPlan{r->id, r->world_size, plan.world_size};
+  }
+  return std::nullopt;
 }
 
 }  // namespace retina::coordinator

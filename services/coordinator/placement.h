@@ -6,6 +6,9 @@
 // Policy (docs/service.md, "Scheduling"):
 // - Order: priority (higher first), then submission (seq, lower first).
 // - Gang: a job is placed whole (all world_size ranks at once) or not at all.
+//   An elastic job (min_world_size) is placed at the largest of its sizes
+//   (ElasticSizes) that fits, so it starts, or restarts after losing a
+//   host, with fewer ranks rather than wait; PlanGrowth grows it back.
 // - No starvation: the first job in that order that does not fit ends the
 //   pass, so smaller jobs behind it cannot overtake it forever (no backfill).
 // - Fewest workers, then least fragmentation: while the remaining ranks fit
@@ -26,6 +29,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,7 +51,14 @@ struct QueuedJob {
   int world_size = 1;
   int slots_per_rank = 1;  // < 1 counts as 1
   std::string user;        // fair share and per-user limits
+  int min_world_size = 0;  // elastic: fewest ranks (0: world_size)
 };
+
+// An elastic job's sizes, largest first: the multiples of min_world_size
+// that divide world_size (so the global batch splits into whole
+// micro-batches and BatchNorm groups of min_world_size ranks tile every
+// size). {world_size} when min_world_size is 0, equal, or does not divide it.
+std::vector<int> ElasticSizes(int world_size, int min_world_size);
 
 struct FairShare {
   std::map<std::string, int> running_slots;  // per user, held before the pass
@@ -59,10 +70,12 @@ struct GangPlan {
   // (worker id, ranks there) in rank order: ranks 0..n0-1 on the first
   // worker (the rendezvous host), and so on.
   std::vector<std::pair<std::string, int>> ranks_per_worker;
+  int world_size = 0;  // the ranks placed (an elastic job's size)
 };
 
-// The placement of one job on `free`, or an empty plan when it does not fit.
-GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free);
+// The placement of one job on `free` at the largest of its sizes that fits
+// and is at most `max_ranks` (0: no cap), or an empty plan when none does.
+GangPlan PlanGang(const QueuedJob& job, const std::vector<FreeWorker>& free, int max_ranks = 0);
 
 // One scheduling pass: plans in the order they are to be applied (each
 // accounted against the free slots before the next is planned).
@@ -80,6 +93,8 @@ struct RunningJob {
   SlotKind kind = SlotKind::kCpu;
   bool preemptible = true;
   std::vector<std::pair<std::string, int>> slots;  // (worker id, slots it holds there)
+  // Elastic growth: the ranks of its attempt, and its spec's sizes.
+  int world_size = 1, full_world_size = 1, min_world_size = 0, slots_per_rank = 1;
 };
 
 struct PreemptionRules {
@@ -99,5 +114,29 @@ struct PreemptionRules {
 // then would only lose work).
 std::vector<std::string> PlanPreemption(const QueuedJob& job, const std::vector<FreeWorker>& free,
                                         const std::vector<RunningJob>& running, const PreemptionRules& rules);
+
+// ---- Elastic growth ----
+
+struct GrowthRules {
+  int64_t now_ms = 0;
+  int64_t min_interval_ms = 0;  // an attempt runs this long before its job grows (no thrashing)
+};
+
+struct GrowPlan {
+  std::string job_id;
+  int from = 0, to = 0;  // ranks
+};
+
+// An elastic job running below its full size to stop (checkpoint, exit 75)
+// so that it is placed again with more ranks: the largest of its sizes that
+// fits on `free` plus the slots it holds. Only into idle capacity: never
+// while a job of the same slot kind is queued (queued jobs have the first
+// claim on free slots), and only after its attempt ran min_interval_ms.
+// Among candidates: the highest priority, then the earliest submitted. One
+// at a time (the caller waits for the stop). `*later` (when given) is set
+// when a candidate would grow but has not yet run min_interval_ms, so the
+// caller plans again.
+std::optional<GrowPlan> PlanGrowth(const std::vector<RunningJob>& running, const std::vector<FreeWorker>& free,
+                                   const std::vector<QueuedJob>& queue, const GrowthRules& rules, bool* later = nullptr);
 
 }  // namespace retina::coordinator

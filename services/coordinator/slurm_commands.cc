@@ -37,6 +37,10 @@ RankLaunch LaunchOf(const SlurmAttempt& a) {
   l.allowed_roots = a.allowed_roots;
   l.output_roots = a.output_roots;
   l.world_size = a.world_size;
+  if (a.min_world_size > 0 && a.min_world_size < a.world_size) {
+    l.elastic_world_size = a.world_size;
+    l.elastic_min_world_size = a.min_world_size;
+  }
   return l;
 }
 
@@ -81,6 +85,8 @@ SlurmCommand SbatchCommand(const SlurmOptions& o, const SlurmAttempt& a) {
            {"RETINA_TRAIN_ARGS", ShellQuoteArgs(LaunchOf(a).ServiceArgs())},
            {"RETINA_LAUNCHER", o.launcher}};
   if (!o.trainer_dir.empty()) c.env["RETINA_BIN"] = o.trainer_dir;
+  const std::map<std::string, std::string> rank_env = LaunchOf(a).Env();
+  if (auto it = rank_env.find("RETINA_ELASTIC"); it != rank_env.end()) c.env[it->first] = it->second;
   return c;
 }
 

@@ -39,6 +39,10 @@ struct SlurmAttempt {
   std::string job_id, job_uid;
   int attempt = 1;
   int world_size = 1, slots_per_rank = 1;
+  // An elastic job's minimum (0: not elastic). Slurm allocates a fixed
+  // --ntasks, so the attempt runs at world_size; RETINA_ELASTIC still gives
+  // the ranks the job's BatchNorm groups (docs/service.md "Elastic jobs").
+  int min_world_size = 0;
   bool gpu = false;
   std::filesystem::path config, store;             // the job file in the store; the store
   std::vector<std::filesystem::path> allowed_roots;

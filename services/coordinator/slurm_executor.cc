@@ -239,6 +239,7 @@ std::vector<SlurmExecutor::Submission> SlurmExecutor::Start(const std::map<std::
     a.attempt = attempt;
     a.world_size = e->job.spec().world_size();
     a.slots_per_rank = e->job.spec().slots_per_rank();
+    a.min_world_size = e->job.spec().min_world_size();
     a.gpu = e->job.spec().slot_type() == v1::SLOT_GPU;
     a.config = layout.SubmittedConfigPath(id);
     a.store = paths_.store;

@@ -189,6 +189,8 @@ RankLaunch LaunchOf(const v1::Assignment& a, const std::filesystem::path& config
   launch.master_addr = a.master_addr();
   launch.master_port = a.master_port();
   launch.host_addr = host;
+  launch.elastic_world_size = a.full_world_size();
+  launch.elastic_min_world_size = a.min_world_size();
   return launch;
 }
 

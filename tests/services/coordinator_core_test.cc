@@ -76,6 +76,7 @@ class CoordinatorCore : public ::testing::Test {
     o.background_tick = false;
     o.max_running_slots_per_user = max_running_slots_per_user_;
     o.preempt_min_run = preempt_min_run_;
+    o.grow_after = grow_after_;
     o.max_queued_jobs_per_user = max_queued_jobs_per_user_;
     absl::StatusOr<std::unique_ptr<Coordinator>> c = Coordinator::Create(o, metrics_);
     EXPECT_TRUE(c.ok()) << c.status();
@@ -157,6 +158,7 @@ class CoordinatorCore : public ::testing::Test {
   static constexpr absl::Duration kLease = absl::Seconds(10);
   int max_running_slots_per_user_ = 0, max_queued_jobs_per_user_ = 0;
   absl::Duration preempt_min_run_ = absl::Minutes(10);
+  absl::Duration grow_after_ = absl::Minutes(5);
   fs::path dir_;
   std::atomic<int64_t> now_ms_{1'700'000'000'000};
   std::unique_ptr<Coordinator> core_;
@@ -519,6 +521,127 @@ TEST_F(CoordinatorCore, AHigherPriorityJobPreemptsALowerOneOnlyAfterItsMinimumRu
   }
   EXPECT_EQ(preemptions, 1);
   core_.reset();
+}
+
+// Elastic gangs (issue 32): a job of 4 ranks, minimum 2, over two 2-slot
+// workers. When w2 is lost the attempt fails and the job restarts at once
+// on the 2 ranks left (accumulation 2) instead of waiting; when w2 returns
+// the job grows back to 4, but only after its attempt ran --elastic-grow-
+// after (no thrashing): a stop (checkpoint, exit 75) that uses no restart.
+// Every assignment carries the full size and minimum (RETINA_ELASTIC).
+TEST_F(CoordinatorCore, AnElasticJobShrinksWhenAWorkerIsLostAndGrowsBackAfterTheInterval) {
+  grow_after_ = absl::Seconds(30);
+  CoordinatorMetrics metrics("test");
+  metrics_ = &metrics;
+  Start();
+  Register("w1", 2);
+  Register("w2", 2);
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_config_yaml(kPretrain);
+  r.mutable_spec()->set_world_size(4);
+  r.mutable_spec()->set_min_world_size(2);
+  r.mutable_spec()->set_max_restarts(1);
+  absl::StatusOr<v1::Job> submitted = core_->Submit(r, "alice");
+  ASSERT_TRUE(submitted.ok()) << submitted.status();
+  const std::string id = submitted->id();
+  core_->Tick();
+  const v1::HeartbeatResponse h1 = Beat("w1"), h2 = Beat("w2");
+  ASSERT_EQ(h1.assignments_size(), 1);
+  ASSERT_EQ(h2.assignments_size(), 1);
+  for (const v1::Assignment& a : {h1.assignments(0), h2.assignments(0)}) {
+    EXPECT_EQ(a.world_size(), 4);
+    EXPECT_EQ(a.full_world_size(), 4);
+    EXPECT_EQ(a.min_world_size(), 2);
+  }
+  const v1::TaskRef t1 = Running(h1.assignments(0)), t2 = Running(h2.assignments(0));
+  Beat("w1", {t1});
+  Beat("w2", {t2});
+  core_->Tick();
+  ASSERT_EQ(Get(id).state(), v1::RUNNING);
+  EXPECT_EQ(Get(id).attempt_world_size(), 4);
+  // w2 goes silent: lost after its lease; w1 is told to stop its part.
+  bool stopped = false;
+  for (int i = 0; i < 8 && !stopped; ++i) {
+    Advance(absl::Seconds(2));
+    core_->Tick();
+    stopped = Beat("w1", {t1}).stop_size() == 1;
+  }
+  ASSERT_TRUE(stopped);
+  Exit("w1", t1, 128 + SIGTERM, /*stopped=*/true);
+  ASSERT_EQ(Get(id).state(), v1::QUEUED) << Get(id).message();
+  // At once on the 2 ranks left, not waiting for 4.
+  core_->Tick();
+  const v1::HeartbeatResponse small = Beat("w1");
+  ASSERT_EQ(small.assignments_size(), 1);
+  EXPECT_EQ(small.assignments(0).world_size(), 2);
+  EXPECT_EQ(small.assignments(0).full_world_size(), 4);
+  const v1::TaskRef t3 = Running(small.assignments(0));
+  Beat("w1", {t3});
+  core_->Tick();
+  v1::Job job = Get(id);
+  EXPECT_EQ(job.state(), v1::RUNNING);
+  EXPECT_EQ(job.attempt_world_size(), 2);
+  EXPECT_EQ(job.resizes(), 1);
+  EXPECT_THAT(job.message(), HasSubstr("resized: 4 -> 2 ranks, accumulation 1 -> 2"));
+  // w2 returns; no growth before the attempt ran 30 s.
+  Register("w2", 2);
+  for (int i = 0; i < 5; ++i) {
+    Advance(absl::Seconds(5));
+    core_->Tick();
+    Beat("w2");
+    EXPECT_EQ(Beat("w1", {t3}).stop_size(), 0) << "grew after " << 5 * (i + 1) << " s";
+  }
+  Advance(absl::Seconds(6));
+  core_->Tick();
+  ASSERT_EQ(Beat("w1", {t3}).stop_size(), 1);
+  Exit("w1", t3, kExitPreempted, /*stopped=*/true);
+  job = Get(id);
+  EXPECT_EQ(job.state(), v1::QUEUED) << job.message();
+  EXPECT_EQ(job.grow_stops(), 1);
+  EXPECT_THAT(job.message(), HasSubstr("attempt 2 stopped to grow: 2 -> 4 ranks"));
+  core_->Tick();
+  const v1::HeartbeatResponse g1 = Beat("w1"), g2 = Beat("w2");
+  ASSERT_EQ(g1.assignments_size(), 1);
+  ASSERT_EQ(g2.assignments_size(), 1);
+  EXPECT_EQ(g1.assignments(0).world_size(), 4);
+  const v1::TaskRef t4 = Running(g1.assignments(0)), t5 = Running(g2.assignments(0));
+  Beat("w1", {t4});
+  Beat("w2", {t5});
+  core_->Tick();
+  job = Get(id);
+  EXPECT_EQ(job.attempt_world_size(), 4);
+  EXPECT_EQ(job.resizes(), 2);
+  EXPECT_THAT(job.message(), HasSubstr("resized: 2 -> 4 ranks, accumulation 2 -> 1"));
+  // The failure used the one restart; the growth none: success still counts.
+  Exit("w1", t4, 0);
+  Exit("w2", t5, 0);
+  EXPECT_EQ(Get(id).state(), v1::SUCCEEDED) << Get(id).message();
+  std::map<std::string, double> resizes;
+  for (const prometheus::MetricFamily& f : metrics.registry()->Collect()) {
+    if (f.name != "retina_resizes_total") continue;
+    for (const auto& m : f.metric) resizes[m.label.at(0).value] = m.counter.value;
+  }
+  EXPECT_EQ(resizes["shrink"], 1);
+  EXPECT_EQ(resizes["grow"], 1);
+  core_.reset();
+}
+
+// A min_world_size that does not divide world_size, or an elastic job of a
+// kind that is not training, is refused naming the field.
+TEST_F(CoordinatorCore, ElasticSpecsAreChecked) {
+  Start();
+  for (const auto& [world, min, yaml, what] :
+       std::vector<std::tuple<int, int, std::string, std::string>>{
+           {4, 3, kPretrain, "spec.min_world_size: must divide world_size 4"},
+           {4, 8, kPretrain, "spec.min_world_size: must divide world_size 4"}}) {
+    v1::SubmitJobRequest r;
+    r.mutable_spec()->set_config_yaml(yaml);
+    r.mutable_spec()->set_world_size(world);
+    r.mutable_spec()->set_min_world_size(min);
+    absl::StatusOr<v1::Job> job = core_->Submit(r, "alice");
+    ASSERT_FALSE(job.ok());
+    EXPECT_THAT(std::string(job.status().message()), HasSubstr(what));
+  }
 }
 
 // A job at equal priority, or one marked preemptible: false, is never

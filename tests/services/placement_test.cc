@@ -200,5 +200,95 @@ TEST(Placement, PreemptionStopsTheFewestLowestPriorityMostRecentJobsThatMakeRoom
   }
 }
 
+QueuedJob Elastic(const std::string& id, int world, int min, int priority = 0, int64_t seq = 0) {
+  QueuedJob j = Job(id, world, priority, seq);
+  j.min_world_size = min;
+  return j;
+}
+
+TEST(Placement, ElasticSizesAreTheMultiplesOfTheMinimumThatDivideTheWorldSize) {
+  EXPECT_EQ(ElasticSizes(8, 2), (std::vector<int>{8, 4, 2}));
+  EXPECT_EQ(ElasticSizes(6, 2), (std::vector<int>{6, 2}));  // 4 does not divide 6
+  EXPECT_EQ(ElasticSizes(12, 3), (std::vector<int>{12, 6, 3}));
+  EXPECT_EQ(ElasticSizes(4, 1), (std::vector<int>{4, 2, 1}));
+  EXPECT_EQ(ElasticSizes(4, 4), (std::vector<int>{4}));
+  EXPECT_EQ(ElasticSizes(4, 0), (std::vector<int>{4}));
+  EXPECT_EQ(ElasticSizes(4, 3), (std::vector<int>{4}));  // refused at submission; never a partial size
+}
+
+TEST(Placement, AnElasticJobIsPlacedAtItsLargestSizeThatFits) {
+  const std::vector<GangCase> cases = {
+      {"all 8 fit: full size", Elastic("e", 8, 2), {Cpu("w1", 4), Cpu("w2", 4)}, {{"w1", 4}, {"w2", 4}}},
+      {"7 free: 4, not 7 (7 does not divide 8)", Elastic("e", 8, 2), {Cpu("w1", 4), Cpu("w2", 3)}, {{"w1", 4}}},
+      {"3 free: the minimum 2", Elastic("e", 8, 2), {Cpu("w1", 3)}, {{"w1", 2}}},
+      {"below the minimum: not placed", Elastic("e", 8, 2), {Cpu("w1", 1)}, {}},
+      {"not elastic: all or nothing", Job("a", 8), {Cpu("w1", 4), Cpu("w2", 3)}, {}},
+  };
+  for (const GangCase& c : cases) {
+    const GangPlan plan = PlanGang(c.job, c.free);
+    EXPECT_EQ(plan.ranks_per_worker, c.expected) << c.what;
+    int ranks = 0;
+    for (const auto& [w, n] : c.expected) ranks += n;
+    if (!c.expected.empty()) EXPECT_EQ(plan.world_size, ranks) << c.what;
+  }
+  // In a pass, the per-user limit caps the size instead of holding the job.
+  FairShare share;
+  share.max_running_slots_per_user = 5;
+  share.running_slots["alice"] = 1;
+  const std::vector<GangPlan> plans = PlanPass({Elastic("e", 8, 2)}, {Cpu("w1", 8)}, share);
+  ASSERT_EQ(plans.size(), 1u);
+  EXPECT_EQ(plans[0].world_size, 4) << "alice holds 1 of her 5 slots: 8 ranks would exceed them, 4 do not";
+}
+
+RunningJob ElasticRunning(const std::string& id, int world, int full, int min, int64_t started,
+                          std::vector<std::pair<std::string, int>> slots, int priority = 0, int64_t seq = 0) {
+  RunningJob r = Running(id, priority, started, std::move(slots));
+  r.seq = seq;
+  r.world_size = world;
+  r.full_world_size = full;
+  r.min_world_size = min;
+  return r;
+}
+
+struct GrowCase {
+  const char* what;
+  std::vector<RunningJob> running;
+  std::vector<FreeWorker> free;
+  std::vector<QueuedJob> queue;
+  std::string job;  // "" when none grows
+  int to = 0;
+  bool later = false;
+};
+
+TEST(Placement, GrowthTakesOnlyIdleSlotsAfterTheIntervalToTheLargestSizeThatFits) {
+  const std::vector<GrowCase> cases = {
+      {"2 of 4 running, 2 idle: grows to 4", {ElasticRunning("e", 2, 4, 2, 0, {{"w1", 2}})}, {Cpu("w2", 2)}, {}, "e", 4},
+      {"1 idle slot: 3 does not divide 4, nothing", {ElasticRunning("e", 2, 4, 2, 0, {{"w1", 2}})}, {Cpu("w2", 1)}, {}, "", 0},
+      {"2 of 8 with 3 idle: to 4 (the largest that fits)", {ElasticRunning("e", 2, 8, 2, 0, {{"w1", 2}})},
+       {Cpu("w2", 3)}, {}, "e", 4},
+      {"a queued CPU job has the first claim: nothing", {ElasticRunning("e", 2, 4, 2, 0, {{"w1", 2}})}, {Cpu("w2", 2)},
+       {Job("q", 4)}, "", 0},
+      {"a queued GPU job does not block a CPU job's growth", {ElasticRunning("e", 2, 4, 2, 0, {{"w1", 2}})},
+       {Cpu("w2", 2)}, {Job("g", 1, 0, 0, 1, SlotKind::kGpu)}, "e", 4},
+      {"under the interval: not yet, plan again", {ElasticRunning("e", 2, 4, 2, 9000, {{"w1", 2}})}, {Cpu("w2", 2)}, {},
+       "", 0, true},
+      {"at full size: nothing", {ElasticRunning("e", 4, 4, 2, 0, {{"w1", 4}})}, {Cpu("w2", 4)}, {}, "", 0},
+      {"not elastic: nothing", {Running("a", 0, 0, {{"w1", 2}})}, {Cpu("w2", 2)}, {}, "", 0},
+      {"two candidates: the higher priority first",
+       {ElasticRunning("lo", 2, 4, 2, 0, {{"w1", 2}}, 0, 1), ElasticRunning("hi", 2, 4, 2, 0, {{"w3", 2}}, 3, 2)},
+       {Cpu("w2", 2)}, {}, "hi", 4},
+  };
+  for (const GrowCase& c : cases) {
+    GrowthRules rules;
+    rules.now_ms = 10000;
+    rules.min_interval_ms = 5000;
+    bool later = false;
+    const std::optional<GrowPlan> plan = PlanGrowth(c.running, c.free, c.queue, rules, &later);
+    EXPECT_EQ(plan ? plan->job_id : "", c.job) << c.what;
+    if (plan) EXPECT_EQ(plan->to, c.to) << c.what;
+    EXPECT_EQ(later, c.later) << c.what;
+  }
+}
+
 }  // namespace
 }  // namespace retina::coordinator

@@ -59,6 +59,13 @@ TEST(SlurmCommands, SbatchAsksForTheGangAndPassesTheJob) {
   EXPECT_EQ(c.env.at("RETINA_ATTEMPT_BASE"), "1");
   EXPECT_EQ(c.env.at("RETINA_TRAIN_ARGS"), "'--job-uid' 'u1' '--confine' '--allowed-root' '/data'");
   EXPECT_EQ(c.env.at("RETINA_BIN"), "/opt/retina/bin");
+  EXPECT_EQ(c.env.count("RETINA_ELASTIC"), 0u) << "not elastic";
+  // An elastic job: the whole allocation at world_size, the ranks told W:M
+  // (their BatchNorm groups and, on a smaller allocation, accumulation).
+  a.min_world_size = 2;
+  EXPECT_EQ(SbatchCommand(o, a).env.at("RETINA_ELASTIC"), "8:2");
+  EXPECT_THAT(SbatchCommand(o, a).argv, Contains(std::string("--ntasks=8")));
+  a.min_world_size = 0;
   // CPU slots: cpus per task; a quote in a path stays one shell word.
   a.gpu = false;
   a.slots_per_rank = 4;
