@@ -1,7 +1,9 @@
 #include "services/coordinator/agent_executor.h"
 
 #include <algorithm>
+#include <cstring>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
@@ -63,6 +65,11 @@ AgentExecutor::AgentExecutor(AgentOptions options, ExecutorContext context, cons
 void AgentExecutor::Recover(JobEntry* e, int64_t) {
   Attempt& a = attempts_[e->job.id()];
   a.recovering = true;
+  // A stop for a preemption or a growth, sent before the restart, ends the
+  // attempt the same way now (Job.stopping).
+  const std::string& stopping = e->job.stopping();
+  if (absl::StartsWith(stopping, kStoppingPreempted)) a.preempted_by = stopping.substr(strlen(kStoppingPreempted));
+  if (absl::StartsWith(stopping, kStoppingGrow)) a.growing = stopping.substr(strlen(kStoppingGrow));
   a.host = e->job.master_addr();
   a.port = e->job.master_port();
   ports_[a.host].insert(a.port);
@@ -256,6 +263,7 @@ bool AgentExecutor::MaybePreempt(const QueuedJob& blocked, const std::vector<Fre
     RETINA_LOG(Info) << "preempting " << id << " attempt " << e->job.attempt() << " (priority " << e->job.spec().priority()
                      << "): " << why;
     at->second.preempted_by = why;
+    CommitStopping(e, kStoppingPreempted + why);
     if (ctx_.metrics) ctx_.metrics->Preempted();
     StopAttempt(e);  // SIGTERM: the ranks checkpoint and exit 75
   }
@@ -275,8 +283,19 @@ bool AgentExecutor::MaybeGrow(const std::vector<RunningJob>& running, const std:
   if (e == nullptr || e->job.state() != v1::RUNNING || at == attempts_.end() || !at->second.growing.empty()) return false;
   at->second.growing = absl::StrCat(grow->from, " -> ", grow->to, " ranks (idle slots)");
   RETINA_LOG(Info) << "growing " << grow->job_id << " attempt " << e->job.attempt() << ": " << at->second.growing;
+  CommitStopping(e, kStoppingGrow + at->second.growing);
   StopAttempt(e);  // SIGTERM: the ranks checkpoint and exit 75; the job is placed again with more ranks
   return true;
+}
+
+void AgentExecutor::CommitStopping(JobEntry* e, const std::string& why) {
+  v1::Job next = e->job;
+  next.set_stopping(why);
+  // Not committed: the stop still goes out; only a restart before the
+  // attempt ends would then count it as a failure.
+  if (absl::Status s = jobs_.Commit(e, std::move(next)); !s.ok()) {
+    RETINA_LOG(Warning) << "cannot commit why " << e->job.id() << " is being stopped: " << s;
+  }
 }
 
 int AgentExecutor::PickPort(const std::string& host) {
@@ -340,6 +359,7 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
   job.set_attempt(attempt);
   job.set_state(v1::SCHEDULED);
   job.set_message("");
+  job.clear_stopping();
   const int before = job.attempt_world_size();  // 0 before the first attempt
   std::string resize;
   if (before > 0 && before != size) {

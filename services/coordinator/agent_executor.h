@@ -86,6 +86,10 @@ class AgentExecutor : public Executor {
     std::string preempted_by;       // being stopped for this higher-priority job ("" if not)
     std::string growing;            // being stopped to grow ("2 -> 4 ranks"; "" if not)
   };
+  // Job.stopping's prefixes, and its commit (before the stop is sent).
+  static constexpr const char* kStoppingPreempted = "preempted: ";
+  static constexpr const char* kStoppingGrow = "grow: ";
+  void CommitStopping(JobEntry* e, const std::string& why);
   // Elastic growth: stops the job PlanGrowth picks. True when it did, or
   // when a candidate is only waiting out the interval (plan again).
   bool MaybeGrow(const std::vector<RunningJob>& running, const std::vector<FreeWorker>& free,

@@ -166,6 +166,7 @@ bool JobTable::EndAttempt(JobEntry* e, AttemptOutcome outcome, const std::string
   job.set_message(end.message);
   if (end.preempted) job.set_preemptions(job.preemptions() + 1);
   if (end.grow_stop) job.set_grow_stops(job.grow_stops() + 1);
+  job.clear_stopping();
   if (!end.requeued()) job.set_end_unix_ms(now);
   const std::string id = job.id();
   if (absl::Status s = Commit(e, std::move(job)); !s.ok()) {

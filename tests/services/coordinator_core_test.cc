@@ -763,5 +763,34 @@ TEST_F(CoordinatorCore, AfterARestartRanksThatReattachGoOnAndAJobWithoutThemIsRe
   EXPECT_EQ(Get(kept).state(), v1::SUCCEEDED);
 }
 
+// Why an attempt is being stopped is committed before the stop goes out
+// (Job.stopping): a coordinator restarted before the victim's ranks exit
+// still ends the attempt as a preemption (requeued, no restart used; this
+// job has none), not as a failure.
+TEST_F(CoordinatorCore, APreemptionSurvivesACoordinatorRestartBeforeTheVictimExits) {
+  preempt_min_run_ = absl::ZeroDuration();
+  Start();
+  Register("w1", 1);
+  const std::string low = Submit(1, /*max_restarts=*/0);
+  const v1::TaskRef t = StartAssigned("w1");
+  v1::SubmitJobRequest r;
+  r.mutable_spec()->set_config_yaml(kPretrain);
+  r.mutable_spec()->set_priority(5);
+  ASSERT_TRUE(core_->Submit(r, "bob").ok());
+  core_->Tick();
+  ASSERT_EQ(Beat("w1", {t}).stop_size(), 1);
+  EXPECT_THAT(Get(low).stopping(), HasSubstr("preempted: "));
+  Start();  // the coordinator restarts over the same database
+  Register("w1", 1, {t});
+  Exit("w1", t, kExitPreempted, /*stopped=*/true);
+  Advance(2 * kLease);  // the end of the recovery window ends the re-attached attempt
+  Beat("w1");
+  core_->Tick();
+  const v1::Job victim = Get(low);
+  EXPECT_EQ(victim.state(), v1::QUEUED) << victim.message();
+  EXPECT_EQ(victim.preemptions(), 1);
+  EXPECT_EQ(victim.stopping(), "");
+}
+
 }  // namespace
 }  // namespace retina::coordinator
