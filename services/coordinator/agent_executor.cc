@@ -129,6 +129,8 @@ void AgentExecutor::EndRecovery(int64_t now) {
     } else if (whole) {
       for (auto& [worker, part] : a.parts) part.confirmed = true;
       NoteConfirmed(e);
+      // A stop sent before the restart may not have reached the ranks: again.
+      if (!a.preempted_by.empty() || !a.growing.empty()) StopAttempt(e);
     }
     MaybeFinishAttempt(e, now);
   }

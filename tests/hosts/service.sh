@@ -7,6 +7,7 @@
 #   service_cluster 3                      # hosts 1..3, $work; skips (77) without the services
 #   service_em_dataset                     # $store (= $work/store) with datasets/em
 #   service_coordinator [ARGS...]          # on host 1 at 198.18.0.1:50051
+#   service_coordinator_restart [ARGS...]  # SIGKILL it and start it again (same db, TLS)
 #   service_worker I [ARGS...]             # a worker on host I (--host its address),
 #                                          # dialing $worker_dial if set (a relay)
 #   retina_on I ARGS...                    # the CLI, run on host I as user alice
@@ -60,10 +61,25 @@ _service_tls() {
 
 service_coordinator() {
   _service_tls
+  _service_coordinator_start "$@"
+}
+
+# SIGKILL the coordinator (nothing else on host 1) and start it again over
+# the same database, store and TLS files, with ARGS.
+service_coordinator_restart() {  # [ARGS...]
+  local pid
+  for pid in $(ip netns pids "$(host_ns 1)"); do
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == retina-coordin* ]] && kill -9 "$pid"
+  done
+  rm -f "$work/coordinator.ready"
+  _service_coordinator_start "$@"
+}
+
+_service_coordinator_start() {
   host_exec 1 "$build/services/retina-coordinator" --listen "$service_address" --metrics-listen "$(host_addr 1):9464" \
     --db "$work/jobs.db" --store "$work/store" --ready-file "$work/coordinator.ready" \
     --tls-cert "$work/server.pem" --tls-key "$work/server.key" --client-tokens "$work/client.tokens" \
-    --worker-token "$work/worker.token" "$@" >"$work/coordinator.log" 2>&1 &
+    --worker-token "$work/worker.token" "$@" >>"$work/coordinator.log" 2>&1 &
   for _ in $(seq 100); do [[ -s $work/coordinator.ready ]] && return 0; sleep 0.1; done
   fail "the coordinator did not start on host 1"
 }
