@@ -20,6 +20,7 @@ constexpr struct {
     {Fault::kCollectiveStallAt, "collective.stall_at"},
     {Fault::kCollectiveStallRank, "collective.stall_rank"},
     {Fault::kTrainCrashAfterStep, "train.crash_after_step"},
+    {Fault::kCheckpointStallBeforeCommitMs, "checkpoint.stall_before_commit_ms"},
 };
 
 struct Parsed {

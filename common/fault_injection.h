@@ -31,6 +31,10 @@ enum class Fault {
   // A training rank dies (_exit(137), as if SIGKILLed: no checkpoint, no
   // event) right after it finished step N: a host lost at a known step.
   kTrainCrashAfterStep,
+  // A training rank 0 sleeps this many milliseconds after writing a
+  // checkpoint's files, before committing it: a slow shared store, and a
+  // window for a stop or a crash in the middle of a checkpoint write.
+  kCheckpointStallBeforeCommitMs,
 };
 
 // INVALID_ARGUMENT naming RETINA_FAULTS and the term for a malformed value

@@ -252,6 +252,12 @@ absl::StatusOr<v1::JobState> Watch(const Client& c, const std::string& id) {
         } else {
           std::fprintf(stderr, "  eval: %s\n", ev.event_json().c_str());
         }
+      } else if (ev.type() == v1::JobEvent::PREEMPTED) {
+        // The ranks stopped on request (a preemption, a growth, a cancel): the reason follows in the state line.
+        if (bar && bar->enabled()) bar->Finish();
+        const nlohmann::json e = nlohmann::json::parse(ev.event_json(), nullptr, false);
+        std::fprintf(stderr, "  stopped at step %lld with a checkpoint\n",
+                     static_cast<long long>(e.is_object() ? e.value("step", 0LL) : 0LL));
       } else if (ev.type() == v1::JobEvent::RESIZED) {
         if (bar && bar->enabled()) bar->Finish();
         const nlohmann::json e = nlohmann::json::parse(ev.event_json(), nullptr, false);

@@ -564,6 +564,8 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
       table_->Publish(e, v1::JobEvent::PROGRESS, line);
     } else if (std::holds_alternative<ResizedEvent>(ev)) {
       table_->Publish(e, v1::JobEvent::RESIZED, line);
+    } else if (std::holds_alternative<PreemptedEvent>(ev)) {
+      table_->Publish(e, v1::JobEvent::PREEMPTED, line);
     } else if (const auto* checkpoint = std::get_if<CheckpointEvent>(&ev)) {
       p->set_last_checkpoint_step(checkpoint->step);
       p->set_last_checkpoint_unix_ms(NowMs());

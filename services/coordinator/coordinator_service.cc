@@ -311,6 +311,12 @@ grpc::ServerUnaryReactor* JobServiceImpl::SubmitJob(grpc::CallbackServerContext*
   return Unary<v1::SubmitJobRequest, v1::Job>(
       ctx, in, out, "SubmitJob", Role::kClient, auth_, metrics_,
       [&](const Caller& caller, const v1::SubmitJobRequest& req, v1::Job* resp) -> absl::Status {
+    // A job no one may preempt holds its slots against every priority: the admins' to give.
+    auto pinned = req.spec().labels().find("preemptible");
+    if (pinned != req.spec().labels().end() && pinned->second == "false" && !caller.admin) {
+      return absl::PermissionDeniedError(absl::StrCat("spec.labels: preemptible=false (never preempted) is for admins (you are ",
+                                                      caller.user, ")"));
+    }
     ASSIGN_OR_RETURN(*resp, core_->Submit(req, caller.user));
     return absl::OkStatus();
   });

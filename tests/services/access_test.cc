@@ -121,6 +121,23 @@ TEST(Access, EveryJobRpcForOwnerOtherUserAdminAndWorkerToken) {
   v1::Job job;
   ASSERT_TRUE(stub->GetJob(c.Ctx(kAlice).get(), get, &job).ok());
   EXPECT_EQ(job.state(), v1::CANCELLED);
+  // preemptible=false (never preempted, whatever the priority) is for admins.
+  for (const auto& [token, want] : {std::pair<const char*, grpc::StatusCode>{kAlice, grpc::StatusCode::PERMISSION_DENIED},
+                                    {kRoot, grpc::StatusCode::OK}}) {
+    v1::SubmitJobRequest s;
+    s.mutable_spec()->set_config_yaml(PretrainYaml(1));
+    (*s.mutable_spec()->mutable_labels())["preemptible"] = "false";
+    v1::Job out;
+    const grpc::Status st = stub->SubmitJob(c.Ctx(token).get(), s, &out);
+    EXPECT_EQ(st.error_code(), want) << st.error_message();
+    if (want != grpc::StatusCode::OK) {
+      EXPECT_THAT(st.error_message(), HasSubstr("spec.labels: preemptible=false (never preempted) is for admins (you are alice)"));
+      continue;
+    }
+    v1::CancelJobRequest cancel;
+    cancel.set_id(out.id());
+    EXPECT_TRUE(stub->CancelJob(c.Ctx(kRoot).get(), cancel, &out).ok());
+  }
 }
 
 }  // namespace

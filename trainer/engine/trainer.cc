@@ -8,6 +8,7 @@
 #include <atomic>
 #include <set>
 #include <chrono>
+#include <thread>
 #include <cstring>
 
 #include "absl/strings/match.h"
@@ -398,6 +399,11 @@ absl::Status Trainer::Save(std::optional<double> score) {
   s.std = std_;
   RETURN_IF_ERROR(w.WriteFile(StoreLayout::kCheckpointState, EncodeCheckpointState(s)));
   if (score) w.SetScore(*score);
+  if (static const std::optional<int64_t> stall = FaultValue(Fault::kCheckpointStallBeforeCommitMs); stall) {
+    RETINA_LOG(Warning) << "RETINA_FAULTS checkpoint.stall_before_commit_ms: stalling " << *stall
+                        << " ms before committing step " << step_;
+    std::this_thread::sleep_for(std::chrono::milliseconds(*stall));
+  }
   RETURN_IF_ERROR(CheckAttemptCurrent(layout_, options_.job_id, options_.attempt));
   ASSIGN_OR_RETURN(CheckpointInfo info, w.Commit());
   ASSIGN_OR_RETURN(auto removed,
