@@ -65,7 +65,7 @@ class DistributedSampler {
   int64_t cursor_ = 0;
 };
 
-// Elastic data parallelism (ARCHITECTURE.md "Elastic gangs"). A job whose
+// Elastic data parallelism (docs/training.md, docs/service.md "Elastic jobs"). A job whose
 // full world size is W may run on w ranks, w dividing W, with
 // a = W / w micro-batches per rank and step (gradient accumulation), b
 // samples each (b = global batch / W, whatever w is). Each rank takes
