@@ -86,6 +86,8 @@ wait_for 60 "$low2 was not stopped" is "$low2" "QUEUED 1"
 wait_for 180 "$high2 did not succeed" is "$high2" "SUCCEEDED 1"
 wait_for 240 "$low2 did not resume and succeed" is "$low2" "SUCCEEDED 2"
 grep -q "resumed from .*$first" "$store/jobs/$low2/logs/attempt-2/rank-0.log" || fail "$low2 attempt 2 did not resume from $first"
+leftover=$(find "$ckpt" -maxdepth 1 -name '.tmp-*')
+[[ -z $leftover ]] || fail "$low2: the uncommitted checkpoint was left behind: $leftover"
 "$python" - "$store/jobs/$low2" <<'PY' || fail "$low2 lost or repeated steps"
 import os, sys
 steps = [int(l.split(",")[0]) for l in open(os.path.join(sys.argv[1], "metrics.csv")).read().split()[1:]]

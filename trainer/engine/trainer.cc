@@ -190,6 +190,11 @@ absl::Status Trainer::SetUpStore() {
   if (launch_.rank == 0) {
     RETURN_IF_ERROR(CreateDirectories(layout_.JobDir(job)));
     RETURN_IF_ERROR(WriteFileAtomic(layout_.SpecPath(job), JobConfigToYaml(config_)));
+    // A rank killed while writing a checkpoint (a preemption's grace ran
+    // out, a crash) left an uncommitted one: this rank is now the writer.
+    if (const absl::Status s = CheckpointStore(ckpt_dir).CleanTemporaries(); !s.ok()) {
+      RETINA_LOG(Warning) << "cannot remove uncommitted checkpoints: " << s.message();
+    }
   }
   SamplerState sampler_state;
   fs::path from;
