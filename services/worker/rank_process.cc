@@ -6,9 +6,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/exec_image.h"
 
@@ -109,6 +113,54 @@ void EventPipe::ReadLines(std::vector<std::string>* lines) {
     start = nl + 1;
   }
   partial_.erase(0, start);
+}
+
+namespace {
+
+// A process's --job-uid argument and RETINA_ATTEMPT ("" and 0 when absent or unreadable).
+std::pair<std::string, int> RankOf(pid_t pid) {
+  std::string entry, uid, previous;
+  std::ifstream cmdline(absl::StrCat("/proc/", pid, "/cmdline"), std::ios::binary);
+  while (std::getline(cmdline, entry, '\0')) {
+    if (previous == "--job-uid") uid = entry;
+    previous = entry;
+  }
+  int attempt = 0;
+  if (uid.empty()) return {uid, attempt};
+  std::ifstream environ(absl::StrCat("/proc/", pid, "/environ"), std::ios::binary);
+  while (std::getline(environ, entry, '\0')) {
+    if (absl::StartsWith(entry, "RETINA_ATTEMPT=") && !absl::SimpleAtoi(entry.substr(15), &attempt)) attempt = 0;
+  }
+  return {uid, attempt};
+}
+
+// Gone or a zombie (an orphan's zombie waits for its new parent to reap it).
+bool Gone(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(in, stat)) return true;
+  const size_t close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() || stat[close + 2] == 'Z';
+}
+
+}  // namespace
+
+std::vector<pid_t> KillEarlierAttempts(const std::string& job_uid, int attempt) {
+  std::vector<pid_t> killed;
+  if (job_uid.empty()) return killed;
+  std::error_code ec;
+  for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator("/proc", ec)) {
+    pid_t pid = 0;
+    if (!absl::SimpleAtoi(e.path().filename().string(), &pid) || pid == ::getpid()) continue;
+    const auto [uid, a] = RankOf(pid);
+    if (uid != job_uid || a <= 0 || a >= attempt) continue;
+    if (::kill(pid, SIGKILL) == 0) killed.push_back(pid);
+  }
+  for (int i = 0; i < 500; ++i) {
+    if (std::all_of(killed.begin(), killed.end(), Gone)) break;
+    ::usleep(10000);
+  }
+  return killed;
 }
 
 }  // namespace retina::worker

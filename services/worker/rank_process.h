@@ -20,6 +20,17 @@
 
 namespace retina::worker {
 
+// Ranks of an earlier attempt of the job `job_uid` (Job.uid, unique across
+// stores and databases) still alive on this host: the orphans of a killed
+// worker (PR_SET_PDEATHSIG gave them SIGTERM, and they may still be
+// finishing a step and a checkpoint that the newer attempt's fence makes
+// moot). Found by `--job-uid UID` in their command line and RETINA_ATTEMPT
+// in their environment (common/rank_launch.h; readable for this user's
+// processes), SIGKILLed, and waited for (up to 5 s). Returns their pids;
+// none for an empty uid. A worker calls it before it starts `attempt`, so
+// two attempts of a job never run at once on one host.
+std::vector<pid_t> KillEarlierAttempts(const std::string& job_uid, int attempt);
+
 class RankProcess {
  public:
   // Starts argv[0] with `argv`, the worker's environment plus `env`.

@@ -213,6 +213,14 @@ void Worker::Start(const v1::Assignment& a) {
     if (pipe.ok()) t.events = std::move(*pipe);
     else status = pipe.status();
   }
+  // Orphans of a killed worker incarnation still running an earlier attempt
+  // of this job here would run beside the new one: they go first.
+  if (status.ok()) {
+    for (pid_t pid : KillEarlierAttempts(a.job_uid(), a.attempt())) {
+      RETINA_LOG(Warning) << a.job_id() << " attempt " << a.attempt() << ": killed pid " << pid
+                          << ", a rank of an earlier attempt still running on this host";
+    }
+  }
   const int per_rank = a.ranks_size() > 0 ? a.slot_ids_size() / a.ranks_size() : 1;
   for (int i = 0; i < a.ranks_size() && status.ok(); ++i) {
     Rank rank;

@@ -35,9 +35,9 @@ for lib in $(readelf -d "$TRAIN" | awk '/NEEDED/ {gsub(/[\[\]]/, "", $5); print 
     esac
   fi
   checked=$((checked + 1))
-  if echo "$pkg" | grep -Eq "$PROVIDED"; then
+  if grep -Eq "$PROVIDED" <<<"$pkg"; then
     echo "ok   $lib: $pkg (provided by the GPU machine or left out of its build)"
-  elif echo "$KIT" | grep -qx "$pkg"; then
+  elif grep -qx "$pkg" <<<"$KIT"; then  # no pipe: grep -q exiting early would SIGPIPE echo (pipefail)
     echo "ok   $lib: $pkg (in the kit)"
   else
     echo "FAIL $lib: $pkg is not in scripts/gpu-kit's set"
