@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -134,6 +135,12 @@ std::pair<std::string, int> RankOf(pid_t pid) {
   return {uid, attempt};
 }
 
+// The inode of a process's network namespace (0 when unreadable).
+ino_t NetNamespace(const std::string& pid) {
+  struct stat st;
+  return ::stat(("/proc/" + pid + "/ns/net").c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
 // Gone or a zombie (an orphan's zombie waits for its new parent to reap it).
 bool Gone(pid_t pid) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
@@ -148,12 +155,15 @@ bool Gone(pid_t pid) {
 std::vector<pid_t> KillEarlierAttempts(const std::string& job_uid, int attempt) {
   std::vector<pid_t> killed;
   if (job_uid.empty()) return killed;
+  // "This host" is this network namespace: hosts that share a kernel (test
+  // clusters of namespaces, containers) see each other's processes.
+  const ino_t here = NetNamespace("self");
   std::error_code ec;
   for (const std::filesystem::directory_entry& e : std::filesystem::directory_iterator("/proc", ec)) {
     pid_t pid = 0;
     if (!absl::SimpleAtoi(e.path().filename().string(), &pid) || pid == ::getpid()) continue;
     const auto [uid, a] = RankOf(pid);
-    if (uid != job_uid || a <= 0 || a >= attempt) continue;
+    if (uid != job_uid || a <= 0 || a >= attempt || here == 0 || NetNamespace(std::to_string(pid)) != here) continue;
     if (::kill(pid, SIGKILL) == 0) killed.push_back(pid);
   }
   for (int i = 0; i < 500; ++i) {

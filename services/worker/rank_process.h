@@ -26,7 +26,9 @@ namespace retina::worker {
 // finishing a step and a checkpoint that the newer attempt's fence makes
 // moot). Found by `--job-uid UID` in their command line and RETINA_ATTEMPT
 // in their environment (common/rank_launch.h; readable for this user's
-// processes), SIGKILLed, and waited for (up to 5 s). Returns their pids;
+// processes), in this process's network namespace (what "this host" is
+// where hosts share a kernel: namespaces, containers), SIGKILLed, and
+// waited for (up to 5 s). Returns their pids;
 // none for an empty uid. A worker calls it before it starts `attempt`, so
 // two attempts of a job never run at once on one host.
 std::vector<pid_t> KillEarlierAttempts(const std::string& job_uid, int attempt);
