@@ -661,16 +661,19 @@ TEST_F(Engine, ElasticRunThatShrinksAndGrowsBackEqualsTheUninterruptedRun) {
       // is round-off, which this training amplifies (GroupNorm biases near
       // zero after weight standardisation); its scale is what the same
       // uninterrupted run does with 2 threads per rank instead of 1.
-      // Measured (64 px): elastic 0.20, threads 1.02 on near-zero GroupNorm
-      // biases; per-step losses 1e-3. The bound: no worse than twice what
-      // a thread count does, losses within 1e-2.
+      // Measured here: elastic 0.019, threads 1.3, both on near-zero
+      // GroupNorm biases; per-step losses 2.4e-4. The bound: no worse than
+      // twice what a thread count does, and at least 0.1 (5x the elastic
+      // figure) for a CPU whose kernels happen to sum the same with 1 and 2
+      // threads; losses within 1e-2 (40x). The algorithm is held to 1e-10
+      // in float64 above.
       const std::string threads = "whole-fp32-2threads";
       EXPECT_EQ(RanksOf("elastic.yaml", threads, 4, {"--elastic", "4:2", "--set", "runtime.threads=2"}, ""),
                 std::vector<int>(4, 0));
       std::string baseline_tensor;
       const double baseline = MaxRelDiff(Final(whole), Final(threads), &baseline_tensor);
       std::printf("fp32: 1 vs 2 threads per rank, uninterrupted: weights %.3g (%s)\n", baseline, baseline_tensor.c_str());
-      EXPECT_LT(weights, std::max(1e-3, 2 * baseline));
+      EXPECT_LT(weights, std::max(0.1, 2 * baseline));
       EXPECT_LT(losses, 1e-2);
     }
   }
