@@ -21,6 +21,7 @@ constexpr struct {
     {Fault::kCollectiveStallRank, "collective.stall_rank"},
     {Fault::kTrainCrashAfterStep, "train.crash_after_step"},
     {Fault::kCheckpointStallBeforeCommitMs, "checkpoint.stall_before_commit_ms"},
+    {Fault::kServeStallForwardMs, "serve.stall_forward_ms"},
 };
 
 struct Parsed {

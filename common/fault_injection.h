@@ -35,6 +35,10 @@ enum class Fault {
   // checkpoint's files, before committing it: a slow shared store, and a
   // window for a stop or a crash in the middle of a checkpoint write.
   kCheckpointStallBeforeCommitMs,
+  // retina-serve sleeps this many milliseconds before every forward pass
+  // (its batch taken from the queue): a slow device, and a window in which
+  // later requests queue behind a batch in progress.
+  kServeStallForwardMs,
 };
 
 // INVALID_ARGUMENT naming RETINA_FAULTS and the term for a malformed value

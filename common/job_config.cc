@@ -52,10 +52,10 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     AddAt(errors, root, "model.image_size",
           absl::StrCat("must be a multiple of 16 (the ViT patch grid), got ", c.model.image_size));
   }
-  if (c.kind != JobKind::kInfer && c.data.dataset.empty() && !(c.kind == JobKind::kStudy && !c.study.datasets.empty())) {
+  if (c.kind != JobKind::kInfer && c.kind != JobKind::kServe && c.data.dataset.empty() && !(c.kind == JobKind::kStudy && !c.study.datasets.empty())) {
     errors->Add(nullptr, "data.dataset", absl::StrCat("required key missing (for kind '", JobKindName(c.kind), "')"));
   }
-  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study"}) {
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study", "serve"}) {
     // (Without a valid kind the missing or bad `kind` is the error.)
     if (NodeAt(root, section) && NodeAt(root, "kind") && !SectionAllowed(c.kind, section)) {
       AddAt(errors, root, section,
@@ -134,6 +134,16 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
   }
   if (c.kind == JobKind::kEvaluate && c.evaluate.checkpoint.empty()) {
     errors->Add(nullptr, "evaluate.checkpoint", "required for kind 'evaluate'");
+  }
+  if (c.kind == JobKind::kServe) {
+    if (c.serve.models.empty()) errors->Add(nullptr, "serve.models", "required for kind 'serve' (NAME=WEIGHTS each)");
+    for (size_t i = 0; i < c.serve.models.size(); ++i) {
+      const std::string& m = c.serve.models[i];
+      const size_t eq = m.find('=');
+      if (eq == std::string::npos || eq == 0 || eq + 1 == m.size()) {
+        AddAt(errors, root, "serve.models", absl::StrCat("entry ", i, ": '", m, "' is not NAME=WEIGHTS"));
+      }
+    }
   }
   if (c.kind == JobKind::kInfer) {
     const InferConfig& i = c.infer;
@@ -239,7 +249,7 @@ bool SectionAllowed(JobKind kind, const std::string& section) {
 std::string JobConfigToYaml(JobConfig config) {
   // Only the sections of the job's kind, so the result parses back as a job.
   YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));
-  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study"}) {
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study", "serve"}) {
     if (!SectionAllowed(config.kind, section)) resolved.remove(section);
   }
   if (config.kind == JobKind::kFinetune) resolved["evaluate"].remove("checkpoint");

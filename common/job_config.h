@@ -18,7 +18,7 @@
 namespace retina {
 
 // The closed vocabularies of the job file (their words: EnumWords below).
-enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer, kStudy };
+enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer, kStudy, kServe };
 // How a volume is predicted: per xy plane (2d; IoU scored per plane), as a
 // stack of xy planes scored as one volume, or xy/xz/yz averaged (orthoplane).
 enum class PredictionMode { k2d, kStack, kOrthoplane };
@@ -37,7 +37,7 @@ template <>
 struct EnumWords<JobKind> {
   static constexpr std::pair<JobKind, const char*> kWords[] = {
       {JobKind::kPretrain, "pretrain"}, {JobKind::kFinetune, "finetune"}, {JobKind::kEvaluate, "evaluate"},
-      {JobKind::kInfer, "infer"}, {JobKind::kStudy, "study"}};
+      {JobKind::kInfer, "infer"}, {JobKind::kStudy, "study"}, {JobKind::kServe, "serve"}};
 };
 template <>
 struct EnumWords<PredictionMode> {
@@ -385,6 +385,32 @@ struct StudyConfig {
   }
 };
 
+// A model server kept running on a worker's slot (kind: serve;
+// docs/serving.md "A model server as a job"): retina-serve with these models,
+// each usable by the job's owner (and admins) only.
+struct ServeConfig {
+  std::vector<std::string> models;
+  int port = 0;
+  int max_batch = 8;
+  double max_delay_ms = 2;
+  int max_queue_windows = 1024;
+  int max_request_mb = 1024;
+  double reload_s = 2;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("models", &models,
+            Spec("NAME=WEIGHTS per model: any weights finetune.init accepts; a LATEST, checkpoints/ folder or job "
+                 "directory is followed (hot reload), a checkpoint directory pinned"));
+    v.Field("port", &port, Spec("gRPC port on the worker's host; 0 = any free one (retina status shows it)").Min(0).Max(65535));
+    v.Field("max_batch", &max_batch, Spec("windows per forward pass, shared by concurrent requests").Min(1).Max(4096));
+    v.Field("max_delay_ms", &max_delay_ms, Spec("how long a batch waits to fill").Unit("ms").Min(0).Max(10000));
+    v.Field("max_queue_windows", &max_queue_windows,
+            Spec("windows waiting at most; more is RESOURCE_EXHAUSTED with a retry hint").Min(1));
+    v.Field("max_request_mb", &max_request_mb, Spec("buffers one request may need; larger is refused").Unit("MiB").Min(1));
+    v.Field("reload_s", &reload_s, Spec("how often followed models look for a new checkpoint").Unit("s").Above(0));
+  }
+};
+
 struct RuntimeConfig {
   DeviceKind device = DeviceKind::kAuto;
   Precision precision = Precision::kAuto;
@@ -419,6 +445,7 @@ struct JobConfig {
   EvaluateConfig evaluate;
   InferConfig infer;
   StudyConfig study;
+  ServeConfig serve;
   CheckpointConfig checkpoint;
   RuntimeConfig runtime;
 
@@ -435,6 +462,7 @@ struct JobConfig {
     v.Section("evaluate", &evaluate, "evaluation (kind: evaluate)");
     v.Section("infer", &infer, "prediction (kind: infer)");
     v.Section("study", &study, "a grid of fine-tunes with their statistics (kind: study)");
+    v.Section("serve", &serve, "a model server kept running (kind: serve)");
     v.Section("checkpoint", &checkpoint, "checkpoint retention");
     v.Section("runtime", &runtime, "device, precision and distribution");
   }

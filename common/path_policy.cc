@@ -92,6 +92,13 @@ absl::Status PathPolicy::CheckConfig(const JobConfig& c, const std::string& job_
   if (c.kind == JobKind::kEvaluate && !c.evaluate.checkpoint.empty()) {
     RETURN_IF_ERROR(weights("evaluate.checkpoint", c.evaluate.checkpoint));
   }
+  if (c.kind == JobKind::kServe) {
+    for (size_t i = 0; i < c.serve.models.size(); ++i) {
+      const size_t eq = c.serve.models[i].find('=');
+      if (eq == std::string::npos) continue;  // the config's own check names it
+      RETURN_IF_ERROR(weights(absl::StrCat("serve.models[", i, "]"), c.serve.models[i].substr(eq + 1)));
+    }
+  }
   if (c.kind == JobKind::kInfer) {
     if (!c.infer.weights.empty()) RETURN_IF_ERROR(weights("infer.weights", c.infer.weights));
     for (size_t i = 0; i < c.infer.inputs.size(); ++i) {

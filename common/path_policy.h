@@ -41,7 +41,7 @@ class PathPolicy {
   absl::Status CheckOutput(const std::string& field, const std::filesystem::path& path,
                            const std::string& job_id) const;
   // Every path field of a job: data.dataset, data.val_dataset, finetune.init
-  // (unless random), evaluate.checkpoint, infer.weights, infer.inputs (a
+  // (unless random), evaluate.checkpoint, serve.models' weights, infer.weights, infer.inputs (a
   // glob by its directory) and infer.output (CheckOutput: at submit, when the
   // job has no id yet, only an output root; empty means the job's own
   // predictions/).

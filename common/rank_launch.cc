@@ -30,6 +30,7 @@ std::map<std::string, std::string> RankLaunch::Env() const {
           {"RETINA_JOB_ID", job_id},
           {"RETINA_ATTEMPT", std::to_string(attempt)}};
   if (!host_addr.empty()) env["RETINA_HOST_ADDR"] = host_addr;
+  if (!user.empty()) env["RETINA_JOB_USER"] = user;
   if (elastic_world_size > 0) {
     env["RETINA_ELASTIC"] = std::to_string(elastic_world_size) + ":" + std::to_string(elastic_min_world_size);
   }

@@ -10,6 +10,7 @@
 //
 // with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR,
 // MASTER_PORT (the rendezvous), RETINA_JOB_ID and RETINA_ATTEMPT,
+// RETINA_JOB_USER (the job's owner; the worker knows it),
 // RETINA_ELASTIC=W:M for an elastic job (its full world size and minimum;
 // this attempt's WORLD_SIZE may be smaller), and, where
 // the launcher knows it, RETINA_HOST_ADDR: the address other hosts reach this
@@ -27,6 +28,7 @@ struct RankLaunch {
   // The attempt.
   std::filesystem::path config, store;  // the job file in the store; the store
   std::string job_id, job_uid;
+  std::string user;  // the job's owner, where the launcher knows it (RETINA_JOB_USER; a serve job's models answer them)
   int attempt = 1;
   std::vector<std::filesystem::path> allowed_roots, output_roots;  // --confine's roots
   // This rank (the worker knows them; under Slurm the allocation does).

@@ -126,7 +126,7 @@ std::string DescribeResize(const ResizedEvent& e) {
 
 const char* EventName(const Event& e) {
   static constexpr const char* kNames[] = {"start", "step",      "eval", "checkpoint",
-                                           "resumed", "preempted", "done", "predict", "resized"};
+                                           "resumed", "preempted", "done", "predict", "resized", "serving"};
   return kNames[e.index()];
 }
 
@@ -134,6 +134,7 @@ std::optional<int64_t> EventStep(const Event& e) {
   return std::visit(Overloaded{[](const EvalEvent& x) { return x.step; },
                                [](const DoneEvent& x) { return x.step; },
                                [](const PredictEvent& x) -> std::optional<int64_t> { return x.chunks_done; },
+                               [](const ServingEvent&) -> std::optional<int64_t> { return std::nullopt; },
                                [](const auto& x) -> std::optional<int64_t> { return x.step; }},
                     e);
 }
@@ -173,6 +174,7 @@ std::string EncodeEvent(const Event& e, double time_unix_s) {
                    j.update({{"step", x.step}, {"from_world", x.from_world}, {"to_world", x.to_world},
                              {"from_accumulation", x.from_accumulation}, {"to_accumulation", x.to_accumulation}});
                  },
+                 [&](const ServingEvent& x) { j.update({{"address", x.address}, {"models", x.models}}); },
              },
              e);
   j["time"] = time_unix_s;
@@ -258,6 +260,19 @@ absl::StatusOr<Event> DecodeEvent(absl::string_view line, const std::string& whe
     RETURN_IF_ERROR(r.Get("to_world", &x.to_world));
     RETURN_IF_ERROR(r.Get("from_accumulation", &x.from_accumulation, false));
     RETURN_IF_ERROR(r.Get("to_accumulation", &x.to_accumulation, false));
+    return Event(x);
+  }
+  if (name == "serving") {
+    ServingEvent x;
+    RETURN_IF_ERROR(r.Get("address", &x.address));
+    if (r.json().contains("models")) {
+      const Json& v = r.json()["models"];
+      if (!v.is_array()) return r.Bad("models", "not a list");
+      for (const Json& m : v) {
+        if (!m.is_string()) return r.Bad("models", "not a list of strings");
+        x.models.push_back(m.get<std::string>());
+      }
+    }
     return Event(x);
   }
   return absl::UnimplementedError(absl::StrCat(where, ": unknown event '", name.substr(0, 32), "'"));

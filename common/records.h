@@ -81,10 +81,17 @@ struct PredictEvent {
   double voxels_per_s = 0;  // this attempt's, over all ranks
 };
 
-using Event = std::variant<StartEvent, StepEvent, EvalEvent, CheckpointEvent, ResumedEvent, PreemptedEvent, DoneEvent,
-                           PredictEvent, ResizedEvent>;
+// A serve job's server is answering (retina-serve run): where, and which
+// models (the coordinator shows it as Progress.endpoint).
+struct ServingEvent {
+  std::string address;  // host:port
+  std::vector<std::string> models;
+};
 
-// "start", "step", "eval", "checkpoint", "resumed", "preempted", "done", "predict", "resized".
+using Event = std::variant<StartEvent, StepEvent, EvalEvent, CheckpointEvent, ResumedEvent, PreemptedEvent, DoneEvent,
+                           PredictEvent, ResizedEvent, ServingEvent>;
+
+// "start", "step", "eval", "checkpoint", "resumed", "preempted", "done", "predict", "resized", "serving".
 const char* EventName(const Event& e);
 std::optional<int64_t> EventStep(const Event& e);
 // One line (no newline) with "event", "v", "time" (unix seconds) and the fields.

@@ -335,6 +335,7 @@ v1::Assignment AgentExecutor::AssignmentOf(const v1::Job& job, int world_size, i
   a.set_master_addr(job.master_addr());
   a.set_master_port(job.master_port());
   a.set_job_uid(job.uid());
+  a.set_user(job.user());
   for (const auto& root : options_.allowed_roots) a.add_allowed_roots(root.string());
   for (const auto& root : options_.output_roots) a.add_output_roots(root.string());
   return a;
@@ -362,6 +363,9 @@ bool AgentExecutor::Place(JobEntry* e, int attempt_seen, const GangPlan& plan, i
   job.set_state(v1::SCHEDULED);
   job.set_message("");
   job.clear_stopping();
+  // A serve job's address is its attempt's (the next one says where it answers).
+  job.mutable_progress()->clear_endpoint();
+  job.mutable_progress()->clear_models();
   const int before = job.attempt_world_size();  // 0 before the first attempt
   std::string resize;
   if (before > 0 && before != size) {

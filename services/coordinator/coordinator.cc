@@ -562,6 +562,11 @@ absl::Status Coordinator::ReportEvents(const v1::ReportEventsRequest& r) {
       p->set_total_steps(predict->chunks_total);
       p->set_step(predict->chunks_done);
       table_->Publish(e, v1::JobEvent::PROGRESS, line);
+    } else if (const auto* serving = std::get_if<ServingEvent>(&ev)) {
+      p->set_endpoint(serving->address);
+      p->clear_models();
+      for (const std::string& m : serving->models) p->add_models(m);
+      table_->Publish(e, v1::JobEvent::PROGRESS, line);
     } else if (std::holds_alternative<ResizedEvent>(ev)) {
       table_->Publish(e, v1::JobEvent::RESIZED, line);
     } else if (std::holds_alternative<PreemptedEvent>(ev)) {

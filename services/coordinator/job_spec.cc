@@ -21,6 +21,7 @@ v1::JobKind KindFromConfig(JobKind kind) {
     case JobKind::kEvaluate: return v1::EVALUATE;
     case JobKind::kInfer: return v1::INFER;
     case JobKind::kStudy: return v1::STUDY;
+    case JobKind::kServe: return v1::SERVE;
   }
   return v1::JOB_KIND_UNSPECIFIED;
 }
@@ -51,7 +52,7 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   }
   if (!v1::JobKind_IsValid(spec->kind())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER, STUDY)"));
+        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER, STUDY, SERVE)"));
   }
   if (!v1::SlotType_IsValid(spec->slot_type())) {
     return absl::InvalidArgumentError(
@@ -104,6 +105,10 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
       config->kind != JobKind::kFinetune) {
     return absl::InvalidArgumentError(absl::StrCat("spec.min_world_size: only pretrain and finetune jobs are elastic; this is ",
                                                    JobKindName(config->kind), " (leave it 0)"));
+  }
+  if (config->kind == JobKind::kServe && spec->world_size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: a serve job is one server process (1), got ",
+                                                   spec->world_size(), "; submit several serve jobs for more"));
   }
   const PathPolicy policy(store, allowed_roots, output_roots);
   RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");

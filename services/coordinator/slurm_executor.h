@@ -36,7 +36,15 @@ class SlurmExecutor : public Executor {
   SlurmExecutor(SlurmOptions options, Paths paths, ExecutorContext context, std::unique_ptr<SlurmClient> slurm);
 
   void Recover(JobEntry* e, int64_t now_ms) override;
-  absl::Status CheckFits(const retina::v1::JobSpec&) override { return absl::OkStatus(); }
+  // A serve job is a long-lived server on a worker agent, not a batch job.
+  absl::Status CheckFits(const retina::v1::JobSpec& spec) override {
+    if (spec.kind() == retina::v1::SERVE) {
+      return absl::FailedPreconditionError(
+          "spec.kind: SERVE jobs run on retina-worker agents; this coordinator runs jobs through Slurm "
+          "(run retina-serve on a node instead: docs/serving.md)");
+    }
+    return absl::OkStatus();
+  }
   void Tick(int64_t) override {}
   void Retry(JobEntry*, int64_t) override {}  // the next poll commits again
   void Cancel(JobEntry* e, int64_t now_ms) override;

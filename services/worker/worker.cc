@@ -179,6 +179,7 @@ RankLaunch LaunchOf(const v1::Assignment& a, const std::filesystem::path& config
   launch.store = store;
   launch.job_id = a.job_id();
   launch.job_uid = a.job_uid();
+  launch.user = a.user();
   launch.attempt = a.attempt();
   launch.allowed_roots.assign(a.allowed_roots().begin(), a.allowed_roots().end());
   launch.output_roots.assign(a.output_roots().begin(), a.output_roots().end());
@@ -229,6 +230,12 @@ void Worker::Start(const v1::Assignment& a) {
     RankLaunch launch = LaunchOf(a, config, options_.store, options_.host, i);
     launch.events_fd3 = rank.rank == 0 && t.events;
     std::map<std::string, std::string> env = launch.Env();
+    for (const auto& [name, path] : {std::pair<const char*, const std::filesystem::path*>{"RETINA_SERVE_CLIENT_TOKENS",
+                                                                                         &options_.serve_client_tokens},
+                                     {"RETINA_SERVE_TLS_CERT", &options_.serve_tls_cert},
+                                     {"RETINA_SERVE_TLS_KEY", &options_.serve_tls_key}}) {
+      if (!path->empty()) env[name] = path->string();
+    }
     if (options_.gpu_ids.empty()) {
       env["OMP_NUM_THREADS"] = absl::StrCat(rank.slots.size());  // one thread per CPU slot
     } else {

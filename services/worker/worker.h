@@ -39,6 +39,10 @@ struct WorkerOptions {
   std::map<std::string, std::string> labels;
   std::filesystem::path store = ".";
   std::filesystem::path trainer = "retina-train";
+  // What a serve job's model server authenticates and encrypts with
+  // (RETINA_SERVE_CLIENT_TOKENS, _TLS_CERT, _TLS_KEY; docs/serving.md): the
+  // coordinator's client-token file and a certificate for this host. Empty: none.
+  std::filesystem::path serve_client_tokens, serve_tls_cert, serve_tls_key;
   absl::Duration grace = absl::Seconds(30);  // SIGTERM -> SIGKILL
   std::string metrics_address;
 };

@@ -85,6 +85,10 @@ void AddServeFlags(CLI::App& app, ServeFlags* f) {
   AddStoreOption(&app, &f->store);
   app.add_option("--trainer", f->trainer, "retina-train to run (default: beside this program, the build tree, PATH)");
   app.add_option("--grace-s", f->grace_s, "SIGTERM to SIGKILL of a stopped rank")->check(kNonNegativeNumber);
+  app.add_option("--serve-client-tokens", f->worker.serve_client_tokens,
+                 "serve jobs: the users' token file their model servers check (the coordinator's --client-tokens)");
+  app.add_option("--serve-tls-cert", f->worker.serve_tls_cert, "serve jobs: the TLS certificate of this host (PEM)");
+  app.add_option("--serve-tls-key", f->worker.serve_tls_key, "serve jobs: its key");
   app.add_option("--metrics-listen", f->metrics_listen, "Prometheus /metrics address");
   app.add_option("--ready-file", f->ready_file, "write {metrics_port} here once registered");
 }

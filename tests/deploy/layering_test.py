@@ -51,7 +51,12 @@ for lib in list(files):
 outside = [  # (folder prefix, pattern of a forbidden include, why)
     ("common/", r"<(torch|ATen|c10)/|grpcpp|\"retina/v1/", "common/ uses neither libtorch nor gRPC"),
     ("trainer/", r"grpcpp|\"retina/v1/|\"services/", "trainer/ never uses gRPC or the services"),
-    ("services/", r"<(torch|ATen|c10)/|\"trainer/", "services/ never link libtorch (ranks are processes)"),
+    ("services/", r"<(torch|ATen|c10)/|\"trainer/", "services/ never link libtorch (ranks are processes)",
+     r"^services/serve/"),
+    # The model server is the one service with libtorch: through its core's
+    # facade (trainer/serving/), never the trainer's other parts or torch itself.
+    ("services/serve/", r"<(torch|ATen|c10)/|\"trainer/(?!serving/)",
+     "services/serve/ reaches the trainer only through trainer/serving/"),
     # The study controller is a client of the coordinator: its facade and
     # the job-spec rules, never the parts behind it (issue 30).
     ("services/study/", r"\"services/coordinator/(?!(coordinator|job_spec)\.h\")",

@@ -5,7 +5,12 @@
 //   retina-train config schema | config check FILE... [--set KEY=VALUE]...
 //   retina-train model info|init --model CONFIG ...
 //   retina-train version | --version
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -105,6 +110,37 @@ absl::StatusOr<std::pair<std::string, JobConfig>> LoadJobFile(const std::string&
   return std::make_pair(*applied, config);
 }
 
+// This process's command line, for handing a serve job to retina-serve.
+std::vector<std::string> g_argv;
+
+// A kind: serve job is a model server, not a rank: `retina-serve run` with
+// the same flags replaces this process (so every launcher, the worker and the
+// Slurm script, starts serve jobs as it starts ranks). retina-serve is looked
+// for beside this program, in the build tree (../services/), then on PATH.
+int ExecServe() {
+  std::error_code ec;
+  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  std::vector<std::filesystem::path> candidates = {self.parent_path() / "retina-serve",
+                                                   self.parent_path().parent_path() / "services" / "retina-serve"};
+  std::string program;
+  for (const auto& c : candidates) {
+    if (!ec && access(c.c_str(), X_OK) == 0) {
+      program = c.string();
+      break;
+    }
+  }
+  if (program.empty()) program = "retina-serve";  // execvp searches PATH
+  std::vector<std::string> args = {"retina-serve"};
+  args.insert(args.end(), g_argv.begin() + 1, g_argv.end());  // "run" and its flags
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  execvp(program.c_str(), argv.data());
+  RETINA_LOG(Error) << "kind: serve: cannot run " << program << " (" << std::strerror(errno)
+                    << "); install retina-serve beside retina-train or on PATH";
+  return kExitFailed;
+}
+
 // Exit status: 0 done, 75 preempted (checkpoint written; rerun with --resume
 // auto), 2 bad arguments or config, 1 any other failure.
 absl::StatusOr<int> Run(RunFlags f) {
@@ -117,6 +153,7 @@ absl::StatusOr<int> Run(RunFlags f) {
     std::cerr << job.status().message() << "\n";
     return kExitUsage;
   }
+  if (job->second.kind == JobKind::kServe) return ExecServe();
   RunOptions& o = f.run;
   o.config_text = job->first;
   o.store = f.store;
@@ -229,4 +266,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace retina::trainer
 
-int main(int argc, char** argv) { return retina::trainer::Main(argc, argv); }
+int main(int argc, char** argv) {
+  retina::trainer::g_argv.assign(argv, argv + argc);
+  return retina::trainer::Main(argc, argv);
+}
