@@ -25,6 +25,7 @@
 #include "retina/v1/job_service.grpc.pb.h"
 #include "common/study/study.h"
 #include "services/cli/cli_client.h"
+#include "services/cli/segment_command.h"
 #include "services/cli/study_commands.h"
 #include "services/cli/svg_plot.h"
 #include "services/rpc_util.h"
@@ -158,7 +159,16 @@ void PrintJob(const v1::Job& j) {
   for (const auto& p : j.placement()) placement.push_back(absl::StrCat(p.rank(), "@", p.worker_id()));
   if (!placement.empty()) std::printf("placement:   %s\n", absl::StrJoin(placement, " ").c_str());
   const v1::Progress& p = j.progress();
-  std::printf("progress:    step %s, loss %.4f, %.1f images/s\n", StepText(j).c_str(), p.loss(), p.images_per_s());
+  if (j.spec().kind() == v1::SERVE) {
+    if (!p.endpoint().empty()) {
+      std::printf("serving:     %s (models %s): retina segment --server %s ...\n", p.endpoint().c_str(),
+                  absl::StrJoin(p.models(), ", ").c_str(), p.endpoint().c_str());
+    } else {
+      std::printf("serving:     not yet (loading its models, or not placed)\n");
+    }
+  } else {
+    std::printf("progress:    step %s, loss %.4f, %.1f images/s\n", StepText(j).c_str(), p.loss(), p.images_per_s());
+  }
   if (p.has_iou()) std::printf("last IoU:    %.4f\n", p.last_iou());
   if (p.last_checkpoint_step() > 0) {
     std::printf("checkpoint:  step %lld (%s ago)\n", static_cast<long long>(p.last_checkpoint_step()),
@@ -511,6 +521,7 @@ int RunCli(const std::vector<std::string>& args) {
                  &submit);
   PredictFlags predict;
   AddPredictCommand(cli, &conn, &predict);
+  AddSegmentCommand(cli, &conn);
 
   CLI::App* study_cmd = cli.Group("study", "Studies: fine-tunes over inits x seeds, their statistics and report");
   SubmitFlags study_submit;

@@ -561,3 +561,139 @@ TEST_F(ServeTest, ARequestPastTheMemoryLimitIsRefusedNamingIt) {
 
 }  // namespace
 }  // namespace retina::testing
+
+namespace retina::testing {
+namespace {
+
+// The pids of retina-serve processes serving job `id` (argv[0] retina-serve, "run", "--job" id).
+std::vector<pid_t> ServePids(const std::string& id) {
+  std::vector<pid_t> pids;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string cmdline = ReadFile(e.path() / "cmdline").value_or("");
+    std::vector<std::string> argv;
+    for (size_t at = 0; at < cmdline.size();) {
+      const size_t end = cmdline.find('\0', at);
+      argv.push_back(cmdline.substr(at, end - at));
+      at = end == std::string::npos ? cmdline.size() : end + 1;
+    }
+    if (argv.size() < 2 || fs::path(argv[0]).filename() != "retina-serve" || argv[1] != "run") continue;
+    for (size_t i = 2; i + 1 < argv.size(); ++i) {
+      if (argv[i] == "--job" && argv[i + 1] == id) pids.push_back(std::stoi(name));
+    }
+  }
+  return pids;
+}
+
+std::string RunCapture(const std::string& cmd, int* status) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string text;
+  char buf[512];
+  while (p && fgets(buf, sizeof buf, p)) text += buf;
+  *status = p ? pclose(p) : -1;
+  return text;
+}
+
+// The Python example of docs/serving.md, on grpcio and the generated stubs,
+// against the real server: its labels equal the C++ client's.
+TEST_F(ServeTest, ThePythonExampleSegmentsThroughTheGeneratedStubs) {
+  if (const std::string missing = PythonMissing("grpc, numpy, tifffile"); !missing.empty()) GTEST_SKIP() << missing;
+  const fs::path stubs = fs::path(BinDir()) / "proto/python/retina/v1/prediction_service_pb2_grpc.py";
+  ASSERT_TRUE(fs::exists(stubs)) << stubs << " not generated (grpc_python_plugin: protobuf-compiler-grpc)";
+  Server server(Root(), "python", Models());
+  ASSERT_TRUE(server.ok()) << server.Log();
+  ASSERT_TRUE(WriteFileAtomic(Root() / "alice.token", "tok-alice-0123456789\n").ok());
+  const std::string port = server.Log().substr(server.Log().find("gRPC on port ") + 13);
+  const std::string cmd = "PYTHONPATH=" + BinDir() + "/proto/python " + Python() + " " + SourceDir() +
+                          "/docs/examples/serve_client.py --server 127.0.0.1:" + port.substr(0, port.find(' ')) +
+                          " --model seg --image " + (Store() / "vols/vol.tif").string() +
+                          " --region-volume vols/vol.tif --token-file " + (Root() / "alice.token").string() +
+                          " --out " + (Root() / "py-labels.tif").string();
+  int st = 0;
+  const std::string out = RunCapture(cmd, &st);
+  ASSERT_EQ(st, 0) << cmd << "\n" << out;
+  EXPECT_NE(out.find("model seg: tiny, 2 classes, window 32, version 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("region [2, 32, 32] of vols/vol.tif"), std::string::npos) << out;
+  EXPECT_NE(out.find("a bad request: INVALID_ARGUMENT: array.data: 10 bytes"), std::string::npos) << out;
+  v1::PredictRequest req;
+  req.set_model("seg");
+  req.mutable_array()->set_dtype("uint8");
+  for (int64_t s : volume_->shape) req.mutable_array()->add_shape(s);
+  req.mutable_array()->set_data(volume_->data.data(), volume_->data.size());
+  const Answer mine = Call(server, req);
+  ASSERT_TRUE(mine.status.ok());
+  absl::StatusOr<trainer::RawArray> theirs = trainer::ReadTiff((Root() / "py-labels.tif").string());
+  ASSERT_TRUE(theirs.ok()) << theirs.status();
+  EXPECT_EQ(std::string(theirs->bytes.begin(), theirs->bytes.end()), mine.response.labels().data());
+}
+
+// kind: serve through the service: a worker runs the server on a slot, its
+// address shows in the job, it answers the job's owner only, a server that
+// dies is restarted (a new attempt, a new address), and cancel stops it.
+TEST(ServeJob, TheServiceRunsAModelServerAsAJob) {
+  Cluster c("serve");
+  ASSERT_TRUE(WriteFileAtomic(c.root() / "clients", kTokens).ok());
+  ASSERT_TRUE(WriteFileAtomic(c.root() / "worker", "worker-token-0123456789\n").ok());
+  for (const char* f : {"clients", "worker"}) fs::permissions(c.root() / f, fs::perms::owner_read | fs::perms::owner_write);
+  trainer::SynthOptions o;
+  o.shape = {2, 40, 40};
+  o.seed = 5;
+  const trainer::Volume volume = trainer::Synthesize(o).image;
+  CommitModel(c.store() / "models/seg", 1, 3, volume);
+  c.StartCoordinator({{"--client-tokens", (c.root() / "clients").string(), "--worker-token",
+                       (c.root() / "worker").string()}});
+  c.StartWorker("w1", 1, {"--token-file", (c.root() / "worker").string(), "--serve-client-tokens",
+                          (c.root() / "clients").string()});
+  absl::StatusOr<v1::Job> job = c.Submit("kind: serve\nserve: {models: [seg=models/seg/LATEST], max_batch: 4}\n", 1,
+                                         /*max_restarts=*/2, "tok-alice-0123456789");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto endpoint = [&] { return c.Get(job->id(), "tok-alice-0123456789").progress().endpoint(); };
+  ASSERT_TRUE(WaitFor([&] { return !endpoint().empty(); }, std::chrono::seconds(120)))
+      << ReadFile(c.root() / "w1.log").value_or("");
+  const std::string first = endpoint();
+  EXPECT_EQ(c.Get(job->id(), "tok-alice-0123456789").state(), v1::RUNNING);
+  auto predict = [&](const std::string& address, const std::string& token) {
+    auto stub = v1::PredictionService::NewStub(*services::MakeChannel(address, ""));
+    v1::PredictRequest req;
+    req.set_model("seg");
+    req.mutable_array()->set_dtype("uint8");
+    req.mutable_array()->add_shape(40);
+    req.mutable_array()->add_shape(40);
+    req.mutable_array()->set_data(volume.data.data(), 40 * 40);
+    v1::PredictResponse resp;
+    return stub->Predict(Ctx(token).get(), req, &resp);
+  };
+  EXPECT_TRUE(predict(first, "tok-alice-0123456789").ok());
+  EXPECT_EQ(predict(first, "tok-bob-0123456789ab").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(predict(first, "tok-root-0123456789a").ok());
+  // retina status shows where it answers.
+  int st = 0;
+  ASSERT_TRUE(WriteFileAtomic(c.root() / "alice.token", "tok-alice-0123456789\n").ok());
+  fs::permissions(c.root() / "alice.token", fs::perms::owner_read | fs::perms::owner_write);
+  const std::string status = RunCapture(BinDir() + "/services/retina status " + job->id() + " --address " +
+                                            c.address() + " --token-file " + (c.root() / "alice.token").string(),
+                                        &st);
+  EXPECT_EQ(st, 0) << status;
+  EXPECT_NE(status.find("serving:     " + first + " (models seg)"), std::string::npos) << status;
+
+  // The server dies: the service starts it again (attempt 2), at a new address.
+  const std::vector<pid_t> pids = ServePids(job->id());
+  ASSERT_EQ(pids.size(), 1u);
+  ASSERT_EQ(kill(pids[0], SIGKILL), 0);
+  ASSERT_TRUE(WaitFor([&] { return c.Get(job->id(), "tok-alice-0123456789").attempt() == 2 && !endpoint().empty(); },
+                      std::chrono::seconds(120)));
+  EXPECT_TRUE(predict(endpoint(), "tok-alice-0123456789").ok());
+
+  // Cancel: the server drains and the job ends CANCELLED.
+  v1::CancelJobRequest cancel;
+  cancel.set_id(job->id());
+  v1::Job cancelled;
+  ASSERT_TRUE(c.Jobs()->CancelJob(c.Ctx("tok-alice-0123456789").get(), cancel, &cancelled).ok());
+  ASSERT_TRUE(WaitFor([&] { return c.Get(job->id(), "tok-alice-0123456789").state() == v1::CANCELLED; },
+                      std::chrono::seconds(60)));
+  EXPECT_TRUE(WaitFor([&] { return ServePids(job->id()).empty(); }, std::chrono::seconds(30)));
+}
+
+}  // namespace
+}  // namespace retina::testing
