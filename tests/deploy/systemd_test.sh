@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/systemd: both units pass `systemd-analyze verify` with no complaint
+# deploy/systemd: the units (coordinator, worker, model server) pass `systemd-analyze verify` with no complaint
 # (ExecStart pointed at this build's binaries), restart on failure, read an
 # environment file, and give the worker longer to stop than its ranks' grace.
 # Exit 77 (skipped) without systemd-analyze.
@@ -9,7 +9,7 @@ SOURCE=$1 BUILD=$2
 command -v systemd-analyze >/dev/null || { echo "SKIPPED: systemd-analyze not installed (Debian systemd)"; exit 77; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-for unit in coordinator worker; do
+for unit in coordinator worker serve; do
   src=$SOURCE/deploy/systemd/retina-$unit.service
   grep -q '^Restart=on-failure$' "$src" || { echo "FAIL: retina-$unit.service does not restart on failure"; exit 1; }
   grep -q "^EnvironmentFile=-/etc/default/retina-$unit$" "$src" || { echo "FAIL: retina-$unit.service has no environment file"; exit 1; }
@@ -22,4 +22,4 @@ done
 stop=$(sed -n 's/^TimeoutStopSec=//p' "$SOURCE/deploy/systemd/retina-worker.service")
 grace=$(grep -o 'grace_s = [0-9]*' "$SOURCE/services/worker/worker_main.cc" | grep -o '[0-9]*$')
 (( stop > grace )) || { echo "FAIL: worker TimeoutStopSec=$stop is not above the ranks' grace ($grace s)"; exit 1; }
-echo "PASS: both units verify; worker stop timeout $stop s > rank grace $grace s"
+echo "PASS: the three units verify; worker stop timeout $stop s > rank grace $grace s"

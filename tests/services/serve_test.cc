@@ -628,6 +628,56 @@ TEST_F(ServeTest, ThePythonExampleSegmentsThroughTheGeneratedStubs) {
   EXPECT_EQ(std::string(theirs->bytes.begin(), theirs->bytes.end()), mine.response.labels().data());
 }
 
+// A real Prometheus scrapes the server's own /metrics endpoint (not
+// prometheus-cpp's exposer: metrics_http.h) and sees its series.
+TEST_F(ServeTest, RealPrometheusScrapesTheServer) {
+  const char* prom = "/usr/bin/prometheus";
+  if (!fs::exists(prom)) GTEST_SKIP() << "Debian's prometheus is not installed (scripts/setup installs it)";
+  std::vector<std::string> flags = Models();
+  Server server(Root(), "prom", flags);
+  ASSERT_TRUE(server.ok()) << server.Log();
+  v1::PredictRequest req = RegionRequest("seg", "vols/vol.tif", {0, 1, 0, 32, 0, 32});
+  ASSERT_TRUE(Call(server, req).status.ok());
+  const std::string log = server.Log();
+  const std::string metrics_port = log.substr(log.find("/metrics on port ") + 17);
+  int prom_port = 0;  // a free port for Prometheus' HTTP API
+  {
+    const int sock = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len);
+    prom_port = ntohs(addr.sin_port);
+    close(sock);
+  }
+  ASSERT_TRUE(WriteFileAtomic(Root() / "prometheus.yml",
+                              "global: {scrape_interval: 1s}\nscrape_configs:\n"
+                              "  - job_name: retina-serve\n    static_configs: [{targets: ['127.0.0.1:" +
+                                  metrics_port.substr(0, metrics_port.find(',')) + "']}]\n")
+                  .ok());
+  Child p({prom, "--config.file=" + (Root() / "prometheus.yml").string(),
+           "--storage.tsdb.path=" + (Root() / "tsdb").string(),
+           "--web.listen-address=127.0.0.1:" + std::to_string(prom_port)},
+          Root() / "prometheus.log");
+  auto query = [&](const std::string& q) {
+    return nlohmann::json::parse(HttpGet(prom_port, "/api/v1/query?query=" + q), nullptr, false);
+  };
+  ASSERT_TRUE(WaitFor([&] {
+    const nlohmann::json j = query("retina_serve_requests_total");
+    if (!j.is_object() || j.value("status", "") != "success") return false;
+    for (const auto& r : j["data"]["result"]) {
+      if (r["metric"].value("code", "") == "OK" && r["value"][1] == "1") return true;
+    }
+    return false;
+  }, std::chrono::seconds(60))) << ReadFile(Root() / "prometheus.log").value_or("");
+  const nlohmann::json up = query("up");
+  ASSERT_EQ(up["data"]["result"].size(), 1u) << up.dump();
+  EXPECT_EQ(up["data"]["result"][0]["value"][1], "1");
+  EXPECT_EQ(query("retina_serve_models")["data"]["result"][0]["value"][1], "2");
+}
+
 // kind: serve through the service: a worker runs the server on a slot, its
 // address shows in the job, it answers the job's owner only, a server that
 // dies is restarted (a new attempt, a new address), and cancel stops it.
