@@ -10,7 +10,7 @@ An unmarked block fails the test, so no new command goes untested silently.
 
 A `run` block runs with bash -euo pipefail in a fresh sandbox holding:
   docs/ configs/ deploy/ scripts/ -> the source tree, build/ -> BUILD_DIR,
-  PATH with build/trainer and build/services first,
+  PATH with build/trainer, build/services and the tests' python3 first,
   fixtures the docs name: job.yaml (a tiny pre-training on dataset `em`),
   volume.tif / truth.tif, volume.nii.gz / truth.nii.gz (synthetic, 3 classes),
   STORE/ (also $STORE) with a fine-tuned tiny job `ft`, and data/cem500k,
@@ -96,8 +96,13 @@ def main():
     build, source = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     files = sys.argv[3:] or [os.path.join(source, "README.md")] + sorted(glob.glob(os.path.join(source, "docs", "*.md")))
     root = tempfile.mkdtemp(prefix="doctest-")
+    # `python3` in a block is the interpreter the tests use (Debian's, with
+    # its python3-* packages), as on the machines the docs are written for.
+    pybin = os.path.join(root, "bin")
+    os.makedirs(pybin)
+    os.symlink(sys.executable, os.path.join(pybin, "python3"))
     env = dict(os.environ, OMP_NUM_THREADS="1",
-               PATH=f"{build}/trainer:{build}/services:" + os.environ.get("PATH", ""))
+               PATH=f"{build}/trainer:{build}/services:{pybin}:" + os.environ.get("PATH", ""))
     env.pop("RETINA_STORE", None)
     env.pop("RETINA_ADDRESS", None)
     passed = failed = skipped = 0
