@@ -12,10 +12,11 @@
 # 3. runs, in order of value, each under its own time limit: the gpu-labelled
 #    tests, the model step in bf16 and fp32 at batch 16/32/64 (images/s, MFU
 #    against a bf16 GEMM of the same run and the 989 TFLOP/s peak), the data
-#    pipeline feeding the GPU, the NCCL smoke (in the tests).
+#    pipeline feeding the GPU, the NCCL smoke (in the tests), the model
+#    server's core (bench/serve_bench --transport inproc).
 # Logs and figures go to OUTDIR as they come (a cut-off run still reports):
 # OUTDIR/gpu_check.log, build.log, gpu_tests.{log,json}, step_*.json,
-# pipeline.log and OUTDIR/figures.json (merged after each stage).
+# pipeline.log, part-serve.json and OUTDIR/figures.json (merged after each stage).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
@@ -93,7 +94,7 @@ timeout 60 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRETINA_B
   -DCMAKE_INCLUDE_PATH="$PREFIX/usr/include;$PREFIX/usr/include/hdf5/serial" -DHDF5_ROOT="$PREFIX/usr" \
   -DPKG_CONFIG_EXECUTABLE="$PREFIX/usr/bin/pkgconf" -DRETINA_PYTHON3="$PY" > "$OUT/build.log" 2>&1 ||
   { log "configure failed: tail of build.log:"; tail -20 "$OUT/build.log" | tee -a "$OUT/gpu_check.log"; part build '{"ok": false, "stage": "configure"}'; exit 1; }
-timeout 200 cmake --build "$BUILD" -j 16 --target trainer_gpu_tests model_step_bench data_pipeline_bench >> "$OUT/build.log" 2>&1 ||
+timeout 200 cmake --build "$BUILD" -j 16 --target trainer_gpu_tests model_step_bench data_pipeline_bench serve_bench >> "$OUT/build.log" 2>&1 ||
   { log "build failed: tail of build.log:"; grep -E "error" "$OUT/build.log" | head -20 | tee -a "$OUT/gpu_check.log"; part build '{"ok": false, "stage": "build"}'; exit 1; }
 log "built in $(( $(date +%s) - T0 )) s"
 part build "{\"ok\": true, \"seconds\": $(( $(date +%s) - T0 ))}"
@@ -130,6 +131,12 @@ m = re.search(r"model consumes ([\d.]+) images/s .*pipeline / model = ([\d.]+)x"
 if m: fig.update(model_images_per_s=float(m.group(1)), pipeline_over_model=float(m.group(2)))
 json.dump(fig, open(os.path.join(out, "part-pipeline.json"), "w"), indent=2)
 EOF
+merge
+# The model server's core in process (the kit builds no gRPC; the gRPC hop is
+# measured on CPU): latency against a pure forward, batching on/off, peak RSS.
+log "model server (serving core): latency vs pure forward, batching on/off"
+timeout 60 "$BUILD/bench/serve_bench" --transport inproc --device cuda --threads 4 --models tiny,r50-vit-b16 \
+  --reps 10 --requests 128 --json "$OUT/part-serve.json" 2>&1 | grep -v '^I1' | tee -a "$OUT/gpu_check.log"
 merge
 log "done in $(( $(date +%s) - T0 )) s; figures: $OUT/figures.json"
 cat "$OUT/figures.json"
