@@ -16,6 +16,7 @@
 //
 //   serve_bench [--models tiny,r50-vit-b16] [--reps 20] [--requests 64] [--transport grpc|inproc]
 //               [--threads 1] [--device cpu] [--json OUT]
+#include <malloc.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -322,6 +323,10 @@ int main(int argc, char** argv) {
   cli.app().add_option("--device", o.device, "cpu | cuda");
   cli.app().add_option("--json", o.json, "write the figures here");
   if (std::optional<int> rc = cli.Parse(argc, argv)) return *rc;
+  // The allocator as retina-serve sets it (serve_main.cc), so the reference
+  // forward and the server's differ only by the serving path.
+  mallopt(M_MMAP_THRESHOLD, 256 << 20);
+  mallopt(M_TRIM_THRESHOLD, 512 << 20);
   torch::set_num_threads(o.threads);
   const torch::Device device = o.device == "cuda" ? torch::Device(torch::kCUDA) : torch::Device(torch::kCPU);
   const fs::path store = fs::temp_directory_path() / retina::UniqueTempName("serve-bench-");

@@ -7,7 +7,8 @@ library owns the folders of its sources; a file may include headers of its own
 library's folders, and of the project libraries it links, directly or
 transitively. On top, docs/ARCHITECTURE.md's rules on outside libraries:
 common/ uses neither libtorch nor gRPC, trainer/ never gRPC, services/ never
-libtorch; the study controller (services/study/) reaches the coordinator only
+libtorch except the model server (services/serve/), which reaches the trainer
+only through trainer/serving/; the study controller (services/study/) reaches the coordinator only
 through its facade. Fails listing every file:line that breaks a rule.
 
     layering_test.py BUILD_DIR SOURCE_DIR

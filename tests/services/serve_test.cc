@@ -99,6 +99,15 @@ class Server {
   int port_ = 0, metrics_port_ = 0;
 };
 
+std::string RunCapture(const std::string& cmd, int* status) {
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  std::string text;
+  char buf[512];
+  while (p && fgets(buf, sizeof buf, p)) text += buf;
+  *status = p ? pclose(p) : -1;
+  return text;
+}
+
 std::unique_ptr<grpc::ClientContext> Ctx(const std::string& token, double seconds = 60) {
   return services::NewCallContext(token, absl::Seconds(seconds));
 }
@@ -412,12 +421,12 @@ TEST_F(ServeTest, HotReloadFollowsLatestAndRefusesACheckpointThatFailsItsManifes
   const Answer old = in_flight.get();
   ASSERT_TRUE(old.status.ok()) << old.status.error_message();
   EXPECT_NE(old.response.checkpoint().find("step-00000001"), std::string::npos) << old.response.checkpoint();
-  EXPECT_EQ(old.response.probabilities().data(), before.response.probabilities().data());
+  EXPECT_TRUE(old.response.probabilities().data() == before.response.probabilities().data()) << "the request in flight mixed in the new weights";
 
   const Answer after = Call(server, req);
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_NE(after.response.checkpoint().find("step-00000002"), std::string::npos);
-  EXPECT_NE(after.response.probabilities().data(), before.response.probabilities().data());
+  EXPECT_TRUE(after.response.probabilities().data() != before.response.probabilities().data()) << "the new weights answer alike";
 
   // step 3: committed, then its model.pt damaged (a disk error, a partial copy).
   CommitModel(checkpoints, 3, 9, *volume_);
@@ -433,7 +442,7 @@ TEST_F(ServeTest, HotReloadFollowsLatestAndRefusesACheckpointThatFailsItsManifes
   const Answer kept = Call(server, req);
   ASSERT_TRUE(kept.status.ok());
   EXPECT_NE(kept.response.checkpoint().find("step-00000002"), std::string::npos);
-  EXPECT_EQ(kept.response.probabilities().data(), after.response.probabilities().data());
+  EXPECT_TRUE(kept.response.probabilities().data() == after.response.probabilities().data()) << "the refused checkpoint answered";
   EXPECT_EQ(server.Metric("retina_serve_model_loads_total"), 3);  // seg, alices, seg v2
   // Put LATEST back for the other tests.
   fs::remove_all(checkpoints / "step-00000003");
@@ -474,6 +483,35 @@ TEST_F(ServeTest, TheQueueIsBoundedDeadlinesDropWaitingWindowsAndSigtermDrains) 
                       std::chrono::seconds(30)));
   EXPECT_EQ(server.Metric("retina_serve_windows_total{model=\"seg\"}"), 1);
   EXPECT_EQ(server.Metric("retina_serve_dropped_windows_groups_total{model=\"seg\",why=\"full\"}"), 1);
+
+  // A request cancelled by its caller while it waits is dropped before its forward pass.
+  auto a2 = std::async(std::launch::async, [&] { return Call(server, one); });
+  ASSERT_TRUE(WaitFor([&] { return server.Metric("retina_serve_forward_running") == 1; }, std::chrono::seconds(30)));
+  auto cancelled_ctx = Ctx("tok-alice-0123456789");
+  auto e = std::async(std::launch::async, [&] {
+    v1::PredictResponse resp;
+    return server.Stub()->Predict(cancelled_ctx.get(), one, &resp);
+  });
+  ASSERT_TRUE(WaitFor([&] { return server.Metric("retina_serve_queue_windows") == 1; }, std::chrono::seconds(30)));
+  cancelled_ctx->TryCancel();
+  EXPECT_EQ(e.get().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(a2.get().status.ok());
+  ASSERT_TRUE(WaitFor([&] { return server.Metric("retina_serve_dropped_windows_groups_total{model=\"seg\",why=\"cancelled\"}") == 1; },
+                      std::chrono::seconds(30)));
+  EXPECT_EQ(server.Metric("retina_serve_windows_total{model=\"seg\"}"), 2);  // A's and A2's only
+
+  // Health: SERVING with the models loaded (grpc.health.v1 through python3-grpcio).
+  if (PythonMissing("grpc").empty()) {
+    const std::string log = server.Log();
+    const std::string port = log.substr(log.find("gRPC on port ") + 13);
+    int st = 0;
+    const std::string health = RunCapture(Python() + " -c \"import grpc, sys; ch = grpc.insecure_channel(sys.argv[1]); "
+                                          "r = ch.unary_unary('/grpc.health.v1.Health/Check')(b'', timeout=5); "
+                                          "print({b'\\x08\\x01': 'SERVING', b'\\x08\\x02': 'NOT_SERVING'}.get(r, repr(r)))\" "
+                                          "127.0.0.1:" + port.substr(0, port.find(' ')),
+                                          &st);
+    EXPECT_EQ(health, "SERVING\n");
+  }
 
   // A call in flight when SIGTERM arrives is answered; then the server exits 0.
   auto d = std::async(std::launch::async, [&] { return Call(server, one); });
@@ -586,14 +624,6 @@ std::vector<pid_t> ServePids(const std::string& id) {
   return pids;
 }
 
-std::string RunCapture(const std::string& cmd, int* status) {
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::string text;
-  char buf[512];
-  while (p && fgets(buf, sizeof buf, p)) text += buf;
-  *status = p ? pclose(p) : -1;
-  return text;
-}
 
 // The Python example of docs/serving.md, on grpcio and the generated stubs,
 // against the real server: its labels equal the C++ client's.
