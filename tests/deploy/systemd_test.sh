@@ -20,6 +20,7 @@ for unit in coordinator worker serve; do
   if [[ -n $out ]]; then echo "FAIL: retina-$unit.service: $out"; exit 1; fi
 done
 stop=$(sed -n 's/^TimeoutStopSec=//p' "$SOURCE/deploy/systemd/retina-worker.service")
-grace=$(grep -o 'grace_s = [0-9]*' "$SOURCE/services/worker/worker_main.cc" | grep -o '[0-9]*$')
+grace=$(grep -o 'absl::Duration grace = absl::Seconds([0-9]*)' "$SOURCE/services/worker/worker.h" | grep -o '[0-9]*' | tail -1)
+[[ -n $grace ]] || { echo "FAIL: the worker's default grace (absl::Duration grace in services/worker/worker.h) not found"; exit 1; }
 (( stop > grace )) || { echo "FAIL: worker TimeoutStopSec=$stop is not above the ranks' grace ($grace s)"; exit 1; }
 echo "PASS: the three units verify; worker stop timeout $stop s > rank grace $grace s"
