@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "absl/strings/numbers.h"
@@ -76,11 +77,19 @@ void MetricsHttpServer::Loop() {
 }
 
 void MetricsHttpServer::Answer(int fd) {
+  // One connection gets 2 s in all, so a slow or silent client delays a
+  // scrape (and shutdown) by that much at most.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  timeval tv{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   std::string request;
   char buf[1024];
   while (request.find("\r\n\r\n") == std::string::npos && request.size() < 8192) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || stop_.load()) return;
     pollfd p{fd, POLLIN, 0};
-    if (poll(&p, 1, 5000) <= 0) return;
+    if (poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100))) < 0) return;
+    if (!(p.revents & POLLIN)) continue;
     const ssize_t n = read(fd, buf, sizeof buf);
     if (n <= 0) return;
     request.append(buf, static_cast<size_t>(n));

@@ -8,8 +8,8 @@
 //
 // One thread accepts connections one at a time; GET /metrics answers the
 // registry in the text exposition format (0.0.4), anything else 404.
-// Requests are read up to 8 KiB with a 5 s timeout, so a slow client
-// delays a scrape, never the server.
+// A connection gets 2 s in all (request up to 8 KiB, and the answer), so a
+// slow client delays a scrape and shutdown by that much, never the server.
 #pragma once
 
 #include <atomic>

@@ -119,6 +119,12 @@ class Scratch {
 absl::StatusOr<int> Serve(const ServeFlags& f, std::vector<ts::ServedModelSpec> specs,
                           const std::function<void(int)>& on_serving) {
   if (specs.empty()) return absl::InvalidArgumentError("--model: serve at least one model (NAME=WEIGHTS)");
+  for (const ts::ServedModelSpec& s : specs) {
+    if (s.max_batch > f.max_queue_windows) {  // its groups would never fit the queue
+      return absl::InvalidArgumentError(absl::StrCat("--max-batch ", s.max_batch, " is above --max-queue-windows ",
+                                                     f.max_queue_windows, " (serve.max_batch, serve.max_queue_windows)"));
+    }
+  }
   RETURN_IF_ERROR(CheckFaults());  // tests' fault injection, named and logged
   ASSIGN_OR_RETURN(auto auth, services::Authenticator::Create(f.client_tokens, ""));
   if (!auth->enabled()) {
@@ -260,6 +266,7 @@ absl::StatusOr<int> RunServeJob(ServeFlags f, const RunFlags& r) {
   f.max_request_mb = c.max_request_mb;
   f.reload_s = c.reload_s;
   f.device = EnumName((*job)->config().runtime.device);
+  f.precision = (*job)->config().runtime.precision == Precision::kBf16 ? "bf16" : "fp32";
   f.threads = (*job)->config().runtime.threads;
   f.allowed_roots = r.allowed_roots;
   if (r.user.empty()) RETINA_LOG(Warning) << "RETINA_JOB_USER is not set: the models answer every user";

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <future>
+#include <limits>
 
 #include <torch/torch.h>
 
@@ -331,7 +332,7 @@ TEST_F(ServeTest, BadRequestsAreRefusedNamingTheField) {
   cases.push_back({"uint16 without scaling", array("uint16", {8, 8}, 128), grpc::StatusCode::INVALID_ARGUMENT, "uint8"});
   v1::PredictRequest unknown = array("uint8", {8, 8}, 64);
   unknown.set_model("nope");
-  cases.push_back({"unknown model", unknown, grpc::StatusCode::NOT_FOUND, "no model 'nope' here (served: alices, seg)"});
+  cases.push_back({"unknown model", unknown, grpc::StatusCode::NOT_FOUND, "no model 'nope' here (yours: alices, seg)"});
   cases.push_back({"region past the volume", RegionRequest("seg", "vols/vol.tif", {0, 11, 0, 10, 0, 10}),
                    grpc::StatusCode::INVALID_ARGUMENT, "region.z0:z1: 0:11"});
   cases.push_back({"empty region", RegionRequest("seg", "vols/vol.tif", {0, 1, 5, 5, 0, 10}),
@@ -346,6 +347,13 @@ TEST_F(ServeTest, BadRequestsAreRefusedNamingTheField) {
   v1::PredictRequest mode = array("uint8", {8, 8}, 64);
   mode.set_mode("3d");
   cases.push_back({"unknown mode", mode, grpc::StatusCode::INVALID_ARGUMENT, "mode: '3d'"});
+  v1::PredictRequest steep = array("uint8", {8, 8}, 64);
+  steep.set_overlap(0.999);  // a window step of 1: thousands of times the windows
+  cases.push_back({"overlap near 1", steep, grpc::StatusCode::INVALID_ARGUMENT, "overlap: must be in [0, 0.95]"});
+  v1::PredictRequest tiny_chunks = RegionRequest("seg", "vols/vol.tif", {0, 1, 0, 1, 0, 1});
+  tiny_chunks.set_output("views/voxels.ome.zarr");
+  for (int64_t c : {1, 1, 1}) tiny_chunks.add_output_chunks(c);
+  cases.push_back({"a file per voxel", tiny_chunks, grpc::StatusCode::INVALID_ARGUMENT, "output_chunks: 1x1x1"});
   v1::PredictRequest none;
   none.set_model("seg");
   cases.push_back({"no input", none, grpc::StatusCode::INVALID_ARGUMENT, "input"});
@@ -362,6 +370,11 @@ TEST_F(ServeTest, BadRequestsAreRefusedNamingTheField) {
   }
   // Nothing was written for them, and the server still answers.
   EXPECT_FALSE(fs::exists(Store() / "jobs/m/x.ome.zarr"));
+  EXPECT_FALSE(fs::exists(Store() / "served/alice/views/voxels.ome.zarr"));
+  // A context past any extent is clamped (no overflow), and answered.
+  v1::PredictRequest wide = RegionRequest("seg", "vols/vol.tif", {0, 1, 0, 8, 0, 8});
+  wide.set_context(std::numeric_limits<int64_t>::max());
+  EXPECT_TRUE(Call(server, wide).status.ok());
   EXPECT_TRUE(Call(server, array("uint8", {8, 8}, 64)).status.ok());
 }
 
@@ -384,6 +397,11 @@ TEST_F(ServeTest, ModelsAnswerTheirOwnersAndAdminsOnly) {
   EXPECT_EQ(Call(server, req, "tok-mallory-012345678").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
   req.set_model("seg");
   EXPECT_TRUE(Call(server, req, "tok-bob-0123456789ab").status.ok());
+  // An unknown name lists only the caller's models.
+  req.set_model("nope");
+  const Answer unknown = Call(server, req, "tok-bob-0123456789ab");
+  EXPECT_EQ(unknown.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_NE(unknown.status.error_message().find("(yours: seg)"), std::string::npos) << unknown.status.error_message();
   // ListModels shows each caller what they may use.
   for (const auto& [token, count] : std::vector<std::pair<std::string, int>>{{"tok-bob-0123456789ab", 1}, {"tok-alice-0123456789", 2}, {"tok-root-0123456789a", 2}}) {
     v1::ListModelsResponse list;

@@ -51,8 +51,13 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ModelPool::Load(const ServedM
   ModelSelection selection;
   selection.weights = spec.weights;
   selection.store = store_;
-  ASSIGN_OR_RETURN(SegmentationModel m, LoadSegmentationModel(selection, device_),
-                   absl::StrCat("model ", spec.name));
+  absl::StatusOr<SegmentationModel> loaded_model = absl::InternalError("not loaded");
+  try {  // libtorch throws (out of device memory while the old version still serves)
+    loaded_model = LoadSegmentationModel(selection, device_);
+  } catch (const std::exception& e) {
+    loaded_model = absl::ResourceExhaustedError(e.what());
+  }
+  ASSIGN_OR_RETURN(SegmentationModel m, std::move(loaded_model), absl::StrCat("model ", spec.name));
   auto loaded = std::make_shared<LoadedModel>();
   loaded->spec = spec;
   loaded->version = version;

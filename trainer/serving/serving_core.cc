@@ -1,10 +1,14 @@
 #include "trainer/serving/serving_core.h"
 
+#include <stdlib.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -13,6 +17,7 @@
 #include "common/file_util.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "trainer/data/formats/format_util.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/writers.h"
 #include "trainer/data/formats/zarr.h"
@@ -80,10 +85,20 @@ absl::StatusOr<RawArray> ToRaw(const ArrayInput& a) {
 // A private directory for one upload, removed with this object.
 class ScratchDir {
  public:
+  // A fresh directory under `parent` with an unguessable name (mkdtemp): an
+  // upload that references another file (an NRRD data file) cannot name a
+  // concurrent upload's.
+  static absl::StatusOr<ScratchDir> Make(const fs::path& parent, const std::string& prefix) {
+    std::string t = (parent / (prefix + "XXXXXX")).string();
+    if (mkdtemp(t.data()) == nullptr) return absl::InternalError(absl::StrCat(t, ": ", std::strerror(errno)));
+    return ScratchDir(t);
+  }
+  ScratchDir(ScratchDir&& o) noexcept : dir_(std::move(o.dir_)) { o.dir_.clear(); }
+  ScratchDir(const ScratchDir&) = delete;
   explicit ScratchDir(fs::path dir) : dir_(std::move(dir)) {}
   ~ScratchDir() {
     std::error_code ec;
-    fs::remove_all(dir_, ec);
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
   }
   const fs::path& path() const { return dir_; }
 
@@ -97,16 +112,35 @@ absl::StatusOr<IntensityScaling> Scaling(const std::string& word) {
   return absl::InvalidArgumentError(absl::StrCat("scaling: '", word, "' (give minmax, or nothing for uint8 inputs)"));
 }
 
-// A region volume's file part (an HDF5 spec is "file.h5:/dataset").
+// A region volume's file part (an HDF5 spec is "file.h5:/dataset"), split
+// as the readers split it.
 std::string FilePart(const std::string& spec) {
-  const size_t colon = spec.find(".h5:");
-  if (colon != std::string::npos) return spec.substr(0, colon + 3);
-  const size_t colon5 = spec.find(".hdf5:");
-  return colon5 != std::string::npos ? spec.substr(0, colon5 + 5) : spec;
+  const std::optional<std::pair<std::string, std::string>> h5 = SplitHdf5Spec(spec);
+  return h5 ? h5->first : spec;
+}
+
+// A user name as one path component (served/<user>/): a token file's user
+// could be anything.
+bool SafeComponent(const std::string& s) {
+  if (s.empty() || s == "." || s == ".." || s.size() > 128) return false;
+  for (char c : s) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-' && c != '@') return false;
+  }
+  return true;
+}
+
+// Uploads: the readers' names, and HDF5 (whose dataset comes separately).
+bool UploadName(const std::string& name) {
+  const std::string l = absl::AsciiStrToLower(name);
+  return IsReadableImageName(name) || absl::EndsWith(l, ".h5") || absl::EndsWith(l, ".hdf5") || absl::EndsWith(l, ".hdf");
 }
 
 // <output> under served/<user>/: relative, no "..", ending in .ome.zarr.
 absl::StatusOr<fs::path> OutputPath(const fs::path& store, const std::string& user, const std::string& output) {
+  if (!SafeComponent(user)) {
+    return absl::PermissionDeniedError(absl::StrCat("output: the user name '", user.substr(0, 64),
+                                                    "' cannot name a folder; ask an admin to rename it in the token file"));
+  }
   const fs::path rel = output;
   bool ok = !output.empty() && rel.is_relative() && absl::EndsWith(output, ".ome.zarr");
   for (const auto& part : rel) ok = ok && part != ".." && part != "." && !part.empty();
@@ -116,6 +150,45 @@ absl::StatusOr<fs::path> OutputPath(const fs::path& store, const std::string& us
         (store / "served" / user).string(), ")"));
   }
   return store / "served" / user / rel;
+}
+
+// The output array's chunks: an existing array's, else the request's (or
+// 64, 256, 256) clipped to the volume; INVALID_ARGUMENT for chunks so small
+// that the store would hold a file per few voxels, or a region off their grid.
+absl::StatusOr<std::vector<int64_t>> OutputChunks(const fs::path& dir, const std::vector<int64_t>& requested,
+                                                  const std::array<int64_t, 3>& shape, const std::array<int64_t, 6>& b) {
+  std::vector<int64_t> chunks = {64, 256, 256};
+  std::error_code ec;
+  if (fs::exists(dir / "0" / ".zarray", ec)) {
+    ASSIGN_OR_RETURN(ZarrArrayMeta meta, ReadZarrArray(dir / "0"), "output");
+    chunks = meta.chunks;
+  } else {
+    if (!requested.empty()) {
+      if (requested.size() != 3) return absl::InvalidArgumentError("output_chunks: give z, y, x");
+      chunks.assign(requested.begin(), requested.end());
+    }
+    int64_t voxels = 1;
+    for (int a = 0; a < 3; ++a) {
+      if (chunks[a] < 1) return absl::InvalidArgumentError("output_chunks: each must be >= 1");
+      chunks[a] = std::min(chunks[a], shape[a]);
+      voxels *= chunks[a];
+    }
+    if (voxels < 4096 && voxels < shape[0] * shape[1] * shape[2]) {
+      return absl::InvalidArgumentError(absl::StrCat("output_chunks: ", absl::StrJoin(chunks, "x"),
+                                                     " is under 4096 voxels a chunk (a file each in the store)"));
+    }
+  }
+  if (chunks.size() != 3) return absl::FailedPreconditionError("output: the existing array is not z, y, x");
+  for (int a = 0; a < 3; ++a) {
+    const int64_t lo = b[2 * a], hi = b[2 * a + 1];
+    if (lo % chunks[a] != 0 || (hi % chunks[a] != 0 && hi != shape[a])) {
+      return absl::InvalidArgumentError(absl::StrCat("region: ", std::string(1, "zyx"[a]), " ", lo, ":", hi,
+                                                     " is not on the output's chunk grid (chunks ",
+                                                     absl::StrJoin(chunks, "x"),
+                                                     "): start on a multiple and end on one or at the volume's edge"));
+    }
+  }
+  return chunks;
 }
 
 }  // namespace
@@ -129,7 +202,16 @@ ServingCore::ServingCore(ServingOptions options, ModelPool* models, WindowBatche
 absl::StatusOr<std::shared_ptr<const LoadedModel>> ServingCore::ModelFor(const std::string& user, bool admin,
                                                                          const std::string& model) const {
   if (model.empty()) return absl::InvalidArgumentError("model: name the model (ListModels lists them)");
-  ASSIGN_OR_RETURN(std::shared_ptr<const LoadedModel> m, models_->Get(model));
+  absl::StatusOr<std::shared_ptr<const LoadedModel>> found = models_->Get(model);
+  if (!found.ok()) {  // name only the models this caller may use
+    std::vector<std::string> names;
+    for (const ModelStatus& s : models_->List()) {
+      if (s.spec.owner.empty() || s.spec.owner == user || admin) names.push_back(s.spec.name);
+    }
+    return absl::NotFoundError(absl::StrCat("model: no model '", model.substr(0, 128), "' here (yours: ",
+                                            names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  }
+  std::shared_ptr<const LoadedModel> m = *found;
   if (!m->spec.owner.empty() && m->spec.owner != user && !admin) {
     return absl::PermissionDeniedError(absl::StrCat("model: '", model, "' is ", m->spec.owner,
                                                     "'s; only its owner or an admin may use it (you are ", user, ")"));
@@ -138,8 +220,10 @@ absl::StatusOr<std::shared_ptr<const LoadedModel>> ServingCore::ModelFor(const s
 }
 
 int64_t ServingCore::RequestBytes(const std::array<int64_t, 3>& shape, int classes, bool orthoplane,
-                                  bool probabilities) {
-  const int64_t voxels = shape[0] * shape[1] * shape[2], plane = shape[1] * shape[2], c = std::max(1, classes);
+                                  bool probabilities, int64_t window) {
+  const int64_t voxels = shape[0] * shape[1] * shape[2], c = std::max(1, classes);
+  // A plane smaller than the window is padded up to it (SlidingWindowRows).
+  const int64_t plane = std::max(shape[1], window) * std::max(shape[2], window);
   int64_t bytes = voxels * 2 + plane * 4 * (2 * c + 3);  // input, labels, one plane's working set
   if (orthoplane || probabilities) bytes += voxels * 4 * c;  // the accumulator
   if (probabilities) bytes += voxels * 4 * c;                // the answer's copy
@@ -153,7 +237,10 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
   if (!mode) return absl::InvalidArgumentError(absl::StrCat("mode: '", q.mode, "' (2d, stack or orthoplane)"));
   const bool ortho = *mode == PredictionMode::kOrthoplane;
   ASSIGN_OR_RETURN(IntensityScaling scaling, Scaling(q.scaling));
-  if (q.overlap && (*q.overlap < 0 || *q.overlap >= 1)) return absl::InvalidArgumentError("overlap: must be in [0, 1)");
+  // At most 0.95 (as retina predict): a window step of 1 would run window^2 times the windows.
+  if (q.overlap && !(*q.overlap >= 0 && *q.overlap <= 0.95)) {
+    return absl::InvalidArgumentError("overlap: must be in [0, 0.95]");
+  }
   const RegionInput* region = std::get_if<RegionInput>(&q.input);
   if (!q.output.empty() && region == nullptr) return absl::InvalidArgumentError("output: only for region requests");
   if (!q.output.empty() && q.probabilities) {
@@ -172,7 +259,8 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
     if (const auto* a = std::get_if<ArrayInput>(&q.input)) {
       ASSIGN_OR_RETURN(raw, ToRaw(*a));
       two_d = a->shape.size() == 2;
-      if (int64_t need = RequestBytes(raw.shape, classes, ortho, q.probabilities); need > options_.max_request_bytes) {
+      if (int64_t need = RequestBytes(raw.shape, classes, ortho, q.probabilities, m.config.image_size);
+          need > options_.max_request_bytes) {
         return absl::ResourceExhaustedError(absl::StrCat("array: ", need >> 20, " MiB of buffers; this server answers at most ",
                                                          options_.max_request_bytes >> 20,
                                                          " MiB per request (retina-serve --max-request-mb)"));
@@ -180,21 +268,28 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
     } else {
       const auto& f = std::get<FileInput>(q.input);
       const std::string name = fs::path(f.name).filename().string();
-      if (name.empty() || !IsReadableImageName(name)) {
+      if (name.empty() || !UploadName(name)) {
         return absl::InvalidArgumentError(absl::StrCat("file.name: '", f.name,
                                                        "': give the file's name with its extension (.tif, .png, "
                                                        ".h5, .nii, .nrrd)"));
       }
-      ScratchDir dir(options_.scratch / absl::StrCat("upload-", getpid(), "-", uploads_++));
-      std::error_code ec;
-      fs::create_directories(dir.path(), ec);
-      if (ec) return absl::InternalError(absl::StrCat(dir.path().string(), ": ", ec.message()));
+      ASSIGN_OR_RETURN(ScratchDir dir, ScratchDir::Make(options_.scratch, "upload-"));
       RETURN_IF_ERROR(WriteFileAtomic(dir.path() / name, f.data));
       const std::string spec = (dir.path() / name).string() + (f.dataset.empty() ? "" : ":" + f.dataset);
       absl::StatusOr<RawArray> read = ReadArray(spec);
       if (!read.ok()) return absl::InvalidArgumentError(absl::StrCat("file '", f.name, "': ", read.status().message()));
       raw = std::move(*read);
       two_d = raw.shape[0] == 1;
+      // (A compressed file is decoded before its size is known; the decoded
+      // array is bounded like an inline one from here on.)
+      if (int64_t need = RequestBytes(raw.shape, classes, ortho, q.probabilities, m.config.image_size) +
+                         static_cast<int64_t>(raw.bytes.size());
+          need > options_.max_request_bytes) {
+        return absl::ResourceExhaustedError(absl::StrCat("file '", f.name, "': ", need >> 20,
+                                                         " MiB of buffers; this server answers at most ",
+                                                         options_.max_request_bytes >> 20,
+                                                         " MiB per request (retina-serve --max-request-mb)"));
+      }
     }
     absl::StatusOr<Volume> image = ToImage(raw, scaling);
     if (!image.ok()) return absl::InvalidArgumentError(std::string(image.status().message()));
@@ -222,8 +317,13 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
                                                        volume_shape[a], " (", region->volume, ")"));
       }
     }
-    const int64_t context = q.context.value_or(m.config.image_size / 2);
+    if (!q.output.empty()) {  // before any work: the output's name and chunk grid
+      ASSIGN_OR_RETURN(fs::path dir, OutputPath(options_.store, q.user, q.output));
+      RETURN_IF_ERROR(OutputChunks(dir, q.output_chunks, volume_shape, box).status());
+    }
+    int64_t context = q.context.value_or(m.config.image_size / 2);
     if (context < 0) return absl::InvalidArgumentError("context: must be >= 0");
+    context = std::min(context, std::max({volume_shape[0], volume_shape[1], volume_shape[2]}));  // no overflow
     std::array<int64_t, 3> c0, c1;
     for (int a = 0; a < 3; ++a) {
       const int64_t c = a == 0 && !ortho ? 0 : context;
@@ -234,7 +334,7 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
     }
     crop.shape = {c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]};
     const int64_t planes_bytes = crop.shape[0] * volume_shape[1] * volume_shape[2];
-    if (int64_t need = planes_bytes + RequestBytes(crop.shape, classes, ortho, q.probabilities);
+    if (int64_t need = planes_bytes + RequestBytes(crop.shape, classes, ortho, q.probabilities, m.config.image_size);
         need > options_.max_request_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "region: ", need >> 20, " MiB of buffers with its context; this server answers at most ",
@@ -314,9 +414,7 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
     v.shape = extent;
     v.spacing = crop.spacing;
     v.data = std::move(labels);
-    ScratchDir dir(options_.scratch / absl::StrCat("answer-", getpid(), "-", uploads_++));
-    std::error_code ec;
-    fs::create_directories(dir.path(), ec);
+    ASSIGN_OR_RETURN(ScratchDir dir, ScratchDir::Make(options_.scratch, "answer-"));
     RETURN_IF_ERROR(WriteTiff((dir.path() / "labels.tif").string(), v, !unit.empty()));
     ASSIGN_OR_RETURN(answer.labels_tiff, ReadFile(dir.path() / "labels.tif"));
     return answer;
@@ -330,17 +428,12 @@ absl::Status ServingCore::WriteOutput(const PredictQuery& q, const LoadedModel& 
                                       const std::string& unit, const std::vector<uint8_t>& labels,
                                       PredictAnswer* answer) {
   ASSIGN_OR_RETURN(fs::path dir, OutputPath(options_.store, q.user, q.output));
+  const auto& b = region.box == std::array<int64_t, 6>{0, 0, 0, 0, 0, 0}
+                      ? std::array<int64_t, 6>{0, volume_shape[0], 0, volume_shape[1], 0, volume_shape[2]}
+                      : region.box;
   ZarrArrayMeta meta;
   meta.shape = {volume_shape[0], volume_shape[1], volume_shape[2]};
-  meta.chunks = {64, 256, 256};
-  if (!q.output_chunks.empty()) {
-    if (q.output_chunks.size() != 3) return absl::InvalidArgumentError("output_chunks: give z, y, x");
-    meta.chunks.assign(q.output_chunks.begin(), q.output_chunks.end());
-  }
-  for (int a = 0; a < 3; ++a) {
-    if (meta.chunks[a] < 1) return absl::InvalidArgumentError("output_chunks: each must be >= 1");
-    meta.chunks[a] = std::min(meta.chunks[a], meta.shape[a]);
-  }
+  ASSIGN_OR_RETURN(meta.chunks, OutputChunks(dir, q.output_chunks, volume_shape, b));
   // What the array was created for: the same volume and model only.
   nlohmann::json source = {{"volume", region.volume}, {"model", m.spec.name}, {"user", q.user}};
   {
@@ -372,18 +465,6 @@ absl::Status ServingCore::WriteOutput(const PredictQuery& q, const LoadedModel& 
       image.levels.push_back({"0", {spacing[0], spacing[1], spacing[2]}});
       image.label = true;
       RETURN_IF_ERROR(WriteOmeZarrImage(dir, image));
-    }
-  }
-  const auto& b = region.box == std::array<int64_t, 6>{0, 0, 0, 0, 0, 0}
-                      ? std::array<int64_t, 6>{0, volume_shape[0], 0, volume_shape[1], 0, volume_shape[2]}
-                      : region.box;
-  for (int a = 0; a < 3; ++a) {
-    const int64_t lo = b[2 * a], hi = b[2 * a + 1];
-    if (lo % meta.chunks[a] != 0 || (hi % meta.chunks[a] != 0 && hi != meta.shape[a])) {
-      return absl::InvalidArgumentError(absl::StrCat("region: ", std::string(1, "zyx"[a]), " ", lo, ":", hi,
-                                                     " is not on the output's chunk grid (chunks ",
-                                                     absl::StrJoin(meta.chunks, "x"),
-                                                     "): start on a multiple and end on one or at the volume's edge"));
     }
   }
   RETURN_IF_ERROR(WriteZarrRegion(dir / "0", meta, {b[0], b[2], b[4]}, {b[1] - b[0], b[3] - b[2], b[5] - b[4]},

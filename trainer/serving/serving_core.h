@@ -98,7 +98,8 @@ class ServingCore {
   absl::StatusOr<PredictAnswer> Predict(const PredictQuery& query);
 
   // The buffers a request of `shape` (with context) needs; what the limit checks.
-  static int64_t RequestBytes(const std::array<int64_t, 3>& shape, int classes, bool orthoplane, bool probabilities);
+  static int64_t RequestBytes(const std::array<int64_t, 3>& shape, int classes, bool orthoplane, bool probabilities,
+                              int64_t window);
 
  private:
   absl::Status WriteOutput(const PredictQuery& q, const LoadedModel& m, const RegionInput& region,
@@ -110,7 +111,6 @@ class ServingCore {
   ModelPool* models_;
   WindowBatcher* batcher_;
   std::mutex output_mu_;  // creating an output array
-  std::atomic<int64_t> uploads_{0};
 };
 
 }  // namespace retina::trainer::serving
