@@ -106,6 +106,19 @@ class Child {
   pid_t pid_ = -1;
 };
 
+// A loopback port free now (for a peer's own listener, e.g. Prometheus' API).
+inline int FreeLoopbackPort() {
+  const int sock = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(sock);
+  return ntohs(addr.sin_port);
+}
+
 // Polls `cond` every 50 ms until true or `timeout` passes.
 inline bool WaitFor(const std::function<bool()>& cond, std::chrono::duration<double> timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;

@@ -688,18 +688,7 @@ TEST_F(ServeTest, RealPrometheusScrapesTheServer) {
   ASSERT_TRUE(Call(server, req).status.ok());
   const std::string log = server.Log();
   const std::string metrics_port = log.substr(log.find("/metrics on port ") + 17);
-  int prom_port = 0;  // a free port for Prometheus' HTTP API
-  {
-    const int sock = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len);
-    prom_port = ntohs(addr.sin_port);
-    close(sock);
-  }
+  const int prom_port = FreeLoopbackPort();  // Prometheus' own HTTP API
   ASSERT_TRUE(WriteFileAtomic(Root() / "prometheus.yml",
                               "global: {scrape_interval: 1s}\nscrape_configs:\n"
                               "  - job_name: retina-serve\n    static_configs: [{targets: ['127.0.0.1:" +

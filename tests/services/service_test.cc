@@ -428,16 +428,7 @@ TEST(Service, RealPrometheusScrapesBothServicesAndTheDashboardsMetricsExist) {
   }
   c.StartCoordinator();
   const int worker_port = c.StartWorker("w1", 1);
-  // A free port for Prometheus' own HTTP API.
-  const int sock = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  bind(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-  getsockname(sock, reinterpret_cast<sockaddr*>(&addr), &len);
-  const int prom_port = ntohs(addr.sin_port);
-  close(sock);
+  const int prom_port = FreeLoopbackPort();  // Prometheus' own HTTP API
   WriteFile(c.root() / "prometheus.yml",
             "global: {scrape_interval: 1s}\nscrape_configs:\n"
             "  - job_name: retina-coordinator\n    static_configs: [{targets: ['127.0.0.1:" +

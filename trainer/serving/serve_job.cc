@@ -1,7 +1,5 @@
 #include "trainer/serving/serve_job.h"
 
-#include <ctime>
-
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/job_identity.h"
