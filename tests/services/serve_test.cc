@@ -14,6 +14,7 @@
 #include "grpcpp/grpcpp.h"
 #include "retina/v1/prediction_service.grpc.pb.h"
 #include "tests/services/cluster.h"
+#include "tests/trainer/mixed_labels.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/writers.h"
 #include "trainer/data/tools/synth.h"
@@ -38,19 +39,7 @@ constexpr char kTokens[] = "tok-alice-0123456789 alice\ntok-bob-0123456789ab bob
 void CommitModel(const fs::path& checkpoints, int64_t step, uint64_t seed, const trainer::Volume& volume) {
   torch::manual_seed(seed);
   VisionTransformer seg(*NamedModelConfig("tiny", 32, 2, trainer::ModelHead::kSegmentation));
-  trainer::SlidingWindowOptions so;
-  so.window = 32;
-  absl::StatusOr<trainer::VolumePrediction> p = trainer::PredictVolume(
-      trainer::ModelForward(seg), volume, 0.5, 0.25, PredictionMode::kStack, so, true, nullptr);
-  ASSERT_TRUE(p.ok()) << p.status();
-  const torch::Tensor p1 = p->probabilities[1].clamp(1e-6, 1 - 1e-6);
-  const double median = torch::log(p1 / (1 - p1)).median().item<double>();
-  {
-    torch::NoGradGuard no_grad;
-    for (auto& item : seg->named_parameters()) {
-      if (item.key() == "segmentation_head.0.bias") item.value()[1].sub_(median);
-    }
-  }
+  MixLabels(seg, volume, 32, 0.5, 0.25);
   absl::StatusOr<CheckpointWriter> w = CheckpointWriter::Begin(checkpoints, step);
   ASSERT_TRUE(w.ok()) << w.status();
   ASSERT_TRUE(trainer::SaveStateDictFile(trainer::GetStateDict(*seg), w->temp_dir() / "model.pt").ok());

@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/records.h"
+#include "tests/trainer/mixed_labels.h"
 #include "tests/trainer/python_peer.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/writers.h"
@@ -101,19 +102,7 @@ class Infer : public ::testing::Test {
     o.seed = 4;
     input_ = Synthesize(o).image;
     input_.spacing = {30, 6, 6};
-    {  // Shift class 1's bias so that about half the voxels are foreground.
-      SlidingWindowOptions so;
-      so.window = 32;
-      absl::StatusOr<VolumePrediction> p =
-          PredictVolume(ModelForward(seg), input_, 0.5, 0.25, PredictionMode::kStack, so, true, nullptr);
-      ASSERT_TRUE(p.ok()) << p.status();
-      const torch::Tensor p1 = p->probabilities[1].clamp(1e-6, 1 - 1e-6);
-      const double median = torch::log(p1 / (1 - p1)).median().item<double>();
-      torch::NoGradGuard no_grad;
-      for (auto& item : seg->named_parameters()) {
-        if (item.key() == "segmentation_head.0.bias") item.value()[1].sub_(median);
-      }
-    }
+    retina::testing::MixLabels(seg, input_, 32, 0.5, 0.25);  // about half the voxels foreground
     ASSERT_TRUE(SaveStateDictFile(GetStateDict(*seg), Store() / "models/seg/model.pt").ok());
     CheckpointState state;
     state.kind = "finetune";
