@@ -7,9 +7,9 @@
 // region grown by `context` voxels on every side in y and x (and in z for
 // orthoplane; 2d and stack predict planes independently, so they take no z
 // context), clamped to the volume; the answer is the region's part of that
-// prediction. So the labels equal retina-infer's on that crop bitwise (up to
-// the batch composition of the windows, which does not change a forward
-// pass's rows beyond float rounding), and near the whole-volume prediction
+// prediction. So the answer equals retina-infer's on that crop up to float
+// rounding of the forward passes (the labels bitwise unless a voxel sits on
+// a class boundary within that rounding), and is near the whole-volume prediction
 // wherever the context covers the windows that reach the region. The default
 // context is half the model's window.
 //
