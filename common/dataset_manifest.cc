@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "common/read_scope.h"
@@ -31,7 +32,50 @@ std::string DatasetManifest::ToJson() const {
   j["shards"] = nlohmann::ordered_json::array();
   for (const ShardInfo& s : shards) j["shards"].push_back(ShardInfoToJson(s));
   j["source"] = source;
+  if (classes > 0) j["classes"] = classes;
+  if (!versions.empty()) {
+    j["versions"] = nlohmann::ordered_json::array();
+    for (const Version& v : versions) {
+      j["versions"].push_back({{"version", v.version}, {"shards", v.shards}, {"count", v.count}, {"mean", v.mean},
+                               {"std", v.std}, {"digest", v.digest}, {"added", v.added}});
+    }
+  }
   return j.dump(2) + "\n";
+}
+
+std::string DatasetManifest::VersionDigest(int64_t n) const {
+  std::string entries;
+  for (int64_t i = 0; i < n && i < static_cast<int64_t>(shards.size()); ++i) {
+    entries += ShardInfoToJson(shards[i]).dump() + "\n";
+  }
+  return Sha256Hex(entries);
+}
+
+absl::StatusOr<DatasetManifest> DatasetManifest::AtVersion(int version) const {
+  if (version == 0 || (versions.empty() && version == 1)) return *this;
+  for (const Version& v : versions) {
+    if (v.version != version) continue;
+    DatasetManifest m = *this;
+    m.shards.resize(static_cast<size_t>(v.shards));
+    m.count = v.count;
+    m.mean = v.mean;
+    m.std = v.std;
+    m.versions.resize(static_cast<size_t>(&v - versions.data()) + 1);
+    return m;
+  }
+  return absl::NotFoundError(absl::StrCat("dataset '", name, "' has no version ", version, " (versions 1..",
+                                          latest_version(), ")"));
+}
+
+absl::StatusOr<std::pair<std::string, int>> SplitDatasetVersion(const std::string& ref, const std::string& key) {
+  const size_t at = ref.rfind('@');
+  if (at == std::string::npos || ref.find('/', at) != std::string::npos) return std::make_pair(ref, 0);
+  int v = 0;
+  if (!absl::SimpleAtoi(ref.substr(at + 1), &v) || v < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(key, ": '", ref, "': a version is @k with k a positive number (NAME@2)"));
+  }
+  return std::make_pair(ref.substr(0, at), v);
 }
 
 absl::StatusOr<DatasetManifest> DatasetManifest::FromJson(const std::string& text, const std::string& where) {
@@ -58,6 +102,14 @@ absl::StatusOr<DatasetManifest> DatasetManifest::FromJson(const std::string& tex
     m.std = j.at("std").get<double>();
     m.source = j.value("source", "");
     for (const auto& s : j.at("shards")) m.shards.push_back(ShardInfoFromJson(s));
+    m.classes = j.value("classes", 0);
+    if (j.contains("versions")) {
+      for (const auto& v : j.at("versions")) {
+        m.versions.push_back({v.at("version").get<int>(), v.at("shards").get<int64_t>(), v.at("count").get<int64_t>(),
+                              v.at("mean").get<double>(), v.at("std").get<double>(), v.at("digest").get<std::string>(),
+                              v.value("added", "")});
+      }
+    }
   } catch (const nlohmann::json::exception& e) {
     return bad(absl::StrCat("missing or mistyped field: ", e.what()));
   }
@@ -70,6 +122,25 @@ absl::StatusOr<DatasetManifest> DatasetManifest::FromJson(const std::string& tex
   }
   if (total != m.count) return bad(absl::StrCat("count ", m.count, " != sum of shard counts ", total));
   if (m.height <= 0 || m.width <= 0) return bad("height and width must be positive");
+  int64_t prev_shards = 0;
+  for (size_t i = 0; i < m.versions.size(); ++i) {
+    const Version& v = m.versions[i];
+    int64_t n = 0;
+    for (int64_t k = 0; k < v.shards && k < static_cast<int64_t>(m.shards.size()); ++k) n += m.shards[k].count;
+    if (v.version != static_cast<int>(i) + 1 || v.shards <= prev_shards ||
+        v.shards > static_cast<int64_t>(m.shards.size()) || n != v.count) {
+      return bad(absl::StrCat("versions[", i, "]: version ", v.version, " with ", v.shards, " shard(s) and count ",
+                              v.count, " does not fit the shards (versions count 1, 2, ... and only add shards)"));
+    }
+    if (v.digest != m.VersionDigest(v.shards)) {
+      return bad(absl::StrCat("versions[", i, "]: digest does not match its shard entries (version ", v.version,
+                              " was altered)"));
+    }
+    prev_shards = v.shards;
+  }
+  if (!m.versions.empty() && m.versions.back().shards != static_cast<int64_t>(m.shards.size())) {
+    return bad("the last version does not hold every shard");
+  }
   return m;
 }
 

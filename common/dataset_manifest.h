@@ -6,8 +6,20 @@
 //   "count": 500000, "mean": 0.5729, "std": 0.1274,      (of v/255 over all images)
 //   "shards": [{"file": "shard-00000.h5", "count": 4096, "bytes": 205520896,
 //               "sha256": "..."}, ...],
-//   "source": "/data/cem500k/*.tiff"
+//   "source": "/data/cem500k/*.tiff",
+//   "classes": 2,                                         (labelled: incl. background; 0 unknown)
+//   "versions": [{"version": 1, "shards": 3, "count": ..., "mean": ..., "std": ...,
+//                 "digest": "...", "added": "retina-shard import ..."}, ...]
 // }
+//
+// Versions (retina-shard import --add): a dataset grows by appending shards,
+// never by changing one. Version k is the first versions[k-1].shards shards,
+// with that version's count and normalisation; the top-level fields describe
+// the latest. A version's digest is the SHA-256 of its shard entries (file,
+// count, bytes, sha256), so a job that records (version, digest) names its
+// exact training data. A manifest without "versions" has one version, all of
+// its shards. A dataset is referenced at a version as NAME@k (or PATH@k);
+// without @k, the latest.
 //
 // Written last and atomically by the packer: a dataset without a valid
 // manifest does not exist. Each shard is an HDF5 file with contiguous uint8
@@ -52,12 +64,34 @@ struct DatasetManifest {
   double std = 0;
   std::vector<ShardInfo> shards;
   std::string source;
+  int classes = 0;  // labelled datasets: classes incl. background, when known
+
+  struct Version {
+    int version = 1;
+    int64_t shards = 0;  // the first `shards` shards
+    int64_t count = 0;
+    double mean = 0, std = 0;
+    std::string digest;  // VersionDigest
+    std::string added;   // what added it (the command's input)
+  };
+  std::vector<Version> versions;  // empty: one version, all shards
+
+  int latest_version() const { return versions.empty() ? 1 : versions.back().version; }
+  // The SHA-256 of the first `shards` shard entries.
+  std::string VersionDigest(int64_t shards) const;
+  // The manifest as of version `version` (0 = latest): its shards, count and
+  // normalisation. NOT_FOUND naming the versions there are.
+  absl::StatusOr<DatasetManifest> AtVersion(int version) const;
 
   std::string ToJson() const;
   // Validates structure and totals; `source_name` names the file in errors.
   static absl::StatusOr<DatasetManifest> FromJson(const std::string& text, const std::string& source_name);
   static absl::StatusOr<DatasetManifest> Load(const std::filesystem::path& dataset_dir);
 };
+
+// "NAME@k" / "PATH@k" -> (NAME or PATH, k); without "@k", k = 0 (latest).
+// INVALID_ARGUMENT (naming `key`) for a version that is not a positive number.
+absl::StatusOr<std::pair<std::string, int>> SplitDatasetVersion(const std::string& ref, const std::string& key);
 
 // Checks every shard's size and SHA-256 against the manifest. DATA_LOSS names
 // the shard and the failing check.

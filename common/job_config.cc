@@ -52,10 +52,13 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     AddAt(errors, root, "model.image_size",
           absl::StrCat("must be a multiple of 16 (the ViT patch grid), got ", c.model.image_size));
   }
-  if (c.kind != JobKind::kInfer && c.kind != JobKind::kServe && c.data.dataset.empty() && !(c.kind == JobKind::kStudy && !c.study.datasets.empty())) {
+  // A loop builds its own labelled dataset (in jobs/<id>/labelled).
+  const bool loop = c.kind == JobKind::kLoop || (c.kind == JobKind::kStudy && !c.study.strategies.empty());
+  if (c.kind != JobKind::kInfer && c.kind != JobKind::kServe && !loop && c.data.dataset.empty() &&
+      !(c.kind == JobKind::kStudy && !c.study.datasets.empty())) {
     errors->Add(nullptr, "data.dataset", absl::StrCat("required key missing (for kind '", JobKindName(c.kind), "')"));
   }
-  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study", "serve"}) {
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study", "serve", "loop"}) {
     // (Without a valid kind the missing or bad `kind` is the error.)
     if (NodeAt(root, section) && NodeAt(root, "kind") && !SectionAllowed(c.kind, section)) {
       AddAt(errors, root, section,
@@ -102,30 +105,64 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
       }
       if (i > 0 && f.eval_at[i] <= f.eval_at[i - 1]) AddAt(errors, root, "finetune.eval_at", "must be increasing");
     }
-    if (c.kind == JobKind::kFinetune && c.data.test_dataset.empty()) {
+    if ((c.kind == JobKind::kFinetune || c.kind == JobKind::kLoop) && c.data.test_dataset.empty()) {
       errors->Add(nullptr, "data.test_dataset", "required with finetune.eval_at (the held-out split scored there)");
     }
   }
   if (c.kind == JobKind::kFinetune && NodeAt(root, "evaluate.checkpoint")) {
     AddAt(errors, root, "evaluate.checkpoint", "a fine-tune scores its own checkpoints at finetune.eval_at; remove it");
   }
+  if (loop) {
+    const LoopConfig& l = c.loop;
+    if (l.pool.empty()) errors->Add(nullptr, "loop.pool", "required for an annotation loop (the unlabelled volume)");
+    if (l.pool_labels.empty()) {
+      errors->Add(nullptr, "loop.pool_labels", "required for an annotation loop (the simulated annotator's ground truth)");
+    }
+    if (c.data.test_dataset.empty()) {
+      errors->Add(nullptr, "data.test_dataset", "required for an annotation loop (every round is scored on it)");
+    }
+    if (!c.data.dataset.empty()) {
+      AddAt(errors, root, "data.dataset", "an annotation loop builds its labelled dataset from loop.pool; remove it");
+    }
+    if (NodeAt(root, "finetune.eval_at")) {
+      AddAt(errors, root, "finetune.eval_at", "an annotation loop scores each round at its end; remove it");
+    }
+    if (l.block != 0 && l.block < 16) AddAt(errors, root, "loop.block", "at least 16 voxels (or 0 = model.image_size)");
+  }
+  if (c.kind == JobKind::kStudy && !c.study.strategies.empty()) {
+    const StudyConfig& st = c.study;
+    if (st.inits.size() > 1) {
+      AddAt(errors, root, "study.inits", "a loop study's arms are its strategies: give at most one init");
+    }
+    if (!st.eval_at.empty()) {
+      AddAt(errors, root, "study.eval_at",
+            "a loop study is scored after every round at its blocks labelled (loop.initial_blocks + "
+            "k loop.blocks_per_round); remove it");
+    }
+    if (!st.datasets.empty()) AddAt(errors, root, "study.datasets", "a loop study has one pool; remove it");
+  }
   if (c.kind == JobKind::kStudy) {
     const StudyConfig& st = c.study;
-    if (st.inits.empty()) errors->Add(nullptr, "study.inits", "required for kind 'study' (e.g. [random, jobs/<pretrain>])");
+    const bool loop_study = !st.strategies.empty();
+    if (st.inits.empty() && !loop_study) {
+      errors->Add(nullptr, "study.inits", "required for kind 'study' (e.g. [random, jobs/<pretrain>])");
+    }
     if (!st.init_names.empty() && st.init_names.size() != st.inits.size()) {
       AddAt(errors, root, "study.init_names", absl::StrCat("has ", st.init_names.size(), " names for ", st.inits.size(), " inits"));
     }
     if (st.seeds.empty() == (st.seed_count == 0)) {
       errors->Add(nullptr, "study.seeds", "give either seeds (a list) or seed_count (a number), not both");
     }
-    if (st.eval_at.empty()) errors->Add(nullptr, "study.eval_at", "required for kind 'study' (e.g. [200, 400, 600])");
+    if (st.eval_at.empty() && !loop_study) {
+      errors->Add(nullptr, "study.eval_at", "required for kind 'study' (e.g. [200, 400, 600])");
+    }
     for (size_t i = 0; i < st.eval_at.size(); ++i) {
       if (i > 0 && st.eval_at[i] <= st.eval_at[i - 1]) AddAt(errors, root, "study.eval_at", "must be increasing");
     }
     if (st.datasets.empty() && c.data.test_dataset.empty()) {
       errors->Add(nullptr, "data.test_dataset", "required for kind 'study' without study.datasets (the held-out split)");
     }
-    if (NodeAt(root, "finetune.init")) {
+    if (NodeAt(root, "finetune.init") && !loop_study) {
       AddAt(errors, root, "finetune.init", "a study sets each child's init from study.inits; remove it");
     }
     if (NodeAt(root, "finetune.eval_at")) {
@@ -157,6 +194,9 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     }
     if (i.probabilities != ProbabilityOutput::kNone && i.format == InferFormat::kTiff) {
       AddAt(errors, root, "infer.probabilities", "needs format ome-zarr or hdf5 (a TIFF holds the labels only)");
+    }
+    if (i.uncertainty != UncertaintyOutput::kNone && i.format != InferFormat::kOmeZarr) {
+      AddAt(errors, root, "infer.uncertainty", "needs format ome-zarr (<input>.uncertainty.ome.zarr)");
     }
     if (i.format == InferFormat::kHdf5 && i.probabilities != ProbabilityOutput::kNone &&
         i.probabilities != ProbabilityOutput::kFloat32) {
@@ -242,18 +282,25 @@ std::vector<std::int64_t> WholeNumbers(const std::vector<double>& v) {
 bool SectionAllowed(JobKind kind, const std::string& section) {
   if (section == JobKindName(kind)) return true;
   if (kind == JobKind::kFinetune) return section == "evaluate";
-  if (kind == JobKind::kStudy) return section == "finetune" || section == "evaluate";
+  if (kind == JobKind::kStudy) return section == "finetune" || section == "evaluate" || section == "loop";
+  if (kind == JobKind::kLoop) return section == "finetune" || section == "evaluate";
   return false;
 }
 
 std::string JobConfigToYaml(JobConfig config) {
   // Only the sections of the job's kind, so the result parses back as a job.
   YAML::Node resolved = YAML::Load(YamlEncoder::Encode(config));
-  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study", "serve"}) {
+  for (const char* section : {"pretrain", "finetune", "evaluate", "infer", "study", "serve", "loop"}) {
     if (!SectionAllowed(config.kind, section)) resolved.remove(section);
   }
   if (config.kind == JobKind::kFinetune) resolved["evaluate"].remove("checkpoint");
+  if (config.kind == JobKind::kLoop) {
+    resolved["finetune"].remove("eval_at");
+    resolved["evaluate"].remove("checkpoint");
+    resolved["data"].remove("dataset");
+  }
   if (config.kind == JobKind::kStudy) {
+    if (config.study.strategies.empty()) resolved.remove("loop");
     resolved["finetune"].remove("init");
     resolved["finetune"].remove("eval_at");
     resolved["evaluate"].remove("checkpoint");

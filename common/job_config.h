@@ -18,7 +18,7 @@
 namespace retina {
 
 // The closed vocabularies of the job file (their words: EnumWords below).
-enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer, kStudy, kServe };
+enum class JobKind { kPretrain, kFinetune, kEvaluate, kInfer, kStudy, kServe, kLoop };
 // How a volume is predicted: per xy plane (2d; IoU scored per plane), as a
 // stack of xy planes scored as one volume, or xy/xz/yz averaged (orthoplane).
 enum class PredictionMode { k2d, kStack, kOrthoplane };
@@ -32,12 +32,20 @@ enum class Precision { kAuto, kFp32, kBf16, kFp64 };
 enum class InferFormat { kOmeZarr, kTiff, kHdf5 };
 // Per-class probabilities beside the labels, and their type.
 enum class ProbabilityOutput { kNone, kUInt8, kFloat16, kFloat32 };
+// An uncertainty map beside the labels (trainer/prediction/inference.h,
+// NormalisedEntropy): none, or the per-voxel entropy of the class
+// probabilities divided by log(classes) (log 2 for one sigmoid channel).
+enum class UncertaintyOutput { kNone, kEntropy };
+// How an annotation loop picks the blocks a person labels next
+// (trainer/prediction/suggest.h).
+enum class SelectionStrategy { kUncertainty, kRandom, kUncertaintyNoDiversity };
 
 template <>
 struct EnumWords<JobKind> {
   static constexpr std::pair<JobKind, const char*> kWords[] = {
       {JobKind::kPretrain, "pretrain"}, {JobKind::kFinetune, "finetune"}, {JobKind::kEvaluate, "evaluate"},
-      {JobKind::kInfer, "infer"}, {JobKind::kStudy, "study"}, {JobKind::kServe, "serve"}};
+      {JobKind::kInfer, "infer"}, {JobKind::kStudy, "study"}, {JobKind::kServe, "serve"},
+      {JobKind::kLoop, "loop"}};
 };
 template <>
 struct EnumWords<PredictionMode> {
@@ -70,6 +78,18 @@ struct EnumWords<ProbabilityOutput> {
                                                                          {ProbabilityOutput::kUInt8, "uint8"},
                                                                          {ProbabilityOutput::kFloat16, "float16"},
                                                                          {ProbabilityOutput::kFloat32, "float32"}};
+};
+template <>
+struct EnumWords<UncertaintyOutput> {
+  static constexpr std::pair<UncertaintyOutput, const char*> kWords[] = {{UncertaintyOutput::kNone, "none"},
+                                                                         {UncertaintyOutput::kEntropy, "entropy"}};
+};
+template <>
+struct EnumWords<SelectionStrategy> {
+  static constexpr std::pair<SelectionStrategy, const char*> kWords[] = {
+      {SelectionStrategy::kUncertainty, "uncertainty"},
+      {SelectionStrategy::kRandom, "random"},
+      {SelectionStrategy::kUncertaintyNoDiversity, "uncertainty-nodiversity"}};
 };
 template <>
 struct EnumWords<DeviceKind> {
@@ -215,6 +235,7 @@ struct FinetuneConfig {
   int global_batch = 16;
   std::string init = "random";
   bool freeze_encoder = true;
+  bool init_whole = false;
   LossKind loss = LossKind::kAuto;
   std::vector<double> class_weights;
   std::int64_t eval_every_iters = 500;
@@ -252,6 +273,9 @@ struct FinetuneConfig {
             Spec("'random', a pre-training checkpoint (ours or a PyTorch .pt) or an ImageNet .npz (service jobs: under the store or an --allowed-root)"));
     v.Field("freeze_encoder", &freeze_encoder,
             Spec("freeze transformer.encoder.* after transfer (ignored for random init)"));
+    v.Field("init_whole", &init_whole,
+            Spec("load every tensor of finetune.init, decoder and head too (continue a fine-tune of the same model, "
+                 "as the annotation loop's rounds do); false = the encoder only (METHOD.md section 3)"));
     v.Field("loss", &loss,
             Spec("auto = bce_dice for 1 class, ce_dice otherwise"));
     v.Field("class_weights", &class_weights,
@@ -319,6 +343,7 @@ struct InferConfig {
   std::string intensity = "uint8";
   int memory_mb = 0;
   int batch = 4;
+  UncertaintyOutput uncertainty = UncertaintyOutput::kNone;
   template <class V>
   void Visit(V& v) {
     v.Field("inputs", &inputs,
@@ -344,6 +369,47 @@ struct InferConfig {
     v.Field("memory_mb", &memory_mb,
             Spec("per-rank budget for slab buffers (the model comes on top); 0 = 1024 or half the RAM / local ranks").Unit("MiB").Min(0));
     v.Field("batch", &batch, Spec("windows per forward pass").Min(1).Max(4096));
+    v.Field("uncertainty", &uncertainty,
+            Spec("entropy = also write <input>.uncertainty.ome.zarr: float16 z, y, x, the per-voxel entropy of the "
+                 "class probabilities / log(classes) (log 2 for one sigmoid channel), 0 certain .. 1 uniform; "
+                 "ome-zarr only"));
+  }
+};
+
+// The annotation loop (docs/evaluation.md "The annotation loop"): rounds of
+// fine-tune -> score on data.test_dataset -> predict the pool with its
+// uncertainty -> choose blocks -> label them (the simulated annotator reveals
+// pool_labels there) -> add them to the labelled dataset as a new version.
+// Every round fine-tunes finetune.iters from the previous round's model
+// (round 0 from finetune.init) on all blocks labelled so far.
+struct LoopConfig {
+  std::string pool;
+  std::string pool_labels;
+  SelectionStrategy strategy = SelectionStrategy::kUncertainty;
+  int rounds = 4;
+  int initial_blocks = 4;
+  int blocks_per_round = 4;
+  int block = 0;
+  double min_distance = 0;
+  double overlap = 0.5;
+  template <class V>
+  void Visit(V& v) {
+    v.Field("pool", &pool,
+            Spec("required: the unlabelled volume blocks are chosen from (any infer input; relative: from the store)"));
+    v.Field("pool_labels", &pool_labels,
+            Spec("required: the pool's ground truth, same shape: the simulated annotator reveals it in the chosen "
+                 "blocks only"));
+    v.Field("strategy", &strategy,
+            Spec("uncertainty = highest mean entropy with the diversity rule; random = uniform; "
+                 "uncertainty-nodiversity = highest mean entropy, blocks may be adjacent"));
+    v.Field("rounds", &rounds, Spec("fine-tune rounds (each scored on data.test_dataset)").Min(1).Max(100));
+    v.Field("initial_blocks", &initial_blocks,
+            Spec("blocks labelled before round 0, chosen at random (the same for every strategy at one seed)").Min(1));
+    v.Field("blocks_per_round", &blocks_per_round, Spec("blocks labelled after each round but the last").Min(1));
+    v.Field("block", &block, Spec("block side on an xy plane; 0 = model.image_size").Unit("voxels").Min(0));
+    v.Field("min_distance", &min_distance,
+            Spec("diversity rule: block centres at least this far apart (z, y, x); 0 = the block side").Unit("voxels").Min(0));
+    v.Field("overlap", &overlap, Spec("sliding-window overlap predicting the pool").Min(0).Max(0.95));
   }
 };
 
@@ -372,6 +438,7 @@ struct StudyConfig {
   std::vector<double> eval_at;  // whole numbers (checked)
   std::vector<std::string> datasets;
   std::vector<std::string> set;
+  std::vector<std::string> strategies;
   template <class V>
   void Visit(V& v) {
     v.Field("inits", &inits, Spec("finetune.init of each arm: 'random' or any weights finetune.init accepts"));
@@ -382,6 +449,10 @@ struct StudyConfig {
     v.Field("datasets", &datasets,
             Spec("optional grid axis: each child trains on data.dataset=<d> and is scored on <d>-test; empty = data.dataset/test_dataset"));
     v.Field("set", &set, Spec("--set-style overrides (key.path=value) applied to every child"));
+    v.Field("strategies", &strategies,
+            Spec("a loop study: its arms are these loop.strategy values, each child a kind: loop job (the file's loop "
+                 "section), scored after every round at its blocks labelled; inits at most one, eval_at unset")
+                .OneOf({"uncertainty", "random", "uncertainty-nodiversity"}));
   }
 };
 
@@ -446,6 +517,7 @@ struct JobConfig {
   InferConfig infer;
   StudyConfig study;
   ServeConfig serve;
+  LoopConfig loop;
   CheckpointConfig checkpoint;
   RuntimeConfig runtime;
 
@@ -463,6 +535,7 @@ struct JobConfig {
     v.Section("infer", &infer, "prediction (kind: infer)");
     v.Section("study", &study, "a grid of fine-tunes with their statistics (kind: study)");
     v.Section("serve", &serve, "a model server kept running (kind: serve)");
+    v.Section("loop", &loop, "the annotation loop (kind: loop)");
     v.Section("checkpoint", &checkpoint, "checkpoint retention");
     v.Section("runtime", &runtime, "device, precision and distribution");
   }

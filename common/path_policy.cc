@@ -86,8 +86,12 @@ absl::Status PathPolicy::CheckConfig(const JobConfig& c, const std::string& job_
     RETURN_IF_ERROR(Check(field, WeightsPath(value)));
     return CheckWeightsFile(field, WeightsPath(value));
   };
-  if (c.kind == JobKind::kFinetune && c.finetune.init != "random") {
+  if ((c.kind == JobKind::kFinetune || c.kind == JobKind::kLoop) && c.finetune.init != "random") {
     RETURN_IF_ERROR(weights("finetune.init", c.finetune.init));
+  }
+  if (c.kind == JobKind::kLoop) {
+    RETURN_IF_ERROR(Check("loop.pool", WeightsPath(c.loop.pool)));
+    RETURN_IF_ERROR(Check("loop.pool_labels", WeightsPath(c.loop.pool_labels)));
   }
   if (c.kind == JobKind::kEvaluate && !c.evaluate.checkpoint.empty()) {
     RETURN_IF_ERROR(weights("evaluate.checkpoint", c.evaluate.checkpoint));

@@ -285,6 +285,11 @@ std::string EncodeCheckpointState(const CheckpointState& s) {
             {"classes", s.classes}};
   if (s.mean) j["mean"] = *s.mean;
   if (s.std) j["std"] = *s.std;
+  if (!s.dataset.empty()) {
+    j["dataset"] = s.dataset;
+    j["dataset_version"] = s.dataset_version;
+    j["dataset_digest"] = s.dataset_digest;
+  }
   return j.dump(2) + "\n";
 }
 
@@ -305,6 +310,9 @@ absl::Status ReadCheckpointState(const Reader& r, CheckpointState* s) {
   RETURN_IF_ERROR(r.Get("image_size", &s->image_size, false));
   RETURN_IF_ERROR(r.Get("classes", &s->classes, false));
   RETURN_IF_ERROR(r.GetOptional("mean", &s->mean));
+  RETURN_IF_ERROR(r.Get("dataset", &s->dataset, false));
+  RETURN_IF_ERROR(r.Get("dataset_version", &s->dataset_version, false));
+  RETURN_IF_ERROR(r.Get("dataset_digest", &s->dataset_digest, false));
   return r.GetOptional("std", &s->std);
 }
 

@@ -112,6 +112,11 @@ struct CheckpointState {
   int image_size = 0;
   int classes = 1;
   std::optional<double> mean, std;  // the normalisation the run used (absent in early checkpoints)
+  // The training data as used: the dataset's directory, its version and the
+  // version's digest (common/dataset_manifest.h; absent in early checkpoints).
+  std::string dataset;
+  int dataset_version = 0;
+  std::string dataset_digest;
 };
 std::string EncodeCheckpointState(const CheckpointState& s);
 // `where` names the file in errors (DATA_LOSS for a damaged record).

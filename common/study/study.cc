@@ -41,7 +41,12 @@ absl::StatusOr<StudyPlan> PlanStudy(const std::string& yaml_text, const std::str
   const StudyConfig& st = c.study;
   StudyPlan plan;
   plan.datasets = st.datasets.empty() ? std::vector<std::string>{""} : st.datasets;
-  for (size_t i = 0; i < st.inits.size(); ++i) {
+  plan.loop = !st.strategies.empty();
+  if (plan.loop) {
+    const std::string init = st.inits.empty() ? c.finetune.init : st.inits[0];
+    for (const std::string& s : st.strategies) plan.arms.push_back({init, s, s});
+  }
+  for (size_t i = 0; i < st.inits.size() && !plan.loop; ++i) {
     plan.arms.push_back({st.inits[i], st.init_names.empty() ? st.inits[i] : st.init_names[i]});
   }
   std::set<std::string> names;
@@ -57,7 +62,9 @@ absl::StatusOr<StudyPlan> PlanStudy(const std::string& yaml_text, const std::str
     return absl::InvalidArgumentError(absl::StrCat(source, ": study.seeds: a seed appears twice"));
   }
   plan.eval_at = WholeNumbers(st.eval_at);
-  if (plan.eval_at.back() > c.finetune.iters) {
+  if (plan.loop) {
+    for (int k = 0; k < c.loop.rounds; ++k) plan.eval_at.push_back(c.loop.initial_blocks + int64_t{k} * c.loop.blocks_per_round);
+  } else if (plan.eval_at.back() > c.finetune.iters) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": study.eval_at: ", plan.eval_at.back(),
                                                    " is past finetune.iters (", c.finetune.iters, ")"));
   }
@@ -105,6 +112,12 @@ absl::StatusOr<std::string> StudyChildYaml(const std::string& yaml_text, const S
   std::vector<std::string> overrides = {"kind=finetune", absl::StrCat("seed=", child.seed),
                                         "finetune.init=" + Quoted(arm.init),
                                         "finetune.eval_at=" + StepList(plan.eval_at)};
+  if (plan.loop) {
+    overrides = {"kind=loop", absl::StrCat("seed=", child.seed), "finetune.init=" + Quoted(arm.init),
+                 "loop.strategy=" + Quoted(arm.strategy)};
+  } else {
+    root.remove("loop");
+  }
   if (!child.dataset.empty()) {
     overrides.push_back("data.dataset=" + Quoted(child.dataset));
     overrides.push_back("data.test_dataset=" + Quoted(child.dataset + "-test"));
@@ -121,7 +134,7 @@ bool StudyMetricLowerIsBetter(const std::string& metric) { return metric == "mfd
 
 bool StudyGridKey(const std::string& key, bool datasets_axis) {
   if (key == "kind" || key == "seed" || key == "finetune" || key == "finetune.init" || key == "finetune.eval_at" ||
-      key == "study" || key.rfind("study.", 0) == 0) {
+      key == "study" || key.rfind("study.", 0) == 0 || key == "loop.strategy") {
     return true;
   }
   return datasets_axis && (key == "data" || key == "data.dataset" || key == "data.test_dataset");
@@ -173,6 +186,7 @@ StudyReport AggregateStudy(const std::string& study_id, const StudyPlan& plan,
   r.arms = plan.arms;
   r.seeds = plan.seeds;
   r.eval_at = plan.eval_at;
+  if (plan.loop) r.axis = "blocks labelled";
   r.children_total = static_cast<int>(plan.children.size());
   std::map<int, const StudyChildResult*> by_index;
   for (const StudyChildResult& c : results) by_index[c.child.index] = &c;
@@ -262,8 +276,11 @@ StudyReport AggregateStudy(const std::string& study_id, const StudyPlan& plan,
   std::sort(numeric.begin(), numeric.end());  // "2" before "10"
   for (int c : numeric) r.classes.push_back(std::to_string(c));
 
-  // Tests at the last eval step, per dataset, metric, class and pair of arms.
-  const int64_t last = plan.eval_at.back();
+  // Tests at the last eval step (a loop study: at every budget), per dataset,
+  // metric, class and pair of arms.
+  std::vector<int64_t> tested = {plan.eval_at.back()};
+  if (plan.loop) tested = plan.eval_at;
+  for (const int64_t last : tested) {
   for (const std::string& d : plan.datasets) {
     for (size_t a = 0; a < plan.arms.size(); ++a) {
       for (size_t b = a + 1; b < plan.arms.size(); ++b) {
@@ -297,6 +314,7 @@ StudyReport AggregateStudy(const std::string& study_id, const StudyPlan& plan,
         }
       }
     }
+  }
   }
   return r;
 }
@@ -339,7 +357,12 @@ std::string EncodeStudyReport(const StudyReport& r) {
   j["children_succeeded"] = r.children_succeeded;
   j["datasets"] = r.datasets;
   j["arms"] = json::array();
-  for (const StudyArm& a : r.arms) j["arms"].push_back({{"init", a.init}, {"name", a.name}});
+  for (const StudyArm& a : r.arms) {
+    json arm = {{"init", a.init}, {"name", a.name}};
+    if (!a.strategy.empty()) arm["strategy"] = a.strategy;
+    j["arms"].push_back(arm);
+  }
+  j["axis"] = r.axis;
   j["seeds"] = r.seeds;
   j["eval_at"] = r.eval_at;
   j["classes"] = r.classes;
@@ -387,7 +410,10 @@ absl::StatusOr<StudyReport> DecodeStudyReport(const std::string& text, const std
     r.children_ended = j.at("children_ended").get<int>();
     r.children_succeeded = j.at("children_succeeded").get<int>();
     r.datasets = j.at("datasets").get<std::vector<std::string>>();
-    for (const json& a : j.at("arms")) r.arms.push_back({a.at("init").get<std::string>(), a.at("name").get<std::string>()});
+    for (const json& a : j.at("arms")) {
+      r.arms.push_back({a.at("init").get<std::string>(), a.at("name").get<std::string>(), a.value("strategy", "")});
+    }
+    r.axis = j.value("axis", "iteration");
     r.seeds = j.at("seeds").get<std::vector<int64_t>>();
     r.eval_at = j.at("eval_at").get<std::vector<int64_t>>();
     r.classes = j.at("classes").get<std::vector<std::string>>();

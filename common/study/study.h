@@ -27,8 +27,9 @@
 namespace retina {
 
 struct StudyArm {
-  std::string init;  // finetune.init of the arm's children
-  std::string name;  // how tables and plots call it
+  std::string init;      // finetune.init of the arm's children
+  std::string name;      // how tables and plots call it
+  std::string strategy;  // a loop study's arm: its loop.strategy ("" otherwise)
 };
 struct StudyChild {
   int index = 0;         // position in the grid: dataset-major, then arm, then seed
@@ -40,8 +41,9 @@ struct StudyPlan {
   std::vector<std::string> datasets;  // the grid's datasets; one "" when the file names one
   std::vector<StudyArm> arms;
   std::vector<int64_t> seeds;
-  std::vector<int64_t> eval_at;
+  std::vector<int64_t> eval_at;  // a loop study: the blocks labelled at each round
   std::vector<StudyChild> children;
+  bool loop = false;  // a loop study (study.strategies): kind loop children
 };
 
 // The most children one study may have (datasets x inits x seeds): the grid
@@ -57,7 +59,8 @@ absl::StatusOr<StudyPlan> PlanStudy(const std::string& yaml_text, const std::str
 // The job YAML of one child: the study file without its `study` section,
 // kind finetune, the child's seed, init, eval_at, dataset (and <dataset>-test)
 // and the study's `set` overrides; validated as a fine-tune job (errors name
-// the child).
+// the child). A loop study's child is kind loop with its arm's loop.strategy
+// (scored by the loop itself after every round).
 absl::StatusOr<std::string> StudyChildYaml(const std::string& yaml_text, const StudyPlan& plan,
                                            const StudyChild& child, const std::string& source);
 
@@ -111,7 +114,8 @@ struct StudyReport {
   std::vector<std::string> classes;  // class keys seen, "mean" first
   std::vector<StudyChildStatus> children;
   std::vector<StudyCell> cells;      // datasets x arms x eval_at
-  std::vector<StudyTest> tests;      // at the last eval step
+  std::vector<StudyTest> tests;      // at the last eval step (a loop study: at every one)
+  std::string axis = "iteration";    // what eval_at counts: "iteration", or "blocks labelled" (a loop study)
 };
 
 // Terminal job states by name.

@@ -178,14 +178,15 @@ std::string CurvesSvg(const StudyReport& r, const std::string& dataset) {
   const double xmin = 0, xmax = static_cast<double>(r.eval_at.back());
   auto px = [&](double x) { return kLeft + (x - xmin) / (xmax - xmin) * pw; };
   auto py = [&](double y) { return kTop + ph - (std::clamp(y, ymin, ymax) - ymin) / (ymax - ymin) * ph; };
-  std::string svg = SvgHeader(kW, kH, absl::StrCat("IoU against fine-tuning iterations", dataset.empty() ? "" : " — " + dataset));
+  const std::string axis = r.axis == "iteration" ? "fine-tuning iterations" : r.axis;
+  std::string svg = SvgHeader(kW, kH, absl::StrCat("IoU against ", axis, dataset.empty() ? "" : " — " + dataset));
   svg += Axes(kLeft, kTop, pw, ph, ymin, ymax, "test IoU (mean ± 1 std over seeds)");
   for (int64_t step : r.eval_at) {
     absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", px(step),
                           kTop + ph + 16, step);
   }
-  absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">iteration</text>\n", kLeft + pw / 2,
-                        kTop + ph + 36);
+  absl::StrAppendFormat(&svg, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", kLeft + pw / 2,
+                        kTop + ph + 36, r.axis);
   for (size_t a = 0; a < r.arms.size(); ++a) {
     std::vector<std::pair<double, const StudyValues*>> pts;
     for (int64_t step : r.eval_at) {
@@ -250,7 +251,9 @@ std::string BoxplotSvg(const StudyReport& r, const std::string& dataset) {
   Range(lo, hi, &ymin, &ymax);
   auto px = [&](size_t a) { return kLeft + pw * (a + 0.5) / r.arms.size(); };
   auto py = [&](double y) { return kTop + ph - (y - ymin) / (ymax - ymin) * ph; };
-  std::string svg = SvgHeader(kW, kH, absl::StrCat("IoU per seed at iteration ", step, dataset.empty() ? "" : " — " + dataset));
+  std::string svg = SvgHeader(kW, kH, absl::StrCat("IoU per seed at ", r.axis == "iteration" ? "iteration " : "",
+                                                   step, r.axis == "iteration" ? "" : " " + r.axis,
+                                                   dataset.empty() ? "" : " — " + dataset));
   svg += Axes(kLeft, kTop, pw, ph, ymin, ymax, "test IoU");
   const double half = std::min(40.0, pw / r.arms.size() / 3);
   for (size_t a = 0; a < r.arms.size(); ++a) {
@@ -298,20 +301,29 @@ std::string SvgName(const std::string& kind, const StudyReport& r, const std::st
   return absl::StrCat(kind, "-", k + 1, ".svg");
 }
 
-// The Mann-Whitney tests of dataset `d` (mean over classes), a row each.
-Table TestsTable(const StudyReport& r, const std::string& d) {
+// "iteration 200" / "12 blocks labelled": a point of the study's axis.
+std::string At(const StudyReport& r, int64_t step) {
+  return r.axis == "iteration" ? absl::StrCat("iteration ", step) : absl::StrCat(step, " ", r.axis);
+}
+
+// The Mann-Whitney tests of dataset `d` (mean over classes) at `step`, a row
+// each; `metric` "" = every metric, and then the step is not a column.
+Table TestsTable(const StudyReport& r, const std::string& d, int64_t step, const std::string& metric = "") {
   Table tests;
   tests.header = {"metric", "pair", "n", "U", "p (two-sided)", "method", "rank-biserial r", "P(a > b)", ""};
+  if (!metric.empty()) tests.header[0] = r.axis;
   for (const StudyTest& t : r.tests) {
     if (t.dataset != d || t.cls != "mean") continue;
+    if (metric.empty() ? t.step != step : t.metric != metric) continue;
     const MannWhitney& m = t.result;
     if (m.method == "none") {  // an arm without runs: nothing was tested
-      tests.rows.push_back({{MetricTitle(t.metric)}, {r.arms[t.a].name + " vs " + r.arms[t.b].name},
+      tests.rows.push_back({{metric.empty() ? MetricTitle(t.metric) : std::to_string(t.step)},
+                            {r.arms[t.a].name + " vs " + r.arms[t.b].name},
                             {absl::StrCat(m.n1, " vs ", m.n2)}, {"-"}, {"-"}, {"not tested (no runs)"}, {"-"}, {"-"},
                             {""}});
       continue;
     }
-    tests.rows.push_back({{MetricTitle(t.metric)},
+    tests.rows.push_back({{metric.empty() ? MetricTitle(t.metric) : std::to_string(t.step)},
                           {r.arms[t.a].name + " vs " + r.arms[t.b].name},
                           {absl::StrCat(m.n1, " vs ", m.n2)},
                           {absl::StrFormat("%g", m.u1)},
@@ -328,7 +340,7 @@ Table TestsTable(const StudyReport& r, const std::string& d) {
 Table CurveTable(const StudyReport& r, const std::string& d) {
   Table curve;
   curve.header = {"init"};
-  for (int64_t step : r.eval_at) curve.header.push_back(absl::StrCat("iteration ", step));
+  for (int64_t step : r.eval_at) curve.header.push_back(At(r, step));
   for (size_t a = 0; a < r.arms.size(); ++a) {
     std::vector<Cell> row = {{r.arms[a].name}};
     for (int64_t step : r.eval_at) {
@@ -359,8 +371,18 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
           XmlEscape(title) + "</h1>\n<p>" + XmlEscape(status) + "</p>\n";
   std::vector<std::string> arms;
   for (const StudyArm& a : r.arms) arms.push_back(a.name == a.init ? a.name : a.name + " (`" + a.init + "`)");
-  const std::string setup = absl::StrCat("Inits: ", absl::StrJoin(arms, ", "), ". Seeds: ", absl::StrJoin(r.seeds, ", "),
-                                         ". Scored at iterations ", absl::StrJoin(r.eval_at, ", "),
+  const bool loop = r.axis != "iteration";
+  if (loop) {
+    arms.clear();
+    for (const StudyArm& a : r.arms) arms.push_back(a.name);
+  }
+  const std::string setup = absl::StrCat(loop ? "Annotation loop; selection strategies: " : "Inits: ",
+                                         absl::StrJoin(arms, ", "),
+                                         loop && !r.arms.empty() ? " (init `" + r.arms[0].init + "`)" : "",
+                                         ". Seeds: ", absl::StrJoin(r.seeds, ", "),
+                                         loop ? ". Scored after every round, at blocks labelled "
+                                              : ". Scored at iterations ",
+                                         absl::StrJoin(r.eval_at, ", "),
                                          " on the held-out test split. Cells show the mean ± sample std of the runs; "
                                          "n is shown where runs are missing; the best mean per column is bold.");
   md += setup + "\n\n";
@@ -375,33 +397,40 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
 
     std::vector<std::pair<std::string, std::string>> summary_columns;
     for (const char* m : kStudyMetrics) summary_columns.push_back({m, "mean"});
-    const std::string t1 = absl::StrCat("At iteration ", last, " (mean over the scored classes)");
+    const std::string t1 = absl::StrCat("At ", At(r, last), " (mean over the scored classes)");
     md += "### " + t1 + "\n\n" + MarkdownTable(ScoreTable(r, d, last, summary_columns));
     html += "<h3>" + XmlEscape(t1) + "</h3>\n" + HtmlTable(ScoreTable(r, d, last, summary_columns));
     if (r.classes.size() > 2) {  // "mean" and more than one class
       std::vector<std::pair<std::string, std::string>> class_columns;
       for (size_t c = 1; c < r.classes.size(); ++c) class_columns.push_back({"iou", r.classes[c]});
-      const std::string t2 = absl::StrCat("IoU per class at iteration ", last);
+      const std::string t2 = absl::StrCat("IoU per class at ", At(r, last));
       md += "### " + t2 + "\n\n" + MarkdownTable(ScoreTable(r, d, last, class_columns));
       html += "<h3>" + XmlEscape(t2) + "</h3>\n" + HtmlTable(ScoreTable(r, d, last, class_columns));
     }
 
-    const Table tests = TestsTable(r, d);
-    const std::string t3 = absl::StrCat("Mann-Whitney U tests at iteration ", last);
+    const Table tests = TestsTable(r, d, last);
+    const std::string t3 = absl::StrCat("Mann-Whitney U tests at ", At(r, last));
     const std::string note3 = "Two-sided; exact p over every split of the runs (ties included) up to 60 runs, "
                               "the normal approximation above. * p < 0.05, ** p < 0.01, each test on its own (no "
                               "correction for the number of tests). r > 0: the first init's values are larger "
                               "(better, except for MFD, where lower is better).";
     md += "### " + t3 + "\n\n" + note3 + "\n\n" + MarkdownTable(tests);
     html += "<h3>" + XmlEscape(t3) + "</h3>\n<p>" + XmlEscape(note3) + "</p>\n" + HtmlTable(tests);
+    if (loop) {  // the claim of a loop study: IoU at equal label budgets
+      const Table budgets = TestsTable(r, d, 0, "iou");
+      const std::string t4 = "Mann-Whitney U tests of IoU at each budget";
+      md += "### " + t4 + "\n\n" + MarkdownTable(budgets);
+      html += "<h3>" + XmlEscape(t4) + "</h3>\n" + HtmlTable(budgets);
+    }
 
     const Table curve = CurveTable(r, d);
     const std::string curves = SvgName("curves", r, d), box = SvgName("boxplot", r, d);
     f.svgs[curves] = CurvesSvg(r, d);
     f.svgs[box] = BoxplotSvg(r, d);
-    md += "### IoU against iterations (Fig 3a)\n\n" + MarkdownTable(curve) + "![IoU against iterations](" + curves +
+    const std::string against = loop ? "IoU against blocks labelled" : "IoU against iterations (Fig 3a)";
+    md += "### " + against + "\n\n" + MarkdownTable(curve) + "![" + against + "](" + curves +
           ")\n\n### IoU per seed (Fig 3b)\n\n![IoU per seed](" + box + ")\n\n";
-    html += "<h3>IoU against iterations (Fig 3a)</h3>\n" + HtmlTable(curve) + f.svgs[curves] +
+    html += "<h3>" + XmlEscape(against) + "</h3>\n" + HtmlTable(curve) + f.svgs[curves] +
             "<h3>IoU per seed (Fig 3b)</h3>\n" + f.svgs[box];
 
     std::vector<std::string> missing;

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/dataset_manifest.h"
 #include "common/job_config.h"
 #include "common/path_policy.h"
 #include "common/status_macros.h"
@@ -22,6 +23,7 @@ v1::JobKind KindFromConfig(JobKind kind) {
     case JobKind::kInfer: return v1::INFER;
     case JobKind::kStudy: return v1::STUDY;
     case JobKind::kServe: return v1::SERVE;
+    case JobKind::kLoop: return v1::LOOP;
   }
   return v1::JOB_KIND_UNSPECIFIED;
 }
@@ -52,7 +54,7 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
   }
   if (!v1::JobKind_IsValid(spec->kind())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER, STUDY, SERVE)"));
+        absl::StrCat("spec.kind: unknown value ", static_cast<int>(spec->kind()), " (PRETRAIN, FINETUNE, EVALUATE, INFER, STUDY, SERVE, LOOP)"));
   }
   if (!v1::SlotType_IsValid(spec->slot_type())) {
     return absl::InvalidArgumentError(
@@ -110,6 +112,10 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     return absl::InvalidArgumentError(absl::StrCat("spec.world_size: a serve job is one server process (1), got ",
                                                    spec->world_size(), "; submit several serve jobs for more"));
   }
+  if (config->kind == JobKind::kLoop && spec->world_size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("spec.world_size: an annotation loop runs in one rank (1), got ",
+                                                   spec->world_size()));
+  }
   const PathPolicy policy(store, allowed_roots, output_roots);
   RETURN_IF_ERROR(policy.CheckConfig(*config), "spec.config_yaml");
   for (const auto& [field, name] : {std::pair<std::string, std::string>{"data.dataset", config->data.dataset},
@@ -117,7 +123,8 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
                                     {"data.test_dataset", config->data.test_dataset}}) {
     if (name.empty()) continue;
     // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
-    const std::filesystem::path dir = policy.DatasetPath(name);
+    ASSIGN_OR_RETURN(const auto ref, SplitDatasetVersion(name, "spec.config_yaml: " + field));
+    const std::filesystem::path dir = policy.DatasetPath(ref.first);
     if (!std::filesystem::exists(dir / "manifest.json") && !std::filesystem::exists(dir / "test.json")) {
       return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name, "' (",
                                                         dir.string(), "); pack it with retina-shard first"));
@@ -196,7 +203,11 @@ absl::StatusOr<std::vector<StudyChildSpec>> StudyChildSpecs(const v1::JobSpec& s
     c.index = child.index;
     v1::JobSpec& spec = c.spec;
     spec = study;
-    spec.set_kind(v1::FINETUNE);
+    spec.set_kind(plan->loop ? v1::LOOP : v1::FINETUNE);
+    if (plan->loop) {  // an annotation loop is one rank
+      spec.set_world_size(1);
+      spec.set_min_world_size(0);
+    }
     spec.set_config_yaml(*yaml);
     const std::string& arm = plan->arms[child.arm].name;
     spec.set_name(absl::StrCat(study.name().empty() ? study_id : study.name(), ": ", arm, " seed ", child.seed,

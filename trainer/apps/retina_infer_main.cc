@@ -3,7 +3,8 @@
 // normalisation, slabs and outputs).
 //
 //   retina-infer --weights WEIGHTS -i FILE|DIR|GLOB -o FILE.tif|FILE.h5|FILE.ome.zarr|DIR [--mode 2d|stack|orthoplane]
-//                [--store STORE] [--overlap F] [--mean M --std S] [--probabilities] [--device auto|cpu|cuda]
+//                [--store STORE] [--overlap F] [--mean M --std S] [--probabilities] [--uncertainty]
+//                [--device auto|cpu|cuda]
 //                [--precision fp32|bf16]
 //                [--model CONFIG] [--classes N] [--image-size S] [--scale minmax] [--memory-mb M]
 #include <cstdio>
@@ -82,6 +83,8 @@ int Main(int argc, char** argv) {
   app.add_option("--mean", f.predict.model.mean, "normalisation mean of v/255 (default: the checkpoint's)");
   app.add_option("--std", f.predict.model.std, "normalisation std (with --mean)");
   app.add_flag("--probabilities", f.predict.probabilities, "also write float32 probabilities [C, Z, Y, X] (.h5 --out)");
+  app.add_flag("--uncertainty", f.predict.uncertainty,
+               "also write <name>.uncertainty.ome.zarr: per-voxel entropy / log(classes), float16 (.ome.zarr --out)");
   app.add_option("--device", f.device, "auto = cuda when available")->check(CLI::IsMember(EnumNames<DeviceKind>()));
   app.add_option("--precision", f.precision, "fp32, or bf16 autocast (CUDA, or a CPU with AVX512-BF16/AMX)")
       ->check(CLI::IsMember({"fp32", "bf16"}));

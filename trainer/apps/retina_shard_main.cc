@@ -2,6 +2,7 @@
 //
 //   retina-shard pack --input DIR_OR_GLOB --out STORE/datasets/NAME [--size 224] ...
 //   retina-shard import --kind cremi|guay|kasthuri|perez|urocell|folder --input DIR --out ...
+//   retina-shard import --add --input BLOCKS --out STORE/datasets/NAME   (a new version of NAME)
 //   retina-shard verify|info DIR_OR_NAME [--store STORE]
 // (`retina-shard CMD --help` lists every flag.)
 #include <cstdio>
@@ -69,9 +70,33 @@ struct ImportFlags {
   std::string kind, input, out, scale, labels;
   std::optional<int> classes;
   bool isotropic = false;
+  bool add = false;
+  bool size_given = false;
 };
 
+// --add: labelled blocks as a new version of an existing dataset.
+absl::Status AddBlocks(const ImportFlags& f) {
+  if (!f.kind.empty() || f.isotropic || f.import.val_fraction > 0 || f.import.val_items > 0) {
+    return absl::InvalidArgumentError("--add takes --input, --out, --labels, --classes, --size, --scale only");
+  }
+  AddBlocksOptions a;
+  a.dataset = f.out;
+  a.input = f.input;
+  a.size = f.size_given ? f.import.size : 0;
+  a.classes = f.classes.value_or(0);
+  a.labels = f.labels == "binary" ? MaskConvention::kBinary : MaskConvention::kClassIndex;
+  a.scaling = ScalingOf(f.scale);
+  a.shard_images = f.import.shard_images;
+  ASSIGN_OR_RETURN(AddBlocksResult r, AddLabelledBlocks(a));
+  std::printf("added %lld blocks -> %lld tiles to %s: version %d, %lld tiles in all (digest %s)\n",
+              static_cast<long long>(r.blocks), static_cast<long long>(r.tiles), f.out.c_str(), r.version,
+              static_cast<long long>(r.manifest.count), r.manifest.versions.back().digest.substr(0, 12).c_str());
+  return absl::OkStatus();
+}
+
 absl::Status Import(ImportFlags f) {
+  if (f.add) return AddBlocks(f);
+  if (f.kind.empty()) return absl::InvalidArgumentError("--kind is required (or --add)");
   ImportOptions& o = f.import;
   ASSIGN_OR_RETURN(o.kind, LookupImportKind(f.kind));
   const bool folder = o.kind.name == "folder";
@@ -100,20 +125,24 @@ absl::Status Import(ImportFlags f) {
 
 void AddImportFlags(CLI::App* cmd, ImportFlags* f) {
   cmd->add_option("--kind", f->kind, "the benchmark's layout")
-      ->check(CLI::IsMember({"cremi", "guay", "kasthuri", "perez", "urocell", "folder"}))
-      ->required();
-  cmd->add_option("--input", f->input, "the benchmark's directory")->required();
+      ->check(CLI::IsMember({"cremi", "guay", "kasthuri", "perez", "urocell", "folder"}));
+  cmd->add_option("--input", f->input, "the benchmark's directory (--add: BLOCKS/images, BLOCKS/masks)")->required();
   cmd->add_option("--out", f->out, "STORE/datasets/NAME (also NAME-test, and NAME-val with a validation split)")
       ->required();
-  cmd->add_option("--size", f->import.size, "tile side, pixels")->check(kPositiveInt);
+  cmd->add_flag("--add", f->add,
+                "append labelled blocks to the dataset --out as a new version (created when absent; earlier versions "
+                "are never changed)");
+  cmd->add_option("--size", f->import.size, "tile side, pixels")->check(kPositiveInt)->each([f](const std::string&) {
+    f->size_given = true;
+  });
   cmd->add_option("--shard-images", f->import.shard_images, "tiles per shard (at least)")->check(kPositiveInt);
   cmd->add_option("--scale", f->scale, "minmax: rescale non-8-bit images")->check(CLI::IsMember({"minmax"}));
   cmd->add_option("--val-fraction", f->import.val_fraction, "of the training xy slices, held out as NAME-val")
       ->check(CLI::Range(0.0, 0.999999));
   cmd->add_option("--val-items", f->import.val_items, "or this many xy slices (not both)")->check(kNonNegativeInt);
-  cmd->add_option("--labels", f->labels, "folder only: binary masks, or class indices")
+  cmd->add_option("--labels", f->labels, "folder and --add: binary masks, or class indices (--add's default)")
       ->check(CLI::IsMember({"binary", "index"}));
-  cmd->add_option("--classes", f->classes, "folder only: classes incl. background")->check(CLI::Range(2, 255));
+  cmd->add_option("--classes", f->classes, "folder and --add: classes incl. background")->check(CLI::Range(2, 255));
   cmd->add_flag("--isotropic", f->isotropic, "folder only: slice training volumes along all three axes");
 }
 

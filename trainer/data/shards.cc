@@ -191,8 +191,9 @@ absl::StatusOr<fs::path> ResolveDataset(const std::string& name, const fs::path&
   return StoreLayout(store).DatasetDir(name);
 }
 
-absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::path& dir, bool verify) {
-  ASSIGN_OR_RETURN(DatasetManifest manifest, DatasetManifest::Load(dir));
+absl::StatusOr<std::unique_ptr<ShardedDataset>> ShardedDataset::Open(const fs::path& dir, bool verify, int version) {
+  ASSIGN_OR_RETURN(DatasetManifest all, DatasetManifest::Load(dir));
+  ASSIGN_OR_RETURN(DatasetManifest manifest, all.AtVersion(version), dir.string());
   // Each shard the manifest names (its "file", resolved after symlinks)
   // through the read scope before anything opens it.
   for (const ShardInfo& info : manifest.shards) {

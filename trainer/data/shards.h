@@ -64,7 +64,9 @@ class ShardedDataset {
  public:
   // Opens datasets/<name> (a directory). With verify, every shard's SHA-256
   // is checked first and every sample's CRC-32 after (reads everything twice).
-  static absl::StatusOr<std::unique_ptr<ShardedDataset>> Open(const std::filesystem::path& dir, bool verify);
+  // `version`: the dataset as of that version (0 = latest; dataset_manifest.h).
+  static absl::StatusOr<std::unique_ptr<ShardedDataset>> Open(const std::filesystem::path& dir, bool verify,
+                                                               int version = 0);
 
   const DatasetManifest& manifest() const { return manifest_; }
   int64_t size() const { return manifest_.count; }

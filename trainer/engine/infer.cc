@@ -228,6 +228,7 @@ absl::Status InferJob::PlanInputs() {
   ASSIGN_OR_RETURN(zo.compressor, ParseZarrCompressor(c.compressor, "infer.compressor"));
   zo.levels = c.levels;
   zo.probabilities = c.probabilities;
+  zo.uncertainty = c.uncertainty == UncertaintyOutput::kEntropy;
   const IntensityScaling scaling = c.intensity == "minmax" ? IntensityScaling::kMinMax : IntensityScaling::kRequireUInt8;
   for (const InferInput& in : expanded) {
     PlannedInput p;
@@ -240,11 +241,12 @@ absl::Status InferJob::PlanInputs() {
       if (Volume(p.shape) == 0) return absl::InvalidArgumentError(absl::StrCat("infer.inputs: ", in.spec, ": empty"));
     }
     const double overlap = c.overlap.value_or(p.shape[0] > 1 ? 0.7 : 0.5);
-    const Json settings = {{"input", in.spec},       {"shape", p.shape},         {"weights", weights.sha256},
+    Json settings = {{"input", in.spec},       {"shape", p.shape},         {"weights", weights.sha256},
                            {"mode", EnumName(c.mode)}, {"overlap", overlap},     {"mean", model_.mean},
                            {"std", model_.std},      {"chunks", c.chunks},       {"levels", c.levels},
                            {"format", EnumName(c.format)}, {"probabilities", EnumName(c.probabilities)},
                            {"compressor", c.compressor}, {"window", model_.config.image_size}};
+    if (zo.uncertainty) settings["uncertainty"] = EnumName(c.uncertainty);
     p.fingerprint = Sha256Hex(settings.dump());
     if (c.format == InferFormat::kOmeZarr) {
       ASSIGN_OR_RETURN(p.zarr, ZarrPrediction::Plan(out_dir_ / (in.name + ".ome.zarr"), p.shape, p.spacing, p.unit,
@@ -440,6 +442,7 @@ absl::Status InferJob::WriteSummary(double seconds) const {
       if (config_.infer.probabilities != ProbabilityOutput::kNone) {
         item["probabilities"] = p.zarr->probabilities_dir().string();
       }
+      if (config_.infer.uncertainty != UncertaintyOutput::kNone) item["uncertainty"] = p.zarr->uncertainty_dir().string();
     } else {
       item["labels"] = p.file.string();
     }

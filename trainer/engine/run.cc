@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "common/store_layout.h"
 #include "common/read_scope.h"
+#include "trainer/engine/loop.h"
 #include "trainer/engine/evaluate.h"
 #include "trainer/engine/infer.h"
 #include "trainer/engine/trainer.h"
@@ -52,6 +53,7 @@ absl::StatusOr<RunOutcome> RunJob(const JobConfig& given, const RunOptions& o) {
   RETURN_IF_ERROR(ClaimAttempt(StoreLayout(o.store), o.job_id, o.attempt));
   if (config.kind == JobKind::kEvaluate) return RunEvaluation(config, o);
   if (config.kind == JobKind::kInfer) return RunInfer(config, o);
+  if (config.kind == JobKind::kLoop) return RunLoop(config, o);
   ASSIGN_OR_RETURN(std::unique_ptr<Trainer> trainer, Trainer::Create(config, o));
   return trainer->Run();
 }

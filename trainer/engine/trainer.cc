@@ -100,8 +100,10 @@ absl::StatusOr<std::unique_ptr<Trainer>> Trainer::Create(const JobConfig& config
 
 // Data, checked before anything trains.
 absl::Status Trainer::SetUpData() {
-  ASSIGN_OR_RETURN(fs::path data_dir, ResolveDataset(config_.data.dataset, options_.store, "data.dataset"));
-  ASSIGN_OR_RETURN(data_, ShardedDataset::Open(data_dir, /*verify=*/false), "data.dataset");
+  ASSIGN_OR_RETURN(const auto dataset_ref, SplitDatasetVersion(config_.data.dataset, "data.dataset"));
+  ASSIGN_OR_RETURN(fs::path data_dir, ResolveDataset(dataset_ref.first, options_.store, "data.dataset"));
+  ASSIGN_OR_RETURN(data_, ShardedDataset::Open(data_dir, /*verify=*/false, dataset_ref.second), "data.dataset");
+  dataset_dir_ = data_dir.string();
   if (!pretrain_ && !data_->labelled()) {
     return absl::FailedPreconditionError(
         absl::StrCat("data.dataset: ", data_dir.string(), " has no masks (fine-tuning needs labelled data)"));
@@ -152,8 +154,14 @@ absl::Status Trainer::SetUpModel() {
   if (!pretrain_ && f.init != "random") {
     ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(f.init, options_.store, "finetune.init"));
     ASSIGN_OR_RETURN(StateDict weights, ReadWeights(source, model_config_), "finetune.init");
-    ASSIGN_OR_RETURN(LoadReport report, TransferPretrained(*model_, std::move(weights), f.freeze_encoder),
-                     "finetune.init " + f.init);
+    LoadReport report;
+    if (f.init_whole) {  // a fine-tune continued: every tensor, strictly
+      ASSIGN_OR_RETURN(report, LoadStateDict(*model_, std::move(weights)), "finetune.init " + f.init);
+      if (f.freeze_encoder) FreezeEncoder(*model_);
+    } else {
+      ASSIGN_OR_RETURN(report, TransferPretrained(*model_, std::move(weights), f.freeze_encoder),
+                       "finetune.init " + f.init);
+    }
     RETINA_LOG(Info) << "transferred " << report.loaded.size() << " tensors from " << f.init
                      << (f.freeze_encoder ? "; transformer.encoder frozen" : "");
   }
@@ -402,6 +410,11 @@ absl::Status Trainer::Save(std::optional<double> score) {
   s.classes = pretrain_ ? 1 : config_.model.classes;
   s.mean = mean_;
   s.std = std_;
+  if (data_ != nullptr) {
+    s.dataset = dataset_dir_;
+    s.dataset_version = data_->manifest().latest_version();
+    s.dataset_digest = data_->manifest().VersionDigest(static_cast<int64_t>(data_->manifest().shards.size()));
+  }
   RETURN_IF_ERROR(w.WriteFile(StoreLayout::kCheckpointState, EncodeCheckpointState(s)));
   if (score) w.SetScore(*score);
   if (static const std::optional<int64_t> stall = FaultValue(Fault::kCheckpointStallBeforeCommitMs); stall) {

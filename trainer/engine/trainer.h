@@ -76,6 +76,7 @@ class Trainer {
   int bn_group_ranks_ = 1;    // BatchNorm groups: this many consecutive ranks (batch_norm.h)
   std::optional<ResizedEvent> resized_;  // resumed at another size than the checkpoint's
   std::unique_ptr<ShardedDataset> data_, val_;
+  std::string dataset_dir_;  // data.dataset resolved (recorded in state.json with its version)
   double mean_ = 0, std_ = 1;
   std::unique_ptr<Communicator> comm_;
   TransUNetConfig model_config_;

@@ -94,6 +94,14 @@ torch::Tensor LogitsToProbabilities(const torch::Tensor& logits) {
   return logits.size(0) == 1 ? torch::sigmoid(logits) : torch::softmax(logits, 0);
 }
 
+torch::Tensor NormalisedEntropy(const torch::Tensor& probabilities) {
+  const torch::Tensor p = probabilities.size(0) == 1
+                              ? torch::cat({1.0 - probabilities, probabilities}, 0)
+                              : probabilities;
+  const torch::Tensor terms = torch::where(p > 0, p * torch::log(p), torch::zeros_like(p));
+  return (-terms.sum(0) / std::log(static_cast<double>(p.size(0)))).clamp_(0.0, 1.0);
+}
+
 namespace {
 
 torch::Tensor Labels(const torch::Tensor& probs) {  // [C, ...] -> uint8 [...]

@@ -67,6 +67,12 @@ std::pair<int64_t, int64_t> SlidingWindowRowsNeeded(int64_t full_h, int64_t r0, 
 // Sigmoid for one channel, softmax otherwise.
 torch::Tensor LogitsToProbabilities(const torch::Tensor& logits);
 
+// The uncertainty map (infer.uncertainty: entropy): probabilities [C, ...]
+// -> [...] float, H(p) / log(C) with H(p) = -sum_c p_c log p_c (0 log 0 = 0);
+// one sigmoid channel p counts as the two classes (1 - p, p), divided by
+// log 2. 0 where the model is certain, 1 where every class is equally likely.
+torch::Tensor NormalisedEntropy(const torch::Tensor& probabilities);
+
 // The job file's prediction mode (common/job_config.h). 2d predicts as a
 // stack, plane by plane; only its scoring differs (IoU per plane).
 using VolumeMode = PredictionMode;

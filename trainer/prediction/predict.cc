@@ -81,9 +81,10 @@ absl::StatusOr<VolumeStreamStats> PredictZarr(SegmentationModel& m, PlaneReader&
                                               int64_t memory_bytes) {
   ZarrPredictionOptions zo;
   zo.probabilities = o.probabilities ? ProbabilityOutput::kFloat32 : ProbabilityOutput::kNone;
+  zo.uncertainty = o.uncertainty;
   const std::string fingerprint = Sha256Hex(absl::StrCat(m.weights_file.string(), "|", o.input, "|",
                                                          PredictionModeName(o.mode), "|", so.overlap, "|", m.mean, "|",
-                                                         m.std, "|", o.probabilities));
+                                                         m.std, "|", o.probabilities, o.uncertainty ? "|entropy" : ""));
   ASSIGN_OR_RETURN(std::unique_ptr<ZarrPrediction> z,
                    ZarrPrediction::Plan(dir, in.shape(), in.spacing(), in.has_spacing() ? in.unit() : "",
                                         m.config.num_classes, zo, "retina-infer", fingerprint));
@@ -159,6 +160,7 @@ absl::StatusOr<PredictFileReport> PredictFile(const PredictFileOptions& o) {
     return absl::InvalidArgumentError("--out: write .tif/.tiff, .h5 or .ome.zarr, got '" + o.out + "'");
   }
   if (o.probabilities && !h5 && !zarr) return absl::InvalidArgumentError("--probabilities needs an .h5 or .ome.zarr --out");
+  if (o.uncertainty && !zarr) return absl::InvalidArgumentError("--uncertainty needs an .ome.zarr --out");
   const int memory_mb = o.memory_mb.value_or(DefaultMemoryMb());
   if (memory_mb < 1) return absl::InvalidArgumentError("--memory-mb must be >= 1");
   if (o.overlap && (*o.overlap < 0 || *o.overlap >= 1)) return absl::InvalidArgumentError("--overlap must be in [0, 1)");

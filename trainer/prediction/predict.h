@@ -61,6 +61,7 @@ struct PredictFileOptions {
   PredictionMode mode = PredictionMode::kStack;
   std::optional<double> overlap;  // default 0.7 for volumes, 0.5 for 2D images (METHOD.md)
   bool probabilities = false;     // needs an .h5 out
+  bool uncertainty = false;       // <name>.uncertainty.ome.zarr beside an .ome.zarr out (NormalisedEntropy)
   DeviceKind device = DeviceKind::kAuto;
   Precision precision = Precision::kFp32;  // fp32, or bf16 autocast (CUDA, or a CPU with bf16 units)
   IntensityScaling scaling = IntensityScaling::kRequireUInt8;

@@ -19,13 +19,14 @@ namespace {
 constexpr const char* kOwnerFile = ".retina/job.json";
 constexpr const char* kDoneDir = ".retina/done";
 
-fs::path SiblingProbabilities(const fs::path& dir) {
+// <name>.ome.zarr -> <name>.<what>.ome.zarr beside it.
+fs::path Sibling(const fs::path& dir, const std::string& what) {
   std::string name = dir.filename().string();
   const std::string suffix = ".ome.zarr";
   if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
     name.resize(name.size() - suffix.size());
   }
-  return dir.parent_path() / (name + ".probabilities.ome.zarr");
+  return dir.parent_path() / (name + "." + what + ".ome.zarr");
 }
 
 // Collects the planes PredictVolumeStreaming appends for one chunk row.
@@ -122,8 +123,17 @@ absl::StatusOr<std::unique_ptr<ZarrPrediction>> ZarrPrediction::Plan(const fs::p
     m.compressor = o.compressor;
     m.level = o.level;
   }
+  if (o.uncertainty) {
+    ZarrArrayMeta& m = p->uncertainty_;
+    m.shape = p->meta_[0].shape;
+    m.chunks = p->meta_[0].chunks;
+    m.dtype = DType::kFloat32;
+    m.half = true;
+    m.compressor = o.compressor;
+    m.level = o.level;
+  }
   // What is there already.
-  for (const fs::path& d : {dir, p->probabilities_dir()}) {
+  for (const fs::path& d : {dir, p->probabilities_dir(), p->uncertainty_dir()}) {
     std::error_code ec;
     if (!fs::exists(d, ec)) continue;
     if (fs::is_directory(d, ec) && fs::is_empty(d, ec)) continue;
@@ -147,7 +157,8 @@ absl::StatusOr<std::unique_ptr<ZarrPrediction>> ZarrPrediction::Plan(const fs::p
   return p;
 }
 
-fs::path ZarrPrediction::probabilities_dir() const { return SiblingProbabilities(dir_); }
+fs::path ZarrPrediction::probabilities_dir() const { return Sibling(dir_, "probabilities"); }
+fs::path ZarrPrediction::uncertainty_dir() const { return Sibling(dir_, "uncertainty"); }
 
 absl::Status ZarrPrediction::Prepare() const {
   RETURN_IF_ERROR(CreateDirectories(dir_ / kDoneDir));
@@ -158,6 +169,11 @@ absl::Status ZarrPrediction::Prepare() const {
     RETURN_IF_ERROR(CreateDirectories(probabilities_dir() / ".retina"));
     RETURN_IF_ERROR(WriteFileAtomic(probabilities_dir() / kOwnerFile, owner.dump(2) + "\n"));
     RETURN_IF_ERROR(CreateZarrArray(probabilities_dir() / "0", probabilities_));
+  }
+  if (options_.uncertainty) {
+    RETURN_IF_ERROR(CreateDirectories(uncertainty_dir() / ".retina"));
+    RETURN_IF_ERROR(WriteFileAtomic(uncertainty_dir() / kOwnerFile, owner.dump(2) + "\n"));
+    RETURN_IF_ERROR(CreateZarrArray(uncertainty_dir() / "0", uncertainty_));
   }
   return absl::OkStatus();
 }
@@ -188,13 +204,14 @@ absl::Status ZarrPrediction::PredictRow(int64_t row, PlaneReader& in, const RowP
   const int64_t z0 = row * m.chunks[0], z1 = std::min(m.shape[0], z0 + m.chunks[0]), n = z1 - z0;
   const int64_t Y = m.shape[1], X = m.shape[2];
   const bool probs = options_.probabilities != ProbabilityOutput::kNone;
-  RowSink sink(n, Y * X, probs ? classes_ : 0);
+  const bool keep = probs || options_.uncertainty;  // the uncertainty comes from the probabilities
+  RowSink sink(n, Y * X, keep ? classes_ : 0);
   // The row's own buffers come out of the budget; the rest sizes the slabs.
-  const int64_t held = n * Y * X * (1 + (probs ? 4 * classes_ : 0));
+  const int64_t held = n * Y * X * (1 + (keep ? 4 * classes_ : 0) + (options_.uncertainty ? 2 : 0));
   const int64_t slab = SlabPlanesForBudget({m.shape[0], Y, X}, classes_, p.mode, p.window,
                                            std::max<int64_t>(p.memory_bytes - held, 1));
   ASSIGN_OR_RETURN(VolumeStreamStats s, PredictVolumeStreaming(p.forward, in, p.mean, p.std, p.mode, p.window, slab,
-                                                               probs, sink, nullptr, {z0, z1}));
+                                                               keep, sink, nullptr, {z0, z1}));
   if (stats != nullptr) {
     stats->slabs += s.slabs;
     stats->slab_planes = std::max(stats->slab_planes, s.slab_planes);
@@ -206,6 +223,10 @@ absl::Status ZarrPrediction::PredictRow(int64_t row, PlaneReader& in, const RowP
     const torch::Tensor stored = StoredProbabilities(sink.probabilities(), options_.probabilities);
     RETURN_IF_ERROR(WriteZarrRegion(probabilities_dir() / "0", probabilities_, {0, z0, 0, 0}, {classes_, n, Y, X},
                                     stored.data_ptr()));
+  }
+  if (options_.uncertainty) {
+    const torch::Tensor u = NormalisedEntropy(sink.probabilities()).to(torch::kHalf).contiguous();  // [n, Y * X]
+    RETURN_IF_ERROR(WriteZarrRegion(uncertainty_dir() / "0", uncertainty_, {z0, 0, 0}, {n, Y, X}, u.data_ptr()));
   }
   // The marker last: a row without one is predicted again.
   return WriteFileAtomic(dir_ / kDoneDir / std::to_string(row), absl::StrCat(z0, " ", z1, "\n"));
@@ -235,6 +256,13 @@ absl::Status ZarrPrediction::Finish() const {
     probs.axes.insert(probs.axes.end(), space.begin(), space.end());
     probs.levels = {{"0", {1.0, spacing_[0], spacing_[1], spacing_[2]}}};
     RETURN_IF_ERROR(WriteOmeZarrImage(probabilities_dir(), probs));
+  }
+  if (options_.uncertainty) {
+    OmeImage u;
+    u.name = name + " uncertainty";
+    u.axes = space;
+    u.levels = {{"0", {spacing_[0], spacing_[1], spacing_[2]}}};
+    RETURN_IF_ERROR(WriteOmeZarrImage(uncertainty_dir(), u));
   }
   OmeImage labels;
   labels.name = name;

@@ -9,6 +9,9 @@
 //     .retina/done/<row>            completion marker of level-0 chunk row
 //   <name>.probabilities.ome.zarr/  [c, z, y, x] per-class probabilities
 //                                   (uint8 round(255 p), float16 or float32)
+//   <name>.uncertainty.ome.zarr/    [z, y, x] float16 NormalisedEntropy of the
+//                                   probabilities (infer.uncertainty: entropy),
+//                                   the labels' level-0 chunks, spacing and unit
 //
 // Work: a chunk row is the level-0 planes [row * cz, (row + 1) * cz), every
 // y/x chunk of them. Rows are dealt to ranks round-robin; a rank predicts its
@@ -41,6 +44,7 @@ struct ZarrPredictionOptions {
   int level = 1;                 // compression level
   int levels = 0;                // pyramid levels incl. level 0; 0 = until y and x fit one chunk
   ProbabilityOutput probabilities = ProbabilityOutput::kNone;
+  bool uncertainty = false;      // <name>.uncertainty.ome.zarr
 };
 
 // What a row's prediction needs besides the input.
@@ -87,6 +91,7 @@ class ZarrPrediction {
 
   const std::filesystem::path& dir() const { return dir_; }
   std::filesystem::path probabilities_dir() const;
+  std::filesystem::path uncertainty_dir() const;
   const std::vector<ZarrArrayMeta>& level_meta() const { return meta_; }
 
  private:
@@ -99,7 +104,7 @@ class ZarrPrediction {
   std::string job_, fingerprint_;
   std::vector<ZarrArrayMeta> meta_;            // labels, one per level
   std::vector<std::array<int, 3>> factors_;    // level l from l - 1 (factors_[0] = {1, 1, 1})
-  ZarrArrayMeta probabilities_;
+  ZarrArrayMeta probabilities_, uncertainty_;
 };
 
 // The levels' shapes and downsampling factors for a volume of `shape`:

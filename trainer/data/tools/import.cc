@@ -154,6 +154,7 @@ class TileSet {
   TileSet(fs::path dir, const ImportOptions& o) : dir_(std::move(dir)), o_(o) {
     m_.name = dir_.filename().string();
     m_.labelled = true;
+    m_.classes = o.kind.classes;
     m_.height = m_.width = o.size;
     m_.source = absl::StrCat(o.input.string(), " (", o.kind.name, ")");
     current_.height = current_.width = o.size;
@@ -316,6 +317,114 @@ absl::StatusOr<ImportResult> ImportBenchmark(const ImportOptions& o) {
   // The training manifest last: the import is complete when it exists.
   RETURN_IF_ERROR(WriteFileAtomic(o.out / DatasetManifest::kFileName, m.ToJson()));
   return result;
+}
+
+absl::StatusOr<AddBlocksResult> AddLabelledBlocks(const AddBlocksOptions& a) {
+  DatasetManifest m;
+  const bool exists = fs::exists(a.dataset / DatasetManifest::kFileName);
+  if (exists) {
+    ASSIGN_OR_RETURN(m, DatasetManifest::Load(a.dataset));
+    if (!m.labelled) return absl::FailedPreconditionError(a.dataset.string() + ": not a labelled dataset");
+    if (a.size != 0 && a.size != m.height) {
+      return absl::InvalidArgumentError(absl::StrCat("--size: ", a.size, " but ", a.dataset.string(), " has tiles of ",
+                                                     m.height, "x", m.width));
+    }
+    if (m.classes == 0 && a.classes == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(a.dataset.string(),
+                                                     ": its manifest does not say how many classes; give --classes"));
+    }
+    if (m.classes != 0 && a.classes != 0 && a.classes != m.classes) {
+      return absl::InvalidArgumentError(absl::StrCat("--classes: ", a.classes, " but ", a.dataset.string(), " has ",
+                                                     m.classes));
+    }
+    if (m.classes == 0) m.classes = a.classes;
+    if (m.versions.empty()) {  // a dataset from before versions: all of it is version 1
+      m.versions.push_back({1, static_cast<int64_t>(m.shards.size()), m.count, m.mean, m.std,
+                            m.VersionDigest(static_cast<int64_t>(m.shards.size())), m.source});
+    }
+  } else {
+    if (a.size <= 0 || a.classes < 2) {
+      return absl::InvalidArgumentError(absl::StrCat(a.dataset.string(),
+                                                     ": a new dataset needs --size and --classes (at least 2)"));
+    }
+    m.name = a.dataset.filename().string();
+    m.labelled = true;
+    m.height = m.width = a.size;
+    m.classes = a.classes;
+    m.source = a.input.string();
+  }
+  // Every block is read and checked before anything is written.
+  ImportOptions o;
+  o.kind = {"blocks", a.labels, false, m.classes};
+  o.input = a.input;
+  o.size = static_cast<int>(m.height);
+  o.scaling = a.scaling;
+  std::vector<Pair> pairs;
+  {
+    ASSIGN_OR_RETURN(std::vector<std::string> images, ListInputs((a.input / "images").string()), "--input");
+    for (const std::string& image : images) {
+      const fs::path rel = fs::relative(image, a.input / "images");
+      const fs::path mask = a.input / "masks" / rel;
+      if (!fs::exists(mask)) {
+        return absl::NotFoundError(absl::StrCat(image, ": no mask ", mask.string(), " (masks must have the image's name)"));
+      }
+      ASSIGN_OR_RETURN(Pair p, LoadPair(image, mask.string(), o, rel.string()), image);
+      if (p.image.shape[1] < m.height || p.image.shape[2] < m.width) {
+        return absl::InvalidArgumentError(absl::StrCat(image, ": a block of ", p.image.shape[1], "x", p.image.shape[2],
+                                                       " is smaller than the dataset's tiles (", m.height, "x", m.width,
+                                                       "); label blocks at least that large"));
+      }
+      pairs.push_back(std::move(p));
+    }
+  }
+  if (pairs.empty()) return absl::NotFoundError(absl::StrCat((a.input / "images").string(), ": no labelled blocks"));
+  RETURN_IF_ERROR(CreateDirectories(a.dataset));
+  AddBlocksResult r;
+  ShardContents current;
+  current.height = current.width = m.height;
+  uint64_t sum = 0, sum_sq = 0, pixels = 0;
+  auto flush = [&]() -> absl::Status {
+    char name[32];
+    std::snprintf(name, sizeof(name), "shard-%05zu.h5", m.shards.size());
+    if (fs::exists(a.dataset / name)) {  // never overwrite: a leftover of an interrupted --add is not ours to reuse
+      return absl::AlreadyExistsError(absl::StrCat((a.dataset / name).string(),
+                                                   " exists but is not in the manifest (an interrupted --add?); "
+                                                   "remove it and retry"));
+    }
+    ASSIGN_OR_RETURN(ShardInfo info, WriteShard(a.dataset / name, current));
+    m.shards.push_back(info);
+    m.count += info.count;
+    r.tiles += info.count;
+    current.images.clear();
+    current.masks.clear();
+    current.names.clear();
+    return absl::OkStatus();
+  };
+  for (const Pair& p : pairs) {
+    for (int64_t z = 0; z < p.image.shape[0]; ++z) {
+      const Plane plane = Slice(p, 0, z);
+      for (uint8_t v : plane.image) {
+        sum += v;
+        sum_sq += static_cast<uint64_t>(v) * v;
+      }
+      pixels += plane.image.size();
+      AppendTiles(plane, m.height, p.image.shape[0] > 1 ? absl::StrCat(p.name, ":xy", z) : p.name, &current);
+      if (current.count() >= a.shard_images) RETURN_IF_ERROR(flush());
+    }
+    ++r.blocks;
+  }
+  if (current.count() > 0) RETURN_IF_ERROR(flush());
+  if (!exists) {
+    m.mean = static_cast<double>(sum) / pixels / 255.0;
+    m.std = std::sqrt(std::max(0.0, static_cast<double>(sum_sq) / pixels / (255.0 * 255.0) - m.mean * m.mean));
+  }
+  r.version = m.versions.empty() ? 1 : m.versions.back().version + 1;
+  m.versions.push_back({r.version, static_cast<int64_t>(m.shards.size()), m.count, m.mean, m.std,
+                        m.VersionDigest(static_cast<int64_t>(m.shards.size())),
+                        absl::StrCat(a.input.string(), " (", r.blocks, " blocks)")});
+  RETURN_IF_ERROR(WriteFileAtomic(a.dataset / DatasetManifest::kFileName, m.ToJson()));
+  r.manifest = std::move(m);
+  return r;
 }
 
 }  // namespace retina::trainer

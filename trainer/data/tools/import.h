@@ -61,4 +61,34 @@ struct ImportResult {
 
 absl::StatusOr<ImportResult> ImportBenchmark(const ImportOptions& options);
 
+// retina-shard import --add: a person's labelled blocks appended to a
+// labelled dataset as a new version (common/dataset_manifest.h "Versions").
+//
+// Input: DIR/images/<name>, DIR/masks/<name> (same names): 2D blocks, or
+// stacks of xy blocks, cut into the dataset's tiles like `import`. Every pair
+// is checked before anything is written, and refused naming its file when
+// the mask's shape differs from the image's, the image is not 8-bit (without
+// minmax scaling), the mask is not integer or holds a class the dataset does
+// not have, or the block is smaller than the dataset's tiles in y or x. New
+// tiles go to new shard files; no earlier shard is touched, and the
+// manifest (the new version last) is replaced atomically. The normalisation
+// stays the first version's, so a model continued on a later version sees
+// inputs scaled as before. A dataset that does not exist is created, its
+// version 1 the blocks (then `size` and `classes` are required).
+struct AddBlocksOptions {
+  std::filesystem::path dataset;
+  std::filesystem::path input;
+  int size = 0;     // a new dataset's tile side (an existing one's must match or be 0)
+  int classes = 0;  // incl. background: a new dataset's; 0 = the manifest's
+  MaskConvention labels = MaskConvention::kClassIndex;
+  IntensityScaling scaling = IntensityScaling::kRequireUInt8;
+  int shard_images = 1024;
+};
+struct AddBlocksResult {
+  DatasetManifest manifest;  // the whole dataset after the addition
+  int version = 0;
+  int64_t blocks = 0, tiles = 0;
+};
+absl::StatusOr<AddBlocksResult> AddLabelledBlocks(const AddBlocksOptions& options);
+
 }  // namespace retina::trainer
