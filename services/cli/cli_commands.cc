@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/cli.h"
+#include "common/exec_image.h"
 #include "common/file_util.h"
 #include "common/job_config.h"
 #include "common/progress.h"
@@ -499,6 +500,14 @@ void AddInspectCommands(Cli& cli, const ConnectFlags* flags, InspectFlags* f) {
 }  // namespace
 
 int RunCli(const std::vector<std::string>& args) {
+  // `retina suggest ...` is retina-suggest: it reads an infer job's outputs in
+  // the store, with the trainer's readers, which this client does not link.
+  if (!args.empty() && args[0] == "suggest") {
+    const std::string why = ExecBesideSelf("retina-suggest", {args.begin() + 1, args.end()}, {"trainer"});
+    std::fprintf(stderr, "retina suggest: cannot run retina-suggest (%s); install it beside retina or on PATH\n",
+                 why.c_str());
+    return 1;
+  }
   Cli cli("retina",
           "Drives the RETINA job service. --json prints the API's message as JSON (protobuf's JSON mapping).\n"
           "Connection: flags, else RETINA_ADDRESS / RETINA_TOKEN or RETINA_TOKEN_FILE / RETINA_CA, else\n"
@@ -522,6 +531,12 @@ int RunCli(const std::vector<std::string>& args) {
   PredictFlags predict;
   AddPredictCommand(cli, &conn, &predict);
   AddSegmentCommand(cli, &conn);
+  // `retina suggest` is retina-suggest (RunCli execs it before parsing); here
+  // for `retina --help` only.
+  cli.Command("suggest",
+              "Where to label next: blocks ranked by an infer job's uncertainty map, with a diversity rule (runs "
+              "retina-suggest; `retina suggest --help` lists its flags)",
+              [] { return absl::OkStatus(); });
 
   CLI::App* study_cmd = cli.Group("study", "Studies: fine-tunes over inits x seeds, their statistics and report");
   SubmitFlags study_submit;

@@ -46,7 +46,7 @@ absl::Status FromJob(SuggestFlags* f) {
     }
     if (f->output.empty() && j["outputs"].size() > 1) break;
     f->uncertainty = item["uncertainty"].get<std::string>();
-    f->image = std::filesystem::path(input).is_absolute() ? input : (std::filesystem::path(f->store) / input).string();
+    f->image = input;  // as the job resolved it, like the uncertainty map's path
     return absl::OkStatus();
   }
   return absl::InvalidArgumentError(absl::StrCat("--output: name one of the job's inputs: ", absl::StrJoin(names, ", ")));

@@ -22,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "common/fault_injection.h"
 #include "common/cli.h"
+#include "common/exec_image.h"
 #include "common/job_config.h"
 #include "common/study/study.h"
 #include "common/status_macros.h"
@@ -118,25 +119,9 @@ std::vector<std::string> g_argv;
 // Slurm script, starts serve jobs as it starts ranks). retina-serve is looked
 // for beside this program, in the build tree (../services/), then on PATH.
 int ExecServe() {
-  std::error_code ec;
-  const std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
-  std::vector<std::filesystem::path> candidates = {self.parent_path() / "retina-serve",
-                                                   self.parent_path().parent_path() / "services" / "retina-serve"};
-  std::string program;
-  for (const auto& c : candidates) {
-    if (!ec && access(c.c_str(), X_OK) == 0) {
-      program = c.string();
-      break;
-    }
-  }
-  if (program.empty()) program = "retina-serve";  // execvp searches PATH
-  std::vector<std::string> args = {"retina-serve"};
-  args.insert(args.end(), g_argv.begin() + 1, g_argv.end());  // "run" and its flags
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  execvp(program.c_str(), argv.data());
-  RETINA_LOG(Error) << "kind: serve: cannot run " << program << " (" << std::strerror(errno)
+  const std::string why =
+      ExecBesideSelf("retina-serve", std::vector<std::string>(g_argv.begin() + 1, g_argv.end()), {"services"});
+  RETINA_LOG(Error) << "kind: serve: cannot run retina-serve (" << why
                     << "); install retina-serve beside retina-train or on PATH";
   return kExitFailed;
 }

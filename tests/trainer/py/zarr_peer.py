@@ -9,6 +9,11 @@ python3-zarr (numcodecs) and h5py.
       level above, and level 0 against RAW. Prints "ok levels=N".
   zarr_peer.py check-probs IMAGE C Z Y X DTYPE
       per-class probabilities image: axes c,z,y,x, dtype, values in range.
+  zarr_peer.py check-uncertainty IMAGE PROBS LABELS Z Y X UNIT SZ SY SX
+      an uncertainty map: NGFF 0.4 axes z,y,x with UNIT, scale = spacing,
+      float16, the labels' level-0 chunks, and values equal (within float16
+      rounding, 2^-11 relative) to numpy's entropy / log(C) of the float32
+      probabilities image PROBS (one channel: p and 1 - p).
   zarr_peer.py check-h5 FILE UNIT SZ SY SX
       our HDF5 output: labels gzip-compressed and chunked by plane, with
       resolution, unit and element_size_um.
@@ -143,6 +148,38 @@ def check_probs(image, c, z, y, x, dtype):
     print("ok")
 
 
+def check_uncertainty(image, probs, labels, z, y, x, unit, sz, sy, sx):
+    g = zarr.open_group(image, mode="r")
+    m = g.attrs["multiscales"][0]
+    if m.get("version") != "0.4":
+        fail("version %r" % m.get("version"))
+    if [a["name"] for a in m["axes"]] != ["z", "y", "x"] or any(a.get("type") != "space" for a in m["axes"]):
+        fail("axes %r" % m["axes"])
+    if unit != "-" and any(a.get("unit") != unit for a in m["axes"]):
+        fail("units %r, expected %r" % ([a.get("unit") for a in m["axes"]], unit))
+    scale = m["datasets"][0]["coordinateTransformations"][0]["scale"]
+    if not np.allclose(scale, [float(sz), float(sy), float(sx)]):
+        fail("scale %r" % scale)
+    a = g[m["datasets"][0]["path"]]
+    if a.shape != (int(z), int(y), int(x)) or str(a.dtype) != "float16":
+        fail("shape %r dtype %s" % (a.shape, a.dtype))
+    chunks = zarr.open_group(labels, mode="r")["0"].chunks
+    if a.chunks != chunks:
+        fail("chunks %r, the labels' are %r" % (a.chunks, chunks))
+    pg = zarr.open_group(probs, mode="r")
+    p = pg[pg.attrs["multiscales"][0]["datasets"][0]["path"]][:].astype(np.float64)
+    if p.shape[0] == 1:
+        p = np.concatenate([1 - p, p], axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    expected = np.clip(-terms.sum(axis=0) / np.log(p.shape[0]), 0, 1)
+    got = a[:].astype(np.float64)
+    err = np.abs(got - expected).max()
+    if err > 2.0 ** -11:
+        fail("uncertainty differs from numpy's entropy by %g" % err)
+    print("ok max_err=%.3g min=%.3f max=%.3f" % (err, got.min(), got.max()))
+
+
 def check_h5(path, unit, sz, sy, sx):
     import h5py
     with h5py.File(path, "r") as f:
@@ -167,4 +204,5 @@ def check_h5(path, unit, sz, sy, sx):
 
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"write": write, "check-ome": check_ome, "check-probs": check_probs, "check-h5": check_h5}[cmd](*args)
+    {"write": write, "check-ome": check_ome, "check-probs": check_probs, "check-h5": check_h5,
+     "check-uncertainty": check_uncertainty}[cmd](*args)

@@ -355,7 +355,7 @@ absl::StatusOr<AddBlocksResult> AddLabelledBlocks(const AddBlocksOptions& a) {
   }
   // Every block is read and checked before anything is written.
   ImportOptions o;
-  o.kind = {"blocks", a.labels, false, m.classes};
+  o.kind = {"the dataset", a.labels, false, m.classes};  // (the name is for LoadPair's messages)
   o.input = a.input;
   o.size = static_cast<int>(m.height);
   o.scaling = a.scaling;
