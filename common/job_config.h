@@ -406,9 +406,11 @@ struct LoopConfig {
     v.Field("initial_blocks", &initial_blocks,
             Spec("blocks labelled before round 0, chosen at random (the same for every strategy at one seed)").Min(1));
     v.Field("blocks_per_round", &blocks_per_round, Spec("blocks labelled after each round but the last").Min(1));
-    v.Field("block", &block, Spec("block side on an xy plane; 0 = model.image_size").Unit("voxels").Min(0));
+    v.Field("block", &block,
+            Spec("block side on an xy plane, at least model.image_size (a block is cut into training tiles of "
+                 "model.image_size); 0 = model.image_size").Unit("voxels").Min(0));
     v.Field("min_distance", &min_distance,
-            Spec("diversity rule: block centres at least this far apart (z, y, x); 0 = the block side").Unit("voxels").Min(0));
+            Spec("diversity rule: block centres at least this far apart (z, y, x); 0 = half the block side").Unit("voxels").Min(0));
     v.Field("overlap", &overlap, Spec("sliding-window overlap predicting the pool").Min(0).Max(0.95));
   }
 };

@@ -38,28 +38,36 @@ absl::Status StudyStatus(const Client& c, const StudyFlags& f) {
   std::printf("%s (%s): %d of %d children ended, %d succeeded\n", r.study.c_str(),
               r.state.empty() ? (r.complete ? "ended" : "running") : r.state.c_str(), r.children_ended,
               r.children_total, r.children_succeeded);
-  std::printf("%-12s %-10s %-20s %6s  %s\n", "CHILD", "STATE", "INIT", "SEED", "SCORED AT");
+  const bool loop = r.axis != "iteration";
+  std::printf("%-12s %-10s %-24s %6s  %s\n", "CHILD", "STATE", loop ? "STRATEGY" : "INIT", "SEED",
+              loop ? "SCORED AT (blocks)" : "SCORED AT");
   for (const StudyChildStatus& ch : r.children) {
-    std::printf("%-12s %-10s %-20s %6lld  %s\n", ch.job_id.empty() ? "-" : ch.job_id.c_str(), ch.state.c_str(),
+    std::printf("%-12s %-10s %-24s %6lld  %s\n", ch.job_id.empty() ? "-" : ch.job_id.c_str(), ch.state.c_str(),
                 r.arms[ch.arm].name.c_str(), static_cast<long long>(ch.seed), absl::StrJoin(ch.steps, ",").c_str());
   }
-  const int64_t last = r.eval_at.back();
+  // The last step; a loop study's every budget (its claim is at equal budgets).
+  std::vector<int64_t> steps = {r.eval_at.back()};
+  if (loop) steps = r.eval_at;
   for (const std::string& d : r.datasets) {
-    std::printf("\ntest IoU at iteration %lld%s:\n", static_cast<long long>(last), d.empty() ? "" : (" on " + d).c_str());
-    for (size_t a = 0; a < r.arms.size(); ++a) {
-      const StudyCell* cell = FindStudyCell(r, d, static_cast<int>(a), last);
-      const auto m = cell ? cell->metrics.find("iou") : std::map<std::string, std::map<std::string, StudyValues>>::const_iterator();
-      if (cell == nullptr || m == cell->metrics.end() || !m->second.count("mean")) {
-        std::printf("  %-20s - (n=0/%zu)\n", r.arms[a].name.c_str(), r.seeds.size());
-        continue;
+    for (const int64_t step : steps) {
+      std::printf("\ntest IoU at %s%lld%s%s:\n", loop ? "" : "iteration ", static_cast<long long>(step),
+                  loop ? (" " + r.axis).c_str() : "", d.empty() ? "" : (" on " + d).c_str());
+      for (size_t a = 0; a < r.arms.size(); ++a) {
+        const StudyCell* cell = FindStudyCell(r, d, static_cast<int>(a), step);
+        const auto m =
+            cell ? cell->metrics.find("iou") : std::map<std::string, std::map<std::string, StudyValues>>::const_iterator();
+        if (cell == nullptr || m == cell->metrics.end() || !m->second.count("mean")) {
+          std::printf("  %-24s - (n=0/%zu)\n", r.arms[a].name.c_str(), r.seeds.size());
+          continue;
+        }
+        const Summary& s = m->second.at("mean").summary;
+        std::printf("  %-24s %.4f ± %.4f (n=%d/%d)\n", r.arms[a].name.c_str(), s.mean, s.std, s.n, cell->expected);
       }
-      const Summary& s = m->second.at("mean").summary;
-      std::printf("  %-20s %.4f ± %.4f (n=%d/%d)\n", r.arms[a].name.c_str(), s.mean, s.std, s.n, cell->expected);
-    }
-    for (const StudyTest& t : r.tests) {
-      if (t.dataset == d && t.metric == "iou" && t.cls == "mean") {
-        std::printf("  %s vs %s: Mann-Whitney U %g, p %.4g %s\n", r.arms[t.a].name.c_str(), r.arms[t.b].name.c_str(),
-                    t.result.u1, t.result.p, SignificanceMark(t.result.p));
+      for (const StudyTest& t : r.tests) {
+        if (t.dataset == d && t.step == step && t.metric == "iou" && t.cls == "mean") {
+          std::printf("  %s vs %s: Mann-Whitney U %g, p %.4g %s\n", r.arms[t.a].name.c_str(),
+                      r.arms[t.b].name.c_str(), t.result.u1, t.result.p, SignificanceMark(t.result.p));
+        }
       }
     }
   }

@@ -96,7 +96,7 @@ std::string MeanStd(const StudyValues* v, int expected, int digits) {
 Table ScoreTable(const StudyReport& r, const std::string& dataset, int64_t step,
                  const std::vector<std::pair<std::string, std::string>>& columns) {
   Table t;
-  t.header.push_back("init");
+  t.header.push_back(r.axis == "iteration" ? "init" : "strategy");
   for (const auto& [metric, cls] : columns) {
     t.header.push_back(cls == "mean" ? MetricTitle(metric) : absl::StrCat(MetricTitle(metric), " class ", cls));
   }
@@ -336,10 +336,74 @@ Table TestsTable(const StudyReport& r, const std::string& d, int64_t step, const
   return tests;
 }
 
+// A loop study's question: how many blocks each strategy needed to reach the
+// random arm's final mean IoU (T). Per seed, the first budget whose IoU is at
+// least T; a seed that never reaches it counts as "more than the last
+// budget" (censored: shown as n reaching, and ranked above every budget in
+// the test against random).
+Table BlocksToTargetTable(const StudyReport& r, const std::string& d, std::string* note) {
+  Table t;
+  t.header = {"strategy", "seeds reaching T", "blocks to reach T (mean ± sd of those)", "per seed",
+              "vs random: U", "p (two-sided)", ""};
+  int reference = -1;
+  for (size_t a = 0; a < r.arms.size(); ++a) {
+    if (r.arms[a].strategy == "random" || r.arms[a].name == "random") reference = static_cast<int>(a);
+  }
+  if (reference < 0 || r.eval_at.empty()) return t;
+  const StudyValues* ref = Values(FindStudyCell(r, d, reference, r.eval_at.back()), "iou", "mean");
+  if (ref == nullptr || ref->summary.n == 0) return t;
+  const double target = ref->summary.mean;
+  const double censored = static_cast<double>(r.eval_at.back()) + 1;
+  *note = absl::StrFormat("T = %.4f, the random arm's mean IoU at %lld blocks. A seed that never reaches T "
+                          "counts as more than %lld blocks (\">\" below).",
+                          target, static_cast<long long>(r.eval_at.back()), static_cast<long long>(r.eval_at.back()));
+  auto blocks = [&](int arm) {
+    std::vector<double> out;  // per seed with a score at every budget
+    for (size_t k = 0; k < r.seeds.size(); ++k) {
+      double first = censored;
+      bool scored = false;
+      for (int64_t step : r.eval_at) {
+        const StudyValues* v = Values(FindStudyCell(r, d, arm, step), "iou", "mean");
+        if (v == nullptr || k >= v->per_seed.size() || !v->per_seed[k]) continue;
+        scored = true;
+        if (*v->per_seed[k] >= target) {
+          first = static_cast<double>(step);
+          break;
+        }
+      }
+      if (scored) out.push_back(first);
+    }
+    return out;
+  };
+  const std::vector<double> random_blocks = blocks(reference);
+  for (size_t a = 0; a < r.arms.size(); ++a) {
+    const std::vector<double> b = blocks(static_cast<int>(a));
+    std::vector<double> reached;
+    std::vector<std::string> each;
+    for (double x : b) {
+      if (x < censored) reached.push_back(x);
+      each.push_back(x < censored ? absl::StrCat(static_cast<int64_t>(x)) : absl::StrCat(">", r.eval_at.back()));
+    }
+    const Summary sm = Summarise(reached);
+    std::vector<Cell> row = {{r.arms[a].name},
+                             {absl::StrCat(reached.size(), "/", b.size())},
+                             {reached.empty() ? "-" : absl::StrFormat("%.1f ± %.1f", sm.mean, sm.std)},
+                             {absl::StrJoin(each, ", ")}};
+    if (static_cast<int>(a) == reference || b.empty() || random_blocks.empty()) {
+      row.insert(row.end(), {{"-"}, {"-"}, {""}});
+    } else {
+      const MannWhitney m = MannWhitneyU(b, random_blocks);
+      row.insert(row.end(), {{absl::StrFormat("%g", m.u1)}, {absl::StrFormat("%.4g", m.p)}, {SignificanceMark(m.p)}});
+    }
+    t.rows.push_back(std::move(row));
+  }
+  return t;
+}
+
 // Mean IoU of each init at each scored iteration on dataset `d` (Fig 3a).
 Table CurveTable(const StudyReport& r, const std::string& d) {
   Table curve;
-  curve.header = {"init"};
+  curve.header = {r.axis == "iteration" ? "init" : "strategy"};
   for (int64_t step : r.eval_at) curve.header.push_back(At(r, step));
   for (size_t a = 0; a < r.arms.size(); ++a) {
     std::vector<Cell> row = {{r.arms[a].name}};
@@ -416,11 +480,18 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
                               "(better, except for MFD, where lower is better).";
     md += "### " + t3 + "\n\n" + note3 + "\n\n" + MarkdownTable(tests);
     html += "<h3>" + XmlEscape(t3) + "</h3>\n<p>" + XmlEscape(note3) + "</p>\n" + HtmlTable(tests);
-    if (loop) {  // the claim of a loop study: IoU at equal label budgets
+    if (loop) {  // the claim of a loop study: IoU at equal label budgets, and blocks to a target
       const Table budgets = TestsTable(r, d, 0, "iou");
       const std::string t4 = "Mann-Whitney U tests of IoU at each budget";
       md += "### " + t4 + "\n\n" + MarkdownTable(budgets);
       html += "<h3>" + XmlEscape(t4) + "</h3>\n" + HtmlTable(budgets);
+      std::string note5;
+      const Table to_target = BlocksToTargetTable(r, d, &note5);
+      if (!to_target.rows.empty()) {
+        const std::string t5 = "Blocks labelled to reach the random arm's final IoU";
+        md += "### " + t5 + "\n\n" + note5 + "\n\n" + MarkdownTable(to_target);
+        html += "<h3>" + XmlEscape(t5) + "</h3>\n<p>" + XmlEscape(note5) + "</p>\n" + HtmlTable(to_target);
+      }
     }
 
     const Table curve = CurveTable(r, d);

@@ -109,6 +109,19 @@ TEST(Suggest, TheDiversityRuleHoldsAndScoresAreBlockMeans) {
       EXPECT_GE(a.block.Distance(b), 40.0) << "ranks " << j + 1 << " and " << i + 1 << " are too close";
     }
   }
+  // The default distance: half the block side.
+  SuggestOptions d = o;
+  d.min_distance = 0;
+  d.count = 40;
+  absl::StatusOr<std::vector<Suggestion>> by_default = SuggestBlocks(map, shape, d);
+  ASSERT_TRUE(by_default.ok());
+  EXPECT_GT(by_default->size(), s->size());
+  for (size_t i = 0; i < by_default->size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      EXPECT_FALSE((*by_default)[i].block.Overlaps((*by_default)[j].block));
+      EXPECT_GE((*by_default)[i].block.Distance((*by_default)[j].block), 16.0);
+    }
+  }
   // Without the rule: the top blocks by score alone, which here overlap.
   o.strategy = SelectionStrategy::kUncertaintyNoDiversity;
   absl::StatusOr<std::vector<Suggestion>> top = SuggestBlocks(map, shape, o);

@@ -81,7 +81,7 @@ absl::Status Suggest(SuggestFlags f) {
               s.size(), static_cast<long long>(std::min(o.block, image.shape[1])),
               static_cast<long long>(std::min(o.block, image.shape[2])), f.strategy.c_str(),
               o.strategy == SelectionStrategy::kUncertainty
-                  ? absl::StrCat(", centres >= ", o.min_distance > 0 ? o.min_distance : o.block, " voxels apart").c_str()
+                  ? absl::StrCat(", centres >= ", o.min_distance > 0 ? o.min_distance : o.block / 2.0, " voxels apart").c_str()
                   : "",
               f.out.c_str());
   return absl::OkStatus();
@@ -99,7 +99,7 @@ int Main(int argc, char** argv) {
   app.add_option("--blocks", f.options.count, "how many blocks")->check(kPositiveInt);
   app.add_option("--block", f.options.block, "block side on an xy plane (the model's window)")->check(kPositiveInt);
   app.add_option("--min-distance", f.options.min_distance,
-                 "diversity rule: block centres at least this far apart (z, y, x voxels; default: the block side)")
+                 "diversity rule: block centres at least this far apart (z, y, x voxels; default: half the block side)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--strategy", f.strategy, "uncertainty | random | uncertainty-nodiversity")
       ->check(CLI::IsMember(EnumNames<SelectionStrategy>()));

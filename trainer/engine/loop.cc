@@ -142,7 +142,7 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
     AddBlocksOptions a;
     a.dataset = labelled;
     a.input = blocks_dir;
-    a.size = static_cast<int>(block);
+    a.size = config.model.image_size;  // training tiles: a block of more is cut like retina-shard import
     a.classes = std::max(2, config.model.classes);
     return AddLabelledBlocks(a).status();
   };

@@ -62,7 +62,7 @@ absl::StatusOr<std::vector<Suggestion>> SuggestBlocks(const std::vector<float>& 
       }
     }
   }
-  const double min_distance = o.min_distance > 0 ? o.min_distance : static_cast<double>(o.block);
+  const double min_distance = o.min_distance > 0 ? o.min_distance : static_cast<double>(o.block) / 2;
   std::vector<Suggestion> out;
   auto take = [&](const Suggestion& s, bool distance) {
     for (const Suggestion& t : out) {

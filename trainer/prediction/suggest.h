@@ -12,7 +12,9 @@
 //  - uncertainty: by score, highest first (ties: lower z, y, x first); a
 //    candidate is taken only if it overlaps no block taken before and its
 //    centre is at least `min_distance` voxels (Euclidean over z, y, x) from
-//    every taken block's centre: the diversity rule.
+//    every taken block's centre: the diversity rule (default: half the block
+//    side, so no two blocks on one plane overlap and a block is never
+//    repeated within block/2 planes of itself).
 //  - uncertainty-nodiversity: by score alone (blocks may overlap and touch).
 //  - random: candidates in a seeded uniform order, taken if they overlap no
 //    block taken before (no distance rule).
@@ -50,7 +52,7 @@ struct Suggestion {
 struct SuggestOptions {
   int64_t block = 224;
   int count = 16;
-  double min_distance = 0;  // 0 = block
+  double min_distance = 0;  // 0 = block / 2
   SelectionStrategy strategy = SelectionStrategy::kUncertainty;
   uint64_t seed = 0;        // the random strategy's order
   std::vector<LabelBlock> labelled;  // never suggested again (nor anything overlapping them)
