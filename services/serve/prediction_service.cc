@@ -139,6 +139,7 @@ grpc::Status PredictionServiceImpl::Predict(grpc::ServerContext* context, const 
   if (request->has_overlap()) q.overlap = request->overlap();
   if (request->has_context()) q.context = request->context();
   q.probabilities = request->probabilities();
+  q.uncertainty = request->uncertainty();
   q.output = request->output();
   q.output_chunks.assign(request->output_chunks().begin(), request->output_chunks().end());
   q.labels_tiff = request->labels_tiff();
@@ -158,6 +159,10 @@ grpc::Status PredictionServiceImpl::Predict(grpc::ServerContext* context, const 
   if (!a->probabilities.empty()) {
     SetArray(response->mutable_probabilities(), "float32", a->probabilities_shape, a->probabilities.data(),
              a->probabilities.size() * sizeof(float));
+  }
+  if (!a->uncertainty.empty()) {
+    SetArray(response->mutable_uncertainty(), "float32", a->shape, a->uncertainty.data(),
+             a->uncertainty.size() * sizeof(float));
   }
   if (!a->labels_tiff.empty()) response->set_labels_file(a->labels_tiff);
   return finish(absl::OkStatus());

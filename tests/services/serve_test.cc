@@ -227,8 +227,20 @@ TEST_F(ServeTest, ARegionEqualsRetinaInferOnTheCropWithItsContext) {
     req.set_mode(mode);
     req.set_context(context);
     req.set_probabilities(true);
+    req.set_uncertainty(true);
     const Answer a = Call(server, req);
     ASSERT_TRUE(a.status.ok()) << a.status.error_message();
+    // The uncertainty map: NormalisedEntropy of the answer's probabilities
+    // (the same float32 operations on the same values; measured equal, the
+    // bound is 1 ulp at 1).
+    const v1::Array& u = a.response.uncertainty();
+    ASSERT_EQ(std::vector<int64_t>(u.shape().begin(), u.shape().end()), (std::vector<int64_t>{5, 30, 40}));
+    ASSERT_EQ(u.dtype(), "float32");
+    const torch::Tensor expected = trainer::NormalisedEntropy(
+        torch::from_blob(const_cast<char*>(a.response.probabilities().data().data()), {2, 5, 30, 40}, torch::kFloat));
+    const torch::Tensor got_u = torch::from_blob(const_cast<char*>(u.data().data()), {5, 30, 40}, torch::kFloat);
+    EXPECT_LE((got_u - expected).abs().max().item<double>(), 1.2e-7);
+    EXPECT_GT(got_u.max().item<double>(), 0.0);
     const bool ortho = mode == "orthoplane";
     const std::array<int64_t, 6> crop{ortho ? std::max<int64_t>(0, box[0] - context) : box[0],
                                       ortho ? std::min<int64_t>(10, box[1] + context) : box[1],

@@ -243,9 +243,11 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
   }
   const RegionInput* region = std::get_if<RegionInput>(&q.input);
   if (!q.output.empty() && region == nullptr) return absl::InvalidArgumentError("output: only for region requests");
-  if (!q.output.empty() && q.probabilities) {
-    return absl::InvalidArgumentError("probabilities: answered inline only, not with output");
+  if (!q.output.empty() && (q.probabilities || q.uncertainty)) {
+    return absl::InvalidArgumentError(absl::StrCat(q.probabilities ? "probabilities" : "uncertainty",
+                                                   ": answered inline only, not with output"));
   }
+  const bool keep = q.probabilities || q.uncertainty;  // the uncertainty comes from the probabilities
   if (!q.output.empty()) RETURN_IF_ERROR(OutputPath(options_.store, q.user, q.output).status());
   const int classes = m.config.num_classes;
 
@@ -259,7 +261,7 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
     if (const auto* a = std::get_if<ArrayInput>(&q.input)) {
       ASSIGN_OR_RETURN(raw, ToRaw(*a));
       two_d = a->shape.size() == 2;
-      if (int64_t need = RequestBytes(raw.shape, classes, ortho, q.probabilities, m.config.image_size);
+      if (int64_t need = RequestBytes(raw.shape, classes, ortho, keep, m.config.image_size);
           need > options_.max_request_bytes) {
         return absl::ResourceExhaustedError(absl::StrCat("array: ", need >> 20, " MiB of buffers; this server answers at most ",
                                                          options_.max_request_bytes >> 20,
@@ -282,7 +284,7 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
       two_d = raw.shape[0] == 1;
       // (A compressed file is decoded before its size is known; the decoded
       // array is bounded like an inline one from here on.)
-      if (int64_t need = RequestBytes(raw.shape, classes, ortho, q.probabilities, m.config.image_size) +
+      if (int64_t need = RequestBytes(raw.shape, classes, ortho, keep, m.config.image_size) +
                          static_cast<int64_t>(raw.bytes.size());
           need > options_.max_request_bytes) {
         return absl::ResourceExhaustedError(absl::StrCat("file '", f.name, "': ", need >> 20,
@@ -334,7 +336,7 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
     }
     crop.shape = {c1[0] - c0[0], c1[1] - c0[1], c1[2] - c0[2]};
     const int64_t planes_bytes = crop.shape[0] * volume_shape[1] * volume_shape[2];
-    if (int64_t need = planes_bytes + RequestBytes(crop.shape, classes, ortho, q.probabilities, m.config.image_size);
+    if (int64_t need = planes_bytes + RequestBytes(crop.shape, classes, ortho, keep, m.config.image_size);
         need > options_.max_request_bytes) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "region: ", need >> 20, " MiB of buffers with its context; this server answers at most ",
@@ -368,7 +370,7 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
   };
   absl::StatusOr<VolumePrediction> prediction = absl::InternalError("not run");
   try {
-    prediction = PredictVolume(forward, crop, m.mean, m.std, *mode, so, q.probabilities, nullptr);
+    prediction = PredictVolume(forward, crop, m.mean, m.std, *mode, so, keep, nullptr);
   } catch (const StatusError& e) {
     return e.status;
   } catch (const std::exception& e) {
@@ -390,13 +392,19 @@ absl::StatusOr<PredictAnswer> ServingCore::Predict(const PredictQuery& q) {
                   static_cast<size_t>(extent[2]));
     }
   }
-  if (q.probabilities) {
+  if (keep) {
     const torch::Tensor p = prediction->probabilities.slice(1, at[0], at[0] + extent[0])
                                 .slice(2, at[1], at[1] + extent[1])
                                 .slice(3, at[2], at[2] + extent[2])
                                 .contiguous();
-    answer.probabilities_shape = {p.size(0), extent[0], extent[1], extent[2]};
-    answer.probabilities.assign(p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+    if (q.probabilities) {
+      answer.probabilities_shape = {p.size(0), extent[0], extent[1], extent[2]};
+      answer.probabilities.assign(p.data_ptr<float>(), p.data_ptr<float>() + p.numel());
+    }
+    if (q.uncertainty) {
+      const torch::Tensor u = NormalisedEntropy(p).contiguous();
+      answer.uncertainty.assign(u.data_ptr<float>(), u.data_ptr<float>() + u.numel());
+    }
   }
   if (two_d) {
     answer.shape = {extent[1], extent[2]};

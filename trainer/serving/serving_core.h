@@ -61,6 +61,7 @@ struct PredictQuery {
   std::optional<double> overlap;
   std::optional<int64_t> context;
   bool probabilities = false;
+  bool uncertainty = false;  // the uncertainty map (NormalisedEntropy), the labels' shape
   std::string output;  // region requests: <store>/served/<user>/<output>
   std::vector<int64_t> output_chunks;
   bool labels_tiff = false;
@@ -75,6 +76,7 @@ struct PredictAnswer {
   std::string unit;
   std::vector<int64_t> probabilities_shape;  // c, z, y, x
   std::vector<float> probabilities;
+  std::vector<float> uncertainty;    // shape `shape`, when asked
   std::string labels_tiff;           // a TIFF file's bytes (labels_tiff)
   std::string model, checkpoint, output;
   int64_t windows = 0;
