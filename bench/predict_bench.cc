@@ -9,12 +9,15 @@
 //      libtorch come on top of the budget);
 //   4. with --precision bf16: a 1-rank job with runtime.precision: bf16 and
 //      the pure forward under bf16 autocast, each as a ratio to fp32's in
-//      this run (skipped, saying why, on a CPU without bf16 units).
+//      this run (skipped, saying why, on a CPU without bf16 units);
+//   5. with --uncertainty: a 1-rank job that also writes the uncertainty map
+//      (infer.uncertainty: entropy), its prediction time as a ratio to the
+//      labels-only job's in this run.
 // The model is a randomly initialised named config (no training needed for
 // timing); the volume random uint8.
 //
 //   predict_bench [--model tiny] [--image-size 64] [--shape 32,512,512] [--mode stack] [--chunks 8,256,256]
-//                 [--memory-mb 256] [--precision fp32|bf16]
+//                 [--memory-mb 256] [--precision fp32|bf16] [--uncertainty]
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +26,7 @@
 #include <cstdio>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -58,6 +62,7 @@ struct Options {
   std::string mode = "stack";
   int memory_mb = 256;
   std::string precision = "fp32";
+  bool uncertainty = false;
 };
 
 struct RankRun {
@@ -127,6 +132,7 @@ absl::StatusOr<int> Run(const Options& o) {
     RETURN_IF_ERROR(w->Finish());
   }
   const fs::path config = store / "infer.yaml", config16 = store / "infer-bf16.yaml";
+  const fs::path config_u = store / "infer-uncertainty.yaml";
   bool bf16 = o.precision == "bf16";
   if (bf16) {
     if (absl::StatusOr<DevicePlan> plan = PlanDevice(DeviceKind::kCpu, Precision::kBf16, 0); !plan.ok()) {
@@ -134,21 +140,24 @@ absl::StatusOr<int> Run(const Options& o) {
       bf16 = false;
     }
   }
-  for (const auto& [path, precision] : {std::pair{config, "fp32"}, std::pair{config16, "bf16"}}) {
+  for (const auto& [path, precision, extra] : {std::tuple{config, "fp32", ""}, std::tuple{config16, "bf16", ""},
+                                                std::tuple{config_u, "fp32", ", uncertainty: entropy"}}) {
     RETURN_IF_ERROR(WriteFileAtomic(
         path, absl::StrCat("kind: infer\nruntime: {threads: 1, precision: ", precision,
                            "}\ninfer: {weights: model/model.pt, inputs: [volume.tif], mode: ", o.mode, ", chunks: [",
-                           absl::StrJoin(o.chunks, ", "), "], memory_mb: ", o.memory_mb, "}\n")));
+                           absl::StrJoin(o.chunks, ", "), "], memory_mb: ", o.memory_mb, extra, "}\n")));
   }
   const int port = 29000 + getpid() % 1000;
-  double vps[4] = {0, 0, 0, 0}, seconds1 = 0;  // [3]: 1 rank in bf16
-  std::vector<double> rss[4];
+  double vps[5] = {0, 0, 0, 0, 0}, seconds1 = 0, seconds_u = 0;  // [3]: 1 rank in bf16, [4]: with the map
+  std::vector<double> rss[5];
   std::vector<int> worlds{1, 2};
   if (bf16) worlds.push_back(3);
+  if (o.uncertainty) worlds.push_back(4);
   for (int slot : worlds) {
-    const int world = slot == 3 ? 1 : slot;
-    const std::string job = slot == 3 ? "bf16" : absl::StrCat("w", world);
-    const std::vector<RankRun> runs = RunJob(store, slot == 3 ? config16 : config, job, world, port + slot);
+    const int world = slot >= 3 ? 1 : slot;
+    const std::string job = slot == 3 ? "bf16" : slot == 4 ? "uncertainty" : absl::StrCat("w", world);
+    const std::vector<RankRun> runs =
+        RunJob(store, slot == 3 ? config16 : slot == 4 ? config_u : config, job, world, port + slot);
     for (const RankRun& r : runs) {
       if (r.status != 0) {
         return absl::InternalError(absl::StrCat(job, " failed (exit ", r.status, "); see ", store.string(), "/", job,
@@ -160,6 +169,7 @@ absl::StatusOr<int> Run(const Options& o) {
     const nlohmann::json j = nlohmann::json::parse(text);
     vps[slot] = j.at("voxels_per_s").get<double>();
     if (slot == 1) seconds1 = j.at("seconds").get<double>();
+    if (slot == 4) seconds_u = j.at("seconds").get<double>();
   }
   // The model alone: as many windows as the 1-rank job ran, in its batches.
   ConfigureTorchThreads(1, 1);
@@ -198,6 +208,10 @@ absl::StatusOr<int> Run(const Options& o) {
     std::printf("  bf16, 1 rank: %10.0f voxels/s = x%.2f fp32's; pure forward %.2f s = x%.2f fp32's speed\n", vps[3],
                 vps[3] / vps[1], forward16_s, forward_s / forward16_s);
   }
+  if (o.uncertainty) {
+    std::printf("  with the uncertainty map, 1 rank: %.2f s = x%.3f the labels-only prediction's time\n", seconds_u,
+                seconds_u / seconds1);
+  }
   std::error_code ec;
   fs::remove_all(store, ec);
   return 0;
@@ -217,6 +231,7 @@ int main(int argc, char** argv) {
   app.add_option("--memory-mb", o.memory_mb, "infer.memory_mb")->check(retina::kPositiveInt);
   app.add_option("--precision", o.precision, "fp32, or bf16 as well (its ratio to fp32)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_flag("--uncertainty", o.uncertainty, "also time a job writing the uncertainty map (its ratio to labels only)");
   cli.Root([&]() { return Run(o); });
   return cli.Run(argc, argv);
 }
