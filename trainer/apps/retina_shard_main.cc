@@ -174,9 +174,10 @@ absl::Status Verify(const DatasetFlags& f) {
   // sample's CRC-32 inside the shard is checked as well.
   int64_t with_crc = 0;
   RETURN_IF_ERROR(ds->CheckAllSamples(&with_crc));
-  std::printf("%s: OK (%zu shards, %lld images, SHA-256 of every shard, CRC-32 of %lld samples%s, and structure "
-              "verified)\n",
-              dir.c_str(), m.shards.size(), static_cast<long long>(ds->size()), static_cast<long long>(with_crc),
+  std::printf("%s: OK (%zu shards, %lld images, %d version(s), SHA-256 of every shard, CRC-32 of %lld samples%s, "
+              "and structure verified)\n",
+              dir.c_str(), m.shards.size(), static_cast<long long>(ds->size()), m.latest_version(),
+              static_cast<long long>(with_crc),
               with_crc < ds->size() ? " (older shards carry none)" : "");
   return absl::OkStatus();
 }
