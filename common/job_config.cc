@@ -127,7 +127,25 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     if (NodeAt(root, "finetune.eval_at")) {
       AddAt(errors, root, "finetune.eval_at", "an annotation loop scores each round at its end; remove it");
     }
-    if (l.block != 0 && l.block < 16) AddAt(errors, root, "loop.block", "at least 16 voxels (or 0 = model.image_size)");
+    if (l.block != 0 && l.block < c.model.image_size) {
+      AddAt(errors, root, "loop.block",
+            absl::StrCat("at least model.image_size (", c.model.image_size, "), or 0 = model.image_size; got ", l.block));
+    }
+    // Each block is cut into ceil(block / image_size)^2 training tiles.
+    const int64_t side = l.block > 0 ? l.block : c.model.image_size;
+    const int64_t per_side = (side + c.model.image_size - 1) / std::max(1, c.model.image_size);
+    if (int64_t{l.initial_blocks} * per_side * per_side < c.finetune.global_batch) {
+      AddAt(errors, root, "loop.initial_blocks",
+            absl::StrCat(l.initial_blocks, " block(s) of ", side, " give ", int64_t{l.initial_blocks} * per_side * per_side,
+                         " training tile(s), fewer than finetune.global_batch (", c.finetune.global_batch, ")"));
+    }
+  }
+  for (const auto& [key, value] : {std::pair<const char*, const std::string*>{"data.val_dataset", &c.data.val_dataset},
+                                    {"data.test_dataset", &c.data.test_dataset}}) {
+    const size_t at = value->rfind('@');
+    if (at != std::string::npos && value->find('/', at) == std::string::npos) {
+      AddAt(errors, root, key, "a version (@k) is for data.dataset only");
+    }
   }
   if (c.kind == JobKind::kStudy && !c.study.strategies.empty()) {
     const StudyConfig& st = c.study;

@@ -387,8 +387,8 @@ struct LoopConfig {
   std::string pool_labels;
   SelectionStrategy strategy = SelectionStrategy::kUncertainty;
   int rounds = 4;
-  int initial_blocks = 4;
-  int blocks_per_round = 4;
+  int initial_blocks = 16;
+  int blocks_per_round = 8;
   int block = 0;
   double min_distance = 0;
   double overlap = 0.5;
@@ -404,7 +404,8 @@ struct LoopConfig {
                  "uncertainty-nodiversity = highest mean entropy, blocks may be adjacent"));
     v.Field("rounds", &rounds, Spec("fine-tune rounds (each scored on data.test_dataset)").Min(1).Max(100));
     v.Field("initial_blocks", &initial_blocks,
-            Spec("blocks labelled before round 0, chosen at random (the same for every strategy at one seed)").Min(1));
+            Spec("blocks labelled before round 0, chosen at random (the same for every strategy at one seed); their "
+                 "tiles must fill finetune.global_batch").Min(1));
     v.Field("blocks_per_round", &blocks_per_round, Spec("blocks labelled after each round but the last").Min(1));
     v.Field("block", &block,
             Spec("block side on an xy plane, at least model.image_size (a block is cut into training tiles of "

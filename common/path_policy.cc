@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/dataset_manifest.h"
 #include "common/status_macros.h"
 
 namespace retina {
@@ -79,7 +80,10 @@ absl::Status PathPolicy::Check(const std::string& field, const fs::path& path) c
 }
 
 absl::Status PathPolicy::CheckConfig(const JobConfig& c, const std::string& job_id) const {
-  if (!c.data.dataset.empty()) RETURN_IF_ERROR(Check("data.dataset", DatasetPath(c.data.dataset)));
+  if (!c.data.dataset.empty()) {
+    ASSIGN_OR_RETURN(const auto ref, SplitDatasetVersion(c.data.dataset, "data.dataset"));  // NAME@k: NAME's folder
+    RETURN_IF_ERROR(Check("data.dataset", DatasetPath(ref.first)));
+  }
   if (!c.data.val_dataset.empty()) RETURN_IF_ERROR(Check("data.val_dataset", DatasetPath(c.data.val_dataset)));
   if (!c.data.test_dataset.empty()) RETURN_IF_ERROR(Check("data.test_dataset", DatasetPath(c.data.test_dataset)));
   auto weights = [&](const std::string& field, const std::string& value) -> absl::Status {

@@ -343,7 +343,8 @@ Table TestsTable(const StudyReport& r, const std::string& d, int64_t step, const
 // the test against random).
 Table BlocksToTargetTable(const StudyReport& r, const std::string& d, std::string* note) {
   Table t;
-  t.header = {"strategy", "seeds reaching T", "blocks to reach T (mean ± sd of those)", "per seed",
+  t.header = {"strategy", "seeds reaching T (of those scored at every budget)", "blocks to reach T (mean ± sd of those)",
+              "per seed",
               "vs random: U", "p (two-sided)", ""};
   int reference = -1;
   for (size_t a = 0; a < r.arms.size(); ++a) {
@@ -358,20 +359,19 @@ Table BlocksToTargetTable(const StudyReport& r, const std::string& d, std::strin
                           "counts as more than %lld blocks (\">\" below).",
                           target, static_cast<long long>(r.eval_at.back()), static_cast<long long>(r.eval_at.back()));
   auto blocks = [&](int arm) {
-    std::vector<double> out;  // per seed with a score at every budget
+    std::vector<double> out;  // the seeds scored at every budget (a missing score is missing, not "never")
     for (size_t k = 0; k < r.seeds.size(); ++k) {
       double first = censored;
-      bool scored = false;
+      bool complete = true;
       for (int64_t step : r.eval_at) {
         const StudyValues* v = Values(FindStudyCell(r, d, arm, step), "iou", "mean");
-        if (v == nullptr || k >= v->per_seed.size() || !v->per_seed[k]) continue;
-        scored = true;
-        if (*v->per_seed[k] >= target) {
-          first = static_cast<double>(step);
+        if (v == nullptr || k >= v->per_seed.size() || !v->per_seed[k]) {
+          complete = false;
           break;
         }
+        if (first == censored && *v->per_seed[k] >= target) first = static_cast<double>(step);
       }
-      if (scored) out.push_back(first);
+      if (complete) out.push_back(first);
     }
     return out;
   };

@@ -125,6 +125,13 @@ absl::Status ValidateJobSpec(v1::JobSpec* spec, const std::filesystem::path& sto
     // A packed dataset has manifest.json; a held-out split (retina-shard import) test.json.
     ASSIGN_OR_RETURN(const auto ref, SplitDatasetVersion(name, "spec.config_yaml: " + field));
     const std::filesystem::path dir = policy.DatasetPath(ref.first);
+    if (ref.second > 0) {  // NAME@k: version k must exist
+      absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(dir);
+      if (!m.ok()) return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": ", m.status().message()));
+      if (absl::Status v = m->AtVersion(ref.second).status(); !v.ok()) {
+        return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": ", v.message()));
+      }
+    }
     if (!std::filesystem::exists(dir / "manifest.json") && !std::filesystem::exists(dir / "test.json")) {
       return absl::FailedPreconditionError(absl::StrCat("spec.config_yaml: ", field, ": no dataset '", name, "' (",
                                                         dir.string(), "); pack it with retina-shard first"));

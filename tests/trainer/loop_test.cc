@@ -9,6 +9,7 @@
 #include <cmath>
 #include <map>
 #include <random>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -26,6 +27,7 @@
 #include "trainer/data/tools/import.h"
 #include "trainer/data/tools/synth.h"
 #include "trainer/engine/run.h"
+#include "trainer/model/weights/state_dict.h"
 #include "trainer/prediction/inference.h"
 #include "trainer/prediction/suggest.h"
 
@@ -102,6 +104,7 @@ TEST(Suggest, TheDiversityRuleHoldsAndScoresAreBlockMeans) {
     EXPECT_EQ(a.rank, static_cast<int>(i) + 1);
     EXPECT_NEAR(a.score, BlockMean(map, shape, a.block), 1e-4);
     EXPECT_FALSE(a.block.Overlaps(o.labelled[0])) << "rank " << a.rank << " overlaps a labelled block";
+    EXPECT_GE(a.block.Distance(o.labelled[0]), 40.0) << "rank " << a.rank << " is too close to a labelled block";
     if (i > 0) EXPECT_LE(a.score, (*s)[i - 1].score);
     for (size_t j = 0; j < i; ++j) {
       const LabelBlock& b = (*s)[j].block;
@@ -309,6 +312,26 @@ TEST_F(Versions, BadBlocksAreRefusedNamingTheFileAndNothingIsWritten) {
     EXPECT_THAT(std::string(r.status().message()), HasSubstr(input.string())) << c.what << ": the file is not named";
     EXPECT_EQ(Files(), before) << c.what << ": the dataset changed";
   }
+  // Two adds at once (two people, or a person and a loop) both land, one after the other.
+  {
+    const fs::path x = Blocks("concurrent-a", 2, 50), y = Blocks("concurrent-b", 2, 60);
+    absl::StatusOr<AddBlocksResult> ra, rb;
+    std::thread ta([&] { ra = AddLabelledBlocks(Options(x)); });
+    std::thread tb([&] { rb = AddLabelledBlocks(Options(y)); });
+    ta.join();
+    tb.join();
+    ASSERT_TRUE(ra.ok()) << ra.status();
+    ASSERT_TRUE(rb.ok()) << rb.status();
+    EXPECT_NE(ra->version, rb->version);
+    absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(dataset());
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->latest_version(), 3);
+    EXPECT_TRUE(VerifyDatasetChecksums(dataset(), *m).ok());
+    for (const auto& [file, sha] : before) {
+      if (file != DatasetManifest::kFileName) EXPECT_EQ(Files().at(file), sha) << file << " changed";
+    }
+  }
+  const std::map<std::string, std::string> after_adds = Files();
   // Another tile size or class count than the dataset's.
   AddBlocksOptions o = Options(Blocks("other", 1, 40));
   o.size = 16;
@@ -316,7 +339,31 @@ TEST_F(Versions, BadBlocksAreRefusedNamingTheFileAndNothingIsWritten) {
   o = Options(Blocks("other2", 1, 40));
   o.classes = 3;
   EXPECT_THAT(std::string(AddLabelledBlocks(o).status().message()), HasSubstr("--classes"));
-  EXPECT_EQ(Files(), before);
+  EXPECT_EQ(Files(), after_adds);
+}
+
+TEST_F(Versions, AResumeRefusesADatasetThatGainedAVersionSinceItsCheckpoint) {
+  ASSERT_TRUE(AddLabelledBlocks(Options(Blocks("round0", 2, 10))).ok());  // 8 tiles of 32
+  const fs::path store = tmp_->path() / "store";
+  fs::create_directories(store);
+  auto yaml = [&](const std::string& dataset, int iters) {
+    return absl::StrCat("kind: finetune\nmodel: {name: tiny, image_size: 32, classes: 1}\ndata: {dataset: ", dataset,
+                        ", loader_threads: 1}\nfinetune: {iters: ", iters, ", global_batch: 4, save_every_iters: 2}\n");
+  };
+  auto run = [&](const std::string& dataset, int iters) {
+    RunOptions o;
+    o.store = store;
+    o.job_id = "ft";
+    o.config_text = yaml(dataset, iters);
+    return RunJob(*ParseJobConfig(o.config_text, "ft"), o);
+  };
+  ASSERT_TRUE(run(dataset().string(), 2).ok());
+  ASSERT_TRUE(AddLabelledBlocks(Options(Blocks("round1", 1, 20))).ok());
+  absl::StatusOr<RunOutcome> resumed = run(dataset().string(), 4);
+  ASSERT_FALSE(resumed.ok());
+  EXPECT_THAT(std::string(resumed.status().message()), HasSubstr("trained on version 1"));
+  EXPECT_THAT(std::string(resumed.status().message()), HasSubstr("@1"));
+  ASSERT_TRUE(run(dataset().string() + "@1", 4).ok());  // pinned: it resumes
 }
 
 // --- kind: loop -------------------------------------------------------------------
@@ -423,6 +470,22 @@ TEST_F(Loop, RoundsAddVersionsScoreEachBudgetAndResume) {
     for (int64_t x = 0; x < b.width; x += 5) {
       ASSERT_EQ(mask->bytes[y * b.width + x], pool_.mask.data[(b.z * 128 + b.y + y) * 128 + b.x + x]);
     }
+  }
+  // Rounds after the first continue the whole model, encoder included (a
+  // random init freezes nothing).
+  {
+    absl::StatusOr<StateDict> r0 = ReadStateDictFile(job / "rounds/jobs/r0/checkpoints/step-00000004/model.pt");
+    absl::StatusOr<StateDict> r1 = ReadStateDictFile(job / "rounds/jobs/r1/checkpoints/step-00000004/model.pt");
+    ASSERT_TRUE(r0.ok() && r1.ok());
+    std::map<std::string, torch::Tensor> later(r1->begin(), r1->end());
+    int encoder = 0, changed = 0;
+    for (const auto& [name, t] : *r0) {
+      if (name.rfind("transformer.encoder", 0) != 0 || !t.is_floating_point()) continue;
+      ++encoder;
+      changed += !torch::equal(t, later.at(name));
+    }
+    EXPECT_GT(encoder, 0);
+    EXPECT_GT(changed, 0) << "round 1 left the encoder as round 0 did (frozen)";
   }
   // Run again: every round is recorded, nothing is added or trained twice.
   const std::string csv = *ReadFile(job / "loop.csv");
@@ -532,6 +595,14 @@ TEST(LoopStudy, PlansLoopChildrenAndTestsEveryBudget) {
   const std::string why = std::string(ParseJobConfig(no_pool, "l").status().message());
   EXPECT_THAT(why, HasSubstr("loop.pool"));
   EXPECT_THAT(why, HasSubstr("data.dataset"));
+  // Blocks smaller than a tile, too few tiles for one batch, a version of a test split.
+  const std::string small =
+      "kind: loop\nmodel: {name: tiny, image_size: 64}\ndata: {test_dataset: t@2}\nfinetune: {global_batch: 16}\n"
+      "loop: {pool: p, pool_labels: q, block: 32, initial_blocks: 4}\n";
+  const std::string why2 = std::string(ParseJobConfig(small, "l").status().message());
+  EXPECT_THAT(why2, HasSubstr("loop.block"));
+  EXPECT_THAT(why2, HasSubstr("loop.initial_blocks"));
+  EXPECT_THAT(why2, HasSubstr("data.test_dataset"));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
@@ -13,6 +14,7 @@
 #include "common/logging.h"
 #include "common/records.h"
 #include "common/status_macros.h"
+#include "common/job_identity.h"
 #include "common/store_layout.h"
 #include "trainer/data/formats/readers.h"
 #include "trainer/data/formats/writers.h"
@@ -92,11 +94,36 @@ LabelBlock BlockFromJson(const nlohmann::json& j) {
 // The mean IoU of an EvalReport (over items and classes).
 double MeanIou(const EvalReport& r) { return r.mean_iou; }
 
+// Shard files in the loop's own dataset that its manifest does not list: the
+// leftovers of an add that was killed before its manifest was written.
+absl::Status RemoveUnlistedShards(const fs::path& dataset) {
+  absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(dataset);
+  std::set<std::string> listed;
+  if (m.ok()) {
+    for (const ShardInfo& s : m->shards) listed.insert(s.file);
+  }
+  std::error_code ec;
+  for (fs::directory_iterator it(dataset, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.rfind("shard-", 0) == 0 && !listed.count(name)) {
+      RETINA_LOG(Warning) << "loop: removing " << it->path().string() << " (not in the manifest: an interrupted add)";
+      fs::remove(it->path(), ec);
+      if (ec) return absl::InternalError(absl::StrCat(it->path().string(), ": ", ec.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o) {
+  StopSignals signals;
   const StoreLayout layout(o.store);
   const fs::path dir = layout.JobDir(o.job_id);
+  // A newer attempt of this job owns it: this one writes nothing more.
+  auto current = [&]() -> absl::Status {
+    return o.attempt > 0 ? CheckAttemptCurrent(layout, o.job_id, o.attempt) : absl::OkStatus();
+  };
   const fs::path labelled = dir / "labelled";
   const LoopConfig& l = config.loop;
   RETURN_IF_ERROR(CreateDirectories(dir / "evals"));
@@ -104,8 +131,9 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
   const auto [Z, Y, X] = pool.image.shape;
   const int64_t block = std::min<int64_t>({l.block > 0 ? l.block : config.model.image_size, Y, X});
   if (block < config.model.image_size) {
-    return absl::InvalidArgumentError(absl::StrCat("loop.pool: planes of ", Y, "x", X, " are smaller than a block of ",
-                                                   config.model.image_size, " (model.image_size)"));
+    return absl::InvalidArgumentError(absl::StrCat("loop.pool: planes of ", Y, "x", X,
+                                                   " are smaller than a training tile of ", config.model.image_size,
+                                                   " (model.image_size)"));
   }
   // Paths the rounds' fine-tunes (their own store under rounds/) must see
   // as this store's.
@@ -129,22 +157,29 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
   ASSIGN_OR_RETURN(const DevicePlan device, PlanDevice(config.runtime.device, Precision::kFp32, 0));
 
   // Adds `blocks` (chosen for round `round`) as version round + 1 of the
-  // labelled dataset, unless an earlier attempt already did.
-  auto add = [&](int round, const std::vector<Suggestion>& blocks) -> absl::Status {
+  // labelled dataset and returns the blocks that version holds: an earlier
+  // attempt's, read back from its suggestions.csv, when it added them already.
+  auto add = [&](int round, const std::vector<Suggestion>& blocks) -> absl::StatusOr<std::vector<LabelBlock>> {
+    const fs::path round_dir = dir / "rounds" / absl::StrCat("r", round);
     absl::StatusOr<DatasetManifest> m = DatasetManifest::Load(labelled);
-    if (m.ok() && m->latest_version() >= round + 1) return absl::OkStatus();
-    const fs::path blocks_dir = dir / "rounds" / absl::StrCat("r", round) / "blocks";
+    if (m.ok() && m->latest_version() >= round + 1) {
+      return ReadSuggestionBlocks(round_dir / "suggestions" / "suggestions.csv");
+    }
+    RETURN_IF_ERROR(current());
+    RETURN_IF_ERROR(RemoveUnlistedShards(labelled));
     std::error_code ec;
-    fs::remove_all(blocks_dir, ec);  // a half-written set from an interrupted attempt
-    RETURN_IF_ERROR(Annotate(pool, blocks, blocks_dir));
-    RETURN_IF_ERROR(WriteSuggestions(dir / "rounds" / absl::StrCat("r", round) / "suggestions", blocks, pool.image,
-                                     pool.unit));
+    fs::remove_all(round_dir, ec);  // a half-written set from an interrupted attempt
+    RETURN_IF_ERROR(Annotate(pool, blocks, round_dir / "blocks"));
+    RETURN_IF_ERROR(WriteSuggestions(round_dir / "suggestions", blocks, pool.image, pool.unit));
     AddBlocksOptions a;
     a.dataset = labelled;
-    a.input = blocks_dir;
+    a.input = round_dir / "blocks";
     a.size = config.model.image_size;  // training tiles: a block of more is cut like retina-shard import
     a.classes = std::max(2, config.model.classes);
-    return AddLabelledBlocks(a).status();
+    RETURN_IF_ERROR(AddLabelledBlocks(a).status());
+    std::vector<LabelBlock> out;
+    for (const Suggestion& s : blocks) out.push_back(s.block);
+    return out;
   };
 
   std::string previous_model;
@@ -160,9 +195,11 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
       so.seed = static_cast<uint64_t>(config.seed);
       ASSIGN_OR_RETURN(std::vector<Suggestion> first,
                        SuggestBlocks(std::vector<float>(static_cast<size_t>(Z * Y * X), 0.0f), pool.image.shape, so));
-      RETURN_IF_ERROR(add(0, first));
-      done_blocks.clear();
-      for (const Suggestion& s : first) done_blocks.push_back(s.block);
+      if (static_cast<int>(first.size()) < l.initial_blocks) {
+        return absl::FailedPreconditionError(absl::StrCat("loop.initial_blocks: ", l.initial_blocks,
+                                                          " blocks asked, the pool holds ", first.size()));
+      }
+      ASSIGN_OR_RETURN(done_blocks, add(0, first));
     }
     ASSIGN_OR_RETURN(const DatasetManifest m, DatasetManifest::Load(labelled));
     const int version = round + 1;
@@ -170,7 +207,7 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
     // The round's fine-tune.
     JobConfig child = config;
     child.kind = JobKind::kFinetune;
-    child.seed = config.seed + round;
+    child.seed = config.seed * 1009 + round;  // (1009 > rounds: no two (seed, round) share a stream)
     child.data.dataset = absl::StrCat(labelled.string(), "@", version);
     child.data.test_dataset = test_dir.string();
     if (!child.data.val_dataset.empty()) {
@@ -180,6 +217,8 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
     if (round > 0) {
       child.finetune.init = previous_model;
       child.finetune.init_whole = true;
+      // Frozen only as the first round was: a random init trains every tensor.
+      child.finetune.freeze_encoder = config.finetune.init != "random" && config.finetune.freeze_encoder;
     } else if (child.finetune.init != "random") {
       child.finetune.init = absolute(child.finetune.init);
     }
@@ -188,6 +227,7 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
     co.store = dir / "rounds";
     co.job_id = absl::StrCat("r", round);
     co.config_text = JobConfigToYaml(child);
+    co.attempt = o.attempt;  // fences the round's fine-tune like the loop
     RETINA_LOG(Info) << "loop round " << round << ": " << at.count << " tiles from " << done_blocks.size()
                      << " blocks (dataset version " << version << "), fine-tuning " << child.finetune.iters
                      << " iterations from " << child.finetune.init;
@@ -202,6 +242,7 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
     previous_model = (rounds.CheckpointsDir(co.job_id) / "LATEST").string();
     // The blocks for the next round.
     if (round + 1 < l.rounds) {
+      if (StopSignals::Requested() != 0) return RunOutcome::kPreempted;
       SegmentationModel model;
       {
         ModelSelection sel;
@@ -225,10 +266,18 @@ absl::StatusOr<RunOutcome> RunLoop(const JobConfig& config, const RunOptions& o)
       so.seed = static_cast<uint64_t>(config.seed) * 1000003u + static_cast<uint64_t>(round) + 1;
       so.labelled = done_blocks;
       ASSIGN_OR_RETURN(const std::vector<Suggestion> next, SuggestBlocks(map, pool.image.shape, so));
-      if (next.empty()) return absl::FailedPreconditionError("loop: no unlabelled block left in loop.pool");
-      RETURN_IF_ERROR(add(round + 1, next));
-      for (const Suggestion& s : next) done_blocks.push_back(s.block);
+      // Fewer blocks would put the next score at another budget than planned.
+      if (static_cast<int>(next.size()) < l.blocks_per_round) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "loop: round ", round + 1, " asks for ", l.blocks_per_round, " blocks but only ", next.size(),
+            " unlabelled ones are left in loop.pool under the ", EnumName(l.strategy),
+            " rule; lower loop.min_distance or loop.blocks_per_round, or give a larger pool"));
+      }
+      if (StopSignals::Requested() != 0) return RunOutcome::kPreempted;
+      ASSIGN_OR_RETURN(const std::vector<LabelBlock> added, add(round + 1, next));
+      done_blocks.insert(done_blocks.end(), added.begin(), added.end());
     }
+    RETURN_IF_ERROR(current());
     // The round, recorded last.
     state["rounds"].push_back({{"round", round},
                                {"blocks", budget},

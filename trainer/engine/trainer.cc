@@ -225,6 +225,16 @@ absl::Status Trainer::SetUpStore() {
       return absl::FailedPreconditionError(
           absl::StrCat(info.dir.string(), " is a ", s.kind, " checkpoint; this job is ", JobKindName(config_.kind)));
     }
+    // The data it trained on: a dataset that gained a version since (data.dataset
+    // without @k) would feed the resumed sampler other samples.
+    if (data_ != nullptr && s.dataset_version > 0 &&
+        (s.dataset_version != data_->manifest().latest_version() ||
+         s.dataset_digest != data_->manifest().VersionDigest(static_cast<int64_t>(data_->manifest().shards.size())))) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "data.dataset: ", info.dir.string(), " trained on version ", s.dataset_version, " of ", s.dataset,
+          " but version ", data_->manifest().latest_version(), " is open now; resume with data.dataset: ", s.dataset,
+          "@", s.dataset_version));
+    }
     step_ = s.step;
     sampler_state = {s.epoch, s.sampler_offset};
     if (s.world_size != launch_.world_size || s.accumulation != accumulation_) {

@@ -95,11 +95,29 @@ torch::Tensor LogitsToProbabilities(const torch::Tensor& logits) {
 }
 
 torch::Tensor NormalisedEntropy(const torch::Tensor& probabilities) {
-  const torch::Tensor p = probabilities.size(0) == 1
-                              ? torch::cat({1.0 - probabilities, probabilities}, 0)
-                              : probabilities;
-  const torch::Tensor terms = torch::where(p > 0, p * torch::log(p), torch::zeros_like(p));
-  return (-terms.sum(0) / std::log(static_cast<double>(p.size(0)))).clamp_(0.0, 1.0);
+  // Class by class (the working set is a few copies of one class, not of all);
+  // a voxel with a NaN probability is as uncertain as it gets (1), never "certain".
+  const auto term = [](const torch::Tensor& p) { return torch::where(p > 0, p * torch::log(p), torch::zeros_like(p)); };
+  torch::Tensor h, unknown;
+  int64_t classes = probabilities.size(0);
+  if (classes == 1) {
+    const torch::Tensor p = probabilities[0];
+    h = term(p).add_(term(1.0 - p));
+    unknown = p.isnan();
+    classes = 2;
+  } else {
+    for (int64_t c = 0; c < classes; ++c) {
+      const torch::Tensor p = probabilities[c];
+      if (!h.defined()) {
+        h = term(p);
+        unknown = p.isnan();
+      } else {
+        h.add_(term(p));
+        unknown.logical_or_(p.isnan());
+      }
+    }
+  }
+  return h.div_(-std::log(static_cast<double>(classes))).clamp_(0.0, 1.0).masked_fill_(unknown, 1.0);
 }
 
 namespace {

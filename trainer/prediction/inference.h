@@ -70,7 +70,8 @@ torch::Tensor LogitsToProbabilities(const torch::Tensor& logits);
 // The uncertainty map (infer.uncertainty: entropy): probabilities [C, ...]
 // -> [...] float, H(p) / log(C) with H(p) = -sum_c p_c log p_c (0 log 0 = 0);
 // one sigmoid channel p counts as the two classes (1 - p, p), divided by
-// log 2. 0 where the model is certain, 1 where every class is equally likely.
+// log 2. 0 where the model is certain, 1 where every class is equally likely
+// (and where a probability is NaN).
 torch::Tensor NormalisedEntropy(const torch::Tensor& probabilities);
 
 // The job file's prediction mode (common/job_config.h). 2d predicts as a

@@ -69,6 +69,11 @@ absl::StatusOr<std::vector<Suggestion>> SuggestBlocks(const std::vector<float>& 
       if (t.block.Overlaps(s.block)) return false;
       if (distance && t.block.Distance(s.block) < min_distance) return false;
     }
+    if (distance) {  // the rule holds against the blocks labelled before, too
+      for (const LabelBlock& l : o.labelled) {
+        if (l.Distance(s.block) < min_distance) return false;
+      }
+    }
     return true;
   };
   if (o.strategy == SelectionStrategy::kRandom) {

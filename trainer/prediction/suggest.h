@@ -12,9 +12,12 @@
 //  - uncertainty: by score, highest first (ties: lower z, y, x first); a
 //    candidate is taken only if it overlaps no block taken before and its
 //    centre is at least `min_distance` voxels (Euclidean over z, y, x) from
-//    every taken block's centre: the diversity rule (default: half the block
-//    side, so no two blocks on one plane overlap and a block is never
-//    repeated within block/2 planes of itself).
+//    the centre of every block taken before and every block labelled
+//    before: the diversity rule. The default, half the block side, keeps
+//    blocks on one plane apart and never repeats a place within block/2
+//    planes; blocks shifted by half a block may still sit on neighbouring
+//    planes (min_distance = the block side spreads them further, at the
+//    price of fewer blocks in a thin volume).
 //  - uncertainty-nodiversity: by score alone (blocks may overlap and touch).
 //  - random: candidates in a seeded uniform order, taken if they overlap no
 //    block taken before (no distance rule).

@@ -1,6 +1,13 @@
 #include "trainer/data/tools/import.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
 
 #include <algorithm>
 #include <cmath>
@@ -319,7 +326,39 @@ absl::StatusOr<ImportResult> ImportBenchmark(const ImportOptions& o) {
   return result;
 }
 
+namespace {
+
+// An exclusive flock on <dataset>/.add.lock for the whole of an --add: two
+// adds to one dataset (two people, or a person and a loop) run one after the
+// other, each reading the manifest the other wrote.
+class AddLock {
+ public:
+  static absl::StatusOr<AddLock> Take(const fs::path& dataset) {
+    RETURN_IF_ERROR(CreateDirectories(dataset));
+    const fs::path path = dataset / ".add.lock";
+    const int fd = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0644);
+    if (fd < 0) return absl::InternalError(absl::StrCat(path.string(), ": ", std::strerror(errno)));
+    if (::flock(fd, LOCK_EX) != 0) {
+      ::close(fd);
+      return absl::InternalError(absl::StrCat(path.string(), ": flock: ", std::strerror(errno)));
+    }
+    return AddLock(fd);
+  }
+  AddLock(AddLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  AddLock& operator=(AddLock&&) = delete;
+  ~AddLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+
+ private:
+  explicit AddLock(int fd) : fd_(fd) {}
+  int fd_ = -1;
+};
+
+}  // namespace
+
 absl::StatusOr<AddBlocksResult> AddLabelledBlocks(const AddBlocksOptions& a) {
+  ASSIGN_OR_RETURN(const AddLock lock, AddLock::Take(a.dataset));
   DatasetManifest m;
   const bool exists = fs::exists(a.dataset / DatasetManifest::kFileName);
   if (exists) {

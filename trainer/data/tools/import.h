@@ -74,7 +74,10 @@ absl::StatusOr<ImportResult> ImportBenchmark(const ImportOptions& options);
 // manifest (the new version last) is replaced atomically. The normalisation
 // stays the first version's, so a model continued on a later version sees
 // inputs scaled as before. A dataset that does not exist is created, its
-// version 1 the blocks (then `size` and `classes` are required).
+// version 1 the blocks (then `size` and `classes` are required). Adds to one
+// dataset are serialised by an flock on <dataset>/.add.lock; a shard file the
+// manifest does not list (an add killed before its manifest) is refused, not
+// overwritten.
 struct AddBlocksOptions {
   std::filesystem::path dataset;
   std::filesystem::path input;
