@@ -499,7 +499,8 @@ StudyReportFiles RenderStudyReport(const StudyReport& r) {
     f.svgs[curves] = CurvesSvg(r, d);
     f.svgs[box] = BoxplotSvg(r, d);
     const std::string against = loop ? "IoU against blocks labelled" : "IoU against iterations (Fig 3a)";
-    md += "### " + against + "\n\n" + MarkdownTable(curve) + "![" + against + "](" + curves +
+    md += "### " + against + "\n\n" + MarkdownTable(curve) + "![" +
+          (loop ? "IoU against blocks labelled" : "IoU against iterations") + "](" + curves +
           ")\n\n### IoU per seed (Fig 3b)\n\n![IoU per seed](" + box + ")\n\n";
     html += "<h3>" + XmlEscape(against) + "</h3>\n" + HtmlTable(curve) + f.svgs[curves] +
             "<h3>IoU per seed (Fig 3b)</h3>\n" + f.svgs[box];
