@@ -308,8 +308,8 @@ TEST(Integrity, EveryRequestIsBoundedAndEveryEnumChecked) {
               for (int i = 0; i < 33; ++i) (*r.mutable_spec()->mutable_labels())["k" + std::to_string(i)] = "v";
             }},
            {"spec.labels: key 'xxxx", [&](v1::SubmitJobRequest& r) { (*r.mutable_spec()->mutable_labels())[huge] = "v"; }},
-           {"spec.kind: unknown value 7",
-            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_kind(static_cast<v1::JobKind>(7)); }},
+           {"spec.kind: unknown value 99",
+            [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_kind(static_cast<v1::JobKind>(99)); }},
            {"spec.slot_type: unknown value 9",
             [](v1::SubmitJobRequest& r) { r.mutable_spec()->set_slot_type(static_cast<v1::SlotType>(9)); }},
            {"spec.priority: must be between -1000 and 1000",
