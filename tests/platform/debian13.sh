@@ -98,8 +98,8 @@ fi
 
 # The targets the representative set runs (its tests' executables and the
 # programs they start), and the set itself.
-TARGETS=${RETINA_PLATFORM_TARGETS:-"retina-train retina-shard retina-synth retina-eval retina-infer retina-suggest retina-coordinator retina-worker retina retina-serve serve_tests common_tests trainer_tests trainer_interop_tests trainer_dist_tests dist_worker trainer_engine_tests trainer_infer_tests trainer_loop_tests trainer_parity_tests services_unit_tests"}
-TESTS=${RETINA_PLATFORM_TESTS:-"^(Configs/ModelInterop\\.|ReadStateDictFile\\.|TrainingParity\\.|InitParity\\.|DataParallel\\.TwoGlooRanksEqualOneProcessInFloat64|DataParallel\\.TwoMpiRanksUnderMpirun|DataParallel\\.UnderATorchrunAgentStore|DataParallel\\.RealTorchrun|Engine\\.CheckpointFilesLoadInPython|Engine\\.RetinaEval|Engine\\.RetinaInfer|Infer\\.OneTwoAndThreeRanks|Zarr\\.ReadsWhatPythonZarrWrote|Loop\\.AnInferJobWritesAnUncertaintyMap|ServeTest\\.ARegionEquals|ServeTest\\.HotReload|demo_runs_end_to_end|deploy_docker_packages_and_install)"}
+TARGETS=${RETINA_PLATFORM_TARGETS:-"retina-train retina-shard retina-synth retina-eval retina-infer retina-suggest retina-coordinator retina-worker retina retina-serve serve_tests common_tests trainer_tests trainer_interop_tests trainer_dist_tests dist_worker trainer_engine_tests trainer_infer_tests trainer_parity_tests services_unit_tests"}
+TESTS=${RETINA_PLATFORM_TESTS:-"^(Configs/ModelInterop\\.|ReadStateDictFile\\.|TrainingParity\\.|InitParity\\.|DataParallel\\.TwoGlooRanksEqualOneProcessInFloat64|DataParallel\\.TwoMpiRanksUnderMpirun|DataParallel\\.UnderATorchrunAgentStore|DataParallel\\.RealTorchrun|Engine\\.CheckpointFilesLoadInPython|Engine\\.RetinaEval|Engine\\.RetinaInfer|Infer\\.OneTwoAndThreeRanks|Zarr\\.ReadsWhatPythonZarrWrote|ServeTest\\.ARegionEquals|ServeTest\\.HotReload|demo_runs_end_to_end|deploy_docker_packages_and_install)"}
 
 SHARED=$(cd "$SRC/.." && pwd)/shared
 unshare --mount --pid --fork --propagation private bash -c '
