@@ -35,16 +35,16 @@ absl::Status FromJob(SuggestFlags* f) {
   const nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
   if (!j.is_object() || !j.contains("outputs")) return absl::DataLossError(report.string() + ": not a predictions report");
   std::vector<std::string> names;
+  const bool pick = !f->output.empty() || j["outputs"].size() == 1;  // several inputs: --output names one
   for (const auto& item : j["outputs"]) {
     const std::string input = item.value("input", "");
     const std::string name = std::filesystem::path(input).filename().string();
     names.push_back(name);
-    if (!f->output.empty() && f->output != name && f->output != input) continue;
+    if (!pick || (!f->output.empty() && f->output != name && f->output != input)) continue;
     if (!item.contains("uncertainty")) {
       return absl::FailedPreconditionError(absl::StrCat(
           "--job ", f->job, ": ", input, " has no uncertainty map; predict with infer.uncertainty: entropy"));
     }
-    if (f->output.empty() && j["outputs"].size() > 1) break;
     f->uncertainty = item["uncertainty"].get<std::string>();
     f->image = input;  // as the job resolved it, like the uncertainty map's path
     return absl::OkStatus();
