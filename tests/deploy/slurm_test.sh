@@ -44,10 +44,10 @@ optimizer: {lr: 0.01}
 pretrain: {epochs: $1, global_batch: 8, checkpoint_every_epochs: 1}
 EOF
 }
-# long: 4 epochs of 16 steps, the interruption comes within 0.2 s of the
-# first checkpoint (step 16), 48 steps before the end.
+# long: 3 epochs of 16 steps, the interruption comes within 0.2 s of the
+# first checkpoint (step 16), 32 steps before the end.
 config 2 >"$WORK/short.yaml"
-config 4 >"$WORK/long.yaml"
+config 3 >"$WORK/long.yaml"
 export RETINA_STORE=$STORE RETINA_BIN=$BIN RETINA_SLURM_DIR=$SOURCE_DIR/deploy/slurm
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,tcp OMPI_MCA_btl_tcp_if_include=lo \
   OMPI_MCA_oob_tcp_if_include=lo OMPI_MCA_plm=slurm OMPI_MCA_rmaps_base_oversubscribe=1
