@@ -1,5 +1,7 @@
 #include "common/job_config.h"
 
+#include "common/model_ref.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
@@ -185,6 +187,13 @@ void CheckCrossField(const JobConfig& c, const YAML::Node& root, ConfigErrors* e
     }
     if (NodeAt(root, "finetune.eval_at")) {
       AddAt(errors, root, "finetune.eval_at", "a study sets each child's eval_at from study.eval_at; remove it");
+    }
+  }
+  if (!c.finetune.register_as.empty()) {
+    if (c.kind != JobKind::kFinetune) {
+      AddAt(errors, root, "finetune.register", "only a finetune job registers its checkpoint as a model");
+    } else if (const absl::Status s = ValidateModelName(c.finetune.register_as, "finetune.register"); !s.ok()) {
+      AddAt(errors, root, "finetune.register", std::string(s.message()));
     }
   }
   if (c.kind == JobKind::kEvaluate && c.evaluate.checkpoint.empty()) {

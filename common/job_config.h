@@ -236,6 +236,7 @@ struct FinetuneConfig {
   std::string init = "random";
   bool freeze_encoder = true;
   bool init_whole = false;
+  std::string register_as;  // YAML `register`: the model name a successful service run registers as
   LossKind loss = LossKind::kAuto;
   std::vector<double> class_weights;
   std::int64_t eval_every_iters = 500;
@@ -276,6 +277,9 @@ struct FinetuneConfig {
     v.Field("init_whole", &init_whole,
             Spec("load every tensor of finetune.init, decoder and head too (continue a fine-tune of the same model, "
                  "as the annotation loop's rounds do); false = the encoder only (METHOD.md section 3)"));
+    v.Field("register", &register_as,
+            Spec("service jobs: when the job succeeds, register its final checkpoint as a new version of this "
+                 "model (docs/models.md); empty = not registered"));
     v.Field("loss", &loss,
             Spec("auto = bce_dice for 1 class, ce_dice otherwise"));
     v.Field("class_weights", &class_weights,

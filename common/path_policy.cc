@@ -1,5 +1,7 @@
 #include "common/path_policy.h"
 
+#include "common/model_ref.h"
+
 #include <cstring>
 #include <fstream>
 
@@ -87,6 +89,10 @@ absl::Status PathPolicy::CheckConfig(const JobConfig& c, const std::string& job_
   if (!c.data.val_dataset.empty()) RETURN_IF_ERROR(Check("data.val_dataset", DatasetPath(c.data.val_dataset)));
   if (!c.data.test_dataset.empty()) RETURN_IF_ERROR(Check("data.test_dataset", DatasetPath(c.data.test_dataset)));
   auto weights = [&](const std::string& field, const std::string& value) -> absl::Status {
+    if (IsModelRef(value)) {  // a registered model: it must exist, under the store
+      ASSIGN_OR_RETURN(const fs::path dir, ResolveModelRef(store_, value, field));
+      return Check(field, dir);
+    }
     RETURN_IF_ERROR(Check(field, WeightsPath(value)));
     return CheckWeightsFile(field, WeightsPath(value));
   };

@@ -290,6 +290,9 @@ std::string EncodeCheckpointState(const CheckpointState& s) {
     j["dataset_version"] = s.dataset_version;
     j["dataset_digest"] = s.dataset_digest;
   }
+  if (!s.init.empty()) j["init"] = s.init;
+  if (!s.init_manifest.empty()) j["init_manifest"] = s.init_manifest;
+  if (!s.code_version.empty()) j["code_version"] = s.code_version;
   return j.dump(2) + "\n";
 }
 
@@ -313,6 +316,9 @@ absl::Status ReadCheckpointState(const Reader& r, CheckpointState* s) {
   RETURN_IF_ERROR(r.Get("dataset", &s->dataset, false));
   RETURN_IF_ERROR(r.Get("dataset_version", &s->dataset_version, false));
   RETURN_IF_ERROR(r.Get("dataset_digest", &s->dataset_digest, false));
+  RETURN_IF_ERROR(r.Get("init", &s->init, false));
+  RETURN_IF_ERROR(r.Get("init_manifest", &s->init_manifest, false));
+  RETURN_IF_ERROR(r.Get("code_version", &s->code_version, false));
   return r.GetOptional("std", &s->std);
 }
 

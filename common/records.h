@@ -117,6 +117,13 @@ struct CheckpointState {
   std::string dataset;
   int dataset_version = 0;
   std::string dataset_digest;
+  // Lineage (docs/models.md; absent in early checkpoints): what the run
+  // started from as the weights resolved it (a store-relative checkpoint
+  // directory, "models/<name>/v<N>", a file, or "random"), the SHA-256 of
+  // that checkpoint's MANIFEST file, and the trainer's version string.
+  std::string init;
+  std::string init_manifest;
+  std::string code_version;
 };
 std::string EncodeCheckpointState(const CheckpointState& s);
 // `where` names the file in errors (DATA_LOSS for a damaged record).

@@ -58,4 +58,13 @@ fs::path StoreLayout::CheckpointsDir(absl::string_view job_id) const {
   return JobDir(job_id) / "checkpoints";
 }
 
+std::string StoreRelative(const std::filesystem::path& path, const std::filesystem::path& store) {
+  std::error_code ec;
+  const std::filesystem::path p = std::filesystem::weakly_canonical(std::filesystem::absolute(path), ec);
+  const std::filesystem::path s = std::filesystem::weakly_canonical(std::filesystem::absolute(store), ec);
+  const std::filesystem::path rel = p.lexically_relative(s);
+  if (rel.empty() || *rel.begin() == "..") return p.string();
+  return rel.string();
+}
+
 }  // namespace retina

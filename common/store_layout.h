@@ -25,6 +25,10 @@
 
 namespace retina {
 
+// `path` relative to `store` when it lies inside it ("jobs/job-000001/checkpoints/step-00000010"),
+// else absolute (both taken canonically, as far as they exist).
+std::string StoreRelative(const std::filesystem::path& path, const std::filesystem::path& store);
+
 class StoreLayout {
  public:
   explicit StoreLayout(std::filesystem::path root) : root_(std::move(root)) {}

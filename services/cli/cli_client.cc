@@ -62,7 +62,7 @@ absl::StatusOr<Client> Connect(ConnectFlags f) {
     ASSIGN_OR_RETURN(token, services::ReadTokenFile(f.token_file));
   }
   ASSIGN_OR_RETURN(auto channel, services::MakeChannel(f.address, f.ca));
-  return Client{v1::JobService::NewStub(channel), token};
+  return Client{v1::JobService::NewStub(channel), token, v1::ModelService::NewStub(channel)};
 }
 
 absl::Status Call(const grpc::Status& s) { return services::FromGrpcStatus(s); }

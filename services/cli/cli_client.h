@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "retina/v1/job_service.grpc.pb.h"
+#include "retina/v1/model_service.grpc.pb.h"
 
 namespace retina::cli {
 
@@ -19,6 +20,7 @@ inline constexpr absl::Duration kTimeout = absl::Seconds(30);
 struct Client {
   std::unique_ptr<retina::v1::JobService::Stub> stub;
   std::string token;
+  std::unique_ptr<retina::v1::ModelService::Stub> models;  // the model registry, same channel
   std::unique_ptr<grpc::ClientContext> Context(absl::Duration t = kTimeout) const;
 };
 

@@ -27,6 +27,7 @@
 #include "common/study/study.h"
 #include "services/cli/cli_client.h"
 #include "services/cli/segment_command.h"
+#include "services/cli/model_commands.h"
 #include "services/cli/study_commands.h"
 #include "services/cli/svg_plot.h"
 #include "services/rpc_util.h"
@@ -590,6 +591,8 @@ int RunCli(const std::vector<std::string>& args) {
 
   InspectFlags inspect;
   AddInspectCommands(cli, &conn, &inspect);
+  ModelCommands models;
+  AddModelCommands(cli, &conn, &models);
   return cli.Run(args);
 }
 

@@ -19,10 +19,13 @@
 #include "services/coordinator/job_spec.h"
 #include "services/coordinator/job_table.h"
 #include "services/coordinator/limits.h"
+#include "services/coordinator/model_registry.h"
+#include "common/model_ref.h"
 #include "services/coordinator/slurm_executor.h"
 #include "services/coordinator/worker_registry.h"
 
 namespace retina::coordinator {
+namespace fs = std::filesystem;
 namespace v1 = retina::v1;
 
 class ABSL_SCOPED_LOCKABLE Coordinator::StateLock {
@@ -100,6 +103,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(CoordinatorOpti
   const CoordinatorOptions& o = c->options_;
   ASSIGN_OR_RETURN(c->table_, JobTable::Open({o.database, o.sqlite_synchronous, o.store, o.adopt_store}, &c->hub_,
                                              metrics, c->NowMs()));
+  ASSIGN_OR_RETURN(c->models_, ModelRegistry::Open(c->table_->db(), o.store, metrics));
   ExecutorContext ctx;
   ctx.jobs = c->table_.get();
   ctx.metrics = metrics;
@@ -185,11 +189,265 @@ void Coordinator::Tick() {
     executor_->Tick(now);
   }
   executor_->Poll();
+  AutoRegister();
 }
 
 void Coordinator::SetHealthListener(std::function<void(bool)> listener) {
   StateLock lock(this);
   table_->SetHealthListener(std::move(listener));
+}
+
+// ---- ModelService ----
+
+namespace {
+
+absl::Status CheckModelRequestText(const std::string& description, const google::protobuf::RepeatedPtrField<std::string>& tags) {
+  if (description.size() > 4096) return absl::InvalidArgumentError("description: longer than 4096 bytes");
+  if (tags.size() > 16) return absl::InvalidArgumentError("tags: more than 16");
+  for (const std::string& t : tags) RETURN_IF_ERROR(ValidateModelName(t, "tags"));
+  return absl::OkStatus();
+}
+
+// What a caller who is neither the model's owner nor an admin sees: the
+// metadata and scores, not the job files of its lineage (as GetJob hides a
+// job's spec).
+v1::ModelVersion Shown(const v1::ModelVersion& m, const std::string& user, bool admin) {
+  v1::ModelVersion out = m;
+  if (admin || m.user() == user) return out;
+  for (v1::LineageStep& st : *out.mutable_lineage()) st.clear_config_yaml();
+  return out;
+}
+
+absl::Status MayChange(const v1::ModelVersion& m, const std::string& user, bool admin, const char* action) {
+  if (admin || m.user() == user) return absl::OkStatus();
+  return absl::PermissionDeniedError(absl::StrCat("model ", m.id(), " belongs to user '", m.user(), "': only its owner or an admin may ", action, " it"));
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ModelVersion> Coordinator::RegisterModel(const v1::RegisterModelRequest& request,
+                                                            const std::string& user, bool admin) {
+  return Register(request, user, admin, "client");
+}
+
+absl::StatusOr<v1::ModelVersion> Coordinator::Register(const v1::RegisterModelRequest& r, const std::string& user,
+                                                       bool admin, const std::string& origin) {
+  RETURN_IF_ERROR(ValidateModelName(r.name(), "name"));
+  RETURN_IF_ERROR(CheckModelRequestText(r.description(), r.tags()));
+  if (r.step() < 0) return absl::InvalidArgumentError("step: must be >= 0 (0: the job's final checkpoint)");
+  if (r.job_id().empty()) return absl::InvalidArgumentError("job_id: required");
+  auto name_taken = [&]() -> absl::Status {
+    if (const std::string owner = models_->Owner(r.name()); !owner.empty() && owner != user && !admin) {
+      return absl::PermissionDeniedError(absl::StrCat("name: the model name '", r.name(), "' belongs to user '", owner,
+                                                      "'; choose another name"));
+    }
+    return absl::OkStatus();
+  };
+  {
+    StateLock lock(this);
+    ASSIGN_OR_RETURN(JobEntry * e, table_->Find(r.job_id()));
+    if (!admin && e->job.user() != user) {
+      return absl::PermissionDeniedError(absl::StrCat("job ", r.job_id(), " belongs to another user: only its owner or an admin registers its checkpoints"));
+    }
+    const v1::JobKind kind = e->job.spec().kind();
+    if (kind != v1::FINETUNE && kind != v1::PRETRAIN) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", r.job_id(), " is not a pretrain or finetune job: it has no model checkpoints"));
+    }
+    RETURN_IF_ERROR(name_taken());
+  }
+  // The files, without the lock: verify, read the lineage, link.
+  absl::StatusOr<RegistrationFiles> files = StageRegistration(options_.store, r.job_id(), r.step());
+  if (!files.ok()) {
+    if (metrics_) metrics_->ModelChange("register", "error");
+    return files.status();
+  }
+  std::error_code ec;
+  StateLock lock(this);
+  absl::Status ok = name_taken();
+  v1::ModelVersion m;
+  fs::path dst;
+  if (ok.ok()) {
+    m.set_name(r.name());
+    m.set_version(models_->NextVersion(r.name()));
+    m.set_id(ModelId(m.name(), m.version()));
+    m.set_user(user);
+    m.set_create_unix_ms(NowMs());
+    m.set_description(r.description());
+    m.set_origin(origin);
+    dst = ModelVersionDir(options_.store, m.name(), m.version());
+    m.set_path(StoreRelative(dst, options_.store));
+    for (const std::string& t : r.tags()) {
+      if (std::find(m.tags().begin(), m.tags().end(), t) == m.tags().end()) m.add_tags(t);
+    }
+    // The chain: users from the job table; a registered model's own chain appended.
+    for (v1::LineageStep& st : files->lineage) {
+      if (!st.job_id().empty()) {
+        if (JobEntry* j = table_->Get(st.job_id())) st.set_user(j->job.user());
+      }
+      *m.add_lineage() = st;
+    }
+    if (m.lineage_size() > 0 && !m.lineage(m.lineage_size() - 1).model_id().empty()) {
+      if (absl::StatusOr<const v1::ModelVersion*> parent = models_->Resolve(m.lineage(m.lineage_size() - 1).model_id());
+          parent.ok()) {
+        m.mutable_lineage()->RemoveLast();
+        const int first = m.lineage_size();
+        for (const v1::LineageStep& st : (*parent)->lineage()) *m.add_lineage() = st;
+        if (m.lineage_size() > first) m.mutable_lineage(first)->set_model_id((*parent)->id());
+      } else {
+        m.mutable_lineage(m.lineage_size() - 1)->set_note("a registered model no longer in the registry");
+      }
+    }
+    fs::remove_all(dst, ec);  // a crash's leftover: never committed (not in the database)
+    fs::create_directories(dst.parent_path(), ec);
+    fs::rename(files->staged, dst, ec);
+    if (ec) ok = ErrnoStatus(ec.value(), "rename", dst);
+  }
+  std::vector<v1::ModelVersion> changes;
+  if (ok.ok()) {
+    // A tag names one version of a name: moved here from another.
+    for (const v1::ModelVersion* other : models_->List(m.name())) {
+      v1::ModelVersion o = *other;
+      auto* tags = o.mutable_tags();
+      const int before = tags->size();
+      tags->erase(std::remove_if(tags->begin(), tags->end(),
+                                 [&](const std::string& t) { return std::find(m.tags().begin(), m.tags().end(), t) != m.tags().end(); }),
+                  tags->end());
+      if (tags->size() != before) changes.push_back(std::move(o));
+    }
+    changes.push_back(m);
+    ok = models_->Put(changes);
+  }
+  if (!ok.ok()) {
+    fs::remove_all(files->staged, ec);
+    if (!dst.empty() && !models_->Resolve(m.id()).ok()) fs::remove_all(dst, ec);
+    if (metrics_) metrics_->ModelChange("register", "error");
+    return ok;
+  }
+  if (metrics_) metrics_->ModelChange("register", "ok");
+  RETINA_LOG(Info) << "registered " << m.id() << " from job " << r.job_id() << " (" << files->checkpoint.filename().string()
+                   << ") for " << user << " (" << origin << ")";
+  return m;
+}
+
+v1::ListModelVersionsResponse Coordinator::ListModels(const v1::ListModelVersionsRequest& request) {
+  StateLock lock(this);
+  v1::ListModelVersionsResponse out;
+  for (const v1::ModelVersion* m : models_->List(request.name())) {
+    v1::ModelVersion* o = out.add_models();
+    *o = *m;
+    o->clear_lineage();
+    if (m->lineage_size() > 0) *o->add_lineage() = m->lineage(0);  // the source and its scores
+    if (o->lineage_size() > 0) o->mutable_lineage(0)->clear_config_yaml();
+  }
+  return out;
+}
+
+absl::StatusOr<v1::ModelVersion> Coordinator::GetModel(const std::string& ref, const std::string& user, bool admin) {
+  StateLock lock(this);
+  ASSIGN_OR_RETURN(const v1::ModelVersion* m, models_->Resolve(ref));
+  return Shown(*m, user, admin);
+}
+
+absl::StatusOr<v1::ModelVersion> Coordinator::TagModel(const v1::TagModelRequest& r, const std::string& user,
+                                                       bool admin) {
+  RETURN_IF_ERROR(ValidateModelName(r.tag(), "tag"));
+  StateLock lock(this);
+  ASSIGN_OR_RETURN(const v1::ModelVersion* found, models_->Resolve(r.ref()));
+  RETURN_IF_ERROR(MayChange(*found, user, admin, "tag"));
+  v1::ModelVersion m = *found;
+  std::vector<v1::ModelVersion> changes;
+  auto* tags = m.mutable_tags();
+  if (r.remove()) {
+    auto it = std::find(tags->begin(), tags->end(), r.tag());
+    if (it == tags->end()) return absl::NotFoundError(absl::StrCat("tag: ", m.id(), " has no tag '", r.tag(), "'"));
+    tags->erase(it);
+  } else {
+    if (std::find(tags->begin(), tags->end(), r.tag()) != tags->end()) return m;
+    if (tags->size() >= 16) return absl::InvalidArgumentError(absl::StrCat("tag: ", m.id(), " has 16 tags already"));
+    for (const v1::ModelVersion* other : models_->List(m.name())) {  // moved from the version that had it
+      auto it = std::find(other->tags().begin(), other->tags().end(), r.tag());
+      if (it == other->tags().end()) continue;
+      v1::ModelVersion o = *other;
+      o.mutable_tags()->erase(o.mutable_tags()->begin() + (it - other->tags().begin()));
+      changes.push_back(std::move(o));
+    }
+    m.add_tags(r.tag());
+  }
+  changes.push_back(m);
+  const absl::Status s = models_->Put(changes);
+  if (metrics_) metrics_->ModelChange("tag", s.ok() ? "ok" : "error");
+  RETURN_IF_ERROR(s);
+  return Shown(m, user, admin);
+}
+
+absl::StatusOr<v1::ModelVersion> Coordinator::DeleteModel(const std::string& ref, const std::string& user, bool admin) {
+  v1::ModelVersion m;
+  fs::path dir;
+  {
+    StateLock lock(this);
+    ASSIGN_OR_RETURN(const v1::ModelVersion* found, models_->Resolve(ref));
+    RETURN_IF_ERROR(MayChange(*found, user, admin, "delete"));
+    m = *found;
+    if (const v1::ModelVersion* child = models_->UsedBy(m.id())) {
+      return absl::FailedPreconditionError(absl::StrCat("ref: ", m.id(), " is in the lineage of ", child->id(),
+                                                        ": delete that first"));
+    }
+    // An unfinished job that names the model (any version or tag: which one
+    // it reads is decided when its ranks start) keeps it.
+    const std::string by_ref = absl::StrCat(kModelRefPrefix, m.name());
+    const std::string by_path = absl::StrCat("models/", m.name(), "/");
+    for (const auto& [seq, e] : table_->by_seq()) {
+      const v1::JobState st = e->job.state();
+      if (st == v1::SUCCEEDED || st == v1::FAILED || st == v1::CANCELLED) continue;
+      const std::string& text = e->job.spec().config_yaml();
+      if (absl::StrContains(text, by_ref) || absl::StrContains(text, by_path)) {
+        return absl::FailedPreconditionError(absl::StrCat("ref: ", m.id(), " is named by job ", e->job.id(), " (",
+                                                          JobStateName(st), "): wait for it to end or cancel it"));
+      }
+    }
+    const absl::Status s = models_->Remove(m.id());
+    if (metrics_) metrics_->ModelChange("delete", s.ok() ? "ok" : "error");
+    RETURN_IF_ERROR(s);
+    dir = ModelVersionDir(options_.store, m.name(), m.version());
+  }
+  // The files, without the lock: renamed aside first, so a half-deleted
+  // version never looks whole.
+  std::error_code ec;
+  const fs::path aside = ModelsDir(options_.store) / ".incoming" / UniqueTempName("deleted-");
+  fs::create_directories(aside.parent_path(), ec);
+  fs::rename(dir, aside, ec);
+  fs::remove_all(ec ? dir : aside, ec);
+  RETINA_LOG(Info) << "deleted model " << m.id() << " (" << user << ")";
+  return Shown(m, user, admin);
+}
+
+void Coordinator::AutoRegister() {
+  std::vector<std::pair<v1::RegisterModelRequest, std::string>> todo;  // request, job owner
+  {
+    StateLock lock(this);
+    if (table_->state_changes() == auto_register_seen_changes_) return;
+    auto_register_seen_changes_ = table_->state_changes();
+    for (const auto& [seq, e] : table_->by_seq()) {
+      const v1::Job& job = e->job;
+      if (job.state() != v1::SUCCEEDED || job.spec().kind() != v1::FINETUNE) continue;
+      if (!auto_register_done_.insert(job.id()).second) continue;
+      if (!absl::StrContains(job.spec().config_yaml(), "register") || models_->HasVersionFrom(job.id())) continue;
+      absl::StatusOr<JobConfig> c = ParseJobConfig(job.spec().config_yaml(), job.id());
+      if (!c.ok() || c->finetune.register_as.empty()) continue;
+      v1::RegisterModelRequest r;
+      r.set_job_id(job.id());
+      r.set_name(c->finetune.register_as);
+      r.set_description(absl::StrCat("registered when ", job.id(), " succeeded (finetune.register)"));
+      todo.emplace_back(std::move(r), job.user());
+    }
+  }
+  for (const auto& [r, owner] : todo) {
+    absl::StatusOr<v1::ModelVersion> m = Register(r, owner, false, "auto");
+    if (!m.ok()) {
+      RETINA_LOG(Warning) << "job " << r.job_id() << " succeeded but was not registered as '" << r.name()
+                          << "': " << m.status();
+    }
+  }
 }
 
 // ---- JobService ----
@@ -209,10 +467,22 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request,
     RETURN_IF_ERROR(StudyChildSpecs(spec, "study", options_.store, options_.allowed_roots, options_.output_roots).status());
   }
   const int adding = QueuedBy(spec);
+  std::string register_as;  // finetune.register: the name must be new or the submitter's
+  if (spec.kind() == v1::FINETUNE && absl::StrContains(spec.config_yaml(), "register")) {
+    if (absl::StatusOr<JobConfig> c = ParseJobConfig(spec.config_yaml(), "spec.config_yaml"); c.ok()) {
+      register_as = c->finetune.register_as;
+    }
+  }
   int64_t seq = 0;
   {
     StateLock lock(this);
     if (JobEntry* e = table_->ByRequest(user, request.request_id())) return e->job;
+    if (const std::string owner = register_as.empty() ? "" : models_->Owner(register_as);
+        !owner.empty() && owner != user) {
+      return absl::PermissionDeniedError(absl::StrCat("spec.config_yaml: finetune.register: the model name '",
+                                                      register_as, "' belongs to user '", owner,
+                                                      "'; choose another name"));
+    }
     RETURN_IF_ERROR(Admit(spec, user, adding, origin));
     seq = table_->TakeSeq();
   }

@@ -40,6 +40,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -50,6 +51,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "retina/v1/job_service.pb.h"
+#include "retina/v1/model_service.pb.h"
 #include "retina/v1/worker_service.pb.h"
 #include "services/coordinator/coordinator_metrics.h"
 #include "services/coordinator/slurm_commands.h"
@@ -61,6 +63,7 @@ class AgentExecutor;
 class Executor;
 class JobTable;
 struct JobEntry;
+class ModelRegistry;
 class NotServingLog;
 
 struct CoordinatorOptions {
@@ -147,6 +150,21 @@ class Coordinator {
   absl::Status ReportEvents(const retina::v1::ReportEventsRequest& request);
   absl::Status CompleteTask(const retina::v1::CompleteTaskRequest& request);
 
+  // ModelService (model_registry.h, docs/models.md). `user` asked; `admin`
+  // acts on every user's jobs and models. Every client lists and reads
+  // models; a lineage's job files are shown to the model's owner and admins;
+  // registering takes the job's owner (or an admin) and a name that is new or
+  // the caller's; tagging and deleting take the model's owner or an admin.
+  // Delete refuses (FAILED_PRECONDITION) a version another model's lineage
+  // passes through or an unfinished job names.
+  absl::StatusOr<retina::v1::ModelVersion> RegisterModel(const retina::v1::RegisterModelRequest& request,
+                                                         const std::string& user, bool admin);
+  retina::v1::ListModelVersionsResponse ListModels(const retina::v1::ListModelVersionsRequest& request);
+  absl::StatusOr<retina::v1::ModelVersion> GetModel(const std::string& ref, const std::string& user, bool admin);
+  absl::StatusOr<retina::v1::ModelVersion> TagModel(const retina::v1::TagModelRequest& request,
+                                                    const std::string& user, bool admin);
+  absl::StatusOr<retina::v1::ModelVersion> DeleteModel(const std::string& ref, const std::string& user, bool admin);
+
   // The study controller's report on a RUNNING study: its progress, or its
   // end (FAILED_PRECONDITION for a job that is not a running study).
   absl::Status UpdateStudy(const std::string& id, const StudyUpdate& update);
@@ -176,6 +194,11 @@ class Coordinator {
   // directory exists): the job's id. Without the lock.
   absl::StatusOr<std::string> ReserveDirectory(int64_t* seq, const std::string& uid);
   absl::Status CancelEntry(JobEntry* e);
+  absl::StatusOr<retina::v1::ModelVersion> Register(const retina::v1::RegisterModelRequest& request,
+                                                    const std::string& user, bool admin, const std::string& origin);
+  // finetune.register: registers each newly SUCCEEDED fine-tune that names a
+  // model. In Tick, without the lock.
+  void AutoRegister();
   void NoteNotServing(int64_t from_ms, int64_t to_ms);
   int64_t NowMs() const;  // options_.clock_ms, else the wall clock
 
@@ -186,6 +209,9 @@ class Coordinator {
   WatchHub hub_;
   std::unique_ptr<NotServingLog> serving_;
   std::unique_ptr<JobTable> table_;
+  std::unique_ptr<ModelRegistry> models_;
+  uint64_t auto_register_seen_changes_ = ~uint64_t{0};  // table_->state_changes() at the last scan
+  std::set<std::string> auto_register_done_;            // jobs AutoRegister has looked at
   std::unique_ptr<Executor> executor_;
   AgentExecutor* agents_ = nullptr;  // executor_ when attempts run on worker agents
 

@@ -154,6 +154,7 @@ absl::Status Serve(const ServeFlags& f) {
   studies.Start(o.tick);
   JobServiceImpl jobs(core.get(), auth.get(), &metrics);
   WorkerServiceImpl workers(core.get(), auth.get(), &metrics);
+  ModelServiceImpl models(core.get(), auth.get(), &metrics);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
@@ -161,6 +162,7 @@ absl::Status Serve(const ServeFlags& f) {
   builder.AddListeningPort(f.listen, creds, &grpc_port);
   builder.RegisterService(&jobs);
   builder.RegisterService(&workers);
+  builder.RegisterService(&models);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     return absl::UnavailableError(absl::StrCat("--listen ", f.listen, ": cannot serve gRPC (address in use?)"));

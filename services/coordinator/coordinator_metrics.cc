@@ -48,6 +48,9 @@ CoordinatorMetrics::CoordinatorMetrics(const std::string& version)
   for (const char* d : {"shrink", "grow"}) resizes_->Add({{"direction", d}});
   workers_ = &Build(prometheus::BuildGauge(), "retina_workers", "Workers by state", r);
   slots_ = &Build(prometheus::BuildGauge(), "retina_slots", "Slots of ready workers by state", r);
+  models_ = &Build(prometheus::BuildGauge(), "retina_models", "Model versions in the registry", r).Add({});
+  model_changes_ = &Build(prometheus::BuildCounter(), "retina_model_changes_total",
+                          "Model registry changes by operation (register, tag, delete) and result (ok, error)", r);
   grpc_requests_ = &Build(prometheus::BuildCounter(), "retina_grpc_requests_total", "RPCs by method and status code", r);
   train_step_ = &Build(prometheus::BuildGauge(), "retina_train_step", "Last step of a running job", r);
   train_loss_ = &Build(prometheus::BuildGauge(), "retina_train_loss", "Last mean loss of a running job", r);

@@ -43,6 +43,12 @@ class CoordinatorMetrics {
   void Preempted() { preemptions_->Increment(); }
   // An elastic job placed at another size than its last attempt ("shrink" or "grow").
   void Resized(const std::string& direction) { resizes_->Add({{"direction", direction}}).Increment(); }
+  // The model registry (model_registry.h): versions registered now, and each
+  // change by operation (register, tag, delete) and result (ok, error).
+  void SetModels(int versions) { models_->Set(versions); }
+  void ModelChange(const std::string& op, const std::string& result) {
+    model_changes_->Add({{"op", op}, {"result", result}}).Increment();
+  }
   void SetWorkers(int ready, int lost);
   void SetSlots(int free, int used);
   void GrpcRequest(const std::string& method, const std::string& code) {
@@ -70,6 +76,8 @@ class CoordinatorMetrics {
   prometheus::Family<prometheus::Counter>* gang_failures_;
   prometheus::Counter* preemptions_;
   prometheus::Family<prometheus::Counter>* resizes_;
+  prometheus::Gauge* models_;
+  prometheus::Family<prometheus::Counter>* model_changes_;
   prometheus::Family<prometheus::Gauge>* workers_;
   prometheus::Family<prometheus::Gauge>* slots_;
   prometheus::Family<prometheus::Counter>* grpc_requests_;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/status_macros.h"
+#include "services/coordinator/limits.h"
 
 namespace retina::coordinator {
 namespace v1 = retina::v1;
@@ -425,6 +426,73 @@ grpc::ServerUnaryReactor* WorkerServiceImpl::CompleteTask(grpc::CallbackServerCo
       ctx, in, out, "CompleteTask", Role::kWorker, auth_, metrics_,
       [&](const Caller&, const v1::CompleteTaskRequest& req, v1::CompleteTaskResponse*) -> absl::Status {
     return core_->CompleteTask(req);
+  });
+}
+
+
+// ---- ModelService ----
+
+namespace {
+// Request strings are bounded before the core sees them (limits.h).
+absl::Status CheckRef(const std::string& ref, const char* field) {
+  if (ref.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": required (NAME, NAME:vN or NAME@TAG)"));
+  if (ref.size() > limits::kIdChars) return absl::InvalidArgumentError(absl::StrCat(field, ": longer than ", limits::kIdChars, " characters"));
+  return absl::OkStatus();
+}
+}  // namespace
+
+grpc::ServerUnaryReactor* ModelServiceImpl::RegisterModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                                          grpc::ByteBuffer* out) {
+  return Unary<v1::RegisterModelRequest, v1::ModelVersion>(
+      ctx, in, out, "RegisterModel", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::RegisterModelRequest& req, v1::ModelVersion* resp) -> absl::Status {
+    if (req.job_id().size() > limits::kIdChars) return absl::InvalidArgumentError("job_id: too long");
+    ASSIGN_OR_RETURN(*resp, core_->RegisterModel(req, caller.user, caller.admin));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::ListModels(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                                       grpc::ByteBuffer* out) {
+  return Unary<v1::ListModelVersionsRequest, v1::ListModelVersionsResponse>(
+      ctx, in, out, "ListModels", Role::kClient, auth_, metrics_,
+      [&](const Caller&, const v1::ListModelVersionsRequest& req, v1::ListModelVersionsResponse* resp) -> absl::Status {
+    if (req.name().size() > limits::kIdChars) return absl::InvalidArgumentError("name: too long");
+    *resp = core_->ListModels(req);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::GetModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out) {
+  return Unary<v1::GetModelRequest, v1::ModelVersion>(
+      ctx, in, out, "GetModel", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::GetModelRequest& req, v1::ModelVersion* resp) -> absl::Status {
+    RETURN_IF_ERROR(CheckRef(req.ref(), "ref"));
+    ASSIGN_OR_RETURN(*resp, core_->GetModel(req.ref(), caller.user, caller.admin));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::TagModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                                     grpc::ByteBuffer* out) {
+  return Unary<v1::TagModelRequest, v1::ModelVersion>(
+      ctx, in, out, "TagModel", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::TagModelRequest& req, v1::ModelVersion* resp) -> absl::Status {
+    RETURN_IF_ERROR(CheckRef(req.ref(), "ref"));
+    ASSIGN_OR_RETURN(*resp, core_->TagModel(req, caller.user, caller.admin));
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* ModelServiceImpl::DeleteModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* in,
+                                                        grpc::ByteBuffer* out) {
+  return Unary<v1::DeleteModelRequest, v1::ModelVersion>(
+      ctx, in, out, "DeleteModel", Role::kClient, auth_, metrics_,
+      [&](const Caller& caller, const v1::DeleteModelRequest& req, v1::ModelVersion* resp) -> absl::Status {
+    RETURN_IF_ERROR(CheckRef(req.ref(), "ref"));
+    ASSIGN_OR_RETURN(*resp, core_->DeleteModel(req.ref(), caller.user, caller.admin));
+    return absl::OkStatus();
   });
 }
 

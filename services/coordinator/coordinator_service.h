@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "retina/v1/job_service.grpc.pb.h"
+#include "retina/v1/model_service.grpc.pb.h"
 #include "retina/v1/worker_service.grpc.pb.h"
 #include "services/coordinator/coordinator.h"
 #include "services/rpc_util.h"
@@ -27,6 +28,9 @@ using JobServiceBase = JS::WithRawCallbackMethod_SubmitJob<JS::WithRawCallbackMe
 using WS = retina::v1::WorkerService;
 using WorkerServiceBase = WS::WithRawCallbackMethod_RegisterWorker<WS::WithRawCallbackMethod_Heartbeat<
     WS::WithRawCallbackMethod_ReportEvents<WS::WithRawCallbackMethod_CompleteTask<WS::Service>>>>;
+using MS = retina::v1::ModelService;
+using ModelServiceBase = MS::WithRawCallbackMethod_RegisterModel<MS::WithRawCallbackMethod_ListModels<
+    MS::WithRawCallbackMethod_GetModel<MS::WithRawCallbackMethod_TagModel<MS::WithRawCallbackMethod_DeleteModel<MS::Service>>>>>;
 }  // namespace internal
 
 class JobServiceImpl final : public internal::JobServiceBase {
@@ -51,6 +55,24 @@ class JobServiceImpl final : public internal::JobServiceBase {
   const services::Authenticator* auth_;
   CoordinatorMetrics* metrics_;
   std::unique_ptr<LogFollower> follower_;
+};
+
+// The model registry's API (model_service.proto) over Coordinator.
+class ModelServiceImpl final : public internal::ModelServiceBase {
+ public:
+  ModelServiceImpl(Coordinator* core, const services::Authenticator* auth, CoordinatorMetrics* metrics)
+      : core_(core), auth_(auth), metrics_(metrics) {}
+
+  grpc::ServerUnaryReactor* RegisterModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* GetModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* TagModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+  grpc::ServerUnaryReactor* DeleteModel(grpc::CallbackServerContext* ctx, const grpc::ByteBuffer* req, grpc::ByteBuffer* resp) override;
+
+ private:
+  Coordinator* core_;
+  const services::Authenticator* auth_;
+  CoordinatorMetrics* metrics_;
 };
 
 class WorkerServiceImpl final : public internal::WorkerServiceBase {

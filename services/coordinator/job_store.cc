@@ -78,6 +78,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const std::filesystem::
       " request_id TEXT UNIQUE,"
       " state INTEGER NOT NULL,"
       " record BLOB NOT NULL)"));
+  RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS models (id TEXT PRIMARY KEY, record BLOB NOT NULL)"));
   RETURN_IF_ERROR(store->Exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"));
   if (sqlite3_prepare_v2(db, "INSERT INTO jobs(seq, id, request_id, state, record) VALUES(?,?,?,?,?)", -1,
                          &store->insert_, nullptr) != SQLITE_OK ||
@@ -204,6 +205,8 @@ absl::Status JobStore::CommitBatch() {
   return s;
 }
 
+void JobStore::RollbackBatch() { (void)Exec("ROLLBACK"); }
+
 absl::Status JobStore::Update(const retina::v1::Job& job) {
   const std::string blob = job.SerializeAsString();
   sqlite3_reset(update_);
@@ -212,6 +215,56 @@ absl::Status JobStore::Update(const retina::v1::Job& job) {
   sqlite3_bind_text(update_, 3, job.id().data(), static_cast<int>(job.id().size()), SQLITE_TRANSIENT);
   RETURN_IF_ERROR(StepAndReset(update_, "update"));
   if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("job ", job.id(), " is not in the database"));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<retina::v1::ModelVersion>> JobStore::LoadModels() {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db_, "SELECT id, record FROM models ORDER BY id", -1, &stmt, nullptr) != SQLITE_OK) {
+    return Error("select models");
+  }
+  std::vector<retina::v1::ModelVersion> out;
+  int rc;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+    retina::v1::ModelVersion m;
+    if (!m.ParseFromArray(sqlite3_column_blob(stmt, 1), sqlite3_column_bytes(stmt, 1))) {
+      const unsigned char* id = sqlite3_column_text(stmt, 0);
+      std::string name = id ? reinterpret_cast<const char*>(id) : "?";
+      sqlite3_finalize(stmt);
+      return absl::DataLossError(absl::StrCat(path_.string(), ": model record ", name, " does not parse"));
+    }
+    out.push_back(std::move(m));
+  }
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_DONE) return Error("select models");
+  return out;
+}
+
+absl::Status JobStore::PutModel(const retina::v1::ModelVersion& model) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db_, "INSERT INTO models(id, record) VALUES(?,?) ON CONFLICT(id) DO UPDATE SET record=excluded.record",
+                         -1, &stmt, nullptr) != SQLITE_OK) {
+    return Error("insert model");
+  }
+  const std::string blob = model.SerializeAsString();
+  sqlite3_bind_text(stmt, 1, model.id().data(), static_cast<int>(model.id().size()), SQLITE_TRANSIENT);
+  sqlite3_bind_blob(stmt, 2, blob.data(), static_cast<int>(blob.size()), SQLITE_TRANSIENT);
+  const int rc = sqlite3_step(stmt);
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_DONE) return Error("insert model");
+  return absl::OkStatus();
+}
+
+absl::Status JobStore::DeleteModel(const std::string& id) {
+  sqlite3_stmt* stmt = nullptr;
+  if (sqlite3_prepare_v2(db_, "DELETE FROM models WHERE id=?", -1, &stmt, nullptr) != SQLITE_OK) {
+    return Error("delete model");
+  }
+  sqlite3_bind_text(stmt, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
+  const int rc = sqlite3_step(stmt);
+  sqlite3_finalize(stmt);
+  if (rc != SQLITE_DONE) return Error("delete model");
+  if (sqlite3_changes(db_) != 1) return absl::NotFoundError(absl::StrCat("model ", id, " is not in the database"));
   return absl::OkStatus();
 }
 

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "retina/v1/job_service.pb.h"
+#include "retina/v1/model_service.pb.h"
 
 struct sqlite3;
 struct sqlite3_stmt;
@@ -56,6 +57,13 @@ class JobStore {
   // CommitBatch succeeds; after a failed CommitBatch they are rolled back.
   absl::Status BeginBatch();
   absl::Status CommitBatch();
+  void RollbackBatch();  // drops the writes since BeginBatch
+
+  // The model registry's records (model_registry.h), one row per version,
+  // keyed by its id (NAME:vN); same durability as the jobs.
+  absl::StatusOr<std::vector<retina::v1::ModelVersion>> LoadModels();
+  absl::Status PutModel(const retina::v1::ModelVersion& model);  // insert or replace
+  absl::Status DeleteModel(const std::string& id);                // NOT_FOUND when absent
 
   // Small key/value facts about the database (e.g. the store it belongs to);
   // "" for a key never set.

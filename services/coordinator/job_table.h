@@ -92,6 +92,9 @@ class JobTable {
   // Jobs whose last transition did not commit, for their executor to retry.
   std::set<JobEntry*> TakeRetries();
 
+  // The job database, for the model registry's records (model_registry.h),
+  // which commit through the same connection under the same lock.
+  JobStore* db() { return db_.get(); }
   // Whether the last commit succeeded; the listener hears every change (and
   // the current state at once). While the database does not commit, a probe
   // write once a second (ProbeIfDown) finds when it does again.

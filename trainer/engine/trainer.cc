@@ -22,6 +22,7 @@
 #include "common/job_identity.h"
 #include "common/metrics_csv.h"
 #include "common/records.h"
+#include "common/store_layout.h"
 #include "common/status_macros.h"
 #include "trainer/engine/bf16_probe.h"
 #include "trainer/engine/evaluate.h"
@@ -153,6 +154,11 @@ absl::Status Trainer::SetUpModel() {
   const FinetuneConfig& f = config_.finetune;
   if (!pretrain_ && f.init != "random") {
     ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(f.init, options_.store, "finetune.init"));
+    init_source_ = StoreRelative(source.checkpoint_dir.empty() ? source.file : source.checkpoint_dir, options_.store);
+    if (!source.checkpoint_dir.empty()) {
+      ASSIGN_OR_RETURN(FileDigest manifest, Sha256File(source.checkpoint_dir / "MANIFEST"), "finetune.init");
+      init_manifest_ = manifest.sha256;
+    }
     ASSIGN_OR_RETURN(StateDict weights, ReadWeights(source, model_config_), "finetune.init");
     LoadReport report;
     if (f.init_whole) {  // a fine-tune continued: every tensor, strictly
@@ -420,6 +426,9 @@ absl::Status Trainer::Save(std::optional<double> score) {
   s.classes = pretrain_ ? 1 : config_.model.classes;
   s.mean = mean_;
   s.std = std_;
+  s.init = init_source_;
+  s.init_manifest = init_manifest_;
+  s.code_version = absl::StrCat("retina-train ", RETINA_VERSION, " (libtorch ", TORCH_VERSION, ")");
   if (data_ != nullptr) {
     s.dataset = dataset_dir_;
     s.dataset_version = data_->manifest().latest_version();

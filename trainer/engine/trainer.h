@@ -77,6 +77,10 @@ class Trainer {
   std::optional<ResizedEvent> resized_;  // resumed at another size than the checkpoint's
   std::unique_ptr<ShardedDataset> data_, val_;
   std::string dataset_dir_;  // data.dataset resolved (recorded in state.json with its version)
+  // finetune.init as resolved (store-relative where inside the store) and its
+  // checkpoint's MANIFEST SHA-256: the lineage in state.json (docs/models.md).
+  std::string init_source_ = "random";
+  std::string init_manifest_;
   double mean_ = 0, std_ = 1;
   std::unique_ptr<Communicator> comm_;
   TransUNetConfig model_config_;

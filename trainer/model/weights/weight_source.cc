@@ -3,6 +3,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint_store.h"
+#include "common/model_ref.h"
 #include "common/read_scope.h"
 #include "common/status_macros.h"
 #include "trainer/model/weights/vit_npz_import.h"
@@ -16,7 +17,11 @@ absl::StatusOr<WeightSource> Resolve(const std::string& spec, const fs::path& st
   if (spec.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": no weights named"));
   fs::path p = spec;
   std::error_code ec;
-  if (p.is_relative() && !fs::exists(p, ec) && !store.empty()) p = store / p;
+  if (IsModelRef(spec)) {  // a registered model: its version's checkpoint directory
+    ASSIGN_OR_RETURN(p, ResolveModelRef(store, spec, field));
+  } else if (p.is_relative() && !fs::exists(p, ec) && !store.empty()) {
+    p = store / p;
+  }
   const std::string what = absl::StrCat(field, " '", spec, "'");
   WeightSource out;
   auto latest_of = [&](const fs::path& folder) -> absl::StatusOr<WeightSource> {

@@ -2,6 +2,7 @@
 // evaluation jobs (evaluate.checkpoint) and retina-infer --weights.
 //
 // A spec is one of (checked in this order):
+//   - a registered model, model:NAME[:vN|@TAG] (common/model_ref.h) -> its checkpoint, verified
 //   - an ImageNet .npz (Google's R50+ViT-B_16 layout)       -> imported
 //   - a LATEST file                                        -> its folder's latest checkpoint
 //   - a checkpoint directory (holds MANIFEST)              -> its model.pt, verified

@@ -1,0 +1,179 @@
+#include "services/cli/model_commands.h"
+
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "common/status_macros.h"
+
+namespace retina::cli {
+namespace {
+namespace v1 = retina::v1;
+
+std::string When(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%d %H:%M", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
+}
+
+// The checkpoint's validation IoU and test IoU (LineageStep.scores_json), short.
+std::string Scores(const v1::LineageStep& st) {
+  if (st.scores_json().empty()) return "-";
+  const nlohmann::json j = nlohmann::json::parse(st.scores_json(), nullptr, false);
+  if (j.is_discarded()) return "-";
+  std::vector<std::string> parts;
+  if (j.contains("val_iou")) parts.push_back(absl::StrFormat("val %.4f", j["val_iou"].get<double>()));
+  for (const char* key : {"test", "eval"}) {
+    if (j.contains(key) && j[key].contains("mean_iou")) {
+      parts.push_back(absl::StrFormat("%s %.4f", key, j[key]["mean_iou"].get<double>()));
+    }
+  }
+  return parts.empty() ? "-" : absl::StrJoin(parts, ", ");
+}
+
+std::string Source(const v1::ModelVersion& m) {
+  if (m.lineage_size() == 0) return "-";
+  const v1::LineageStep& s = m.lineage(0);
+  return s.job_id().empty() ? s.checkpoint() : absl::StrCat(s.job_id(), ":", s.step());
+}
+
+absl::Status Register(const Client& c, const ModelFlags& f) {
+  v1::RegisterModelRequest req;
+  const size_t colon = f.source.find(':');
+  req.set_job_id(f.source.substr(0, colon));
+  if (colon != std::string::npos) {
+    int64_t step = 0;
+    if (!absl::SimpleAtoi(f.source.substr(colon + 1), &step) || step < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("'", f.source, "': give JOB or JOB:STEP (a checkpoint's step, >= 1)"));
+    }
+    req.set_step(step);
+  }
+  req.set_name(f.name);
+  req.set_description(f.description);
+  for (const std::string& t : f.tags) req.add_tags(t);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->RegisterModel(c.Context(absl::Minutes(5)).get(), req, &m)));
+  if (f.json) return PrintJson(m);
+  std::printf("registered %s from %s (model:%s in weights fields)\n", m.id().c_str(), Source(m).c_str(), m.id().c_str());
+  return absl::OkStatus();
+}
+
+absl::Status List(const Client& c, const ModelFlags& f) {
+  v1::ListModelVersionsRequest req;
+  req.set_name(f.name);
+  v1::ListModelVersionsResponse resp;
+  RETURN_IF_ERROR(Call(c.models->ListModels(c.Context().get(), req, &resp)));
+  if (f.json) return PrintJson(resp);
+  std::printf("%-28s %-16s %-10s %-18s %-24s %-16s %s\n", "MODEL", "TAGS", "USER", "SOURCE", "SCORES", "REGISTERED",
+              "DESCRIPTION");
+  for (const v1::ModelVersion& m : resp.models()) {
+    const std::string tags = m.tags().empty() ? "-" : absl::StrJoin(m.tags(), ",");
+    std::printf("%-28s %-16s %-10s %-18s %-24s %-16s %s\n", m.id().c_str(), tags.c_str(), m.user().c_str(),
+                Source(m).c_str(), m.lineage_size() ? Scores(m.lineage(0)).c_str() : "-",
+                When(m.create_unix_ms()).c_str(), m.description().c_str());
+  }
+  return absl::OkStatus();
+}
+
+void PrintStep(int i, const v1::LineageStep& s) {
+  std::printf("%s%s\n", i == 0 ? "" : "  <- ", s.model_id().empty() ? "" : ("model " + s.model_id()).c_str());
+  const char* pad = "     ";
+  if (!s.job_id().empty()) {
+    std::printf("%sjob %s (%s, step %lld%s)\n", pad, s.job_id().c_str(), s.kind().c_str(),
+                static_cast<long long>(s.step()), s.user().empty() ? "" : (", user " + s.user()).c_str());
+  }
+  std::printf("%scheckpoint %s\n", pad, s.checkpoint().c_str());
+  if (!s.manifest_sha256().empty()) std::printf("%sMANIFEST sha256 %s\n", pad, s.manifest_sha256().c_str());
+  for (const v1::DatasetUse& d : s.datasets()) {
+    std::printf("%sdata (%s) %s, version %d, digest %s\n", pad, d.role().c_str(), d.name().c_str(), d.version(),
+                d.digest().empty() ? "-" : d.digest().substr(0, 16).c_str());
+  }
+  if (!s.code_version().empty()) std::printf("%scode %s\n", pad, s.code_version().c_str());
+  if (!s.scores_json().empty()) std::printf("%sscores %s\n", pad, Scores(s).c_str());
+  if (!s.init().empty()) std::printf("%sinit %s\n", pad, s.init().c_str());
+  if (!s.note().empty()) std::printf("%snote: %s\n", pad, s.note().c_str());
+}
+
+absl::Status Show(const Client& c, const ModelFlags& f) {
+  v1::GetModelRequest req;
+  req.set_ref(f.ref);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->GetModel(c.Context().get(), req, &m)));
+  if (f.json) return PrintJson(m);
+  std::printf("model:       %s\ntags:        %s\nuser:        %s\nregistered:  %s UTC (%s)\nfiles:       %s\n",
+              m.id().c_str(), m.tags().empty() ? "-" : absl::StrJoin(m.tags(), ", ").c_str(), m.user().c_str(),
+              When(m.create_unix_ms()).c_str(), m.origin().c_str(), m.path().c_str());
+  if (!m.description().empty()) std::printf("description: %s\n", m.description().c_str());
+  std::printf("source:      %s\nscores:      %s\nuse it as:   model:%s\n", Source(m).c_str(),
+              m.lineage_size() ? Scores(m.lineage(0)).c_str() : "-", m.id().c_str());
+  if (!f.lineage) return absl::OkStatus();
+  std::printf("\nlineage (this checkpoint first, then what each run started from):\n");
+  for (int i = 0; i < m.lineage_size(); ++i) PrintStep(i, m.lineage(i));
+  if (m.lineage_size() > 0 && !m.lineage(0).config_yaml().empty()) {
+    std::printf("\nthe job file as run (%s):\n%s", m.lineage(0).job_id().c_str(), m.lineage(0).config_yaml().c_str());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Tag(const Client& c, const ModelFlags& f) {
+  v1::TagModelRequest req;
+  req.set_ref(f.ref);
+  req.set_tag(f.tag);
+  req.set_remove(f.remove);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->TagModel(c.Context().get(), req, &m)));
+  if (f.json) return PrintJson(m);
+  std::printf("%s: tags %s\n", m.id().c_str(), m.tags().empty() ? "-" : absl::StrJoin(m.tags(), ", ").c_str());
+  return absl::OkStatus();
+}
+
+absl::Status Delete(const Client& c, const ModelFlags& f) {
+  v1::DeleteModelRequest req;
+  req.set_ref(f.ref);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->DeleteModel(c.Context().get(), req, &m)));
+  if (f.json) return PrintJson(m);
+  std::printf("deleted %s\n", m.id().c_str());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+void AddModelCommands(Cli& cli, const ConnectFlags* flags, ModelCommands* c) {
+  CLI::App* group = cli.Group("models", "The model registry: named, versioned checkpoints with their lineage");
+  auto run = [flags](ModelFlags* f, absl::Status (*fn)(const Client&, const ModelFlags&)) {
+    return Connected(flags, [f, fn](const Client& client) -> absl::StatusOr<int> {
+      RETURN_IF_ERROR(fn(client, *f));
+      return 0;
+    });
+  };
+  CLI::App* reg = cli.Command("register", "Register a job's checkpoint as a new version of a model",
+                              run(&c->register_, Register), group);
+  reg->add_option("source", c->register_.source, "JOB (its final checkpoint) or JOB:STEP")->required();
+  reg->add_option("--name", c->register_.name, "the model's name (a-z 0-9 . _ -)")->required();
+  reg->add_option("--description", c->register_.description, "free text");
+  reg->add_option("--tag", c->register_.tags, "a tag for this version (moved from another version); repeatable");
+  reg->add_flag("--json", c->register_.json, "as JSON");
+  CLI::App* list = cli.Command("list", "Every model version (or one name's)", run(&c->list, List), group);
+  list->add_option("name", c->list.name, "only this model's versions");
+  list->add_flag("--json", c->list.json, "as JSON");
+  CLI::App* show = cli.Command("show", "One model version; --lineage: the chain down to the pre-training",
+                               run(&c->show, Show), group);
+  show->add_option("ref", c->show.ref, "NAME (newest), NAME:vN or NAME@TAG")->required();
+  show->add_flag("--lineage", c->show.lineage, "the chain, every dataset and the job file as run");
+  show->add_flag("--json", c->show.json, "as JSON (with the lineage)");
+  CLI::App* tag = cli.Command("tag", "Put a tag on a version (moving it from another), or --remove it",
+                              run(&c->tag, Tag), group);
+  tag->add_option("ref", c->tag.ref, "NAME, NAME:vN or NAME@TAG")->required();
+  tag->add_option("tag", c->tag.tag, "the tag")->required();
+  tag->add_flag("--remove", c->tag.remove, "remove the tag instead");
+  tag->add_flag("--json", c->tag.json, "as JSON");
+  CLI::App* del = cli.Command("delete", "Delete a version and its files (refused while a model or an unfinished job uses it)",
+                              run(&c->del, Delete), group);
+  del->add_option("ref", c->del.ref, "NAME:vN (or NAME / NAME@TAG)")->required();
+  del->add_flag("--json", c->del.json, "as JSON");
+}
+
+}  // namespace retina::cli
