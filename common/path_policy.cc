@@ -64,6 +64,7 @@ fs::path PathPolicy::DatasetPath(const std::string& value) const {
 }
 
 fs::path PathPolicy::WeightsPath(const std::string& value) const {
+  if (IsModelRef(value)) return value;  // resolved where it is read (common/model_ref.h)
   const fs::path p = value;
   return p.is_absolute() ? p : store_ / p;
 }

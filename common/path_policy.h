@@ -27,7 +27,9 @@ class PathPolicy {
   // The path a dataset name or path denotes: a plain name is
   // <store>/datasets/<name>; a relative path is taken from the store.
   std::filesystem::path DatasetPath(const std::string& value) const;
-  // The path a weights value denotes: relative paths from the store.
+  // The path a weights value denotes: relative paths from the store; a
+  // registered model's reference (model:...) unchanged, for the reader to
+  // resolve against the store.
   std::filesystem::path WeightsPath(const std::string& value) const;
 
   // OK when `path` resolves under the store or an allowed root;

@@ -41,7 +41,10 @@ void AddDataset(v1::LineageStep* st, const fs::path& store, const std::string& r
   if (name.empty()) return;
   v1::DatasetUse* d = st->add_datasets();
   d->set_role(role);
-  d->set_name(name);
+  // As the job file would name it: the ranks run with absolute paths.
+  std::string shown = fs::path(name).is_absolute() ? StoreRelative(name, store) : name;
+  if (absl::StartsWith(shown, "datasets/") && shown.find('/', 9) == std::string::npos) shown = shown.substr(9);
+  d->set_name(shown);
   if (version > 0 && !digest.empty()) {
     d->set_version(version);
     d->set_digest(digest);
