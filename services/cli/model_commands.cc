@@ -78,13 +78,17 @@ absl::Status List(const Client& c, const ModelFlags& f) {
 }
 
 void PrintStep(int i, const v1::LineageStep& s) {
-  std::printf("%s%s\n", i == 0 ? "" : "  <- ", s.model_id().empty() ? "" : ("model " + s.model_id()).c_str());
   const char* pad = "     ";
+  std::string head = i == 0 ? "  " : "  <- ";
+  if (!s.model_id().empty()) head += "model " + s.model_id() + ": ";
   if (!s.job_id().empty()) {
-    std::printf("%sjob %s (%s, step %lld%s)\n", pad, s.job_id().c_str(), s.kind().c_str(),
-                static_cast<long long>(s.step()), s.user().empty() ? "" : (", user " + s.user()).c_str());
+    head += absl::StrFormat("job %s (%s, step %lld%s)", s.job_id(), s.kind(), static_cast<long long>(s.step()),
+                            s.user().empty() ? "" : ", user " + s.user());
+  } else {
+    head += s.checkpoint();
   }
-  std::printf("%scheckpoint %s\n", pad, s.checkpoint().c_str());
+  std::printf("%s\n", head.c_str());
+  if (!s.job_id().empty()) std::printf("%scheckpoint %s\n", pad, s.checkpoint().c_str());
   if (!s.manifest_sha256().empty()) std::printf("%sMANIFEST sha256 %s\n", pad, s.manifest_sha256().c_str());
   for (const v1::DatasetUse& d : s.datasets()) {
     std::printf("%sdata (%s) %s, version %d, digest %s\n", pad, d.role().c_str(), d.name().c_str(), d.version(),

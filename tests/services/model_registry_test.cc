@@ -258,7 +258,7 @@ TEST(Models, RegistryLineageReferencesAccessRetentionAndRestart) {
   EXPECT_EQ(std::system(cmd.c_str()), 0);
   absl::StatusOr<std::string> shown = ReadFile(out);
   ASSERT_TRUE(shown.ok());
-  EXPECT_THAT(*shown, HasSubstr("model mito-net:v2"));
+  EXPECT_THAT(*shown, HasSubstr("<- model mito-net:v2: job " + ft->id()));
   EXPECT_THAT(*shown, HasSubstr("job " + pre->id() + " (pretrain"));
   EXPECT_THAT(*shown, HasSubstr("data (train) em, version 1"));
 
