@@ -9,7 +9,7 @@ Every ```sh / ```bash block must be marked on the line before it:
 An unmarked block fails the test, so no new command goes untested silently.
 
 A `run` block runs with bash -euo pipefail in a fresh sandbox holding:
-  docs/ configs/ deploy/ scripts/ -> the source tree, build/ -> BUILD_DIR,
+  docs/ configs/ deploy/ scripts/ clients/ proto/ -> the source tree, build/ -> BUILD_DIR,
   PATH with build/trainer, build/services and the tests' python3 first,
   fixtures the docs name: job.yaml (a tiny pre-training on dataset `em`),
   volume.tif / truth.tif, volume.nii.gz / truth.nii.gz (synthetic, 3 classes),
@@ -124,7 +124,7 @@ def main():
                     continue
                 box = os.path.join(root, f"box-{passed + failed}")
                 shutil.copytree(fix, box, symlinks=True)
-                for d in ("docs", "configs", "deploy", "scripts"):
+                for d in ("docs", "configs", "deploy", "scripts", "clients", "proto"):
                     os.symlink(os.path.join(source, d), os.path.join(box, d))
                 os.symlink(build, os.path.join(box, "build"))
                 os.makedirs(os.path.join(box, "tmp"))
