@@ -4,7 +4,7 @@ for bench/recipe_bench.sh's like-for-like check (issue 20, item 4).
   recipe_reference.py DATASET OUT_MODEL_PT --recipe paper|plain --iters K
       --batch B --seed S [--model tiny --size 64 --classes 1] [--threads N]
 
-The reference TransUNet (tests/trainer/py/reference_transunet.py) from random
+The reference TransUNet (trainer/model/python/transunet.py) from random
 initialisation, SGD 0.003 / momentum 0.9 / weight decay 1e-4, poly 0.9 over
 exactly K iterations, 0.5 BCE + 0.5 Dice (1 class) or 0.5 CE + 0.5 soft Dice,
 batches drawn uniformly from the imported training tiles (h5py), normalised
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "trainer", "py"))
 from reference_training import poly_lr, segmentation_loss, sgd  # noqa: E402
-from reference_transunet import VisionTransformer  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "trainer", "model", "python"))
+from transunet import VisionTransformer  # noqa: E402
 
 
 def resized_crop_box(h, w, rng):

@@ -1,6 +1,11 @@
 #include "services/cli/model_commands.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
@@ -8,6 +13,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include <google/protobuf/util/json_util.h>
+
+#include "common/exec_image.h"
+#include "common/file_util.h"
 #include "common/status_macros.h"
 
 namespace retina::cli {
@@ -143,6 +152,48 @@ absl::Status Delete(const Client& c, const ModelFlags& f) {
   return absl::OkStatus();
 }
 
+// `retina models export`: the version's files are read from the store by
+// retina-export (the trainer's code: this client links none), with the
+// registry's record of the version attached as its lineage.
+absl::Status Export(const Client& c, const ModelFlags& f) {
+  std::string store = f.store;
+  if (store.empty() && std::getenv("RETINA_STORE")) store = std::getenv("RETINA_STORE");
+  if (store.empty()) return absl::InvalidArgumentError("--store: the store's path is needed (or RETINA_STORE)");
+  v1::GetModelRequest req;
+  req.set_ref(f.ref);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->GetModel(c.Context().get(), req, &m)));
+  std::string json;
+  if (!google::protobuf::util::MessageToJsonString(m, &json).ok()) return absl::InternalError("lineage: not JSON");
+  const std::filesystem::path lineage = std::filesystem::temp_directory_path() / UniqueTempName("retina-lineage-");
+  RETURN_IF_ERROR(WriteFileAtomic(lineage, json + "\n"));
+  std::vector<std::string> args = {"--weights", "model:" + m.id(), "--store", store, "-o", f.out,
+                                   "--lineage", lineage.string(), "--name", "RETINA " + m.name() + " v" + std::to_string(m.version()),
+                                   "--description", m.description().empty() ? "RETINA model " + m.id() : m.description(),
+                                   "--license", f.license};
+  for (const std::string& a : f.authors.empty() ? std::vector<std::string>{m.user()} : f.authors) {
+    args.insert(args.end(), {"--author", a});
+  }
+  for (const std::string& t : m.tags()) args.insert(args.end(), {"--tag", t});
+  if (!f.sample.empty()) args.insert(args.end(), {"--sample", f.sample});
+  std::fflush(nullptr);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string why = ExecBesideSelf("retina-export", args, {"trainer"});
+    std::fprintf(stderr, "retina models export: cannot run retina-export (%s); install it beside retina or on PATH\n",
+                 why.c_str());
+    _exit(127);
+  }
+  int status = 0;
+  if (pid > 0) waitpid(pid, &status, 0);
+  std::error_code ec;
+  std::filesystem::remove(lineage, ec);
+  if (pid < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return absl::InternalError(absl::StrCat("retina-export did not write ", f.out, " (see its message above)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void AddModelCommands(Cli& cli, const ConnectFlags* flags, ModelCommands* c) {
@@ -178,6 +229,15 @@ void AddModelCommands(Cli& cli, const ConnectFlags* flags, ModelCommands* c) {
                               run(&c->del, Delete), group);
   del->add_option("ref", c->del.ref, "NAME:vN (or NAME / NAME@TAG)")->required();
   del->add_flag("--json", c->del.json, "as JSON");
+  CLI::App* exp = cli.Command("export", "Write a version as a BioImage.IO model package (format 0.5) with its lineage",
+                              run(&c->export_, Export), group);
+  exp->add_option("ref", c->export_.ref, "NAME, NAME:vN or NAME@TAG")->required();
+  exp->add_option("-o,--out", c->export_.out, "the package (.zip)")->required();
+  exp->add_option("--format", c->export_.tag, "bioimageio (the only one)")->check(CLI::IsMember({"bioimageio"}));
+  exp->add_option("--store", c->export_.store, "the store's path (else RETINA_STORE): the version's files are read here");
+  exp->add_option("--author", c->export_.authors, "an author (repeatable; default: who registered it)");
+  exp->add_option("--license", c->export_.license, "SPDX identifier of the weights' licence");
+  exp->add_option("--sample", c->export_.sample, "the test input's image (default: synthetic EM)");
 }
 
 }  // namespace retina::cli

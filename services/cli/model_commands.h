@@ -15,10 +15,12 @@ namespace retina::cli {
 struct ModelFlags {
   std::string source, name, description, ref, tag;
   std::vector<std::string> tags;
+  std::string out, store, license = "CC-BY-4.0", sample;  // export
+  std::vector<std::string> authors;
   bool json = false, lineage = false, remove = false;
 };
 struct ModelCommands {
-  ModelFlags register_, list, show, tag, del;
+  ModelFlags register_, list, show, tag, del, export_;
 };
 
 // Adds the `models` group; `flags` and `commands` must outlive the CLI's run.

@@ -108,6 +108,12 @@ def scenario(work):
     assert model["id"] == "py-net:v1" and model["tags"] == ["prod"], model
     assert [s.get("job_id") for s in model["lineage"]] == [ft.id, pre.id], model["lineage"]
     assert "config_yaml" not in bob.models.get("py-net")["lineage"][0]  # the owner's only
+    package = alice.models.export("py-net@prod", os.path.join(work, "py-net.zip"), store=os.environ["RETINA_STORE"],
+                                  program=os.path.join(os.environ["RETINA_BUILD"], "trainer", "retina-export"))
+    import zipfile
+    with zipfile.ZipFile(package) as z:
+        assert {"rdf.yaml", "weights.pt", "transunet.py", "lineage.json"} <= set(z.namelist()), z.namelist()
+        assert json.loads(z.read("lineage.json"))["id"] == "py-net:v1"
     print(f"ok: py-net:v1 registered from {ft.id}, tagged, lineage {ft.id} <- {pre.id}")
 
     # predict: an infer job with the registered model.
@@ -209,7 +215,8 @@ def main():
             fail("the coordinator or the worker did not start; see " + work)
 
         # 3. The scenario, in the venv.
-        env = dict(os.environ, RETINA_ADDRESS=f"127.0.0.1:{port}", RETINA_STORE=store, PYTHONDONTWRITEBYTECODE="1")
+        env = dict(os.environ, RETINA_ADDRESS=f"127.0.0.1:{port}", RETINA_STORE=store, RETINA_BUILD=build,
+                   PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)
         r = subprocess.run([os.path.join(venv, "bin", "python"), os.path.abspath(__file__), "--scenario", work],
                            env=env, cwd=work)

@@ -59,7 +59,8 @@ else:
 
 # 2. The runtime list covers the binaries' NEEDED libraries.
 programs = [os.path.join(BUILD, "trainer", p) for p in
-            ("retina-train", "retina-shard", "retina-synth", "retina-eval", "retina-infer", "retina-suggest")]
+            ("retina-train", "retina-shard", "retina-synth", "retina-eval", "retina-infer", "retina-suggest",
+             "retina-export")]
 programs += [os.path.join(BUILD, "services", p) for p in ("retina-coordinator", "retina-worker", "retina", "retina-serve")]
 programs = [p for p in programs if os.path.exists(p)]
 if len(programs) < 5:

@@ -29,6 +29,7 @@ job_yaml() {  # EPOCHS
 job_yaml 2 >"$WORK/short.yaml"
 job_yaml 12 >"$WORK/long.yaml"
 job_yaml 4 >"$WORK/medium.yaml"  # requeued after its first checkpoint (step 4 of 16)
+job_yaml 6 >"$WORK/restart.yaml"  # runs through a coordinator restart (CI budget: half of long)
 
 # The ranks' environment comes from the coordinator's (sbatch --export=ALL):
 # srun starts them with PMIx (retina-train picks MPI under srun); Open MPI on loopback.
@@ -115,7 +116,7 @@ grep -q "resumed from" "$STORE/jobs/$id/logs/attempt-2/rank-0.log" || { echo "$i
 echo "[${SECONDS} s] ok 3: scontrol requeue $slurm -> $id attempt 2 resumed from LATEST and SUCCEEDED"
 
 # 4. Coordinator SIGKILL while the Slurm job runs.
-id=$(retina submit "$WORK/long.yaml" --world-size 1 --max-restarts 0)
+id=$(retina submit "$WORK/restart.yaml" --world-size 1 --max-restarts 0)
 wait_for "$id" "d['state']" RUNNING 120
 slurm=$(field "$id" "d['executorJobId']")
 kill -9 "$coordinator_pid"

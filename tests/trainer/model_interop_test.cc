@@ -1,6 +1,6 @@
 // Weights moving both ways with real Python PyTorch, and the forward pass
 // compared with an independent Python implementation of the same equations
-// (tests/trainer/py/reference_transunet.py).
+// (trainer/model/python/transunet.py).
 #include <sys/wait.h>
 
 #include <filesystem>

@@ -154,8 +154,11 @@ absl::Status Trainer::SetUpModel() {
   const FinetuneConfig& f = config_.finetune;
   if (!pretrain_ && f.init != "random") {
     ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(f.init, options_.store, "finetune.init"));
-    init_source_ = StoreRelative(source.checkpoint_dir.empty() ? source.file : source.checkpoint_dir, options_.store);
-    if (!source.checkpoint_dir.empty()) {
+    init_source_ = StoreRelative(!source.package.empty()          ? source.package
+                                 : source.checkpoint_dir.empty() ? source.file
+                                                                 : source.checkpoint_dir,
+                                 options_.store);
+    if (!source.checkpoint_dir.empty() && source.package.empty()) {
       ASSIGN_OR_RETURN(FileDigest manifest, Sha256File(source.checkpoint_dir / "MANIFEST"), "finetune.init");
       init_manifest_ = manifest.sha256;
     }

@@ -128,7 +128,8 @@ absl::StatusOr<SegmentationModel> LoadSegmentationModel(const ModelSelection& s,
   const std::filesystem::path state_path =
       (source.checkpoint_dir.empty() ? m.weights_file.parent_path() : source.checkpoint_dir) /
       StoreLayout::kCheckpointState;
-  RETURN_IF_ERROR(CheckRead(state_path.string(), state_path));
+  // (A package's is our own, unpacked from the package the read scope passed.)
+  if (source.package.empty()) RETURN_IF_ERROR(CheckRead(state_path.string(), state_path));
   if (absl::StatusOr<std::string> text = ReadFile(state_path); text.ok()) {
     ASSIGN_OR_RETURN(m.state, DecodeCheckpointState(*text, state_path.string()));
   }

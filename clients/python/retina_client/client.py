@@ -160,6 +160,36 @@ class Models:
     def delete(self, ref):
         return _dict(self._c._call(self._c._models.DeleteModel, "DeleteModel", models_pb.DeleteModelRequest(ref=ref)))
 
+    def export(self, ref, out, store=None, authors=None, license="CC-BY-4.0", sample=None, program="retina-export"):
+        """Writes a version as a BioImage.IO package (format 0.5; docs/models.md)
+        with the registry's record of it attached as its lineage, as `retina
+        models export` does: runs `program` (retina-export, on PATH), which
+        reads the version's files from the store (`store`, else RETINA_STORE).
+        Returns `out`; raises RuntimeError with retina-export's message."""
+        import subprocess
+        import tempfile
+
+        store = store or os.environ.get("RETINA_STORE")
+        if not store:
+            raise ValueError("store: the store's path is needed (or RETINA_STORE)")
+        m = self._c._call(self._c._models.GetModel, "GetModel", models_pb.GetModelRequest(ref=ref))
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as lineage:
+            lineage.write(json_format.MessageToJson(m))
+            lineage.flush()
+            args = [program, "--weights", "model:" + m.id, "--store", store, "-o", out, "--lineage", lineage.name,
+                    "--name", f"RETINA {m.name} v{m.version}", "--license", license,
+                    "--description", m.description or f"RETINA model {m.id}"]
+            for a in authors or [m.user]:
+                args += ["--author", a]
+            for t in m.tags:
+                args += ["--tag", t]
+            if sample:
+                args += ["--sample", sample]
+            r = subprocess.run(args, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"retina-export failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+        return out
+
 
 class Study:
     """A study job (docs/evaluation.md "Studies")."""

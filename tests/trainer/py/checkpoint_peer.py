@@ -21,7 +21,9 @@ import zipfile
 
 import torch
 
-from reference_transunet import VisionTransformer
+# The project's Python TransUNet (also the architecture of our BioImage.IO packages).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "trainer", "model", "python"))
+from transunet import VisionTransformer  # noqa: E402
 
 # What torch._weights_only_unpickler accepts (PyTorch 2.6), restricted to
 # what a state dict needs.

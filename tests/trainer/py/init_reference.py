@@ -3,7 +3,7 @@
   init_reference.py MODEL_PT NAME SIZE CLASSES RECON
 
 MODEL_PT holds fresh random-init weights written by our C++. The reference
-model (reference_transunet.py, METHOD.md section 1) is built here with
+model (trainer/model/python/transunet.py, METHOD.md section 1) is built here with
 PyTorch's own initialisation, and for every tensor of its state dict:
 
 - a tensor the reference initialises to a constant (norm weights 1, biases 0,
@@ -25,6 +25,7 @@ The reference's own tensors are checked against the same bounds (so the
 scheme stated here is the reference's). Prints one JSON line: counts per kind
 and every failure; exit status 0 when there is none, 3 otherwise.
 """
+import os
 import json
 import math
 import sys
@@ -32,7 +33,9 @@ import sys
 import torch
 from torch import nn
 
-from reference_transunet import Mlp, VisionTransformer
+# The project's Python TransUNet (also the architecture of our BioImage.IO packages).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "trainer", "model", "python"))
+from transunet import Mlp, VisionTransformer  # noqa: E402
 
 
 def scheme(model):

@@ -1,7 +1,7 @@
 """The Python side of the C++ <-> PyTorch interop and parity tests.
 
   interop.py make  NAME SIZE CLASSES RECON SEED OUTDIR
-      Builds the reference model (reference_transunet.py) with random,
+      Builds the reference model (trainer/model/python/transunet.py) with random,
       non-trivial weights (BN statistics too), and writes, with plain
       torch.save:  state.pt (model.state_dict(), an OrderedDict with
       _metadata), state_ddp.pt (the same under a DDP-style 'module.' prefix),
@@ -19,7 +19,9 @@ import sys
 
 import torch
 
-from reference_transunet import VisionTransformer
+# The project's Python TransUNet (also the architecture of our BioImage.IO packages).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "trainer", "model", "python"))
+from transunet import VisionTransformer  # noqa: E402
 
 
 def build(name, size, classes, recon, seed):

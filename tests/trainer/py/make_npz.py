@@ -1,11 +1,12 @@
 """Writes a small R50+ViT .npz in Google's key names and layouts (HWIO convs,
 [hidden, heads, d] attention kernels, a class token on the position grid)
-for a config of reference_transunet.py, and the state dict the import must
+for a config of trainer/model/python/transunet.py, and the state dict the import must
 produce, converted here independently with numpy/torch.
 
   make_npz.py NAME IMAGE_SIZE NPZ_GRID COMPRESSED OUTDIR
   -> OUTDIR/vit.npz, OUTDIR/expected.pt (torch.save of an OrderedDict)
 """
+import os
 import sys
 from collections import OrderedDict
 
@@ -13,7 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference_transunet import CONFIGS
+# The project's Python TransUNet (also the architecture of our BioImage.IO packages).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "trainer", "model", "python"))
+from transunet import CONFIGS  # noqa: E402
 
 
 def main():

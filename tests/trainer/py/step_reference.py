@@ -3,12 +3,15 @@ reference model, for bench/model_step_bench's same-run comparison.
 
   step_reference.py MODEL IMAGE_SIZE BATCH STEPS THREADS  ->  prints "seconds_per_step <s>"
 """
+import os
 import sys
 import time
 
 import torch
 
-from reference_transunet import VisionTransformer
+# The project's Python TransUNet (also the architecture of our BioImage.IO packages).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "trainer", "model", "python"))
+from transunet import VisionTransformer  # noqa: E402
 
 
 def main():

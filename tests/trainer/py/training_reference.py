@@ -6,7 +6,7 @@
       [--model tiny --size 64] [--mutate NAME]
 
 Written from ../shared/docs/METHOD.md with PyTorch's own parts, not from our
-C++: the reference TransUNet (reference_transunet.py) in float64 with dropout
+C++: the reference TransUNet (trainer/model/python/transunet.py) in float64 with dropout
 off, torch.optim.SGD (lr 0.003, momentum 0.9, weight decay 1e-4 on all
 parameters), the poly schedule lr_k = 0.003 (1 - k/K)^0.9 set before step k,
 torch.nn.functional losses:
@@ -31,13 +31,16 @@ frozen_moves (one frozen tensor trained).
 import argparse
 import json
 import os
+import sys
 
 import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reference_transunet import VisionTransformer
+# The project's Python TransUNet (also the architecture of our BioImage.IO packages).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "trainer", "model", "python"))
+from transunet import VisionTransformer  # noqa: E402
 from reference_training import SMOOTH, poly_lr, segmentation_loss, sgd
 
 

@@ -4,6 +4,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/checkpoint_store.h"
 #include "common/model_ref.h"
+#include "trainer/model/weights/bioimageio.h"
 #include "common/read_scope.h"
 #include "common/status_macros.h"
 #include "trainer/model/weights/vit_npz_import.h"
@@ -30,6 +31,15 @@ absl::StatusOr<WeightSource> Resolve(const std::string& spec, const fs::path& st
     out.file = latest.dir / "model.pt";
     return out;
   };
+  if (absl::EndsWith(p.string(), ".zip") && IsBioImageIoPackage(p)) {
+    RETURN_IF_ERROR(CheckRead(what, p));  // the package is what is read (its unpacked copy is ours)
+    ASSIGN_OR_RETURN(ImportedPackage package, ImportBioImageIoPackage(p, field));
+    out.package = p;
+    out.unpacked = package.dir;
+    out.checkpoint_dir = package.checkpoint_dir;
+    out.file = package.checkpoint_dir / "model.pt";
+    return out;
+  }
   if (absl::EndsWith(p.string(), ".npz")) {
     if (!fs::exists(p, ec)) return absl::NotFoundError(absl::StrCat(what, ": ", p.string(), ": no such file"));
     out.format = WeightSource::Format::kNpz;
@@ -65,7 +75,7 @@ absl::StatusOr<WeightSource> ResolveWeights(const std::string& spec, const fs::p
   ASSIGN_OR_RETURN(WeightSource out, Resolve(spec, store, field));
   // What a checkpoint's LATEST or a symlinked step directory leads to is
   // what is read: it goes through the read scope (common/read_scope.h).
-  RETURN_IF_ERROR(CheckRead(absl::StrCat(field, " '", spec, "'"), out.file));
+  if (out.package.empty()) RETURN_IF_ERROR(CheckRead(absl::StrCat(field, " '", spec, "'"), out.file));
   return out;
 }
 

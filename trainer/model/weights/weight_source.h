@@ -3,6 +3,8 @@
 //
 // A spec is one of (checked in this order):
 //   - a registered model, model:NAME[:vN|@TAG] (common/model_ref.h) -> its checkpoint, verified
+//   - a BioImage.IO package (.zip with rdf.yaml, bioimageio.h)  -> checked as a consumer checks it
+//                                                            (format, sha256s, its test tensors), unpacked
 //   - an ImageNet .npz (Google's R50+ViT-B_16 layout)       -> imported
 //   - a LATEST file                                        -> its folder's latest checkpoint
 //   - a checkpoint directory (holds MANIFEST)              -> its model.pt, verified
@@ -16,6 +18,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -29,6 +32,11 @@ struct WeightSource {
   Format format = Format::kStateDict;
   std::filesystem::path file;            // model.pt, a .pt, or the .npz
   std::filesystem::path checkpoint_dir;  // the checkpoint holding `file` (state.json, MANIFEST); empty if none
+  // A BioImage.IO package: the .zip, and the private directory it was
+  // unpacked into (checkpoint_dir: model.pt and a state.json made from its
+  // description; no MANIFEST), removed with the last copy of this source.
+  std::filesystem::path package;
+  std::shared_ptr<const std::filesystem::path> unpacked;
 };
 
 absl::StatusOr<WeightSource> ResolveWeights(const std::string& spec, const std::filesystem::path& store,

@@ -1,6 +1,10 @@
-"""An independent PyTorch implementation of TransUNet R50-ViT-B/16 as
-METHOD.md section 1 describes it, with the reference's module names, used by
-the tests as the parity peer of the C++ model (weights and outputs).
+"""The project's PyTorch TransUNet R50-ViT-B/16, an independent
+implementation of METHOD.md section 1 with the reference's module names.
+Two uses: the tests' parity peer of the C++ model (weights and outputs,
+tests/trainer/py/), and the architecture source shipped in every BioImage.IO
+package we export (trainer/model/weights/bioimageio.h: callable
+VisionTransformer, kwargs name, image_size, classes). Self-contained: torch
+only.
 
 Written from the equations, not from the C++ code: weight-standardised convs,
 GroupNorm(32, eps 1e-6), GN_proj with one group per channel (eps 1e-5),
