@@ -69,6 +69,20 @@ absl::Status Register(const Client& c, const ModelFlags& f) {
   return absl::OkStatus();
 }
 
+absl::Status Import(const Client& c, const ModelFlags& f) {
+  v1::RegisterModelRequest req;
+  req.set_package(f.source);
+  req.set_name(f.name);
+  req.set_description(f.description);
+  for (const std::string& t : f.tags) req.add_tags(t);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->RegisterModel(c.Context(absl::Minutes(5)).get(), req, &m)));
+  if (f.json) return PrintJson(m);
+  std::printf("imported %s as %s (model:%s in weights fields; its test tensors are checked wherever it is used)\n",
+              f.source.c_str(), m.id().c_str(), m.id().c_str());
+  return absl::OkStatus();
+}
+
 absl::Status List(const Client& c, const ModelFlags& f) {
   v1::ListModelVersionsRequest req;
   req.set_name(f.name);
@@ -211,6 +225,14 @@ void AddModelCommands(Cli& cli, const ConnectFlags* flags, ModelCommands* c) {
   reg->add_option("--description", c->register_.description, "free text");
   reg->add_option("--tag", c->register_.tags, "a tag for this version (moved from another version); repeatable");
   reg->add_flag("--json", c->register_.json, "as JSON");
+  CLI::App* imp = cli.Command("import", "Register a BioImage.IO package (a .zip in the store) as a new version",
+                              run(&c->import_, Import), group);
+  imp->add_option("package", c->import_.source, "the package: relative to the store, or under it / an allowed root")
+      ->required();
+  imp->add_option("--name", c->import_.name, "the model's name (a-z 0-9 . _ -)")->required();
+  imp->add_option("--description", c->import_.description, "free text");
+  imp->add_option("--tag", c->import_.tags, "a tag for this version; repeatable");
+  imp->add_flag("--json", c->import_.json, "as JSON");
   CLI::App* list = cli.Command("list", "Every model version (or one name's)", run(&c->list, List), group);
   list->add_option("name", c->list.name, "only this model's versions");
   list->add_flag("--json", c->list.json, "as JSON");

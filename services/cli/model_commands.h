@@ -20,7 +20,7 @@ struct ModelFlags {
   bool json = false, lineage = false, remove = false;
 };
 struct ModelCommands {
-  ModelFlags register_, list, show, tag, del, export_;
+  ModelFlags register_, list, show, tag, del, export_, import_;
 };
 
 // Adds the `models` group; `flags` and `commands` must outlive the CLI's run.

@@ -21,6 +21,7 @@
 #include "services/coordinator/limits.h"
 #include "services/coordinator/model_registry.h"
 #include "common/model_ref.h"
+#include "common/path_policy.h"
 #include "services/coordinator/slurm_executor.h"
 #include "services/coordinator/worker_registry.h"
 
@@ -235,7 +236,9 @@ absl::StatusOr<v1::ModelVersion> Coordinator::Register(const v1::RegisterModelRe
   RETURN_IF_ERROR(ValidateModelName(r.name(), "name"));
   RETURN_IF_ERROR(CheckModelRequestText(r.description(), r.tags()));
   if (r.step() < 0) return absl::InvalidArgumentError("step: must be >= 0 (0: the job's final checkpoint)");
-  if (r.job_id().empty()) return absl::InvalidArgumentError("job_id: required");
+  if (r.job_id().empty() == r.package().empty()) {
+    return absl::InvalidArgumentError("job_id: give a job (its checkpoint) or a package, one of them");
+  }
   auto name_taken = [&]() -> absl::Status {
     if (const std::string owner = models_->Owner(r.name()); !owner.empty() && owner != user && !admin) {
       return absl::PermissionDeniedError(absl::StrCat("name: the model name '", r.name(), "' belongs to user '", owner,
@@ -243,20 +246,30 @@ absl::StatusOr<v1::ModelVersion> Coordinator::Register(const v1::RegisterModelRe
     }
     return absl::OkStatus();
   };
+  fs::path package;
+  if (!r.package().empty()) {  // under the store or an allowed root, like any weights a job names
+    if (r.package().size() > 4096) return absl::InvalidArgumentError("package: too long");
+    const PathPolicy policy(options_.store, options_.allowed_roots);
+    package = policy.WeightsPath(r.package());
+    RETURN_IF_ERROR(policy.Check("package", package));
+  }
   {
     StateLock lock(this);
-    ASSIGN_OR_RETURN(JobEntry * e, table_->Find(r.job_id()));
-    if (!admin && e->job.user() != user) {
-      return absl::PermissionDeniedError(absl::StrCat("job ", r.job_id(), " belongs to another user: only its owner or an admin registers its checkpoints"));
-    }
-    const v1::JobKind kind = e->job.spec().kind();
-    if (kind != v1::FINETUNE && kind != v1::PRETRAIN) {
-      return absl::FailedPreconditionError(absl::StrCat("job ", r.job_id(), " is not a pretrain or finetune job: it has no model checkpoints"));
+    if (package.empty()) {
+      ASSIGN_OR_RETURN(JobEntry * e, table_->Find(r.job_id()));
+      if (!admin && e->job.user() != user) {
+        return absl::PermissionDeniedError(absl::StrCat("job ", r.job_id(), " belongs to another user: only its owner or an admin registers its checkpoints"));
+      }
+      const v1::JobKind kind = e->job.spec().kind();
+      if (kind != v1::FINETUNE && kind != v1::PRETRAIN) {
+        return absl::FailedPreconditionError(absl::StrCat("job ", r.job_id(), " is not a pretrain or finetune job: it has no model checkpoints"));
+      }
     }
     RETURN_IF_ERROR(name_taken());
   }
   // The files, without the lock: verify, read the lineage, link.
-  absl::StatusOr<RegistrationFiles> files = StageRegistration(options_.store, r.job_id(), r.step());
+  absl::StatusOr<RegistrationFiles> files = package.empty() ? StageRegistration(options_.store, r.job_id(), r.step())
+                                                            : StageImport(options_.store, package);
   if (!files.ok()) {
     if (metrics_) metrics_->ModelChange("register", "error");
     return files.status();
@@ -324,7 +337,7 @@ absl::StatusOr<v1::ModelVersion> Coordinator::Register(const v1::RegisterModelRe
     return ok;
   }
   if (metrics_) metrics_->ModelChange("register", "ok");
-  RETINA_LOG(Info) << "registered " << m.id() << " from job " << r.job_id() << " (" << files->checkpoint.filename().string()
+  RETINA_LOG(Info) << "registered " << m.id() << " from " << (package.empty() ? "job " + r.job_id() : package.string()) << " (" << files->checkpoint.filename().string()
                    << ") for " << user << " (" << origin << ")";
   return m;
 }

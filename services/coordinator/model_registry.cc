@@ -1,6 +1,9 @@
 #include "services/coordinator/model_registry.h"
 
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
+#include <zip.h>
+#include <google/protobuf/util/json_util.h>
 
 #include <cerrno>
 #include <fstream>
@@ -207,6 +210,87 @@ absl::StatusOr<RegistrationFiles> StageRegistration(const fs::path& store, const
     }
   }
   if (ec) return ErrnoStatus(ec.value(), "list", info.dir);
+  return out;
+}
+
+namespace {
+
+absl::StatusOr<std::string> ZipMember(zip_t* z, const std::string& name, const std::string& where) {
+  zip_stat_t st;
+  if (zip_stat(z, name.c_str(), 0, &st) != 0) return absl::InvalidArgumentError(absl::StrCat(where, ": no ", name));
+  zip_file_t* f = zip_fopen(z, name.c_str(), 0);
+  if (f == nullptr) return absl::InvalidArgumentError(absl::StrCat(where, ": cannot open ", name));
+  std::string out(st.size, '\0');
+  const zip_int64_t n = zip_fread(f, out.data(), st.size);
+  zip_fclose(f);
+  if (n != static_cast<zip_int64_t>(st.size)) return absl::DataLossError(absl::StrCat(where, ": cannot read ", name));
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<RegistrationFiles> StageImport(const fs::path& store, const fs::path& package) {
+  const std::string where = absl::StrCat("package: ", package.string());
+  int err = 0;
+  zip_t* z = zip_open(package.c_str(), ZIP_RDONLY, &err);
+  if (z == nullptr) return absl::InvalidArgumentError(absl::StrCat(where, ": not a zip archive (libzip error ", err, ")"));
+  struct Closer {
+    zip_t* z;
+    ~Closer() { zip_discard(z); }
+  } closer{z};
+  absl::StatusOr<std::string> rdf_text = ZipMember(z, "rdf.yaml", where);
+  if (!rdf_text.ok()) rdf_text = ZipMember(z, "bioimageio.yaml", where);
+  if (!rdf_text.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": not a BioImage.IO package (no rdf.yaml)"));
+  std::string name;
+  try {
+    const YAML::Node rdf = YAML::Load(*rdf_text);
+    const std::string version = rdf["format_version"] ? rdf["format_version"].as<std::string>() : "";
+    if (!absl::StartsWith(version, "0.5.") || !rdf["type"] || rdf["type"].as<std::string>() != "model") {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": not a model description of format 0.5"));
+    }
+    const YAML::Node w = rdf["weights"]["pytorch_state_dict"];
+    if (!w || !w["source"] || !w["sha256"]) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": weights: no pytorch_state_dict with source and sha256"));
+    }
+    ASSIGN_OR_RETURN(std::string weights, ZipMember(z, w["source"].as<std::string>(), where));
+    if (Sha256Hex(weights) != w["sha256"].as<std::string>()) {
+      return absl::DataLossError(absl::StrCat(where, ": ", w["source"].as<std::string>(),
+                                              " does not match its sha256 in rdf.yaml"));
+    }
+    name = rdf["name"] ? rdf["name"].as<std::string>() : "";
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": rdf.yaml: ", e.what()));
+  }
+  RegistrationFiles out;
+  out.checkpoint = package;
+  v1::LineageStep first;
+  first.set_checkpoint(StoreRelative(package, store));
+  ASSIGN_OR_RETURN(FileDigest digest, Sha256File(package), where);
+  first.set_manifest_sha256(digest.sha256);  // of the package file itself
+  first.set_note(absl::StrCat("a BioImage.IO package ('", name,
+                              "'), imported; its weights are checked against its test tensors wherever they are used"));
+  out.lineage.push_back(first);
+  // A package we exported carries the registry's record of its version.
+  if (absl::StatusOr<std::string> lineage = ZipMember(z, "lineage.json", where); lineage.ok()) {
+    v1::ModelVersion was;
+    google::protobuf::util::JsonParseOptions options;
+    options.ignore_unknown_fields = true;
+    if (google::protobuf::util::JsonStringToMessage(*lineage, &was, options).ok()) {
+      for (const v1::LineageStep& st : was.lineage()) out.lineage.push_back(st);
+      if (out.lineage.size() > 1 && out.lineage[1].model_id().empty()) out.lineage[1].set_model_id(was.id());
+      for (size_t i = 1; i < out.lineage.size(); ++i) {
+        out.lineage[i].set_note(absl::StrCat(out.lineage[i].note(), out.lineage[i].note().empty() ? "" : "; ",
+                                             "from the package's lineage.json (as exported)"));
+      }
+    }
+  }
+  out.staged = ModelsDir(store) / ".incoming" / UniqueTempName("import-");
+  RETURN_IF_ERROR(CreateDirectories(out.staged));
+  const fs::path to = out.staged / "package.zip";
+  if (::link(package.c_str(), to.c_str()) != 0) {
+    std::error_code ec;
+    if (!fs::copy_file(package, to, ec)) return ErrnoStatus(ec.value(), "copy", to);
+  }
   return out;
 }
 

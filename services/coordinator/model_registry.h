@@ -45,6 +45,16 @@ struct RegistrationFiles {
 absl::StatusOr<RegistrationFiles> StageRegistration(const std::filesystem::path& store, const std::string& job_id,
                                                    int64_t step);
 
+// A BioImage.IO package (format 0.5, rdf.yaml) registered as a version:
+// the zip checked as far as the coordinator can without running it (the
+// description's format, its weights' sha256), staged as
+// models/.incoming/<unique>/package.zip (a hard link, else a copy). Its
+// lineage: the package itself, then the chain its lineage.json attachment
+// carries when it has one (a package we exported). The weights are checked
+// against the package's test tensors wherever the version is used
+// (trainer/model/weights/bioimageio.h). INVALID_ARGUMENT naming `package`.
+absl::StatusOr<RegistrationFiles> StageImport(const std::filesystem::path& store, const std::filesystem::path& package);
+
 // The chain of the checkpoint at `dir` (store-relative in the records):
 // [0] the checkpoint, then what its run started from (state.json's init),
 // and so on; a link that is a registered model (models/<name>/v<N>) ends

@@ -31,6 +31,8 @@ def fail(msg):
 
 def scenario(work):
     """Runs in the venv: only the installed package and the system's modules."""
+    import subprocess
+
     import grpc
     import retina_client
     from retina_client import Client, InvalidArgument, NotFound, PermissionDenied
@@ -108,12 +110,38 @@ def scenario(work):
     assert model["id"] == "py-net:v1" and model["tags"] == ["prod"], model
     assert [s.get("job_id") for s in model["lineage"]] == [ft.id, pre.id], model["lineage"]
     assert "config_yaml" not in bob.models.get("py-net")["lineage"][0]  # the owner's only
-    package = alice.models.export("py-net@prod", os.path.join(work, "py-net.zip"), store=os.environ["RETINA_STORE"],
+    os.makedirs(os.path.join(os.environ["RETINA_STORE"], "exports"))  # the server reads weights only in the store
+    package = alice.models.export("py-net@prod", os.path.join(os.environ["RETINA_STORE"], "exports", "py-net.zip"),
+                                  store=os.environ["RETINA_STORE"],
                                   program=os.path.join(os.environ["RETINA_BUILD"], "trainer", "retina-export"))
     import zipfile
     with zipfile.ZipFile(package) as z:
         assert {"rdf.yaml", "weights.pt", "transunet.py", "lineage.json"} <= set(z.namelist()), z.namelist()
         assert json.loads(z.read("lineage.json"))["id"] == "py-net:v1"
+
+    # The model server takes a model reference and a package as weights.
+    from retina.v1 import prediction_service_pb2 as pred_pb
+    from retina.v1 import prediction_service_pb2_grpc as pred_rpc
+    ready = os.path.join(work, "serve.ready")
+    server = subprocess.Popen([os.path.join(os.environ["RETINA_BUILD"], "services", "retina-serve"),
+                               "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--threads", "1",
+                               "--store", os.environ["RETINA_STORE"], "--ready-file", ready,
+                               "--model", "ref=model:py-net@prod", "--model", "pkg=" + package],
+                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "serve.log"), "w"))
+    try:
+        for _ in range(600):
+            if os.path.exists(ready) or server.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert os.path.exists(ready), open(os.path.join(work, "serve.log")).read()[-2000:]
+        port = json.load(open(ready))["grpc_port"]
+        stub = pred_rpc.PredictionServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+        served = {m.name: m for m in stub.ListModels(pred_pb.ListModelsRequest(), timeout=30).models}
+        assert set(served) == {"ref", "pkg"}, served
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    print("ok: retina-serve loads model:py-net@prod and its BioImage.IO package")
     print(f"ok: py-net:v1 registered from {ft.id}, tagged, lineage {ft.id} <- {pre.id}")
 
     # predict: an infer job with the registered model.

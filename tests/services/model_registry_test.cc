@@ -44,6 +44,13 @@ class Registry {
     for (const std::string& t : tags) r.add_tags(t);
     return stub_->RegisterModel(c_.Ctx(token, 60).get(), r, out);
   }
+  grpc::Status Import(const std::string& token, const std::string& package, const std::string& name,
+                      v1::ModelVersion* out) {
+    v1::RegisterModelRequest r;
+    r.set_package(package);
+    r.set_name(name);
+    return stub_->RegisterModel(c_.Ctx(token, 60).get(), r, out);
+  }
   grpc::Status Get(const std::string& token, const std::string& ref, v1::ModelVersion* out) {
     v1::GetModelRequest r;
     r.set_ref(ref);
@@ -243,6 +250,7 @@ TEST(Models, RegistryLineageReferencesAccessRetentionAndRestart) {
   const std::vector<std::string> before = reg.List(kAlice);
   c.StopCoordinator(SIGKILL);
   c.StartCoordinator(flags);
+  c.StartWorker("w2", 2, {"--token-file", worker_token.string()});  // the coordinator's new port
   Registry after(c);
   EXPECT_EQ(after.List(kAlice), before);
   EXPECT_EQ(Sample(HttpGet(c.metrics_port(), "/metrics"), "retina_models"), 3);
@@ -272,6 +280,34 @@ TEST(Models, RegistryLineageReferencesAccessRetentionAndRestart) {
   // The tag went with its version: model:mito-net@prod no longer resolves.
   EXPECT_EQ(ResolveModelRef(c.store(), "model:mito-net@prod", "f").status().code(), absl::StatusCode::kNotFound);
   EXPECT_TRUE(ResolveModelRef(c.store(), "model:mito-net", "f").ok());
+
+  // A BioImage.IO package of mito-net:v1 (retina models export, with its
+  // lineage), imported as another model: the chain carries over, and a job
+  // uses it (its test tensors checked where it is loaded).
+  fs::create_directories(c.store() / "imports");
+  const std::string export_cmd = "RETINA_TOKEN=" + std::string(kAlice) + " " + BinDir() + "/services/retina --address " +
+                                  c.address() + " models export mito-net:v1 -o " + (c.store() / "imports/mito.zip").string() +
+                                  " --store " + c.store().string() + " --author Tester > " +
+                                  (c.root() / "export.out").string() + " 2>&1";
+  ASSERT_EQ(std::system(export_cmd.c_str()), 0) << *ReadFile(c.root() / "export.out");
+  v1::ModelVersion imported;
+  const grpc::Status imp = after.Import(kBob, "imports/mito.zip", "imported", &imported);
+  ASSERT_TRUE(imp.ok()) << imp.error_message();
+  ASSERT_EQ(imported.lineage_size(), 3) << imported.DebugString();
+  EXPECT_THAT(imported.lineage(0).note(), HasSubstr("BioImage.IO package"));
+  EXPECT_EQ(imported.lineage(0).manifest_sha256(), Sha256Of(c.store() / "imports/mito.zip"));
+  EXPECT_EQ(imported.lineage(1).model_id(), "mito-net:v1");
+  EXPECT_EQ(imported.lineage(1).job_id(), ft->id());
+  EXPECT_EQ(imported.lineage(2).job_id(), pre->id());
+  absl::StatusOr<v1::Job> uses = c.Submit(
+      "kind: evaluate\nmodel: {name: tiny, image_size: 64, classes: 1}\ndata: {dataset: mito-test}\n"
+      "evaluate: {checkpoint: 'model:imported', mode: stack}\n", 1, 0, kBob);
+  ASSERT_TRUE(uses.ok()) << uses.status();
+  ASSERT_TRUE(Ends(c, uses->id(), v1::SUCCEEDED)) << c.Get(uses->id(), kBob).message();
+  std::ofstream(c.store() / "imports/bad.zip") << "not a zip";
+  v1::ModelVersion bad;
+  EXPECT_EQ(after.Import(kBob, "imports/bad.zip", "bad", &bad).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(after.Import(kBob, "/etc/hostname", "bad", &bad).error_code(), grpc::StatusCode::PERMISSION_DENIED);
 }
 
 }  // namespace

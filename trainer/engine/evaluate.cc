@@ -86,7 +86,7 @@ absl::StatusOr<EvalReport> ScoreTestSplit(const JobConfig& config, const std::st
   ASSIGN_OR_RETURN(TransUNetConfig mc, NamedModelConfig(config.model.name, config.model.image_size, config.model.classes,
                                                         ModelHead::kSegmentation));
   ASSIGN_OR_RETURN(WeightSource source, ResolveWeights(weights_spec, store, field));
-  const fs::path weights = source.file;
+  const fs::path weights = source.package.empty() ? source.file : source.package;  // a package: the .zip, not its unpacked copy
   ASSIGN_OR_RETURN(StateDict dict, ReadWeights(source, mc), field);
   VisionTransformer model(mc);
   RETURN_IF_ERROR(LoadStateDict(*model, std::move(dict)).status(), field + " " + weights.string());

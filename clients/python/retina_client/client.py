@@ -150,6 +150,12 @@ class Models:
                                            description=description)
         return _dict(self._c._call(self._c._models.RegisterModel, "RegisterModel", r, timeout=300))
 
+    def import_package(self, package, name, tags=(), description=""):
+        """Registers a BioImage.IO package (a .zip in the store, or under an
+        allowed root) as a new version of `name` (docs/models.md)."""
+        r = models_pb.RegisterModelRequest(package=package, name=name, tags=list(tags), description=description)
+        return _dict(self._c._call(self._c._models.RegisterModel, "RegisterModel", r, timeout=300))
+
     def get(self, ref):
         return _dict(self._c._call(self._c._models.GetModel, "GetModel", models_pb.GetModelRequest(ref=ref)))
 

@@ -31,6 +31,8 @@ absl::StatusOr<WeightSource> Resolve(const std::string& spec, const fs::path& st
     out.file = latest.dir / "model.pt";
     return out;
   };
+  // A registered model imported from a package (models/<name>/v<N>/package.zip).
+  if (fs::is_directory(p, ec) && fs::exists(p / "package.zip", ec)) p = p / "package.zip";
   if (absl::EndsWith(p.string(), ".zip") && IsBioImageIoPackage(p)) {
     RETURN_IF_ERROR(CheckRead(what, p));  // the package is what is read (its unpacked copy is ours)
     ASSIGN_OR_RETURN(ImportedPackage package, ImportBioImageIoPackage(p, field));

@@ -3,6 +3,7 @@
 //
 // A spec is one of (checked in this order):
 //   - a registered model, model:NAME[:vN|@TAG] (common/model_ref.h) -> its checkpoint, verified
+//                                                            (or the package it was imported from)
 //   - a BioImage.IO package (.zip with rdf.yaml, bioimageio.h)  -> checked as a consumer checks it
 //                                                            (format, sha256s, its test tensors), unpacked
 //   - an ImageNet .npz (Google's R50+ViT-B_16 layout)       -> imported
