@@ -48,6 +48,16 @@ std::string Source(const v1::ModelVersion& m) {
   return s.job_id().empty() ? s.checkpoint() : absl::StrCat(s.job_id(), ":", s.step());
 }
 
+// RegisterModel with the name, description and tags of `f` (register and import).
+absl::StatusOr<v1::ModelVersion> SendRegister(const Client& c, const ModelFlags& f, v1::RegisterModelRequest req) {
+  req.set_name(f.name);
+  req.set_description(f.description);
+  for (const std::string& t : f.tags) req.add_tags(t);
+  v1::ModelVersion m;
+  RETURN_IF_ERROR(Call(c.models->RegisterModel(c.Context(absl::Minutes(5)).get(), req, &m)));
+  return m;
+}
+
 absl::Status Register(const Client& c, const ModelFlags& f) {
   v1::RegisterModelRequest req;
   const size_t colon = f.source.find(':');
@@ -59,11 +69,7 @@ absl::Status Register(const Client& c, const ModelFlags& f) {
     }
     req.set_step(step);
   }
-  req.set_name(f.name);
-  req.set_description(f.description);
-  for (const std::string& t : f.tags) req.add_tags(t);
-  v1::ModelVersion m;
-  RETURN_IF_ERROR(Call(c.models->RegisterModel(c.Context(absl::Minutes(5)).get(), req, &m)));
+  ASSIGN_OR_RETURN(v1::ModelVersion m, SendRegister(c, f, std::move(req)));
   if (f.json) return PrintJson(m);
   std::printf("registered %s from %s (model:%s in weights fields)\n", m.id().c_str(), Source(m).c_str(), m.id().c_str());
   return absl::OkStatus();
@@ -72,11 +78,7 @@ absl::Status Register(const Client& c, const ModelFlags& f) {
 absl::Status Import(const Client& c, const ModelFlags& f) {
   v1::RegisterModelRequest req;
   req.set_package(f.source);
-  req.set_name(f.name);
-  req.set_description(f.description);
-  for (const std::string& t : f.tags) req.add_tags(t);
-  v1::ModelVersion m;
-  RETURN_IF_ERROR(Call(c.models->RegisterModel(c.Context(absl::Minutes(5)).get(), req, &m)));
+  ASSIGN_OR_RETURN(v1::ModelVersion m, SendRegister(c, f, std::move(req)));
   if (f.json) return PrintJson(m);
   std::printf("imported %s as %s (model:%s in weights fields; its test tensors are checked wherever it is used)\n",
               f.source.c_str(), m.id().c_str(), m.id().c_str());

@@ -275,7 +275,10 @@ absl::StatusOr<RegistrationFiles> StageImport(const fs::path& store, const fs::p
     v1::ModelVersion was;
     google::protobuf::util::JsonParseOptions options;
     options.ignore_unknown_fields = true;
-    if (google::protobuf::util::JsonStringToMessage(*lineage, &was, options).ok()) {
+    if (!google::protobuf::util::JsonStringToMessage(*lineage, &was, options).ok()) {
+      // Not ours, or damaged: the chain stops at the package, saying so.
+      out.lineage[0].set_note(absl::StrCat(out.lineage[0].note(), "; its lineage.json is not a model record, ignored"));
+    } else {
       for (const v1::LineageStep& st : was.lineage()) out.lineage.push_back(st);
       if (out.lineage.size() > 1 && out.lineage[1].model_id().empty()) out.lineage[1].set_model_id(was.id());
       for (size_t i = 1; i < out.lineage.size(); ++i) {
